@@ -1,0 +1,38 @@
+//! The ClusterLink resource model, `clusterlink.net/v1alpha1`.
+//!
+//! Manifests look like Kubernetes objects and use the field names of the established ClusterLink
+//! API, so the same YAML works through the standalone management API and as Kubernetes custom
+//! resources. This crate holds the types, their validation (errors name the field path), label
+//! selectors and manifest parsing. It does no IO.
+
+pub mod attributes;
+pub mod manifest;
+pub mod meta;
+pub mod resources;
+pub mod selector;
+pub mod validation;
+
+pub use manifest::{ManifestError, parse_manifest, parse_manifests};
+pub use meta::{Condition, ConditionStatus, ObjectMeta, Status};
+pub use resources::{
+    AccessPolicy, AccessPolicySpec, Endpoint, Export, ExportSpec, Import, ImportSource, ImportSpec,
+    Kind, LbScheme, Object, ObjectKey, Peer, PeerSpec, PolicyAction, Port, PrivilegedAccessPolicy,
+    PrivilegedAccessPolicySpec, Resource, Scope, Spec, WorkloadSelectorEntry,
+};
+pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
+pub use validation::{FieldError, FieldErrors};
+
+/// The API group and version every manifest carries in `apiVersion`.
+pub const API_VERSION: &str = "clusterlink.net/v1alpha1";
+
+/// The API group, as used in REST paths and custom resource definitions.
+pub const API_GROUP: &str = "clusterlink.net";
+
+/// The version within [`API_GROUP`].
+pub const VERSION: &str = "v1alpha1";
+
+/// Where Peers live, as in the established ClusterLink deployment.
+pub const SYSTEM_NAMESPACE: &str = "clusterlink-system";
+
+/// The namespace assumed when a namespaced manifest names none, as `kubectl` does.
+pub const DEFAULT_NAMESPACE: &str = "default";

@@ -1,0 +1,114 @@
+//! Object metadata and status conditions, in the Kubernetes shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{FieldErrors, check_label_key, check_label_value};
+
+/// `metadata` of every object. Server-managed fields (`creationTimestamp`) are accepted on input
+/// so that `gwctl get -o yaml` output can be applied again, and are set by the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// RFC 3339, set by the server when the object is first created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+}
+
+/// Longest annotation value accepted; annotations are notes, not payloads.
+pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024;
+
+impl ObjectMeta {
+    pub(crate) fn validate_labels(&self, errors: &mut FieldErrors) {
+        for (k, v) in &self.labels {
+            let field = format!("metadata.labels[{k}]");
+            if let Err(e) = check_label_key(k).and_then(|()| check_label_value(v)) {
+                errors.push(field, e);
+            }
+        }
+        let mut total = 0;
+        for (k, v) in &self.annotations {
+            if let Err(e) = check_label_key(k) {
+                errors.push(format!("metadata.annotations[{k}]"), e);
+            }
+            total += k.len() + v.len();
+        }
+        if total > MAX_ANNOTATION_BYTES {
+            errors.push(
+                "metadata.annotations",
+                format!("must total at most {MAX_ANNOTATION_BYTES} bytes (got {total})"),
+            );
+        }
+    }
+}
+
+/// `status` of every kind: conditions a person can act on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Status {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl Status {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// A Kubernetes-style condition (`metav1.Condition`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+impl Condition {
+    pub fn new(
+        type_: &str,
+        status: ConditionStatus,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message: message.into(),
+            last_transition_time: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}

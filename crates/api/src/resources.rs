@@ -1,0 +1,608 @@
+//! The five kinds: `Peer`, `Export`, `Import`, `AccessPolicy`, `PrivilegedAccessPolicy`.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::meta::{ObjectMeta, Status};
+use crate::selector::LabelSelector;
+use crate::validation::{
+    FieldErrors, check_dns_label, check_dns_subdomain, check_host, check_rfc1035_label,
+};
+use crate::{API_VERSION, DEFAULT_NAMESPACE, SYSTEM_NAMESPACE};
+
+/// Where objects of a kind live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// In the system namespace only (Peers, as in the established ClusterLink).
+    System,
+    /// In any namespace.
+    Namespaced,
+    /// Cluster-wide, no namespace.
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Peer,
+    Export,
+    Import,
+    AccessPolicy,
+    PrivilegedAccessPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Peer,
+        Kind::Export,
+        Kind::Import,
+        Kind::AccessPolicy,
+        Kind::PrivilegedAccessPolicy,
+    ];
+
+    /// The `kind` field of a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Peer => "Peer",
+            Kind::Export => "Export",
+            Kind::Import => "Import",
+            Kind::AccessPolicy => "AccessPolicy",
+            Kind::PrivilegedAccessPolicy => "PrivilegedAccessPolicy",
+        }
+    }
+
+    /// The resource name in REST paths (`imports`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Peer => "peers",
+            Kind::Export => "exports",
+            Kind::Import => "imports",
+            Kind::AccessPolicy => "accesspolicies",
+            Kind::PrivilegedAccessPolicy => "privilegedaccesspolicies",
+        }
+    }
+
+    /// Other names a person may type on the command line.
+    pub fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Kind::Peer => &["peer"],
+            Kind::Export => &["export"],
+            Kind::Import => &["import"],
+            Kind::AccessPolicy => &["accesspolicy", "policy", "policies", "ap"],
+            Kind::PrivilegedAccessPolicy => &[
+                "privilegedaccesspolicy",
+                "privilegedpolicy",
+                "privilegedpolicies",
+                "pap",
+            ],
+        }
+    }
+
+    pub fn scope(self) -> Scope {
+        match self {
+            Kind::Peer => Scope::System,
+            Kind::Export | Kind::Import | Kind::AccessPolicy => Scope::Namespaced,
+            Kind::PrivilegedAccessPolicy => Scope::Cluster,
+        }
+    }
+
+    /// From a manifest's `kind` field (exact, as Kubernetes requires).
+    pub fn from_manifest_kind(kind: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// From a REST path segment (`imports`).
+    pub fn from_plural(plural: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.plural() == plural)
+    }
+
+    /// From what a person typed: the kind, its plural or an alias, in any case.
+    pub fn from_user_input(input: &str) -> Option<Kind> {
+        let lower = input.to_ascii_lowercase();
+        Kind::ALL.into_iter().find(|k| {
+            k.plural() == lower
+                || k.as_str().eq_ignore_ascii_case(&lower)
+                || k.aliases().contains(&lower.as_str())
+        })
+    }
+
+    /// The namespace an object of this kind gets when its manifest names none.
+    pub fn default_namespace(self) -> &'static str {
+        match self.scope() {
+            Scope::System => SYSTEM_NAMESPACE,
+            Scope::Namespaced => DEFAULT_NAMESPACE,
+            Scope::Cluster => "",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of an object: kind, namespace (empty for cluster-scoped kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            kind,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind.scope() {
+            Scope::Namespaced => write!(f, "{} {}/{}", self.kind, self.namespace, self.name),
+            Scope::System | Scope::Cluster => write!(f, "{} {}", self.kind, self.name),
+        }
+    }
+}
+
+/// A TCP port, 1–65535. Deserializing reports an out-of-range number in those words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Port(u16);
+
+impl Port {
+    pub fn new(port: u16) -> Option<Port> {
+        (port != 0).then_some(Port(port))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        u16::try_from(n).ok().and_then(Port::new).ok_or_else(|| {
+            serde::de::Error::custom(format!("must be between 1 and 65535 (got {n})"))
+        })
+    }
+}
+
+/// A typed object in manifest shape. `apiVersion` and `kind` are checked on parse and always
+/// serialized from the spec type, so they cannot disagree with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resource<S> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+    /// Written by the gateway; ignored on input, as Kubernetes does for the main resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+/// What each kind's spec type knows about itself.
+pub trait Spec {
+    const KIND: Kind;
+    /// Checks of the name beyond being non-empty, per kind.
+    fn check_name(name: &str) -> Result<(), String>;
+    fn validate(&self, errors: &mut FieldErrors);
+}
+
+impl<S: Spec> Resource<S> {
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>, spec: S) -> Self {
+        Resource {
+            api_version: API_VERSION.to_string(),
+            kind: S::KIND.as_str().to_string(),
+            metadata: ObjectMeta {
+                name: name.into(),
+                namespace: namespace.into(),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peer
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerSpec {
+    pub gateways: Vec<Endpoint>,
+}
+
+/// One address of a peer's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: Port,
+}
+
+impl Spec for PeerSpec {
+    const KIND: Kind = Kind::Peer;
+
+    fn check_name(name: &str) -> Result<(), String> {
+        check_dns_label(name).map_err(|e| format!("{e} (a peer's name is its TLS identity)"))
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        if self.gateways.is_empty() {
+            errors.push(
+                "spec.gateways",
+                "must list at least one gateway {host, port}",
+            );
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            if let Err(e) = check_host(&g.host) {
+                errors.push(format!("spec.gateways[{i}].host"), e);
+            }
+        }
+    }
+}
+
+pub type Peer = Resource<PeerSpec>;
+
+// ---------------------------------------------------------------------------------------------
+// Export
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportSpec {
+    /// The backend to dial; absent means the service of the same name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    pub port: Port,
+}
+
+impl Spec for ExportSpec {
+    const KIND: Kind = Kind::Export;
+
+    fn check_name(name: &str) -> Result<(), String> {
+        check_rfc1035_label(name)
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        if !self.host.is_empty()
+            && let Err(e) = check_host(&self.host)
+        {
+            errors.push("spec.host", e);
+        }
+    }
+}
+
+pub type Export = Resource<ExportSpec>;
+
+// ---------------------------------------------------------------------------------------------
+// Import
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImportSpec {
+    /// The port local clients connect to.
+    pub port: Port,
+    /// Where the data plane listens for this import; allocated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<Port>,
+    pub sources: Vec<ImportSource>,
+    #[serde(default)]
+    pub lb_scheme: LbScheme,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImportSource {
+    pub peer: String,
+    pub export_name: String,
+    pub export_namespace: String,
+}
+
+/// How an import picks among its sources for each new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LbScheme {
+    #[default]
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    #[serde(rename = "random")]
+    Random,
+    /// Sources in list order: the first is primary, the rest are backups.
+    #[serde(rename = "static")]
+    Static,
+}
+
+impl LbScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LbScheme::RoundRobin => "round-robin",
+            LbScheme::Random => "random",
+            LbScheme::Static => "static",
+        }
+    }
+}
+
+impl std::str::FromStr for LbScheme {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "round-robin" => Ok(LbScheme::RoundRobin),
+            "random" => Ok(LbScheme::Random),
+            "static" => Ok(LbScheme::Static),
+            _ => Err(format!(
+                "unknown lbScheme {s:?}: use round-robin, random or static"
+            )),
+        }
+    }
+}
+
+impl Spec for ImportSpec {
+    const KIND: Kind = Kind::Import;
+
+    fn check_name(name: &str) -> Result<(), String> {
+        // An import becomes a Kubernetes Service, whose name is an RFC 1035 label.
+        check_rfc1035_label(name)
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        if self.sources.is_empty() {
+            errors.push(
+                "spec.sources",
+                "must list at least one source {peer, exportName, exportNamespace}",
+            );
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            let path = format!("spec.sources[{i}]");
+            if let Err(e) = check_dns_label(&s.peer) {
+                errors.push(format!("{path}.peer"), e);
+            }
+            if let Err(e) = check_rfc1035_label(&s.export_name) {
+                errors.push(format!("{path}.exportName"), e);
+            }
+            if let Err(e) = check_dns_label(&s.export_namespace) {
+                errors.push(format!("{path}.exportNamespace"), e);
+            }
+            if let Some(j) = self.sources[..i].iter().position(|earlier| earlier == s) {
+                errors.push(path, format!("duplicates spec.sources[{j}]"));
+            }
+        }
+    }
+}
+
+pub type Import = Resource<ImportSpec>;
+
+// ---------------------------------------------------------------------------------------------
+// Access policies
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessPolicySpec {
+    pub action: PolicyAction,
+    pub from: Vec<WorkloadSelectorEntry>,
+    pub to: Vec<WorkloadSelectorEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    Allow,
+    Deny,
+}
+
+impl PolicyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyAction::Allow => "allow",
+            PolicyAction::Deny => "deny",
+        }
+    }
+}
+
+/// One entry of `from` or `to`. The established API calls it `WorkloadSetOrSelector`; workload
+/// sets are not part of it here, so naming one is an error rather than silently ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelectorEntry {
+    pub workload_selector: LabelSelector,
+}
+
+impl AccessPolicySpec {
+    fn validate_entries(&self, errors: &mut FieldErrors) {
+        for (side, entries) in [("from", &self.from), ("to", &self.to)] {
+            if entries.is_empty() {
+                errors.push(
+                    format!("spec.{side}"),
+                    "must list at least one entry; use [{workloadSelector: {}}] to match everything",
+                );
+            }
+            for (i, e) in entries.iter().enumerate() {
+                e.workload_selector
+                    .validate(&format!("spec.{side}[{i}].workloadSelector"), errors);
+            }
+        }
+    }
+}
+
+impl Spec for AccessPolicySpec {
+    const KIND: Kind = Kind::AccessPolicy;
+
+    fn check_name(name: &str) -> Result<(), String> {
+        check_dns_subdomain(name)
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        self.validate_entries(errors);
+    }
+}
+
+pub type AccessPolicy = Resource<AccessPolicySpec>;
+
+/// Same shape as [`AccessPolicySpec`]; a distinct type so the two kinds cannot be confused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PrivilegedAccessPolicySpec(pub AccessPolicySpec);
+
+impl Spec for PrivilegedAccessPolicySpec {
+    const KIND: Kind = Kind::PrivilegedAccessPolicy;
+
+    fn check_name(name: &str) -> Result<(), String> {
+        check_dns_subdomain(name)
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        self.0.validate_entries(errors);
+    }
+}
+
+pub type PrivilegedAccessPolicy = Resource<PrivilegedAccessPolicySpec>;
+
+// ---------------------------------------------------------------------------------------------
+// Object: any of the kinds
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    Peer(Peer),
+    Export(Export),
+    Import(Import),
+    AccessPolicy(AccessPolicy),
+    PrivilegedAccessPolicy(PrivilegedAccessPolicy),
+}
+
+macro_rules! each_kind {
+    ($obj:expr, $r:ident => $body:expr) => {
+        match $obj {
+            Object::Peer($r) => $body,
+            Object::Export($r) => $body,
+            Object::Import($r) => $body,
+            Object::AccessPolicy($r) => $body,
+            Object::PrivilegedAccessPolicy($r) => $body,
+        }
+    };
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Peer(_) => Kind::Peer,
+            Object::Export(_) => Kind::Export,
+            Object::Import(_) => Kind::Import,
+            Object::AccessPolicy(_) => Kind::AccessPolicy,
+            Object::PrivilegedAccessPolicy(_) => Kind::PrivilegedAccessPolicy,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        each_kind!(self, r => &r.metadata)
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        each_kind!(self, r => &mut r.metadata)
+    }
+
+    pub fn status(&self) -> Option<&Status> {
+        each_kind!(self, r => r.status.as_ref())
+    }
+
+    pub fn set_status(&mut self, status: Option<Status>) {
+        each_kind!(self, r => r.status = status)
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let m = self.metadata();
+        ObjectKey::new(self.kind(), m.namespace.clone(), m.name.clone())
+    }
+
+    /// True when `other` asks for the same thing: same spec, labels and annotations.
+    /// Status and server-managed metadata do not count.
+    pub fn same_desired_state(&self, other: &Object) -> bool {
+        fn same<S: PartialEq>(a: &Resource<S>, b: &Resource<S>) -> bool {
+            a.spec == b.spec
+                && a.metadata.labels == b.metadata.labels
+                && a.metadata.annotations == b.metadata.annotations
+        }
+        match (self, other) {
+            (Object::Peer(a), Object::Peer(b)) => same(a, b),
+            (Object::Export(a), Object::Export(b)) => same(a, b),
+            (Object::Import(a), Object::Import(b)) => same(a, b),
+            (Object::AccessPolicy(a), Object::AccessPolicy(b)) => same(a, b),
+            (Object::PrivilegedAccessPolicy(a), Object::PrivilegedAccessPolicy(b)) => same(a, b),
+            _ => false,
+        }
+    }
+
+    /// Fills in the namespace when the manifest names none: `default_namespace` for namespaced
+    /// kinds, the system namespace for Peers. Validation then checks what was given.
+    pub fn default_namespace(&mut self, default_namespace: &str) {
+        let kind = self.kind();
+        let meta = self.metadata_mut();
+        if meta.namespace.is_empty() {
+            meta.namespace = match kind.scope() {
+                Scope::Namespaced => default_namespace.to_string(),
+                Scope::System => SYSTEM_NAMESPACE.to_string(),
+                Scope::Cluster => String::new(),
+            };
+        }
+    }
+
+    /// Checks every field; all problems are reported together, each with its field path.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        fn run<S: Spec>(r: &Resource<S>) -> Result<(), FieldErrors> {
+            let mut errors = FieldErrors::default();
+            if let Err(e) = S::check_name(&r.metadata.name) {
+                errors.push("metadata.name", e);
+            }
+            let ns = &r.metadata.namespace;
+            match S::KIND.scope() {
+                Scope::Namespaced => {
+                    if let Err(e) = check_dns_label(ns) {
+                        errors.push("metadata.namespace", e);
+                    }
+                }
+                Scope::System => {
+                    if ns != SYSTEM_NAMESPACE {
+                        errors.push(
+                            "metadata.namespace",
+                            format!("{} objects live in the system namespace {SYSTEM_NAMESPACE:?} (got {ns:?})", S::KIND),
+                        );
+                    }
+                }
+                Scope::Cluster => {
+                    if !ns.is_empty() {
+                        errors.push(
+                            "metadata.namespace",
+                            format!(
+                                "{} is cluster-scoped: remove the namespace (got {ns:?})",
+                                S::KIND
+                            ),
+                        );
+                    }
+                }
+            }
+            r.metadata.validate_labels(&mut errors);
+            r.spec.validate(&mut errors);
+            errors.into_result()
+        }
+        each_kind!(self, r => run(r))
+    }
+
+    pub fn as_import(&self) -> Option<&Import> {
+        match self {
+            Object::Import(i) => Some(i),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Writing key material: never over an existing file, keys readable by the owner only.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::{CERT_FILE, KEY_FILE, PkiError};
+
+/// Private keys: owner read/write only.
+const KEY_MODE: u32 = 0o600;
+/// Certificates are public.
+const CERT_MODE: u32 = 0o644;
+
+/// Writes `cert.pem` and `key.pem` into `dir` (created if needed). Refuses if either exists, and
+/// leaves neither behind if writing the pair fails half-way.
+pub(crate) fn write_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), PkiError> {
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    for path in [&cert, &key] {
+        if path.exists() {
+            return Err(PkiError::AlreadyExists { path: path.clone() });
+        }
+    }
+    fs::create_dir_all(dir).map_err(|source| PkiError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_new(&key, key_pem, KEY_MODE)?;
+    if let Err(e) = write_new(&cert, cert_pem, CERT_MODE) {
+        let _ = fs::remove_file(&key);
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn write_new(path: &PathBuf, contents: &str, mode: u32) -> Result<(), PkiError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => PkiError::AlreadyExists { path: path.clone() },
+            _ => PkiError::Write {
+                path: path.clone(),
+                source,
+            },
+        })?;
+    let result = file
+        .write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all());
+    result.map_err(|source| {
+        let _ = fs::remove_file(path);
+        PkiError::Write {
+            path: path.clone(),
+            source,
+        }
+    })
+}
+
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
+    fs::read(path).map_err(|source| PkiError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn read_string(path: &Path) -> Result<String, PkiError> {
+    String::from_utf8(read(path)?).map_err(|_| PkiError::BadFile {
+        path: path.to_owned(),
+        reason: "not a PEM text file".into(),
+    })
+}

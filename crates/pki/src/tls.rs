@@ -1,0 +1,112 @@
+//! rustls configurations for the fabric: TLS 1.3 only, aws-lc-rs, certificates verified against
+//! the fabric CA in both directions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::PkiError;
+use crate::files::read;
+
+/// The one crypto provider the project uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Where a party's TLS material lives on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The fabric CA certificate.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The layout `clusterlink create` writes: `<fabric>/cert.pem` and `<fabric>/<party>/…`.
+    pub fn in_fabric(fabric_dir: &Path, party_dir: &Path) -> TlsFiles {
+        TlsFiles {
+            ca: fabric_dir.join(crate::CERT_FILE),
+            cert: party_dir.join(crate::CERT_FILE),
+            key: party_dir.join(crate::KEY_FILE),
+        }
+    }
+}
+
+/// Loaded TLS material: fabric roots, our certificate chain and key.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub roots: Arc<RootCertStore>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Credentials {
+    pub fn load(files: &TlsFiles) -> Result<Credentials, PkiError> {
+        Ok(Credentials {
+            roots: load_roots(&files.ca)?,
+            chain: load_certs(&files.cert)?,
+            key: Arc::new(load_key(&files.key)?),
+        })
+    }
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let bytes = read(path)?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(path, format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(path, "contains no certificate".into()));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    let bytes = read(path)?;
+    PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| bad(path, format!("not a PEM private key: {e}")))
+}
+
+pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| bad(path, format!("not a usable CA certificate: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn bad(path: &Path, reason: String) -> PkiError {
+    PkiError::BadFile {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// A server that requires a client certificate issued by the fabric.
+pub fn mutual_server_config(creds: &Credentials) -> Result<ServerConfig, PkiError> {
+    let provider = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(creds.roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    Ok(ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())?)
+}
+
+/// A client that verifies the server against the fabric and presents its own certificate.
+pub fn mutual_client_config(creds: &Credentials) -> Result<ClientConfig, PkiError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(creds.roots.clone())
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?)
+}
