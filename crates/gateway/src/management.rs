@@ -1,0 +1,403 @@
+//! The management REST API (JSON), with Kubernetes-like paths:
+//!
+//! | path | methods |
+//! |---|---|
+//! | `/apis/clusterlink.net/v1alpha1/{resource}` | GET (list in all namespaces), POST (create) |
+//! | `/apis/clusterlink.net/v1alpha1/{resource}/{name}` | GET, PUT (apply), DELETE — Peers and PrivilegedAccessPolicies |
+//! | `/apis/clusterlink.net/v1alpha1/namespaces/{ns}/{resource}` | GET (list), POST (create) |
+//! | `/apis/clusterlink.net/v1alpha1/namespaces/{ns}/{resource}/{name}` | GET, PUT (apply), DELETE |
+//!
+//! `{resource}` is `peers`, `exports`, `imports`, `accesspolicies` or `privilegedaccesspolicies`.
+//! Bodies are JSON or YAML, one object, at most [`MAX_OBJECT_BYTES`]. PUT answers 201 when it
+//! created the object and 200 otherwise; the header [`RESULT_HEADER`] says `created`,
+//! `configured` or `unchanged`. Errors are Kubernetes `Status` objects whose `details.causes`
+//! name each invalid field.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use clusterlink_api::manifest::{MAX_OBJECT_BYTES, parse_manifests};
+use clusterlink_api::{API_VERSION, FieldError, Kind, ManifestError, Object, ObjectKey, Scope};
+use serde_json::json;
+
+use crate::model::{ControlPlane, ModelError, WriteOutcome, scope_accepts};
+
+/// Response header carrying what a write did: `created`, `configured`, `unchanged`, `deleted`.
+pub const RESULT_HEADER: &str = "x-clusterlink-result";
+
+/// Path prefix of every resource route.
+pub const API_PREFIX: &str = "/apis/clusterlink.net/v1alpha1";
+
+pub fn router(control_plane: ControlPlane) -> Router {
+    Router::new()
+        .route(
+            &format!("{API_PREFIX}/{{resource}}"),
+            get(list_all).post(create_any),
+        )
+        .route(
+            &format!("{API_PREFIX}/{{resource}}/{{name}}"),
+            get(get_cluster).put(put_cluster).delete(delete_cluster),
+        )
+        .route(
+            &format!("{API_PREFIX}/namespaces/{{ns}}/{{resource}}"),
+            get(list_namespaced).post(create_namespaced),
+        )
+        .route(
+            &format!("{API_PREFIX}/namespaces/{{ns}}/{{resource}}/{{name}}"),
+            get(get_namespaced)
+                .put(put_namespaced)
+                .delete(delete_namespaced),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/version",
+            get(|| async {
+                Json(json!({"version": env!("CARGO_PKG_VERSION"), "apiVersion": API_VERSION}))
+            }),
+        )
+        .fallback(|| async {
+            ApiError::not_found(format!("no such path; resources are under {API_PREFIX}"))
+        })
+        .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES))
+        .with_state(control_plane)
+}
+
+/// An API failure, rendered as a Kubernetes `Status`.
+#[derive(Debug)]
+pub struct ApiError {
+    code: StatusCode,
+    reason: &'static str,
+    message: String,
+    causes: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            causes: vec![],
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    fn invalid(causes: Vec<FieldError>) -> Self {
+        let message = causes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError {
+            code: StatusCode::BAD_REQUEST,
+            reason: "Invalid",
+            message,
+            causes,
+        }
+    }
+
+    fn field(field: &str, reason: impl Into<String>) -> Self {
+        ApiError::invalid(vec![FieldError::new(field, reason)])
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Status",
+            "status": "Failure",
+            "code": self.code.as_u16(),
+            "reason": self.reason,
+            "message": self.message,
+            "details": {"causes": self.causes.iter().map(|c| json!({"field": c.field, "message": c.reason})).collect::<Vec<_>>()},
+        });
+        (self.code, Json(body)).into_response()
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ModelError::AlreadyExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
+            }
+            ModelError::Invalid(errors) => ApiError::invalid(errors.0),
+            ModelError::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                e.to_string(),
+            ),
+            ModelError::Store(_) | ModelError::Corrupt { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<ManifestError> for ApiError {
+    fn from(e: ManifestError) -> Self {
+        match e {
+            ManifestError::Syntax(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string())
+            }
+            other => ApiError::invalid(other.field_errors()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        let code = e.status();
+        if code == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                code,
+                "RequestEntityTooLarge",
+                format!("request body is larger than {MAX_OBJECT_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(code, "BadRequest", e.body_text())
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn kind_of(resource: &str) -> Result<Kind, ApiError> {
+    Kind::from_plural(resource).ok_or_else(|| {
+        let known: Vec<_> = Kind::ALL.iter().map(|k| k.plural()).collect();
+        ApiError::not_found(format!(
+            "unknown resource {resource:?}; known resources: {}",
+            known.join(", ")
+        ))
+    })
+}
+
+/// The kind and namespace a path addresses, checked against the kind's scope.
+fn target(resource: &str, ns: Option<&str>) -> Result<(Kind, String), ApiError> {
+    let kind = kind_of(resource)?;
+    if !scope_accepts(kind, ns) {
+        return Err(ApiError::not_found(match kind.scope() {
+            Scope::Cluster => format!("{kind} is cluster-scoped: use {API_PREFIX}/{resource}"),
+            _ => format!(
+                "{kind} objects live in namespace {}",
+                clusterlink_api::SYSTEM_NAMESPACE
+            ),
+        }));
+    }
+    Ok((
+        kind,
+        ns.map(str::to_string)
+            .unwrap_or_else(|| kind.default_namespace().to_string()),
+    ))
+}
+
+/// The key of an item path; namespaced kinds need a namespaced path.
+fn item_key(resource: &str, ns: Option<&str>, name: &str) -> Result<ObjectKey, ApiError> {
+    let (kind, namespace) = target(resource, ns)?;
+    if kind.scope() == Scope::Namespaced && ns.is_none() {
+        return Err(ApiError::not_found(format!(
+            "{kind} is namespaced: use {API_PREFIX}/namespaces/{{namespace}}/{resource}/{name}"
+        )));
+    }
+    Ok(ObjectKey::new(kind, namespace, name))
+}
+
+fn list_response(kind: Kind, items: Vec<Object>) -> Response {
+    Json(json!({"apiVersion": API_VERSION, "kind": format!("{kind}List"), "items": items}))
+        .into_response()
+}
+
+fn write_response(outcome: WriteOutcome, obj: Object) -> Response {
+    let code = if outcome == WriteOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (code, Json(obj)).into_response();
+    response
+        .headers_mut()
+        .insert(RESULT_HEADER, HeaderValue::from_static(outcome.as_str()));
+    response
+}
+
+/// Parses a body holding exactly one object.
+fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Object, ApiError> {
+    let body = body?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", "body is not UTF-8"))?;
+    let mut docs = parse_manifests(text);
+    if docs.len() != 1 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("body must hold exactly one object, found {}", docs.len()),
+        ));
+    }
+    Ok(docs.pop().expect("one document")?)
+}
+
+/// Checks that the body is what the path addresses. A namespace or name the path fixes must match
+/// the body's, or fill it in when the body has none.
+fn check_against_path(
+    obj: &mut Object,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<(), ApiError> {
+    if obj.kind() != kind {
+        return Err(ApiError::field(
+            "kind",
+            format!(
+                "body is a {} but the path is for {}",
+                obj.kind(),
+                kind.plural()
+            ),
+        ));
+    }
+    let meta = obj.metadata_mut();
+    if let Some(namespace) = namespace {
+        if meta.namespace.is_empty() {
+            meta.namespace = namespace.to_string();
+        } else if meta.namespace != namespace {
+            return Err(ApiError::field(
+                "metadata.namespace",
+                format!(
+                    "{:?} does not match the path's namespace {namespace:?}",
+                    meta.namespace
+                ),
+            ));
+        }
+    }
+    if let Some(name) = name
+        && meta.name != name
+    {
+        return Err(ApiError::field(
+            "metadata.name",
+            format!("{:?} does not match the path's name {name:?}", meta.name),
+        ));
+    }
+    Ok(())
+}
+
+async fn list_all(State(cp): State<ControlPlane>, Path(resource): Path<String>) -> ApiResult {
+    let kind = kind_of(&resource)?;
+    Ok(list_response(kind, cp.list(kind, None)))
+}
+
+async fn list_namespaced(
+    State(cp): State<ControlPlane>,
+    Path((ns, resource)): Path<(String, String)>,
+) -> ApiResult {
+    let (kind, namespace) = target(&resource, Some(&ns))?;
+    Ok(list_response(kind, cp.list(kind, Some(&namespace))))
+}
+
+async fn create(
+    cp: ControlPlane,
+    resource: &str,
+    ns: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let (kind, default_namespace) = target(resource, ns)?;
+    let mut obj = parse_body(body)?;
+    check_against_path(&mut obj, kind, ns, None)?;
+    obj.default_namespace(&default_namespace);
+    let (outcome, obj) = cp.create(obj).await?;
+    Ok(write_response(outcome, obj))
+}
+
+async fn create_any(
+    State(cp): State<ControlPlane>,
+    Path(resource): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    create(cp, &resource, None, body).await
+}
+
+async fn create_namespaced(
+    State(cp): State<ControlPlane>,
+    Path((ns, resource)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    create(cp, &resource, Some(&ns), body).await
+}
+
+async fn get_item(cp: ControlPlane, key: ObjectKey) -> ApiResult {
+    match cp.get(&key) {
+        Some(obj) => Ok(Json(obj).into_response()),
+        None => Err(ApiError::not_found(format!("{key} not found"))),
+    }
+}
+
+async fn put_item(
+    cp: ControlPlane,
+    key: ObjectKey,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut obj = parse_body(body)?;
+    // A cluster-scoped kind has no namespace in its path; validation explains a stray one.
+    let namespace = (key.kind.scope() != Scope::Cluster).then_some(key.namespace.as_str());
+    check_against_path(&mut obj, key.kind, namespace, Some(&key.name))?;
+    let (outcome, obj) = cp.apply(obj).await?;
+    Ok(write_response(outcome, obj))
+}
+
+async fn delete_item(cp: ControlPlane, key: ObjectKey) -> ApiResult {
+    let (outcome, obj) = cp.delete(key).await?;
+    Ok(write_response(outcome, obj))
+}
+
+async fn get_cluster(
+    State(cp): State<ControlPlane>,
+    Path((resource, name)): Path<(String, String)>,
+) -> ApiResult {
+    get_item(cp, item_key(&resource, None, &name)?).await
+}
+
+async fn put_cluster(
+    State(cp): State<ControlPlane>,
+    Path((resource, name)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    put_item(cp, item_key(&resource, None, &name)?, body).await
+}
+
+async fn delete_cluster(
+    State(cp): State<ControlPlane>,
+    Path((resource, name)): Path<(String, String)>,
+) -> ApiResult {
+    delete_item(cp, item_key(&resource, None, &name)?).await
+}
+
+async fn get_namespaced(
+    State(cp): State<ControlPlane>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    get_item(cp, item_key(&resource, Some(&ns), &name)?).await
+}
+
+async fn put_namespaced(
+    State(cp): State<ControlPlane>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    put_item(cp, item_key(&resource, Some(&ns), &name)?, body).await
+}
+
+async fn delete_namespaced(
+    State(cp): State<ControlPlane>,
+    Path((ns, resource, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    delete_item(cp, item_key(&resource, Some(&ns), &name)?).await
+}

@@ -1,0 +1,440 @@
+//! The control plane's model: every object the gateway knows, kept in memory and made durable in
+//! the store.
+//!
+//! One writer task owns all mutation. It takes requests in batches, decides each against the
+//! current state (plus the batch's earlier requests), commits the whole batch to the store in one
+//! transaction (one fsync), and only then publishes it and answers. Readers see a consistent
+//! snapshot without waiting on disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use clusterlink_api::{
+    Condition, ConditionStatus, FieldErrors, Kind, Object, ObjectKey, Scope, Status,
+};
+use clusterlink_store::{Store, StoreError, Write};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most requests folded into one store commit. Large enough that a burst of applies costs a
+/// handful of fsyncs; small enough that one batch's latency stays in milliseconds.
+const MAX_BATCH: usize = 512;
+/// Requests queued for the writer before callers wait; bounds memory under a flood.
+const WRITE_QUEUE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{0} not found")]
+    NotFound(ObjectKey),
+    #[error("{0} already exists")]
+    AlreadyExists(ObjectKey),
+    #[error("{0}")]
+    Invalid(FieldErrors),
+    #[error("the store failed, nothing was changed: {0}")]
+    Store(#[from] StoreError),
+    #[error("stored object {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// What a successful write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created,
+    Configured,
+    Unchanged,
+    Deleted,
+}
+
+impl WriteOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::Created => "created",
+            WriteOutcome::Configured => "configured",
+            WriteOutcome::Unchanged => "unchanged",
+            WriteOutcome::Deleted => "deleted",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Mutation {
+    /// Fails if the object exists.
+    Create(Object),
+    /// Create or replace.
+    Apply(Object),
+    Delete(ObjectKey),
+}
+
+struct Request {
+    mutation: Mutation,
+    reply: oneshot::Sender<Result<(WriteOutcome, Object), ModelError>>,
+}
+
+type Objects = BTreeMap<ObjectKey, Object>;
+
+/// The control plane's view of configuration. Cheap to clone; all clones share one model.
+#[derive(Clone)]
+pub struct ControlPlane {
+    objects: Arc<RwLock<Arc<Objects>>>,
+    writer: mpsc::Sender<Request>,
+}
+
+impl ControlPlane {
+    /// Loads every stored object and starts the writer. Fails if any stored entry is unreadable,
+    /// rather than serving a model that silently lost objects.
+    pub fn open(store: Arc<dyn Store>) -> Result<ControlPlane, ModelError> {
+        let mut objects = Objects::new();
+        for (key, value) in store.load_all()? {
+            let corrupt = |reason: String| ModelError::Corrupt {
+                key: key.clone(),
+                reason,
+            };
+            let value: serde_json::Value =
+                serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
+            let obj = clusterlink_api::manifest::object_from_value(value)
+                .map_err(|e| corrupt(e.to_string()))?;
+            objects.insert(obj.key(), obj);
+        }
+        let objects = Arc::new(RwLock::new(Arc::new(objects)));
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(writer(store, objects.clone(), rx));
+        Ok(ControlPlane {
+            objects,
+            writer: tx,
+        })
+    }
+
+    /// The current snapshot of all objects.
+    pub fn snapshot(&self) -> Arc<Objects> {
+        self.objects.read().expect("model lock").clone()
+    }
+
+    pub fn get(&self, key: &ObjectKey) -> Option<Object> {
+        self.snapshot().get(key).map(|o| with_status(o.clone()))
+    }
+
+    /// Objects of `kind`, in one namespace or (`None`) in all, sorted by namespace and name.
+    pub fn list(&self, kind: Kind, namespace: Option<&str>) -> Vec<Object> {
+        let snapshot = self.snapshot();
+        let start = ObjectKey::new(kind, namespace.unwrap_or(""), "");
+        snapshot
+            .range(start..)
+            .take_while(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
+            .map(|(_, o)| with_status(o.clone()))
+            .collect()
+    }
+
+    /// Creates `obj`; fails with [`ModelError::AlreadyExists`] if it exists.
+    pub async fn create(&self, obj: Object) -> Result<(WriteOutcome, Object), ModelError> {
+        self.submit(Mutation::Create(obj)).await
+    }
+
+    /// Creates or replaces `obj`.
+    pub async fn apply(&self, obj: Object) -> Result<(WriteOutcome, Object), ModelError> {
+        self.submit(Mutation::Apply(obj)).await
+    }
+
+    /// Deletes the object; returns it as it was.
+    pub async fn delete(&self, key: ObjectKey) -> Result<(WriteOutcome, Object), ModelError> {
+        self.submit(Mutation::Delete(key)).await
+    }
+
+    async fn submit(&self, mutation: Mutation) -> Result<(WriteOutcome, Object), ModelError> {
+        if let Mutation::Create(o) | Mutation::Apply(o) = &mutation {
+            o.validate().map_err(ModelError::Invalid)?;
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Request { mutation, reply })
+            .await
+            .map_err(|_| ModelError::ShuttingDown)?;
+        let (outcome, obj) = rx.await.map_err(|_| ModelError::ShuttingDown)??;
+        Ok((outcome, with_status(obj)))
+    }
+}
+
+fn store_key(key: &ObjectKey) -> String {
+    format!("{}/{}/{}", key.kind.plural(), key.namespace, key.name)
+}
+
+fn now_rfc3339() -> String {
+    OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc())
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+async fn writer(
+    store: Arc<dyn Store>,
+    objects: Arc<RwLock<Arc<Objects>>>,
+    mut rx: mpsc::Receiver<Request>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let current = objects.read().expect("model lock").clone();
+        let mut overlay: HashMap<ObjectKey, Option<Object>> = HashMap::new();
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        for Request { mutation, reply } in batch.drain(..) {
+            let result = decide(&current, &overlay, mutation);
+            if let Ok((outcome, obj)) = &result {
+                let key = obj.key();
+                match outcome {
+                    WriteOutcome::Unchanged => {}
+                    WriteOutcome::Deleted => {
+                        writes.push(Write::Delete {
+                            key: store_key(&key),
+                        });
+                        overlay.insert(key, None);
+                    }
+                    WriteOutcome::Created | WriteOutcome::Configured => {
+                        let value = serde_json::to_vec(obj).expect("objects serialize");
+                        writes.push(Write::Put {
+                            key: store_key(&key),
+                            value,
+                        });
+                        overlay.insert(key, Some(obj.clone()));
+                    }
+                }
+            }
+            replies.push((reply, result));
+        }
+        let committed = if writes.is_empty() {
+            Ok(())
+        } else {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.commit(&writes)).await {
+                Ok(r) => r,
+                Err(e) => Err(StoreError::Backend(format!("store task failed: {e}"))),
+            }
+        };
+        match committed {
+            Ok(()) => {
+                if !overlay.is_empty() {
+                    let mut next = (*current).clone();
+                    for (key, obj) in overlay {
+                        match obj {
+                            Some(o) => next.insert(key, o),
+                            None => next.remove(&key),
+                        };
+                    }
+                    *objects.write().expect("model lock") = Arc::new(next);
+                }
+                for (reply, result) in replies {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed; the batch was not applied");
+                for (reply, result) in replies {
+                    let _ = reply.send(
+                        result.and(Err(ModelError::Store(StoreError::Backend(e.to_string())))),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Decides one mutation against the committed state plus the batch so far.
+fn decide(
+    current: &Objects,
+    overlay: &HashMap<ObjectKey, Option<Object>>,
+    mutation: Mutation,
+) -> Result<(WriteOutcome, Object), ModelError> {
+    let existing = |key: &ObjectKey| match overlay.get(key) {
+        Some(o) => o.clone(),
+        None => current.get(key).cloned(),
+    };
+    match mutation {
+        Mutation::Create(mut obj) => {
+            let key = obj.key();
+            if existing(&key).is_some() {
+                return Err(ModelError::AlreadyExists(key));
+            }
+            obj.set_status(None);
+            obj.metadata_mut().creation_timestamp = Some(now_rfc3339());
+            Ok((WriteOutcome::Created, obj))
+        }
+        Mutation::Apply(mut obj) => {
+            obj.set_status(None);
+            match existing(&obj.key()) {
+                None => {
+                    obj.metadata_mut().creation_timestamp = Some(now_rfc3339());
+                    Ok((WriteOutcome::Created, obj))
+                }
+                Some(old) if old.same_desired_state(&obj) => Ok((WriteOutcome::Unchanged, old)),
+                Some(old) => {
+                    obj.metadata_mut().creation_timestamp =
+                        old.metadata().creation_timestamp.clone();
+                    Ok((WriteOutcome::Configured, obj))
+                }
+            }
+        }
+        Mutation::Delete(key) => match existing(&key) {
+            Some(old) => Ok((WriteOutcome::Deleted, old)),
+            None => Err(ModelError::NotFound(key)),
+        },
+    }
+}
+
+/// The status a person sees on get. Validity is checked on admission, so what an object reports
+/// here is what the gateway knows of it beyond its own fields.
+fn with_status(mut obj: Object) -> Object {
+    let conditions = match &obj {
+        Object::Peer(_) => vec![Condition::new(
+            "PeerReachable",
+            ConditionStatus::Unknown,
+            "NotProbed",
+            "this gateway does not probe peers yet",
+        )],
+        Object::Export(e) => {
+            let host = if e.spec.host.is_empty() {
+                e.metadata.name.as_str()
+            } else {
+                e.spec.host.as_str()
+            };
+            vec![Condition::new(
+                "ExportValid",
+                ConditionStatus::True,
+                "Accepted",
+                format!("connections are served by {host}:{}", e.spec.port),
+            )]
+        }
+        Object::Import(i) => vec![Condition::new(
+            "ImportValid",
+            ConditionStatus::True,
+            "Accepted",
+            format!(
+                "{} source(s), {}",
+                i.spec.sources.len(),
+                i.spec.lb_scheme.as_str()
+            ),
+        )],
+        Object::AccessPolicy(_) | Object::PrivilegedAccessPolicy(_) => vec![],
+    };
+    obj.set_status((!conditions.is_empty()).then_some(Status { conditions }));
+    obj
+}
+
+/// Namespaces an object of `kind` may be addressed in, for REST paths.
+pub fn scope_accepts(kind: Kind, namespace: Option<&str>) -> bool {
+    match (kind.scope(), namespace) {
+        (_, None) => true,
+        (Scope::Namespaced, Some(_)) => true,
+        (Scope::System, Some(ns)) => ns == clusterlink_api::SYSTEM_NAMESPACE,
+        (Scope::Cluster, Some(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clusterlink_api::parse_manifest;
+    use clusterlink_store::MemoryStore;
+
+    fn export(name: &str, port: u16) -> Object {
+        parse_manifest(
+            &format!("apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}}}\nspec: {{port: {port}}}\n"),
+            "default",
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_apply_delete() {
+        let store = Arc::new(MemoryStore::default());
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        let (o, created) = cp.create(export("a", 80)).await.unwrap();
+        assert_eq!(o, WriteOutcome::Created);
+        assert!(created.metadata().creation_timestamp.is_some());
+        assert!(matches!(
+            cp.create(export("a", 80)).await,
+            Err(ModelError::AlreadyExists(_))
+        ));
+        assert_eq!(
+            cp.apply(export("a", 80)).await.unwrap().0,
+            WriteOutcome::Unchanged
+        );
+        let (o, configured) = cp.apply(export("a", 81)).await.unwrap();
+        assert_eq!(o, WriteOutcome::Configured);
+        assert_eq!(
+            configured.metadata().creation_timestamp,
+            created.metadata().creation_timestamp
+        );
+        assert_eq!(cp.list(Kind::Export, Some("default")).len(), 1);
+        assert_eq!(cp.list(Kind::Export, Some("other")).len(), 0);
+        assert_eq!(cp.list(Kind::Import, None).len(), 0);
+        let key = ObjectKey::new(Kind::Export, "default", "a");
+        assert_eq!(
+            cp.delete(key.clone()).await.unwrap().0,
+            WriteOutcome::Deleted
+        );
+        assert!(matches!(cp.delete(key).await, Err(ModelError::NotFound(_))));
+        assert!(store.load_all().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reopens_from_the_store() {
+        let store = Arc::new(MemoryStore::default());
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        cp.create(export("a", 80)).await.unwrap();
+        let again = ControlPlane::open(store).unwrap();
+        let got = again
+            .get(&ObjectKey::new(Kind::Export, "default", "a"))
+            .unwrap();
+        assert_eq!(
+            got.status()
+                .unwrap()
+                .condition("ExportValid")
+                .unwrap()
+                .status,
+            ConditionStatus::True
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_creates_of_one_name_admit_exactly_one() {
+        let cp = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cp = cp.clone();
+                tokio::spawn(async move { cp.create(export("same", 80)).await })
+            })
+            .collect();
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.unwrap().is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_objects_never_reach_the_store() {
+        let store = Arc::new(MemoryStore::default());
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        let mut bad = export("a", 80);
+        bad.metadata_mut().name = "Not_Valid".into();
+        assert!(matches!(cp.apply(bad).await, Err(ModelError::Invalid(_))));
+        assert!(store.load_all().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_store_entry_is_reported_not_skipped() {
+        let store = Arc::new(MemoryStore::default());
+        store
+            .commit(&[Write::Put {
+                key: "exports/default/x".into(),
+                value: b"{not json".to_vec(),
+            }])
+            .unwrap();
+        let err = ControlPlane::open(store).err().unwrap();
+        assert!(err.to_string().contains("exports/default/x"), "{err}");
+    }
+}
