@@ -1,0 +1,181 @@
+//! A client of one gateway's management API: plain HTTP on loopback, or mutual TLS with an admin
+//! certificate. One connection is kept alive across requests.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::context::Context;
+
+/// A management API reply.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    /// What a write did (`created`, `configured`, `unchanged`, `deleted`), when the server says.
+    pub result: Option<String>,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// The server's error message, with every invalid field, from a Kubernetes `Status` body.
+    pub fn error_message(&self) -> String {
+        let message = self
+            .body
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("");
+        if message.is_empty() {
+            format!("the gateway answered {}", self.status)
+        } else {
+            message.to_string()
+        }
+    }
+}
+
+pub struct Client {
+    target: Target,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+struct Target {
+    /// For messages: the server as the user named it.
+    server: String,
+    host: String,
+    port: u16,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Client {
+    pub fn new(ctx: &Context) -> anyhow::Result<Client> {
+        let uri: Uri = ctx.server.parse().with_context(|| {
+            format!(
+                "server {:?} is not a URL like http://127.0.0.1:8443",
+                ctx.server
+            )
+        })?;
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow!("server {:?} has no host", ctx.server))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let tls = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => {
+                let files = ctx.tls_files().ok_or_else(|| {
+                    anyhow!("server {} uses https: the context needs --ca, --cert and --key (an admin certificate from `clusterlink create admin-cert`)", ctx.server)
+                })?;
+                let creds = clusterlink_pki::tls::Credentials::load(&files)?;
+                let config = clusterlink_pki::tls::mutual_client_config(&creds)?;
+                // The gateway's certificate names its peer, not its address.
+                let peer = ctx.peer.clone().ok_or_else(|| anyhow!("server {} uses https: the context needs --peer, the gateway's peer name, to verify its certificate", ctx.server))?;
+                let name = ServerName::try_from(peer.clone())
+                    .with_context(|| format!("peer name {peer:?}"))?;
+                Some((TlsConnector::from(Arc::new(config)), name))
+            }
+            other => bail!(
+                "server {:?}: scheme must be http or https (got {other:?})",
+                ctx.server
+            ),
+        };
+        let default_port = if tls.is_some() { 443 } else { 80 };
+        Ok(Client {
+            target: Target {
+                server: ctx.server.clone(),
+                host,
+                port: uri.port_u16().unwrap_or(default_port),
+                tls,
+            },
+            sender: None,
+        })
+    }
+
+    async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let t = &self.target;
+        let tcp = TcpStream::connect((t.host.as_str(), t.port))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the gateway at {} (is cl-gateway running there?)",
+                    t.server
+                )
+            })?;
+        tcp.set_nodelay(true)?;
+        match &t.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .with_context(|| format!("TLS with the gateway at {} failed", t.server))?;
+                handshake(tls).await
+            }
+        }
+    }
+
+    /// Sends one request; reconnects once if the kept-alive connection was closed meanwhile.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.sender = Some(self.connect().await?);
+        }
+        let sender = self.sender.as_mut().expect("connected");
+        sender
+            .ready()
+            .await
+            .with_context(|| format!("connection to {} failed", self.target.server))?;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.target.host);
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .with_context(|| format!("request to {} failed", self.target.server))?;
+        let status = response.status();
+        let result = response
+            .headers()
+            .get(clusterlink_gateway::management::RESULT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let body = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+            })
+        };
+        Ok(Reply {
+            status,
+            result,
+            body,
+        })
+    }
+}
+
+async fn handshake<I>(io: I) -> anyhow::Result<SendRequest<Full<Bytes>>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}

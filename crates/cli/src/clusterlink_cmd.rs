@@ -1,0 +1,92 @@
+//! `clusterlink`: create the fabric's certificates.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use clusterlink_pki::issue::{DEFAULT_CA_VALIDITY_DAYS, DEFAULT_LEAF_VALIDITY_DAYS};
+use clusterlink_pki::{Validity, create_admin_cert, create_fabric, create_peer_cert};
+
+/// The fabric name the established ClusterLink CLI uses by default.
+pub const DEFAULT_FABRIC: &str = "default_fabric";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clusterlink",
+    version,
+    about = "ClusterLink: create a fabric's certificates"
+)]
+pub struct Clusterlink {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(subcommand)]
+    Create(Create),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Create {
+    /// Create a fabric: a self-signed ECDSA P-256 CA in <path>/<name>/{cert,key}.pem.
+    Fabric {
+        #[arg(long, default_value = DEFAULT_FABRIC)]
+        name: String,
+        /// Directory to create the fabric in.
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        /// How long the CA is valid.
+        #[arg(long, default_value_t = DEFAULT_CA_VALIDITY_DAYS)]
+        validity_days: u32,
+    },
+    /// Create a peer certificate in <path>/<fabric>/<name>/{cert,key}.pem, signed by the fabric.
+    PeerCert {
+        /// The peer's name: a DNS label, and its identity in the fabric.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = DEFAULT_FABRIC)]
+        fabric: String,
+        /// Directory holding the fabric.
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_LEAF_VALIDITY_DAYS)]
+        validity_days: u32,
+    },
+    /// Create a management (admin) client certificate in <path>/<fabric>/admins/<name>/, for
+    /// gwctl to reach a gateway whose management API is not on loopback.
+    AdminCert {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = DEFAULT_FABRIC)]
+        fabric: String,
+        #[arg(long, default_value = ".")]
+        path: PathBuf,
+        #[arg(long, default_value_t = DEFAULT_LEAF_VALIDITY_DAYS)]
+        validity_days: u32,
+    },
+}
+
+pub fn run(cli: Clusterlink) -> anyhow::Result<()> {
+    let Command::Create(create) = cli.command;
+    let paths = match create {
+        Create::Fabric {
+            name,
+            path,
+            validity_days,
+        } => create_fabric(&path, &name, Validity::days(validity_days)?)?,
+        Create::PeerCert {
+            name,
+            fabric,
+            path,
+            validity_days,
+        } => create_peer_cert(&path.join(fabric), &name, Validity::days(validity_days)?)?,
+        Create::AdminCert {
+            name,
+            fabric,
+            path,
+            validity_days,
+        } => create_admin_cert(&path.join(fabric), &name, Validity::days(validity_days)?)?,
+    };
+    println!("wrote {} and {}", paths.cert.display(), paths.key.display());
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! `cl-gateway`: the gateway process of one peer (standalone mode).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use clusterlink_gateway::{Gateway, GatewayConfig, ManagementSecurity};
+use clusterlink_pki::tls::TlsFiles;
+
+/// The management API's default: loopback only, so nothing else on the network can reach it.
+pub const DEFAULT_MANAGEMENT_ADDRESS: &str = "127.0.0.1:8443";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cl-gateway",
+    version,
+    about = "Run a ClusterLink gateway for one peer",
+    long_about = "Run a ClusterLink gateway for one peer, on the embedded store.\n\n\
+        With the layout `clusterlink create` writes, naming the fabric and the peer is enough:\n  \
+        cl-gateway --fabric default_fabric --peer p1\n\n\
+        The management API listens on loopback by default (plain HTTP). On any other address it\n\
+        requires mutual TLS with an admin certificate (`clusterlink create admin-cert`).\n\
+        Once listening, one JSON line on stdout tells where: {\"event\":\"ready\",...}."
+)]
+pub struct GatewayArgs {
+    /// The fabric directory (holding cert.pem of the CA, and the peer's directory).
+    #[arg(long, default_value = crate::clusterlink_cmd::DEFAULT_FABRIC)]
+    pub fabric: PathBuf,
+    /// The peer this gateway serves; its certificate is <fabric>/<peer>/cert.pem.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Fabric CA certificate (default: <fabric>/cert.pem).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Peer certificate (default: <fabric>/<peer>/cert.pem).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Peer private key (default: <fabric>/<peer>/key.pem).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Where the embedded store lives (default: ./<peer>-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Management API address; port 0 picks a free port.
+    #[arg(long, default_value = DEFAULT_MANAGEMENT_ADDRESS)]
+    pub management_address: SocketAddr,
+    /// Require mutual TLS on the management API even on loopback.
+    #[arg(long)]
+    pub management_tls: bool,
+    /// Log level when RUST_LOG is not set.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl GatewayArgs {
+    fn tls_files(&self) -> anyhow::Result<TlsFiles> {
+        let ca = self
+            .ca
+            .clone()
+            .unwrap_or_else(|| self.fabric.join(clusterlink_pki::CERT_FILE));
+        let (cert, key) = match (&self.cert, &self.key, &self.peer) {
+            (Some(cert), Some(key), _) => (cert.clone(), key.clone()),
+            (_, _, Some(peer)) => {
+                let dir = self.fabric.join(peer);
+                (
+                    dir.join(clusterlink_pki::CERT_FILE),
+                    dir.join(clusterlink_pki::KEY_FILE),
+                )
+            }
+            _ => bail!("name the peer (--peer NAME) or give its --cert and --key"),
+        };
+        Ok(TlsFiles { ca, cert, key })
+    }
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    crate::init_logging(&args.log_level, args.log_json);
+    let tls = args.tls_files()?;
+    let listener = tokio::net::TcpListener::bind(args.management_address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the management API",
+                args.management_address
+            )
+        })?;
+    let security = ManagementSecurity::for_address(listener.local_addr()?, args.management_tls);
+    let data_dir = match (&args.data_dir, &args.peer) {
+        (Some(d), _) => d.clone(),
+        (None, Some(peer)) => PathBuf::from(format!("{peer}-data")),
+        (None, None) => bail!("give --data-dir (or --peer, for the default ./<peer>-data)"),
+    };
+    let gateway = Gateway::start(
+        GatewayConfig {
+            tls,
+            data_dir,
+            management_security: security,
+        },
+        listener,
+    )
+    .await?;
+    if let Some(peer) = &args.peer
+        && peer != gateway.name()
+    {
+        bail!(
+            "--peer {peer} but the certificate names {:?}",
+            gateway.name()
+        );
+    }
+    let scheme = match gateway.management_security() {
+        ManagementSecurity::LoopbackPlain => "http",
+        ManagementSecurity::AdminTls => "https",
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "peer": gateway.name(),
+            "management": format!("{scheme}://{}", gateway.management_addr()),
+        })
+    );
+    wait_for_signal().await?;
+    tracing::info!("signal received, shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
