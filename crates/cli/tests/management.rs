@@ -1,0 +1,559 @@
+//! The management API driven by the real gwctl against a real gateway process.
+
+mod support;
+
+use std::path::PathBuf;
+
+use support::{CLUSTERLINK, Fabric, GWCTL, GatewayProcess, raw_http, run, stderr, stdout};
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn example(name: &str) -> String {
+    examples().join(name).display().to_string()
+}
+
+/// Everything the gateway holds, as JSON text, for before/after comparisons.
+fn everything(gw: &GatewayProcess) -> String {
+    [
+        "peers",
+        "exports",
+        "imports",
+        "accesspolicies",
+        "privilegedaccesspolicies",
+    ]
+    .iter()
+    .map(|k| gw.gwctl_ok(&["get", k, "-A", "-o", "json"]))
+    .collect()
+}
+
+#[test]
+fn example_manifests_apply_and_list_back() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    let out = gw.gwctl_ok(&["apply", "-f", &example("manifests")]);
+    for line in [
+        "Peer server1 created",
+        "Peer server2 created",
+        "Import default/reviews created",
+        "AccessPolicy default/deny-firefox created",
+        "AccessPolicy default/allow-all created",
+        "Export default/reviews created",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    let again = gw.gwctl_ok(&["apply", "-f", &example("manifests")]);
+    assert_eq!(again.matches(" unchanged").count(), 6, "{again}");
+
+    let table = gw.gwctl_ok(&["get", "imports"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("reviews"))
+        .unwrap_or_else(|| panic!("{table}"));
+    for cell in [
+        "9080",
+        "static",
+        "server1/default/reviews,server2/default/reviews",
+        "True",
+    ] {
+        assert!(row.contains(cell), "{cell} not in {row}");
+    }
+    assert!(table.starts_with("NAME"), "{table}");
+
+    let policies = gw.gwctl_ok(&["get", "policies", "-A"]);
+    assert!(
+        policies.contains("client.clusterlink.net/labels.app=firefox"),
+        "{policies}"
+    );
+    assert!(
+        policies.contains("export.clusterlink.net/name in (speedtest)"),
+        "{policies}"
+    );
+
+    // YAML output is a manifest again: applying it changes nothing.
+    let yaml = gw.gwctl_ok(&["get", "import", "reviews", "-o", "yaml"]);
+    assert!(
+        yaml.contains("lbScheme: static") && yaml.contains("type: ImportValid"),
+        "{yaml}"
+    );
+    let file = f.root().join("reviews.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let out = gw.gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.trim(), "Import default/reviews unchanged");
+
+    // A changed spec is reported as configured and is what get returns.
+    std::fs::write(&file, yaml.replace("lbScheme: static", "lbScheme: random")).unwrap();
+    assert_eq!(
+        gw.gwctl_ok(&["apply", "-f", file.to_str().unwrap()]).trim(),
+        "Import default/reviews configured"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&gw.gwctl_ok(&["get", "import", "reviews", "-o", "json"])).unwrap();
+    assert_eq!(json["spec"]["lbScheme"], "random");
+
+    let peers = gw.gwctl_ok(&["get", "peers", "-o", "json"]);
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    assert_eq!(peers["items"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn broken_manifests_are_explained_and_change_nothing() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    gw.gwctl_ok(&["apply", "-f", &example("manifests")]);
+    let before = everything(&gw);
+
+    let o = gw.gwctl(&["apply", "-f", &example("broken-import.yaml")]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("spec.sources[1].peer: required"),
+        "{}",
+        stderr(&o)
+    );
+
+    let cases = [
+        (
+            "malformed.yaml",
+            "kind: Import\nmetadata: {name: [unclosed\n",
+            "not valid YAML or JSON",
+        ),
+        (
+            "gizmo.yaml",
+            "apiVersion: clusterlink.net/v1alpha1\nkind: Gizmo\nmetadata: {name: g}\n",
+            "unknown kind \"Gizmo\"",
+        ),
+        (
+            "long.yaml",
+            &format!(
+                "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {}}}\nspec: {{port: 80, sources: [{{peer: a, exportName: r, exportNamespace: d}}]}}\n",
+                "a".repeat(64)
+            ),
+            "metadata.name: must be at most 63 characters",
+        ),
+        (
+            "scheme.yaml",
+            "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {name: x}\nspec: {port: 80, lbScheme: fastest, sources: [{peer: a, exportName: r, exportNamespace: d}]}\n",
+            "spec.lbScheme: unknown variant `fastest`",
+        ),
+        (
+            "port.yaml",
+            "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: x}\nspec: {port: 70000}\n",
+            "spec.port: must be between 1 and 65535 (got 70000)",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = f.root().join(name);
+        std::fs::write(&path, text).unwrap();
+        let o = gw.gwctl(&["apply", "-f", path.to_str().unwrap()]);
+        assert!(!o.status.success(), "{name} was accepted");
+        assert!(
+            stderr(&o).contains(expected),
+            "{name}: expected {expected:?} in {}",
+            stderr(&o)
+        );
+    }
+
+    // The server checks too: a client that skips gwctl gets the same field path.
+    let (code, body) = raw_http(
+        gw.port(),
+        "PUT",
+        "/apis/clusterlink.net/v1alpha1/namespaces/default/imports/ratings",
+        std::fs::read(example("broken-import.yaml"))
+            .unwrap()
+            .as_slice(),
+    );
+    assert_eq!(code, 400, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["reason"], "Invalid");
+    assert_eq!(
+        status["details"]["causes"][0]["field"],
+        "spec.sources[1].peer"
+    );
+    assert_eq!(status["details"]["causes"][0]["message"], "required");
+
+    // 63 characters is fine.
+    let ok = gw.gwctl(&[
+        "create",
+        "import",
+        "--name",
+        &"a".repeat(63),
+        "--port",
+        "80",
+        "--peer",
+        "p2",
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    gw.gwctl_ok(&["delete", "import", &"a".repeat(63)]);
+
+    assert_eq!(
+        everything(&gw),
+        before,
+        "a refused request changed the store"
+    );
+}
+
+#[test]
+fn api_status_codes() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    let api = "/apis/clusterlink.net/v1alpha1";
+    let export = b"apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: web}\nspec: {port: 80}\n";
+
+    let (code, _) = raw_http(
+        gw.port(),
+        "POST",
+        &format!("{api}/namespaces/default/exports"),
+        export,
+    );
+    assert_eq!(code, 201);
+    let (code, body) = raw_http(
+        gw.port(),
+        "POST",
+        &format!("{api}/namespaces/default/exports"),
+        export,
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("\"reason\":\"AlreadyExists\""), "{body}");
+    let before = everything(&gw);
+
+    let big = format!(
+        "{}# {}\n",
+        String::from_utf8_lossy(export),
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (code, body) = raw_http(
+        gw.port(),
+        "PUT",
+        &format!("{api}/namespaces/default/exports/web"),
+        big.as_bytes(),
+    );
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("RequestEntityTooLarge"), "{body}");
+
+    let (code, body) = raw_http(
+        gw.port(),
+        "DELETE",
+        &format!("{api}/namespaces/default/exports/nope"),
+        b"",
+    );
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = raw_http(gw.port(), "GET", &format!("{api}/gizmos"), b"");
+    assert_eq!(code, 404);
+    assert!(body.contains("unknown resource \\\"gizmos\\\""), "{body}");
+    let (code, body) = raw_http(gw.port(), "GET", &format!("{api}/imports/x"), b"");
+    assert_eq!(code, 404);
+    assert!(body.contains("namespaced"), "{body}");
+    let (code, body) = raw_http(
+        gw.port(),
+        "PUT",
+        &format!("{api}/namespaces/default/exports/other"),
+        export,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("metadata.name"), "{body}");
+    let (code, body) = raw_http(gw.port(), "PUT", &format!("{api}/namespaces/team-a/exports/web"), b"apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: web, namespace: default}\nspec: {port: 80}\n");
+    assert_eq!(code, 400);
+    assert!(body.contains("metadata.namespace"), "{body}");
+    let (code, _) = raw_http(
+        gw.port(),
+        "PUT",
+        &format!("{api}/namespaces/default/imports/web"),
+        export,
+    );
+    assert_eq!(code, 400);
+    let (code, _) = raw_http(
+        gw.port(),
+        "PUT",
+        &format!("{api}/namespaces/default/exports/web"),
+        b"\xff\xfe",
+    );
+    assert_eq!(code, 400);
+    assert_eq!(everything(&gw), before);
+
+    let o = gw.gwctl(&["create", "export", "--name", "web", "--port", "80"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Export default/web already exists"),
+        "{}",
+        stderr(&o)
+    );
+    let o = gw.gwctl(&["delete", "export", "nope"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("Export default/nope not found"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(everything(&gw), before);
+
+    let (code, body) = raw_http(gw.port(), "GET", &format!("{api}/peers"), b"");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"kind\":\"PeerList\""), "{body}");
+}
+
+#[test]
+fn create_get_delete_with_flags_and_namespaces() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    gw.gwctl_ok(&[
+        "create",
+        "peer",
+        "--name",
+        "p2",
+        "--host",
+        "10.0.0.2",
+        "--host",
+        "gw2.example.com",
+        "--port",
+        "8443",
+        "--label",
+        "env=prod",
+    ]);
+    gw.gwctl_ok(&[
+        "create", "import", "--name", "web", "--port", "8080", "--peer", "p2", "--peer", "p3",
+        "-n", "team-a",
+    ]);
+    gw.gwctl_ok(&[
+        "create", "export", "--name", "db", "--port", "5432", "--host", "10.1.1.1",
+    ]);
+    gw.gwctl_ok(&[
+        "create",
+        "policy",
+        "--name",
+        "allow-prod",
+        "--action",
+        "allow",
+        "--from",
+        "peer.clusterlink.net/labels.env=prod",
+    ]);
+    gw.gwctl_ok(&[
+        "create",
+        "policy",
+        "--name",
+        "deny-all",
+        "--action",
+        "deny",
+        "--privileged",
+    ]);
+
+    let peers = gw.gwctl_ok(&["get", "peers"]);
+    assert!(
+        peers.contains("10.0.0.2:8443,gw2.example.com:8443"),
+        "{peers}"
+    );
+    let import: serde_json::Value =
+        serde_json::from_str(&gw.gwctl_ok(&["get", "import", "web", "-n", "team-a", "-o", "json"]))
+            .unwrap();
+    assert_eq!(import["spec"]["sources"][1]["peer"], "p3");
+    assert_eq!(import["spec"]["sources"][1]["exportNamespace"], "team-a");
+    assert_eq!(import["spec"]["lbScheme"], "round-robin");
+    let o = gw.gwctl(&["get", "imports"]);
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("No imports found in namespace default"),
+        "{}",
+        stderr(&o)
+    );
+    let all = gw.gwctl_ok(&["get", "imports", "-A"]);
+    assert!(
+        all.starts_with("NAMESPACE") && all.contains("team-a"),
+        "{all}"
+    );
+    assert!(gw.gwctl_ok(&["get", "pap"]).contains("deny-all"));
+
+    let bad = gw.gwctl(&[
+        "create", "import", "--name", "x", "--port", "0", "--peer", "p2",
+    ]);
+    assert!(
+        stderr(&bad).contains("--port must be between 1 and 65535"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = gw.gwctl(&["create", "peer", "--name", "Bad", "--host", "h"]);
+    assert!(stderr(&bad).contains("metadata.name"), "{}", stderr(&bad));
+
+    gw.gwctl_ok(&["delete", "import", "web", "-n", "team-a"]);
+    gw.gwctl_ok(&["delete", "pap", "deny-all"]);
+    assert!(
+        gw.gwctl_ok(&["get", "imports", "-A", "-o", "json"])
+            .contains("\"items\": []")
+    );
+
+    // delete -f removes what the manifests name.
+    gw.gwctl_ok(&["apply", "-f", &example("manifests")]);
+    let out = gw.gwctl_ok(&["delete", "-f", &example("manifests/peers.yaml")]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(!gw.gwctl_ok(&["get", "peers"]).contains("server1"));
+}
+
+#[test]
+fn objects_survive_a_restart_and_sigterm_is_clean() {
+    let f = Fabric::new(&["p1"]);
+    let mut gw = f.start("p1");
+    gw.gwctl_ok(&["apply", "-f", &example("manifests")]);
+    let before = everything(&gw);
+    assert!(
+        gw.terminate().success(),
+        "SIGTERM must end the gateway cleanly"
+    );
+    let log = std::fs::read_to_string(&gw.stderr_path).unwrap();
+    assert!(log.contains("gateway stopped"), "{log}");
+    let gw = f.start("p1");
+    assert_eq!(everything(&gw), before);
+}
+
+#[test]
+fn one_data_directory_serves_one_gateway() {
+    let f = Fabric::new(&["p1"]);
+    let _gw = f.start("p1");
+    let o = std::process::Command::new(support::CL_GATEWAY)
+        .args(["--peer", "p1", "--management-address", "127.0.0.1:0"])
+        .current_dir(f.root())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("in use by another process"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn saved_contexts_make_commands_short() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    let config = f.root().join("gwctl.yaml");
+    let gwctl = |args: &[&str]| {
+        std::process::Command::new(GWCTL)
+            .args(args)
+            .env("GWCTL_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    let o = gwctl(&["get", "peers"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("gwctl config set-context"),
+        "{}",
+        stderr(&o)
+    );
+    let o = gwctl(&[
+        "config",
+        "set-context",
+        "p1",
+        "--server",
+        &gw.url,
+        "-n",
+        "team-a",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(current)"));
+    let o = gwctl(&["create", "export", "--name", "web", "--port", "80"]);
+    assert_eq!(
+        stdout(&o).trim(),
+        "Export team-a/web created",
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&gwctl(&["get", "exports"])).contains("web"));
+    assert_eq!(stdout(&gwctl(&["config", "current-context"])).trim(), "p1");
+    let o = gwctl(&["config", "use-context", "nope"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no context named \"nope\""),
+        "{}",
+        stderr(&o)
+    );
+    let o = gwctl(&["--context", "p1", "config", "get-contexts"]);
+    assert!(stdout(&o).contains("* p1"), "{}", stdout(&o));
+
+    gw.gwctl_ok(&["get", "peers"]);
+    drop(gw);
+    let o = gwctl(&["get", "exports"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot reach the gateway"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn management_beyond_loopback_requires_an_admin_certificate() {
+    let f = Fabric::new(&["p1", "p2"]);
+    assert!(
+        run(
+            CLUSTERLINK,
+            &["create", "admin-cert", "--name", "alice"],
+            f.root()
+        )
+        .status
+        .success()
+    );
+    let gw = f.start_with("p1", &["--management-address", "0.0.0.0:0"]);
+    assert!(gw.url.starts_with("https://"), "{}", gw.url);
+    let port = gw.port().to_string();
+    let fabric = f.fabric_dir();
+    let config = f.root().join("gwctl.yaml");
+    let set = |name: &str, who: &str| {
+        let dir = fabric.join(who);
+        let o = std::process::Command::new(GWCTL)
+            .args([
+                "config",
+                "set-context",
+                name,
+                "--server",
+                &format!("https://127.0.0.1:{port}"),
+                "--peer",
+                "p1",
+            ])
+            .arg("--ca")
+            .arg(fabric.join("cert.pem"))
+            .arg("--cert")
+            .arg(dir.join("cert.pem"))
+            .arg("--key")
+            .arg(dir.join("key.pem"))
+            .env("GWCTL_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    };
+    set("admin", "admins/alice");
+    set("impostor", "p2");
+    let gwctl = |ctx: &str, args: &[&str]| {
+        std::process::Command::new(GWCTL)
+            .args(["--context", ctx])
+            .args(args)
+            .env("GWCTL_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    let o = gwctl(
+        "admin",
+        &["create", "export", "--name", "web", "--port", "80"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&gwctl("admin", &["get", "exports"])).contains("web"));
+
+    // Another peer's certificate is valid in the fabric but is no admin credential.
+    let o = gwctl("impostor", &["get", "exports"]);
+    assert!(
+        !o.status.success(),
+        "a peer certificate was accepted as an admin"
+    );
+    // Plain HTTP is not served there at all.
+    let o = gw.gwctl(&["get", "exports"]);
+    assert!(!o.status.success());
+    let plain = std::process::Command::new(GWCTL)
+        .args([
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+            "get",
+            "exports",
+        ])
+        .env("GWCTL_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(!plain.status.success());
+}

@@ -1,0 +1,207 @@
+//! Test harness: real binaries, real certificates, listeners on port 0.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const CLUSTERLINK: &str = env!("CARGO_BIN_EXE_clusterlink");
+pub const GWCTL: &str = env!("CARGO_BIN_EXE_gwctl");
+pub const CL_GATEWAY: &str = env!("CARGO_BIN_EXE_cl-gateway");
+
+/// How long a gateway may take to print its ready line; generous for a loaded CI machine.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(bin: &str, args: &[&str], cwd: &Path) -> Output {
+    Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("spawn")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fabric on disk made with the real `clusterlink` binary.
+pub struct Fabric {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fabric {
+    pub fn new(peers: &[&str]) -> Fabric {
+        let dir = tempfile::tempdir().unwrap();
+        let o = run(CLUSTERLINK, &["create", "fabric"], dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        for p in peers {
+            let o = run(
+                CLUSTERLINK,
+                &["create", "peer-cert", "--name", p],
+                dir.path(),
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        Fabric { dir }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn fabric_dir(&self) -> PathBuf {
+        self.dir.path().join("default_fabric")
+    }
+
+    pub fn data_dir(&self, peer: &str) -> PathBuf {
+        self.dir.path().join(format!("{peer}-data"))
+    }
+
+    /// The gateway of `peer`, management API on a free loopback port.
+    pub fn start(&self, peer: &str) -> GatewayProcess {
+        self.start_with(peer, &["--management-address", "127.0.0.1:0"])
+    }
+
+    /// The gateway of `peer` with these further arguments.
+    pub fn start_with(&self, peer: &str, extra: &[&str]) -> GatewayProcess {
+        let mut args = vec!["--peer", peer];
+        args.extend_from_slice(extra);
+        GatewayProcess::spawn(self.root(), &args)
+    }
+}
+
+/// A running `cl-gateway`; killed when dropped.
+pub struct GatewayProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT` or `https://…`, from the ready line.
+    pub url: String,
+    pub stderr_path: PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn spawn(cwd: &Path, args: &[&str]) -> GatewayProcess {
+        let stderr_path = cwd.join(format!(
+            "gateway-{}.log",
+            std::process::id() as u64 * 1000 + rand_u64() % 1000
+        ));
+        let stderr_file = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(CL_GATEWAY)
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(stderr_file)
+            .spawn()
+            .expect("spawn cl-gateway");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "gateway did not become ready; stderr:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            )
+        });
+        let url = ready["management"].as_str().unwrap().to_string();
+        GatewayProcess {
+            child,
+            url,
+            stderr_path,
+        }
+    }
+
+    /// `gwctl --server URL ARGS…`, with an empty config so nothing leaks between tests.
+    pub fn gwctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(GWCTL);
+        cmd.arg("--server")
+            .arg(&self.url)
+            .args(args)
+            .env("GWCTL_CONFIG", "/nonexistent/gwctl.yaml");
+        cmd.output().unwrap()
+    }
+
+    /// gwctl that must succeed; returns its stdout.
+    pub fn gwctl_ok(&self, args: &[&str]) -> String {
+        let o = self.gwctl(args);
+        assert!(
+            o.status.success(),
+            "gwctl {args:?} failed:\n{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        stdout(&o)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and the exit status it ends with.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A seed-free pseudo-random number, for varying kill timings between runs.
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish()
+}
+
+/// A raw HTTP/1.1 exchange over TCP, for requests gwctl would never send (oversized bodies,
+/// mismatched paths). Returns the status code and body.
+pub fn raw_http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // The server may answer 413 and close before reading the whole body.
+    let _ = s.write_all(body);
+    let mut response = Vec::new();
+    let _ = s.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
