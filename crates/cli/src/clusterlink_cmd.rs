@@ -22,8 +22,11 @@ pub struct Clusterlink {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create fabric, peer and admin certificates.
     #[command(subcommand)]
     Create(Create),
+    /// Run a local fabric of real gateways, apply the example manifests and list them.
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,8 +69,11 @@ pub enum Create {
     },
 }
 
-pub fn run(cli: Clusterlink) -> anyhow::Result<()> {
-    let Command::Create(create) = cli.command;
+pub async fn run(cli: Clusterlink) -> anyhow::Result<()> {
+    let create = match cli.command {
+        Command::Create(create) => create,
+        Command::Demo(args) => return crate::demo::run(args).await,
+    };
     let paths = match create {
         Create::Fabric {
             name,

@@ -240,7 +240,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             .unwrap_or_else(|| clusterlink_api::DEFAULT_NAMESPACE.to_string())
     };
     match cli.command {
-        Command::Apply { files, ns } => apply(&mut client, &files, &default_ns(&ns)).await,
+        Command::Apply { files, ns } => bulk(&ctx, &files, &default_ns(&ns), BulkOp::Apply).await,
         Command::Get {
             kind,
             name,
@@ -267,7 +267,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
         } => {
             let namespace = default_ns(&ns);
             if !files.is_empty() {
-                return delete_files(&mut client, &files, &namespace).await;
+                return bulk(&ctx, &files, &namespace, BulkOp::Delete).await;
             }
             let (Some(kind), Some(name)) = (kind, name) else {
                 bail!("name what to delete: `gwctl delete KIND NAME` or `gwctl delete -f FILE`");
@@ -317,16 +317,16 @@ fn key_namespace(kind: Kind, namespace: &str) -> String {
     }
 }
 
-const API: &str = clusterlink_gateway::management::API_PREFIX;
+pub const API: &str = clusterlink_gateway::management::API_PREFIX;
 
-fn collection_path(kind: Kind, namespace: Option<&str>) -> String {
+pub fn collection_path(kind: Kind, namespace: Option<&str>) -> String {
     match (kind.scope(), namespace) {
         (Scope::Namespaced, Some(ns)) => format!("{API}/namespaces/{ns}/{}", kind.plural()),
         _ => format!("{API}/{}", kind.plural()),
     }
 }
 
-fn item_path(key: &ObjectKey) -> String {
+pub fn item_path(key: &ObjectKey) -> String {
     format!(
         "{}/{}",
         collection_path(key.kind, Some(&key.namespace)),
@@ -421,70 +421,111 @@ fn objects_of(sources: &[String], namespace: &str) -> anyhow::Result<Vec<Result<
     Ok(out)
 }
 
-async fn apply(client: &mut Client, sources: &[String], namespace: &str) -> anyhow::Result<()> {
-    let mut failed = 0;
-    let mut total = 0;
-    for item in objects_of(sources, namespace)? {
-        total += 1;
-        let obj = match item {
-            Ok(obj) => obj,
-            Err(e) => {
-                eprintln!("{e}");
-                failed += 1;
-                continue;
-            }
-        };
-        let key = obj.key();
-        let reply = client
-            .request(
-                Method::PUT,
-                &item_path(&key),
-                Some(serde_json::to_vec(&obj)?),
-            )
-            .await?;
-        if reply.status.is_success() {
-            println!("{key} {}", reply.result.as_deref().unwrap_or("configured"));
-        } else {
-            eprintln!("{key} failed: {}", reply.error_message());
-            failed += 1;
-        }
-    }
+/// Requests in flight at once for multi-object commands: enough for the gateway to fold them
+/// into shared commits (one fsync each), few enough not to crowd a small gateway.
+const PIPELINE_CONNECTIONS: usize = 8;
+
+#[derive(Debug, Clone, Copy)]
+enum BulkOp {
+    Apply,
+    Delete,
+}
+
+/// Applies or deletes every object of the sources over several connections, printing one line
+/// per document in document order. Objects with the same key share a connection, so a later
+/// document still wins over an earlier one.
+async fn bulk(
+    ctx: &Context,
+    sources: &[String],
+    namespace: &str,
+    op: BulkOp,
+) -> anyhow::Result<()> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let items = objects_of(sources, namespace)?;
+    let total = items.len();
     if total == 0 {
         bail!("no objects found in {}", sources.join(", "));
     }
-    if failed > 0 {
-        bail!("{failed} of {total} objects failed");
-    }
-    Ok(())
-}
-
-async fn delete_files(
-    client: &mut Client,
-    sources: &[String],
-    namespace: &str,
-) -> anyhow::Result<()> {
-    let mut failed = 0;
-    for item in objects_of(sources, namespace)? {
-        let key = match item {
-            Ok(obj) => obj.key(),
-            Err(e) => {
-                eprintln!("{e}");
-                failed += 1;
-                continue;
+    let (done, mut results) =
+        tokio::sync::mpsc::unbounded_channel::<(usize, Result<String, String>)>();
+    let mut queues: Vec<Vec<(usize, Object)>> = vec![Vec::new(); PIPELINE_CONNECTIONS];
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            Ok(obj) => {
+                let mut h = DefaultHasher::new();
+                obj.key().hash(&mut h);
+                queues[h.finish() as usize % PIPELINE_CONNECTIONS].push((i, obj));
             }
-        };
-        let reply = client
-            .request(Method::DELETE, &item_path(&key), None)
-            .await?;
-        if reply.status.is_success() {
-            println!("{key} deleted");
-        } else {
-            eprintln!("{key} failed: {}", reply.error_message());
-            failed += 1;
+            Err(e) => done.send((i, Err(e))).expect("receiver alive"),
         }
     }
+    let mut workers = tokio::task::JoinSet::new();
+    for queue in queues.into_iter().filter(|q| !q.is_empty()) {
+        let mut client = Client::new(ctx)?;
+        let done = done.clone();
+        workers.spawn(async move {
+            for (i, obj) in queue {
+                let key = obj.key();
+                let reply = match op {
+                    BulkOp::Apply => {
+                        client
+                            .request(
+                                Method::PUT,
+                                &item_path(&key),
+                                Some(serde_json::to_vec(&obj)?),
+                            )
+                            .await?
+                    }
+                    BulkOp::Delete => {
+                        client
+                            .request(Method::DELETE, &item_path(&key), None)
+                            .await?
+                    }
+                };
+                let line = if reply.status.is_success() {
+                    Ok(format!(
+                        "{key} {}",
+                        reply.result.as_deref().unwrap_or("configured")
+                    ))
+                } else {
+                    Err(format!("{key} failed: {}", reply.error_message()))
+                };
+                if done.send((i, line)).is_err() {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    drop(done);
+    let mut pending = BTreeMap::new();
+    let mut next = 0;
+    let mut failed = 0;
+    let mut report = |r: Result<String, String>| match r {
+        Ok(line) => println!("{line}"),
+        Err(line) => {
+            eprintln!("{line}");
+            failed += 1;
+        }
+    };
+    while let Some((i, result)) = results.recv().await {
+        pending.insert(i, result);
+        while let Some(r) = pending.remove(&next) {
+            report(r);
+            next += 1;
+        }
+    }
+    // A lost connection leaves gaps; report what did complete, in order, then the cause.
+    let answered = next + pending.len();
+    pending.into_values().for_each(&mut report);
+    while let Some(joined) = workers.join_next().await {
+        joined.map_err(|e| anyhow!("request task failed: {e}"))??;
+    }
+    if answered < total {
+        bail!("{} of {total} objects were not sent", total - answered);
+    }
     if failed > 0 {
-        bail!("{failed} objects could not be deleted");
+        bail!("{failed} of {total} objects failed");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod clusterlink_cmd;
 pub mod context;
+pub mod demo;
 pub mod gateway_cmd;
 pub mod gwctl;
 pub mod output;

@@ -557,3 +557,65 @@ fn management_beyond_loopback_requires_an_admin_certificate() {
         .unwrap();
     assert!(!plain.status.success());
 }
+
+#[test]
+fn bulk_apply_reports_in_document_order_and_later_documents_win() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    let doc = |name: &str, port: u32| {
+        format!(
+            "---\napiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}}}\nspec: {{port: {port}}}\n"
+        )
+    };
+    // Many documents (more than gwctl's connections), one object three times, one broken one.
+    let mut text = String::new();
+    let mut expected = Vec::new();
+    for i in 0..60 {
+        text.push_str(&doc(&format!("e{i}"), 1000 + i));
+        expected.push(format!("Export default/e{i} created"));
+        if i == 30 {
+            text.push_str(&doc("e0", 2));
+            expected.push("Export default/e0 configured".into());
+            text.push_str(&doc("e0", 3));
+            expected.push("Export default/e0 configured".into());
+            text.push_str(&doc("bad", 0));
+        }
+    }
+    let path = f.root().join("bulk.yaml");
+    std::fs::write(&path, text).unwrap();
+    let o = gw.gwctl(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(
+        !o.status.success(),
+        "the broken document must fail the command"
+    );
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), expected);
+    assert!(
+        stderr(&o).contains("document 34 failed: spec.port: must be between 1 and 65535 (got 0)"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("1 of 63 objects failed"),
+        "{}",
+        stderr(&o)
+    );
+    let e0: serde_json::Value =
+        serde_json::from_str(&gw.gwctl_ok(&["get", "export", "e0", "-o", "json"])).unwrap();
+    assert_eq!(e0["spec"]["port"], 3);
+
+    let o = gw.gwctl(&["delete", "-f", path.to_str().unwrap()]);
+    assert!(
+        stdout(&o).contains("Export default/e59 deleted"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("Export default/e0 failed: Export default/e0 not found"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        gw.gwctl_ok(&["get", "exports", "-o", "json"])
+            .contains("\"items\": []")
+    );
+}

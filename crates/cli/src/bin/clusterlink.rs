@@ -1,7 +1,10 @@
 use clap::Parser;
 
-fn main() -> std::process::ExitCode {
-    match clusterlink::clusterlink_cmd::run(clusterlink::clusterlink_cmd::Clusterlink::parse()) {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    match clusterlink::clusterlink_cmd::run(clusterlink::clusterlink_cmd::Clusterlink::parse())
+        .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
