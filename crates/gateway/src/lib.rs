@@ -3,10 +3,14 @@
 //! - [`model`]: the control plane's model of every object, kept durable in the store.
 //! - [`management`]: the management REST API over that model.
 //! - [`gateway`]: a running standalone gateway tying identity, store and listeners together.
+//! - [`policy`]: the access policy engine (tiers, order, what decided).
+//! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 
 pub mod gateway;
 pub mod management;
 pub mod model;
+pub mod policy;
+pub mod tunnel;
 
 pub use gateway::{Gateway, GatewayConfig, GatewayError, ManagementSecurity};
 pub use model::{ControlPlane, ModelError, WriteOutcome};

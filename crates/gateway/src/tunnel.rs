@@ -1,0 +1,364 @@
+//! The tunnel wire protocol between gateways, spoken inside mutual TLS on the peer port.
+//!
+//! ```text
+//! CONNECT reviews.default:443 HTTP/1.1          export `reviews` in namespace `default`
+//! host: reviews.default:443
+//! x-clusterlink-client: {"client.clusterlink.net/namespace":"web",...}
+//!
+//! HTTP/1.1 200 OK                               then raw bytes both ways
+//! ```
+//!
+//! A refusal is a non-200 status with `x-clusterlink-reason` (machine-readable) and a short JSON
+//! body. The requesting peer's identity is never part of the request: the answering gateway takes
+//! it from the TLS client certificate. The client attributes a peer sends are used only under that
+//! authenticated name, and only `client.clusterlink.net/*` keys are accepted from it.
+//!
+//! Parsing is bounded ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`]) and never panics.
+
+use std::fmt;
+
+use clusterlink_api::attributes::{CLIENT_LABELS_PREFIX, CLIENT_NAMESPACE, CLIENT_SERVICE_ACCOUNT};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::policy::Attributes;
+
+/// ALPN of this protocol version; a gateway refuses a handshake that offers none it speaks, so a
+/// mixed-version fabric fails loudly rather than misreading bytes.
+pub const ALPN: &[u8] = b"clusterlink/1";
+/// A request or response head larger than this is refused: real ones are a few hundred bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// At most this many header lines.
+pub const MAX_HEADERS: usize = 32;
+/// The port named in the CONNECT authority; the export decides where the backend really is.
+const AUTHORITY_PORT: u16 = 443;
+const CLIENT_HEADER: &str = "x-clusterlink-client";
+const REASON_HEADER: &str = "x-clusterlink-reason";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("the tunnel head is larger than {MAX_HEAD_BYTES} bytes")]
+    TooLarge,
+    #[error("the connection closed before the tunnel head was complete")]
+    Truncated,
+    #[error("malformed tunnel head: {0}")]
+    Malformed(String),
+    #[error("read failed: {0}")]
+    Io(String),
+}
+
+/// Which export a tunnel is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExportRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ExportRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The CONNECT a gateway sends to open a tunnel to an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRequest {
+    pub export: ExportRef,
+    /// Attributes of the connecting client workload (`client.clusterlink.net/*`).
+    pub client: Attributes,
+}
+
+fn is_client_attribute(key: &str) -> bool {
+    key == CLIENT_NAMESPACE
+        || key == CLIENT_SERVICE_ACCOUNT
+        || key.starts_with(CLIENT_LABELS_PREFIX)
+}
+
+impl TunnelRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let authority = format!(
+            "{}.{}:{AUTHORITY_PORT}",
+            self.export.name, self.export.namespace
+        );
+        let client = serde_json::to_string(&self.client).expect("attributes serialize");
+        format!(
+            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    pub fn decode(head: &[u8]) -> Result<TunnelRequest, ProtocolError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
+            Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
+        }
+        if req.method != Some("CONNECT") {
+            return Err(ProtocolError::Malformed(format!(
+                "expected CONNECT, got {:?}",
+                req.method.unwrap_or("")
+            )));
+        }
+        let authority = req.path.unwrap_or("");
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority);
+        let (name, namespace) = host
+            .split_once('.')
+            .filter(|(n, ns)| !n.is_empty() && !ns.is_empty() && !ns.contains('.'))
+            .ok_or_else(|| {
+                ProtocolError::Malformed(format!(
+                    "authority {authority:?} is not <export>.<namespace>:<port>"
+                ))
+            })?;
+        let mut client = Attributes::new();
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case(CLIENT_HEADER) {
+                let parsed: Attributes = serde_json::from_slice(h.value)
+                    .map_err(|e| ProtocolError::Malformed(format!("{CLIENT_HEADER}: {e}")))?;
+                if let Some(bad) = parsed.keys().find(|k| !is_client_attribute(k)) {
+                    return Err(ProtocolError::Malformed(format!(
+                        "{CLIENT_HEADER} may carry only client attributes, not {bad:?}"
+                    )));
+                }
+                client = parsed;
+            }
+        }
+        Ok(TunnelRequest {
+            export: ExportRef {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            client,
+        })
+    }
+}
+
+/// Why a gateway refused a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    PolicyDenied,
+    NoSuchExport,
+    BackendUnreachable,
+    BadRequest,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::PolicyDenied => "PolicyDenied",
+            RefusalReason::NoSuchExport => "NoSuchExport",
+            RefusalReason::BackendUnreachable => "BackendUnreachable",
+            RefusalReason::BadRequest => "BadRequest",
+        }
+    }
+
+    fn status(self) -> (u16, &'static str) {
+        match self {
+            RefusalReason::PolicyDenied => (403, "Forbidden"),
+            RefusalReason::NoSuchExport => (404, "Not Found"),
+            RefusalReason::BackendUnreachable => (502, "Bad Gateway"),
+            RefusalReason::BadRequest => (400, "Bad Request"),
+        }
+    }
+
+    fn from_str(s: &str) -> Option<RefusalReason> {
+        [
+            Self::PolicyDenied,
+            Self::NoSuchExport,
+            Self::BackendUnreachable,
+            Self::BadRequest,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// A gateway's answer to a [`TunnelRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TunnelResponse {
+    Established,
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+}
+
+impl TunnelResponse {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            TunnelResponse::Established => b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+            TunnelResponse::Refused { reason, message } => {
+                let (code, text) = reason.status();
+                let body =
+                    serde_json::json!({"reason": reason.as_str(), "message": message}).to_string();
+                format!(
+                    "HTTP/1.1 {code} {text}\r\n{REASON_HEADER}: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    reason.as_str(),
+                    body.len()
+                )
+                .into_bytes()
+            }
+        }
+    }
+
+    /// Decodes a response head. For a refusal, `body` is whatever followed the head.
+    pub fn decode(head: &[u8], body: &[u8]) -> Result<TunnelResponse, ProtocolError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
+            Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
+        }
+        if resp.code == Some(200) {
+            return Ok(TunnelResponse::Established);
+        }
+        let reason = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(REASON_HEADER))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .and_then(RefusalReason::from_str)
+            .ok_or_else(|| {
+                ProtocolError::Malformed(format!(
+                    "status {:?} without a known {REASON_HEADER}",
+                    resp.code
+                ))
+            })?;
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        Ok(TunnelResponse::Refused { reason, message })
+    }
+}
+
+/// Reads a head (through the blank line) from `stream`. Returns the head and any bytes that
+/// arrived after it, which belong to the stream that follows.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(Vec<u8>, Vec<u8>), ProtocolError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ProtocolError::Io(e.to_string()))?;
+        if n == 0 {
+            return Err(ProtocolError::Truncated);
+        }
+        // Look for the end only in the new bytes (and the three before them).
+        let from = buf.len().saturating_sub(3);
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = from + pos + 4;
+            if end > MAX_HEAD_BYTES {
+                return Err(ProtocolError::TooLarge);
+            }
+            let rest = buf.split_off(end);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD_BYTES {
+            return Err(ProtocolError::TooLarge);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> TunnelRequest {
+        TunnelRequest {
+            export: ExportRef {
+                namespace: "default".into(),
+                name: "reviews".into(),
+            },
+            client: [(
+                "client.clusterlink.net/labels.app".to_string(),
+                "web".to_string(),
+            )]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn request_round_trip() {
+        let r = request();
+        let bytes = r.encode();
+        assert!(bytes.starts_with(b"CONNECT reviews.default:443 HTTP/1.1\r\n"));
+        assert_eq!(TunnelRequest::decode(&bytes).unwrap(), r);
+    }
+
+    #[test]
+    fn a_peer_cannot_send_peer_or_export_attributes() {
+        let forged = b"CONNECT reviews.default:443 HTTP/1.1\r\nx-clusterlink-client: {\"peer.clusterlink.net/name\":\"trusted\"}\r\n\r\n";
+        let err = TunnelRequest::decode(forged).unwrap_err();
+        assert!(err.to_string().contains("only client attributes"), "{err}");
+    }
+
+    #[test]
+    fn malformed_requests_are_errors_not_panics() {
+        for bad in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"CONNECT reviews:443 HTTP/1.1\r\n\r\n",
+            b"CONNECT .default:443 HTTP/1.1\r\n\r\n",
+            b"CONNECT a.b.c:443 HTTP/1.1\r\n\r\n",
+            b"CONNECT a.b:443 HTTP/1.1\r\nx-clusterlink-client: [1]\r\n\r\n",
+            b"\xff\x00garbage\r\n\r\n",
+            b"CONNECT a.b:443 HTTP/1.1\r\n",
+        ] {
+            assert!(
+                TunnelRequest::decode(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let ok = TunnelResponse::Established.encode();
+        assert_eq!(
+            TunnelResponse::decode(&ok, b"").unwrap(),
+            TunnelResponse::Established
+        );
+        let refused = TunnelResponse::Refused {
+            reason: RefusalReason::PolicyDenied,
+            message: "denied by AccessPolicy default/x".into(),
+        };
+        let bytes = refused.encode();
+        let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(bytes.starts_with(b"HTTP/1.1 403 Forbidden\r\n"));
+        assert_eq!(
+            TunnelResponse::decode(&bytes[..split], &bytes[split..]).unwrap(),
+            refused
+        );
+    }
+
+    #[tokio::test]
+    async fn read_head_keeps_the_bytes_after_it() {
+        let mut input: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nhello";
+        let (head, rest) = read_head(&mut input).await.unwrap();
+        assert_eq!(head, b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(rest, b"hello");
+    }
+
+    #[tokio::test]
+    async fn read_head_is_bounded() {
+        let big = vec![b'a'; MAX_HEAD_BYTES + 10];
+        assert_eq!(
+            read_head(&mut big.as_slice()).await.unwrap_err(),
+            ProtocolError::TooLarge
+        );
+        let mut short: &[u8] = b"CONNECT a.b:443 HTTP/1.1\r\n";
+        assert_eq!(
+            read_head(&mut short).await.unwrap_err(),
+            ProtocolError::Truncated
+        );
+    }
+}
