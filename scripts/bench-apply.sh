@@ -11,7 +11,7 @@ trap 'kill $gw 2>/dev/null || true; rm -rf "$work"' EXIT
 cd "$work"
 "$bin/clusterlink" create fabric >/dev/null
 "$bin/clusterlink" create peer-cert --name bench >/dev/null
-"$bin/cl-gateway" --peer bench --management-address 127.0.0.1:0 --log-level warn > ready.json 2> gateway.log &
+"$bin/cl-gateway" --peer bench --management-address 127.0.0.1:0 --peer-address 127.0.0.1:0 --log-level warn > ready.json 2> gateway.log &
 gw=$!
 until [ -s ready.json ]; do
   kill -0 $gw 2>/dev/null || { cat gateway.log; exit 1; }

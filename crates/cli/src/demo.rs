@@ -174,7 +174,14 @@ fn start_gateway(dir: &Path, peer: &'static str) -> anyhow::Result<DemoGateway> 
     }
     let log = std::fs::File::create(dir.join(format!("{peer}.log")))?;
     let mut child = Command::new(&exe)
-        .args(["--peer", peer, "--management-address", "127.0.0.1:0"])
+        .args([
+            "--peer",
+            peer,
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(log)

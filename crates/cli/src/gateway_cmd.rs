@@ -10,6 +10,8 @@ use clusterlink_pki::tls::TlsFiles;
 
 /// The management API's default: loopback only, so nothing else on the network can reach it.
 pub const DEFAULT_MANAGEMENT_ADDRESS: &str = "127.0.0.1:8443";
+/// The peer port: the one port other sites reach, on every address (DESIGN.md §1).
+pub const DEFAULT_PEER_ADDRESS: &str = "0.0.0.0:443";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +47,12 @@ pub struct GatewayArgs {
     /// Management API address; port 0 picks a free port.
     #[arg(long, default_value = DEFAULT_MANAGEMENT_ADDRESS)]
     pub management_address: SocketAddr,
+    /// Peer port address: mutual TLS tunnels from other gateways; port 0 picks a free port.
+    #[arg(long, default_value = DEFAULT_PEER_ADDRESS)]
+    pub peer_address: SocketAddr,
+    /// Address import listeners bind; an import's `port` is the port on this address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub import_address: std::net::IpAddr,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -88,21 +96,22 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
                 args.management_address
             )
         })?;
+    let peer_listener = tokio::net::TcpListener::bind(args.peer_address)
+        .await
+        .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
     let security = ManagementSecurity::for_address(listener.local_addr()?, args.management_tls);
     let data_dir = match (&args.data_dir, &args.peer) {
         (Some(d), _) => d.clone(),
         (None, Some(peer)) => PathBuf::from(format!("{peer}-data")),
         (None, None) => bail!("give --data-dir (or --peer, for the default ./<peer>-data)"),
     };
-    let gateway = Gateway::start(
-        GatewayConfig {
-            tls,
-            data_dir,
-            management_security: security,
-        },
-        listener,
-    )
-    .await?;
+    let config = GatewayConfig {
+        tls,
+        import_address: args.import_address,
+        data_dir,
+        management_security: security,
+    };
+    let gateway = Gateway::start(config, listener, peer_listener).await?;
     if let Some(peer) = &args.peer
         && peer != gateway.name()
     {
@@ -121,6 +130,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             "event": "ready",
             "peer": gateway.name(),
             "management": format!("{scheme}://{}", gateway.management_addr()),
+            "peer_address": gateway.peer_addr().to_string(),
         })
     );
     wait_for_signal().await?;

@@ -408,7 +408,14 @@ fn one_data_directory_serves_one_gateway() {
     let f = Fabric::new(&["p1"]);
     let _gw = f.start("p1");
     let o = std::process::Command::new(support::CL_GATEWAY)
-        .args(["--peer", "p1", "--management-address", "127.0.0.1:0"])
+        .args([
+            "--peer",
+            "p1",
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ])
         .current_dir(f.root())
         .output()
         .unwrap();
@@ -491,7 +498,15 @@ fn management_beyond_loopback_requires_an_admin_certificate() {
         .status
         .success()
     );
-    let gw = f.start_with("p1", &["--management-address", "0.0.0.0:0"]);
+    let gw = f.start_with(
+        "p1",
+        &[
+            "--management-address",
+            "0.0.0.0:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+    );
     assert!(gw.url.starts_with("https://"), "{}", gw.url);
     let port = gw.port().to_string();
     let fabric = f.fabric_dir();

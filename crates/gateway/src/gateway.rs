@@ -62,6 +62,8 @@ impl ManagementSecurity {
 pub struct GatewayConfig {
     /// The fabric CA, this peer's certificate and key.
     pub tls: TlsFiles,
+    /// Where import listeners bind.
+    pub import_address: std::net::IpAddr,
     /// Where the store lives.
     pub data_dir: PathBuf,
     pub management_security: ManagementSecurity,
@@ -72,16 +74,19 @@ pub struct Gateway {
     name: String,
     control_plane: ControlPlane,
     management_addr: SocketAddr,
+    peer_addr: SocketAddr,
     management_security: ManagementSecurity,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
 impl Gateway {
-    /// Loads the peer identity and the store, and serves the management API on `management`.
+    /// Loads the peer identity and the store, serves the management API on `management` and the
+    /// peer port (tunnels from other gateways) on `peer`.
     pub async fn start(
         config: GatewayConfig,
         management: TcpListener,
+        peer: TcpListener,
     ) -> Result<Gateway, GatewayError> {
         let credentials = Credentials::load(&config.tls)?;
         let name = match identity_of(&credentials.chain[0]) {
@@ -114,8 +119,21 @@ impl Gateway {
             ))),
         };
         let management_addr = management.local_addr()?;
+        let peer_addr = peer.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let dataplane = crate::dataplane::DataPlaneConfig {
+            local_peer: name.clone(),
+            credentials: credentials.clone(),
+            import_address: config.import_address,
+        };
+        let dataplane =
+            crate::dataplane::run(dataplane, peer, control_plane.clone(), shutdown_rx.clone());
+        tasks.spawn(async move {
+            if let Err(e) = dataplane.await {
+                tracing::error!(error = %e, "data plane failed");
+            }
+        });
         tasks.spawn(serve_management(
             management,
             tls,
@@ -127,6 +145,7 @@ impl Gateway {
             name,
             control_plane,
             management_addr,
+            peer_addr,
             management_security: config.management_security,
             shutdown,
             tasks,
@@ -140,6 +159,11 @@ impl Gateway {
 
     pub fn management_addr(&self) -> SocketAddr {
         self.management_addr
+    }
+
+    /// Where other gateways reach this one.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
     }
 
     pub fn management_security(&self) -> ManagementSecurity {

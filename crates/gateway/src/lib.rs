@@ -3,9 +3,11 @@
 //! - [`model`]: the control plane's model of every object, kept durable in the store.
 //! - [`management`]: the management REST API over that model.
 //! - [`gateway`]: a running standalone gateway tying identity, store and listeners together.
+//! - [`dataplane`]: the peer port, import listeners and the byte relay.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 
+pub mod dataplane;
 pub mod gateway;
 pub mod management;
 pub mod model;

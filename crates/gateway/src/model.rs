@@ -15,7 +15,7 @@ use clusterlink_api::{
 use clusterlink_store::{Store, StoreError, Write};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most requests folded into one store commit. Large enough that a burst of applies costs a
 /// handful of fsyncs; small enough that one batch's latency stays in milliseconds.
@@ -73,12 +73,17 @@ struct Request {
     reply: oneshot::Sender<Result<(WriteOutcome, Object), ModelError>>,
 }
 
-type Objects = BTreeMap<ObjectKey, Object>;
+pub type Objects = BTreeMap<ObjectKey, Object>;
+
+/// Conditions the running gateway reports about objects (a listener that could not bind, a peer
+/// found unreachable). Kept in memory only: they describe this process, not desired state.
+type RuntimeConditions = HashMap<ObjectKey, Vec<Condition>>;
 
 /// The control plane's view of configuration. Cheap to clone; all clones share one model.
 #[derive(Clone)]
 pub struct ControlPlane {
-    objects: Arc<RwLock<Arc<Objects>>>,
+    objects: watch::Sender<Arc<Objects>>,
+    runtime: Arc<RwLock<RuntimeConditions>>,
     writer: mpsc::Sender<Request>,
 }
 
@@ -98,22 +103,47 @@ impl ControlPlane {
                 .map_err(|e| corrupt(e.to_string()))?;
             objects.insert(obj.key(), obj);
         }
-        let objects = Arc::new(RwLock::new(Arc::new(objects)));
+        let objects = watch::Sender::new(Arc::new(objects));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         tokio::spawn(writer(store, objects.clone(), rx));
         Ok(ControlPlane {
             objects,
+            runtime: Arc::default(),
             writer: tx,
         })
     }
 
     /// The current snapshot of all objects.
     pub fn snapshot(&self) -> Arc<Objects> {
-        self.objects.read().expect("model lock").clone()
+        self.objects.borrow().clone()
+    }
+
+    /// A receiver that sees every committed snapshot; the data plane follows it.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Objects>> {
+        self.objects.subscribe()
+    }
+
+    /// Sets (or with `None` clears) the runtime condition `type_` of `key`.
+    pub fn set_condition(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>) {
+        let mut runtime = self.runtime.write().expect("runtime lock");
+        let list = runtime.entry(key.clone()).or_default();
+        list.retain(|c| c.type_ != type_);
+        list.extend(condition);
+        if list.is_empty() {
+            runtime.remove(key);
+        }
+    }
+
+    fn with_status(&self, obj: Object) -> Object {
+        let runtime = self.runtime.read().expect("runtime lock");
+        let conditions = runtime.get(&obj.key()).map(Vec::as_slice).unwrap_or(&[]);
+        with_status(obj, conditions)
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Object> {
-        self.snapshot().get(key).map(|o| with_status(o.clone()))
+        self.snapshot()
+            .get(key)
+            .map(|o| self.with_status(o.clone()))
     }
 
     /// Objects of `kind`, in one namespace or (`None`) in all, sorted by namespace and name.
@@ -123,7 +153,7 @@ impl ControlPlane {
         snapshot
             .range(start..)
             .take_while(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
-            .map(|(_, o)| with_status(o.clone()))
+            .map(|(_, o)| self.with_status(o.clone()))
             .collect()
     }
 
@@ -152,7 +182,7 @@ impl ControlPlane {
             .await
             .map_err(|_| ModelError::ShuttingDown)?;
         let (outcome, obj) = rx.await.map_err(|_| ModelError::ShuttingDown)??;
-        Ok((outcome, with_status(obj)))
+        Ok((outcome, self.with_status(obj)))
     }
 }
 
@@ -170,12 +200,12 @@ fn now_rfc3339() -> String {
 
 async fn writer(
     store: Arc<dyn Store>,
-    objects: Arc<RwLock<Arc<Objects>>>,
+    objects: watch::Sender<Arc<Objects>>,
     mut rx: mpsc::Receiver<Request>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let current = objects.read().expect("model lock").clone();
+        let current = objects.borrow().clone();
         let mut overlay: HashMap<ObjectKey, Option<Object>> = HashMap::new();
         let mut writes = Vec::new();
         let mut replies = Vec::new();
@@ -222,7 +252,7 @@ async fn writer(
                             None => next.remove(&key),
                         };
                     }
-                    *objects.write().expect("model lock") = Arc::new(next);
+                    objects.send_replace(Arc::new(next));
                 }
                 for (reply, result) in replies {
                     let _ = reply.send(result);
@@ -282,10 +312,10 @@ fn decide(
     }
 }
 
-/// The status a person sees on get. Validity is checked on admission, so what an object reports
-/// here is what the gateway knows of it beyond its own fields.
-fn with_status(mut obj: Object) -> Object {
-    let conditions = match &obj {
+/// The status a person sees on get: the conditions the object earns by being admitted, replaced
+/// by any of the same type the running gateway reported.
+fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
+    let admitted = match &obj {
         Object::Peer(_) => vec![Condition::new(
             "PeerReachable",
             ConditionStatus::Unknown,
@@ -317,6 +347,11 @@ fn with_status(mut obj: Object) -> Object {
         )],
         Object::AccessPolicy(_) | Object::PrivilegedAccessPolicy(_) => vec![],
     };
+    let mut conditions: Vec<Condition> = admitted
+        .into_iter()
+        .filter(|c| runtime.iter().all(|r| r.type_ != c.type_))
+        .collect();
+    conditions.extend(runtime.iter().cloned());
     obj.set_status((!conditions.is_empty()).then_some(Status { conditions }));
     obj
 }

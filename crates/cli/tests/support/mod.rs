@@ -65,7 +65,15 @@ impl Fabric {
 
     /// The gateway of `peer`, management API on a free loopback port.
     pub fn start(&self, peer: &str) -> GatewayProcess {
-        self.start_with(peer, &["--management-address", "127.0.0.1:0"])
+        self.start_with(
+            peer,
+            &[
+                "--management-address",
+                "127.0.0.1:0",
+                "--peer-address",
+                "127.0.0.1:0",
+            ],
+        )
     }
 
     /// The gateway of `peer` with these further arguments.

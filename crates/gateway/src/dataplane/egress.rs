@@ -1,0 +1,337 @@
+//! Import listeners: a local port per import, and for each client connection a tunnel to one of
+//! the import's sources.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clusterlink_api::{Condition, ConditionStatus, ImportSource, LbScheme, ObjectKey};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, Snapshot, relay};
+use crate::model::ControlPlane;
+use crate::policy::{Attributes, export_attributes, peer_attributes};
+use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+
+const IMPORT_VALID: &str = "ImportValid";
+
+struct RunningListener {
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+/// Keeps one listener per import in step with the snapshots: binds new ones, closes deleted ones
+/// (with their connections), rebinds on a port change, and retries a port that was taken.
+pub(super) async fn run_import_listeners(
+    address: IpAddr,
+    tls: Arc<ClientConfig>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    control_plane: ControlPlane,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let connector = TlsConnector::from(tls);
+    let mut running: HashMap<ObjectKey, RunningListener> = HashMap::new();
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let stale: Vec<ObjectKey> = running
+            .iter()
+            .filter(|(key, l)| snapshot.imports.get(*key).is_none_or(|i| i.port != l.port))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            let listener = running.remove(&key).expect("listed above");
+            listener.task.abort();
+            // Awaiting the aborted task guarantees its socket is closed before the port is reused.
+            let _ = listener.task.await;
+            control_plane.set_condition(&key, IMPORT_VALID, None);
+        }
+        for (key, import) in &snapshot.imports {
+            if running.contains_key(key) {
+                continue;
+            }
+            let addr = SocketAddr::new(address, import.port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(import = %key, %addr, "import listening");
+                    control_plane.set_condition(
+                        key,
+                        IMPORT_VALID,
+                        Some(Condition::new(
+                            IMPORT_VALID,
+                            ConditionStatus::True,
+                            "Listening",
+                            format!("listening on {addr}"),
+                        )),
+                    );
+                    let task = tokio::spawn(accept_loop(
+                        listener,
+                        key.clone(),
+                        connector.clone(),
+                        snapshots.clone(),
+                    ));
+                    running.insert(
+                        key.clone(),
+                        RunningListener {
+                            port: import.port,
+                            task,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(import = %key, %addr, error = %e, "import cannot listen");
+                    control_plane.set_condition(
+                        key,
+                        IMPORT_VALID,
+                        Some(Condition::new(
+                            IMPORT_VALID,
+                            ConditionStatus::False,
+                            "PortUnavailable",
+                            format!("cannot listen on {addr}: {e}"),
+                        )),
+                    );
+                }
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (_, listener) in running {
+        listener.task.abort();
+        let _ = listener.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    key: ObjectKey,
+    connector: TlsConnector,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+) {
+    // Round-robin position survives changes of the import's sources.
+    let next = Arc::new(AtomicUsize::new(0));
+    // Owned here so that closing the listener (import deleted) closes its connections too.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, remote)) => {
+                    let snapshot = snapshots.borrow().clone();
+                    let (key, connector, next) = (key.clone(), connector.clone(), next.clone());
+                    connections.spawn(async move {
+                        serve_client(client, remote, &key, &snapshot, &connector, &next).await;
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(import = %key, error = %e, "import accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// The sources in the order to try them for one connection.
+fn source_order<'a>(import: &'a ImportEntry, next: &AtomicUsize) -> Vec<&'a ImportSource> {
+    let n = import.sources.len();
+    let start = match import.lb_scheme {
+        LbScheme::Static => 0,
+        LbScheme::RoundRobin => next.fetch_add(1, Ordering::Relaxed) % n.max(1),
+        LbScheme::Random => random_below(n),
+    };
+    (0..n).map(|i| &import.sources[(start + i) % n]).collect()
+}
+
+fn random_below(n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    // RandomState is seeded per process; hashing a counter spreads picks without a crate.
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (h.finish() % n as u64) as usize
+}
+
+async fn serve_client(
+    mut client: TcpStream,
+    remote: SocketAddr,
+    key: &ObjectKey,
+    snapshot: &Snapshot,
+    connector: &TlsConnector,
+    next: &AtomicUsize,
+) {
+    let _ = client.set_nodelay(true);
+    let Some(import) = snapshot.imports.get(key) else {
+        reset(client);
+        return;
+    };
+    let mut src = Attributes::new();
+    peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
+    for source in source_order(import, next) {
+        let export = ExportRef {
+            namespace: source.export_namespace.clone(),
+            name: source.export_name.clone(),
+        };
+        let Some(peer) = snapshot.peers.get(&source.peer) else {
+            tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
+            continue;
+        };
+        let mut dst = Attributes::new();
+        peer_attributes(&mut dst, &source.peer, &peer.labels);
+        export_attributes(
+            &mut dst,
+            &export.name,
+            &export.namespace,
+            &Default::default(),
+        );
+        let decision = snapshot.policy.decide(&key.namespace, &src, &dst);
+        if !decision.allowed {
+            tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
+            continue;
+        }
+        let request = TunnelRequest {
+            export: export.clone(),
+            client: Attributes::new(),
+        };
+        match open_tunnel(connector, &source.peer, &peer.gateways, &request).await {
+            Ok((mut tunnel, early)) => {
+                if client.write_all(&early).await.is_err() {
+                    return;
+                }
+                tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
+                let _ = relay(&mut client, &mut tunnel).await;
+                return;
+            }
+            Err(e) => {
+                tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {e}")
+            }
+        }
+    }
+    tracing::info!(import = %key, %remote, "every source failed; resetting the client");
+    reset(client);
+}
+
+/// Tries each gateway of the peer in turn. A refusal from a gateway ends the attempt on this peer
+/// (its other gateways share its configuration); a connect or handshake failure moves on.
+async fn open_tunnel(
+    connector: &TlsConnector,
+    peer: &str,
+    gateways: &[(String, u16)],
+    request: &TunnelRequest,
+) -> Result<(TlsStream<TcpStream>, Vec<u8>), String> {
+    let name =
+        ServerName::try_from(peer.to_string()).map_err(|e| format!("peer name {peer:?}: {e}"))?;
+    let mut errors = Vec::new();
+    for (host, port) in gateways {
+        let attempt = async {
+            let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| format!("connect: {e}"))?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            let mut tls = timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
+                .await
+                .map_err(|_| "TLS handshake timed out".to_string())?
+                .map_err(|e| format!("TLS: {e}"))?;
+            tls.write_all(&request.encode())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (head, rest) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut tls))
+                .await
+                .map_err(|_| "no answer to the tunnel request".to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((tls, head, rest))
+        };
+        match attempt.await {
+            Ok((tls, head, rest)) => {
+                return match TunnelResponse::decode(&head, &rest) {
+                    Ok(TunnelResponse::Established) => Ok((tls, rest)),
+                    Ok(TunnelResponse::Refused { reason, message }) => {
+                        Err(refusal_text(reason, &message))
+                    }
+                    Err(e) => Err(format!("bad answer from {host}:{port}: {e}")),
+                };
+            }
+            Err(e) => errors.push(format!("{host}:{port}: {e}")),
+        }
+    }
+    Err(if errors.is_empty() {
+        "the peer lists no gateway".into()
+    } else {
+        errors.join("; ")
+    })
+}
+
+fn refusal_text(reason: RefusalReason, message: &str) -> String {
+    format!("refused ({}): {message}", reason.as_str())
+}
+
+/// Ends the client's connection with RST, so it sees a failure rather than a clean, empty close.
+fn reset(client: TcpStream) {
+    let _ = client.set_zero_linger();
+    drop(client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn import(scheme: LbScheme, n: usize) -> ImportEntry {
+        ImportEntry {
+            port: 1,
+            sources: (0..n)
+                .map(|i| ImportSource {
+                    peer: format!("p{i}"),
+                    export_name: "e".into(),
+                    export_namespace: "d".into(),
+                })
+                .collect(),
+            lb_scheme: scheme,
+            labels: Default::default(),
+        }
+    }
+
+    fn firsts(scheme: LbScheme, rounds: usize) -> Vec<String> {
+        let imp = import(scheme, 3);
+        let next = AtomicUsize::new(0);
+        (0..rounds)
+            .map(|_| source_order(&imp, &next)[0].peer.clone())
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_rotates_static_sticks_random_covers() {
+        assert_eq!(firsts(LbScheme::RoundRobin, 4), ["p0", "p1", "p2", "p0"]);
+        assert_eq!(firsts(LbScheme::Static, 3), ["p0", "p0", "p0"]);
+        let seen: std::collections::BTreeSet<_> =
+            firsts(LbScheme::Random, 200).into_iter().collect();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn every_order_tries_every_source_once() {
+        for scheme in [LbScheme::RoundRobin, LbScheme::Static, LbScheme::Random] {
+            let imp = import(scheme, 4);
+            let next = AtomicUsize::new(7);
+            let mut order: Vec<_> = source_order(&imp, &next)
+                .iter()
+                .map(|s| s.peer.clone())
+                .collect();
+            order.sort();
+            assert_eq!(order, ["p0", "p1", "p2", "p3"]);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The peer port: mutual TLS from other gateways, one tunnel per connection.
+//!
+//! The requesting peer is who its certificate names, never what the request claims. The ingress
+//! policy of the export's namespace decides, then the backend is dialed and `200` answered.
+
+use std::sync::Arc;
+
+use clusterlink_pki::{Identity, identity_of};
+use rustls::ServerConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+
+use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Snapshot, relay};
+use crate::policy::{Attributes, export_attributes, peer_attributes};
+use crate::tunnel::{ALPN, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+
+pub(super) async fn serve(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    let acceptor = acceptor.clone();
+                    let snapshots = snapshots.clone();
+                    connections.spawn(async move {
+                        if let Err(e) = handle(stream, acceptor, snapshots).await {
+                            tracing::debug!(%remote, error = %e, "peer connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "peer port accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow with every tunnel ever served.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake refused: {e}"))?;
+    let (_, session) = tls.get_ref();
+    if session.alpn_protocol() != Some(ALPN) {
+        return Err("peer does not speak the tunnel protocol (ALPN)".into());
+    }
+    let peer = match session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(identity_of)
+    {
+        Some(Ok(Identity::Peer(name))) => name,
+        other => return Err(format!("not a peer certificate: {other:?}")),
+    };
+    let (head, early) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut tls))
+        .await
+        .map_err(|_| "tunnel request timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
+    let request = match TunnelRequest::decode(&head) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tls
+                .write_all(&refuse(RefusalReason::BadRequest, e.to_string()).encode())
+                .await;
+            return Err(e.to_string());
+        }
+    };
+    // One snapshot for the whole decision.
+    let snapshot = snapshots.borrow().clone();
+    let local = &snapshot.local_peer;
+    let outcome = match snapshot.exports.get(&request.export) {
+        None => Err(refuse(
+            RefusalReason::NoSuchExport,
+            format!("peer {local} has no export {}", request.export),
+        )),
+        Some(export) => {
+            let mut src: Attributes = request.client.clone();
+            let peer_labels = snapshot
+                .peers
+                .get(&peer)
+                .map(|p| p.labels.clone())
+                .unwrap_or_default();
+            peer_attributes(&mut src, &peer, &peer_labels);
+            let mut dst = Attributes::new();
+            peer_attributes(&mut dst, local, &Default::default());
+            export_attributes(
+                &mut dst,
+                &request.export.name,
+                &request.export.namespace,
+                &export.labels,
+            );
+            let decision = snapshot
+                .policy
+                .decide(&request.export.namespace, &src, &dst);
+            if decision.allowed {
+                Ok((export.host.clone(), export.port))
+            } else {
+                Err(refuse(
+                    RefusalReason::PolicyDenied,
+                    format!("ingress at {local}: {decision}"),
+                ))
+            }
+        }
+    };
+    let (host, port) = match outcome {
+        Ok(target) => target,
+        Err(refusal) => {
+            tracing::info!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
+            let _ = tls.write_all(&refusal.encode()).await;
+            let _ = tls.shutdown().await;
+            return Ok(());
+        }
+    };
+    let mut backend =
+        match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return refuse_backend(&mut tls, &host, port, e.to_string()).await,
+            Err(_) => return refuse_backend(&mut tls, &host, port, "timed out".into()).await,
+        };
+    backend.set_nodelay(true).map_err(|e| e.to_string())?;
+    tls.write_all(&TunnelResponse::Established.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    backend.write_all(&early).await.map_err(|e| e.to_string())?;
+    tracing::debug!(%peer, export = %request.export, "tunnel established");
+    relay(&mut tls, &mut backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    host: &str,
+    port: u16,
+    error: String,
+) -> Result<(), String> {
+    let message = format!("backend {host}:{port} unreachable: {error}");
+    tracing::warn!("{message}");
+    let _ = tls
+        .write_all(
+            &TunnelResponse::Refused {
+                reason: RefusalReason::BackendUnreachable,
+                message,
+            }
+            .encode(),
+        )
+        .await;
+    let _ = tls.shutdown().await;
+    Ok(())
+}

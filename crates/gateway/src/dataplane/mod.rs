@@ -1,0 +1,196 @@
+//! The data plane: the peer port (ingress), import listeners (egress) and the byte relay.
+//!
+//! It follows the control plane's committed objects through a [`Snapshot`], rebuilt whenever they
+//! change and then only read: a connection takes the current snapshot once and decides everything
+//! from it, with no locks and no calls back into the control plane.
+
+mod egress;
+mod ingress;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_api::{ImportSource, LbScheme, Object, ObjectKey};
+use clusterlink_pki::tls::{Credentials, mutual_client_config, mutual_server_config};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::model::{ControlPlane, Objects};
+use crate::policy::PolicyEngine;
+use crate::tunnel::{ALPN, ExportRef};
+
+/// Relay buffer per direction: large enough that bulk transfers move in big reads and writes,
+/// small enough that thousands of idle tunnels stay cheap.
+const RELAY_BUFFER: usize = 64 * 1024;
+/// Dialing a peer gateway or a backend longer than this means it is not there.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TLS handshake or tunnel head slower than this is a stalled or hostile party.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the data plane needs from a gateway's configuration.
+#[derive(Clone)]
+pub struct DataPlaneConfig {
+    pub local_peer: String,
+    pub credentials: Credentials,
+    /// Where import listeners bind (standalone mode).
+    pub import_address: IpAddr,
+}
+
+/// A peer as the data plane sees it.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    pub gateways: Vec<(String, u16)>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportEntry {
+    pub host: String,
+    pub port: u16,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportEntry {
+    pub port: u16,
+    pub sources: Vec<ImportSource>,
+    pub lb_scheme: LbScheme,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// An immutable view of everything the data plane acts on.
+pub struct Snapshot {
+    pub local_peer: String,
+    pub peers: HashMap<String, PeerEntry>,
+    pub exports: HashMap<ExportRef, ExportEntry>,
+    pub imports: BTreeMap<ObjectKey, ImportEntry>,
+    pub policy: PolicyEngine,
+}
+
+impl Snapshot {
+    pub fn build(local_peer: &str, objects: &Objects) -> Snapshot {
+        let mut snapshot = Snapshot {
+            local_peer: local_peer.to_string(),
+            peers: HashMap::new(),
+            exports: HashMap::new(),
+            imports: BTreeMap::new(),
+            policy: PolicyEngine::compile(objects.values()),
+        };
+        for (key, obj) in objects {
+            match obj {
+                Object::Peer(p) => {
+                    let gateways = p
+                        .spec
+                        .gateways
+                        .iter()
+                        .map(|g| (g.host.clone(), g.port.get()))
+                        .collect();
+                    snapshot.peers.insert(
+                        p.metadata.name.clone(),
+                        PeerEntry {
+                            gateways,
+                            labels: p.metadata.labels.clone(),
+                        },
+                    );
+                }
+                Object::Export(e) => {
+                    // Without a host, the export is the service of the same name.
+                    let host = if e.spec.host.is_empty() {
+                        e.metadata.name.clone()
+                    } else {
+                        e.spec.host.clone()
+                    };
+                    snapshot.exports.insert(
+                        ExportRef {
+                            namespace: e.metadata.namespace.clone(),
+                            name: e.metadata.name.clone(),
+                        },
+                        ExportEntry {
+                            host,
+                            port: e.spec.port.get(),
+                            labels: e.metadata.labels.clone(),
+                        },
+                    );
+                }
+                Object::Import(i) => {
+                    snapshot.imports.insert(
+                        key.clone(),
+                        ImportEntry {
+                            port: i.spec.port.get(),
+                            sources: i.spec.sources.clone(),
+                            lb_scheme: i.spec.lb_scheme,
+                            labels: i.metadata.labels.clone(),
+                        },
+                    );
+                }
+                Object::AccessPolicy(_) | Object::PrivilegedAccessPolicy(_) => {}
+            }
+        }
+        snapshot
+    }
+}
+
+/// Runs the data plane until `shutdown` flips: the peer port on `peer_listener` and a listener per
+/// import. Returns when every task has stopped.
+pub async fn run(
+    config: DataPlaneConfig,
+    peer_listener: TcpListener,
+    control_plane: ControlPlane,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), clusterlink_pki::PkiError> {
+    let mut server = mutual_server_config(&config.credentials)?;
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = mutual_client_config(&config.credentials)?;
+    client.alpn_protocols = vec![ALPN.to_vec()];
+
+    let snapshots = follow_snapshots(&config.local_peer, control_plane.subscribe());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(ingress::serve(
+        peer_listener,
+        Arc::new(server),
+        snapshots.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(egress::run_import_listeners(
+        config.import_address,
+        Arc::new(client),
+        snapshots,
+        control_plane,
+        shutdown.clone(),
+    ));
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Rebuilds the snapshot on every committed change of the objects.
+fn follow_snapshots(
+    local_peer: &str,
+    mut objects: watch::Receiver<Arc<Objects>>,
+) -> watch::Receiver<Arc<Snapshot>> {
+    let local_peer = local_peer.to_string();
+    let first = Snapshot::build(&local_peer, &objects.borrow_and_update());
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        while objects.changed().await.is_ok() {
+            let snapshot = Snapshot::build(&local_peer, &objects.borrow_and_update());
+            if tx.send(Arc::new(snapshot)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Moves bytes both ways until both directions are done, passing on each half-close.
+async fn relay<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await
+}
