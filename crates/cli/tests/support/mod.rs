@@ -89,6 +89,8 @@ pub struct GatewayProcess {
     pub child: Child,
     /// `http://127.0.0.1:PORT` or `https://…`, from the ready line.
     pub url: String,
+    /// Where other gateways reach this one (`127.0.0.1:PORT`).
+    pub peer_address: String,
     pub stderr_path: PathBuf,
 }
 
@@ -122,9 +124,11 @@ impl GatewayProcess {
             )
         });
         let url = ready["management"].as_str().unwrap().to_string();
+        let peer_address = ready["peer_address"].as_str().unwrap_or_default().to_string();
         GatewayProcess {
             child,
             url,
+            peer_address,
             stderr_path,
         }
     }
@@ -160,6 +164,19 @@ impl GatewayProcess {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().unwrap()
+    }
+
+    /// Everything the gateway has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Applies a manifest given as text.
+    pub fn apply(&self, yaml: &str) {
+        let path = std::env::temp_dir().join(format!("cl-apply-{}.yaml", rand_u64()));
+        std::fs::write(&path, yaml).unwrap();
+        self.gwctl_ok(&["apply", "-f", path.to_str().unwrap()]);
+        let _ = std::fs::remove_file(path);
     }
 
     pub fn port(&self) -> u16 {
@@ -212,4 +229,106 @@ pub fn raw_http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Strin
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Polls `check` until it holds or `deadline` passes; for state that converges asynchronously
+/// (a listener bound, a policy in force). Returns whether it held.
+pub fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port that was free a moment ago, for specs that need a concrete port (an import's `port`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A backend that reads until the client half-closes, then answers `<name> <bytes>\n` followed by
+/// everything it received. The answer after EOF is only possible if half-close passes through.
+pub struct Backend {
+    pub port: u16,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let name = name.clone();
+                std::thread::spawn(move || {
+                    let mut data = Vec::new();
+                    if conn.read_to_end(&mut data).is_ok() {
+                        let _ = conn.write_all(format!("{name} {}\n", data.len()).as_bytes());
+                        let _ = conn.write_all(&data);
+                    }
+                });
+            }
+        });
+        Backend { port }
+    }
+}
+
+/// What a client saw on one connection through an import.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub enum Exchange {
+    /// The backend's name and the bytes echoed back (verified equal to what was sent).
+    Served { backend: String },
+    /// The connection was reset.
+    Reset,
+    /// Something else: refused to connect, closed without an answer, wrong echo.
+    Other(String),
+}
+
+/// Connects to `127.0.0.1:port`, sends `payload`, half-closes, and reads the whole answer.
+pub fn exchange(port: u16, payload: &[u8]) -> Exchange {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(e) => return Exchange::Other(format!("connect: {e}")),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        let payload = payload.to_vec();
+        std::thread::spawn(move || {
+            let r = w.write_all(&payload);
+            let _ = w.shutdown(std::net::Shutdown::Write);
+            r
+        })
+    };
+    let mut answer = Vec::new();
+    let read = s.read_to_end(&mut answer);
+    let _ = writer.join();
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Exchange::Reset,
+        Err(e) => return Exchange::Other(format!("read: {e}")),
+        Ok(_) => {}
+    }
+    let Some(newline) = answer.iter().position(|&b| b == b'\n') else {
+        return Exchange::Other(format!("no answer ({} bytes)", answer.len()));
+    };
+    let head = String::from_utf8_lossy(&answer[..newline]).into_owned();
+    let (backend, len) = head.split_once(' ').unwrap_or((&head, ""));
+    if len != payload.len().to_string() || answer[newline + 1..] != *payload {
+        return Exchange::Other(format!("bad echo: {head}"));
+    }
+    Exchange::Served {
+        backend: backend.to_string(),
+    }
 }

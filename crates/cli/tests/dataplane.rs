@@ -1,0 +1,430 @@
+//! Tunnels between real gateway processes: policies on both sides, load balancing, failover.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Backend, Exchange, Fabric, GatewayProcess, eventually, exchange, free_port};
+
+const CONVERGE: Duration = Duration::from_secs(10);
+
+fn peer(name: &str, gw: &GatewayProcess) -> String {
+    let (host, port) = gw.peer_address.rsplit_once(':').unwrap();
+    format!(
+        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: {name}}}\nspec: {{gateways: [{{host: '{host}', port: {port}}}]}}\n"
+    )
+}
+
+fn export(name: &str, port: u16) -> String {
+    format!(
+        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}}}\nspec: {{host: 127.0.0.1, port: {port}}}\n"
+    )
+}
+
+fn import(name: &str, port: u16, peers: &[&str], scheme: &str) -> String {
+    let sources: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{{peer: {p}, exportName: {name}, exportNamespace: default}}"))
+        .collect();
+    format!(
+        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {name}}}\nspec: {{port: {port}, lbScheme: {scheme}, sources: [{}]}}\n",
+        sources.join(", ")
+    )
+}
+
+fn policy(kind: &str, name: &str, action: &str, from: &str, to: &str) -> String {
+    format!(
+        "---\napiVersion: clusterlink.net/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {{action: {action}, from: [{{workloadSelector: {from}}}], to: [{{workloadSelector: {to}}}]}}\n"
+    )
+}
+
+fn allow_all(name: &str) -> String {
+    policy("AccessPolicy", name, "allow", "{}", "{}")
+}
+
+/// Exporting sites `servers` (each with a backend named after it, exporting `svc`) and one
+/// importing site `client1`, with the peers known to the client.
+struct Sites {
+    _fabric: Fabric,
+    servers: Vec<GatewayProcess>,
+    client: GatewayProcess,
+}
+
+impl Sites {
+    fn new(servers: &[&str]) -> Sites {
+        let mut names = servers.to_vec();
+        names.push("client1");
+        let fabric = Fabric::new(&names);
+        let client = fabric.start("client1");
+        let servers: Vec<GatewayProcess> = servers
+            .iter()
+            .map(|name| {
+                let gw = fabric.start(name);
+                gw.apply(&export("svc", Backend::start(name).port));
+                client.apply(&peer(name, &gw));
+                gw
+            })
+            .collect();
+        Sites {
+            _fabric: fabric,
+            servers,
+            client,
+        }
+    }
+
+    /// Imports `svc` from every server on a fresh port, and waits until it listens.
+    fn import(&self, scheme: &str) -> u16 {
+        let port = free_port();
+        let names: Vec<String> = (1..=self.servers.len())
+            .map(|i| format!("server{i}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.client.apply(&import("svc", port, &names, scheme));
+        let listening = eventually(CONVERGE, || {
+            self.client
+                .gwctl_ok(&["get", "import", "svc", "-o", "json"])
+                .contains("\"Listening\"")
+        });
+        assert!(
+            listening,
+            "import did not start listening:\n{}",
+            self.client.log()
+        );
+        port
+    }
+
+    fn allow_everywhere(&self) {
+        self.client.apply(&allow_all("allow-all"));
+        for s in &self.servers {
+            s.apply(&allow_all("allow-all"));
+        }
+    }
+}
+
+fn served_by(name: &str) -> Exchange {
+    Exchange::Served {
+        backend: name.to_string(),
+    }
+}
+
+#[test]
+fn an_allowed_connection_carries_bytes_both_ways_with_half_close() {
+    let sites = Sites::new(&["server1"]);
+    let port = sites.import("round-robin");
+    sites.allow_everywhere();
+    // 4 MiB each way; the backend answers only after the client's half-close arrived.
+    let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    assert!(eventually(CONVERGE, || exchange(port, b"x") == served_by("server1")));
+    assert_eq!(exchange(port, &payload), served_by("server1"));
+    assert_eq!(
+        exchange(port, b""),
+        served_by("server1"),
+        "an empty request still gets its answer"
+    );
+}
+
+#[test]
+fn default_deny_holds_on_each_side_independently() {
+    let sites = Sites::new(&["server1"]);
+    let port = sites.import("round-robin");
+    // No policy anywhere.
+    assert_eq!(exchange(port, b"hi"), Exchange::Reset);
+    assert!(
+        sites.client.log().contains("egress denied by default"),
+        "{}",
+        sites.client.log()
+    );
+
+    // Egress allowed, ingress not: the exporting side refuses, and says why.
+    sites.client.apply(&allow_all("allow-all"));
+    let refused = "refused (PolicyDenied): ingress at server1: denied by default";
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset
+            && sites.client.log().contains(refused)),
+        "{}",
+        sites.client.log()
+    );
+
+    // Ingress allowed, egress not.
+    sites.client.gwctl_ok(&["delete", "policy", "allow-all"]);
+    sites.servers[0].apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset));
+    // Both: served.
+    sites.client.apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+}
+
+#[test]
+fn ingress_tiers_decide_in_order() {
+    let sites = Sites::new(&["server1"]);
+    let port = sites.import("round-robin");
+    sites.client.apply(&allow_all("allow-all"));
+    let server = &sites.servers[0];
+    server.apply(&format!(
+        "{}{}{}{}",
+        policy("PrivilegedAccessPolicy", "p-deny", "deny", "{}", "{}"),
+        policy("PrivilegedAccessPolicy", "p-allow", "allow", "{}", "{}"),
+        policy("AccessPolicy", "ns-deny", "deny", "{}", "{}"),
+        policy("AccessPolicy", "ns-allow", "allow", "{}", "{}"),
+    ));
+    let denied_by = |what: &str| {
+        let marker = format!("ingress at server1: denied by {what}");
+        eventually(CONVERGE, || {
+            exchange(port, b"hi") == Exchange::Reset && sites.client.log().contains(&marker)
+        })
+    };
+    let served = || eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1"));
+    assert!(
+        denied_by("PrivilegedAccessPolicy p-deny"),
+        "{}",
+        sites.client.log()
+    );
+    server.gwctl_ok(&["delete", "pap", "p-deny"]);
+    assert!(served(), "privileged allow must win over namespace deny");
+    server.gwctl_ok(&["delete", "pap", "p-allow"]);
+    assert!(
+        denied_by("AccessPolicy default/ns-deny"),
+        "{}",
+        sites.client.log()
+    );
+    server.gwctl_ok(&["delete", "policy", "ns-deny"]);
+    assert!(served());
+    server.gwctl_ok(&["delete", "policy", "ns-allow"]);
+    assert!(denied_by("default"), "{}", sites.client.log());
+}
+
+#[test]
+fn policies_on_peer_names_and_labels_and_export_names() {
+    let sites = Sites::new(&["server1"]);
+    let port = sites.import("round-robin");
+    let server = &sites.servers[0];
+    // Egress: only towards peers labelled env=prod.
+    sites.client.apply(&policy(
+        "AccessPolicy",
+        "to-prod",
+        "allow",
+        "{}",
+        "{matchLabels: {peer.clusterlink.net/labels.env: prod}}",
+    ));
+    // Ingress: only from client1, and only for the export named svc.
+    server.apply(&policy(
+        "AccessPolicy",
+        "from-client1",
+        "allow",
+        "{matchLabels: {peer.clusterlink.net/name: client1}}",
+        "{matchExpressions: [{key: export.clusterlink.net/name, operator: In, values: [svc]}]}",
+    ));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi")
+        == Exchange::Reset
+        && sites.client.log().contains("egress denied by default")));
+    // Label the peer server1 as prod on the client side: now both sides allow.
+    let labelled = peer("server1", server).replace(
+        "metadata: {name: server1}",
+        "metadata: {name: server1, labels: {env: prod}}",
+    );
+    sites.client.apply(&labelled);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "{}",
+        sites.client.log()
+    );
+    // An ingress rule for another peer name does not admit client1.
+    server.gwctl_ok(&["delete", "policy", "from-client1"]);
+    server.apply(&policy(
+        "AccessPolicy",
+        "from-other",
+        "allow",
+        "{matchLabels: {peer.clusterlink.net/name: client2}}",
+        "{}",
+    ));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset));
+}
+
+#[test]
+fn static_sticks_round_robin_rotates_random_hits_all_and_failover_moves_traffic() {
+    let sites = Sites::new(&["server1", "server2", "server3"]);
+    sites.allow_everywhere();
+    let port = sites.import("static");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    for _ in 0..5 {
+        assert_eq!(exchange(port, b"hi"), served_by("server1"));
+    }
+    // The primary's export goes away: the next source serves, within the same client connection.
+    sites.servers[0].gwctl_ok(&["delete", "export", "svc"]);
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server2")));
+    assert!(
+        sites.client.log().contains("NoSuchExport"),
+        "{}",
+        sites.client.log()
+    );
+    sites.servers[0].apply(&export("svc", Backend::start("server1").port));
+
+    let file = std::env::temp_dir().join(format!("lb-{}.yaml", support::rand_u64()));
+    for (scheme, rounds) in [("round-robin", 6), ("random", 60)] {
+        std::fs::write(
+            &file,
+            import("svc", port, &["server1", "server2", "server3"], scheme),
+        )
+        .unwrap();
+        sites
+            .client
+            .gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+        assert!(eventually(CONVERGE, || sites
+            .client
+            .gwctl_ok(&["get", "import", "svc", "-o", "json"])
+            .contains(scheme)));
+        // Let the snapshot with all three exports and the new scheme settle.
+        assert!(
+            eventually(CONVERGE, || {
+                let seen: std::collections::BTreeSet<String> = (0..rounds)
+                    .filter_map(|_| match exchange(port, b"hi") {
+                        Exchange::Served { backend } => Some(backend),
+                        _ => None,
+                    })
+                    .collect();
+                seen.len() == 3
+            }),
+            "{scheme} did not reach all three sources"
+        );
+    }
+    // Round-robin visits the sources in turn.
+    std::fs::write(
+        &file,
+        import(
+            "svc",
+            port,
+            &["server1", "server2", "server3"],
+            "round-robin",
+        ),
+    )
+    .unwrap();
+    sites
+        .client
+        .gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let order: Vec<Exchange> = (0..6).map(|_| exchange(port, b"hi")).collect();
+    assert_eq!(
+        order[0..3]
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "{order:?}"
+    );
+    assert_eq!(order[0..3], order[3..6], "{order:?}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn an_import_of_a_missing_export_resets_and_a_deleted_import_frees_its_port() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = free_port();
+    sites
+        .client
+        .apply(&import("nothing", port, &["server1"], "round-robin"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi")
+        == Exchange::Reset
+        && sites.client.log().contains("NoSuchExport")));
+
+    // An open tunnel is closed when its import is deleted, and the port is free again.
+    let svc_port = sites.import("round-robin");
+    assert!(eventually(CONVERGE, || exchange(svc_port, b"hi")
+        == served_by("server1")));
+    let mut open = std::net::TcpStream::connect(("127.0.0.1", svc_port)).unwrap();
+    use std::io::{Read, Write};
+    open.write_all(b"partial").unwrap();
+    sites.client.gwctl_ok(&["delete", "import", "svc"]);
+    sites.client.gwctl_ok(&["delete", "import", "nothing"]);
+    open.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let closed = matches!(open.read(&mut buf), Ok(0) | Err(_));
+    assert!(closed, "a tunnel of a deleted import stayed open");
+    assert!(eventually(CONVERGE, || std::net::TcpListener::bind((
+        "127.0.0.1",
+        svc_port
+    ))
+    .is_ok()));
+    assert!(eventually(CONVERGE, || std::net::TcpListener::bind((
+        "127.0.0.1",
+        port
+    ))
+    .is_ok()));
+}
+
+#[test]
+fn two_imports_on_one_port_the_second_is_refused_in_its_status() {
+    let sites = Sites::new(&["server1"]);
+    let port = sites.import("round-robin");
+    sites
+        .client
+        .apply(&import("zzz", port, &["server1"], "static"));
+    let status = || {
+        sites
+            .client
+            .gwctl_ok(&["get", "import", "zzz", "-o", "json"])
+    };
+    assert!(
+        eventually(CONVERGE, || status().contains("PortUnavailable")),
+        "{}",
+        status()
+    );
+    // Freed by deleting the first: the second takes the port.
+    sites.client.gwctl_ok(&["delete", "import", "svc"]);
+    assert!(
+        eventually(CONVERGE, || status().contains("\"Listening\"")),
+        "{}",
+        status()
+    );
+}
+
+#[test]
+fn a_gateway_of_another_fabric_is_refused_at_the_handshake() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = sites.import("round-robin");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    // A stranger with the right name, from another fabric, at the address the client dials.
+    let other = Fabric::new(&["server2"]);
+    let stranger = other.start("server2");
+    stranger.apply(&export("svc", Backend::start("stranger").port));
+    stranger.apply(&allow_all("allow-all"));
+    sites.client.apply(&peer("server2", &stranger));
+    let file = std::env::temp_dir().join(format!("imp-{}.yaml", support::rand_u64()));
+    std::fs::write(&file, import("svc", port, &["server2"], "static")).unwrap();
+    sites
+        .client
+        .gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset
+            && sites.client.log().contains("TLS")),
+        "{}",
+        sites.client.log()
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn many_sequential_and_concurrent_connections_all_succeed() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = sites.import("round-robin");
+    assert!(eventually(CONVERGE, || exchange(port, b"warm") == served_by("server1")));
+    for i in 0..100 {
+        assert_eq!(
+            exchange(port, format!("seq {i}").as_bytes()),
+            served_by("server1"),
+            "connection {i}"
+        );
+    }
+    let handles: Vec<_> = (0..100)
+        .map(|i| std::thread::spawn(move || exchange(port, format!("par {i}").as_bytes())))
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(
+            h.join().unwrap(),
+            served_by("server1"),
+            "concurrent connection {i}"
+        );
+    }
+}
