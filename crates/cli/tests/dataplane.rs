@@ -428,3 +428,86 @@ fn many_sequential_and_concurrent_connections_all_succeed() {
         );
     }
 }
+
+fn reachable(client: &GatewayProcess, peer: &str) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&client.gwctl_ok(&["get", "peer", peer, "-o", "json"])).unwrap();
+    json["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "PeerReachable"))
+        .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_killed_peer_is_detected_skipped_and_used_again_when_back() {
+    let mut sites = Sites::new(&["server1", "server2"]);
+    sites.allow_everywhere();
+    let port = sites.import("static");
+    assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "True"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+
+    let peer_address = sites.servers[0].peer_address.clone();
+    sites.servers[0].kill9();
+    let killed = std::time::Instant::now();
+    // Failover serves at once, before health has noticed anything.
+    assert_eq!(exchange(port, b"hi"), served_by("server2"));
+    assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "False"));
+    let detection = killed.elapsed();
+    assert_eq!(exchange(port, b"hi"), served_by("server2"));
+    let peers = sites.client.gwctl_ok(&["get", "peers"]);
+    assert!(
+        peers
+            .lines()
+            .any(|l| l.starts_with("server1") && l.contains("False")),
+        "{peers}"
+    );
+
+    // Back on the same address, with its configuration restored from its store.
+    let fabric_root = sites._fabric.root().to_path_buf();
+    sites.servers[0] = GatewayProcess::spawn(
+        &fabric_root,
+        &[
+            "--peer",
+            "server1",
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            &peer_address,
+        ],
+    );
+    let back = std::time::Instant::now();
+    assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "True"));
+    let recovery = back.elapsed();
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    eprintln!("peer health: detected a kill -9 in {detection:?}, recovery in {recovery:?}");
+}
+
+#[test]
+fn a_peer_is_reachable_if_any_of_its_gateways_answers() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = sites.import("round-robin");
+    let (host, gw_port) = sites.servers[0].peer_address.rsplit_once(':').unwrap();
+    let bad = "gw.nonexistent.invalid";
+    for (gateways, expect) in [
+        (
+            format!("[{{host: {bad}, port: 443}}, {{host: '{host}', port: {gw_port}}}]"),
+            "True",
+        ),
+        (
+            format!("[{{host: '{host}', port: {gw_port}}}, {{host: {bad}, port: 443}}]"),
+            "True",
+        ),
+        (format!("[{{host: {bad}, port: 443}}]"), "False"),
+    ] {
+        sites.client.apply(&format!("apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: server1}}\nspec: {{gateways: {gateways}}}\n"));
+        assert!(
+            eventually(CONVERGE, || reachable(&sites.client, "server1") == expect),
+            "{gateways}: {}",
+            reachable(&sites.client, "server1")
+        );
+        let served = exchange(port, b"hi") == served_by("server1");
+        assert_eq!(served, expect == "True", "{gateways}");
+    }
+}

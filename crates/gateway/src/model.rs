@@ -320,7 +320,7 @@ fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
             "PeerReachable",
             ConditionStatus::Unknown,
             "NotProbed",
-            "this gateway does not probe peers yet",
+            "waiting for the first health probe",
         )],
         Object::Export(e) => {
             let host = if e.spec.host.is_empty() {

@@ -136,6 +136,27 @@ impl TunnelRequest {
     }
 }
 
+/// What another gateway asks on the peer port: a tunnel, or whether this gateway is alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    Tunnel(TunnelRequest),
+    Health,
+}
+
+/// The health probe; answered `200` with an empty body by a live gateway.
+pub const HEALTH_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n\r\n";
+/// The answer to [`HEALTH_REQUEST`].
+pub const HEALTH_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+
+impl PeerRequest {
+    pub fn decode(head: &[u8]) -> Result<PeerRequest, ProtocolError> {
+        if head.starts_with(b"GET /healthz ") {
+            return Ok(PeerRequest::Health);
+        }
+        TunnelRequest::decode(head).map(PeerRequest::Tunnel)
+    }
+}
+
 /// Why a gateway refused a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalReason {
@@ -338,6 +359,19 @@ mod tests {
             TunnelResponse::decode(&bytes[..split], &bytes[split..]).unwrap(),
             refused
         );
+    }
+
+    #[test]
+    fn health_and_tunnel_requests_are_told_apart() {
+        assert_eq!(
+            PeerRequest::decode(HEALTH_REQUEST).unwrap(),
+            PeerRequest::Health
+        );
+        assert_eq!(
+            PeerRequest::decode(&request().encode()).unwrap(),
+            PeerRequest::Tunnel(request())
+        );
+        assert!(PeerRequest::decode(b"GET /other HTTP/1.1\r\n\r\n").is_err());
     }
 
     #[tokio::test]

@@ -124,7 +124,10 @@ impl GatewayProcess {
             )
         });
         let url = ready["management"].as_str().unwrap().to_string();
-        let peer_address = ready["peer_address"].as_str().unwrap_or_default().to_string();
+        let peer_address = ready["peer_address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         GatewayProcess {
             child,
             url,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clusterlink_api::{Condition, ConditionStatus, ImportSource, LbScheme, ObjectKey};
-use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +17,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, Snapshot, relay};
+use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, Snapshot, relay};
 use crate::model::ControlPlane;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
@@ -34,12 +33,12 @@ struct RunningListener {
 /// (with their connections), rebinds on a port change, and retries a port that was taken.
 pub(super) async fn run_import_listeners(
     address: IpAddr,
-    tls: Arc<ClientConfig>,
+    connector: TlsConnector,
+    health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     control_plane: ControlPlane,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let connector = TlsConnector::from(tls);
     let mut running: HashMap<ObjectKey, RunningListener> = HashMap::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
@@ -77,6 +76,7 @@ pub(super) async fn run_import_listeners(
                         listener,
                         key.clone(),
                         connector.clone(),
+                        health.clone(),
                         snapshots.clone(),
                     ));
                     running.insert(
@@ -117,6 +117,7 @@ async fn accept_loop(
     listener: TcpListener,
     key: ObjectKey,
     connector: TlsConnector,
+    health: PeerHealth,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 ) {
     // Round-robin position survives changes of the import's sources.
@@ -128,9 +129,9 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((client, remote)) => {
                     let snapshot = snapshots.borrow().clone();
-                    let (key, connector, next) = (key.clone(), connector.clone(), next.clone());
+                    let (key, connector, next, health) = (key.clone(), connector.clone(), next.clone(), health.clone());
                     connections.spawn(async move {
-                        serve_client(client, remote, &key, &snapshot, &connector, &next).await;
+                        serve_client(client, remote, &key, &snapshot, &connector, &next, &health).await;
                     });
                 }
                 Err(e) => {
@@ -143,15 +144,23 @@ async fn accept_loop(
     }
 }
 
-/// The sources in the order to try them for one connection.
-fn source_order<'a>(import: &'a ImportEntry, next: &AtomicUsize) -> Vec<&'a ImportSource> {
+/// The sources in the order to try them for one connection: the import's scheme decides the
+/// order, and sources on unreachable peers move to the end (still tried, in case health lags).
+fn source_order<'a>(
+    import: &'a ImportEntry,
+    next: &AtomicUsize,
+    unreachable: impl Fn(&str) -> bool,
+) -> Vec<&'a ImportSource> {
     let n = import.sources.len();
     let start = match import.lb_scheme {
         LbScheme::Static => 0,
         LbScheme::RoundRobin => next.fetch_add(1, Ordering::Relaxed) % n.max(1),
         LbScheme::Random => random_below(n),
     };
-    (0..n).map(|i| &import.sources[(start + i) % n]).collect()
+    let mut order: Vec<&ImportSource> = (0..n).map(|i| &import.sources[(start + i) % n]).collect();
+    // A stable sort keeps the scheme's order within each group.
+    order.sort_by_key(|s| unreachable(&s.peer));
+    order
 }
 
 fn random_below(n: usize) -> usize {
@@ -172,6 +181,7 @@ async fn serve_client(
     snapshot: &Snapshot,
     connector: &TlsConnector,
     next: &AtomicUsize,
+    health: &PeerHealth,
 ) {
     let _ = client.set_nodelay(true);
     let Some(import) = snapshot.imports.get(key) else {
@@ -180,7 +190,7 @@ async fn serve_client(
     };
     let mut src = Attributes::new();
     peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
-    for source in source_order(import, next) {
+    for source in source_order(import, next, |peer| health.is_unreachable(peer)) {
         let export = ExportRef {
             namespace: source.export_namespace.clone(),
             name: source.export_name.clone(),
@@ -308,7 +318,7 @@ mod tests {
         let imp = import(scheme, 3);
         let next = AtomicUsize::new(0);
         (0..rounds)
-            .map(|_| source_order(&imp, &next)[0].peer.clone())
+            .map(|_| source_order(&imp, &next, |_| false)[0].peer.clone())
             .collect()
     }
 
@@ -322,11 +332,22 @@ mod tests {
     }
 
     #[test]
+    fn unreachable_peers_are_tried_last_in_scheme_order() {
+        let imp = import(LbScheme::Static, 4);
+        let next = AtomicUsize::new(0);
+        let order: Vec<_> = source_order(&imp, &next, |p| p == "p0" || p == "p2")
+            .iter()
+            .map(|s| s.peer.as_str())
+            .collect();
+        assert_eq!(order, ["p1", "p3", "p0", "p2"]);
+    }
+
+    #[test]
     fn every_order_tries_every_source_once() {
         for scheme in [LbScheme::RoundRobin, LbScheme::Static, LbScheme::Random] {
             let imp = import(scheme, 4);
             let next = AtomicUsize::new(7);
-            let mut order: Vec<_> = source_order(&imp, &next)
+            let mut order: Vec<_> = source_order(&imp, &next, |_| false)
                 .iter()
                 .map(|s| s.peer.clone())
                 .collect();

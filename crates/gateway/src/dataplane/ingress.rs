@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Snapshot, relay};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
-use crate::tunnel::{ALPN, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+use crate::tunnel::{ALPN, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head};
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -77,8 +77,15 @@ async fn handle(
         .map_err(|_| "tunnel request timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
-    let request = match TunnelRequest::decode(&head) {
-        Ok(r) => r,
+    let request = match PeerRequest::decode(&head) {
+        Ok(PeerRequest::Tunnel(r)) => r,
+        Ok(PeerRequest::Health) => {
+            tls.write_all(HEALTH_RESPONSE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = tls.shutdown().await;
+            return Ok(());
+        }
         Err(e) => {
             let _ = tls
                 .write_all(&refuse(RefusalReason::BadRequest, e.to_string()).encode())

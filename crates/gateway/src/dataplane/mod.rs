@@ -5,7 +5,10 @@
 //! from it, with no locks and no calls back into the control plane.
 
 mod egress;
+mod health;
 mod ingress;
+
+pub use health::PeerHealth;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -148,7 +151,16 @@ pub async fn run(
     client.alpn_protocols = vec![ALPN.to_vec()];
 
     let snapshots = follow_snapshots(&config.local_peer, control_plane.subscribe());
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let health = PeerHealth::default();
     let mut tasks = JoinSet::new();
+    tasks.spawn(health::run_probers(
+        connector.clone(),
+        health.clone(),
+        snapshots.clone(),
+        control_plane.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(ingress::serve(
         peer_listener,
         Arc::new(server),
@@ -157,7 +169,8 @@ pub async fn run(
     ));
     tasks.spawn(egress::run_import_listeners(
         config.import_address,
-        Arc::new(client),
+        connector,
+        health,
         snapshots,
         control_plane,
         shutdown.clone(),

@@ -1,0 +1,286 @@
+//! Peer health: each gateway probes every gateway address of every peer over the peer port (the
+//! same mutual TLS as tunnels), and load balancing tries unreachable peers last.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clusterlink_api::{Condition, ConditionStatus, Kind, ObjectKey, SYSTEM_NAMESPACE};
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use super::Snapshot;
+use crate::model::ControlPlane;
+use crate::tunnel::{HEALTH_REQUEST, read_head};
+
+/// Probe period while a peer is reachable. With [`PROBE_TIMEOUT`] and [`FAILURES_TO_DOWN`] it
+/// bounds detection of a dead or cut-off peer to under 3 s (two probes of at most 1.2 s each).
+const HEALTHY_INTERVAL: Duration = Duration::from_millis(500);
+/// Probe period while a peer is unreachable: slower, but two successes still land within 3 s.
+const UNHEALTHY_INTERVAL: Duration = Duration::from_secs(1);
+/// A probe (connect, handshake, answer) slower than this counts as a failure.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
+/// Consecutive failures that mark a reachable peer unreachable.
+const FAILURES_TO_DOWN: u32 = 2;
+/// Consecutive successes that mark an unreachable peer reachable again.
+const SUCCESSES_TO_UP: u32 = 2;
+
+const PEER_REACHABLE: &str = "PeerReachable";
+
+/// Which peers are known to be unreachable; read per connection by load balancing.
+#[derive(Clone, Default)]
+pub struct PeerHealth(Arc<RwLock<HashMap<String, bool>>>);
+
+impl PeerHealth {
+    /// True only for a peer whose probes have failed; an unprobed peer is given a chance.
+    pub fn is_unreachable(&self, peer: &str) -> bool {
+        self.0.read().expect("health lock").get(peer) == Some(&false)
+    }
+
+    fn set(&self, peer: &str, reachable: Option<bool>) {
+        let mut map = self.0.write().expect("health lock");
+        match reachable {
+            Some(r) => map.insert(peer.to_string(), r),
+            None => map.remove(peer),
+        };
+    }
+}
+
+/// Turns probe results into reachability with hysteresis, so one lost probe does not flap a peer.
+#[derive(Debug, Default)]
+struct Tracker {
+    reachable: Option<bool>,
+    successes: u32,
+    failures: u32,
+}
+
+impl Tracker {
+    /// Records one probe; returns the new state when it changed.
+    fn observe(&mut self, ok: bool) -> Option<bool> {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        let next = match self.reachable {
+            // The first probe decides: a peer that is down at start must not wait for a streak.
+            None => ok,
+            Some(true) => self.failures < FAILURES_TO_DOWN,
+            Some(false) => self.successes >= SUCCESSES_TO_UP,
+        };
+        (self.reachable != Some(next)).then(|| {
+            self.reachable = Some(next);
+            next
+        })
+    }
+
+    fn interval(&self) -> Duration {
+        if self.reachable == Some(false) {
+            UNHEALTHY_INTERVAL
+        } else {
+            HEALTHY_INTERVAL
+        }
+    }
+}
+
+struct Prober {
+    gateways: Vec<(String, u16)>,
+    task: JoinHandle<()>,
+}
+
+/// Keeps one prober per peer in step with the snapshots.
+pub(super) async fn run_probers(
+    connector: TlsConnector,
+    health: PeerHealth,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    control_plane: ControlPlane,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut probers: HashMap<String, Prober> = HashMap::new();
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        probers.retain(|name, p| {
+            let keep = snapshot
+                .peers
+                .get(name)
+                .is_some_and(|peer| peer.gateways == p.gateways);
+            if !keep {
+                p.task.abort();
+                health.set(name, None);
+                control_plane.set_condition(&peer_key(name), PEER_REACHABLE, None);
+            }
+            keep
+        });
+        for (name, peer) in &snapshot.peers {
+            if !probers.contains_key(name) {
+                let task = tokio::spawn(probe_forever(
+                    name.clone(),
+                    peer.gateways.clone(),
+                    connector.clone(),
+                    health.clone(),
+                    control_plane.clone(),
+                ));
+                probers.insert(
+                    name.clone(),
+                    Prober {
+                        gateways: peer.gateways.clone(),
+                        task,
+                    },
+                );
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (_, p) in probers {
+        p.task.abort();
+    }
+}
+
+fn peer_key(name: &str) -> ObjectKey {
+    ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, name)
+}
+
+async fn probe_forever(
+    name: String,
+    gateways: Vec<(String, u16)>,
+    connector: TlsConnector,
+    health: PeerHealth,
+    control_plane: ControlPlane,
+) {
+    let mut tracker = Tracker::default();
+    loop {
+        let result = probe_any(&connector, &name, &gateways).await;
+        if let Some(reachable) = tracker.observe(result.is_ok()) {
+            health.set(&name, Some(reachable));
+            let condition = match &result {
+                Ok(addr) => Condition::new(
+                    PEER_REACHABLE,
+                    ConditionStatus::True,
+                    "Probed",
+                    format!("gateway {addr} answered"),
+                ),
+                Err(e) => Condition::new(
+                    PEER_REACHABLE,
+                    ConditionStatus::False,
+                    "Unreachable",
+                    e.clone(),
+                ),
+            };
+            if reachable {
+                tracing::info!(peer = %name, "peer reachable");
+            } else {
+                tracing::warn!(peer = %name, error = %condition.message, "peer unreachable");
+            }
+            control_plane.set_condition(&peer_key(&name), PEER_REACHABLE, Some(condition));
+        }
+        tokio::time::sleep(tracker.interval()).await;
+    }
+}
+
+/// Probes every gateway of the peer at once; reachable if any answers.
+async fn probe_any(
+    connector: &TlsConnector,
+    peer: &str,
+    gateways: &[(String, u16)],
+) -> Result<String, String> {
+    let name = ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
+    let mut probes = JoinSet::new();
+    for (host, port) in gateways.iter().cloned() {
+        let (connector, name) = (connector.clone(), name.clone());
+        probes.spawn(async move {
+            let addr = format!("{host}:{port}");
+            match timeout(PROBE_TIMEOUT, probe(&connector, name, &host, port)).await {
+                Ok(Ok(())) => Ok(addr),
+                Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                Err(_) => Err(format!("{addr}: no answer within {PROBE_TIMEOUT:?}")),
+            }
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(joined) = probes.join_next().await {
+        match joined {
+            Ok(Ok(addr)) => return Ok(addr),
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(if errors.is_empty() {
+        "the peer lists no gateway".into()
+    } else {
+        errors.join("; ")
+    })
+}
+
+async fn probe(
+    connector: &TlsConnector,
+    name: ServerName<'static>,
+    host: &str,
+    port: u16,
+) -> Result<(), String> {
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    tls.write_all(HEALTH_REQUEST)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, _) = read_head(&mut tls).await.map_err(|e| e.to_string())?;
+    if head.starts_with(b"HTTP/1.1 200 ") {
+        Ok(())
+    } else {
+        Err("unexpected health answer".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_probe_decides_then_hysteresis() {
+        let mut t = Tracker::default();
+        assert_eq!(t.observe(true), Some(true));
+        assert_eq!(t.observe(false), None, "one lost probe does not flap");
+        assert_eq!(t.observe(true), None);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), Some(false));
+        assert_eq!(t.interval(), UNHEALTHY_INTERVAL);
+        assert_eq!(t.observe(true), None);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(true), None);
+        assert_eq!(t.observe(true), Some(true));
+        assert_eq!(t.interval(), HEALTHY_INTERVAL);
+        let mut down = Tracker::default();
+        assert_eq!(down.observe(false), Some(false));
+    }
+
+    #[test]
+    fn detection_and_recovery_fit_in_three_seconds() {
+        let worst_detection = HEALTHY_INTERVAL
+            + (PROBE_TIMEOUT + HEALTHY_INTERVAL) * (FAILURES_TO_DOWN - 1)
+            + PROBE_TIMEOUT;
+        assert!(
+            worst_detection < Duration::from_secs(3),
+            "{worst_detection:?}"
+        );
+        // A probe in flight when the peer returns may still time out; successes are quick.
+        let worst_recovery = PROBE_TIMEOUT + UNHEALTHY_INTERVAL * SUCCESSES_TO_UP;
+        assert!(
+            worst_recovery < Duration::from_secs(3),
+            "{worst_recovery:?}"
+        );
+    }
+}
