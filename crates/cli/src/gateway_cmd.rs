@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
+use clusterlink_gateway::dataplane::ClientTable;
 use clusterlink_gateway::{Gateway, GatewayConfig, ManagementSecurity};
 use clusterlink_pki::tls::TlsFiles;
 
@@ -53,6 +54,10 @@ pub struct GatewayArgs {
     /// Address import listeners bind; an import's `port` is the port on this address.
     #[arg(long, default_value = "127.0.0.1")]
     pub import_address: std::net::IpAddr,
+    /// YAML table of client address ranges to namespace, serviceAccount and labels, which
+    /// policies match as client.clusterlink.net/* attributes.
+    #[arg(long, value_name = "FILE")]
+    pub client_attributes: Option<PathBuf>,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -105,9 +110,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         (None, Some(peer)) => PathBuf::from(format!("{peer}-data")),
         (None, None) => bail!("give --data-dir (or --peer, for the default ./<peer>-data)"),
     };
+    let clients = match &args.client_attributes {
+        None => ClientTable::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            ClientTable::parse(&text).with_context(|| path.display().to_string())?
+        }
+    };
     let config = GatewayConfig {
         tls,
         import_address: args.import_address,
+        clients,
         data_dir,
         management_security: security,
     };

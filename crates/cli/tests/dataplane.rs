@@ -4,7 +4,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Backend, Exchange, Fabric, GatewayProcess, eventually, exchange, free_port};
+use support::{
+    Backend, Exchange, Fabric, GatewayProcess, eventually, exchange, exchange_from, free_port,
+};
 
 const CONVERGE: Duration = Duration::from_secs(10);
 
@@ -52,10 +54,22 @@ struct Sites {
 
 impl Sites {
     fn new(servers: &[&str]) -> Sites {
+        Sites::with_client_args(servers, &[])
+    }
+
+    /// Like [`Sites::new`], with further arguments for the importing gateway.
+    fn with_client_args(servers: &[&str], client_args: &[&str]) -> Sites {
         let mut names = servers.to_vec();
         names.push("client1");
         let fabric = Fabric::new(&names);
-        let client = fabric.start("client1");
+        let mut args = vec![
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(client_args);
+        let client = fabric.start_with("client1", &args);
         let servers: Vec<GatewayProcess> = servers
             .iter()
             .map(|name| {
@@ -510,4 +524,54 @@ fn a_peer_is_reachable_if_any_of_its_gateways_answers() {
         let served = exchange(port, b"hi") == served_by("server1");
         assert_eq!(served, expect == "True", "{gateways}");
     }
+}
+
+#[test]
+fn client_attributes_from_the_address_table_reach_both_sides() {
+    let table = std::env::temp_dir().join(format!("clients-{}.yaml", support::rand_u64()));
+    std::fs::write(
+        &table,
+        "clients:\n  - {cidr: 127.0.0.2/32, namespace: shop, labels: {app: firefox}}\n  - {cidr: 127.0.0.0/8, namespace: shop, labels: {app: curl}}\n",
+    )
+    .unwrap();
+    let sites = Sites::with_client_args(
+        &["server1"],
+        &["--client-attributes", table.to_str().unwrap()],
+    );
+    let port = sites.import("round-robin");
+    // Egress: only clients of namespace shop. Ingress: firefox is denied, the rest allowed.
+    sites.client.apply(&policy(
+        "AccessPolicy",
+        "shop-only",
+        "allow",
+        "{matchLabels: {client.clusterlink.net/namespace: shop}}",
+        "{}",
+    ));
+    sites.servers[0].apply(&format!(
+        "{}{}",
+        policy(
+            "AccessPolicy",
+            "deny-firefox",
+            "deny",
+            "{matchLabels: {client.clusterlink.net/labels.app: firefox}}",
+            "{}"
+        ),
+        allow_all("allow-all")
+    ));
+    assert!(
+        eventually(CONVERGE, || exchange_from("127.0.0.1", port, b"hi")
+            == served_by("server1")),
+        "{}",
+        sites.client.log()
+    );
+    assert_eq!(exchange_from("127.0.0.2", port, b"hi"), Exchange::Reset);
+    assert!(
+        sites
+            .client
+            .log()
+            .contains("ingress at server1: denied by AccessPolicy default/deny-firefox"),
+        "{}",
+        sites.client.log()
+    );
+    let _ = std::fs::remove_file(table);
 }

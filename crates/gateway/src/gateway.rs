@@ -64,6 +64,8 @@ pub struct GatewayConfig {
     pub tls: TlsFiles,
     /// Where import listeners bind.
     pub import_address: std::net::IpAddr,
+    /// Client attributes by address (standalone mode).
+    pub clients: crate::dataplane::ClientTable,
     /// Where the store lives.
     pub data_dir: PathBuf,
     pub management_security: ManagementSecurity,
@@ -126,6 +128,7 @@ impl Gateway {
             local_peer: name.clone(),
             credentials: credentials.clone(),
             import_address: config.import_address,
+            clients: config.clients.clone(),
         };
         let dataplane =
             crate::dataplane::run(dataplane, peer, control_plane.clone(), shutdown_rx.clone());

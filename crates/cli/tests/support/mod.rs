@@ -300,8 +300,13 @@ pub enum Exchange {
 
 /// Connects to `127.0.0.1:port`, sends `payload`, half-closes, and reads the whole answer.
 pub fn exchange(port: u16, payload: &[u8]) -> Exchange {
+    exchange_from("127.0.0.1", port, payload)
+}
+
+/// [`exchange`] from a chosen loopback source address, so a gateway sees different clients.
+pub fn exchange_from(source: &str, port: u16, payload: &[u8]) -> Exchange {
     use std::io::{Read, Write};
-    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+    let mut s = match connect_from(source, port) {
         Ok(s) => s,
         Err(e) => return Exchange::Other(format!("connect: {e}")),
     };
@@ -334,4 +339,18 @@ pub fn exchange(port: u16, payload: &[u8]) -> Exchange {
     Exchange::Served {
         backend: backend.to_string(),
     }
+}
+
+fn connect_from(source: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let stream = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{source}:0").parse().unwrap())?;
+        socket.connect(([127, 0, 0, 1], port).into()).await
+    })?;
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    Ok(stream)
 }

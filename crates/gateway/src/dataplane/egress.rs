@@ -17,6 +17,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::clients::ClientTable;
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, Snapshot, relay};
 use crate::model::ControlPlane;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
@@ -33,8 +34,7 @@ struct RunningListener {
 /// (with their connections), rebinds on a port change, and retries a port that was taken.
 pub(super) async fn run_import_listeners(
     address: IpAddr,
-    connector: TlsConnector,
-    health: PeerHealth,
+    egress: Arc<Egress>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     control_plane: ControlPlane,
     mut shutdown: watch::Receiver<bool>,
@@ -75,8 +75,7 @@ pub(super) async fn run_import_listeners(
                     let task = tokio::spawn(accept_loop(
                         listener,
                         key.clone(),
-                        connector.clone(),
-                        health.clone(),
+                        egress.clone(),
                         snapshots.clone(),
                     ));
                     running.insert(
@@ -116,8 +115,7 @@ pub(super) async fn run_import_listeners(
 async fn accept_loop(
     listener: TcpListener,
     key: ObjectKey,
-    connector: TlsConnector,
-    health: PeerHealth,
+    egress: Arc<Egress>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
 ) {
     // Round-robin position survives changes of the import's sources.
@@ -129,9 +127,9 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((client, remote)) => {
                     let snapshot = snapshots.borrow().clone();
-                    let (key, connector, next, health) = (key.clone(), connector.clone(), next.clone(), health.clone());
+                    let (key, next, egress) = (key.clone(), next.clone(), egress.clone());
                     connections.spawn(async move {
-                        serve_client(client, remote, &key, &snapshot, &connector, &next, &health).await;
+                        egress.serve_client(client, remote, &key, &snapshot, &next).await;
                     });
                 }
                 Err(e) => {
@@ -174,64 +172,73 @@ fn random_below(n: usize) -> usize {
     (h.finish() % n as u64) as usize
 }
 
-async fn serve_client(
-    mut client: TcpStream,
-    remote: SocketAddr,
-    key: &ObjectKey,
-    snapshot: &Snapshot,
-    connector: &TlsConnector,
-    next: &AtomicUsize,
-    health: &PeerHealth,
-) {
-    let _ = client.set_nodelay(true);
-    let Some(import) = snapshot.imports.get(key) else {
-        reset(client);
-        return;
-    };
-    let mut src = Attributes::new();
-    peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
-    for source in source_order(import, next, |peer| health.is_unreachable(peer)) {
-        let export = ExportRef {
-            namespace: source.export_namespace.clone(),
-            name: source.export_name.clone(),
+/// What every import connection shares: how to reach peers, their health, and who clients are.
+pub(super) struct Egress {
+    pub connector: TlsConnector,
+    pub health: PeerHealth,
+    pub clients: ClientTable,
+}
+
+impl Egress {
+    async fn serve_client(
+        &self,
+        mut client: TcpStream,
+        remote: SocketAddr,
+        key: &ObjectKey,
+        snapshot: &Snapshot,
+        next: &AtomicUsize,
+    ) {
+        let _ = client.set_nodelay(true);
+        let Some(import) = snapshot.imports.get(key) else {
+            reset(client);
+            return;
         };
-        let Some(peer) = snapshot.peers.get(&source.peer) else {
-            tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
-            continue;
-        };
-        let mut dst = Attributes::new();
-        peer_attributes(&mut dst, &source.peer, &peer.labels);
-        export_attributes(
-            &mut dst,
-            &export.name,
-            &export.namespace,
-            &Default::default(),
-        );
-        let decision = snapshot.policy.decide(&key.namespace, &src, &dst);
-        if !decision.allowed {
-            tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
-            continue;
-        }
-        let request = TunnelRequest {
-            export: export.clone(),
-            client: Attributes::new(),
-        };
-        match open_tunnel(connector, &source.peer, &peer.gateways, &request).await {
-            Ok((mut tunnel, early)) => {
-                if client.write_all(&early).await.is_err() {
+        let client_attributes = self.clients.attributes_of(remote.ip());
+        let mut src = client_attributes.clone();
+        peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
+        for source in source_order(import, next, |peer| self.health.is_unreachable(peer)) {
+            let export = ExportRef {
+                namespace: source.export_namespace.clone(),
+                name: source.export_name.clone(),
+            };
+            let Some(peer) = snapshot.peers.get(&source.peer) else {
+                tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
+                continue;
+            };
+            let mut dst = Attributes::new();
+            peer_attributes(&mut dst, &source.peer, &peer.labels);
+            export_attributes(
+                &mut dst,
+                &export.name,
+                &export.namespace,
+                &Default::default(),
+            );
+            let decision = snapshot.policy.decide(&key.namespace, &src, &dst);
+            if !decision.allowed {
+                tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
+                continue;
+            }
+            let request = TunnelRequest {
+                export: export.clone(),
+                client: client_attributes.clone(),
+            };
+            match open_tunnel(&self.connector, &source.peer, &peer.gateways, &request).await {
+                Ok((mut tunnel, early)) => {
+                    if client.write_all(&early).await.is_err() {
+                        return;
+                    }
+                    tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
+                    let _ = relay(&mut client, &mut tunnel).await;
                     return;
                 }
-                tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
-                let _ = relay(&mut client, &mut tunnel).await;
-                return;
-            }
-            Err(e) => {
-                tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {e}")
+                Err(e) => {
+                    tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {e}")
+                }
             }
         }
+        tracing::info!(import = %key, %remote, "every source failed; resetting the client");
+        reset(client);
     }
-    tracing::info!(import = %key, %remote, "every source failed; resetting the client");
-    reset(client);
 }
 
 /// Tries each gateway of the peer in turn. A refusal from a gateway ends the attempt on this peer

@@ -4,10 +4,12 @@
 //! change and then only read: a connection takes the current snapshot once and decides everything
 //! from it, with no locks and no calls back into the control plane.
 
+mod clients;
 mod egress;
 mod health;
 mod ingress;
 
+pub use clients::{ClientTable, ClientTableError};
 pub use health::PeerHealth;
 
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +43,8 @@ pub struct DataPlaneConfig {
     pub credentials: Credentials,
     /// Where import listeners bind (standalone mode).
     pub import_address: IpAddr,
+    /// Who local clients are, by address.
+    pub clients: ClientTable,
 }
 
 /// A peer as the data plane sees it.
@@ -167,10 +171,14 @@ pub async fn run(
         snapshots.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(egress::run_import_listeners(
-        config.import_address,
+    let egress = Arc::new(egress::Egress {
         connector,
         health,
+        clients: config.clients,
+    });
+    tasks.spawn(egress::run_import_listeners(
+        config.import_address,
+        egress,
         snapshots,
         control_plane,
         shutdown.clone(),
