@@ -575,3 +575,120 @@ fn client_attributes_from_the_address_table_reach_both_sides() {
     );
     let _ = std::fs::remove_file(table);
 }
+
+/// Copies a peer's certificate set into `dir` (ca.pem, cert.pem, key.pem), replacing any there
+/// by rename so a gateway never reads half a file.
+fn install_certs(fabric_dir: &std::path::Path, peer: &str, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (from, to) in [
+        (fabric_dir.join("cert.pem"), "ca.pem"),
+        (fabric_dir.join(peer).join("cert.pem"), "cert.pem"),
+        (fabric_dir.join(peer).join("key.pem"), "key.pem"),
+    ] {
+        let tmp = dir.join(format!("{to}.tmp"));
+        std::fs::copy(&from, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(to)).unwrap();
+    }
+}
+
+fn start_with_certs(root: &std::path::Path, peer: &str, dir: &std::path::Path) -> GatewayProcess {
+    let arg = |f: &str| dir.join(f).display().to_string();
+    let data = root.join(format!("{peer}-data")).display().to_string();
+    GatewayProcess::spawn(
+        root,
+        &[
+            "--ca",
+            &arg("ca.pem"),
+            "--cert",
+            &arg("cert.pem"),
+            "--key",
+            &arg("key.pem"),
+            "--data-dir",
+            &data,
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
+#[test]
+fn replaced_certificates_are_picked_up_without_a_restart() {
+    let f = Fabric::new(&["server1", "client1"]);
+    let root = f.root();
+    let o = support::run(
+        support::CLUSTERLINK,
+        &["create", "fabric", "--name", "fabric_b"],
+        root,
+    );
+    assert!(o.status.success());
+    for p in ["server1", "client1"] {
+        assert!(
+            support::run(
+                support::CLUSTERLINK,
+                &["create", "peer-cert", "--name", p, "--fabric", "fabric_b"],
+                root
+            )
+            .status
+            .success()
+        );
+    }
+    let (a, b) = (f.fabric_dir(), root.join("fabric_b"));
+    let (server_dir, client_dir) = (root.join("live/server1"), root.join("live/client1"));
+    install_certs(&a, "server1", &server_dir);
+    install_certs(&a, "client1", &client_dir);
+    let server = start_with_certs(root, "server1", &server_dir);
+    let client = start_with_certs(root, "client1", &client_dir);
+    server.apply(&format!(
+        "{}{}",
+        export("svc", Backend::start("server1").port),
+        allow_all("allow-all")
+    ));
+    client.apply(&format!(
+        "{}{}",
+        peer("server1", &server),
+        allow_all("allow-all")
+    ));
+    let port = free_port();
+    client.apply(&import("svc", port, &["server1"], "round-robin"));
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "{}",
+        client.log()
+    );
+
+    // server1 moves to fabric B alone: the fabrics no longer trust each other.
+    install_certs(&b, "server1", &server_dir);
+    assert!(
+        eventually(CONVERGE, || reachable(&client, "server1") == "False"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(exchange(port, b"hi"), Exchange::Reset);
+    assert!(
+        server.log().contains("certificates reloaded"),
+        "{}",
+        server.log()
+    );
+
+    // client1 follows: traffic flows again, and neither gateway was restarted.
+    install_certs(&b, "client1", &client_dir);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "{}",
+        client.log()
+    );
+    assert!(eventually(CONVERGE, || reachable(&client, "server1") == "True"));
+
+    // A certificate for another peer name is not taken.
+    install_certs(&b, "server1", &client_dir);
+    assert!(
+        eventually(CONVERGE, || client
+            .log()
+            .contains("does not name peer \"client1\"")),
+        "{}",
+        client.log()
+    );
+    assert_eq!(exchange(port, b"hi"), served_by("server1"));
+}

@@ -127,6 +127,7 @@ impl Gateway {
         let dataplane = crate::dataplane::DataPlaneConfig {
             local_peer: name.clone(),
             credentials: credentials.clone(),
+            tls_files: config.tls.clone(),
             import_address: config.import_address,
             clients: config.clients.clone(),
         };

@@ -308,6 +308,8 @@ pub fn exchange_from(source: &str, port: u16, payload: &[u8]) -> Exchange {
     use std::io::{Read, Write};
     let mut s = match connect_from(source, port) {
         Ok(s) => s,
+        // A reset can arrive before connect() returns when the gateway refuses at once.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Exchange::Reset,
         Err(e) => return Exchange::Other(format!("connect: {e}")),
     };
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();

@@ -18,7 +18,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::clients::ClientTable;
-use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, Snapshot, relay};
+use super::{
+    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, PeerTls, Snapshot, relay,
+};
 use crate::model::ControlPlane;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
@@ -174,7 +176,8 @@ fn random_below(n: usize) -> usize {
 
 /// What every import connection shares: how to reach peers, their health, and who clients are.
 pub(super) struct Egress {
-    pub connector: TlsConnector,
+    /// The peer port's TLS, current as of each new connection.
+    pub tls: watch::Receiver<Arc<PeerTls>>,
     pub health: PeerHealth,
     pub clients: ClientTable,
 }
@@ -222,7 +225,8 @@ impl Egress {
                 export: export.clone(),
                 client: client_attributes.clone(),
             };
-            match open_tunnel(&self.connector, &source.peer, &peer.gateways, &request).await {
+            let connector = TlsConnector::from(self.tls.borrow().client.clone());
+            match open_tunnel(&connector, &source.peer, &peer.gateways, &request).await {
                 Ok((mut tunnel, early)) => {
                     if client.write_all(&early).await.is_err() {
                         return;

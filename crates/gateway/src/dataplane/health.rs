@@ -14,7 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-use super::Snapshot;
+use super::{PeerTls, Snapshot};
 use crate::model::ControlPlane;
 use crate::tunnel::{HEALTH_REQUEST, read_head};
 
@@ -97,7 +97,7 @@ struct Prober {
 
 /// Keeps one prober per peer in step with the snapshots.
 pub(super) async fn run_probers(
-    connector: TlsConnector,
+    tls: watch::Receiver<Arc<PeerTls>>,
     health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     control_plane: ControlPlane,
@@ -123,7 +123,7 @@ pub(super) async fn run_probers(
                 let task = tokio::spawn(probe_forever(
                     name.clone(),
                     peer.gateways.clone(),
-                    connector.clone(),
+                    tls.clone(),
                     health.clone(),
                     control_plane.clone(),
                 ));
@@ -153,12 +153,13 @@ fn peer_key(name: &str) -> ObjectKey {
 async fn probe_forever(
     name: String,
     gateways: Vec<(String, u16)>,
-    connector: TlsConnector,
+    tls: watch::Receiver<Arc<PeerTls>>,
     health: PeerHealth,
     control_plane: ControlPlane,
 ) {
     let mut tracker = Tracker::default();
     loop {
+        let connector = TlsConnector::from(tls.borrow().client.clone());
         let result = probe_any(&connector, &name, &gateways).await;
         if let Some(reachable) = tracker.observe(result.is_ok()) {
             health.set(&name, Some(reachable));

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use clusterlink_pki::{Identity, identity_of};
-use rustls::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -14,23 +13,23 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, Snapshot, relay};
+use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerTls, Snapshot, relay};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ALPN, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head};
 
 pub(super) async fn serve(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    tls: watch::Receiver<Arc<PeerTls>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = TlsAcceptor::from(config);
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let acceptor = acceptor.clone();
+                    // The configuration current now: rotated certificates apply to new connections.
+                    let acceptor = TlsAcceptor::from(tls.borrow().server.clone());
                     let snapshots = snapshots.clone();
                     connections.spawn(async move {
                         if let Err(e) = handle(stream, acceptor, snapshots).await {

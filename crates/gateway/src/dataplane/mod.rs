@@ -5,11 +5,13 @@
 //! from it, with no locks and no calls back into the control plane.
 
 mod clients;
+mod credentials;
 mod egress;
 mod health;
 mod ingress;
 
 pub use clients::{ClientTable, ClientTableError};
+pub use credentials::PeerTls;
 pub use health::PeerHealth;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterlink_api::{ImportSource, LbScheme, Object, ObjectKey};
-use clusterlink_pki::tls::{Credentials, mutual_client_config, mutual_server_config};
+use clusterlink_pki::tls::{Credentials, TlsFiles};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -26,7 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::model::{ControlPlane, Objects};
 use crate::policy::PolicyEngine;
-use crate::tunnel::{ALPN, ExportRef};
+use crate::tunnel::ExportRef;
 
 /// Relay buffer per direction: large enough that bulk transfers move in big reads and writes,
 /// small enough that thousands of idle tunnels stay cheap.
@@ -41,6 +43,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DataPlaneConfig {
     pub local_peer: String,
     pub credentials: Credentials,
+    /// Where the credentials came from; replaced files are picked up without a restart.
+    pub tls_files: TlsFiles,
     /// Where import listeners bind (standalone mode).
     pub import_address: IpAddr,
     /// Who local clients are, by address.
@@ -149,17 +153,18 @@ pub async fn run(
     control_plane: ControlPlane,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), clusterlink_pki::PkiError> {
-    let mut server = mutual_server_config(&config.credentials)?;
-    server.alpn_protocols = vec![ALPN.to_vec()];
-    let mut client = mutual_client_config(&config.credentials)?;
-    client.alpn_protocols = vec![ALPN.to_vec()];
-
+    let (tls_tx, tls) = watch::channel(Arc::new(PeerTls::new(&config.credentials)?));
     let snapshots = follow_snapshots(&config.local_peer, control_plane.subscribe());
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let health = PeerHealth::default();
     let mut tasks = JoinSet::new();
+    tasks.spawn(credentials::watch_files(
+        config.tls_files,
+        config.local_peer.clone(),
+        tls_tx,
+        shutdown.clone(),
+    ));
     tasks.spawn(health::run_probers(
-        connector.clone(),
+        tls.clone(),
         health.clone(),
         snapshots.clone(),
         control_plane.clone(),
@@ -167,12 +172,12 @@ pub async fn run(
     ));
     tasks.spawn(ingress::serve(
         peer_listener,
-        Arc::new(server),
+        tls.clone(),
         snapshots.clone(),
         shutdown.clone(),
     ));
     let egress = Arc::new(egress::Egress {
-        connector,
+        tls,
         health,
         clients: config.clients,
     });

@@ -1,0 +1,100 @@
+//! The peer port's TLS configuration, reloaded when the certificate files change on disk.
+//!
+//! The files are checked every [`RELOAD_INTERVAL`]; a change is applied once all three load and
+//! the certificate still names this peer. Until then the current configuration stays in force, so
+//! replacing the files one by one never leaves the gateway without working TLS. Each new
+//! connection (tunnel or probe) uses the configuration current when it starts.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config, mutual_server_config};
+use clusterlink_pki::{Identity, PkiError, identity_of};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::sync::watch;
+
+use crate::tunnel::ALPN;
+
+/// How often the certificate files are checked: a rotated certificate is in force within this.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Server and client TLS configurations of the peer port, built from one set of credentials.
+pub struct PeerTls {
+    pub server: Arc<ServerConfig>,
+    pub client: Arc<ClientConfig>,
+}
+
+impl PeerTls {
+    pub fn new(credentials: &Credentials) -> Result<PeerTls, PkiError> {
+        let mut server = mutual_server_config(credentials)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let mut client = mutual_client_config(credentials)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(PeerTls {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+/// What identifies a version of the files without reading them.
+type Fingerprint = Vec<Option<(SystemTime, u64)>>;
+
+fn fingerprint(files: &TlsFiles) -> Fingerprint {
+    [&files.ca, &files.cert, &files.key]
+        .iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+fn load(files: &TlsFiles, peer: &str) -> Result<PeerTls, String> {
+    let credentials = Credentials::load(files).map_err(|e| e.to_string())?;
+    match identity_of(&credentials.chain[0]) {
+        Ok(Identity::Peer(name)) if name == peer => {}
+        other => {
+            return Err(format!(
+                "the new certificate does not name peer {peer:?} ({other:?})"
+            ));
+        }
+    }
+    PeerTls::new(&credentials).map_err(|e| e.to_string())
+}
+
+/// Watches `files` and publishes a new [`PeerTls`] whenever they change and load cleanly.
+pub(super) async fn watch_files(
+    files: TlsFiles,
+    peer: String,
+    tx: watch::Sender<Arc<PeerTls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut applied = fingerprint(&files);
+    let mut reported: Option<Fingerprint> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = fingerprint(&files);
+        if now == applied {
+            continue;
+        }
+        match load(&files, &peer) {
+            Ok(tls) => {
+                tracing::info!(cert = %files.cert.display(), "certificates reloaded");
+                tx.send_replace(Arc::new(tls));
+                applied = now;
+            }
+            Err(e) => {
+                // Report each failing version once; files replaced one at a time pass through here.
+                if reported.as_ref() != Some(&now) {
+                    tracing::warn!(error = %e, "changed certificates not loaded yet; keeping the current ones");
+                    reported = Some(now);
+                }
+            }
+        }
+    }
+}
