@@ -115,6 +115,15 @@ impl Sites {
     }
 }
 
+/// One sample from the gateway's `/metrics` (0 when absent).
+fn metric(gw: &GatewayProcess, series: &str) -> f64 {
+    let (code, body) = support::raw_http(gw.port(), "GET", "/metrics", b"");
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
 fn served_by(name: &str) -> Exchange {
     Exchange::Served {
         backend: name.to_string(),
@@ -130,6 +139,37 @@ fn an_allowed_connection_carries_bytes_both_ways_with_half_close() {
     let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     assert!(eventually(CONVERGE, || exchange(port, b"x") == served_by("server1")));
     assert_eq!(exchange(port, &payload), served_by("server1"));
+    // Bytes are counted per import on the importing side and per export on the exporting side.
+    let sent = metric(
+        &sites.client,
+        "clusterlink_import_bytes_total{name=\"default/svc\",direction=\"sent\"}",
+    );
+    let received = metric(
+        &sites.client,
+        "clusterlink_import_bytes_total{name=\"default/svc\",direction=\"received\"}",
+    );
+    assert!(
+        sent >= payload.len() as f64 && received >= payload.len() as f64,
+        "sent {sent}, received {received}"
+    );
+    let to_backend = metric(
+        &sites.servers[0],
+        "clusterlink_export_bytes_total{name=\"default/svc\",direction=\"sent\"}",
+    );
+    assert!(to_backend >= payload.len() as f64, "{to_backend}");
+    assert!(
+        metric(
+            &sites.client,
+            "clusterlink_authorization_duration_seconds_count{side=\"egress\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            &sites.client,
+            "clusterlink_peer_reachable{peer=\"server1\"}"
+        ),
+        1.0
+    );
     assert_eq!(
         exchange(port, b""),
         served_by("server1"),
@@ -157,6 +197,25 @@ fn default_deny_holds_on_each_side_independently() {
             && sites.client.log().contains(refused)),
         "{}",
         sites.client.log()
+    );
+
+    assert!(
+        metric(
+            &sites.client,
+            "clusterlink_connections_refused_total{side=\"egress\",reason=\"PolicyDenied\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &sites.client,
+            "clusterlink_connections_refused_total{side=\"ingress\",reason=\"PolicyDenied\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &sites.servers[0],
+            "clusterlink_connections_refused_total{side=\"ingress\",reason=\"PolicyDenied\"}"
+        ) >= 1.0
     );
 
     // Ingress allowed, egress not.

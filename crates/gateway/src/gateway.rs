@@ -113,6 +113,7 @@ impl Gateway {
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
         let control_plane = ControlPlane::open(Arc::new(store))?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
 
         let tls = match config.management_security {
             ManagementSecurity::LoopbackPlain => None,
@@ -130,6 +131,7 @@ impl Gateway {
             tls_files: config.tls.clone(),
             import_address: config.import_address,
             clients: config.clients.clone(),
+            metrics: metrics.clone(),
         };
         let dataplane =
             crate::dataplane::run(dataplane, peer, control_plane.clone(), shutdown_rx.clone());
@@ -141,7 +143,7 @@ impl Gateway {
         tasks.spawn(serve_management(
             management,
             tls,
-            management::router(control_plane.clone()),
+            management::router(control_plane.clone(), metrics.clone()),
             shutdown_rx,
         ));
         tracing::info!(peer = %name, management = %management_addr, security = ?config.management_security, "gateway started");

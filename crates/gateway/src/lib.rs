@@ -4,12 +4,14 @@
 //! - [`management`]: the management REST API over that model.
 //! - [`gateway`]: a running standalone gateway tying identity, store and listeners together.
 //! - [`dataplane`]: the peer port, import listeners and the byte relay.
+//! - [`metrics`]: Prometheus metrics of connections, refusals, bytes and peer health.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 
 pub mod dataplane;
 pub mod gateway;
 pub mod management;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod tunnel;

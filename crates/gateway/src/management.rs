@@ -13,6 +13,8 @@
 //! `configured` or `unchanged`. Errors are Kubernetes `Status` objects whose `details.causes`
 //! name each invalid field.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -24,6 +26,7 @@ use clusterlink_api::manifest::{MAX_OBJECT_BYTES, parse_manifests};
 use clusterlink_api::{API_VERSION, FieldError, Kind, ManifestError, Object, ObjectKey, Scope};
 use serde_json::json;
 
+use crate::metrics::Metrics;
 use crate::model::{ControlPlane, ModelError, WriteOutcome, scope_accepts};
 
 /// Response header carrying what a write did: `created`, `configured`, `unchanged`, `deleted`.
@@ -32,8 +35,24 @@ pub const RESULT_HEADER: &str = "x-clusterlink-result";
 /// Path prefix of every resource route.
 pub const API_PREFIX: &str = "/apis/clusterlink.net/v1alpha1";
 
-pub fn router(control_plane: ControlPlane) -> Router {
+pub fn router(control_plane: ControlPlane, metrics: Arc<Metrics>) -> Router {
     Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let text = metrics.encode();
+                async move {
+                    // The Prometheus text exposition format, version 0.0.4.
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }
+            }),
+        )
         .route(
             &format!("{API_PREFIX}/{{resource}}"),
             get(list_all).post(create_any),

@@ -21,6 +21,7 @@ use super::clients::ClientTable;
 use super::{
     CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, PeerTls, Snapshot, relay,
 };
+use crate::metrics::{Metrics, Side};
 use crate::model::ControlPlane;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
@@ -180,6 +181,7 @@ pub(super) struct Egress {
     pub tls: watch::Receiver<Arc<PeerTls>>,
     pub health: PeerHealth,
     pub clients: ClientTable,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Egress {
@@ -191,8 +193,11 @@ impl Egress {
         snapshot: &Snapshot,
         next: &AtomicUsize,
     ) {
+        let accepted_at = std::time::Instant::now();
+        let _active = self.metrics.accepted(Side::Egress);
         let _ = client.set_nodelay(true);
         let Some(import) = snapshot.imports.get(key) else {
+            self.metrics.refused(Side::Egress, "NoSuchImport");
             reset(client);
             return;
         };
@@ -218,6 +223,8 @@ impl Egress {
             );
             let decision = snapshot.policy.decide(&key.namespace, &src, &dst);
             if !decision.allowed {
+                self.metrics
+                    .refused(Side::Egress, RefusalReason::PolicyDenied.as_str());
                 tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
                 continue;
             }
@@ -228,20 +235,55 @@ impl Egress {
             let connector = TlsConnector::from(self.tls.borrow().client.clone());
             match open_tunnel(&connector, &source.peer, &peer.gateways, &request).await {
                 Ok((mut tunnel, early)) => {
+                    self.metrics.authorized(Side::Egress, accepted_at.elapsed());
                     if client.write_all(&early).await.is_err() {
                         return;
                     }
                     tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
-                    let _ = relay(&mut client, &mut tunnel).await;
+                    let (sent, received) =
+                        relay(&mut client, &mut tunnel).await.unwrap_or_default();
+                    let import_name = format!("{}/{}", key.namespace, key.name);
+                    self.metrics
+                        .import_tunnel_done(&import_name, &source.peer, sent, received);
                     return;
                 }
-                Err(e) => {
-                    tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {e}")
+                Err(failure) => {
+                    // A refusal is counted by the side that refused, with its reason.
+                    let (side, reason) = match &failure {
+                        TunnelFailure::Refused { reason, .. } => (Side::Ingress, reason.as_str()),
+                        TunnelFailure::Unreachable(_) => (Side::Egress, "PeerUnreachable"),
+                    };
+                    self.metrics.refused(side, reason);
+                    tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {failure}")
                 }
             }
         }
         tracing::info!(import = %key, %remote, "every source failed; resetting the client");
+        self.metrics.refused(Side::Egress, "AllSourcesFailed");
         reset(client);
+    }
+}
+
+/// Why a source could not serve a connection.
+#[derive(Debug)]
+enum TunnelFailure {
+    /// The peer's gateway answered with a refusal.
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+    /// No gateway of the peer could be reached (or it answered nonsense).
+    Unreachable(String),
+}
+
+impl std::fmt::Display for TunnelFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelFailure::Refused { reason, message } => {
+                write!(f, "refused ({}): {message}", reason.as_str())
+            }
+            TunnelFailure::Unreachable(e) => f.write_str(e),
+        }
     }
 }
 
@@ -252,9 +294,9 @@ async fn open_tunnel(
     peer: &str,
     gateways: &[(String, u16)],
     request: &TunnelRequest,
-) -> Result<(TlsStream<TcpStream>, Vec<u8>), String> {
-    let name =
-        ServerName::try_from(peer.to_string()).map_err(|e| format!("peer name {peer:?}: {e}"))?;
+) -> Result<(TlsStream<TcpStream>, Vec<u8>), TunnelFailure> {
+    let name = ServerName::try_from(peer.to_string())
+        .map_err(|e| TunnelFailure::Unreachable(format!("peer name {peer:?}: {e}")))?;
     let mut errors = Vec::new();
     for (host, port) in gateways {
         let attempt = async {
@@ -281,23 +323,21 @@ async fn open_tunnel(
                 return match TunnelResponse::decode(&head, &rest) {
                     Ok(TunnelResponse::Established) => Ok((tls, rest)),
                     Ok(TunnelResponse::Refused { reason, message }) => {
-                        Err(refusal_text(reason, &message))
+                        Err(TunnelFailure::Refused { reason, message })
                     }
-                    Err(e) => Err(format!("bad answer from {host}:{port}: {e}")),
+                    Err(e) => Err(TunnelFailure::Unreachable(format!(
+                        "bad answer from {host}:{port}: {e}"
+                    ))),
                 };
             }
             Err(e) => errors.push(format!("{host}:{port}: {e}")),
         }
     }
-    Err(if errors.is_empty() {
+    Err(TunnelFailure::Unreachable(if errors.is_empty() {
         "the peer lists no gateway".into()
     } else {
         errors.join("; ")
-    })
-}
-
-fn refusal_text(reason: RefusalReason, message: &str) -> String {
-    format!("refused ({}): {message}", reason.as_str())
+    }))
 }
 
 /// Ends the client's connection with RST, so it sees a failure rather than a clean, empty close.

@@ -15,6 +15,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
 use super::{PeerTls, Snapshot};
+use crate::metrics::Metrics;
 use crate::model::ControlPlane;
 use crate::tunnel::{HEALTH_REQUEST, read_head};
 
@@ -101,6 +102,7 @@ pub(super) async fn run_probers(
     health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     control_plane: ControlPlane,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut probers: HashMap<String, Prober> = HashMap::new();
@@ -114,6 +116,7 @@ pub(super) async fn run_probers(
             if !keep {
                 p.task.abort();
                 health.set(name, None);
+                metrics.peer_reachable(name, None);
                 control_plane.set_condition(&peer_key(name), PEER_REACHABLE, None);
             }
             keep
@@ -126,6 +129,7 @@ pub(super) async fn run_probers(
                     tls.clone(),
                     health.clone(),
                     control_plane.clone(),
+                    metrics.clone(),
                 ));
                 probers.insert(
                     name.clone(),
@@ -156,6 +160,7 @@ async fn probe_forever(
     tls: watch::Receiver<Arc<PeerTls>>,
     health: PeerHealth,
     control_plane: ControlPlane,
+    metrics: Arc<Metrics>,
 ) {
     let mut tracker = Tracker::default();
     loop {
@@ -163,6 +168,7 @@ async fn probe_forever(
         let result = probe_any(&connector, &name, &gateways).await;
         if let Some(reachable) = tracker.observe(result.is_ok()) {
             health.set(&name, Some(reachable));
+            metrics.peer_reachable(&name, Some(reachable));
             let condition = match &result {
                 Ok(addr) => Condition::new(
                     PEER_REACHABLE,

@@ -14,6 +14,7 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerTls, Snapshot, relay};
+use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ALPN, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head};
 
@@ -21,6 +22,7 @@ pub(super) async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<PeerTls>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
@@ -31,8 +33,9 @@ pub(super) async fn serve(
                     // The configuration current now: rotated certificates apply to new connections.
                     let acceptor = TlsAcceptor::from(tls.borrow().server.clone());
                     let snapshots = snapshots.clone();
+                    let metrics = metrics.clone();
                     connections.spawn(async move {
-                        if let Err(e) = handle(stream, acceptor, snapshots).await {
+                        if let Err(e) = handle(stream, acceptor, snapshots, &metrics).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
@@ -53,6 +56,7 @@ async fn handle(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: &Metrics,
 ) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -86,12 +90,15 @@ async fn handle(
             return Ok(());
         }
         Err(e) => {
+            metrics.refused(Side::Ingress, RefusalReason::BadRequest.as_str());
             let _ = tls
                 .write_all(&refuse(RefusalReason::BadRequest, e.to_string()).encode())
                 .await;
             return Err(e.to_string());
         }
     };
+    let _active = metrics.accepted(Side::Ingress);
+    let decision_started = std::time::Instant::now();
     // One snapshot for the whole decision.
     let snapshot = snapshots.borrow().clone();
     let local = &snapshot.local_peer;
@@ -129,30 +136,36 @@ async fn handle(
             }
         }
     };
+    metrics.authorized(Side::Ingress, decision_started.elapsed());
     let (host, port) = match outcome {
         Ok(target) => target,
         Err(refusal) => {
+            if let TunnelResponse::Refused { reason, .. } = &refusal {
+                metrics.refused(Side::Ingress, reason.as_str());
+            }
             tracing::info!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
             let _ = tls.write_all(&refusal.encode()).await;
             let _ = tls.shutdown().await;
             return Ok(());
         }
     };
-    let mut backend =
-        match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return refuse_backend(&mut tls, &host, port, e.to_string()).await,
-            Err(_) => return refuse_backend(&mut tls, &host, port, "timed out".into()).await,
-        };
+    let mut backend = match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse_backend(&mut tls, &host, port, e.to_string(), metrics).await,
+        Err(_) => return refuse_backend(&mut tls, &host, port, "timed out".into(), metrics).await,
+    };
     backend.set_nodelay(true).map_err(|e| e.to_string())?;
     tls.write_all(&TunnelResponse::Established.encode())
         .await
         .map_err(|e| e.to_string())?;
     backend.write_all(&early).await.map_err(|e| e.to_string())?;
     tracing::debug!(%peer, export = %request.export, "tunnel established");
-    relay(&mut tls, &mut backend)
+    let (to_backend, from_backend) = relay(&mut tls, &mut backend)
         .await
         .map_err(|e| e.to_string())?;
+    metrics.export_tunnel_done(&request.export.to_string(), &peer, to_backend, from_backend);
     Ok(())
 }
 
@@ -161,7 +174,9 @@ async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(
     host: &str,
     port: u16,
     error: String,
+    metrics: &Metrics,
 ) -> Result<(), String> {
+    metrics.refused(Side::Ingress, RefusalReason::BackendUnreachable.as_str());
     let message = format!("backend {host}:{port} unreachable: {error}");
     tracing::warn!("{message}");
     let _ = tls

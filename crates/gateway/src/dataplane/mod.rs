@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::metrics::Metrics;
 use crate::model::{ControlPlane, Objects};
 use crate::policy::PolicyEngine;
 use crate::tunnel::ExportRef;
@@ -49,6 +50,7 @@ pub struct DataPlaneConfig {
     pub import_address: IpAddr,
     /// Who local clients are, by address.
     pub clients: ClientTable,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A peer as the data plane sees it.
@@ -168,18 +170,21 @@ pub async fn run(
         health.clone(),
         snapshots.clone(),
         control_plane.clone(),
+        config.metrics.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(ingress::serve(
         peer_listener,
         tls.clone(),
         snapshots.clone(),
+        config.metrics.clone(),
         shutdown.clone(),
     ));
     let egress = Arc::new(egress::Egress {
         tls,
         health,
         clients: config.clients,
+        metrics: config.metrics,
     });
     tasks.spawn(egress::run_import_listeners(
         config.import_address,
