@@ -9,6 +9,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use clusterlink_api::{Kind, Object, parse_manifests};
 use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::Client;
 use crate::context::Context;
@@ -17,12 +18,34 @@ use crate::output::{Format, render};
 /// A gateway that has not printed its ready line by then will not.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-const EXPORTER_MANIFESTS: &str = include_str!("../../../examples/manifests/reviews-export.yaml");
-const IMPORTER_MANIFESTS: [&str; 3] = [
-    include_str!("../../../examples/manifests/peers.yaml"),
-    include_str!("../../../examples/manifests/reviews-import.yaml"),
-    include_str!("../../../examples/manifests/policies.yaml"),
-];
+/// server1 lets any peer reach its services, except ratings.
+const DEMO_INGRESS_POLICIES: &str = "\
+apiVersion: clusterlink.net/v1alpha1
+kind: AccessPolicy
+metadata: {name: deny-ratings, namespace: default}
+spec:
+  action: deny
+  from: [{workloadSelector: {}}]
+  to: [{workloadSelector: {matchLabels: {export.clusterlink.net/name: ratings}}}]
+---
+apiVersion: clusterlink.net/v1alpha1
+kind: AccessPolicy
+metadata: {name: allow-all, namespace: default}
+spec:
+  action: allow
+  from: [{workloadSelector: {}}]
+  to: [{workloadSelector: {}}]
+";
+/// client1 lets its clients use every import.
+const DEMO_EGRESS_POLICY: &str = "\
+apiVersion: clusterlink.net/v1alpha1
+kind: AccessPolicy
+metadata: {name: allow-all, namespace: default}
+spec:
+  action: allow
+  from: [{workloadSelector: {}}]
+  to: [{workloadSelector: {}}]
+";
 const BROKEN_MANIFEST: &str = include_str!("../../../examples/broken-import.yaml");
 
 #[derive(Debug, Args)]
@@ -39,6 +62,8 @@ struct DemoGateway {
     peer: &'static str,
     child: Child,
     url: String,
+    peer_address: String,
+    log: PathBuf,
 }
 
 impl Drop for DemoGateway {
@@ -96,17 +121,53 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("   {} gateway: management API at {}", gw.peer, gw.url);
     }
 
-    step("3. server1 exports the reviews service");
-    apply(&server, EXPORTER_MANIFESTS).await?;
-    step("4. client1 learns its peers, imports reviews from them, and sets policies");
-    for text in IMPORTER_MANIFESTS {
-        apply(&client, text).await?;
+    step("3. server1 runs two small services and exports both: reviews and ratings");
+    let reviews = start_service("reviews").await?;
+    let ratings = start_service("ratings").await?;
+    apply(&server, &export("reviews", reviews)).await?;
+    apply(&server, &export("ratings", ratings)).await?;
+    apply(&server, DEMO_INGRESS_POLICIES).await?;
+
+    step("4. client1 learns where server1 is, imports both services, and allows egress");
+    apply(&client, &peer("server1", &server.peer_address)).await?;
+    let reviews_port = free_port()?;
+    let ratings_port = free_port()?;
+    apply(&client, &import("reviews", reviews_port)).await?;
+    apply(&client, &import("ratings", ratings_port)).await?;
+    apply(&client, DEMO_EGRESS_POLICY).await?;
+    wait_listening(&client, &["reviews", "ratings"]).await?;
+
+    step("5. Connect through the imports, as any local client would");
+    match talk(reviews_port).await {
+        Ok(reply) => println!(
+            "   127.0.0.1:{reviews_port} (import reviews) -> ALLOWED, server1 answered: {reply:?}"
+        ),
+        Err(e) => bail!(
+            "the allowed connection failed: {e}; see {}",
+            client.log.display()
+        ),
+    }
+    match talk(ratings_port).await {
+        Ok(reply) => bail!("the denied connection was served: {reply:?}"),
+        Err(e) => {
+            println!("   127.0.0.1:{ratings_port} (import ratings) -> DENIED, the client saw: {e}");
+            let log = std::fs::read_to_string(&client.log).unwrap_or_default();
+            if let Some(reason) = log
+                .lines()
+                .rev()
+                .find_map(|l| l.split_once("source failed: ").map(|(_, r)| r.to_string()))
+                // The log line goes on with its structured fields; the reason is what comes first.
+                .map(|r| r.split(" import=").next().unwrap_or_default().to_string())
+            {
+                println!("   client1 logged why: {reason}");
+            }
+        }
     }
 
-    step("5. List what each gateway holds");
+    step("6. What each gateway holds");
     for (gw, kinds) in [
-        (&server, &[Kind::Export][..]),
-        (&client, &[Kind::Peer, Kind::Import, Kind::AccessPolicy][..]),
+        (&server, &[Kind::Export, Kind::AccessPolicy][..]),
+        (&client, &[Kind::Peer, Kind::Import][..]),
     ] {
         for &kind in kinds {
             println!("   {} {}:", gw.peer, kind.plural());
@@ -117,7 +178,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
 
-    step("6. A broken manifest is refused by the gateway, naming the field that is wrong");
+    step("7. A broken manifest is refused by the gateway, naming the field that is wrong");
     let mut api = Client::new(&Context {
         server: client.url.clone(),
         ..Default::default()
@@ -195,18 +256,21 @@ fn start_gateway(dir: &Path, peer: &'static str) -> anyhow::Result<DemoGateway> 
         let _ = tx.send(line);
     });
     let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
+    let log = dir.join(format!("{peer}.log"));
     let mut gw = DemoGateway {
         peer,
         child,
         url: String::new(),
+        peer_address: String::new(),
+        log,
     };
-    let ready: serde_json::Value = serde_json::from_str(&line).map_err(|_| {
-        anyhow!(
-            "the {peer} gateway did not start; see {}",
-            dir.join(format!("{peer}.log")).display()
-        )
-    })?;
+    let ready: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|_| anyhow!("the {peer} gateway did not start; see {}", gw.log.display()))?;
     gw.url = ready["management"].as_str().unwrap_or_default().to_string();
+    gw.peer_address = ready["peer_address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     Ok(gw)
 }
 
@@ -250,4 +314,88 @@ async fn list(gw: &DemoGateway, kind: Kind) -> anyhow::Result<Vec<Object>> {
         .into_iter()
         .map(|v| clusterlink_api::manifest::object_from_value(v).map_err(|e| anyhow!("{e}")))
         .collect()
+}
+
+fn export(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}, namespace: default}}\nspec: {{host: 127.0.0.1, port: {port}}}\n"
+    )
+}
+
+fn peer(name: &str, address: &str) -> String {
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "443"));
+    format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: {name}}}\nspec: {{gateways: [{{host: '{host}', port: {port}}}]}}\n"
+    )
+}
+
+fn import(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {name}, namespace: default}}\nspec: {{port: {port}, sources: [{{peer: server1, exportName: {name}, exportNamespace: default}}]}}\n"
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A tiny service: answers each connection with one line naming itself.
+async fn start_service(name: &'static str) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = conn
+                    .write_all(format!("hello from the {name} service on server1\n").as_bytes())
+                    .await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// Connects to a local import and reads the service's line.
+async fn talk(port: u16) -> Result<String, String> {
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionReset => "connection reset".to_string(),
+            _ => e.to_string(),
+        })?;
+    if reply.is_empty() {
+        Err("closed without an answer".into())
+    } else {
+        Ok(reply.trim().to_string())
+    }
+}
+
+/// Waits until the gateway reports each import listening (it binds right after the commit).
+async fn wait_listening(gw: &DemoGateway, imports: &[&str]) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let listed = list(gw, Kind::Import).await?;
+        let listening = imports.iter().all(|name| {
+            listed.iter().any(|o| {
+                o.metadata().name == *name
+                    && o.status()
+                        .and_then(|s| s.condition("ImportValid"))
+                        .is_some_and(|c| c.reason == "Listening")
+            })
+        });
+        if listening {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!(
+        "the imports did not start listening; see {}",
+        gw.log.display()
+    )
 }
