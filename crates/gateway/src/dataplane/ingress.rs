@@ -94,6 +94,7 @@ async fn handle(
             let _ = tls
                 .write_all(&refuse(RefusalReason::BadRequest, e.to_string()).encode())
                 .await;
+            let _ = tls.shutdown().await;
             return Err(e.to_string());
         }
     };

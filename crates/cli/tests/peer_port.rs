@@ -1,0 +1,166 @@
+//! The peer port under a hand-driven TLS client, saying what a real gateway never would.
+
+mod support;
+
+use std::sync::Arc;
+
+use clusterlink_pki::issue::FabricCa;
+use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use support::{Backend, Fabric, GatewayProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsConnector;
+
+const ALPN: &[u8] = b"clusterlink/1";
+
+fn credentials(f: &Fabric, peer: &str) -> Credentials {
+    let fabric = f.fabric_dir();
+    Credentials::load(&TlsFiles::in_fabric(&fabric, &fabric.join(peer))).unwrap()
+}
+
+/// Opens TLS to the gateway's peer port as `creds`, expecting the server to be `server_name`,
+/// sends `request` and returns the answer's first line, or the error.
+async fn ask(
+    gw: &GatewayProcess,
+    creds: &Credentials,
+    server_name: &str,
+    request: &[u8],
+) -> Result<String, String> {
+    let mut config = mutual_client_config(creds).unwrap();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&gw.peer_address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(server_name.to_string()).unwrap();
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(request).await.map_err(|e| e.to_string())?;
+    // Half-close, so an established tunnel's backend answers and the exchange ends.
+    let _ = tls.shutdown().await;
+    let mut answer = Vec::new();
+    // The server's certificate check of ours completes after the client's handshake ends, so a
+    // refusal of our certificate shows up here, as an alert instead of an answer.
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+fn setup() -> (Fabric, GatewayProcess) {
+    let f = Fabric::new(&["server1", "client1", "client2"]);
+    let server = f.start("server1");
+    let backend = Backend::start("server1");
+    server.apply(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: svc}}\nspec: {{host: 127.0.0.1, port: {}}}\n---\n\
+         apiVersion: clusterlink.net/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: only-client1}}\n\
+         spec: {{action: allow, from: [{{workloadSelector: {{matchLabels: {{peer.clusterlink.net/name: client1}}}}}}], to: [{{workloadSelector: {{}}}}]}}\n",
+        backend.port
+    ));
+    (f, server)
+}
+
+const CONNECT: &[u8] = b"CONNECT svc.default:443 HTTP/1.1\r\nhost: svc.default:443\r\n\r\n";
+
+#[tokio::test]
+async fn the_peer_is_who_its_certificate_names() {
+    let (f, server) = setup();
+    let client1 = credentials(&f, "client1");
+    let client2 = credentials(&f, "client2");
+    assert_eq!(
+        ask(&server, &client1, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        ask(&server, &client2, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 403 Forbidden"
+    );
+    // client2 claims to be client1 in the attributes it sends: refused outright.
+    let forged = b"CONNECT svc.default:443 HTTP/1.1\r\nx-clusterlink-client: {\"peer.clusterlink.net/name\":\"client1\"}\r\n\r\n";
+    assert_eq!(
+        ask(&server, &client2, "server1", forged).await.unwrap(),
+        "HTTP/1.1 400 Bad Request"
+    );
+    // Other headers naming a peer are simply not read.
+    let claimed = b"CONNECT svc.default:443 HTTP/1.1\r\nx-clusterlink-peer: client1\r\nx-forwarded-for: client1\r\n\r\n";
+    assert_eq!(
+        ask(&server, &client2, "server1", claimed).await.unwrap(),
+        "HTTP/1.1 403 Forbidden"
+    );
+}
+
+#[tokio::test]
+async fn expired_foreign_and_misnamed_certificates_are_refused_at_the_handshake() {
+    let (f, server) = setup();
+    let good = credentials(&f, "client1");
+
+    // Issued by the right CA, for the right name, but expired.
+    let ca = FabricCa::load(&f.fabric_dir()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let issue = |from: time::Duration, to: time::Duration| {
+        let validity = clusterlink_pki::Validity::between(now + from, now + to).unwrap();
+        let cert = ca.issue_peer("client1", validity).unwrap();
+        Credentials {
+            roots: good.roots.clone(),
+            chain: vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
+            key: Arc::new(PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap()),
+        }
+    };
+    // Control: issued the same way but valid now, it works; so the refusal below is the expiry.
+    let current = issue(time::Duration::days(-1), time::Duration::days(1));
+    assert_eq!(
+        ask(&server, &current, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    let expired = issue(time::Duration::days(-10), time::Duration::days(-1));
+    let err = ask(&server, &expired, "server1", CONNECT)
+        .await
+        .unwrap_err();
+    assert!(err.contains("CertificateExpired"), "{err}");
+
+    // The right name from another fabric.
+    let other = Fabric::new(&["client1"]);
+    let mut foreign = credentials(&other, "client1");
+    foreign.roots = good.roots.clone();
+    let err = ask(&server, &foreign, "server1", CONNECT)
+        .await
+        .unwrap_err();
+    // Both fabrics are named default_fabric, so the issuer name matches and the signature is
+    // what fails to verify against this fabric's CA.
+    assert!(
+        err.contains("DecryptError") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
+
+    // The gateway at this address is server1; expecting server2 there must fail on our side.
+    let err = ask(&server, &good, "server2", CONNECT).await.unwrap_err();
+    assert!(err.contains("not valid for name \"server2\""), "{err}");
+
+    // And the honest client still gets through.
+    assert_eq!(
+        ask(&server, &good, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+}
+
+#[tokio::test]
+async fn the_management_api_is_not_served_on_the_peer_port() {
+    let (f, server) = setup();
+    let client1 = credentials(&f, "client1");
+    let get = b"GET /apis/clusterlink.net/v1alpha1/peers HTTP/1.1\r\nhost: x\r\n\r\n";
+    assert_eq!(
+        ask(&server, &client1, "server1", get).await.unwrap(),
+        "HTTP/1.1 400 Bad Request"
+    );
+    // Plain HTTP is not TLS: the connection ends without an answer.
+    let mut plain = tokio::net::TcpStream::connect(&server.peer_address)
+        .await
+        .unwrap();
+    plain.write_all(get).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("PeerList"));
+}
