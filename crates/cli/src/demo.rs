@@ -18,8 +18,8 @@ use crate::output::{Format, render};
 /// A gateway that has not printed its ready line by then will not.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// server1 lets any peer reach its services, except ratings.
-const DEMO_INGRESS_POLICIES: &str = "\
+/// server1 denies every peer its ratings service.
+const DENY_RATINGS: &str = "\
 apiVersion: clusterlink.net/v1alpha1
 kind: AccessPolicy
 metadata: {name: deny-ratings, namespace: default}
@@ -27,17 +27,9 @@ spec:
   action: deny
   from: [{workloadSelector: {}}]
   to: [{workloadSelector: {matchLabels: {export.clusterlink.net/name: ratings}}}]
----
-apiVersion: clusterlink.net/v1alpha1
-kind: AccessPolicy
-metadata: {name: allow-all, namespace: default}
-spec:
-  action: allow
-  from: [{workloadSelector: {}}]
-  to: [{workloadSelector: {}}]
 ";
-/// client1 lets its clients use every import.
-const DEMO_EGRESS_POLICY: &str = "\
+/// Both sides allow the rest (deny policies decide first).
+pub const ALLOW_ALL: &str = "\
 apiVersion: clusterlink.net/v1alpha1
 kind: AccessPolicy
 metadata: {name: allow-all, namespace: default}
@@ -58,7 +50,8 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
-struct DemoGateway {
+/// A `cl-gateway` process on this machine, on free loopback ports; stopped when dropped.
+pub struct LocalGateway {
     peer: &'static str,
     child: Child,
     url: String,
@@ -66,7 +59,7 @@ struct DemoGateway {
     log: PathBuf,
 }
 
-impl Drop for DemoGateway {
+impl Drop for LocalGateway {
     fn drop(&mut self) {
         // SIGTERM first so the gateway shuts down cleanly; kill if it does not.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -115,8 +108,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     step("2. Start a gateway for each peer (real processes, embedded store)");
-    let server = start_gateway(&dir, "server1")?;
-    let client = start_gateway(&dir, "client1")?;
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let server = LocalGateway::start(&bin_dir, &dir, "server1")?;
+    let client = LocalGateway::start(&bin_dir, &dir, "client1")?;
     for gw in [&server, &client] {
         println!("   {} gateway: management API at {}", gw.peer, gw.url);
     }
@@ -126,7 +123,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ratings = start_service("ratings").await?;
     apply(&server, &export("reviews", reviews)).await?;
     apply(&server, &export("ratings", ratings)).await?;
-    apply(&server, DEMO_INGRESS_POLICIES).await?;
+    apply(&server, DENY_RATINGS).await?;
+    apply(&server, ALLOW_ALL).await?;
 
     step("4. client1 learns where server1 is, imports both services, and allows egress");
     apply(&client, &peer("server1", &server.peer_address)).await?;
@@ -134,7 +132,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let ratings_port = free_port()?;
     apply(&client, &import("reviews", reviews_port)).await?;
     apply(&client, &import("ratings", ratings_port)).await?;
-    apply(&client, DEMO_EGRESS_POLICY).await?;
+    apply(&client, ALLOW_ALL).await?;
     wait_listening(&client, &["reviews", "ratings"]).await?;
 
     step("5. Connect through the imports, as any local client would");
@@ -225,8 +223,26 @@ fn step(title: &str) {
     println!("\n{title}");
 }
 
-fn start_gateway(dir: &Path, peer: &'static str) -> anyhow::Result<DemoGateway> {
-    let exe = std::env::current_exe()?.with_file_name("cl-gateway");
+impl LocalGateway {
+    /// Starts the gateway of `peer` from the fabric in `dir`, with `cl-gateway` from `bin_dir`,
+    /// and waits for its ready line. Its log goes to `<dir>/<peer>.log`.
+    pub fn start(bin_dir: &Path, dir: &Path, peer: &'static str) -> anyhow::Result<LocalGateway> {
+        start_gateway(bin_dir, dir, peer)
+    }
+
+    /// The management API URL.
+    pub fn management(&self) -> &str {
+        &self.url
+    }
+
+    /// Where other gateways reach this one.
+    pub fn peer_address(&self) -> &str {
+        &self.peer_address
+    }
+}
+
+fn start_gateway(bin_dir: &Path, dir: &Path, peer: &'static str) -> anyhow::Result<LocalGateway> {
+    let exe = bin_dir.join("cl-gateway");
     if !exe.exists() {
         bail!(
             "{} not found: build all binaries first (cargo build --release)",
@@ -257,7 +273,7 @@ fn start_gateway(dir: &Path, peer: &'static str) -> anyhow::Result<DemoGateway> 
     });
     let line = rx.recv_timeout(READY_TIMEOUT).unwrap_or_default();
     let log = dir.join(format!("{peer}.log"));
-    let mut gw = DemoGateway {
+    let mut gw = LocalGateway {
         peer,
         child,
         url: String::new(),
@@ -274,7 +290,7 @@ fn start_gateway(dir: &Path, peer: &'static str) -> anyhow::Result<DemoGateway> 
     Ok(gw)
 }
 
-async fn put(gw: &DemoGateway, obj: &Object) -> anyhow::Result<String> {
+async fn put(gw: &LocalGateway, obj: &Object) -> anyhow::Result<String> {
     let key = obj.key();
     let path = crate::gwctl::item_path(&key);
     let mut client = Client::new(&Context {
@@ -290,14 +306,14 @@ async fn put(gw: &DemoGateway, obj: &Object) -> anyhow::Result<String> {
     Ok(format!("{key} {}", reply.result.unwrap_or_default()))
 }
 
-async fn apply(gw: &DemoGateway, text: &str) -> anyhow::Result<()> {
+async fn apply(gw: &LocalGateway, text: &str) -> anyhow::Result<()> {
     for doc in parse_manifests(text) {
         println!("   {}: {}", gw.peer, put(gw, &doc?).await?);
     }
     Ok(())
 }
 
-async fn list(gw: &DemoGateway, kind: Kind) -> anyhow::Result<Vec<Object>> {
+async fn list(gw: &LocalGateway, kind: Kind) -> anyhow::Result<Vec<Object>> {
     let mut client = Client::new(&Context {
         server: gw.url.clone(),
         ..Default::default()
@@ -378,7 +394,7 @@ async fn talk(port: u16) -> Result<String, String> {
 }
 
 /// Waits until the gateway reports each import listening (it binds right after the commit).
-async fn wait_listening(gw: &DemoGateway, imports: &[&str]) -> anyhow::Result<()> {
+async fn wait_listening(gw: &LocalGateway, imports: &[&str]) -> anyhow::Result<()> {
     for _ in 0..100 {
         let listed = list(gw, Kind::Import).await?;
         let listening = imports.iter().all(|name| {
