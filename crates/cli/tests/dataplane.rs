@@ -311,6 +311,28 @@ fn policies_on_peer_names_and_labels_and_export_names() {
         "{}",
     ));
     assert!(eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset));
+
+    // Export labels: allow only exports labelled tier=gold, then label the export.
+    server.apply(&policy(
+        "AccessPolicy",
+        "to-gold",
+        "allow",
+        "{}",
+        "{matchLabels: {export.clusterlink.net/labels.tier: gold}}",
+    ));
+    assert_eq!(exchange(port, b"hi"), Exchange::Reset);
+    let backend = Backend::start("server1").port;
+    let gold = export("svc", backend).replace(
+        "metadata: {name: svc}",
+        "metadata: {name: svc, labels: {tier: gold}}",
+    );
+    assert!(gold.contains("tier: gold"));
+    server.apply(&gold);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "{}",
+        sites.client.log()
+    );
 }
 
 #[test]
