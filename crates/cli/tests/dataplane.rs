@@ -218,10 +218,20 @@ fn default_deny_holds_on_each_side_independently() {
         ) >= 1.0
     );
 
-    // Ingress allowed, egress not.
+    // Ingress allowed, egress not: a new egress denial, not the earlier ingress one.
     sites.client.gwctl_ok(&["delete", "policy", "allow-all"]);
     sites.servers[0].apply(&allow_all("allow-all"));
-    assert!(eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset));
+    let egress_denials = || {
+        sites
+            .client
+            .log()
+            .matches("egress denied by default")
+            .count()
+    };
+    let before = egress_denials();
+    assert!(eventually(CONVERGE, || exchange(port, b"hi")
+        == Exchange::Reset
+        && egress_denials() > before));
     // Both: served.
     sites.client.apply(&allow_all("allow-all"));
     assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
@@ -433,7 +443,15 @@ fn an_import_of_a_missing_export_resets_and_a_deleted_import_frees_its_port() {
     open.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut buf = [0u8; 16];
-    let closed = matches!(open.read(&mut buf), Ok(0) | Err(_));
+    // A close or a reset; a read timeout would mean the tunnel stayed open.
+    let closed = match open.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+        Ok(_) => false,
+    };
     assert!(closed, "a tunnel of a deleted import stayed open");
     assert!(eventually(CONVERGE, || std::net::TcpListener::bind((
         "127.0.0.1",
@@ -772,4 +790,62 @@ fn replaced_certificates_are_picked_up_without_a_restart() {
         client.log()
     );
     assert_eq!(exchange(port, b"hi"), served_by("server1"));
+}
+
+#[test]
+fn an_export_of_the_gateways_own_management_api_is_refused() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let server = &sites.servers[0];
+    // A local admin's mistake: exporting the gateway's own (loopback, unauthenticated) API.
+    server.apply(&export("svc", server.port()));
+    let port = sites.import("round-robin");
+    let refused = "refused (BackendUnreachable): backend 127.0.0.1:";
+    assert!(
+        eventually(CONVERGE, || exchange(
+            port,
+            b"GET /apis/clusterlink.net/v1alpha1/peers HTTP/1.0\r\n\r\n"
+        ) == Exchange::Reset
+            && sites.client.log().contains(refused)),
+        "{}",
+        sites.client.log()
+    );
+    assert!(
+        sites
+            .client
+            .log()
+            .contains("it is one of this gateway's own listeners"),
+        "{}",
+        sites.client.log()
+    );
+    // The same export pointed at a real service works: the check is about the target only.
+    server.apply(&export("svc", Backend::start("server1").port));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+}
+
+#[test]
+fn a_peer_whose_gateway_presents_another_name_is_refused() {
+    let sites = Sites::new(&["server1", "server2"]);
+    sites.allow_everywhere();
+    let port = sites.import("static");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    // Peer server1 now points at server2's gateway: same fabric, but its certificate says server2.
+    sites.client.apply(&peer("server1", &sites.servers[1]));
+    // Only that peer as a source, so there is no backup to fail over to.
+    let file = std::env::temp_dir().join(format!("imp-{}.yaml", support::rand_u64()));
+    std::fs::write(&file, import("svc", port, &["server1"], "static")).unwrap();
+    sites
+        .client
+        .gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset
+            && sites
+                .client
+                .log()
+                .contains("not valid for name \"server1\"")),
+        "{}",
+        sites.client.log()
+    );
+    assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "False"));
+    let _ = std::fs::remove_file(file);
 }

@@ -557,6 +557,11 @@ fn management_beyond_loopback_requires_an_admin_certificate() {
         !o.status.success(),
         "a peer certificate was accepted as an admin"
     );
+    let log = std::fs::read_to_string(&gw.stderr_path).unwrap();
+    assert!(
+        log.contains("not an admin certificate"),
+        "refused for another reason:\n{log}"
+    );
     // Plain HTTP is not served there at all.
     let o = gw.gwctl(&["get", "exports"]);
     assert!(!o.status.success());

@@ -21,6 +21,8 @@ use crate::model::{ControlPlane, ModelError};
 
 /// A TLS handshake that has not finished by then is a stalled or hostile client.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is stalled or hostile.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight management requests before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -132,6 +134,7 @@ impl Gateway {
             import_address: config.import_address,
             clients: config.clients.clone(),
             metrics: metrics.clone(),
+            protected: vec![management_addr, peer_addr],
         };
         let dataplane =
             crate::dataplane::run(dataplane, peer, control_plane.clone(), shutdown_rx.clone());
@@ -206,6 +209,8 @@ async fn serve_management(
                     continue;
                 }
             },
+            // Reap finished connections so the set does not grow with every request served.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
         let router = router.clone();
@@ -255,7 +260,11 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {

@@ -1,11 +1,12 @@
 //! Import listeners: a local port per import, and for each client connection a tunnel to one of
 //! the import's sources.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use clusterlink_api::{Condition, ConditionStatus, ImportSource, LbScheme, ObjectKey};
 use rustls_pki_types::ServerName;
@@ -20,6 +21,7 @@ use tokio_rustls::client::TlsStream;
 use super::clients::ClientTable;
 use super::{
     CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, PeerTls, Snapshot, relay,
+    tune_socket,
 };
 use crate::metrics::{Metrics, Side};
 use crate::model::ControlPlane;
@@ -27,6 +29,8 @@ use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
 
 const IMPORT_VALID: &str = "ImportValid";
+/// How often an import whose port was taken tries again.
+const BIND_RETRY: Duration = Duration::from_secs(1);
 
 struct RunningListener {
     port: u16,
@@ -43,8 +47,17 @@ pub(super) async fn run_import_listeners(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<ObjectKey, RunningListener> = HashMap::new();
+    // Imports whose port could not be bound; retried every BIND_RETRY, and on every change.
+    let mut failed: HashSet<ObjectKey> = HashSet::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        failed.retain(|key| {
+            let exists = snapshot.imports.contains_key(key);
+            if !exists {
+                control_plane.set_condition(key, IMPORT_VALID, None);
+            }
+            exists
+        });
         let stale: Vec<ObjectKey> = running
             .iter()
             .filter(|(key, l)| snapshot.imports.get(*key).is_none_or(|i| i.port != l.port))
@@ -64,6 +77,7 @@ pub(super) async fn run_import_listeners(
             let addr = SocketAddr::new(address, import.port);
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
+                    failed.remove(key);
                     tracing::info!(import = %key, %addr, "import listening");
                     control_plane.set_condition(
                         key,
@@ -90,7 +104,9 @@ pub(super) async fn run_import_listeners(
                     );
                 }
                 Err(e) => {
-                    tracing::warn!(import = %key, %addr, error = %e, "import cannot listen");
+                    if failed.insert(key.clone()) {
+                        tracing::warn!(import = %key, %addr, error = %e, "import cannot listen");
+                    }
                     control_plane.set_condition(
                         key,
                         IMPORT_VALID,
@@ -106,6 +122,8 @@ pub(super) async fn run_import_listeners(
         }
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { break },
+            // A port held by something outside ClusterLink frees up without any change here.
+            _ = tokio::time::sleep(BIND_RETRY), if !failed.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
@@ -195,7 +213,7 @@ impl Egress {
     ) {
         let accepted_at = std::time::Instant::now();
         let _active = self.metrics.accepted(Side::Egress);
-        let _ = client.set_nodelay(true);
+        let _ = tune_socket(&client);
         let Some(import) = snapshot.imports.get(key) else {
             self.metrics.refused(Side::Egress, "NoSuchImport");
             reset(client);
@@ -304,7 +322,7 @@ async fn open_tunnel(
                 .await
                 .map_err(|_| "connect timed out".to_string())?
                 .map_err(|e| format!("connect: {e}"))?;
-            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+            tune_socket(&tcp).map_err(|e| e.to_string())?;
             let mut tls = timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
                 .await
                 .map_err(|_| "TLS handshake timed out".to_string())?

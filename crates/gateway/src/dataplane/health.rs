@@ -108,19 +108,25 @@ pub(super) async fn run_probers(
     let mut probers: HashMap<String, Prober> = HashMap::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        probers.retain(|name, p| {
-            let keep = snapshot
-                .peers
-                .get(name)
-                .is_some_and(|peer| peer.gateways == p.gateways);
-            if !keep {
-                p.task.abort();
-                health.set(name, None);
-                metrics.peer_reachable(name, None);
-                control_plane.set_condition(&peer_key(name), PEER_REACHABLE, None);
-            }
-            keep
-        });
+        let stale: Vec<String> = probers
+            .iter()
+            .filter(|(name, p)| {
+                snapshot
+                    .peers
+                    .get(*name)
+                    .is_none_or(|peer| peer.gateways != p.gateways)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            let prober = probers.remove(&name).expect("listed above");
+            prober.task.abort();
+            // Awaited, so a probe finishing right now cannot write after the state is cleared.
+            let _ = prober.task.await;
+            health.set(&name, None);
+            metrics.peer_reachable(&name, None);
+            control_plane.set_condition(&peer_key(&name), PEER_REACHABLE, None);
+        }
         for (name, peer) in &snapshot.peers {
             if !probers.contains_key(name) {
                 let task = tokio::spawn(probe_forever(

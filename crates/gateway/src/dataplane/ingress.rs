@@ -3,39 +3,60 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerTls, Snapshot, relay};
+use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerTls, Snapshot, relay, tune_socket};
 use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ALPN, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head};
+
+/// Most connections the peer port holds at once (tunnels included); well above the thousands of
+/// concurrent tunnels a site runs, well below the process's descriptor limit.
+const MAX_PEER_CONNECTIONS: usize = 32 * 1024;
+/// Most connections still in the handshake or before their request; legitimate ones leave this
+/// state within milliseconds.
+const MAX_UNAUTHENTICATED: usize = 1024;
 
 pub(super) async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<PeerTls>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    protected: Arc<[SocketAddr]>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let open = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
+                    // Beyond the limits a connection is closed at once, so a flood of strangers
+                    // cannot take the descriptors and memory that peers need.
+                    let (Ok(open_permit), Ok(pending)) =
+                        (open.clone().try_acquire_owned(), unauthenticated.clone().try_acquire_owned())
+                    else {
+                        tracing::warn!(%remote, "peer port at its connection limit; connection dropped");
+                        continue;
+                    };
                     // The configuration current now: rotated certificates apply to new connections.
                     let acceptor = TlsAcceptor::from(tls.borrow().server.clone());
                     let snapshots = snapshots.clone();
                     let metrics = metrics.clone();
+                    let protected = protected.clone();
                     connections.spawn(async move {
-                        if let Err(e) = handle(stream, acceptor, snapshots, &metrics).await {
+                        let _open = open_permit;
+                        if let Err(e) = handle(stream, acceptor, snapshots, &metrics, pending, &protected).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
@@ -57,8 +78,10 @@ async fn handle(
     acceptor: TlsAcceptor,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: &Metrics,
+    pending: OwnedSemaphorePermit,
+    protected: &[SocketAddr],
 ) -> Result<(), String> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    tune_socket(&stream).map_err(|e| e.to_string())?;
     let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
@@ -79,6 +102,8 @@ async fn handle(
         .await
         .map_err(|_| "tunnel request timed out".to_string())?
         .map_err(|e| e.to_string())?;
+    // Authenticated, and its request read: no longer counted against strangers.
+    drop(pending);
     let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
     let request = match PeerRequest::decode(&head) {
         Ok(PeerRequest::Tunnel(r)) => r,
@@ -157,7 +182,13 @@ async fn handle(
         Ok(Err(e)) => return refuse_backend(&mut tls, &host, port, e.to_string(), metrics).await,
         Err(_) => return refuse_backend(&mut tls, &host, port, "timed out".into(), metrics).await,
     };
-    backend.set_nodelay(true).map_err(|e| e.to_string())?;
+    if reaches_own_listener(&backend, protected) {
+        // An export naming this gateway's management API (or peer port) would hand remote peers
+        // what only local admins may use.
+        let reason = "it is one of this gateway's own listeners".to_string();
+        return refuse_backend(&mut tls, &host, port, reason, metrics).await;
+    }
+    tune_socket(&backend).map_err(|e| e.to_string())?;
     tls.write_all(&TunnelResponse::Established.encode())
         .await
         .map_err(|e| e.to_string())?;
@@ -168,6 +199,20 @@ async fn handle(
         .map_err(|e| e.to_string())?;
     metrics.export_tunnel_done(&request.export.to_string(), &peer, to_backend, from_backend);
     Ok(())
+}
+
+/// Whether `backend` is connected to one of this gateway's own listeners.
+fn reaches_own_listener(backend: &TcpStream, protected: &[SocketAddr]) -> bool {
+    let (Ok(peer), Ok(local)) = (backend.peer_addr(), backend.local_addr()) else {
+        return true;
+    };
+    // A connection to this host comes from the address it goes to, or over loopback.
+    let this_host = peer.ip() == local.ip() || peer.ip().is_loopback();
+    this_host
+        && protected.iter().any(|l| {
+            l.port() == peer.port()
+                && (l.ip().is_unspecified() || l.ip() == peer.ip() || l.ip().is_loopback())
+        })
 }
 
 async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(

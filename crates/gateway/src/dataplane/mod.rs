@@ -51,6 +51,8 @@ pub struct DataPlaneConfig {
     /// Who local clients are, by address.
     pub clients: ClientTable,
     pub metrics: Arc<Metrics>,
+    /// This gateway's own listeners (management API, peer port): never dialed as a backend.
+    pub protected: Vec<std::net::SocketAddr>,
 }
 
 /// A peer as the data plane sees it.
@@ -178,6 +180,7 @@ pub async fn run(
         tls.clone(),
         snapshots.clone(),
         config.metrics.clone(),
+        config.protected.clone().into(),
         shutdown.clone(),
     ));
     let egress = Arc::new(egress::Egress {
@@ -215,6 +218,20 @@ fn follow_snapshots(
         }
     });
     rx
+}
+
+/// Keepalive idle time: a tunnel whose far end vanished without a FIN or RST (cut link, dead host)
+/// is noticed after this plus a few probes, and its sockets are freed.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Every data-path socket: no Nagle delay on small writes, and keepalive so dead ends are found.
+fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 /// Moves bytes both ways until both directions are done, passing on each half-close.
