@@ -849,3 +849,68 @@ fn a_peer_whose_gateway_presents_another_name_is_refused() {
     assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "False"));
     let _ = std::fs::remove_file(file);
 }
+
+/// A connection through `port` that is mid-request (the backend answers only after EOF).
+fn open_tunnel(port: u16) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"partial").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Whether the connection was closed or reset (a read timeout means it stayed open).
+fn was_closed(mut s: std::net::TcpStream) -> bool {
+    use std::io::Read;
+    match s.read(&mut [0u8; 16]) {
+        Ok(0) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+        Ok(_) => false,
+    }
+}
+
+#[test]
+fn revoking_access_closes_live_tunnels_on_the_exporting_side() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = sites.import("round-robin");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    let server = &sites.servers[0];
+
+    // The exporter withdraws its allow: the open tunnel closes, not only new ones are refused.
+    let tunnel = open_tunnel(port);
+    assert!(eventually(CONVERGE, || metric(
+        server,
+        "clusterlink_connections_active{side=\"ingress\"}"
+    ) >= 1.0));
+    server.gwctl_ok(&["delete", "policy", "allow-all"]);
+    assert!(
+        was_closed(tunnel),
+        "a tunnel stayed open after its access was revoked"
+    );
+    assert!(server.log().contains("access revoked"), "{}", server.log());
+    assert_eq!(exchange(port, b"hi"), Exchange::Reset);
+
+    // Deleting the export does the same.
+    server.apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    let tunnel = open_tunnel(port);
+    assert!(eventually(CONVERGE, || metric(
+        server,
+        "clusterlink_connections_active{side=\"ingress\"}"
+    ) >= 1.0));
+    server.gwctl_ok(&["delete", "export", "svc"]);
+    assert!(
+        was_closed(tunnel),
+        "a tunnel stayed open after its export was deleted"
+    );
+    assert!(
+        metric(
+            server,
+            "clusterlink_connections_refused_total{side=\"ingress\",reason=\"Revoked\"}"
+        ) >= 2.0
+    );
+}

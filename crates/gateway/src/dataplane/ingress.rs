@@ -3,13 +3,16 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -17,7 +20,9 @@ use tokio_rustls::TlsAcceptor;
 use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerTls, Snapshot, relay, tune_socket};
 use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
-use crate::tunnel::{ALPN, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head};
+use crate::tunnel::{
+    ALPN, ExportRef, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head,
+};
 
 /// Most connections the peer port holds at once (tunnels included); well above the thousands of
 /// concurrent tunnels a site runs, well below the process's descriptor limit.
@@ -35,6 +40,16 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    let live = Arc::new(LiveTunnels::default());
+    let revalidator = tokio::spawn({
+        let (live, mut snapshots) = (live.clone(), snapshots.clone());
+        async move {
+            while snapshots.changed().await.is_ok() {
+                let snapshot = snapshots.borrow_and_update().clone();
+                live.revalidate(&snapshot);
+            }
+        }
+    });
     let open = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     loop {
@@ -54,9 +69,10 @@ pub(super) async fn serve(
                     let snapshots = snapshots.clone();
                     let metrics = metrics.clone();
                     let protected = protected.clone();
+                    let live = live.clone();
                     connections.spawn(async move {
                         let _open = open_permit;
-                        if let Err(e) = handle(stream, acceptor, snapshots, &metrics, pending, &protected).await {
+                        if let Err(e) = handle(stream, acceptor, snapshots, &metrics, pending, &protected, &live).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
@@ -71,6 +87,7 @@ pub(super) async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+    revalidator.abort();
 }
 
 async fn handle(
@@ -80,6 +97,7 @@ async fn handle(
     metrics: &Metrics,
     pending: OwnedSemaphorePermit,
     protected: &[SocketAddr],
+    live: &LiveTunnels,
 ) -> Result<(), String> {
     tune_socket(&stream).map_err(|e| e.to_string())?;
     let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -127,41 +145,7 @@ async fn handle(
     let decision_started = std::time::Instant::now();
     // One snapshot for the whole decision.
     let snapshot = snapshots.borrow().clone();
-    let local = &snapshot.local_peer;
-    let outcome = match snapshot.exports.get(&request.export) {
-        None => Err(refuse(
-            RefusalReason::NoSuchExport,
-            format!("peer {local} has no export {}", request.export),
-        )),
-        Some(export) => {
-            let mut src: Attributes = request.client.clone();
-            let peer_labels = snapshot
-                .peers
-                .get(&peer)
-                .map(|p| p.labels.clone())
-                .unwrap_or_default();
-            peer_attributes(&mut src, &peer, &peer_labels);
-            let mut dst = Attributes::new();
-            peer_attributes(&mut dst, local, &Default::default());
-            export_attributes(
-                &mut dst,
-                &request.export.name,
-                &request.export.namespace,
-                &export.labels,
-            );
-            let decision = snapshot
-                .policy
-                .decide(&request.export.namespace, &src, &dst);
-            if decision.allowed {
-                Ok((export.host.clone(), export.port))
-            } else {
-                Err(refuse(
-                    RefusalReason::PolicyDenied,
-                    format!("ingress at {local}: {decision}"),
-                ))
-            }
-        }
-    };
+    let outcome = decide(&snapshot, &peer, &request.client, &request.export);
     metrics.authorized(Side::Ingress, decision_started.elapsed());
     let (host, port) = match outcome {
         Ok(target) => target,
@@ -194,11 +178,125 @@ async fn handle(
         .map_err(|e| e.to_string())?;
     backend.write_all(&early).await.map_err(|e| e.to_string())?;
     tracing::debug!(%peer, export = %request.export, "tunnel established");
-    let (to_backend, from_backend) = relay(&mut tls, &mut backend)
-        .await
-        .map_err(|e| e.to_string())?;
+    let revoked = Arc::new(Notify::new());
+    let _registered = live.register(LiveTunnel {
+        peer: peer.clone(),
+        client: request.client.clone(),
+        export: request.export.clone(),
+        revoked: revoked.clone(),
+    });
+    // The configuration may have changed between the decision and the registration.
+    if decide(
+        &snapshots.borrow().clone(),
+        &peer,
+        &request.client,
+        &request.export,
+    )
+    .is_err()
+    {
+        revoked.notify_one();
+    }
+    let (to_backend, from_backend) = tokio::select! {
+        moved = relay(&mut tls, &mut backend) => moved.map_err(|e| e.to_string())?,
+        _ = revoked.notified() => {
+            // Dropping both streams closes the tunnel; the importing side resets its client.
+            metrics.refused(Side::Ingress, "Revoked");
+            tracing::info!(%peer, export = %request.export, "tunnel closed: access revoked");
+            return Ok(());
+        }
+    };
     metrics.export_tunnel_done(&request.export.to_string(), &peer, to_backend, from_backend);
     Ok(())
+}
+
+/// The ingress decision for `peer` asking for `export` on behalf of a client with `client`
+/// attributes: the backend to dial, or the refusal to send.
+fn decide(
+    snapshot: &Snapshot,
+    peer: &str,
+    client: &Attributes,
+    export: &ExportRef,
+) -> Result<(String, u16), TunnelResponse> {
+    let local = &snapshot.local_peer;
+    let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
+    let Some(entry) = snapshot.exports.get(export) else {
+        return Err(refuse(
+            RefusalReason::NoSuchExport,
+            format!("peer {local} has no export {export}"),
+        ));
+    };
+    let mut src: Attributes = client.clone();
+    let peer_labels = snapshot
+        .peers
+        .get(peer)
+        .map(|p| p.labels.clone())
+        .unwrap_or_default();
+    peer_attributes(&mut src, peer, &peer_labels);
+    let mut dst = Attributes::new();
+    peer_attributes(&mut dst, local, &Default::default());
+    export_attributes(&mut dst, &export.name, &export.namespace, &entry.labels);
+    let decision = snapshot.policy.decide(&export.namespace, &src, &dst);
+    if decision.allowed {
+        Ok((entry.host.clone(), entry.port))
+    } else {
+        Err(refuse(
+            RefusalReason::PolicyDenied,
+            format!("ingress at {local}: {decision}"),
+        ))
+    }
+}
+
+/// A tunnel being served, kept so it can be decided again when the configuration changes.
+struct LiveTunnel {
+    peer: String,
+    client: Attributes,
+    export: ExportRef,
+    revoked: Arc<Notify>,
+}
+
+/// Every live ingress tunnel. Revoking access (a deny policy, a removed allow, a deleted export)
+/// closes the tunnels it covers, not only new ones.
+#[derive(Default)]
+pub(super) struct LiveTunnels {
+    next: AtomicU64,
+    tunnels: Mutex<HashMap<u64, LiveTunnel>>,
+}
+
+/// Removes its tunnel from the registry when the tunnel ends.
+struct Registered<'a> {
+    live: &'a LiveTunnels,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.live
+            .tunnels
+            .lock()
+            .expect("live tunnels lock")
+            .remove(&self.id);
+    }
+}
+
+impl LiveTunnels {
+    fn register(&self, tunnel: LiveTunnel) -> Registered<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.tunnels
+            .lock()
+            .expect("live tunnels lock")
+            .insert(id, tunnel);
+        Registered { live: self, id }
+    }
+
+    /// Decides every live tunnel again on `snapshot` and closes those no longer allowed.
+    fn revalidate(&self, snapshot: &Snapshot) {
+        for t in self.tunnels.lock().expect("live tunnels lock").values() {
+            if let Err(refusal) = decide(snapshot, &t.peer, &t.client, &t.export) {
+                tracing::debug!(peer = %t.peer, export = %t.export, ?refusal, "revoking a live tunnel");
+                t.revoked.notify_one();
+            }
+        }
+    }
 }
 
 /// Whether `backend` is connected to one of this gateway's own listeners.
