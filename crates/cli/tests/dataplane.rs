@@ -691,25 +691,34 @@ fn install_certs(fabric_dir: &std::path::Path, peer: &str, dir: &std::path::Path
 }
 
 fn start_with_certs(root: &std::path::Path, peer: &str, dir: &std::path::Path) -> GatewayProcess {
+    start_with_certs_and(root, peer, dir, &[])
+}
+
+fn start_with_certs_and(
+    root: &std::path::Path,
+    peer: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> GatewayProcess {
     let arg = |f: &str| dir.join(f).display().to_string();
     let data = root.join(format!("{peer}-data")).display().to_string();
-    GatewayProcess::spawn(
-        root,
-        &[
-            "--ca",
-            &arg("ca.pem"),
-            "--cert",
-            &arg("cert.pem"),
-            "--key",
-            &arg("key.pem"),
-            "--data-dir",
-            &data,
-            "--management-address",
-            "127.0.0.1:0",
-            "--peer-address",
-            "127.0.0.1:0",
-        ],
-    )
+    let mut args = vec![
+        "--ca".to_string(),
+        arg("ca.pem"),
+        "--cert".to_string(),
+        arg("cert.pem"),
+        "--key".to_string(),
+        arg("key.pem"),
+        "--data-dir".to_string(),
+        data,
+        "--management-address".to_string(),
+        "127.0.0.1:0".to_string(),
+        "--peer-address".to_string(),
+        "127.0.0.1:0".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    GatewayProcess::spawn(root, &args)
 }
 
 #[test]
@@ -913,4 +922,105 @@ fn revoking_access_closes_live_tunnels_on_the_exporting_side() {
             "clusterlink_connections_refused_total{side=\"ingress\",reason=\"Revoked\"}"
         ) >= 2.0
     );
+}
+
+#[test]
+fn the_management_listener_follows_certificate_rotation_too() {
+    let f = Fabric::new(&["server1"]);
+    let root = f.root();
+    assert!(
+        support::run(
+            support::CLUSTERLINK,
+            &["create", "admin-cert", "--name", "alice"],
+            root
+        )
+        .status
+        .success()
+    );
+    assert!(
+        support::run(
+            support::CLUSTERLINK,
+            &["create", "fabric", "--name", "fabric_b"],
+            root
+        )
+        .status
+        .success()
+    );
+    for args in [
+        &[
+            "create",
+            "peer-cert",
+            "--name",
+            "server1",
+            "--fabric",
+            "fabric_b",
+        ][..],
+        &[
+            "create",
+            "admin-cert",
+            "--name",
+            "bob",
+            "--fabric",
+            "fabric_b",
+        ][..],
+    ] {
+        assert!(
+            support::run(support::CLUSTERLINK, args, root)
+                .status
+                .success()
+        );
+    }
+    let dir = root.join("live/server1");
+    install_certs(&f.fabric_dir(), "server1", &dir);
+    let gw = start_with_certs_and(root, "server1", &dir, &["--management-tls"]);
+    assert!(gw.url.starts_with("https://"), "{}", gw.url);
+    let config = root.join("gwctl.yaml");
+    let port = gw.port().to_string();
+    let gwctl = |context: &str, args: &[&str]| {
+        std::process::Command::new(support::GWCTL)
+            .args(["--context", context])
+            .args(args)
+            .env("GWCTL_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    for (context, fabric, admin) in [
+        ("alice", "default_fabric", "alice"),
+        ("bob", "fabric_b", "bob"),
+    ] {
+        let fabric = root.join(fabric);
+        let admin = fabric.join("admins").join(admin);
+        let o = std::process::Command::new(support::GWCTL)
+            .args([
+                "config",
+                "set-context",
+                context,
+                "--server",
+                &format!("https://127.0.0.1:{port}"),
+                "--peer",
+                "server1",
+            ])
+            .arg("--ca")
+            .arg(fabric.join("cert.pem"))
+            .arg("--cert")
+            .arg(admin.join("cert.pem"))
+            .arg("--key")
+            .arg(admin.join("key.pem"))
+            .env("GWCTL_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", support::stderr(&o));
+    }
+    assert!(gwctl("alice", &["get", "peers"]).status.success());
+    assert!(!gwctl("bob", &["get", "peers"]).status.success());
+    // The gateway moves to fabric B by file replacement alone.
+    install_certs(&root.join("fabric_b"), "server1", &dir);
+    assert!(
+        eventually(CONVERGE, || gwctl("bob", &["get", "peers"])
+            .status
+            .success()),
+        "{}",
+        gw.log()
+    );
+    assert!(!gwctl("alice", &["get", "peers"]).status.success());
 }

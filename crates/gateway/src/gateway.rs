@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_server_config};
+use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
 use clusterlink_store::RedbStore;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -117,35 +117,41 @@ impl Gateway {
         let control_plane = ControlPlane::open(Arc::new(store))?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
 
-        let tls = match config.management_security {
-            ManagementSecurity::LoopbackPlain => None,
-            ManagementSecurity::AdminTls => Some(TlsAcceptor::from(Arc::new(
-                mutual_server_config(&credentials)?,
-            ))),
-        };
+        // One watched set of TLS configurations: rotated certificates reach the peer port and the
+        // management listener alike, without a restart.
+        let (tls_tx, tls) =
+            watch::channel(Arc::new(crate::dataplane::GatewayTls::new(&credentials)?));
         let management_addr = management.local_addr()?;
         let peer_addr = peer.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(crate::dataplane::watch_files(
+            config.tls.clone(),
+            name.clone(),
+            tls_tx,
+            shutdown_rx.clone(),
+        ));
         let dataplane = crate::dataplane::DataPlaneConfig {
             local_peer: name.clone(),
-            credentials: credentials.clone(),
-            tls_files: config.tls.clone(),
             import_address: config.import_address,
             clients: config.clients.clone(),
             metrics: metrics.clone(),
             protected: vec![management_addr, peer_addr],
         };
-        let dataplane =
-            crate::dataplane::run(dataplane, peer, control_plane.clone(), shutdown_rx.clone());
-        tasks.spawn(async move {
-            if let Err(e) = dataplane.await {
-                tracing::error!(error = %e, "data plane failed");
-            }
-        });
+        tasks.spawn(crate::dataplane::run(
+            dataplane,
+            peer,
+            control_plane.clone(),
+            tls.clone(),
+            shutdown_rx.clone(),
+        ));
+        let management_tls = match config.management_security {
+            ManagementSecurity::LoopbackPlain => None,
+            ManagementSecurity::AdminTls => Some(tls),
+        };
         tasks.spawn(serve_management(
             management,
-            tls,
+            management_tls,
             management::router(control_plane.clone(), metrics.clone()),
             shutdown_rx,
         ));
@@ -193,7 +199,7 @@ impl Gateway {
 
 async fn serve_management(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<watch::Receiver<Arc<crate::dataplane::GatewayTls>>>,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -214,11 +220,14 @@ async fn serve_management(
             _ = shutdown.changed() => break,
         };
         let router = router.clone();
-        let tls = tls.clone();
+        // The configuration current now: a rotated certificate applies to new connections.
+        let acceptor = tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.borrow().management.clone()));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let service = TowerToHyperService::new(router);
-            match tls {
+            match acceptor {
                 None => serve_connection(TokioIo::new(stream), service, shutdown).await,
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -1,4 +1,4 @@
-//! The peer port's TLS configuration, reloaded when the certificate files change on disk.
+//! The gateway's TLS configuration, reloaded when the certificate files change on disk.
 //!
 //! The files are checked every [`RELOAD_INTERVAL`]; a change is applied once all three load and
 //! the certificate still names this peer. Until then the current configuration stays in force, so
@@ -18,21 +18,25 @@ use crate::tunnel::ALPN;
 /// How often the certificate files are checked: a rotated certificate is in force within this.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Server and client TLS configurations of the peer port, built from one set of credentials.
-pub struct PeerTls {
+/// The gateway's TLS configurations, built from one set of credentials: the peer port's server
+/// and client sides, and the management listener's server side (when it uses TLS).
+pub struct GatewayTls {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
+    pub management: Arc<ServerConfig>,
 }
 
-impl PeerTls {
-    pub fn new(credentials: &Credentials) -> Result<PeerTls, PkiError> {
+impl GatewayTls {
+    pub fn new(credentials: &Credentials) -> Result<GatewayTls, PkiError> {
         let mut server = mutual_server_config(credentials)?;
         server.alpn_protocols = vec![ALPN.to_vec()];
         let mut client = mutual_client_config(credentials)?;
         client.alpn_protocols = vec![ALPN.to_vec()];
-        Ok(PeerTls {
+        Ok(GatewayTls {
             server: Arc::new(server),
             client: Arc::new(client),
+            // The management API speaks plain HTTP/1.1 inside TLS: no tunnel ALPN.
+            management: Arc::new(mutual_server_config(credentials)?),
         })
     }
 }
@@ -51,7 +55,7 @@ fn fingerprint(files: &TlsFiles) -> Fingerprint {
         .collect()
 }
 
-fn load(files: &TlsFiles, peer: &str) -> Result<PeerTls, String> {
+fn load(files: &TlsFiles, peer: &str) -> Result<GatewayTls, String> {
     let credentials = Credentials::load(files).map_err(|e| e.to_string())?;
     match identity_of(&credentials.chain[0]) {
         Ok(Identity::Peer(name)) if name == peer => {}
@@ -61,14 +65,14 @@ fn load(files: &TlsFiles, peer: &str) -> Result<PeerTls, String> {
             ));
         }
     }
-    PeerTls::new(&credentials).map_err(|e| e.to_string())
+    GatewayTls::new(&credentials).map_err(|e| e.to_string())
 }
 
-/// Watches `files` and publishes a new [`PeerTls`] whenever they change and load cleanly.
-pub(super) async fn watch_files(
+/// Watches `files` and publishes a new [`GatewayTls`] whenever they change and load cleanly.
+pub async fn watch_files(
     files: TlsFiles,
     peer: String,
-    tx: watch::Sender<Arc<PeerTls>>,
+    tx: watch::Sender<Arc<GatewayTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut applied = fingerprint(&files);

@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::clients::ClientTable;
 use super::{
-    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, PeerTls, Snapshot, relay,
+    CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, Snapshot, relay,
     tune_socket,
 };
 use crate::metrics::{Metrics, Side};
@@ -196,7 +196,7 @@ fn random_below(n: usize) -> usize {
 /// What every import connection shares: how to reach peers, their health, and who clients are.
 pub(super) struct Egress {
     /// The peer port's TLS, current as of each new connection.
-    pub tls: watch::Receiver<Arc<PeerTls>>,
+    pub tls: watch::Receiver<Arc<GatewayTls>>,
     pub health: PeerHealth,
     pub clients: ClientTable,
     pub metrics: Arc<Metrics>,

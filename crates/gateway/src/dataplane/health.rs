@@ -14,7 +14,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-use super::{PeerTls, Snapshot};
+use super::{GatewayTls, Snapshot};
 use crate::metrics::Metrics;
 use crate::model::ControlPlane;
 use crate::tunnel::{HEALTH_REQUEST, read_head};
@@ -98,7 +98,7 @@ struct Prober {
 
 /// Keeps one prober per peer in step with the snapshots.
 pub(super) async fn run_probers(
-    tls: watch::Receiver<Arc<PeerTls>>,
+    tls: watch::Receiver<Arc<GatewayTls>>,
     health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     control_plane: ControlPlane,
@@ -163,7 +163,7 @@ fn peer_key(name: &str) -> ObjectKey {
 async fn probe_forever(
     name: String,
     gateways: Vec<(String, u16)>,
-    tls: watch::Receiver<Arc<PeerTls>>,
+    tls: watch::Receiver<Arc<GatewayTls>>,
     health: PeerHealth,
     control_plane: ControlPlane,
     metrics: Arc<Metrics>,

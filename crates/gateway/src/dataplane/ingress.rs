@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
-use super::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, PeerTls, Snapshot, relay, tune_socket};
+use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, relay, tune_socket};
 use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{
@@ -33,7 +33,7 @@ const MAX_UNAUTHENTICATED: usize = 1024;
 
 pub(super) async fn serve(
     listener: TcpListener,
-    tls: watch::Receiver<Arc<PeerTls>>,
+    tls: watch::Receiver<Arc<GatewayTls>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     protected: Arc<[SocketAddr]>,

@@ -11,7 +11,7 @@ mod health;
 mod ingress;
 
 pub use clients::{ClientTable, ClientTableError};
-pub use credentials::PeerTls;
+pub use credentials::{GatewayTls, watch_files};
 pub use health::PeerHealth;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterlink_api::{ImportSource, LbScheme, Object, ObjectKey};
-use clusterlink_pki::tls::{Credentials, TlsFiles};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,9 +42,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct DataPlaneConfig {
     pub local_peer: String,
-    pub credentials: Credentials,
-    /// Where the credentials came from; replaced files are picked up without a restart.
-    pub tls_files: TlsFiles,
+
     /// Where import listeners bind (standalone mode).
     pub import_address: IpAddr,
     /// Who local clients are, by address.
@@ -155,18 +152,12 @@ pub async fn run(
     config: DataPlaneConfig,
     peer_listener: TcpListener,
     control_plane: ControlPlane,
+    tls: watch::Receiver<Arc<GatewayTls>>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), clusterlink_pki::PkiError> {
-    let (tls_tx, tls) = watch::channel(Arc::new(PeerTls::new(&config.credentials)?));
+) {
     let snapshots = follow_snapshots(&config.local_peer, control_plane.subscribe());
     let health = PeerHealth::default();
     let mut tasks = JoinSet::new();
-    tasks.spawn(credentials::watch_files(
-        config.tls_files,
-        config.local_peer.clone(),
-        tls_tx,
-        shutdown.clone(),
-    ));
     tasks.spawn(health::run_probers(
         tls.clone(),
         health.clone(),
@@ -198,7 +189,6 @@ pub async fn run(
     ));
     let _ = shutdown.wait_for(|stop| *stop).await;
     while tasks.join_next().await.is_some() {}
-    Ok(())
 }
 
 /// Rebuilds the snapshot on every committed change of the objects.
