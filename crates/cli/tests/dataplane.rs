@@ -1024,3 +1024,40 @@ fn the_management_listener_follows_certificate_rotation_too() {
     );
     assert!(!gwctl("alice", &["get", "peers"]).status.success());
 }
+
+#[test]
+fn revoking_access_closes_live_tunnels_on_the_importing_side() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = sites.import("round-robin");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    // The importer withdraws its egress allow: the open tunnel closes.
+    let tunnel = open_tunnel(port);
+    assert!(eventually(CONVERGE, || metric(
+        &sites.client,
+        "clusterlink_connections_active{side=\"egress\"}"
+    ) >= 1.0));
+    sites.client.gwctl_ok(&["delete", "policy", "allow-all"]);
+    assert!(
+        was_closed(tunnel),
+        "a tunnel stayed open after its egress access was revoked"
+    );
+    assert!(
+        sites.client.log().contains("tunnel closed: access revoked"),
+        "{}",
+        sites.client.log()
+    );
+    // Deleting the Peer does the same.
+    sites.client.apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    let tunnel = open_tunnel(port);
+    assert!(eventually(CONVERGE, || metric(
+        &sites.client,
+        "clusterlink_connections_active{side=\"egress\"}"
+    ) >= 1.0));
+    sites.client.gwctl_ok(&["delete", "peer", "server1"]);
+    assert!(
+        was_closed(tunnel),
+        "a tunnel stayed open after its Peer was deleted"
+    );
+}

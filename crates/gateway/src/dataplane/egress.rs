@@ -19,12 +19,14 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::clients::ClientTable;
+use super::live::LiveTunnels;
 use super::{
-    CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, ImportEntry, PeerHealth, Snapshot, relay,
-    tune_socket,
+    CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, ImportEntry, PeerEntry, PeerHealth, Snapshot,
+    relay, tune_socket,
 };
 use crate::metrics::{Metrics, Side};
 use crate::model::ControlPlane;
+use crate::policy::PolicyDecision;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
 
@@ -200,6 +202,64 @@ pub(super) struct Egress {
     pub health: PeerHealth,
     pub clients: ClientTable,
     pub metrics: Arc<Metrics>,
+    /// Open tunnels, decided again when the configuration changes.
+    pub live: LiveTunnels<EgressTunnel>,
+}
+
+/// A live egress tunnel, as much as is needed to decide it again.
+pub(super) struct EgressTunnel {
+    import: ObjectKey,
+    client: Attributes,
+    source: ImportSource,
+}
+
+impl Egress {
+    /// Closes open tunnels that `snapshot` no longer allows: the egress policy now denies them,
+    /// their source was removed from the import, or their Peer was deleted.
+    pub fn revalidate(&self, snapshot: &Snapshot) {
+        self.live.revalidate(|t| {
+            snapshot
+                .imports
+                .get(&t.import)
+                .is_some_and(|i| i.sources.contains(&t.source))
+                && egress_decision(snapshot, &t.import, &t.client, &t.source).is_ok()
+        });
+    }
+}
+
+enum EgressRefusal {
+    NoSuchPeer,
+    Denied(PolicyDecision),
+}
+
+/// The egress decision for one source of an import, for a client with `client` attributes:
+/// the source's peer, or why not.
+fn egress_decision<'a>(
+    snapshot: &'a Snapshot,
+    import: &ObjectKey,
+    client: &Attributes,
+    source: &ImportSource,
+) -> Result<&'a PeerEntry, EgressRefusal> {
+    let peer = snapshot
+        .peers
+        .get(&source.peer)
+        .ok_or(EgressRefusal::NoSuchPeer)?;
+    let mut src = client.clone();
+    peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
+    let mut dst = Attributes::new();
+    peer_attributes(&mut dst, &source.peer, &peer.labels);
+    export_attributes(
+        &mut dst,
+        &source.export_name,
+        &source.export_namespace,
+        &Default::default(),
+    );
+    let decision = snapshot.policy.decide(&import.namespace, &src, &dst);
+    if decision.allowed {
+        Ok(peer)
+    } else {
+        Err(EgressRefusal::Denied(decision))
+    }
 }
 
 impl Egress {
@@ -220,32 +280,24 @@ impl Egress {
             return;
         };
         let client_attributes = self.clients.attributes_of(remote.ip());
-        let mut src = client_attributes.clone();
-        peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
         for source in source_order(import, next, |peer| self.health.is_unreachable(peer)) {
             let export = ExportRef {
                 namespace: source.export_namespace.clone(),
                 name: source.export_name.clone(),
             };
-            let Some(peer) = snapshot.peers.get(&source.peer) else {
-                tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
-                continue;
+            let peer = match egress_decision(snapshot, key, &client_attributes, source) {
+                Ok(peer) => peer,
+                Err(EgressRefusal::NoSuchPeer) => {
+                    tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
+                    continue;
+                }
+                Err(EgressRefusal::Denied(decision)) => {
+                    self.metrics
+                        .refused(Side::Egress, RefusalReason::PolicyDenied.as_str());
+                    tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
+                    continue;
+                }
             };
-            let mut dst = Attributes::new();
-            peer_attributes(&mut dst, &source.peer, &peer.labels);
-            export_attributes(
-                &mut dst,
-                &export.name,
-                &export.namespace,
-                &Default::default(),
-            );
-            let decision = snapshot.policy.decide(&key.namespace, &src, &dst);
-            if !decision.allowed {
-                self.metrics
-                    .refused(Side::Egress, RefusalReason::PolicyDenied.as_str());
-                tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
-                continue;
-            }
             let request = TunnelRequest {
                 export: export.clone(),
                 client: client_attributes.clone(),
@@ -258,8 +310,20 @@ impl Egress {
                         return;
                     }
                     tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
-                    let (sent, received) =
-                        relay(&mut client, &mut tunnel).await.unwrap_or_default();
+                    let registered = self.live.register(EgressTunnel {
+                        import: key.clone(),
+                        client: client_attributes.clone(),
+                        source: source.clone(),
+                    });
+                    let (sent, received) = tokio::select! {
+                        moved = relay(&mut client, &mut tunnel) => moved.unwrap_or_default(),
+                        _ = registered.revoked.notified() => {
+                            self.metrics.refused(Side::Egress, "Revoked");
+                            tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel closed: access revoked");
+                            reset(client);
+                            return;
+                        }
+                    };
                     let import_name = format!("{}/{}", key.namespace, key.name);
                     self.metrics
                         .import_tunnel_done(&import_name, &source.peer, sent, received);

@@ -3,20 +3,18 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
+use super::live::LiveTunnels;
 use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, relay, tune_socket};
 use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
@@ -40,13 +38,13 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
-    let live = Arc::new(LiveTunnels::default());
+    let live = Arc::new(LiveTunnels::<IngressTunnel>::default());
     let revalidator = tokio::spawn({
         let (live, mut snapshots) = (live.clone(), snapshots.clone());
         async move {
             while snapshots.changed().await.is_ok() {
                 let snapshot = snapshots.borrow_and_update().clone();
-                live.revalidate(&snapshot);
+                live.revalidate(|t| decide(&snapshot, &t.peer, &t.client, &t.export).is_ok());
             }
         }
     });
@@ -97,7 +95,7 @@ async fn handle(
     metrics: &Metrics,
     pending: OwnedSemaphorePermit,
     protected: &[SocketAddr],
-    live: &LiveTunnels,
+    live: &LiveTunnels<IngressTunnel>,
 ) -> Result<(), String> {
     tune_socket(&stream).map_err(|e| e.to_string())?;
     let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
@@ -178,13 +176,12 @@ async fn handle(
         .map_err(|e| e.to_string())?;
     backend.write_all(&early).await.map_err(|e| e.to_string())?;
     tracing::debug!(%peer, export = %request.export, "tunnel established");
-    let revoked = Arc::new(Notify::new());
-    let _registered = live.register(LiveTunnel {
+    let registered = live.register(IngressTunnel {
         peer: peer.clone(),
         client: request.client.clone(),
         export: request.export.clone(),
-        revoked: revoked.clone(),
     });
+    let revoked = &registered.revoked;
     // The configuration may have changed between the decision and the registration.
     if decide(
         &snapshots.borrow().clone(),
@@ -246,57 +243,11 @@ fn decide(
     }
 }
 
-/// A tunnel being served, kept so it can be decided again when the configuration changes.
-struct LiveTunnel {
+/// A live ingress tunnel, as much as is needed to decide it again.
+pub(super) struct IngressTunnel {
     peer: String,
     client: Attributes,
     export: ExportRef,
-    revoked: Arc<Notify>,
-}
-
-/// Every live ingress tunnel. Revoking access (a deny policy, a removed allow, a deleted export)
-/// closes the tunnels it covers, not only new ones.
-#[derive(Default)]
-pub(super) struct LiveTunnels {
-    next: AtomicU64,
-    tunnels: Mutex<HashMap<u64, LiveTunnel>>,
-}
-
-/// Removes its tunnel from the registry when the tunnel ends.
-struct Registered<'a> {
-    live: &'a LiveTunnels,
-    id: u64,
-}
-
-impl Drop for Registered<'_> {
-    fn drop(&mut self) {
-        self.live
-            .tunnels
-            .lock()
-            .expect("live tunnels lock")
-            .remove(&self.id);
-    }
-}
-
-impl LiveTunnels {
-    fn register(&self, tunnel: LiveTunnel) -> Registered<'_> {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.tunnels
-            .lock()
-            .expect("live tunnels lock")
-            .insert(id, tunnel);
-        Registered { live: self, id }
-    }
-
-    /// Decides every live tunnel again on `snapshot` and closes those no longer allowed.
-    fn revalidate(&self, snapshot: &Snapshot) {
-        for t in self.tunnels.lock().expect("live tunnels lock").values() {
-            if let Err(refusal) = decide(snapshot, &t.peer, &t.client, &t.export) {
-                tracing::debug!(peer = %t.peer, export = %t.export, ?refusal, "revoking a live tunnel");
-                t.revoked.notify_one();
-            }
-        }
-    }
 }
 
 /// Whether `backend` is connected to one of this gateway's own listeners.

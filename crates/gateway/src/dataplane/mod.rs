@@ -9,6 +9,7 @@ mod credentials;
 mod egress;
 mod health;
 mod ingress;
+mod live;
 
 pub use clients::{ClientTable, ClientTableError};
 pub use credentials::{GatewayTls, watch_files};
@@ -179,6 +180,21 @@ pub async fn run(
         health,
         clients: config.clients,
         metrics: config.metrics,
+        live: Default::default(),
+    });
+    tasks.spawn({
+        let (egress, mut snapshots, mut shutdown) =
+            (egress.clone(), snapshots.clone(), shutdown.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { break },
+                    _ = shutdown.changed() => break,
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                egress.revalidate(&snapshot);
+            }
+        }
     });
     tasks.spawn(egress::run_import_listeners(
         config.import_address,
