@@ -766,6 +766,18 @@ fn replaced_certificates_are_picked_up_without_a_restart() {
         client.log()
     );
 
+    // Half a move (the new CA, the old certificate) is not taken: traffic goes on as before.
+    std::fs::copy(b.join("cert.pem"), server_dir.join("ca.pem.tmp")).unwrap();
+    std::fs::rename(server_dir.join("ca.pem.tmp"), server_dir.join("ca.pem")).unwrap();
+    assert!(
+        eventually(CONVERGE, || server
+            .log()
+            .contains("the certificate does not fit the CA")),
+        "{}",
+        server.log()
+    );
+    assert_eq!(exchange(port, b"hi"), served_by("server1"));
+
     // server1 moves to fabric B alone: the fabrics no longer trust each other.
     install_certs(&b, "server1", &server_dir);
     assert!(

@@ -56,6 +56,22 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Checks that our own certificate chains to `roots` and is valid now: a set whose files were
+    /// replaced one at a time (a new CA, the old certificate) fails here rather than in handshakes.
+    pub fn verify_own_chain(&self) -> Result<(), PkiError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+        let (leaf, intermediates) = self
+            .chain
+            .split_first()
+            .ok_or_else(|| PkiError::Identity("no certificate".into()))?;
+        verifier.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())?;
+        Ok(())
+    }
+}
+
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let bytes = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)

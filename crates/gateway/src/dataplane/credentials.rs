@@ -57,6 +57,9 @@ fn fingerprint(files: &TlsFiles) -> Fingerprint {
 
 fn load(files: &TlsFiles, peer: &str) -> Result<GatewayTls, String> {
     let credentials = Credentials::load(files).map_err(|e| e.to_string())?;
+    credentials
+        .verify_own_chain()
+        .map_err(|e| format!("the certificate does not fit the CA: {e}"))?;
     match identity_of(&credentials.chain[0]) {
         Ok(Identity::Peer(name)) if name == peer => {}
         other => {
