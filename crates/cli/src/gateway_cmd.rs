@@ -58,6 +58,10 @@ pub struct GatewayArgs {
     /// policies match as client.clusterlink.net/* attributes.
     #[arg(long, value_name = "FILE")]
     pub client_attributes: Option<PathBuf>,
+    /// A label of this peer, KEY=VALUE (repeatable): what this side's policies match as
+    /// peer.clusterlink.net/labels.KEY for the local peer.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -93,6 +97,25 @@ impl GatewayArgs {
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     crate::init_logging(&args.log_level, args.log_json);
     let tls = args.tls_files()?;
+    // Every argument is checked before anything is bound or opened.
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in &args.labels {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
+        clusterlink_api::validation::check_label_key(k)
+            .and_then(|()| clusterlink_api::validation::check_label_value(v))
+            .map_err(|e| anyhow::anyhow!("--label {pair:?}: {e}"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let clients = match &args.client_attributes {
+        None => ClientTable::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            ClientTable::parse(&text).with_context(|| path.display().to_string())?
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.management_address)
         .await
         .with_context(|| {
@@ -110,16 +133,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         (None, Some(peer)) => PathBuf::from(format!("{peer}-data")),
         (None, None) => bail!("give --data-dir (or --peer, for the default ./<peer>-data)"),
     };
-    let clients = match &args.client_attributes {
-        None => ClientTable::default(),
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            ClientTable::parse(&text).with_context(|| path.display().to_string())?
-        }
-    };
     let config = GatewayConfig {
         tls,
+        labels,
         import_address: args.import_address,
         clients,
         data_dir,

@@ -1073,3 +1073,70 @@ fn revoking_access_closes_live_tunnels_on_the_importing_side() {
         "a tunnel stayed open after its Peer was deleted"
     );
 }
+
+#[test]
+fn a_gateways_own_labels_are_its_peer_labels_in_its_policies() {
+    let f = Fabric::new(&["server1", "client1"]);
+    let server = f.start_with(
+        "server1",
+        &[
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+            "--label",
+            "env=prod",
+        ],
+    );
+    let client = f.start("client1");
+    server.apply(&export("svc", Backend::start("server1").port));
+    // Ingress: only where the exporting peer (this gateway) is labelled env=prod.
+    server.apply(&policy(
+        "AccessPolicy",
+        "prod-only",
+        "allow",
+        "{}",
+        "{matchLabels: {peer.clusterlink.net/labels.env: prod}}",
+    ));
+    client.apply(&format!(
+        "{}{}",
+        peer("server1", &server),
+        allow_all("allow-all")
+    ));
+    let port = free_port();
+    client.apply(&import("svc", port, &["server1"], "static"));
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "{}",
+        client.log()
+    );
+    // A policy asking for another value does not match this gateway.
+    server.gwctl_ok(&["delete", "policy", "prod-only"]);
+    server.apply(&policy(
+        "AccessPolicy",
+        "staging-only",
+        "allow",
+        "{}",
+        "{matchLabels: {peer.clusterlink.net/labels.env: staging}}",
+    ));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset));
+
+    let o = support::run(
+        support::CL_GATEWAY,
+        &[
+            "--peer",
+            "server1",
+            "--label",
+            "bad key=x",
+            "--data-dir",
+            "other",
+        ],
+        f.root(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        support::stderr(&o).contains("--label \"bad key=x\""),
+        "{}",
+        support::stderr(&o)
+    );
+}

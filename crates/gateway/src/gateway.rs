@@ -64,6 +64,8 @@ impl ManagementSecurity {
 pub struct GatewayConfig {
     /// The fabric CA, this peer's certificate and key.
     pub tls: TlsFiles,
+    /// This peer's own labels, which policies match as `peer.clusterlink.net/labels.*`.
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Where import listeners bind.
     pub import_address: std::net::IpAddr,
     /// Client attributes by address (standalone mode).
@@ -133,6 +135,7 @@ impl Gateway {
         ));
         let dataplane = crate::dataplane::DataPlaneConfig {
             local_peer: name.clone(),
+            local_labels: config.labels.clone(),
             import_address: config.import_address,
             clients: config.clients.clone(),
             metrics: metrics.clone(),

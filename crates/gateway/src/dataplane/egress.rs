@@ -245,7 +245,7 @@ fn egress_decision<'a>(
         .get(&source.peer)
         .ok_or(EgressRefusal::NoSuchPeer)?;
     let mut src = client.clone();
-    peer_attributes(&mut src, &snapshot.local_peer, &Default::default());
+    peer_attributes(&mut src, &snapshot.local_peer, &snapshot.local_labels);
     let mut dst = Attributes::new();
     peer_attributes(&mut dst, &source.peer, &peer.labels);
     export_attributes(

@@ -230,7 +230,7 @@ fn decide(
         .unwrap_or_default();
     peer_attributes(&mut src, peer, &peer_labels);
     let mut dst = Attributes::new();
-    peer_attributes(&mut dst, local, &Default::default());
+    peer_attributes(&mut dst, local, &snapshot.local_labels);
     export_attributes(&mut dst, &export.name, &export.namespace, &entry.labels);
     let decision = snapshot.policy.decide(&export.namespace, &src, &dst);
     if decision.allowed {

@@ -43,7 +43,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct DataPlaneConfig {
     pub local_peer: String,
-
+    /// This peer's own labels (`peer.clusterlink.net/labels.*` of the local side in policies).
+    pub local_labels: BTreeMap<String, String>,
     /// Where import listeners bind (standalone mode).
     pub import_address: IpAddr,
     /// Who local clients are, by address.
@@ -78,6 +79,7 @@ pub struct ImportEntry {
 /// An immutable view of everything the data plane acts on.
 pub struct Snapshot {
     pub local_peer: String,
+    pub local_labels: BTreeMap<String, String>,
     pub peers: HashMap<String, PeerEntry>,
     pub exports: HashMap<ExportRef, ExportEntry>,
     pub imports: BTreeMap<ObjectKey, ImportEntry>,
@@ -85,9 +87,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(local_peer: &str, objects: &Objects) -> Snapshot {
+    pub fn build(
+        local_peer: &str,
+        local_labels: &BTreeMap<String, String>,
+        objects: &Objects,
+    ) -> Snapshot {
         let mut snapshot = Snapshot {
             local_peer: local_peer.to_string(),
+            local_labels: local_labels.clone(),
             peers: HashMap::new(),
             exports: HashMap::new(),
             imports: BTreeMap::new(),
@@ -156,7 +163,11 @@ pub async fn run(
     tls: watch::Receiver<Arc<GatewayTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let snapshots = follow_snapshots(&config.local_peer, control_plane.subscribe());
+    let snapshots = follow_snapshots(
+        &config.local_peer,
+        config.local_labels.clone(),
+        control_plane.subscribe(),
+    );
     let health = PeerHealth::default();
     let mut tasks = JoinSet::new();
     tasks.spawn(health::run_probers(
@@ -210,14 +221,16 @@ pub async fn run(
 /// Rebuilds the snapshot on every committed change of the objects.
 fn follow_snapshots(
     local_peer: &str,
+    local_labels: BTreeMap<String, String>,
     mut objects: watch::Receiver<Arc<Objects>>,
 ) -> watch::Receiver<Arc<Snapshot>> {
     let local_peer = local_peer.to_string();
-    let first = Snapshot::build(&local_peer, &objects.borrow_and_update());
+    let first = Snapshot::build(&local_peer, &local_labels, &objects.borrow_and_update());
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(async move {
         while objects.changed().await.is_ok() {
-            let snapshot = Snapshot::build(&local_peer, &objects.borrow_and_update());
+            let snapshot =
+                Snapshot::build(&local_peer, &local_labels, &objects.borrow_and_update());
             if tx.send(Arc::new(snapshot)).is_err() {
                 break;
             }
