@@ -675,6 +675,24 @@ fn client_attributes_from_the_address_table_reach_both_sides() {
     let _ = std::fs::remove_file(table);
 }
 
+/// For sites built by hand: `client` learns `server` as server1, allows egress, imports its
+/// `svc` on a fresh port, and the port is returned once a connection through it is served.
+fn import_from_server1(client: &GatewayProcess, server: &GatewayProcess) -> u16 {
+    client.apply(&format!(
+        "{}{}",
+        peer("server1", server),
+        allow_all("allow-all")
+    ));
+    let port = free_port();
+    client.apply(&import("svc", port, &["server1"], "static"));
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "{}",
+        client.log()
+    );
+    port
+}
+
 /// Copies a peer's certificate set into `dir` (ca.pem, cert.pem, key.pem), replacing any there
 /// by rename so a gateway never reads half a file.
 fn install_certs(fabric_dir: &std::path::Path, peer: &str, dir: &std::path::Path) {
@@ -753,18 +771,7 @@ fn replaced_certificates_are_picked_up_without_a_restart() {
         export("svc", Backend::start("server1").port),
         allow_all("allow-all")
     ));
-    client.apply(&format!(
-        "{}{}",
-        peer("server1", &server),
-        allow_all("allow-all")
-    ));
-    let port = free_port();
-    client.apply(&import("svc", port, &["server1"], "round-robin"));
-    assert!(
-        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
-        "{}",
-        client.log()
-    );
+    let port = import_from_server1(&client, &server);
 
     // Half a move (the new CA, the old certificate) is not taken: traffic goes on as before.
     std::fs::copy(b.join("cert.pem"), server_dir.join("ca.pem.tmp")).unwrap();
@@ -1098,18 +1105,7 @@ fn a_gateways_own_labels_are_its_peer_labels_in_its_policies() {
         "{}",
         "{matchLabels: {peer.clusterlink.net/labels.env: prod}}",
     ));
-    client.apply(&format!(
-        "{}{}",
-        peer("server1", &server),
-        allow_all("allow-all")
-    ));
-    let port = free_port();
-    client.apply(&import("svc", port, &["server1"], "static"));
-    assert!(
-        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
-        "{}",
-        client.log()
-    );
+    let port = import_from_server1(&client, &server);
     // A policy asking for another value does not match this gateway.
     server.gwctl_ok(&["delete", "policy", "prod-only"]);
     server.apply(&policy(
