@@ -598,11 +598,4 @@ impl Object {
         }
         each_kind!(self, r => run(r))
     }
-
-    pub fn as_import(&self) -> Option<&Import> {
-        match self {
-            Object::Import(i) => Some(i),
-            _ => None,
-        }
-    }
 }

@@ -43,30 +43,25 @@ pub enum Create {
         validity_days: u32,
     },
     /// Create a peer certificate in <path>/<fabric>/<name>/{cert,key}.pem, signed by the fabric.
-    PeerCert {
-        /// The peer's name: a DNS label, and its identity in the fabric.
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = DEFAULT_FABRIC)]
-        fabric: String,
-        /// Directory holding the fabric.
-        #[arg(long, default_value = ".")]
-        path: PathBuf,
-        #[arg(long, default_value_t = DEFAULT_LEAF_VALIDITY_DAYS)]
-        validity_days: u32,
-    },
+    PeerCert(LeafArgs),
     /// Create a management (admin) client certificate in <path>/<fabric>/admins/<name>/, for
     /// gwctl to reach a gateway whose management API is not on loopback.
-    AdminCert {
-        #[arg(long)]
-        name: String,
-        #[arg(long, default_value = DEFAULT_FABRIC)]
-        fabric: String,
-        #[arg(long, default_value = ".")]
-        path: PathBuf,
-        #[arg(long, default_value_t = DEFAULT_LEAF_VALIDITY_DAYS)]
-        validity_days: u32,
-    },
+    AdminCert(LeafArgs),
+}
+
+/// What a certificate signed by the fabric is created from.
+#[derive(Debug, clap::Args)]
+pub struct LeafArgs {
+    /// The name: a DNS label; for a peer, its identity in the fabric.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = DEFAULT_FABRIC)]
+    pub fabric: String,
+    /// Directory holding the fabric.
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+    #[arg(long, default_value_t = DEFAULT_LEAF_VALIDITY_DAYS)]
+    pub validity_days: u32,
 }
 
 pub async fn run(cli: Clusterlink) -> anyhow::Result<()> {
@@ -80,18 +75,16 @@ pub async fn run(cli: Clusterlink) -> anyhow::Result<()> {
             path,
             validity_days,
         } => create_fabric(&path, &name, Validity::days(validity_days)?)?,
-        Create::PeerCert {
-            name,
-            fabric,
-            path,
-            validity_days,
-        } => create_peer_cert(&path.join(fabric), &name, Validity::days(validity_days)?)?,
-        Create::AdminCert {
-            name,
-            fabric,
-            path,
-            validity_days,
-        } => create_admin_cert(&path.join(fabric), &name, Validity::days(validity_days)?)?,
+        Create::PeerCert(a) => create_peer_cert(
+            &a.path.join(&a.fabric),
+            &a.name,
+            Validity::days(a.validity_days)?,
+        )?,
+        Create::AdminCert(a) => create_admin_cert(
+            &a.path.join(&a.fabric),
+            &a.name,
+            Validity::days(a.validity_days)?,
+        )?,
     };
     println!("wrote {} and {}", paths.cert.display(), paths.key.display());
     Ok(())

@@ -887,6 +887,15 @@ fn open_tunnel(port: u16) -> std::net::TcpStream {
     s
 }
 
+/// Opens a tunnel through `port` (see [`open_tunnel`]) and waits until `gw` counts it as active on
+/// `side`, so a revocation that follows acts on an established tunnel.
+fn open_counted_tunnel(port: u16, gw: &GatewayProcess, side: &str) -> std::net::TcpStream {
+    let tunnel = open_tunnel(port);
+    let series = format!("clusterlink_connections_active{{side=\"{side}\"}}");
+    assert!(eventually(CONVERGE, || metric(gw, &series) >= 1.0));
+    tunnel
+}
+
 /// Whether the connection was closed or reset (a read timeout means it stayed open).
 fn was_closed(mut s: std::net::TcpStream) -> bool {
     use std::io::Read;
@@ -909,11 +918,7 @@ fn revoking_access_closes_live_tunnels_on_the_exporting_side() {
     let server = &sites.servers[0];
 
     // The exporter withdraws its allow: the open tunnel closes, not only new ones are refused.
-    let tunnel = open_tunnel(port);
-    assert!(eventually(CONVERGE, || metric(
-        server,
-        "clusterlink_connections_active{side=\"ingress\"}"
-    ) >= 1.0));
+    let tunnel = open_counted_tunnel(port, server, "ingress");
     server.gwctl_ok(&["delete", "policy", "allow-all"]);
     assert!(
         was_closed(tunnel),
@@ -925,11 +930,7 @@ fn revoking_access_closes_live_tunnels_on_the_exporting_side() {
     // Deleting the export does the same.
     server.apply(&allow_all("allow-all"));
     assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
-    let tunnel = open_tunnel(port);
-    assert!(eventually(CONVERGE, || metric(
-        server,
-        "clusterlink_connections_active{side=\"ingress\"}"
-    ) >= 1.0));
+    let tunnel = open_counted_tunnel(port, server, "ingress");
     server.gwctl_ok(&["delete", "export", "svc"]);
     assert!(
         was_closed(tunnel),
@@ -993,42 +994,20 @@ fn the_management_listener_follows_certificate_rotation_too() {
     install_certs(&f.fabric_dir(), "server1", &dir);
     let gw = start_with_certs_and(root, "server1", &dir, &["--management-tls"]);
     assert!(gw.url.starts_with("https://"), "{}", gw.url);
-    let config = root.join("gwctl.yaml");
-    let port = gw.port().to_string();
-    let gwctl = |context: &str, args: &[&str]| {
-        std::process::Command::new(support::GWCTL)
-            .args(["--context", context])
-            .args(args)
-            .env("GWCTL_CONFIG", &config)
-            .output()
-            .unwrap()
-    };
+    let contexts = support::GwctlConfig::new(root.join("gwctl.yaml"));
+    let gwctl = |context: &str, args: &[&str]| contexts.run(context, args);
     for (context, fabric, admin) in [
         ("alice", "default_fabric", "alice"),
         ("bob", "fabric_b", "bob"),
     ] {
         let fabric = root.join(fabric);
-        let admin = fabric.join("admins").join(admin);
-        let o = std::process::Command::new(support::GWCTL)
-            .args([
-                "config",
-                "set-context",
-                context,
-                "--server",
-                &format!("https://127.0.0.1:{port}"),
-                "--peer",
-                "server1",
-            ])
-            .arg("--ca")
-            .arg(fabric.join("cert.pem"))
-            .arg("--cert")
-            .arg(admin.join("cert.pem"))
-            .arg("--key")
-            .arg(admin.join("key.pem"))
-            .env("GWCTL_CONFIG", &config)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", support::stderr(&o));
+        contexts.set_tls_context(
+            context,
+            gw.port(),
+            "server1",
+            &fabric,
+            &fabric.join("admins").join(admin),
+        );
     }
     assert!(gwctl("alice", &["get", "peers"]).status.success());
     assert!(!gwctl("bob", &["get", "peers"]).status.success());
@@ -1051,11 +1030,7 @@ fn revoking_access_closes_live_tunnels_on_the_importing_side() {
     let port = sites.import("round-robin");
     assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
     // The importer withdraws its egress allow: the open tunnel closes.
-    let tunnel = open_tunnel(port);
-    assert!(eventually(CONVERGE, || metric(
-        &sites.client,
-        "clusterlink_connections_active{side=\"egress\"}"
-    ) >= 1.0));
+    let tunnel = open_counted_tunnel(port, &sites.client, "egress");
     sites.client.gwctl_ok(&["delete", "policy", "allow-all"]);
     assert!(
         was_closed(tunnel),
@@ -1069,11 +1044,7 @@ fn revoking_access_closes_live_tunnels_on_the_importing_side() {
     // Deleting the Peer does the same.
     sites.client.apply(&allow_all("allow-all"));
     assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
-    let tunnel = open_tunnel(port);
-    assert!(eventually(CONVERGE, || metric(
-        &sites.client,
-        "clusterlink_connections_active{side=\"egress\"}"
-    ) >= 1.0));
+    let tunnel = open_counted_tunnel(port, &sites.client, "egress");
     sites.client.gwctl_ok(&["delete", "peer", "server1"]);
     assert!(
         was_closed(tunnel),

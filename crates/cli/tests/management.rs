@@ -508,42 +508,12 @@ fn management_beyond_loopback_requires_an_admin_certificate() {
         ],
     );
     assert!(gw.url.starts_with("https://"), "{}", gw.url);
-    let port = gw.port().to_string();
+    let port = gw.port();
     let fabric = f.fabric_dir();
-    let config = f.root().join("gwctl.yaml");
-    let set = |name: &str, who: &str| {
-        let dir = fabric.join(who);
-        let o = std::process::Command::new(GWCTL)
-            .args([
-                "config",
-                "set-context",
-                name,
-                "--server",
-                &format!("https://127.0.0.1:{port}"),
-                "--peer",
-                "p1",
-            ])
-            .arg("--ca")
-            .arg(fabric.join("cert.pem"))
-            .arg("--cert")
-            .arg(dir.join("cert.pem"))
-            .arg("--key")
-            .arg(dir.join("key.pem"))
-            .env("GWCTL_CONFIG", &config)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
-    };
-    set("admin", "admins/alice");
-    set("impostor", "p2");
-    let gwctl = |ctx: &str, args: &[&str]| {
-        std::process::Command::new(GWCTL)
-            .args(["--context", ctx])
-            .args(args)
-            .env("GWCTL_CONFIG", &config)
-            .output()
-            .unwrap()
-    };
+    let contexts = support::GwctlConfig::new(f.root().join("gwctl.yaml"));
+    contexts.set_tls_context("admin", port, "p1", &fabric, &fabric.join("admins/alice"));
+    contexts.set_tls_context("impostor", port, "p1", &fabric, &fabric.join("p2"));
+    let gwctl = |ctx: &str, args: &[&str]| contexts.run(ctx, args);
     let o = gwctl(
         "admin",
         &["create", "export", "--name", "web", "--port", "80"],
@@ -572,7 +542,7 @@ fn management_beyond_loopback_requires_an_admin_certificate() {
             "get",
             "exports",
         ])
-        .env("GWCTL_CONFIG", &config)
+        .env("GWCTL_CONFIG", &contexts.path)
         .output()
         .unwrap();
     assert!(!plain.status.success());

@@ -96,10 +96,7 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn spawn(cwd: &Path, args: &[&str]) -> GatewayProcess {
-        let stderr_path = cwd.join(format!(
-            "gateway-{}.log",
-            std::process::id() as u64 * 1000 + rand_u64() % 1000
-        ));
+        let stderr_path = cwd.join(format!("gateway-{:016x}.log", rand_u64()));
         let stderr_file = std::fs::File::create(&stderr_path).unwrap();
         let mut child = Command::new(CL_GATEWAY)
             .args(args)
@@ -355,4 +352,58 @@ fn connect_from(source: &str, port: u16) -> std::io::Result<std::net::TcpStream>
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;
     Ok(stream)
+}
+
+/// gwctl with its own config file of saved contexts, as a user runs it.
+pub struct GwctlConfig {
+    pub path: PathBuf,
+}
+
+impl GwctlConfig {
+    pub fn new(path: PathBuf) -> GwctlConfig {
+        GwctlConfig { path }
+    }
+
+    /// Saves context `name` for the https management API at `127.0.0.1:port` of gateway `peer`,
+    /// trusting `fabric_dir`'s CA and presenting the certificate in `credentials_dir`.
+    pub fn set_tls_context(
+        &self,
+        name: &str,
+        port: u16,
+        peer: &str,
+        fabric_dir: &Path,
+        credentials_dir: &Path,
+    ) {
+        let server = format!("https://127.0.0.1:{port}");
+        let o = Command::new(GWCTL)
+            .args([
+                "config",
+                "set-context",
+                name,
+                "--server",
+                &server,
+                "--peer",
+                peer,
+            ])
+            .arg("--ca")
+            .arg(fabric_dir.join("cert.pem"))
+            .arg("--cert")
+            .arg(credentials_dir.join("cert.pem"))
+            .arg("--key")
+            .arg(credentials_dir.join("key.pem"))
+            .env("GWCTL_CONFIG", &self.path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+
+    /// `gwctl --context CONTEXT ARGS…`.
+    pub fn run(&self, context: &str, args: &[&str]) -> Output {
+        Command::new(GWCTL)
+            .args(["--context", context])
+            .args(args)
+            .env("GWCTL_CONFIG", &self.path)
+            .output()
+            .unwrap()
+    }
 }
