@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a bare Debian machine. Safe to run repeatedly.
+#
+# The multi-site tests (crates/cli/tests/sites.rs) run sites as network namespaces with real
+# programs as clients and servers; they need root, iproute2 and nftables, and the programs below.
 set -euo pipefail
 needed=()
-command -v openssl >/dev/null || needed+=(openssl)
+want() { command -v "$1" >/dev/null || needed+=("$2"); }
+want openssl openssl
+if [ "$(id -u)" -eq 0 ]; then
+  want ip iproute2
+  want nft nftables
+  want curl curl
+  want nginx nginx
+  want iperf3 iperf3
+  want redis-server redis-server
+  want redis-benchmark redis-tools
+fi
 if [ ${#needed[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing ${needed[*]}: install them (needs root: apt-get install ${needed[*]})" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${needed[@]}" >/dev/null
+  # No service of these packages should start on the machine itself: the tests run their own.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends \
+    "${needed[@]}" >/dev/null
 fi

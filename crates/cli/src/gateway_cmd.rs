@@ -116,6 +116,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             ClientTable::parse(&text).with_context(|| path.display().to_string())?
         }
     };
+    let open_files = raise_open_file_limit();
+    tracing::debug!(open_files, "open-file limit");
     let listener = tokio::net::TcpListener::bind(args.management_address)
         .await
         .with_context(|| {
@@ -167,6 +169,19 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     tracing::info!("signal received, shutting down");
     gateway.shutdown().await;
     Ok(())
+}
+
+/// Raises this process's soft open-file limit to its hard limit and returns the limit in force.
+/// Each tunnel holds two sockets, so the common default soft limit of 1024 would cap a gateway at
+/// about 500 tunnels (Go's runtime does the same at start-up for the same reason).
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -4,6 +4,8 @@
 //! - `clusterlink` ([`clusterlink_cmd`]): fabric PKI and the local demo.
 //! - `gwctl` ([`gwctl`]): manage a gateway through its management API.
 //! - `cl-gateway` ([`gateway_cmd`]): the gateway process.
+//!
+//! [`netns`] builds sites as network namespaces for the multi-site tests and the demo.
 
 pub mod client;
 pub mod clusterlink_cmd;
@@ -11,6 +13,7 @@ pub mod context;
 pub mod demo;
 pub mod gateway_cmd;
 pub mod gwctl;
+pub mod netns;
 pub mod output;
 
 /// Structured logs to stderr; `RUST_LOG` overrides `default_level`.

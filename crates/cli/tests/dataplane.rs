@@ -4,45 +4,13 @@ mod support;
 
 use std::time::Duration;
 
+use support::manifests::{allow_all, export, import, peer, policy};
 use support::{
     Backend, Exchange, Fabric, GatewayProcess, eventually, exchange, exchange_from, free_port,
+    metric, reachable,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
-
-fn peer(name: &str, gw: &GatewayProcess) -> String {
-    let (host, port) = gw.peer_address.rsplit_once(':').unwrap();
-    format!(
-        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: {name}}}\nspec: {{gateways: [{{host: '{host}', port: {port}}}]}}\n"
-    )
-}
-
-fn export(name: &str, port: u16) -> String {
-    format!(
-        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}}}\nspec: {{host: 127.0.0.1, port: {port}}}\n"
-    )
-}
-
-fn import(name: &str, port: u16, peers: &[&str], scheme: &str) -> String {
-    let sources: Vec<String> = peers
-        .iter()
-        .map(|p| format!("{{peer: {p}, exportName: {name}, exportNamespace: default}}"))
-        .collect();
-    format!(
-        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {name}}}\nspec: {{port: {port}, lbScheme: {scheme}, sources: [{}]}}\n",
-        sources.join(", ")
-    )
-}
-
-fn policy(kind: &str, name: &str, action: &str, from: &str, to: &str) -> String {
-    format!(
-        "---\napiVersion: clusterlink.net/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec: {{action: {action}, from: [{{workloadSelector: {from}}}], to: [{{workloadSelector: {to}}}]}}\n"
-    )
-}
-
-fn allow_all(name: &str) -> String {
-    policy("AccessPolicy", name, "allow", "{}", "{}")
-}
 
 /// Exporting sites `servers` (each with a backend named after it, exporting `svc`) and one
 /// importing site `client1`, with the peers known to the client.
@@ -94,16 +62,7 @@ impl Sites {
             .collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         self.client.apply(&import("svc", port, &names, scheme));
-        let listening = eventually(CONVERGE, || {
-            self.client
-                .gwctl_ok(&["get", "import", "svc", "-o", "json"])
-                .contains("\"Listening\"")
-        });
-        assert!(
-            listening,
-            "import did not start listening:\n{}",
-            self.client.log()
-        );
+        self.client.wait_listening("svc");
         port
     }
 
@@ -113,15 +72,6 @@ impl Sites {
             s.apply(&allow_all("allow-all"));
         }
     }
-}
-
-/// One sample from the gateway's `/metrics` (0 when absent).
-fn metric(gw: &GatewayProcess, series: &str) -> f64 {
-    let (code, body) = support::raw_http(gw.port(), "GET", "/metrics", b"");
-    assert_eq!(code, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
 }
 
 fn served_by(name: &str) -> Exchange {
@@ -540,16 +490,6 @@ fn many_sequential_and_concurrent_connections_all_succeed() {
             "concurrent connection {i}"
         );
     }
-}
-
-fn reachable(client: &GatewayProcess, peer: &str) -> String {
-    let json: serde_json::Value =
-        serde_json::from_str(&client.gwctl_ok(&["get", "peer", peer, "-o", "json"])).unwrap();
-    json["status"]["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "PeerReachable"))
-        .map(|c| c["status"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
 }
 
 #[test]

@@ -60,6 +60,7 @@ pub struct Metrics {
     peer_bytes: Family<ObjectBytes, Counter>,
     peer_reachable: Family<PeerLabels, Gauge>,
     authorization: Family<SideLabels, Histogram>,
+    runtime_tasks: Gauge,
 }
 
 /// Buckets from 50 µs to about 1.6 s: a local decision sits at the low end, a two-sided
@@ -123,8 +124,15 @@ impl Default for Metrics {
             "Time to authorize a connection: egress from accept to the remote 200, ingress to the local decision",
             authorization.clone(),
         );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "runtime_alive_tasks",
+            "Tasks alive in the gateway's runtime; at rest it returns to the same level, so growth is a leak",
+            runtime_tasks.clone(),
+        );
         Metrics {
             registry,
+            runtime_tasks,
             accepted,
             active,
             refused,
@@ -218,6 +226,10 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.runtime_tasks
+                .set(runtime.metrics().num_alive_tasks() as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");

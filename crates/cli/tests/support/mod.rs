@@ -1,6 +1,9 @@
 //! Test harness: real binaries, real certificates, listeners on port 0.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod manifests;
+pub mod sites;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -92,13 +95,24 @@ pub struct GatewayProcess {
     /// Where other gateways reach this one (`127.0.0.1:PORT`).
     pub peer_address: String,
     pub stderr_path: PathBuf,
+    /// The site it runs in; its management API and gwctl live there too.
+    pub site: Option<clusterlink::netns::Site>,
 }
 
 impl GatewayProcess {
     pub fn spawn(cwd: &Path, args: &[&str]) -> GatewayProcess {
+        GatewayProcess::spawn_in(None, cwd, args)
+    }
+
+    /// A gateway inside `site` (`ip netns exec` execs, so the child is the gateway itself).
+    pub fn spawn_in(
+        site: Option<&clusterlink::netns::Site>,
+        cwd: &Path,
+        args: &[&str],
+    ) -> GatewayProcess {
         let stderr_path = cwd.join(format!("gateway-{:016x}.log", rand_u64()));
         let stderr_file = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(CL_GATEWAY)
+        let mut child = command_in(site, CL_GATEWAY)
             .args(args)
             .current_dir(cwd)
             .stdout(Stdio::piped())
@@ -130,12 +144,39 @@ impl GatewayProcess {
             url,
             peer_address,
             stderr_path,
+            site: site.cloned(),
         }
+    }
+
+    /// Runs `f` where this gateway runs (inside its site, or here), for sockets to reach it.
+    pub fn in_site<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.site {
+            Some(site) => site.enter(f).expect("enter the gateway's site"),
+            None => f(),
+        }
+    }
+
+    /// Waits until import `name` (namespace `default`) is listening.
+    pub fn wait_listening(&self, name: &str) {
+        let listening = eventually(Duration::from_secs(10), || {
+            self.gwctl_ok(&["get", "import", name, "-o", "json"])
+                .contains("\"Listening\"")
+        });
+        assert!(
+            listening,
+            "import {name} did not start listening:\n{}",
+            self.log()
+        );
+    }
+
+    /// `program` where this gateway runs.
+    pub fn command(&self, program: &str) -> Command {
+        command_in(self.site.as_ref(), program)
     }
 
     /// `gwctl --server URL ARGS…`, with an empty config so nothing leaks between tests.
     pub fn gwctl(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(GWCTL);
+        let mut cmd = self.command(GWCTL);
         cmd.arg("--server")
             .arg(&self.url)
             .args(args)
@@ -188,6 +229,34 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One sample from the gateway's `/metrics` (0 when absent).
+pub fn metric(gw: &GatewayProcess, series: &str) -> f64 {
+    let (code, body) = gw.in_site(|| raw_http(gw.port(), "GET", "/metrics", b""));
+    assert_eq!(code, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The status of `peer`'s `PeerReachable` condition as `client` reports it.
+pub fn reachable(client: &GatewayProcess, peer: &str) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&client.gwctl_ok(&["get", "peer", peer, "-o", "json"])).unwrap();
+    json["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "PeerReachable"))
+        .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// `program` in `site`, or here.
+pub fn command_in(site: Option<&clusterlink::netns::Site>, program: &str) -> Command {
+    match site {
+        Some(site) => site.command(program),
+        None => Command::new(program),
     }
 }
 

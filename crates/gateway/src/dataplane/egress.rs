@@ -316,7 +316,16 @@ impl Egress {
                         source: source.clone(),
                     });
                     let (sent, received) = tokio::select! {
-                        moved = relay(&mut client, &mut tunnel) => moved.unwrap_or_default(),
+                        moved = relay(&mut client, &mut tunnel) => match moved {
+                            Ok(moved) => moved,
+                            Err(e) => {
+                                // The far side vanished mid-stream (a reset, or TCP closed without
+                                // close_notify): the client must not take it for a clean end.
+                                tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel broken: {e}; resetting the client");
+                                reset(client);
+                                return;
+                            }
+                        },
                         _ = registered.revoked.notified() => {
                             self.metrics.refused(Side::Egress, "Revoked");
                             tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel closed: access revoked");

@@ -194,7 +194,15 @@ async fn handle(
         revoked.notify_one();
     }
     let (to_backend, from_backend) = tokio::select! {
-        moved = relay(&mut tls, &mut backend) => moved.map_err(|e| e.to_string())?,
+        moved = relay(&mut tls, &mut backend) => match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                // The tunnel broke (the importing gateway died or reset): the backend must not
+                // take the truncated request for a complete one.
+                let _ = backend.set_zero_linger();
+                return Err(format!("tunnel broken: {e}"));
+            }
+        },
         _ = revoked.notified() => {
             // Dropping both streams closes the tunnel; the importing side resets its client.
             metrics.refused(Side::Ingress, "Revoked");

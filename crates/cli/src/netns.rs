@@ -1,0 +1,368 @@
+//! Sites as Linux network namespaces on one machine: the stage for the multi-site tests and the
+//! demo.
+//!
+//! Each site is a namespace with one leg (`wan0`) on a shared "WAN", a bridge that lives in a
+//! namespace of its own, and its own address there. A firewall in each site lets in only the
+//! gateway's peer port (and replies to what the site itself opened), as a site's edge would: a
+//! service inside a site is reachable from another site only through ClusterLink.
+//!
+//! Every interface is created directly inside a namespace made here, so deleting the namespaces
+//! removes everything, and nothing is ever added to the machine's own namespace. Namespaces are
+//! named `cl-<pid>-<n>-<site>` after the process that made them: a later [`Wan::create`] sweeps
+//! away those whose process is gone (a test run interrupted by a signal). Processes started with
+//! [`Site::command`] die with the thread that started them, so an interrupted run leaves nothing
+//! running either.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Every namespace made here starts with this, followed by the pid of the process that made it.
+const NAME_PREFIX: &str = "cl-";
+/// The WAN is this /24; site `i` (from 0) is `.i+1`. Each WAN is its own bridge in its own
+/// namespace, so concurrent test beds reuse the same addresses without meeting.
+const WAN_NET: [u8; 3] = [10, 77, 0];
+/// The site's leg on the WAN, as seen inside the site.
+const SITE_INTERFACE: &str = "wan0";
+/// How long torn-down processes get to disappear before their namespace is deleted anyway.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// Test beds made by this process, for unique names.
+static NEXT_WAN: AtomicU32 = AtomicU32::new(0);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("network namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN); run as root")]
+    NotRoot,
+    #[error("cannot run `{program}`: {source} (install iproute2 and nftables)")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("site name {0:?}: use 1 to 20 lowercase letters, digits or '-'")]
+    BadSiteName(String),
+    #[error("a WAN holds at most 250 sites, not {0}")]
+    TooManySites(usize),
+    #[error("no site named {0:?} on this WAN")]
+    NoSuchSite(String),
+}
+
+/// Whether this machine lets us make network namespaces: root, `ip` and `nft` present, and a
+/// namespace can really be added. The error says why not.
+pub fn available() -> Result<(), NetnsError> {
+    if !rustix::process::geteuid().is_root() {
+        return Err(NetnsError::NotRoot);
+    }
+    let probe = format!(
+        "{NAME_PREFIX}{}-{}-probe",
+        std::process::id(),
+        NEXT_WAN.fetch_add(1, Ordering::Relaxed)
+    );
+    ip(&["netns", "add", &probe])?;
+    let nft = run(Command::new("ip").args(["netns", "exec", &probe, "nft", "list", "tables"]));
+    delete_namespace(&probe);
+    nft.map(|_| ())
+}
+
+/// A WAN joining sites; tearing it down (on drop) kills every process inside its sites and deletes
+/// every namespace and interface it made.
+pub struct Wan {
+    namespace: String,
+    sites: Vec<Site>,
+}
+
+/// One site: a namespace with an address on the WAN.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    pub namespace: String,
+    pub address: Ipv4Addr,
+    /// The site's port on the WAN bridge; down means the site's link is cut.
+    bridge_port: String,
+    wan_namespace: String,
+}
+
+impl Wan {
+    /// Makes a site per name, each letting in only TCP `open_port` from the WAN.
+    pub fn create(site_names: &[&str], open_port: u16) -> Result<Wan, NetnsError> {
+        if site_names.len() > 250 {
+            return Err(NetnsError::TooManySites(site_names.len()));
+        }
+        for name in site_names {
+            let valid = (1..=20).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid {
+                return Err(NetnsError::BadSiteName(name.to_string()));
+            }
+        }
+        if !rustix::process::geteuid().is_root() {
+            return Err(NetnsError::NotRoot);
+        }
+        sweep_stale();
+        let tag = format!(
+            "{NAME_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_WAN.fetch_add(1, Ordering::Relaxed)
+        );
+        // From here on, dropping `wan` removes whatever was made, also on an early return.
+        let mut wan = Wan {
+            namespace: format!("{tag}-wan"),
+            sites: Vec::new(),
+        };
+        ip(&["netns", "add", &wan.namespace])?;
+        let n = wan.namespace.clone();
+        ip(&["-n", &n, "link", "set", "lo", "up"])?;
+        ip(&["-n", &n, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &n, "link", "set", "br0", "up"])?;
+        for (i, name) in site_names.iter().enumerate() {
+            let [a, b, c] = WAN_NET;
+            let site = Site {
+                name: name.to_string(),
+                namespace: format!("{tag}-{name}"),
+                address: Ipv4Addr::new(a, b, c, i as u8 + 1),
+                bridge_port: format!("s{i}"),
+                wan_namespace: n.clone(),
+            };
+            ip(&["netns", "add", &site.namespace])?;
+            wan.sites.push(site.clone());
+            let s = &site.namespace;
+            ip(&[
+                "link",
+                "add",
+                &site.bridge_port,
+                "netns",
+                &n,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                SITE_INTERFACE,
+                "netns",
+                s,
+            ])?;
+            ip(&["-n", &n, "link", "set", &site.bridge_port, "master", "br0"])?;
+            ip(&["-n", &n, "link", "set", &site.bridge_port, "up"])?;
+            let cidr = format!("{}/24", site.address);
+            ip(&["-n", s, "addr", "add", &cidr, "dev", SITE_INTERFACE])?;
+            ip(&["-n", s, "link", "set", SITE_INTERFACE, "up"])?;
+            ip(&["-n", s, "link", "set", "lo", "up"])?;
+            site.firewall(open_port)?;
+        }
+        Ok(wan)
+    }
+
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    pub fn site(&self, name: &str) -> Result<&Site, NetnsError> {
+        self.sites
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| NetnsError::NoSuchSite(name.to_string()))
+    }
+
+    /// The namespaces this WAN made, the WAN's own first.
+    pub fn namespaces(&self) -> Vec<String> {
+        std::iter::once(self.namespace.clone())
+            .chain(self.sites.iter().map(|s| s.namespace.clone()))
+            .collect()
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        for namespace in self.namespaces().iter().rev() {
+            delete_namespace(namespace);
+        }
+    }
+}
+
+impl Site {
+    /// `program` run inside this site. It is killed if the thread that spawns it ends first, so
+    /// an interrupted test or demo leaves nothing running.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespace]).arg(program);
+        // SAFETY: the closure runs in the forked child before exec and only makes one
+        // async-signal-safe system call (prctl).
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(io::Error::from)
+            });
+        }
+        cmd
+    }
+
+    /// Runs `f` on a thread inside this site's namespace. Sockets it makes belong to the site and
+    /// keep working when handed back to any thread.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+        let path = Path::new("/run/netns").join(&self.namespace);
+        let namespace = std::fs::File::open(&path)?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    rustix::thread::move_into_link_name_space(
+                        std::os::fd::AsFd::as_fd(&namespace),
+                        Some(rustix::thread::LinkNameSpaceType::Network),
+                    )?;
+                    Ok(f())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// A TCP connection made from inside this site.
+    pub fn connect(&self, to: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+        self.enter(|| TcpStream::connect_timeout(&to, timeout))?
+    }
+
+    /// A TCP listener inside this site.
+    pub fn bind(&self, address: SocketAddr) -> io::Result<TcpListener> {
+        self.enter(|| TcpListener::bind(address))?
+    }
+
+    /// Cuts this site's link to the WAN, as a pulled cable would: packets are lost, nothing is
+    /// refused.
+    pub fn cut(&self) -> Result<(), NetnsError> {
+        self.set_link("down")
+    }
+
+    /// Restores the link [`Site::cut`] cut.
+    pub fn restore(&self) -> Result<(), NetnsError> {
+        self.set_link("up")
+    }
+
+    fn set_link(&self, state: &str) -> Result<(), NetnsError> {
+        ip(&[
+            "-n",
+            &self.wan_namespace,
+            "link",
+            "set",
+            &self.bridge_port,
+            state,
+        ])
+    }
+
+    /// Drops everything arriving from the WAN but TCP to `open_port` and replies to connections
+    /// the site opened itself.
+    fn firewall(&self, open_port: u16) -> Result<(), NetnsError> {
+        let rules = format!(
+            "table inet clusterlink-site {{
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname \"lo\" accept
+    ct state established,related accept
+    iifname \"{SITE_INTERFACE}\" tcp dport {open_port} accept
+    meta l4proto {{ icmp, ipv6-icmp }} accept
+  }}
+}}
+"
+        );
+        let failed = |source| NetnsError::Spawn {
+            program: "nft".into(),
+            source,
+        };
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.namespace, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(failed)?;
+        let mut stdin = child.stdin.take().expect("piped");
+        io::Write::write_all(&mut stdin, rules.as_bytes()).map_err(failed)?;
+        drop(stdin);
+        let output = child.wait_with_output().map_err(failed)?;
+        check(format!("nft -f - (in {})", self.namespace), output)
+    }
+}
+
+/// Removes the namespaces of processes that are gone: what a test run killed by a signal left.
+pub fn sweep_stale() {
+    let Ok(listed) = run(Command::new("ip").args(["netns", "list"])) else {
+        return;
+    };
+    for line in listed.lines() {
+        // `ip netns list` prints `name` or `name (id: N)`.
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(owner) = name
+            .strip_prefix(NAME_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(owner.to_string()).exists() {
+            delete_namespace(name);
+        }
+    }
+}
+
+/// Kills every process inside `namespace`, waits for them to go, and deletes it.
+fn delete_namespace(namespace: &str) {
+    let deadline = Instant::now() + TEARDOWN_WAIT;
+    loop {
+        let pids: Vec<i32> = run(Command::new("ip").args(["netns", "pids", namespace]))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = ip(&["netns", "delete", namespace]);
+}
+
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    run(Command::new("ip").args(args)).map(|_| ())
+}
+
+/// Runs a command to completion; its stdout, or an error with its stderr.
+fn run(cmd: &mut Command) -> Result<String, NetnsError> {
+    let command = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            program: cmd.get_program().to_string_lossy().into_owned(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    check(command, output).map(|_| stdout)
+}
+
+fn check(command: String, output: std::process::Output) -> Result<(), NetnsError> {
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(NetnsError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
