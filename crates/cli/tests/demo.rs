@@ -3,9 +3,9 @@
 mod support;
 
 #[test]
-fn the_demo_shows_an_allowed_and_a_denied_connection_and_cleans_up() {
+fn the_loopback_demo_shows_an_allowed_and_a_denied_connection_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
-    let o = support::run(support::CLUSTERLINK, &["demo"], dir.path());
+    let o = support::run(support::CLUSTERLINK, &["demo", "--loopback"], dir.path());
     let out = support::stdout(&o);
     assert!(o.status.success(), "{out}{}", support::stderr(&o));
     for expected in [
@@ -28,4 +28,52 @@ fn the_demo_shows_an_allowed_and_a_denied_connection_and_cleans_up() {
         !std::path::Path::new(demo_dir).exists(),
         "{demo_dir} was left behind"
     );
+}
+
+#[test]
+fn the_site_demo_steers_and_denies_across_three_namespaces_and_cleans_up() {
+    if !support::sites::can_run("site_demo", &[]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = support::run(support::CLUSTERLINK, &["demo"], dir.path());
+    let out = support::stdout(&o);
+    assert!(o.status.success(), "{out}{}", support::stderr(&o));
+    let (before, after) = out
+        .split_once("7. Policies")
+        .unwrap_or_else(|| panic!("no policy step in:\n{out}"));
+    for expected in [
+        "(east's details, directly): blocked by east's firewall",
+        "details v1 (east)    reviews v1 (east)    ratings v1 (west)",
+        "details v1 (east)    reviews v2 (west)    ratings v1 (west)",
+    ] {
+        assert!(before.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // After the policies: reviews only from east, ratings refused, and why.
+    assert!(!after.contains("(west)"), "{out}");
+    for expected in [
+        "details v1 (east)    reviews v1 (east)    DENIED (connection reset)",
+        "shop's gateway logged why: refused (PolicyDenied): ingress at west: denied by AccessPolicy default/no-ratings-for-shop",
+        " Gbit/s",
+        "Done: 3 gateways stopped, 4 namespaces removed, and the demo directory removed.",
+    ] {
+        assert!(after.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let listed = support::stdout(
+        &std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap(),
+    );
+    let namespaces: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once(" namespace cl-").map(|(_, n)| n.trim()))
+        .collect();
+    assert_eq!(namespaces.len(), 3, "{out}");
+    for namespace in namespaces {
+        assert!(
+            !listed.contains(namespace),
+            "cl-{namespace} was left behind"
+        );
+    }
 }

@@ -1,4 +1,9 @@
 //! `clusterlink demo`: a local fabric of real gateway processes on the embedded store.
+//!
+//! As root where network namespaces work, three sites in namespaces ([`sites`]); elsewhere, or
+//! with `--loopback`, two gateways on this machine's loopback.
+
+mod sites;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -38,7 +43,7 @@ spec:
   from: [{workloadSelector: {}}]
   to: [{workloadSelector: {}}]
 ";
-const BROKEN_MANIFEST: &str = include_str!("../../../examples/broken-import.yaml");
+const BROKEN_MANIFEST: &str = include_str!("../../../../examples/broken-import.yaml");
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -48,6 +53,10 @@ pub struct DemoArgs {
     /// Work in this directory instead of a temporary one (it is kept).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run the two-gateway demo on loopback even where the three-site demo in network
+    /// namespaces could run (that one needs root).
+    #[arg(long)]
+    pub loopback: bool,
 }
 
 /// A `cl-gateway` process on this machine, on free loopback ports; stopped when dropped.
@@ -86,32 +95,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             temp.path().to_path_buf()
         }
     };
-    println!("ClusterLink demo in {}\n", dir.display());
+    println!("ClusterLink demo in {}", dir.display());
+    if !args.loopback {
+        match crate::netns::available() {
+            Ok(()) => return sites::run(&args, &dir).await,
+            Err(e) => println!(
+                "Sites in network namespaces are not available here ({e}).\nRunning the loopback demo instead: two gateways on this machine."
+            ),
+        }
+    }
 
     step("1. Create the fabric CA and a certificate for each peer");
-    let fabric = dir.join(crate::clusterlink_cmd::DEFAULT_FABRIC);
-    if !fabric.join(clusterlink_pki::CERT_FILE).exists() {
-        clusterlink_pki::create_fabric(
-            &dir,
-            crate::clusterlink_cmd::DEFAULT_FABRIC,
-            clusterlink_pki::Validity::days(30)?,
-        )?;
-    }
-    for peer in ["server1", "client1"] {
-        if !fabric.join(peer).exists() {
-            clusterlink_pki::create_peer_cert(&fabric, peer, clusterlink_pki::Validity::days(30)?)?;
-        }
-        println!(
-            "   {peer}: {}",
-            fabric.join(peer).join("cert.pem").display()
-        );
-    }
+    create_fabric(&dir, &["server1", "client1"])?;
 
     step("2. Start a gateway for each peer (real processes, embedded store)");
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let bin_dir = bin_dir()?;
     let server = LocalGateway::start(&bin_dir, &dir, "server1")?;
     let client = LocalGateway::start(&bin_dir, &dir, "client1")?;
     for gw in [&server, &client] {
@@ -149,14 +147,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Ok(reply) => bail!("the denied connection was served: {reply:?}"),
         Err(e) => {
             println!("   127.0.0.1:{ratings_port} (import ratings) -> DENIED, the client saw: {e}");
-            let log = std::fs::read_to_string(&client.log).unwrap_or_default();
-            if let Some(reason) = log
-                .lines()
-                .rev()
-                .find_map(|l| l.split_once("source failed: ").map(|(_, r)| r.to_string()))
-                // The log line goes on with its structured fields; the reason is what comes first.
-                .map(|r| r.split(" import=").next().unwrap_or_default().to_string())
-            {
+            if let Some(reason) = last_refusal(&client.log) {
                 println!("   client1 logged why: {reason}");
             }
         }
@@ -223,11 +214,41 @@ fn step(title: &str) {
     println!("\n{title}");
 }
 
+/// Where `clusterlink` was started from; `cl-gateway` and `gwctl` are built beside it.
+fn bin_dir() -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default())
+}
+
+/// The fabric CA in `dir` (made if absent) and a certificate for each of `peers`.
+fn create_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
+    let fabric = dir.join(crate::clusterlink_cmd::DEFAULT_FABRIC);
+    if !fabric.join(clusterlink_pki::CERT_FILE).exists() {
+        clusterlink_pki::create_fabric(
+            dir,
+            crate::clusterlink_cmd::DEFAULT_FABRIC,
+            clusterlink_pki::Validity::days(30)?,
+        )?;
+    }
+    for peer in peers {
+        if !fabric.join(peer).exists() {
+            clusterlink_pki::create_peer_cert(&fabric, peer, clusterlink_pki::Validity::days(30)?)?;
+        }
+        println!(
+            "   {peer}: {}",
+            fabric.join(peer).join("cert.pem").display()
+        );
+    }
+    Ok(())
+}
+
 impl LocalGateway {
     /// Starts the gateway of `peer` from the fabric in `dir`, with `cl-gateway` from `bin_dir`,
     /// and waits for its ready line. Its log goes to `<dir>/<peer>.log`.
     pub fn start(bin_dir: &Path, dir: &Path, peer: &'static str) -> anyhow::Result<LocalGateway> {
-        start_gateway(bin_dir, dir, peer)
+        start_gateway(bin_dir, dir, peer, None)
     }
 
     /// The management API URL.
@@ -241,7 +262,14 @@ impl LocalGateway {
     }
 }
 
-fn start_gateway(bin_dir: &Path, dir: &Path, peer: &'static str) -> anyhow::Result<LocalGateway> {
+/// Starts `peer`'s gateway on loopback, or inside `site` with its peer port on the site's WAN
+/// address (and its management API and imports on the site's loopback).
+fn start_gateway(
+    bin_dir: &Path,
+    dir: &Path,
+    peer: &'static str,
+    site: Option<&crate::netns::Site>,
+) -> anyhow::Result<LocalGateway> {
     let exe = bin_dir.join("cl-gateway");
     if !exe.exists() {
         bail!(
@@ -250,15 +278,27 @@ fn start_gateway(bin_dir: &Path, dir: &Path, peer: &'static str) -> anyhow::Resu
         );
     }
     let log = std::fs::File::create(dir.join(format!("{peer}.log")))?;
-    let mut child = Command::new(&exe)
-        .args([
-            "--peer",
-            peer,
-            "--management-address",
-            "127.0.0.1:0",
-            "--peer-address",
-            "127.0.0.1:0",
-        ])
+    let mut command = match site {
+        // Spawned from the runtime's own thread, which lives as long as the demo: the site's
+        // processes die with that thread.
+        Some(site) => {
+            let mut command = site.command(&exe);
+            command.args([
+                "--peer-address",
+                &format!("{}:{}", site.address, sites::PEER_PORT),
+                "--import-address",
+                "127.0.0.1",
+            ]);
+            command
+        }
+        None => {
+            let mut command = Command::new(&exe);
+            command.args(["--peer-address", "127.0.0.1:0"]);
+            command
+        }
+    };
+    let mut child = command
+        .args(["--peer", peer, "--management-address", "127.0.0.1:0"])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(log)
@@ -374,11 +414,27 @@ async fn start_service(name: &'static str) -> anyhow::Result<u16> {
     Ok(port)
 }
 
+/// The reason of the last refused source in a gateway's log.
+fn last_refusal(log: &Path) -> Option<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("source failed: ").map(|(_, r)| r.to_string()))
+        // The log line goes on with its structured fields; the reason is what comes first.
+        .map(|r| r.split(" import=").next().unwrap_or_default().to_string())
+}
+
 /// Connects to a local import and reads the service's line.
 async fn talk(port: u16) -> Result<String, String> {
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
+    read_reply(conn).await
+}
+
+/// Reads a service's one-line answer; a reset or an empty close is the error.
+async fn read_reply(mut conn: tokio::net::TcpStream) -> Result<String, String> {
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .await
