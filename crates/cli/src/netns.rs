@@ -8,10 +8,10 @@
 //!
 //! Every interface is created directly inside a namespace made here, so deleting the namespaces
 //! removes everything, and nothing is ever added to the machine's own namespace. Namespaces are
-//! named `cl-<pid>-<n>-<site>` after the process that made them: a later [`Wan::create`] sweeps
-//! away those whose process is gone (a test run interrupted by a signal). Processes started with
-//! [`Site::command`] die with the thread that started them, so an interrupted run leaves nothing
-//! running either.
+//! named `clusterlink-<pid>-<n>.<site>` after the process that made them: a later
+//! [`Wan::create`] sweeps away those whose process is gone (a test run interrupted by a signal).
+//! Processes started with [`Site::command`] die with the thread that started them, so an
+//! interrupted run leaves nothing running either.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -21,8 +21,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Every namespace made here starts with this, followed by the pid of the process that made it.
-const NAME_PREFIX: &str = "cl-";
+/// Every namespace made here starts with this, followed by the pid of the process that made it;
+/// distinctive, since the sweep deletes such namespaces when that process is gone.
+const NAME_PREFIX: &str = "clusterlink-";
+/// The WAN's namespace is `<tag>.wan`; sites are `<tag>.<site>`, and no site may be called this.
+const WAN_NAME: &str = "wan";
 /// The WAN is this /24; site `i` (from 0) is `.i+1`. Each WAN is its own bridge in its own
 /// namespace, so concurrent test beds reuse the same addresses without meeting.
 const WAN_NET: [u8; 3] = [10, 77, 0];
@@ -46,8 +49,10 @@ pub enum NetnsError {
     },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
-    #[error("site name {0:?}: use 1 to 20 lowercase letters, digits or '-'")]
+    #[error("site name {0:?}: use 1 to 20 lowercase letters, digits or '-', other than \"wan\"")]
     BadSiteName(String),
+    #[error("two sites named {0:?}")]
+    DuplicateSite(String),
     #[error("a WAN holds at most 250 sites, not {0}")]
     TooManySites(usize),
     #[error("no site named {0:?} on this WAN")]
@@ -61,7 +66,7 @@ pub fn available() -> Result<(), NetnsError> {
         return Err(NetnsError::NotRoot);
     }
     let probe = format!(
-        "{NAME_PREFIX}{}-{}-probe",
+        "{NAME_PREFIX}{}-{}.probe",
         std::process::id(),
         NEXT_WAN.fetch_add(1, Ordering::Relaxed)
     );
@@ -95,13 +100,12 @@ impl Wan {
         if site_names.len() > 250 {
             return Err(NetnsError::TooManySites(site_names.len()));
         }
-        for name in site_names {
-            let valid = (1..=20).contains(&name.len())
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !valid {
+        for (i, name) in site_names.iter().enumerate() {
+            if !valid_site_name(name) {
                 return Err(NetnsError::BadSiteName(name.to_string()));
+            }
+            if site_names[..i].contains(name) {
+                return Err(NetnsError::DuplicateSite(name.to_string()));
             }
         }
         if !rustix::process::geteuid().is_root() {
@@ -115,7 +119,7 @@ impl Wan {
         );
         // From here on, dropping `wan` removes whatever was made, also on an early return.
         let mut wan = Wan {
-            namespace: format!("{tag}-wan"),
+            namespace: format!("{tag}.{WAN_NAME}"),
             sites: Vec::new(),
         };
         ip(&["netns", "add", &wan.namespace])?;
@@ -127,7 +131,7 @@ impl Wan {
             let [a, b, c] = WAN_NET;
             let site = Site {
                 name: name.to_string(),
-                namespace: format!("{tag}-{name}"),
+                namespace: format!("{tag}.{name}"),
                 address: Ipv4Addr::new(a, b, c, i as u8 + 1),
                 bridge_port: format!("s{i}"),
                 wan_namespace: n.clone(),
@@ -190,17 +194,25 @@ impl Drop for Wan {
 impl Site {
     /// `program` run inside this site. It is killed if the thread that spawns it ends first, so
     /// an interrupted test or demo leaves nothing running.
+    ///
+    /// Spawn from a thread that lives as long as the process should: a test's own thread, or a
+    /// runtime's main thread, never a `spawn_blocking` thread that may end while it runs.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespace]).arg(program);
-        // SAFETY: the closure runs in the forked child before exec and only makes one
-        // async-signal-safe system call (prctl).
+        let parent = rustix::process::getpid();
+        // SAFETY: the closure runs in the forked child before exec and makes only
+        // async-signal-safe system calls (prctl, getppid).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
-                ))
-                .map_err(io::Error::from)
+                ))?;
+                // The parent may have died between fork and prctl; then no signal would come.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(io::Error::other("the parent exited while starting this"));
+                }
+                Ok(())
             });
         }
         cmd
@@ -291,6 +303,20 @@ impl Site {
     }
 }
 
+fn valid_site_name(name: &str) -> bool {
+    (1..=20).contains(&name.len())
+        && name != WAN_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// Removes the namespaces of processes that are gone: what a test run killed by a signal left.
 pub fn sweep_stale() {
     let Ok(listed) = run(Command::new("ip").args(["netns", "list"])) else {
@@ -299,10 +325,14 @@ pub fn sweep_stale() {
     for line in listed.lines() {
         // `ip netns list` prints `name` or `name (id: N)`.
         let name = line.split_whitespace().next().unwrap_or_default();
+        // Only names of exactly our shape: `clusterlink-<pid>-<n>.<site>`.
         let Some(owner) = name
             .strip_prefix(NAME_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(tag, site)| (valid_site_name(site) || site == WAN_NAME).then_some(tag))
+            .and_then(|tag| tag.split_once('-'))
+            .filter(|(_, n)| n.parse::<u32>().is_ok())
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
         else {
             continue;
         };

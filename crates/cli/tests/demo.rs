@@ -65,15 +65,18 @@ fn the_site_demo_steers_and_denies_across_three_namespaces_and_cleans_up() {
             .output()
             .unwrap(),
     );
-    let namespaces: Vec<&str> = out
+    // Sites are `<tag>.<site>` and the WAN `<tag>.wan`: nothing with the demo's tag may remain.
+    let sites: Vec<&str> = out
         .lines()
-        .filter_map(|l| l.split_once(" namespace cl-").map(|(_, n)| n.trim()))
+        .filter_map(|l| {
+            l.split_once(" namespace clusterlink-")
+                .map(|(_, n)| n.trim())
+        })
         .collect();
-    assert_eq!(namespaces.len(), 3, "{out}");
-    for namespace in namespaces {
-        assert!(
-            !listed.contains(namespace),
-            "cl-{namespace} was left behind"
-        );
-    }
+    assert_eq!(sites.len(), 3, "{out}");
+    let tag = sites[0].split_once('.').unwrap().0;
+    assert!(
+        !listed.contains(&format!("clusterlink-{tag}.")),
+        "left behind:\n{listed}"
+    );
 }

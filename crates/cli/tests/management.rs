@@ -3,8 +3,11 @@
 mod support;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use support::{CLUSTERLINK, Fabric, GWCTL, GatewayProcess, raw_http, run, stderr, stdout};
+use support::{
+    CLUSTERLINK, Fabric, GWCTL, GatewayProcess, eventually, raw_http, run, stderr, stdout,
+};
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -46,11 +49,19 @@ fn example_manifests_apply_and_list_back() {
     let again = gw.gwctl_ok(&["apply", "-f", &example("manifests")]);
     assert_eq!(again.matches(" unchanged").count(), 6, "{again}");
 
-    let table = gw.gwctl_ok(&["get", "imports"]);
-    let row = table
-        .lines()
-        .find(|l| l.starts_with("reviews"))
-        .unwrap_or_else(|| panic!("{table}"));
+    // The import listens a moment after the apply is acknowledged.
+    let reviews_row = || {
+        let table = gw.gwctl_ok(&["get", "imports"]);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("reviews"))
+            .map(String::from);
+        (table, row.unwrap_or_default())
+    };
+    assert!(eventually(Duration::from_secs(10), || reviews_row()
+        .1
+        .contains("True")));
+    let (table, row) = reviews_row();
     for cell in [
         "9080",
         "static",

@@ -97,7 +97,7 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let by_name = |name: &str| match name {
         "east" => east,
         "west" => west,
-        _ => shop,
+        other => unreachable!("no service runs in {other}"),
     };
 
     step("3. The app's services live in different sites; each site exports its own");
@@ -144,7 +144,7 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
 
     step("5. Without ClusterLink, shop cannot reach another site's services");
     let direct = SocketAddr::from((east.site.address, details_port));
-    let blocked = shop.site.connect(direct, DIRECT_ATTEMPT).is_err();
+    let blocked = connect(shop.site, direct).await.is_err();
     println!(
         "   shop -> {direct} (east's details, directly): {}",
         if blocked {
@@ -206,15 +206,11 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
 
 /// One round of the product page: a call to each import, in a table.
 async fn product_page(shop: &Site) {
-    println!("   call  {:<20} {:<20} ratings", "details", "reviews");
+    let header: Vec<String> = IMPORTS.iter().map(|(s, _, _)| format!("{s:<20}")).collect();
+    println!("   call  {}", header.join(" ").trim_end());
     for call in 1..=CALLS {
         let mut row = format!("   {call:<5}");
-        for service in ["details", "reviews", "ratings"] {
-            let port = IMPORTS
-                .iter()
-                .find(|(s, _, _)| *s == service)
-                .map(|(_, _, p)| *p)
-                .unwrap_or_default();
+        for (_, _, port) in IMPORTS {
             let answer = match call_service(shop, port).await {
                 Ok(answer) => answer,
                 Err(e) => format!("DENIED ({e})"),
@@ -227,10 +223,8 @@ async fn product_page(shop: &Site) {
 
 /// A service inside `site` on a port of its own that answers each connection with `answer`.
 async fn serve(site: &Site, answer: String) -> anyhow::Result<u16> {
-    let listener = site.bind(([0, 0, 0, 0], 0).into())?;
+    let listener = listen(site)?;
     let port = listener.local_addr()?.port();
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let answer = answer.clone();
@@ -243,24 +237,36 @@ async fn serve(site: &Site, answer: String) -> anyhow::Result<u16> {
     Ok(port)
 }
 
+/// A listener on every address of `site`, on a free port.
+fn listen(site: &Site) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = site.bind(([0, 0, 0, 0], 0).into())?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
 /// Connects to an import on `site`'s loopback and reads the service's line.
 async fn call_service(site: &Site, port: u16) -> Result<String, String> {
-    let conn = site
-        .connect(([127, 0, 0, 1], port).into(), DIRECT_ATTEMPT)
-        .and_then(|c| {
-            c.set_nonblocking(true)?;
-            tokio::net::TcpStream::from_std(c)
-        })
+    let conn = connect(site, ([127, 0, 0, 1], port).into())
+        .await
         .map_err(|e| e.to_string())?;
     super::read_reply(conn).await
+}
+
+/// A connection made from inside `site`, on a blocking thread: entering a namespace takes one,
+/// and the services answering live on this runtime's only thread.
+async fn connect(site: &Site, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let site = site.clone();
+    let conn = tokio::task::spawn_blocking(move || site.connect(to, DIRECT_ATTEMPT))
+        .await
+        .map_err(std::io::Error::other)??;
+    conn.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(conn)
 }
 
 /// iperf3 between the sites if it is installed, else a built-in bulk stream; one line of result.
 async fn throughput(shop: &SiteGateway<'_>, east: &SiteGateway<'_>) -> anyhow::Result<String> {
     const IMPORT_PORT: u16 = 9090;
-    let iperf3 = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("iperf3").is_file()));
-    if iperf3 {
+    if crate::netns::on_path("iperf3") {
         // iperf3's server, inside east, on a port of east's own namespace.
         const IPERF_PORT: u16 = 5201;
         let mut server = tokio::process::Command::from(east.site.command("iperf3"));
@@ -274,7 +280,7 @@ async fn throughput(shop: &SiteGateway<'_>, east: &SiteGateway<'_>) -> anyhow::R
         let local = SocketAddr::from(([127, 0, 0, 1], IPERF_PORT));
         let mut ready = false;
         for _ in 0..100 {
-            if east.site.connect(local, DIRECT_ATTEMPT).is_ok() {
+            if connect(east.site, local).await.is_ok() {
                 ready = true;
                 break;
             }
@@ -290,8 +296,11 @@ async fn throughput(shop: &SiteGateway<'_>, east: &SiteGateway<'_>) -> anyhow::R
         let out = client
             .args(["--client", "127.0.0.1", "--port", &IMPORT_PORT.to_string()])
             .args(["--time", &THROUGHPUT_SECONDS.to_string(), "--json"])
-            .output()
-            .await?;
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(THROUGHPUT_SECONDS + 30), out)
+            .await
+            .context("iperf3 did not finish")??;
         let report: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("iperf3 printed no report")?;
         if let Some(error) = report.get("error") {
@@ -304,30 +313,31 @@ async fn throughput(shop: &SiteGateway<'_>, east: &SiteGateway<'_>) -> anyhow::R
             received["bytes"].as_f64().unwrap_or_default() / f64::from(1 << 30)
         ));
     }
-    // Built in: a sink in east counts what arrives; shop streams for a few seconds.
-    let sink = east.site.bind(([0, 0, 0, 0], 0).into())?;
+    // Built in: a sink in east counts what arrives and answers with the count; shop streams.
+    let sink = listen(east.site)?;
     apply(east, &export("bulk", sink.local_addr()?.port())).await?;
     apply(shop, &import("bulk", IMPORT_PORT, &["east"])).await?;
     wait_listening(shop, "bulk").await?;
-    let counted = std::thread::spawn(move || -> std::io::Result<u64> {
-        use std::io::{Read, Write};
-        let (mut conn, _) = sink.accept()?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        // Ends by itself if the sender never comes (the demo failed before it connected).
+        let accepted = tokio::time::timeout(Duration::from_secs(30), sink.accept()).await;
+        let (mut conn, _) = accepted.map_err(std::io::Error::other)??;
         let (mut total, mut buf) = (0u64, vec![0u8; 1 << 20]);
         loop {
-            match conn.read(&mut buf)? {
+            match conn.read(&mut buf).await? {
                 0 => break,
                 n => total += n as u64,
             }
         }
-        conn.write_all(&total.to_le_bytes())?;
-        Ok(total)
+        conn.write_all(&total.to_le_bytes()).await?;
+        std::io::Result::Ok(total)
     });
-    let conn = shop
-        .site
-        .connect(([127, 0, 0, 1], IMPORT_PORT).into(), DIRECT_ATTEMPT)?;
+    let conn = connect(shop.site, ([127, 0, 0, 1], IMPORT_PORT).into()).await?;
+    let mut conn = conn.into_std()?;
+    conn.set_nonblocking(false)?;
     let (sent, took) = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Duration)> {
         use std::io::{Read, Write};
-        let mut conn = conn;
         let block = vec![0x5au8; 1 << 20];
         let started = std::time::Instant::now();
         let mut sent = 0u64;
@@ -346,9 +356,6 @@ async fn throughput(shop: &SiteGateway<'_>, east: &SiteGateway<'_>) -> anyhow::R
         Ok((sent, started.elapsed()))
     })
     .await??;
-    counted
-        .join()
-        .map_err(|_| anyhow::anyhow!("the sink failed"))??;
     Ok(format!(
         "built-in stream (install iperf3 to use it instead), {THROUGHPUT_SECONDS} s: {:.2} Gbit/s, every byte counted in east",
         sent as f64 * 8.0 / took.as_secs_f64() / 1e9

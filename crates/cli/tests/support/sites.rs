@@ -19,7 +19,11 @@ pub fn can_run(test: &str, programs: &[&str]) -> bool {
     let problem = match clusterlink::netns::available() {
         Err(e) => Some(e.to_string()),
         Ok(()) => {
-            let missing: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
+            let missing: Vec<&str> = programs
+                .iter()
+                .copied()
+                .filter(|p| !clusterlink::netns::on_path(p))
+                .collect();
             (!missing.is_empty()).then(|| {
                 format!(
                     "{} not installed (scripts/install-test-deps.sh installs them)",
@@ -37,11 +41,6 @@ pub fn can_run(test: &str, programs: &[&str]) -> bool {
     }
     eprintln!("SKIPPED {test}: {problem}");
     false
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 /// Sites on a WAN with a fabric certificate each. Fields drop in order: the WAN (and every
@@ -212,6 +211,19 @@ impl Conversation {
         self.conn.write_all(message).is_ok()
             && self.conn.read_exact(&mut back).is_ok()
             && back == message
+    }
+
+    /// Whether the far end closed or reset the connection (a read timeout means it stayed open).
+    pub fn is_closed(&mut self) -> bool {
+        let _ = self.conn.write_all(b"anyone?");
+        match self.conn.read(&mut [0u8; 64]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+        }
     }
 }
 

@@ -319,8 +319,9 @@ impl Egress {
                         moved = relay(&mut client, &mut tunnel) => match moved {
                             Ok(moved) => moved,
                             Err(e) => {
-                                // The far side vanished mid-stream (a reset, or TCP closed without
+                                // One end broke mid-stream (a reset, or TCP closed without
                                 // close_notify): the client must not take it for a clean end.
+                                // (Bytes of a broken tunnel are not counted.)
                                 tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel broken: {e}; resetting the client");
                                 reset(client);
                                 return;

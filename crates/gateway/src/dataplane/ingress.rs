@@ -200,7 +200,8 @@ async fn handle(
                 // The tunnel broke (the importing gateway died or reset): the backend must not
                 // take the truncated request for a complete one.
                 let _ = backend.set_zero_linger();
-                return Err(format!("tunnel broken: {e}"));
+                tracing::info!(%peer, export = %request.export, "tunnel broken: {e}; resetting the backend");
+                return Ok(());
             }
         },
         _ = revoked.notified() => {
