@@ -16,6 +16,13 @@ pub mod gwctl;
 pub mod netns;
 pub mod output;
 
+/// Asks `child` to stop (SIGTERM), as a service manager would; errors mean it is already gone.
+pub fn terminate(child: &std::process::Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
 /// Structured logs to stderr; `RUST_LOG` overrides `default_level`.
 pub fn init_logging(default_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

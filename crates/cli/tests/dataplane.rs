@@ -366,7 +366,6 @@ fn static_sticks_round_robin_rotates_random_hits_all_and_failover_moves_traffic(
         "{order:?}"
     );
     assert_eq!(order[0..3], order[3..6], "{order:?}");
-    let _ = std::fs::remove_file(file);
 }
 
 #[test]
@@ -453,18 +452,15 @@ fn a_gateway_of_another_fabric_is_refused_at_the_handshake() {
     stranger.apply(&export("svc", Backend::start("stranger").port));
     stranger.apply(&allow_all("allow-all"));
     sites.client.apply(&peer("server2", &stranger));
-    let file = std::env::temp_dir().join(format!("imp-{}.yaml", support::rand_u64()));
-    std::fs::write(&file, import("svc", port, &["server2"], "static")).unwrap();
     sites
         .client
-        .gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+        .apply(&import("svc", port, &["server2"], "static"));
     assert!(
         eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset
             && sites.client.log().contains("TLS")),
         "{}",
         sites.client.log()
     );
-    let _ = std::fs::remove_file(file);
 }
 
 #[test]
@@ -800,11 +796,9 @@ fn a_peer_whose_gateway_presents_another_name_is_refused() {
     // Peer server1 now points at server2's gateway: same fabric, but its certificate says server2.
     sites.client.apply(&peer("server1", &sites.servers[1]));
     // Only that peer as a source, so there is no backup to fail over to.
-    let file = std::env::temp_dir().join(format!("imp-{}.yaml", support::rand_u64()));
-    std::fs::write(&file, import("svc", port, &["server1"], "static")).unwrap();
     sites
         .client
-        .gwctl_ok(&["apply", "-f", file.to_str().unwrap()]);
+        .apply(&import("svc", port, &["server1"], "static"));
     assert!(
         eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset
             && sites
@@ -815,7 +809,6 @@ fn a_peer_whose_gateway_presents_another_name_is_refused() {
         sites.client.log()
     );
     assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "False"));
-    let _ = std::fs::remove_file(file);
 }
 
 /// A connection through `port` that is mid-request (the backend answers only after EOF).

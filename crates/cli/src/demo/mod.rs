@@ -59,7 +59,7 @@ pub struct DemoArgs {
     pub loopback: bool,
 }
 
-/// A `cl-gateway` process on this machine, on free loopback ports; stopped when dropped.
+/// A `cl-gateway` process, on free loopback ports or inside a site; stopped when dropped.
 pub struct LocalGateway {
     peer: &'static str,
     child: Child,
@@ -71,7 +71,7 @@ pub struct LocalGateway {
 impl Drop for LocalGateway {
     fn drop(&mut self) {
         // SIGTERM first so the gateway shuts down cleanly; kill if it does not.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        crate::terminate(&self.child);
         for _ in 0..50 {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -128,8 +128,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     apply(&client, &peer("server1", &server.peer_address)).await?;
     let reviews_port = free_port()?;
     let ratings_port = free_port()?;
-    apply(&client, &import("reviews", reviews_port)).await?;
-    apply(&client, &import("ratings", ratings_port)).await?;
+    apply(&client, &import("reviews", reviews_port, &["server1"])).await?;
+    apply(&client, &import("ratings", ratings_port, &["server1"])).await?;
     apply(&client, ALLOW_ALL).await?;
     wait_listening(&client, &["reviews", "ratings"]).await?;
 
@@ -385,9 +385,15 @@ fn peer(name: &str, address: &str) -> String {
     )
 }
 
-fn import(name: &str, port: u16) -> String {
+/// An import of export `name` from each of `sources`, round-robin.
+fn import(name: &str, port: u16, sources: &[&str]) -> String {
+    let sources: Vec<String> = sources
+        .iter()
+        .map(|p| format!("{{peer: {p}, exportName: {name}, exportNamespace: default}}"))
+        .collect();
     format!(
-        "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {name}, namespace: default}}\nspec: {{port: {port}, sources: [{{peer: server1, exportName: {name}, exportNamespace: default}}]}}\n"
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {name}, namespace: default}}\nspec: {{port: {port}, lbScheme: round-robin, sources: [{}]}}\n",
+        sources.join(", ")
     )
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::AsyncWriteExt;
 
-use super::{DemoArgs, LocalGateway, bin_dir, create_fabric, export, peer, start_gateway, step};
+use super::{
+    DemoArgs, LocalGateway, bin_dir, create_fabric, export, import, peer, start_gateway, step,
+};
 use crate::netns::{Site, Wan};
 
 /// Every site's gateway listens here; each site's firewall lets in nothing else.
@@ -411,16 +413,5 @@ async fn wait_listening(gw: &SiteGateway<'_>, name: &str) -> anyhow::Result<()> 
     bail!(
         "import {name} did not start listening; see {}",
         gw.gateway.log.display()
-    )
-}
-
-fn import(name: &str, port: u16, sources: &[&str]) -> String {
-    let sources: Vec<String> = sources
-        .iter()
-        .map(|p| format!("{{peer: {p}, exportName: {name}, exportNamespace: default}}"))
-        .collect();
-    format!(
-        "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: {name}, namespace: default}}\nspec: {{port: {port}, lbScheme: round-robin, sources: [{}]}}\n",
-        sources.join(", ")
     )
 }

@@ -203,7 +203,7 @@ impl GatewayProcess {
 
     /// SIGTERM, and the exit status it ends with.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        clusterlink::terminate(&self.child);
         self.child.wait().unwrap()
     }
 

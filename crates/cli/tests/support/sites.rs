@@ -16,8 +16,12 @@ const CROSS_SITE_CONNECT: Duration = Duration::from_secs(2);
 /// Whether namespace tests can run here. Under `CI=true` as root they must: anything missing is a
 /// failure, never a skip. Elsewhere a test that cannot run says why on stderr and passes.
 pub fn can_run(test: &str, programs: &[&str]) -> bool {
-    let problem = match clusterlink::netns::available() {
-        Err(e) => Some(e.to_string()),
+    // One probe per test binary: the machine does not change between its tests.
+    static AVAILABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let available =
+        AVAILABLE.get_or_init(|| clusterlink::netns::available().map_err(|e| e.to_string()));
+    let problem = match available {
+        Err(e) => Some(e.clone()),
         Ok(()) => {
             let missing: Vec<&str> = programs
                 .iter()
