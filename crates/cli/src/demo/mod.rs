@@ -433,10 +433,20 @@ fn last_refusal(log: &Path) -> Option<String> {
 
 /// Connects to a local import and reads the service's line.
 async fn talk(port: u16) -> Result<String, String> {
+    // A loaded machine may only poll the connect after the gateway's reset has arrived, so
+    // the reset can surface here as well as on the read.
     let conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(describe_failure)?;
     read_reply(conn).await
+}
+
+/// How a failed connection reads in the demo's output.
+fn describe_failure(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset => "connection reset".to_string(),
+        _ => e.to_string(),
+    }
 }
 
 /// Reads a service's one-line answer; a reset or an empty close is the error.
@@ -444,10 +454,7 @@ async fn read_reply(mut conn: tokio::net::TcpStream) -> Result<String, String> {
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionReset => "connection reset".to_string(),
-            _ => e.to_string(),
-        })?;
+        .map_err(describe_failure)?;
     if reply.is_empty() {
         Err("closed without an answer".into())
     } else {

@@ -250,7 +250,7 @@ fn listen(site: &Site) -> std::io::Result<tokio::net::TcpListener> {
 async fn call_service(site: &Site, port: u16) -> Result<String, String> {
     let conn = connect(site, ([127, 0, 0, 1], port).into())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(super::describe_failure)?;
     super::read_reply(conn).await
 }
 
