@@ -12,7 +12,7 @@ use support::{Backend, Fabric, GatewayProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-const ALPN: &[u8] = b"clusterlink/1";
+const ALPN: &[u8] = b"clusterlink/2";
 
 fn credentials(f: &Fabric, peer: &str) -> Credentials {
     let fabric = f.fabric_dir();

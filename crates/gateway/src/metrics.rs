@@ -60,6 +60,7 @@ pub struct Metrics {
     peer_bytes: Family<ObjectBytes, Counter>,
     peer_reachable: Family<PeerLabels, Gauge>,
     authorization: Family<SideLabels, Histogram>,
+    idle_peer_connections: Family<SideLabels, Gauge>,
     runtime_tasks: Gauge,
 }
 
@@ -124,6 +125,12 @@ impl Default for Metrics {
             "Time to authorize a connection: egress from accept to the remote 200, ingress to the local decision",
             authorization.clone(),
         );
+        let idle_peer_connections = Family::<SideLabels, Gauge>::default();
+        registry.register(
+            "peer_connections_idle",
+            "Peer connections between tunnels: kept for the next tunnel (egress), waiting for the peer's next request (ingress)",
+            idle_peer_connections.clone(),
+        );
         let runtime_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
@@ -141,6 +148,7 @@ impl Default for Metrics {
             peer_bytes,
             peer_reachable,
             authorization,
+            idle_peer_connections,
         }
     }
 }
@@ -163,6 +171,22 @@ impl Drop for ActiveGuard<'_> {
     }
 }
 
+/// Counts a peer connection as idle for as long as it waits.
+pub struct IdleGuard<'a> {
+    metrics: &'a Metrics,
+    side: Side,
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        let idle = self
+            .metrics
+            .idle_peer_connections
+            .get_or_create(&side(self.side));
+        idle.dec();
+    }
+}
+
 impl Metrics {
     pub fn accepted(&self, s: Side) -> ActiveGuard<'_> {
         self.accepted.get_or_create(&side(s)).inc();
@@ -171,6 +195,22 @@ impl Metrics {
             metrics: self,
             side: s,
         }
+    }
+
+    /// A peer connection waiting between tunnels, until the guard drops.
+    pub fn idle(&self, s: Side) -> IdleGuard<'_> {
+        self.idle_peer_connections.get_or_create(&side(s)).inc();
+        IdleGuard {
+            metrics: self,
+            side: s,
+        }
+    }
+
+    /// How many peer connections are kept idle on side `s`.
+    pub fn set_idle(&self, s: Side, count: usize) {
+        self.idle_peer_connections
+            .get_or_create(&side(s))
+            .set(count as i64);
     }
 
     pub fn refused(&self, s: Side, reason: &str) {
@@ -250,7 +290,13 @@ mod tests {
             m.authorized(Side::Egress, Duration::from_micros(300));
             m.import_tunnel_done("default/svc", "p1", 10, 20);
             m.peer_reachable("p1", Some(true));
+            m.set_idle(Side::Egress, 3);
+            let _waiting = m.idle(Side::Ingress);
             let text = m.encode();
+            assert!(
+                text.contains("clusterlink_peer_connections_idle{side=\"ingress\"} 1"),
+                "{text}"
+            );
             assert!(
                 text.contains("clusterlink_connections_active{side=\"egress\"} 1"),
                 "{text}"
@@ -265,6 +311,8 @@ mod tests {
             "clusterlink_peer_bytes_total{name=\"p1\",direction=\"received\"} 20",
             "clusterlink_peer_reachable{peer=\"p1\"} 1",
             "clusterlink_authorization_duration_seconds_count{side=\"egress\"} 1",
+            "clusterlink_peer_connections_idle{side=\"egress\"} 3",
+            "clusterlink_peer_connections_idle{side=\"ingress\"} 0",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

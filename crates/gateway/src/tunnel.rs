@@ -5,8 +5,13 @@
 //! host: reviews.default:443
 //! x-clusterlink-client: {"client.clusterlink.net/namespace":"web",...}
 //!
-//! HTTP/1.1 200 OK                               then raw bytes both ways
+//! HTTP/1.1 200 OK                               then framed bytes both ways
 //! ```
+//!
+//! After `200`, each direction is a run of length-prefixed frames ending with an empty frame
+//! (see `dataplane::relay`). A connection whose tunnel ended that way in both directions carries
+//! the next CONNECT, so gateways keep warm connections to each other and open most tunnels
+//! without a handshake. A refusal closes the connection.
 //!
 //! A refusal is a non-200 status with `x-clusterlink-reason` (machine-readable) and a short JSON
 //! body. The requesting peer's identity is never part of the request: the answering gateway takes
@@ -22,9 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::policy::Attributes;
 
-/// ALPN of this protocol version; a gateway refuses a handshake that offers none it speaks, so a
-/// mixed-version fabric fails loudly rather than misreading bytes.
-pub const ALPN: &[u8] = b"clusterlink/1";
+/// ALPN of this protocol version (2: framed, reusable tunnels); a gateway refuses a handshake that
+/// offers none it speaks, so a mixed-version fabric fails loudly rather than misreading bytes.
+pub const ALPN: &[u8] = b"clusterlink/2";
 /// A request or response head larger than this is refused: real ones are a few hundred bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// At most this many header lines.

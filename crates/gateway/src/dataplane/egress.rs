@@ -18,11 +18,18 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::read_ahead::ReadAhead;
+
+/// A mutual-TLS connection to a peer gateway.
+type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
+
 use super::clients::ClientTable;
 use super::live::LiveTunnels;
+use super::pool::{ConnectionPool, GatewayKey};
+use super::relay::relay;
 use super::{
     CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, ImportEntry, PeerEntry, PeerHealth, Snapshot,
-    relay, tune_socket,
+    tune_socket,
 };
 use crate::metrics::{Metrics, Side};
 use crate::model::ControlPlane;
@@ -204,6 +211,8 @@ pub(super) struct Egress {
     pub metrics: Arc<Metrics>,
     /// Open tunnels, decided again when the configuration changes.
     pub live: LiveTunnels<EgressTunnel>,
+    /// Peer connections between tunnels.
+    pub pool: ConnectionPool<PeerConnection>,
 }
 
 /// A live egress tunnel, as much as is needed to decide it again.
@@ -224,6 +233,35 @@ impl Egress {
                 .is_some_and(|i| i.sources.contains(&t.source))
                 && egress_decision(snapshot, &t.import, &t.client, &t.source).is_ok()
         });
+        self.sweep_pool(snapshot);
+    }
+
+    /// Closes idle peer connections that expired or lead where `snapshot` no longer goes.
+    pub fn sweep_pool(&self, snapshot: &Snapshot) {
+        self.pool.sweep(|g| {
+            snapshot.peers.get(&g.peer).is_some_and(|p| {
+                p.gateways
+                    .iter()
+                    .any(|(host, port)| *host == g.host && *port == g.port)
+            })
+        });
+        self.count_idle();
+    }
+
+    /// Closes every idle peer connection: they were authenticated with replaced certificates.
+    pub fn empty_pool(&self) {
+        self.pool.sweep(|_| false);
+        self.count_idle();
+    }
+
+    /// Closes the idle connections to `gateway`.
+    fn forget(&self, gateway: &GatewayKey) {
+        self.pool.sweep(|g| g != gateway);
+        self.count_idle();
+    }
+
+    fn count_idle(&self) {
+        self.metrics.set_idle(Side::Egress, self.pool.len());
     }
 }
 
@@ -302,22 +340,25 @@ impl Egress {
                 export: export.clone(),
                 client: client_attributes.clone(),
             };
-            let connector = TlsConnector::from(self.tls.borrow().client.clone());
-            match open_tunnel(&connector, &source.peer, &peer.gateways, &request).await {
-                Ok((mut tunnel, early)) => {
+            match self
+                .open_tunnel(&source.peer, &peer.gateways, &request)
+                .await
+            {
+                Ok(OpenTunnel {
+                    mut connection,
+                    leftover,
+                    gateway,
+                }) => {
                     self.metrics.authorized(Side::Egress, accepted_at.elapsed());
-                    if client.write_all(&early).await.is_err() {
-                        return;
-                    }
                     tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
                     let registered = self.live.register(EgressTunnel {
                         import: key.clone(),
                         client: client_attributes.clone(),
                         source: source.clone(),
                     });
-                    let (sent, received) = tokio::select! {
-                        moved = relay(&mut client, &mut tunnel) => match moved {
-                            Ok(moved) => moved,
+                    let relayed = tokio::select! {
+                        moved = relay(&mut client, &mut connection, leftover) => match moved {
+                            Ok(relayed) => relayed,
                             Err(e) => {
                                 // One end broke mid-stream (a reset, or TCP closed without
                                 // close_notify): the client must not take it for a clean end.
@@ -334,9 +375,17 @@ impl Egress {
                             return;
                         }
                     };
+                    if relayed.reusable {
+                        self.pool.put(gateway, connection);
+                        self.count_idle();
+                    }
                     let import_name = format!("{}/{}", key.namespace, key.name);
-                    self.metrics
-                        .import_tunnel_done(&import_name, &source.peer, sent, received);
+                    self.metrics.import_tunnel_done(
+                        &import_name,
+                        &source.peer,
+                        relayed.sent,
+                        relayed.received,
+                    );
                     return;
                 }
                 Err(failure) => {
@@ -379,57 +428,128 @@ impl std::fmt::Display for TunnelFailure {
     }
 }
 
-/// Tries each gateway of the peer in turn. A refusal from a gateway ends the attempt on this peer
-/// (its other gateways share its configuration); a connect or handshake failure moves on.
-async fn open_tunnel(
-    connector: &TlsConnector,
-    peer: &str,
-    gateways: &[(String, u16)],
-    request: &TunnelRequest,
-) -> Result<(TlsStream<TcpStream>, Vec<u8>), TunnelFailure> {
-    let name = ServerName::try_from(peer.to_string())
-        .map_err(|e| TunnelFailure::Unreachable(format!("peer name {peer:?}: {e}")))?;
-    let mut errors = Vec::new();
-    for (host, port) in gateways {
-        let attempt = async {
-            let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
-                .await
-                .map_err(|_| "connect timed out".to_string())?
-                .map_err(|e| format!("connect: {e}"))?;
-            tune_socket(&tcp).map_err(|e| e.to_string())?;
-            let mut tls = timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), tcp))
-                .await
-                .map_err(|_| "TLS handshake timed out".to_string())?
-                .map_err(|e| format!("TLS: {e}"))?;
-            tls.write_all(&request.encode())
-                .await
-                .map_err(|e| e.to_string())?;
-            let (head, rest) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut tls))
-                .await
-                .map_err(|_| "no answer to the tunnel request".to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((tls, head, rest))
-        };
-        match attempt.await {
-            Ok((tls, head, rest)) => {
-                return match TunnelResponse::decode(&head, &rest) {
-                    Ok(TunnelResponse::Established) => Ok((tls, rest)),
-                    Ok(TunnelResponse::Refused { reason, message }) => {
-                        Err(TunnelFailure::Refused { reason, message })
-                    }
-                    Err(e) => Err(TunnelFailure::Unreachable(format!(
-                        "bad answer from {host}:{port}: {e}"
-                    ))),
-                };
+/// A tunnel the answering gateway accepted.
+struct OpenTunnel {
+    connection: PeerConnection,
+    /// What arrived after the answer: the start of the tunnel's frames.
+    leftover: Vec<u8>,
+    /// Where `connection` goes, to keep it for another tunnel when this one ends cleanly.
+    gateway: GatewayKey,
+}
+
+impl Egress {
+    /// Asks each gateway of the peer in turn, on a warm connection if one is kept, else on a new
+    /// one. A refusal from a gateway ends the attempt on this peer (its other gateways share its
+    /// configuration); a connect or handshake failure moves on.
+    async fn open_tunnel(
+        &self,
+        peer: &str,
+        gateways: &[(String, u16)],
+        request: &TunnelRequest,
+    ) -> Result<OpenTunnel, TunnelFailure> {
+        let name = ServerName::try_from(peer.to_string())
+            .map_err(|e| TunnelFailure::Unreachable(format!("peer name {peer:?}: {e}")))?;
+        let head = request.encode();
+        let mut errors = Vec::new();
+        for (host, port) in gateways {
+            let gateway = GatewayKey {
+                peer: peer.to_string(),
+                host: host.clone(),
+                port: *port,
+            };
+            // A warm connection to a peer that stopped answering probes may hang rather than
+            // fail: a new connection, with its connect timeout, is the better bet.
+            if self.health.is_unreachable(peer) {
+                self.forget(&gateway);
             }
-            Err(e) => errors.push(format!("{host}:{port}: {e}")),
+            // A warm connection the far end has closed fails before any client byte went out,
+            // so a new connection can take the tunnel instead. Its siblings are likely as stale
+            // (the gateway restarted), so they go too.
+            let mut answered = None;
+            if let Some(connection) = self.pool.take(&gateway) {
+                self.count_idle();
+                match ask(connection, &head).await {
+                    Ok(answer) => answered = Some(answer),
+                    Err(_) => self.forget(&gateway),
+                }
+            }
+            let answer = match answered {
+                Some(answer) => answer,
+                None => match self.connect(&name, host, *port).await {
+                    Ok(connection) => match ask(connection, &head).await {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            errors.push(format!("{host}:{port}: {e}"));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        errors.push(format!("{host}:{port}: {e}"));
+                        continue;
+                    }
+                },
+            };
+            let (connection, head, rest) = answer;
+            return match TunnelResponse::decode(&head, &rest) {
+                Ok(TunnelResponse::Established) => Ok(OpenTunnel {
+                    connection,
+                    leftover: rest,
+                    gateway,
+                }),
+                Ok(TunnelResponse::Refused { reason, message }) => {
+                    Err(TunnelFailure::Refused { reason, message })
+                }
+                Err(e) => Err(TunnelFailure::Unreachable(format!(
+                    "bad answer from {host}:{port}: {e}"
+                ))),
+            };
         }
+        Err(TunnelFailure::Unreachable(if errors.is_empty() {
+            "the peer lists no gateway".into()
+        } else {
+            errors.join("; ")
+        }))
     }
-    Err(TunnelFailure::Unreachable(if errors.is_empty() {
-        "the peer lists no gateway".into()
-    } else {
-        errors.join("; ")
-    }))
+
+    /// A new mutual-TLS connection to a gateway of the peer `name`.
+    async fn connect(
+        &self,
+        name: &ServerName<'static>,
+        host: &str,
+        port: u16,
+    ) -> Result<PeerConnection, String> {
+        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| format!("connect: {e}"))?;
+        tune_socket(&tcp).map_err(|e| e.to_string())?;
+        // The configuration current now: rotated certificates apply to new connections.
+        let connector = TlsConnector::from(self.tls.borrow().client.clone());
+        timeout(
+            HANDSHAKE_TIMEOUT,
+            connector.connect(name.clone(), ReadAhead::new(tcp)),
+        )
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS: {e}"))
+    }
+}
+
+/// Sends a tunnel request on `connection` and reads the answer's head and what followed it.
+async fn ask(
+    mut connection: PeerConnection,
+    request: &[u8],
+) -> Result<(PeerConnection, Vec<u8>, Vec<u8>), String> {
+    connection
+        .write_all(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    connection.flush().await.map_err(|e| e.to_string())?;
+    let (head, rest) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut connection))
+        .await
+        .map_err(|_| "no answer to the tunnel request".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok((connection, head, rest))
 }
 
 /// Ends the client's connection with RST, so it sees a failure rather than a clean, empty close.

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
@@ -13,9 +14,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 use super::live::LiveTunnels;
-use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, relay, tune_socket};
+use super::read_ahead::ReadAhead;
+use super::relay::relay;
+use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, tune_socket};
 use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{
@@ -28,6 +32,19 @@ const MAX_PEER_CONNECTIONS: usize = 32 * 1024;
 /// Most connections still in the handshake or before their request; legitimate ones leave this
 /// state within milliseconds.
 const MAX_UNAUTHENTICATED: usize = 1024;
+/// How long a peer connection may wait idle for its next tunnel. The requesting gateway stops
+/// reusing a connection well before ([`super::pool::IDLE_LIMIT`]), so it never sends a request
+/// on one this side is closing.
+const BETWEEN_TUNNELS: Duration = Duration::from_secs(60);
+
+/// What every peer connection shares.
+struct PeerPort {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    /// This gateway's own listeners, never dialed as backends.
+    protected: Arc<[SocketAddr]>,
+    live: LiveTunnels<IngressTunnel>,
+}
 
 pub(super) async fn serve(
     listener: TcpListener,
@@ -38,13 +55,19 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
-    let live = Arc::new(LiveTunnels::<IngressTunnel>::default());
+    let port = Arc::new(PeerPort {
+        snapshots: snapshots.clone(),
+        metrics,
+        protected,
+        live: LiveTunnels::default(),
+    });
     let revalidator = tokio::spawn({
-        let (live, mut snapshots) = (live.clone(), snapshots.clone());
+        let (port, mut snapshots) = (port.clone(), snapshots);
         async move {
             while snapshots.changed().await.is_ok() {
                 let snapshot = snapshots.borrow_and_update().clone();
-                live.revalidate(|t| decide(&snapshot, &t.peer, &t.client, &t.export).is_ok());
+                port.live
+                    .revalidate(|t| decide(&snapshot, &t.peer, &t.client, &t.export).is_ok());
             }
         }
     });
@@ -63,14 +86,13 @@ pub(super) async fn serve(
                         continue;
                     };
                     // The configuration current now: rotated certificates apply to new connections.
-                    let acceptor = TlsAcceptor::from(tls.borrow().server.clone());
-                    let snapshots = snapshots.clone();
-                    let metrics = metrics.clone();
-                    let protected = protected.clone();
-                    let live = live.clone();
+                    // Marked seen: a later change of the certificates ends this connection's reuse.
+                    let mut credentials = tls.clone();
+                    let acceptor = TlsAcceptor::from(credentials.borrow_and_update().server.clone());
+                    let port = port.clone();
                     connections.spawn(async move {
                         let _open = open_permit;
-                        if let Err(e) = handle(stream, acceptor, snapshots, &metrics, pending, &protected, &live).await {
+                        if let Err(e) = handle(stream, acceptor, credentials, pending, &port).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
@@ -91,14 +113,12 @@ pub(super) async fn serve(
 async fn handle(
     stream: TcpStream,
     acceptor: TlsAcceptor,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    metrics: &Metrics,
+    credentials: watch::Receiver<Arc<GatewayTls>>,
     pending: OwnedSemaphorePermit,
-    protected: &[SocketAddr],
-    live: &LiveTunnels<IngressTunnel>,
+    port: &PeerPort,
 ) -> Result<(), String> {
     tune_socket(&stream).map_err(|e| e.to_string())?;
-    let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+    let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(stream)))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake refused: {e}"))?;
@@ -114,21 +134,65 @@ async fn handle(
         Some(Ok(Identity::Peer(name))) => name,
         other => return Err(format!("not a peer certificate: {other:?}")),
     };
-    let (head, early) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut tls))
-        .await
-        .map_err(|_| "tunnel request timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    // Authenticated, and its request read: no longer counted against strangers.
-    drop(pending);
+    // The first request comes right after the handshake; later ones whenever the peer has
+    // another tunnel to open.
+    let mut pending = Some(pending);
+    let mut wait = HANDSHAKE_TIMEOUT;
+    loop {
+        let waiting = pending.is_none().then(|| port.metrics.idle(Side::Ingress));
+        let read = timeout(wait, read_head(&mut tls)).await;
+        drop(waiting);
+        let (head, leftover) = match read {
+            Ok(read) => read.map_err(|e| e.to_string())?,
+            Err(_) if pending.is_none() => return Ok(()),
+            Err(_) => return Err("tunnel request timed out".into()),
+        };
+        if pending.is_none() && credentials.has_changed().unwrap_or(true) {
+            // Authenticated under certificates since replaced (a rotation, or a move to another
+            // fabric): later tunnels need a new handshake.
+            return Ok(());
+        }
+        // Authenticated, and its request read: no longer counted against strangers.
+        pending = None;
+        wait = BETWEEN_TUNNELS;
+        let served = serve_request(&mut tls, &head, leftover, &peer, port).await?;
+        if served == Served::Close {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether the connection can carry another tunnel after a request was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Reuse,
+    Close,
+}
+
+/// Answers one request on an authenticated peer connection and, for an accepted tunnel, relays
+/// it until it ends.
+async fn serve_request(
+    tls: &mut TlsStream<ReadAhead<TcpStream>>,
+    head: &[u8],
+    leftover: Vec<u8>,
+    peer: &str,
+    port: &PeerPort,
+) -> Result<Served, String> {
+    let PeerPort {
+        snapshots,
+        metrics,
+        protected,
+        live,
+    } = port;
     let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
-    let request = match PeerRequest::decode(&head) {
+    let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
         Ok(PeerRequest::Health) => {
             tls.write_all(HEALTH_RESPONSE)
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = tls.shutdown().await;
-            return Ok(());
+            return Ok(Served::Close);
         }
         Err(e) => {
             metrics.refused(Side::Ingress, RefusalReason::BadRequest.as_str());
@@ -143,7 +207,7 @@ async fn handle(
     let decision_started = std::time::Instant::now();
     // One snapshot for the whole decision.
     let snapshot = snapshots.borrow().clone();
-    let outcome = decide(&snapshot, &peer, &request.client, &request.export);
+    let outcome = decide(&snapshot, peer, &request.client, &request.export);
     metrics.authorized(Side::Ingress, decision_started.elapsed());
     let (host, port) = match outcome {
         Ok(target) => target,
@@ -154,30 +218,29 @@ async fn handle(
             tracing::info!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
             let _ = tls.write_all(&refusal.encode()).await;
             let _ = tls.shutdown().await;
-            return Ok(());
+            return Ok(Served::Close);
         }
     };
-    let mut backend = match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse_backend(&mut tls, &host, port, e.to_string(), metrics).await,
-        Err(_) => return refuse_backend(&mut tls, &host, port, "timed out".into(), metrics).await,
-    };
+    let mut backend =
+        match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return refuse_backend(tls, &host, port, e.to_string(), metrics).await,
+            Err(_) => return refuse_backend(tls, &host, port, "timed out".into(), metrics).await,
+        };
     if reaches_own_listener(&backend, protected) {
         // An export naming this gateway's management API (or peer port) would hand remote peers
         // what only local admins may use.
         let reason = "it is one of this gateway's own listeners".to_string();
-        return refuse_backend(&mut tls, &host, port, reason, metrics).await;
+        return refuse_backend(tls, &host, port, reason, metrics).await;
     }
     tune_socket(&backend).map_err(|e| e.to_string())?;
     tls.write_all(&TunnelResponse::Established.encode())
         .await
         .map_err(|e| e.to_string())?;
-    backend.write_all(&early).await.map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
     tracing::debug!(%peer, export = %request.export, "tunnel established");
     let registered = live.register(IngressTunnel {
-        peer: peer.clone(),
+        peer: peer.to_string(),
         client: request.client.clone(),
         export: request.export.clone(),
     });
@@ -185,7 +248,7 @@ async fn handle(
     // The configuration may have changed between the decision and the registration.
     if decide(
         &snapshots.borrow().clone(),
-        &peer,
+        peer,
         &request.client,
         &request.export,
     )
@@ -193,26 +256,35 @@ async fn handle(
     {
         revoked.notify_one();
     }
-    let (to_backend, from_backend) = tokio::select! {
-        moved = relay(&mut tls, &mut backend) => match moved {
-            Ok(moved) => moved,
+    let relayed = tokio::select! {
+        moved = relay(&mut backend, tls, leftover) => match moved {
+            Ok(relayed) => relayed,
             Err(e) => {
                 // The tunnel broke (the importing gateway died or reset): the backend must not
                 // take the truncated request for a complete one.
                 let _ = backend.set_zero_linger();
                 tracing::info!(%peer, export = %request.export, "tunnel broken: {e}; resetting the backend");
-                return Ok(());
+                return Ok(Served::Close);
             }
         },
         _ = revoked.notified() => {
-            // Dropping both streams closes the tunnel; the importing side resets its client.
+            // Closing the connection ends the tunnel; the importing side resets its client.
             metrics.refused(Side::Ingress, "Revoked");
             tracing::info!(%peer, export = %request.export, "tunnel closed: access revoked");
-            return Ok(());
+            return Ok(Served::Close);
         }
     };
-    metrics.export_tunnel_done(&request.export.to_string(), &peer, to_backend, from_backend);
-    Ok(())
+    metrics.export_tunnel_done(
+        &request.export.to_string(),
+        peer,
+        relayed.received,
+        relayed.sent,
+    );
+    Ok(if relayed.reusable {
+        Served::Reuse
+    } else {
+        Served::Close
+    })
 }
 
 /// The ingress decision for `peer` asking for `export` on behalf of a client with `client`
@@ -279,7 +351,7 @@ async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(
     port: u16,
     error: String,
     metrics: &Metrics,
-) -> Result<(), String> {
+) -> Result<Served, String> {
     metrics.refused(Side::Ingress, RefusalReason::BackendUnreachable.as_str());
     let message = format!("backend {host}:{port} unreachable: {error}");
     tracing::warn!("{message}");
@@ -293,5 +365,5 @@ async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(
         )
         .await;
     let _ = tls.shutdown().await;
-    Ok(())
+    Ok(Served::Close)
 }

@@ -10,6 +10,9 @@ mod egress;
 mod health;
 mod ingress;
 mod live;
+mod pool;
+mod read_ahead;
+mod relay;
 
 pub use clients::{ClientTable, ClientTableError};
 pub use credentials::{GatewayTls, watch_files};
@@ -21,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterlink_api::{ImportSource, LbScheme, Object, ObjectKey};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -31,9 +33,6 @@ use crate::model::{ControlPlane, Objects};
 use crate::policy::PolicyEngine;
 use crate::tunnel::ExportRef;
 
-/// Relay buffer per direction: large enough that bulk transfers move in big reads and writes,
-/// small enough that thousands of idle tunnels stay cheap.
-const RELAY_BUFFER: usize = 64 * 1024;
 /// Dialing a peer gateway or a backend longer than this means it is not there.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A TLS handshake or tunnel head slower than this is a stalled or hostile party.
@@ -192,18 +191,30 @@ pub async fn run(
         clients: config.clients,
         metrics: config.metrics,
         live: Default::default(),
+        pool: Default::default(),
     });
     tasks.spawn({
         let (egress, mut snapshots, mut shutdown) =
             (egress.clone(), snapshots.clone(), shutdown.clone());
+        let mut credentials = egress.tls.clone();
         async move {
+            // Idle peer connections expire even when nothing else happens.
+            let mut sweep = tokio::time::interval(pool::IDLE_LIMIT / 2);
             loop {
                 tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { break },
+                    changed = snapshots.changed() => {
+                        if changed.is_err() { break }
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        egress.revalidate(&snapshot);
+                    }
+                    _ = sweep.tick() => egress.sweep_pool(&snapshots.borrow()),
+                    // Connections authenticated with replaced certificates are not reused.
+                    changed = credentials.changed() => {
+                        if changed.is_err() { break }
+                        egress.empty_pool();
+                    }
                     _ = shutdown.changed() => break,
                 }
-                let snapshot = snapshots.borrow_and_update().clone();
-                egress.revalidate(&snapshot);
             }
         }
     });
@@ -251,13 +262,4 @@ fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
         .with_time(KEEPALIVE_IDLE)
         .with_interval(KEEPALIVE_INTERVAL);
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
-}
-
-/// Moves bytes both ways until both directions are done, passing on each half-close.
-async fn relay<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER).await
 }

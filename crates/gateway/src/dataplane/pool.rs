@@ -1,0 +1,146 @@
+//! Warm connections to peer gateways, kept between tunnels.
+//!
+//! A tunnel whose both directions ended with end frames leaves its mutual-TLS connection
+//! authenticated and idle; the next tunnel to the same gateway takes it and needs neither a TCP
+//! nor a TLS handshake, only the CONNECT round trip. Connections are kept per peer *and* gateway
+//! address, so a changed Peer never reuses a connection to an address it no longer lists.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// A connection idle longer than this is closed instead of reused: well below the time the
+/// answering gateway waits for a next request, so a taken connection is never one it is closing.
+pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(20);
+/// Idle connections kept per gateway: the concurrency of bursts worth keeping warm. Beyond it a
+/// finished tunnel's connection is closed.
+const MAX_IDLE_PER_GATEWAY: usize = 64;
+
+/// Where a connection goes: the peer it authenticated as, at one of its gateway addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct GatewayKey {
+    pub peer: String,
+    pub host: String,
+    pub port: u16,
+}
+
+struct Idle<C> {
+    connection: C,
+    since: Instant,
+}
+
+/// Idle connections of type `C` (a TLS stream; anything in tests).
+pub(super) struct ConnectionPool<C> {
+    idle: Mutex<HashMap<GatewayKey, Vec<Idle<C>>>>,
+}
+
+impl<C> Default for ConnectionPool<C> {
+    fn default() -> Self {
+        ConnectionPool {
+            idle: Mutex::default(),
+        }
+    }
+}
+
+impl<C> ConnectionPool<C> {
+    /// The most recently used idle connection to `gateway` (the likeliest to be alive).
+    pub fn take(&self, gateway: &GatewayKey) -> Option<C> {
+        self.take_at(gateway, Instant::now())
+    }
+
+    fn take_at(&self, gateway: &GatewayKey, now: Instant) -> Option<C> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.get_mut(gateway)?;
+        list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
+        let taken = list.pop().map(|c| c.connection);
+        if list.is_empty() {
+            idle.remove(gateway);
+        }
+        taken
+    }
+
+    /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
+    pub fn put(&self, gateway: GatewayKey, connection: C) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(gateway).or_default();
+        if list.len() < MAX_IDLE_PER_GATEWAY {
+            list.push(Idle {
+                connection,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle too long, and those to gateways `keep` no longer wants (a deleted
+    /// Peer, or an address it no longer lists).
+    pub fn sweep(&self, keep: impl Fn(&GatewayKey) -> bool) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        idle.retain(|gateway, list| {
+            list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
+            !list.is_empty() && keep(gateway)
+        });
+    }
+
+    /// How many idle connections are kept.
+    pub fn len(&self) -> usize {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(peer: &str) -> GatewayKey {
+        GatewayKey {
+            peer: peer.into(),
+            host: "10.0.0.1".into(),
+            port: 443,
+        }
+    }
+
+    #[test]
+    fn the_latest_connection_is_taken_first_and_only_for_its_gateway() {
+        let pool = ConnectionPool::default();
+        pool.put(gateway("a"), 1);
+        pool.put(gateway("a"), 2);
+        pool.put(gateway("b"), 3);
+        assert_eq!(pool.take(&gateway("a")), Some(2));
+        assert_eq!(pool.take(&gateway("a")), Some(1));
+        assert_eq!(pool.take(&gateway("a")), None);
+        let other_port = GatewayKey {
+            port: 444,
+            ..gateway("b")
+        };
+        assert_eq!(pool.take(&other_port), None);
+        assert_eq!(pool.len(), 1);
+    }
+
+    #[test]
+    fn idle_connections_expire_and_the_pool_is_bounded() {
+        let pool = ConnectionPool::default();
+        for i in 0..MAX_IDLE_PER_GATEWAY + 5 {
+            pool.put(gateway("a"), i);
+        }
+        assert_eq!(pool.len(), MAX_IDLE_PER_GATEWAY);
+        let later = Instant::now() + IDLE_LIMIT;
+        assert_eq!(pool.take_at(&gateway("a"), later), None);
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn sweep_drops_gateways_no_longer_wanted() {
+        let pool = ConnectionPool::default();
+        pool.put(gateway("a"), 1);
+        pool.put(gateway("b"), 2);
+        pool.sweep(|g| g.peer == "b");
+        assert_eq!(pool.take(&gateway("a")), None);
+        assert_eq!(pool.take(&gateway("b")), Some(2));
+    }
+}

@@ -1,0 +1,263 @@
+//! Moving a tunnel's bytes between a plain TCP connection (a client or a backend) and a peer
+//! connection, in frames.
+//!
+//! Each direction of a tunnel is a run of frames: a 4-byte big-endian length and that many bytes.
+//! A zero length ends the direction, as a TCP half-close would. Once both directions have ended
+//! that way, the peer connection carries nothing more of this tunnel and is free for the next one:
+//! that is what lets a gateway keep warm connections to its peers and open a tunnel without a
+//! handshake (see [`super::pool`]).
+//!
+//! Anything else is a broken tunnel, reported as an error so the caller resets the plain side:
+//! a peer connection that ends mid-frame or without TLS `close_notify`, or a plain side that
+//! resets. A `close_notify` where a frame would start ends that direction cleanly, but the
+//! connection is then closed rather than reused.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Bytes of a frame's length prefix.
+const HEADER: usize = 4;
+/// A direction's first buffer, header included: a request or a reply fits, and a tunnel that
+/// sits idle holds little.
+const INITIAL_BUFFER: usize = 4 * 1024;
+/// A direction's largest buffer, reached only by a direction whose reads keep filling it. A frame
+/// of this size is exactly four full TLS records.
+const MAX_BUFFER: usize = 64 * 1024;
+/// How much a buffer grows when a read fills it.
+const GROWTH: usize = 4;
+
+/// What a finished tunnel moved, and whether its peer connection may carry another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Relayed {
+    /// Bytes from the plain side into the tunnel.
+    pub sent: u64,
+    /// Bytes from the tunnel to the plain side.
+    pub received: u64,
+    pub reusable: bool,
+}
+
+/// How the direction from the peer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerEnd {
+    /// With an end frame: the connection can carry another tunnel.
+    Frame,
+    /// With TLS `close_notify` between frames.
+    Closed,
+}
+
+/// Relays between `plain` and the peer connection `tunnel` until both directions have ended.
+/// `leftover` is what was read from `tunnel` past the tunnel's head: the start of its frames.
+pub(super) async fn relay<T>(
+    plain: &mut TcpStream,
+    tunnel: &mut T,
+    leftover: Vec<u8>,
+) -> io::Result<Relayed>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut plain_read, mut plain_write) = plain.split();
+    let (tunnel_read, mut tunnel_write) = tokio::io::split(tunnel);
+    let mut tunnel_read = io::Cursor::new(leftover).chain(tunnel_read);
+    let (sent, (received, end)) = tokio::try_join!(
+        to_frames(&mut plain_read, &mut tunnel_write),
+        from_frames(&mut tunnel_read, &mut plain_write),
+    )?;
+    let reusable = end == PeerEnd::Frame;
+    if !reusable {
+        tunnel_write.shutdown().await?;
+    }
+    Ok(Relayed {
+        sent,
+        received,
+        reusable,
+    })
+}
+
+/// Frames what `plain` sends until it half-closes, then sends the end frame.
+async fn to_frames<R, W>(plain: &mut R, tunnel: &mut W) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; INITIAL_BUFFER];
+    let mut total = 0u64;
+    loop {
+        // Read behind the header's place, so header and bytes go out in one write (and record).
+        let n = plain.read(&mut buf[HEADER..]).await?;
+        let len = u32::try_from(n).expect("buffers are far below 4 GiB");
+        buf[..HEADER].copy_from_slice(&len.to_be_bytes());
+        tunnel.write_all(&buf[..HEADER + n]).await?;
+        tunnel.flush().await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+        if HEADER + n == buf.len() && buf.len() < MAX_BUFFER {
+            buf.resize((buf.len() * GROWTH).min(MAX_BUFFER), 0);
+        }
+    }
+}
+
+/// Writes the bytes of the frames from `tunnel` to `plain` until the direction ends, then
+/// half-closes `plain`.
+async fn from_frames<R, W>(tunnel: &mut R, plain: &mut W) -> io::Result<(u64, PeerEnd)>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; INITIAL_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let Some(len) = read_header(tunnel).await? else {
+            plain.shutdown().await?;
+            return Ok((total, PeerEnd::Closed));
+        };
+        if len == 0 {
+            plain.shutdown().await?;
+            return Ok((total, PeerEnd::Frame));
+        }
+        let mut remaining = len;
+        while remaining > 0 {
+            let want = remaining.min(buf.len());
+            let n = tunnel.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the tunnel in the middle of a frame",
+                ));
+            }
+            plain.write_all(&buf[..n]).await?;
+            remaining -= n;
+            total += n as u64;
+            if n == buf.len() && buf.len() < MAX_BUFFER {
+                buf.resize((buf.len() * GROWTH).min(MAX_BUFFER), 0);
+            }
+        }
+    }
+}
+
+/// The next frame's length, or `None` if the peer closed cleanly where a frame would start.
+async fn read_header<R: AsyncRead + Unpin + ?Sized>(tunnel: &mut R) -> io::Result<Option<usize>> {
+    let mut header = [0u8; HEADER];
+    let mut filled = 0;
+    while filled < HEADER {
+        let n = tunnel.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the tunnel in the middle of a frame header",
+                ))
+            };
+        }
+        filled += n;
+    }
+    Ok(Some(u32::from_be_bytes(header) as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of TCP streams on loopback.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    fn frame(bytes: &[u8]) -> Vec<u8> {
+        let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(bytes);
+        f
+    }
+
+    #[tokio::test]
+    async fn both_directions_end_with_frames_and_the_connection_is_reusable() {
+        let (mut plain, mut app) = pair().await;
+        let (tunnel, mut peer) = tokio::io::duplex(1 << 20);
+        let relay = tokio::spawn(async move {
+            let mut tunnel = tunnel;
+            // The peer's first frame arrived with the tunnel's head.
+            let relayed = relay(&mut plain, &mut tunnel, frame(b"hello ")).await;
+            (relayed, tunnel)
+        });
+        // A bulk write crosses buffer growth; the far side sees it framed, then the end frame.
+        let bulk: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        app.write_all(&bulk).await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut framed = Vec::new();
+        loop {
+            let mut header = [0u8; 4];
+            peer.read_exact(&mut header).await.unwrap();
+            let len = u32::from_be_bytes(header) as usize;
+            assert!(len + HEADER <= MAX_BUFFER, "frame of {len}");
+            if len == 0 {
+                break;
+            }
+            let mut bytes = vec![0u8; len];
+            peer.read_exact(&mut bytes).await.unwrap();
+            framed.extend(bytes);
+        }
+        assert_eq!(framed, bulk);
+        // The peer answers in two frames and ends its direction.
+        peer.write_all(&[frame(b"world").as_slice(), &frame(b""), b"NEXT"].concat())
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        app.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"hello world");
+        let (relayed, mut tunnel) = relay.await.unwrap();
+        assert_eq!(
+            relayed.unwrap(),
+            Relayed {
+                sent: bulk.len() as u64,
+                received: 11,
+                reusable: true
+            }
+        );
+        // Bytes after the end frame belong to the next tunnel and were not consumed.
+        let mut next = [0u8; 4];
+        tunnel.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"NEXT");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_mid_frame_breaks_the_tunnel() {
+        let (mut plain, _app) = pair().await;
+        let (mut tunnel, mut peer) = tokio::io::duplex(1024);
+        peer.write_all(&[0, 0, 0, 10, b'a']).await.unwrap();
+        drop(peer);
+        let err = relay(&mut plain, &mut tunnel, Vec::new())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_between_frames_ends_the_tunnel_without_reuse() {
+        let (mut plain, mut app) = pair().await;
+        let (mut tunnel, mut peer) = tokio::io::duplex(1024);
+        let peer_side = tokio::spawn(async move {
+            peer.write_all(&frame(b"bye")).await.unwrap();
+            peer.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            peer.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        app.shutdown().await.unwrap();
+        let relayed = relay(&mut plain, &mut tunnel, Vec::new()).await.unwrap();
+        assert!(!relayed.reusable);
+        drop(tunnel);
+        assert_eq!(peer_side.await.unwrap(), frame(b""));
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+    }
+}
