@@ -223,7 +223,7 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 /// The fabric CA in `dir` (made if absent) and a certificate for each of `peers`.
-fn create_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
+pub fn create_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
     let fabric = dir.join(crate::clusterlink_cmd::DEFAULT_FABRIC);
     if !fabric.join(clusterlink_pki::CERT_FILE).exists() {
         clusterlink_pki::create_fabric(
@@ -259,6 +259,11 @@ impl LocalGateway {
     /// Where other gateways reach this one.
     pub fn peer_address(&self) -> &str {
         &self.peer_address
+    }
+
+    /// The gateway process's id, for measuring it.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -346,9 +351,21 @@ async fn put(gw: &LocalGateway, obj: &Object) -> anyhow::Result<String> {
     Ok(format!("{key} {}", reply.result.unwrap_or_default()))
 }
 
+impl LocalGateway {
+    /// Applies each manifest in `text`, in order; returns what became of each
+    /// (`Export default/reviews created`).
+    pub async fn apply(&self, text: &str) -> anyhow::Result<Vec<String>> {
+        let mut outcomes = Vec::new();
+        for doc in parse_manifests(text) {
+            outcomes.push(put(self, &doc?).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
 async fn apply(gw: &LocalGateway, text: &str) -> anyhow::Result<()> {
-    for doc in parse_manifests(text) {
-        println!("   {}: {}", gw.peer, put(gw, &doc?).await?);
+    for outcome in gw.apply(text).await? {
+        println!("   {}: {outcome}", gw.peer);
     }
     Ok(())
 }
@@ -372,13 +389,13 @@ async fn list(gw: &LocalGateway, kind: Kind) -> anyhow::Result<Vec<Object>> {
         .collect()
 }
 
-fn export(name: &str, port: u16) -> String {
+pub fn export(name: &str, port: u16) -> String {
     format!(
         "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}, namespace: default}}\nspec: {{host: 127.0.0.1, port: {port}}}\n"
     )
 }
 
-fn peer(name: &str, address: &str) -> String {
+pub fn peer(name: &str, address: &str) -> String {
     let (host, port) = address.rsplit_once(':').unwrap_or((address, "443"));
     format!(
         "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: {name}}}\nspec: {{gateways: [{{host: '{host}', port: {port}}}]}}\n"
@@ -386,7 +403,7 @@ fn peer(name: &str, address: &str) -> String {
 }
 
 /// An import of export `name` from each of `sources`, round-robin.
-fn import(name: &str, port: u16, sources: &[&str]) -> String {
+pub fn import(name: &str, port: u16, sources: &[&str]) -> String {
     let sources: Vec<String> = sources
         .iter()
         .map(|p| format!("{{peer: {p}, exportName: {name}, exportNamespace: default}}"))

@@ -1,0 +1,291 @@
+//! The paths a client's bytes can take to the backends: straight there, or through a pair of
+//! proxies (client side A, server side B) that speak mutual TLS to each other.
+//!
+//! Every pair uses the same certificates: one ECDSA P-256 fabric CA, TLS 1.3 with AES-128-GCM,
+//! and each side verifying the other. Each path is started fresh for each round and stopped after
+//! it, so one round's memory and connections never carry into the next.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clusterlink::demo::LocalGateway;
+use serde::Serialize;
+
+use crate::loadgen;
+use crate::proxies;
+
+/// Longest a freshly started pair may take before a connection goes through it end to end.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathKind {
+    Direct,
+    Nginx,
+    Haproxy,
+    EnvoyH1,
+    EnvoyH2,
+    Clusterlink,
+}
+
+impl PathKind {
+    pub const ALL: [PathKind; 6] = [
+        PathKind::Direct,
+        PathKind::Nginx,
+        PathKind::Haproxy,
+        PathKind::EnvoyH1,
+        PathKind::EnvoyH2,
+        PathKind::Clusterlink,
+    ];
+
+    /// The name used on the command line and in the JSON.
+    pub fn key(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::Nginx => "nginx",
+            PathKind::Haproxy => "haproxy",
+            PathKind::EnvoyH1 => "envoy-h1",
+            PathKind::EnvoyH2 => "envoy-h2",
+            PathKind::Clusterlink => "clusterlink",
+        }
+    }
+
+    /// The column heading in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct TCP",
+            PathKind::Nginx => "nginx mTLS",
+            PathKind::Haproxy => "haproxy mTLS",
+            PathKind::EnvoyH1 => "Envoy H1 CONNECT",
+            PathKind::EnvoyH2 => "Envoy H2 CONNECT",
+            PathKind::Clusterlink => "ClusterLink",
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<PathKind> {
+        PathKind::ALL.into_iter().find(|k| k.key() == key)
+    }
+}
+
+/// The backends every path leads to, started once by the benchmark.
+pub struct Backends {
+    pub iperf: SocketAddr,
+    pub echo: SocketAddr,
+    pub hold: SocketAddr,
+}
+
+/// Where a client connects to reach each backend through a path.
+#[derive(Debug, Clone, Copy)]
+pub struct Fronts {
+    pub iperf: SocketAddr,
+    pub echo: SocketAddr,
+    pub hold: SocketAddr,
+}
+
+/// Files and programs shared by every start of every path.
+pub struct Setup {
+    pub dir: PathBuf,
+    /// Where `cl-gateway` is (the release build next to this binary).
+    pub bin_dir: PathBuf,
+    pub envoy: PathBuf,
+    pub certs: proxies::Certs,
+}
+
+impl Setup {
+    /// Makes the fabric (CA and the certificates of `server1` and `client1`) in `dir`.
+    pub fn create(dir: &Path, bin_dir: &Path, envoy: PathBuf) -> anyhow::Result<Setup> {
+        clusterlink::demo::create_fabric(dir, &["server1", "client1"])?;
+        let certs = proxies::Certs::from_fabric(dir)?;
+        Ok(Setup {
+            dir: dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            envoy,
+            certs,
+        })
+    }
+}
+
+/// A process of a pair; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Process> {
+        let log_file = std::fs::File::create(log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+        Ok(Process { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        clusterlink::terminate(&self.child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One side of a pair, as measured.
+pub struct Side {
+    pub pid: u32,
+}
+
+/// A started path; stopping it is dropping it.
+pub struct RunningPath {
+    pub kind: PathKind,
+    pub fronts: Fronts,
+    /// Side A (client side, importing) and side B (server side, exporting); none for direct.
+    pub sides: Vec<Side>,
+    _processes: Vec<Process>,
+    _gateways: Vec<LocalGateway>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start(
+    kind: PathKind,
+    setup: &Setup,
+    backends: &Backends,
+) -> anyhow::Result<RunningPath> {
+    // Inside the run's directory, which outlives a failed run.
+    let mut dir = tempfile::Builder::new()
+        .prefix(kind.key())
+        .tempdir_in(&setup.dir)?;
+    dir.disable_cleanup(true);
+    let mut path = RunningPath {
+        kind,
+        fronts: Fronts {
+            iperf: backends.iperf,
+            echo: backends.echo,
+            hold: backends.hold,
+        },
+        sides: Vec::new(),
+        _processes: Vec::new(),
+        _gateways: Vec::new(),
+        _dir: dir,
+    };
+    let work = path._dir.path().to_path_buf();
+    match kind {
+        PathKind::Direct => {}
+        PathKind::Clusterlink => {
+            let (gateways, fronts) = start_clusterlink(setup, &work, backends).await?;
+            path.sides = gateways.iter().map(|g| Side { pid: g.pid() }).collect();
+            path.fronts = fronts;
+            path._gateways = gateways;
+        }
+        proxy => {
+            let ports = Fronts {
+                iperf: free_address()?,
+                echo: free_address()?,
+                hold: free_address()?,
+            };
+            let processes = proxies::start(proxy, setup, &work, backends, &ports)?;
+            path.sides = processes.iter().map(|p| Side { pid: p.pid() }).collect();
+            path.fronts = ports;
+            path._processes = processes;
+        }
+    }
+    wait_ready(&mut path).await?;
+    path._dir.disable_cleanup(false);
+    Ok(path)
+}
+
+/// Waits until an exchange through the path's echo front succeeds.
+async fn wait_ready(path: &mut RunningPath) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let attempt =
+            tokio::time::timeout(Duration::from_secs(2), loadgen::exchange(path.fronts.echo)).await;
+        match attempt {
+            Ok(Ok(())) => return Ok(()),
+            _ if Instant::now() > deadline => bail!(
+                "{} did not carry a connection within {READY_TIMEOUT:?}; its logs are in {}",
+                path.kind.label(),
+                path._dir.path().display()
+            ),
+            _ => {
+                for p in &mut path._processes {
+                    if let Some(status) = p.exited() {
+                        bail!(
+                            "{} exited at start ({status}); its logs are in {}",
+                            path.kind.label(),
+                            path._dir.path().display()
+                        );
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Two gateways with the full two-sided policy path: server1 exports the backends and allows
+/// ingress, client1 imports them and allows egress.
+async fn start_clusterlink(
+    setup: &Setup,
+    work: &Path,
+    backends: &Backends,
+) -> anyhow::Result<(Vec<LocalGateway>, Fronts)> {
+    // Each start gets its own fabric and stores: a restarted gateway must not replay a round.
+    clusterlink::demo::create_fabric(work, &["server1", "client1"])?;
+    let server = LocalGateway::start(&setup.bin_dir, work, "server1")?;
+    let client = LocalGateway::start(&setup.bin_dir, work, "client1")?;
+    let allow = clusterlink::demo::ALLOW_ALL;
+    let mut manifests = String::from(allow);
+    for (name, backend) in [
+        ("iperf", backends.iperf),
+        ("echo", backends.echo),
+        ("hold", backends.hold),
+    ] {
+        manifests.push_str("---\n");
+        manifests.push_str(&clusterlink::demo::export(name, backend.port()));
+    }
+    server.apply(&manifests).await?;
+    let fronts = Fronts {
+        iperf: free_address()?,
+        echo: free_address()?,
+        hold: free_address()?,
+    };
+    let mut manifests = String::from(allow);
+    manifests.push_str("---\n");
+    manifests.push_str(&clusterlink::demo::peer("server1", server.peer_address()));
+    for (name, front) in [
+        ("iperf", fronts.iperf),
+        ("echo", fronts.echo),
+        ("hold", fronts.hold),
+    ] {
+        manifests.push_str("---\n");
+        manifests.push_str(&clusterlink::demo::import(name, front.port(), &["server1"]));
+    }
+    client.apply(&manifests).await?;
+    // Side A is the importing gateway, side B the exporting one.
+    Ok((vec![client, server], fronts))
+}
+
+/// A loopback address with a port nothing listens on now.
+pub fn free_address() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
