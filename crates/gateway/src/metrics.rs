@@ -134,7 +134,7 @@ impl Default for Metrics {
         let runtime_tasks = Gauge::default();
         registry.register(
             "runtime_alive_tasks",
-            "Tasks alive in the gateway's runtime; at rest it returns to the same level, so growth is a leak",
+            "Tasks alive in the gateway's runtimes; at rest it returns to the same level, so growth is a leak",
             runtime_tasks.clone(),
         );
         Metrics {
@@ -267,8 +267,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.runtime_tasks
-                .set(runtime.metrics().num_alive_tasks() as i64);
+            let tasks = runtime.metrics().num_alive_tasks() + crate::dataplane::alive_tasks();
+            self.runtime_tasks.set(tasks as i64);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

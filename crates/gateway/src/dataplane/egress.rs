@@ -26,7 +26,8 @@ type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
 use super::clients::ClientTable;
 use super::live::LiveTunnels;
 use super::pool::{ConnectionPool, GatewayKey};
-use super::relay::relay;
+use super::relay::{TLS_SEND_BUFFER, relay};
+use super::workers::serve_on_worker;
 use super::{
     CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, ImportEntry, PeerEntry, PeerHealth, Snapshot,
     tune_socket,
@@ -158,7 +159,7 @@ async fn accept_loop(
                 Ok((client, remote)) => {
                     let snapshot = snapshots.borrow().clone();
                     let (key, next, egress) = (key.clone(), next.clone(), egress.clone());
-                    connections.spawn(async move {
+                    serve_on_worker(&mut connections, client, move |client| async move {
                         egress.serve_client(client, remote, &key, &snapshot, &next).await;
                     });
                 }
@@ -525,13 +526,18 @@ impl Egress {
         tune_socket(&tcp).map_err(|e| e.to_string())?;
         // The configuration current now: rotated certificates apply to new connections.
         let connector = TlsConnector::from(self.tls.borrow().client.clone());
-        timeout(
+        let mut connection = timeout(
             HANDSHAKE_TIMEOUT,
             connector.connect(name.clone(), ReadAhead::new(tcp)),
         )
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS: {e}"))
+        .map_err(|e| format!("TLS: {e}"))?;
+        connection
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(TLS_SEND_BUFFER));
+        Ok(connection)
     }
 }
 

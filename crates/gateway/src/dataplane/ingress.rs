@@ -18,7 +18,8 @@ use tokio_rustls::server::TlsStream;
 
 use super::live::LiveTunnels;
 use super::read_ahead::ReadAhead;
-use super::relay::relay;
+use super::relay::{TLS_SEND_BUFFER, relay};
+use super::workers::serve_on_worker;
 use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, tune_socket};
 use crate::metrics::{Metrics, Side};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
@@ -90,7 +91,7 @@ pub(super) async fn serve(
                     let mut credentials = tls.clone();
                     let acceptor = TlsAcceptor::from(credentials.borrow_and_update().server.clone());
                     let port = port.clone();
-                    connections.spawn(async move {
+                    serve_on_worker(&mut connections, stream, move |stream| async move {
                         let _open = open_permit;
                         if let Err(e) = handle(stream, acceptor, credentials, pending, &port).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
@@ -122,6 +123,7 @@ async fn handle(
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake refused: {e}"))?;
+    tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(ALPN) {
         return Err("peer does not speak the tunnel protocol (ALPN)".into());

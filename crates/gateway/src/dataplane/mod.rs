@@ -13,10 +13,12 @@ mod live;
 mod pool;
 mod read_ahead;
 mod relay;
+mod workers;
 
 pub use clients::{ClientTable, ClientTableError};
 pub use credentials::{GatewayTls, watch_files};
 pub use health::PeerHealth;
+pub(crate) use workers::alive_tasks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes read at once while data keeps coming: four full TLS records.
-const READ_AHEAD: usize = 64 * 1024;
+const READ_AHEAD: usize = 256 * 1024;
 
 pub struct ReadAhead<S> {
     inner: S,

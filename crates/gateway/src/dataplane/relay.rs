@@ -13,8 +13,10 @@
 //! connection is then closed rather than reused.
 
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes of a frame's length prefix.
@@ -24,7 +26,10 @@ const HEADER: usize = 4;
 const INITIAL_BUFFER: usize = 4 * 1024;
 /// A direction's largest buffer, reached only by a direction whose reads keep filling it. A frame
 /// of this size is exactly four full TLS records.
-const MAX_BUFFER: usize = 64 * 1024;
+const MAX_BUFFER: usize = 256 * 1024;
+/// Encrypted bytes a peer connection may queue before the socket takes them (rustls's default is
+/// 64 KiB): a whole frame with its records' overhead, so a frame leaves in one system call.
+pub(super) const TLS_SEND_BUFFER: usize = MAX_BUFFER + 4 * 1024;
 /// How much a buffer grows when a read fills it.
 const GROWTH: usize = 4;
 
@@ -121,12 +126,20 @@ where
         let mut remaining = len;
         while remaining > 0 {
             let want = remaining.min(buf.len());
-            let n = tunnel.read(&mut buf[..want]).await?;
+            let mut n = tunnel.read(&mut buf[..want]).await?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the peer closed the tunnel in the middle of a frame",
                 ));
+            }
+            // A TLS read yields one record; what else has arrived goes out in the same write,
+            // so the plain side is written (and its reader woken) once per buffer, not per record.
+            while n < want {
+                match read_ready(tunnel, &mut buf[n..want]).await? {
+                    Some(m) if m > 0 => n += m,
+                    _ => break,
+                }
             }
             plain.write_all(&buf[..n]).await?;
             remaining -= n;
@@ -136,6 +149,21 @@ where
             }
         }
     }
+}
+
+/// Reads what `reader` has ready into `buf` without waiting for more: `None` if nothing is.
+async fn read_ready<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> io::Result<Option<usize>> {
+    std::future::poll_fn(|cx| {
+        let mut read = ReadBuf::new(buf);
+        match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+            Poll::Pending => Poll::Ready(Ok(None)),
+            Poll::Ready(result) => Poll::Ready(result.map(|()| Some(read.filled().len()))),
+        }
+    })
+    .await
 }
 
 /// The next frame's length, or `None` if the peer closed cleanly where a frame would start.
