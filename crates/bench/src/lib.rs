@@ -131,10 +131,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.rounds,
                 kind.label()
             );
-            let path = paths::start(kind, &setup, &backends).await?;
-            let figures = measure_path(&path, &hold, &args, idle_tunnels)
-                .await
-                .with_context(|| format!("measuring {}", kind.label()))?;
+            let mut path = paths::start(kind, &setup, &backends).await?;
+            let figures = match measure_path(&path, &hold, &args, idle_tunnels).await {
+                Ok(figures) => figures,
+                Err(e) => {
+                    let logs = path.keep_logs();
+                    return Err(e.context(format!(
+                        "measuring {}; its logs are in {}",
+                        kind.label(),
+                        logs.display()
+                    )));
+                }
+            };
             round.figures.insert(kind, figures);
         }
         rounds.push(round);

@@ -165,6 +165,14 @@ pub struct RunningPath {
     _dir: tempfile::TempDir,
 }
 
+impl RunningPath {
+    /// Leaves the path's configuration and logs on disk when it stops; returns where.
+    pub fn keep_logs(&mut self) -> PathBuf {
+        self._dir.disable_cleanup(true);
+        self._dir.path().to_path_buf()
+    }
+}
+
 pub async fn start(
     kind: PathKind,
     setup: &Setup,

@@ -75,14 +75,18 @@ pub(super) async fn serve(
     let open = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     loop {
+        // With MAX_UNAUTHENTICATED handshakes under way, further connections wait in the kernel's
+        // backlog: a peer opening thousands of tunnels at once is slowed, not refused, and a
+        // flood of strangers holds no more than that many descriptors.
+        let pending = tokio::select! {
+            permit = unauthenticated.clone().acquire_owned() => permit.expect("never closed"),
+            _ = shutdown.changed() => break,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    // Beyond the limits a connection is closed at once, so a flood of strangers
-                    // cannot take the descriptors and memory that peers need.
-                    let (Ok(open_permit), Ok(pending)) =
-                        (open.clone().try_acquire_owned(), unauthenticated.clone().try_acquire_owned())
-                    else {
+                    // Beyond the total a connection is closed at once.
+                    let Ok(open_permit) = open.clone().try_acquire_owned() else {
                         tracing::warn!(%remote, "peer port at its connection limit; connection dropped");
                         continue;
                     };
