@@ -18,14 +18,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::read_ahead::ReadAhead;
-
-/// A mutual-TLS connection to a peer gateway.
-type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
-
 use super::clients::ClientTable;
 use super::live::LiveTunnels;
 use super::pool::{ConnectionPool, GatewayKey};
+use super::read_ahead::ReadAhead;
 use super::relay::{TLS_SEND_BUFFER, relay};
 use super::workers::serve_on_worker;
 use super::{
@@ -37,6 +33,9 @@ use crate::model::ControlPlane;
 use crate::policy::PolicyDecision;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+
+/// A mutual-TLS connection to a peer gateway.
+type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
 
 const IMPORT_VALID: &str = "ImportValid";
 /// How often an import whose port was taken tries again.

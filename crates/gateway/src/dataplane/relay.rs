@@ -99,9 +99,7 @@ where
             return Ok(total);
         }
         total += n as u64;
-        if HEADER + n == buf.len() && buf.len() < MAX_BUFFER {
-            buf.resize((buf.len() * GROWTH).min(MAX_BUFFER), 0);
-        }
+        grow_if_filled(&mut buf, HEADER + n);
     }
 }
 
@@ -144,10 +142,15 @@ where
             plain.write_all(&buf[..n]).await?;
             remaining -= n;
             total += n as u64;
-            if n == buf.len() && buf.len() < MAX_BUFFER {
-                buf.resize((buf.len() * GROWTH).min(MAX_BUFFER), 0);
-            }
+            grow_if_filled(&mut buf, n);
         }
+    }
+}
+
+/// A buffer that a read filled grows (up to [`MAX_BUFFER`]): more is likely waiting.
+fn grow_if_filled(buf: &mut Vec<u8>, filled: usize) {
+    if filled == buf.len() && buf.len() < MAX_BUFFER {
+        buf.resize((buf.len() * GROWTH).min(MAX_BUFFER), 0);
     }
 }
 
