@@ -106,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     step("1. Create the fabric CA and a certificate for each peer");
-    create_fabric(&dir, &["server1", "client1"])?;
+    create_and_show_fabric(&dir, &["server1", "client1"])?;
 
     step("2. Start a gateway for each peer (real processes, embedded store)");
     let bin_dir = bin_dir()?;
@@ -236,10 +236,17 @@ pub fn create_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
         if !fabric.join(peer).exists() {
             clusterlink_pki::create_peer_cert(&fabric, peer, clusterlink_pki::Validity::days(30)?)?;
         }
-        println!(
-            "   {peer}: {}",
-            fabric.join(peer).join("cert.pem").display()
-        );
+    }
+    Ok(())
+}
+
+/// [`create_fabric`], saying where each peer's certificate is.
+fn create_and_show_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
+    create_fabric(dir, peers)?;
+    let fabric = dir.join(crate::clusterlink_cmd::DEFAULT_FABRIC);
+    for peer in peers {
+        let cert = fabric.join(peer).join(clusterlink_pki::CERT_FILE);
+        println!("   {peer}: {}", cert.display());
     }
     Ok(())
 }

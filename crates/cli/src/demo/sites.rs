@@ -10,7 +10,8 @@ use anyhow::{Context as _, bail};
 use tokio::io::AsyncWriteExt;
 
 use super::{
-    DemoArgs, LocalGateway, bin_dir, create_fabric, export, import, peer, start_gateway, step,
+    DemoArgs, LocalGateway, bin_dir, create_and_show_fabric, export, import, peer, start_gateway,
+    step,
 };
 use crate::netns::{Site, Wan};
 
@@ -79,7 +80,7 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     );
 
     step("2. A fabric CA, a certificate per site, and a gateway in each site");
-    create_fabric(dir, &["shop", "east", "west"])?;
+    create_and_show_fabric(dir, &["shop", "east", "west"])?;
     let bin_dir = bin_dir()?;
     let gateways: Vec<SiteGateway> = [("shop", "shop"), ("east", "east"), ("west", "west")]
         .into_iter()
