@@ -186,7 +186,7 @@ async fn measure_path(
     idle_tunnels: usize,
 ) -> anyhow::Result<Figures> {
     let mut f = Figures::new();
-    let pids: Vec<u32> = path.sides.iter().map(|s| s.pid).collect();
+    let pids = &path.sides;
     let cpu_keys = [report::CPU_A, report::CPU_B];
     let idle_keys = [report::IDLE_A, report::IDLE_B];
 

@@ -149,17 +149,13 @@ impl Drop for Process {
     }
 }
 
-/// One side of a pair, as measured.
-pub struct Side {
-    pub pid: u32,
-}
-
 /// A started path; stopping it is dropping it.
 pub struct RunningPath {
     pub kind: PathKind,
     pub fronts: Fronts,
-    /// Side A (client side, importing) and side B (server side, exporting); none for direct.
-    pub sides: Vec<Side>,
+    /// The process of side A (client side, importing) and side B (server side, exporting);
+    /// none for direct.
+    pub sides: Vec<u32>,
     _processes: Vec<Process>,
     _gateways: Vec<LocalGateway>,
     _dir: tempfile::TempDir,
@@ -200,7 +196,7 @@ pub async fn start(
         PathKind::Direct => {}
         PathKind::Clusterlink => {
             let (gateways, fronts) = start_clusterlink(setup, &work, backends).await?;
-            path.sides = gateways.iter().map(|g| Side { pid: g.pid() }).collect();
+            path.sides = gateways.iter().map(LocalGateway::pid).collect();
             path.fronts = fronts;
             path._gateways = gateways;
         }
@@ -211,7 +207,7 @@ pub async fn start(
                 hold: free_address()?,
             };
             let processes = proxies::start(proxy, setup, &work, backends, &ports)?;
-            path.sides = processes.iter().map(|p| Side { pid: p.pid() }).collect();
+            path.sides = processes.iter().map(Process::pid).collect();
             path.fronts = ports;
             path._processes = processes;
         }

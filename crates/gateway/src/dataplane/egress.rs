@@ -260,6 +260,20 @@ impl Egress {
         self.count_idle();
     }
 
+    /// The latest idle connection to `gateway`, if one is kept.
+    fn take_warm(&self, gateway: &GatewayKey) -> Option<PeerConnection> {
+        let taken = self.pool.take(gateway);
+        self.count_idle();
+        taken
+    }
+
+    /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
+    fn keep_warm(&self, gateway: GatewayKey, connection: PeerConnection) {
+        self.pool.put(gateway, connection);
+        self.count_idle();
+    }
+
+    /// Every change of the pool goes through a method that calls this, so the gauge follows it.
     fn count_idle(&self) {
         self.metrics.set_idle(Side::Egress, self.pool.len());
     }
@@ -376,8 +390,7 @@ impl Egress {
                         }
                     };
                     if relayed.reusable {
-                        self.pool.put(gateway, connection);
-                        self.count_idle();
+                        self.keep_warm(gateway, connection);
                     }
                     let import_name = format!("{}/{}", key.namespace, key.name);
                     self.metrics.import_tunnel_done(
@@ -466,8 +479,7 @@ impl Egress {
             // so a new connection can take the tunnel instead. Its siblings are likely as stale
             // (the gateway restarted), so they go too.
             let mut answered = None;
-            if let Some(connection) = self.pool.take(&gateway) {
-                self.count_idle();
+            if let Some(connection) = self.take_warm(&gateway) {
                 match ask(connection, &head).await {
                     Ok(answer) => answered = Some(answer),
                     Err(_) => self.forget(&gateway),
