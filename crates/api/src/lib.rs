@@ -36,3 +36,26 @@ pub const SYSTEM_NAMESPACE: &str = "clusterlink-system";
 
 /// The namespace assumed when a namespaced manifest names none, as `kubectl` does.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// The five kinds as Kubernetes custom resources. The definitions are generated from the same
+/// types standalone mode parses, so one manifest means the same thing in both modes.
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube_core::CustomResourceExt;
+
+    pub use crate::resources::{
+        KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
+    };
+
+    /// Every custom resource definition of the group, in the order they are listed in `Kind::ALL`.
+    pub fn crds() -> Vec<CustomResourceDefinition> {
+        vec![
+            KubePeer::crd(),
+            KubeExport::crd(),
+            KubeImport::crd(),
+            KubeAccessPolicy::crd(),
+            KubePrivilegedAccessPolicy::crd(),
+        ]
+    }
+}

@@ -53,6 +53,7 @@ impl ObjectMeta {
 /// `status` of every kind: conditions a person can act on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -67,6 +68,7 @@ impl Status {
 /// A Kubernetes-style condition (`metav1.Condition`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
@@ -97,6 +99,7 @@ impl Condition {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub enum ConditionStatus {
     True,
     False,

@@ -5,6 +5,8 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::meta::{ObjectMeta, Status};
+#[cfg(feature = "kubernetes")]
+use std::borrow::Cow;
 use crate::selector::LabelSelector;
 use crate::validation::{
     FieldErrors, check_dns_label, check_dns_subdomain, check_host, check_rfc1035_label,
@@ -116,6 +118,13 @@ impl Kind {
     }
 }
 
+/// A kind serializes as its manifest name (`Import`).
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -167,6 +176,22 @@ impl Port {
 impl fmt::Display for Port {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+/// In custom resource schemas, a port is what [`Port::new`] accepts.
+#[cfg(feature = "kubernetes")]
+impl schemars::JsonSchema for Port {
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535})
     }
 }
 
@@ -222,6 +247,24 @@ impl<S: Spec> Resource<S> {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(kube_derive::CustomResource, schemars::JsonSchema),
+    kube(
+        group = "clusterlink.net",
+        version = "v1alpha1",
+        kind = "Peer",
+        root = "KubePeer",
+        namespaced,
+        status = "Status",
+        crates(kube_core = "::kube_core"),
+        category = "clusterlink",
+        printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gateways[0].host"),
+        printcolumn(name = "Port", type_ = "integer", json_path = ".spec.gateways[0].port"),
+        printcolumn(name = "Reachable", type_ = "string", json_path = ".status.conditions[?(@.type==\"PeerReachable\")].status"),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
 pub struct PeerSpec {
     pub gateways: Vec<Endpoint>,
 }
@@ -229,6 +272,7 @@ pub struct PeerSpec {
 /// One address of a peer's gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct Endpoint {
     pub host: String,
     pub port: Port,
@@ -263,6 +307,25 @@ pub type Peer = Resource<PeerSpec>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(kube_derive::CustomResource, schemars::JsonSchema),
+    kube(
+        group = "clusterlink.net",
+        version = "v1alpha1",
+        kind = "Export",
+        root = "KubeExport",
+        namespaced,
+        status = "Status",
+        crates(kube_core = "::kube_core"),
+        category = "clusterlink",
+        printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
+        printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
+        printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"ExportValid\")].status"),
+        printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"ExportValid\")].reason"),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
 pub struct ExportSpec {
     /// The backend to dial; absent means the service of the same name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -293,6 +356,26 @@ pub type Export = Resource<ExportSpec>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(kube_derive::CustomResource, schemars::JsonSchema),
+    kube(
+        group = "clusterlink.net",
+        version = "v1alpha1",
+        kind = "Import",
+        root = "KubeImport",
+        namespaced,
+        status = "Status",
+        crates(kube_core = "::kube_core"),
+        category = "clusterlink",
+        printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
+        printcolumn(name = "Target", type_ = "integer", json_path = ".spec.targetPort"),
+        printcolumn(name = "LB", type_ = "string", json_path = ".spec.lbScheme"),
+        printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"ImportValid\")].status"),
+        printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"ImportValid\")].reason"),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
 pub struct ImportSpec {
     /// The port local clients connect to.
     pub port: Port,
@@ -306,6 +389,7 @@ pub struct ImportSpec {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct ImportSource {
     pub peer: String,
     pub export_name: String,
@@ -314,6 +398,7 @@ pub struct ImportSource {
 
 /// How an import picks among its sources for each new connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub enum LbScheme {
     #[default]
     #[serde(rename = "round-robin")]
@@ -389,6 +474,23 @@ pub type Import = Resource<ImportSpec>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(kube_derive::CustomResource, schemars::JsonSchema),
+    kube(
+        group = "clusterlink.net",
+        version = "v1alpha1",
+        kind = "AccessPolicy",
+        root = "KubeAccessPolicy",
+        namespaced,
+        shortname = "ap",
+        status = "Status",
+        crates(kube_core = "::kube_core"),
+        category = "clusterlink",
+        printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
 pub struct AccessPolicySpec {
     pub action: PolicyAction,
     pub from: Vec<WorkloadSelectorEntry>,
@@ -397,6 +499,7 @@ pub struct AccessPolicySpec {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub enum PolicyAction {
     Allow,
     Deny,
@@ -415,6 +518,7 @@ impl PolicyAction {
 /// sets are not part of it here, so naming one is an error rather than silently ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct WorkloadSelectorEntry {
     pub workload_selector: LabelSelector,
 }
@@ -453,6 +557,22 @@ pub type AccessPolicy = Resource<AccessPolicySpec>;
 /// Same shape as [`AccessPolicySpec`]; a distinct type so the two kinds cannot be confused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(kube_derive::CustomResource, schemars::JsonSchema),
+    kube(
+        group = "clusterlink.net",
+        version = "v1alpha1",
+        kind = "PrivilegedAccessPolicy",
+        root = "KubePrivilegedAccessPolicy",
+        shortname = "pap",
+        status = "Status",
+        crates(kube_core = "::kube_core"),
+        category = "clusterlink",
+        printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    )
+)]
 pub struct PrivilegedAccessPolicySpec(pub AccessPolicySpec);
 
 impl Spec for PrivilegedAccessPolicySpec {

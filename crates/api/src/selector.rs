@@ -10,6 +10,7 @@ use crate::validation::{FieldErrors, check_label_key, check_label_value};
 /// selector (`{}`) matches everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct LabelSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
@@ -19,6 +20,7 @@ pub struct LabelSelector {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub struct LabelSelectorRequirement {
     pub key: String,
     pub operator: SelectorOperator,
@@ -27,6 +29,7 @@ pub struct LabelSelectorRequirement {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
 pub enum SelectorOperator {
     In,
     NotIn,

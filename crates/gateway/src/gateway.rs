@@ -138,6 +138,8 @@ impl Gateway {
             local_labels: config.labels.clone(),
             import_address: config.import_address,
             clients: config.clients.clone(),
+            // Standalone mode has no pods: every client is found by range in `clients`.
+            client_hosts: watch::channel(Arc::default()).1,
             metrics: metrics.clone(),
             protected: vec![management_addr, peer_addr],
         };

@@ -6,6 +6,7 @@
 //! - [`dataplane`]: the peer port, import listeners and the byte relay.
 //! - [`metrics`]: Prometheus metrics of connections, refusals, bytes and peer health.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
+//! - [`replica`]: the snapshot stream from a control plane to its data-plane replicas.
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 
 pub mod dataplane;
@@ -14,6 +15,7 @@ pub mod management;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod replica;
 pub mod tunnel;
 
 pub use gateway::{Gateway, GatewayConfig, GatewayError, ManagementSecurity};

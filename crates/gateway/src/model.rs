@@ -172,6 +172,26 @@ impl ControlPlane {
         self.submit(Mutation::Delete(key)).await
     }
 
+    /// Makes the model hold exactly `objects`: applies what is new or changed and deletes the
+    /// rest. Used where another source owns the configuration (the Kubernetes API server, or a
+    /// replica's control plane).
+    pub async fn replace_all(&self, objects: Vec<Object>) -> Result<(), ModelError> {
+        let current = self.snapshot();
+        let wanted: std::collections::BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        for obj in objects {
+            let unchanged = current
+                .get(&obj.key())
+                .is_some_and(|have| have.same_desired_state(&obj));
+            if !unchanged {
+                self.apply(obj).await?;
+            }
+        }
+        for key in current.keys().filter(|k| !wanted.contains(*k)) {
+            self.delete(key.clone()).await?;
+        }
+        Ok(())
+    }
+
     async fn submit(&self, mutation: Mutation) -> Result<(WriteOutcome, Object), ModelError> {
         if let Mutation::Create(o) | Mutation::Apply(o) = &mutation {
             o.validate().map_err(ModelError::Invalid)?;

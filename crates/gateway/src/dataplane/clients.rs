@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use clusterlink_api::attributes::{CLIENT_LABELS_PREFIX, CLIENT_NAMESPACE, CLIENT_SERVICE_ACCOUNT};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Attributes;
 
@@ -96,6 +96,42 @@ impl ClientTable {
             .find(|e| in_network(addr, e.network, e.prefix))
             .map(|e| e.attributes.clone())
             .unwrap_or_default()
+    }
+}
+
+/// Client attributes by exact address. On Kubernetes there is one entry per pod, from the
+/// controller's pod cache; it reaches the data plane with each snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ClientHosts(BTreeMap<IpAddr, Attributes>);
+
+impl ClientHosts {
+    pub fn insert(
+        &mut self,
+        addr: IpAddr,
+        namespace: String,
+        service_account: String,
+        labels: BTreeMap<String, String>,
+    ) {
+        let mut attributes = Attributes::new();
+        attributes.insert(CLIENT_NAMESPACE.into(), namespace);
+        attributes.insert(CLIENT_SERVICE_ACCOUNT.into(), service_account);
+        for (k, v) in labels {
+            attributes.insert(format!("{CLIENT_LABELS_PREFIX}{k}"), v);
+        }
+        self.0.insert(canonical(addr), attributes);
+    }
+
+    pub fn get(&self, addr: IpAddr) -> Option<&Attributes> {
+        self.0.get(&canonical(addr))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -331,7 +331,10 @@ impl Egress {
             reset(client);
             return;
         };
-        let client_attributes = self.clients.attributes_of(remote.ip());
+        let client_attributes = match snapshot.client_hosts.get(remote.ip()) {
+            Some(pod) => pod.clone(),
+            None => self.clients.attributes_of(remote.ip()),
+        };
         for source in source_order(import, next, |peer| self.health.is_unreachable(peer)) {
             let export = ExportRef {
                 namespace: source.export_namespace.clone(),

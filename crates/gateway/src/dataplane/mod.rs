@@ -15,7 +15,7 @@ mod read_ahead;
 mod relay;
 mod workers;
 
-pub use clients::{ClientTable, ClientTableError};
+pub use clients::{ClientHosts, ClientTable, ClientTableError};
 pub use credentials::{GatewayTls, watch_files};
 pub use health::PeerHealth;
 pub(crate) use workers::alive_tasks;
@@ -48,8 +48,10 @@ pub struct DataPlaneConfig {
     pub local_labels: BTreeMap<String, String>,
     /// Where import listeners bind (standalone mode).
     pub import_address: IpAddr,
-    /// Who local clients are, by address.
+    /// Who local clients are, by address range (standalone mode).
     pub clients: ClientTable,
+    /// Who local clients are, by exact address (Kubernetes pods); consulted before `clients`.
+    pub client_hosts: watch::Receiver<Arc<ClientHosts>>,
     pub metrics: Arc<Metrics>,
     /// This gateway's own listeners (management API, peer port): never dialed as a backend.
     pub protected: Vec<std::net::SocketAddr>,
@@ -85,6 +87,7 @@ pub struct Snapshot {
     pub exports: HashMap<ExportRef, ExportEntry>,
     pub imports: BTreeMap<ObjectKey, ImportEntry>,
     pub policy: PolicyEngine,
+    pub client_hosts: Arc<ClientHosts>,
 }
 
 impl Snapshot {
@@ -92,6 +95,7 @@ impl Snapshot {
         local_peer: &str,
         local_labels: &BTreeMap<String, String>,
         objects: &Objects,
+        client_hosts: Arc<ClientHosts>,
     ) -> Snapshot {
         let mut snapshot = Snapshot {
             local_peer: local_peer.to_string(),
@@ -100,6 +104,7 @@ impl Snapshot {
             exports: HashMap::new(),
             imports: BTreeMap::new(),
             policy: PolicyEngine::compile(objects.values()),
+            client_hosts,
         };
         for (key, obj) in objects {
             match obj {
@@ -168,6 +173,7 @@ pub async fn run(
         &config.local_peer,
         config.local_labels.clone(),
         control_plane.subscribe(),
+        config.client_hosts.clone(),
     );
     let health = PeerHealth::default();
     let mut tasks = JoinSet::new();
@@ -231,20 +237,32 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
-/// Rebuilds the snapshot on every committed change of the objects.
+/// Rebuilds the snapshot on every committed change of the objects or of the client hosts.
 fn follow_snapshots(
     local_peer: &str,
     local_labels: BTreeMap<String, String>,
     mut objects: watch::Receiver<Arc<Objects>>,
+    mut hosts: watch::Receiver<Arc<ClientHosts>>,
 ) -> watch::Receiver<Arc<Snapshot>> {
     let local_peer = local_peer.to_string();
-    let first = Snapshot::build(&local_peer, &local_labels, &objects.borrow_and_update());
-    let (tx, rx) = watch::channel(Arc::new(first));
+    let build = move |objects: &Objects, hosts: Arc<ClientHosts>| {
+        Arc::new(Snapshot::build(&local_peer, &local_labels, objects, hosts))
+    };
+    let first = build(&objects.borrow_and_update(), hosts.borrow_and_update().clone());
+    let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
-        while objects.changed().await.is_ok() {
-            let snapshot =
-                Snapshot::build(&local_peer, &local_labels, &objects.borrow_and_update());
-            if tx.send(Arc::new(snapshot)).is_err() {
+        // A source whose sender is gone never changes again; the snapshot follows the other.
+        let mut hosts_open = true;
+        loop {
+            tokio::select! {
+                changed = objects.changed() => if changed.is_err() { break },
+                changed = hosts.changed(), if hosts_open => if changed.is_err() {
+                    hosts_open = false;
+                    continue;
+                },
+            }
+            let snapshot = build(&objects.borrow_and_update(), hosts.borrow_and_update().clone());
+            if tx.send(snapshot).is_err() {
                 break;
             }
         }

@@ -1,0 +1,244 @@
+//! The snapshot stream between a control plane and its data-plane replicas (Kubernetes mode).
+//!
+//! The control plane serves every replica the whole configuration — the model's objects and the
+//! client hosts — on connect and again on every change, as length-prefixed JSON over mutual
+//! TLS. Both ends hold the same peer certificate: the control plane accepts only a client that
+//! proves it is this peer, and the replica checks the server's name the same way, so no other
+//! workload can read the configuration or feed a replica a false one.
+//!
+//! A replica applies each snapshot to a local [`ControlPlane`] and serves from it. When the
+//! stream breaks (the control plane restarts, say) it keeps serving the last snapshot and
+//! reconnects; the next snapshot replaces it whole.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_api::Object;
+use clusterlink_pki::{Identity, identity_of};
+use rustls_pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::dataplane::{ClientHosts, GatewayTls};
+use crate::model::{ControlPlane, ModelError, Objects};
+
+/// A snapshot larger than this is refused: a bound on what a broken or hostile peer can make
+/// the other side allocate, far above any real configuration (64 MiB of JSON).
+pub const MAX_SNAPSHOT_BYTES: u32 = 64 << 20;
+/// A handshake slower than this is a stalled or hostile party.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect delays double from the first to the last while the control plane is away.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Everything a replica serves from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaSnapshot {
+    pub objects: Vec<Object>,
+    pub client_hosts: ClientHosts,
+}
+
+/// A snapshot as read: each object is parsed (and so checked) as a manifest would be.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireSnapshot {
+    objects: Vec<serde_json::Value>,
+    client_hosts: ClientHosts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake did not finish within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("snapshot of {0} bytes is larger than the {MAX_SNAPSHOT_BYTES}-byte limit")]
+    TooLarge(u32),
+    #[error("snapshot is not valid: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("snapshot holds an invalid object: {0}")]
+    InvalidObject(#[from] clusterlink_api::ManifestError),
+    #[error("the other end is not this peer ({0})")]
+    WrongIdentity(String),
+    #[error("applying the snapshot: {0}")]
+    Model(#[from] ModelError),
+}
+
+async fn write_snapshot<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    snapshot: &ReplicaSnapshot,
+) -> Result<(), StreamError> {
+    let body = serde_json::to_vec(snapshot)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|n| *n <= MAX_SNAPSHOT_BYTES)
+        .ok_or(StreamError::TooLarge(u32::MAX))?;
+    out.write_all(&len.to_be_bytes()).await?;
+    out.write_all(&body).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+async fn read_snapshot<R: AsyncRead + Unpin>(input: &mut R) -> Result<ReplicaSnapshot, StreamError> {
+    let len = input.read_u32().await?;
+    if len > MAX_SNAPSHOT_BYTES {
+        return Err(StreamError::TooLarge(len));
+    }
+    let mut body = vec![0; len as usize];
+    input.read_exact(&mut body).await?;
+    let wire: WireSnapshot = serde_json::from_slice(&body)?;
+    Ok(ReplicaSnapshot {
+        objects: wire
+            .objects
+            .into_iter()
+            .map(clusterlink_api::manifest::object_from_value)
+            .collect::<Result<_, _>>()?,
+        client_hosts: wire.client_hosts,
+    })
+}
+
+fn is_peer(identity: Option<Result<Identity, clusterlink_pki::PkiError>>, peer: &str) -> Result<(), StreamError> {
+    match identity {
+        Some(Ok(Identity::Peer(name))) if name == peer => Ok(()),
+        other => Err(StreamError::WrongIdentity(format!("{other:?}"))),
+    }
+}
+
+/// Serves snapshots of `objects` and `hosts` to every replica that connects on `listener` until
+/// `shutdown` flips.
+pub async fn serve(
+    listener: TcpListener,
+    local_peer: String,
+    tls: watch::Receiver<Arc<GatewayTls>>,
+    objects: watch::Receiver<Arc<Objects>>,
+    hosts: watch::Receiver<Arc<ClientHosts>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut replicas = JoinSet::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "replica accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            Some(_) = replicas.join_next(), if !replicas.is_empty() => continue,
+            _ = shutdown.changed() => break,
+        };
+        let acceptor = TlsAcceptor::from(tls.borrow().management.clone());
+        let (peer, objects, hosts, shutdown) = (
+            local_peer.clone(),
+            objects.clone(),
+            hosts.clone(),
+            shutdown.clone(),
+        );
+        replicas.spawn(async move {
+            match feed_replica(stream, acceptor, &peer, objects, hosts, shutdown).await {
+                Ok(()) => tracing::info!(%remote, "replica disconnected"),
+                Err(e) => tracing::warn!(%remote, error = %e, "replica stream ended"),
+            }
+        });
+    }
+    replicas.abort_all();
+}
+
+async fn feed_replica(
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    peer: &str,
+    mut objects: watch::Receiver<Arc<Objects>>,
+    mut hosts: watch::Receiver<Arc<ClientHosts>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| StreamError::HandshakeTimeout)??;
+    let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(identity_of);
+    is_peer(identity, peer)?;
+    tracing::info!("replica connected");
+    loop {
+        let snapshot = ReplicaSnapshot {
+            objects: objects.borrow_and_update().values().cloned().collect(),
+            client_hosts: hosts.borrow_and_update().as_ref().clone(),
+        };
+        write_snapshot(&mut stream, &snapshot).await?;
+        tokio::select! {
+            changed = objects.changed() => if changed.is_err() { return Ok(()) },
+            changed = hosts.changed() => if changed.is_err() { return Ok(()) },
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// The replica side: follows the control plane at `address` (host:port), applying every
+/// snapshot to `model` and `hosts`, reconnecting until `shutdown` flips. Between connections the
+/// last snapshot stays in force.
+pub async fn follow(
+    address: String,
+    local_peer: String,
+    tls: watch::Receiver<Arc<GatewayTls>>,
+    model: ControlPlane,
+    hosts: watch::Sender<Arc<ClientHosts>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut delay = RECONNECT_FIRST;
+    loop {
+        let session = receive(&address, &local_peer, &tls, &model, &hosts, &mut delay);
+        tokio::select! {
+            result = session => match result {
+                Ok(()) => tracing::warn!(control_plane = %address, "control plane closed the stream; serving the last snapshot"),
+                Err(e) => tracing::warn!(control_plane = %address, error = %e, "no snapshot stream; serving the last snapshot"),
+            },
+            _ = shutdown.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(RECONNECT_MAX);
+    }
+}
+
+async fn receive(
+    address: &str,
+    local_peer: &str,
+    tls: &watch::Receiver<Arc<GatewayTls>>,
+    model: &ControlPlane,
+    hosts: &watch::Sender<Arc<ClientHosts>>,
+    delay: &mut Duration,
+) -> Result<(), StreamError> {
+    let tcp = TcpStream::connect(address).await?;
+    let connector = TlsConnector::from(tls.borrow().client.clone());
+    let name = ServerName::try_from(local_peer.to_string())
+        .map_err(|e| StreamError::WrongIdentity(e.to_string()))?;
+    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| StreamError::HandshakeTimeout)??;
+    loop {
+        let snapshot = match read_snapshot(&mut stream).await {
+            Ok(s) => s,
+            Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        *delay = RECONNECT_FIRST;
+        tracing::debug!(objects = snapshot.objects.len(), hosts = snapshot.client_hosts.len(), "snapshot received");
+        model.replace_all(snapshot.objects).await?;
+        hosts.send_if_modified(|current| {
+            let changed = **current != snapshot.client_hosts;
+            if changed {
+                *current = Arc::new(snapshot.client_hosts);
+            }
+            changed
+        });
+    }
+}

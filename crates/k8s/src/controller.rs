@@ -1,0 +1,333 @@
+//! The controller: watches the cluster, feeds the gateway's model, and makes the changes
+//! [`reconcile::plan`] asks for.
+//!
+//! It is level-triggered: any watched change wakes one pass that looks at everything (from the
+//! watch caches, not the API server) and converges. A pass after a crash or a missed event
+//! therefore repairs whatever drifted, such as a managed Service someone deleted.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_api::kubernetes::{
+    KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
+};
+use clusterlink_api::{Condition, Kind};
+use clusterlink_gateway::dataplane::ClientHosts;
+use clusterlink_gateway::model::ControlPlane;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+
+use crate::model;
+use crate::reconcile::{self, Change, World};
+
+/// The field manager named in server-side applies: `kubectl get --show-managed-fields` shows the
+/// controller's fields under this name.
+pub const FIELD_MANAGER: &str = "clusterlink-controller";
+/// Changes arriving within this window are handled by one pass (a `kubectl apply` of many
+/// objects is one burst of events).
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often a pass runs without a watched change: it copies runtime conditions (peer
+/// reachability) into Peer statuses and retries changes that failed.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What the controller needs to know about the peer it runs for.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The namespace the peer is deployed into.
+    pub system_namespace: String,
+    /// Labels that select this peer's data-plane pods.
+    pub dataplane_labels: BTreeMap<String, String>,
+    /// Ports the data-plane pods use themselves.
+    pub reserved_ports: Vec<u16>,
+}
+
+/// Makes planned changes through the API server.
+#[derive(Clone)]
+pub struct Executor {
+    client: Client,
+}
+
+impl Executor {
+    pub fn new(client: Client) -> Executor {
+        Executor { client }
+    }
+
+    /// Makes every change in order. A failed change does not stop the others (one bad object
+    /// must not hold up the rest); the first failure is returned after all were tried.
+    pub async fn execute(&self, changes: &[Change], now: &str) -> Result<(), ControllerError> {
+        let mut first_error = None;
+        for change in changes {
+            if let Err(e) = self.make(change, now).await {
+                tracing::warn!(error = %e, "controller change failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    async fn make(&self, change: &Change, now: &str) -> Result<(), ControllerError> {
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        match change {
+            Change::SetTargetPort {
+                namespace,
+                name,
+                port,
+            } => {
+                let api: Api<KubeImport> = Api::namespaced(self.client.clone(), namespace);
+                let patch = json!({"spec": {"targetPort": port}});
+                api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(drop)
+                    .map_err(failed(format!(
+                        "writing targetPort {port} into import {namespace}/{name}"
+                    )))
+            }
+            Change::ApplyService(service) => {
+                let (namespace, name) = names(service.as_ref());
+                let api: Api<Service> = Api::namespaced(self.client.clone(), &namespace);
+                api.patch(&name, &apply, &Patch::Apply(service.as_ref()))
+                    .await
+                    .map(drop)
+                    .map_err(failed(format!("applying Service {namespace}/{name}")))
+            }
+            Change::ApplyEndpointSlice(slice) => {
+                let (namespace, name) = names(slice.as_ref());
+                let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &namespace);
+                api.patch(&name, &apply, &Patch::Apply(slice.as_ref()))
+                    .await
+                    .map(drop)
+                    .map_err(failed(format!("applying EndpointSlice {namespace}/{name}")))
+            }
+            Change::DeleteService { namespace, name } => {
+                let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+                delete(&api, name, "Service", namespace).await
+            }
+            Change::DeleteEndpointSlice { namespace, name } => {
+                let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
+                delete(&api, name, "EndpointSlice", namespace).await
+            }
+            Change::SetStatus {
+                kind,
+                namespace,
+                name,
+                conditions,
+            } => {
+                let conditions: Vec<Condition> = conditions
+                    .iter()
+                    .cloned()
+                    .map(|mut c| {
+                        c.last_transition_time.get_or_insert_with(|| now.to_string());
+                        c
+                    })
+                    .collect();
+                let patch = Patch::Merge(json!({"status": {"conditions": conditions}}));
+                let params = PatchParams::default();
+                let what = format!("writing the status of {kind} {namespace}/{name}");
+                let client = self.client.clone();
+                let result = match kind {
+                    Kind::Import => Api::<KubeImport>::namespaced(client, namespace)
+                        .patch_status(name, &params, &patch)
+                        .await
+                        .map(drop),
+                    Kind::Export => Api::<KubeExport>::namespaced(client, namespace)
+                        .patch_status(name, &params, &patch)
+                        .await
+                        .map(drop),
+                    Kind::Peer => Api::<KubePeer>::namespaced(client, namespace)
+                        .patch_status(name, &params, &patch)
+                        .await
+                        .map(drop),
+                    Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => return Ok(()),
+                };
+                match result {
+                    // Deleted since the pass began: nothing to report on.
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    other => other.map_err(failed(what)),
+                }
+            }
+        }
+    }
+}
+
+fn names<K: Resource>(obj: &K) -> (String, String) {
+    let m = obj.meta();
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+fn failed(action: String) -> impl FnOnce(kube::Error) -> ControllerError {
+    move |source| ControllerError::Api { action, source }
+}
+
+async fn delete<K>(api: &Api<K>, name: &str, kind: &str, namespace: &str) -> Result<(), ControllerError>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        // Already gone (the garbage collector follows owner references too).
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(ControllerError::Api {
+            action: format!("deleting {kind} {namespace}/{name}"),
+            source: e,
+        }),
+    }
+}
+
+/// The watch caches a pass reads.
+struct Caches {
+    peers: Store<KubePeer>,
+    exports: Store<KubeExport>,
+    imports: Store<KubeImport>,
+    policies: Store<KubeAccessPolicy>,
+    privileged: Store<KubePrivilegedAccessPolicy>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+}
+
+fn cache<K>(api: Api<K>, config: watcher::Config, wake: Arc<Notify>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(writer));
+        while let Some(event) = events.next().await {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watch failed; retrying");
+            }
+            wake.notify_one();
+        }
+    });
+    store
+}
+
+/// Runs the controller until the process ends: watches, feeds `control_plane` (whose snapshot
+/// the data-plane replicas receive) and the pod table in `clients`, and converges the cluster.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    control_plane: ControlPlane,
+    clients: watch::Sender<Arc<ClientHosts>>,
+) {
+    let wake = Arc::new(Notify::new());
+    let system = config.system_namespace.as_str();
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        reconcile::MANAGED_BY_LABEL,
+        reconcile::MANAGED_BY
+    ));
+    let caches = Caches {
+        peers: cache(Api::namespaced(client.clone(), system), Default::default(), wake.clone()),
+        exports: cache(Api::all(client.clone()), Default::default(), wake.clone()),
+        imports: cache(Api::all(client.clone()), Default::default(), wake.clone()),
+        policies: cache(Api::all(client.clone()), Default::default(), wake.clone()),
+        privileged: cache(Api::all(client.clone()), Default::default(), wake.clone()),
+        services: cache(Api::all(client.clone()), Default::default(), wake.clone()),
+        slices: cache(Api::all(client.clone()), managed, wake.clone()),
+        pods: cache(Api::all(client.clone()), Default::default(), wake.clone()),
+    };
+    // Until every cache has listed once, an absent import may only be unlisted: deleting its
+    // Service then would be wrong.
+    for ready in [
+        caches.peers.wait_until_ready().await,
+        caches.exports.wait_until_ready().await,
+        caches.imports.wait_until_ready().await,
+        caches.policies.wait_until_ready().await,
+        caches.privileged.wait_until_ready().await,
+        caches.services.wait_until_ready().await,
+        caches.slices.wait_until_ready().await,
+        caches.pods.wait_until_ready().await,
+    ] {
+        if ready.is_err() {
+            tracing::error!("a watch ended before its first list; the controller stops");
+            return;
+        }
+    }
+    tracing::info!(namespace = %system, "controller caches ready");
+    let executor = Executor::new(client.clone());
+    let mut status_tick = tokio::time::interval(RESYNC_INTERVAL);
+    loop {
+        let pods: Vec<Arc<Pod>> = caches.pods.state();
+        let world = World {
+            system_namespace: config.system_namespace.clone(),
+            dataplane_labels: config.dataplane_labels.clone(),
+            dataplane_addresses: dataplane_addresses(&pods, &config),
+            reserved_ports: config.reserved_ports.clone(),
+            imports: owned(&caches.imports),
+            exports: owned(&caches.exports),
+            services: owned(&caches.services),
+            endpoint_slices: owned(&caches.slices),
+        };
+        let objects = model::objects(
+            &world,
+            &owned(&caches.peers),
+            &owned(&caches.policies),
+            &owned(&caches.privileged),
+        );
+        if let Err(e) = model::sync(&control_plane, objects).await {
+            tracing::warn!(error = %e, "updating the model failed");
+        }
+        clients.send_if_modified(|current| {
+            let next = crate::pods::client_hosts(pods.iter().map(AsRef::as_ref));
+            let changed = **current != next;
+            if changed {
+                *current = Arc::new(next);
+            }
+            changed
+        });
+        let changes = reconcile::plan(&world);
+        let peer_changes = model::peer_status_changes(&control_plane, &owned(&caches.peers));
+        let now = crate::now_rfc3339();
+        // Failures are logged by the executor and retried by the next pass.
+        let _ = executor.execute(&changes, &now).await;
+        let _ = executor.execute(&peer_changes, &now).await;
+        tokio::select! {
+            _ = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+            _ = status_tick.tick() => {}
+        }
+    }
+}
+
+fn owned<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<K> {
+    store.state().iter().map(|o| o.as_ref().clone()).collect()
+}
+
+/// The ready data-plane pods of this peer, by address.
+fn dataplane_addresses(pods: &[Arc<Pod>], config: &ControllerConfig) -> Vec<IpAddr> {
+    pods.iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(&config.system_namespace))
+        .filter(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            config
+                .dataplane_labels
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|p| crate::pods::is_ready(p))
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
+        .collect()
+}

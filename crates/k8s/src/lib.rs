@@ -1,0 +1,29 @@
+//! ClusterLink on Kubernetes.
+//!
+//! The API server is the configuration store. This crate is the adapter between it and the
+//! gateway (DESIGN.md §3):
+//! - [`convert`]: custom resources to the gateway's model objects, validated by the same rules
+//!   as standalone mode;
+//! - [`reconcile`]: a pure function from what the cluster holds to the changes it needs (import
+//!   Services, target ports, statuses);
+//! - [`controller`]: watches, feeds the model, executes the plan;
+//! - [`pods`]: client attributes from the pod behind an address;
+//! - [`deploy`]: the manifests that deploy a peer.
+
+pub mod controller;
+pub mod convert;
+pub mod deploy;
+pub mod model;
+pub mod pods;
+pub mod reconcile;
+
+pub use controller::{ControllerConfig, Executor};
+pub use reconcile::{Change, World, plan};
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
