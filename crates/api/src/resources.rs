@@ -5,13 +5,13 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::meta::{ObjectMeta, Status};
-#[cfg(feature = "kubernetes")]
-use std::borrow::Cow;
 use crate::selector::LabelSelector;
 use crate::validation::{
     FieldErrors, check_dns_label, check_dns_subdomain, check_host, check_rfc1035_label,
 };
 use crate::{API_VERSION, DEFAULT_NAMESPACE, SYSTEM_NAMESPACE};
+#[cfg(feature = "kubernetes")]
+use std::borrow::Cow;
 
 /// Where objects of a kind live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,14 +255,27 @@ impl<S: Spec> Resource<S> {
         version = "v1alpha1",
         kind = "Peer",
         root = "KubePeer",
+        doc = "A site of the fabric: its name is its TLS identity; spec.gateways says where its gateway listens.",
         namespaced,
         status = "Status",
         crates(kube_core = "::kube_core"),
         category = "clusterlink",
-        printcolumn(name = "Gateway", type_ = "string", json_path = ".spec.gateways[0].host"),
+        printcolumn(
+            name = "Gateway",
+            type_ = "string",
+            json_path = ".spec.gateways[0].host"
+        ),
         printcolumn(name = "Port", type_ = "integer", json_path = ".spec.gateways[0].port"),
-        printcolumn(name = "Reachable", type_ = "string", json_path = ".status.conditions[?(@.type==\"PeerReachable\")].status"),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+        printcolumn(
+            name = "Reachable",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"PeerReachable\")].status"
+        ),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        ),
     )
 )]
 pub struct PeerSpec {
@@ -315,15 +328,28 @@ pub type Peer = Resource<PeerSpec>;
         version = "v1alpha1",
         kind = "Export",
         root = "KubeExport",
+        doc = "A local service shared with the fabric: spec.host (default: the Service of the same name) and spec.port.",
         namespaced,
         status = "Status",
         crates(kube_core = "::kube_core"),
         category = "clusterlink",
         printcolumn(name = "Host", type_ = "string", json_path = ".spec.host"),
         printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
-        printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"ExportValid\")].status"),
-        printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"ExportValid\")].reason"),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+        printcolumn(
+            name = "Valid",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"ExportValid\")].status"
+        ),
+        printcolumn(
+            name = "Reason",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"ExportValid\")].reason"
+        ),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        ),
     )
 )]
 pub struct ExportSpec {
@@ -364,6 +390,7 @@ pub type Export = Resource<ExportSpec>;
         version = "v1alpha1",
         kind = "Import",
         root = "KubeImport",
+        doc = "A remote service made local: a Service on spec.port reaching its sources' export through the data plane on spec.targetPort.",
         namespaced,
         status = "Status",
         crates(kube_core = "::kube_core"),
@@ -371,9 +398,21 @@ pub type Export = Resource<ExportSpec>;
         printcolumn(name = "Port", type_ = "integer", json_path = ".spec.port"),
         printcolumn(name = "Target", type_ = "integer", json_path = ".spec.targetPort"),
         printcolumn(name = "LB", type_ = "string", json_path = ".spec.lbScheme"),
-        printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"ImportValid\")].status"),
-        printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"ImportValid\")].reason"),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+        printcolumn(
+            name = "Valid",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"ImportValid\")].status"
+        ),
+        printcolumn(
+            name = "Reason",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"ImportValid\")].reason"
+        ),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        ),
     )
 )]
 pub struct ImportSpec {
@@ -482,13 +521,18 @@ pub type Import = Resource<ImportSpec>;
         version = "v1alpha1",
         kind = "AccessPolicy",
         root = "KubeAccessPolicy",
+        doc = "Allows or denies connections in its namespace (the import side on egress, the export side on ingress).",
         namespaced,
         shortname = "ap",
         status = "Status",
         crates(kube_core = "::kube_core"),
         category = "clusterlink",
         printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        ),
     )
 )]
 pub struct AccessPolicySpec {
@@ -565,12 +609,17 @@ pub type AccessPolicy = Resource<AccessPolicySpec>;
         version = "v1alpha1",
         kind = "PrivilegedAccessPolicy",
         root = "KubePrivilegedAccessPolicy",
+        doc = "A cluster-wide access policy, evaluated before every namespaced one.",
         shortname = "pap",
         status = "Status",
         crates(kube_core = "::kube_core"),
         category = "clusterlink",
         printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
-        printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+        printcolumn(
+            name = "Age",
+            type_ = "date",
+            json_path = ".metadata.creationTimestamp"
+        ),
     )
 )]
 pub struct PrivilegedAccessPolicySpec(pub AccessPolicySpec);

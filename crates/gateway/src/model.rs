@@ -177,7 +177,8 @@ impl ControlPlane {
     /// replica's control plane).
     pub async fn replace_all(&self, objects: Vec<Object>) -> Result<(), ModelError> {
         let current = self.snapshot();
-        let wanted: std::collections::BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+        let wanted: std::collections::BTreeSet<ObjectKey> =
+            objects.iter().map(Object::key).collect();
         for obj in objects {
             let unchanged = current
                 .get(&obj.key())

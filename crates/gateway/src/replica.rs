@@ -84,7 +84,9 @@ async fn write_snapshot<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn read_snapshot<R: AsyncRead + Unpin>(input: &mut R) -> Result<ReplicaSnapshot, StreamError> {
+async fn read_snapshot<R: AsyncRead + Unpin>(
+    input: &mut R,
+) -> Result<ReplicaSnapshot, StreamError> {
     let len = input.read_u32().await?;
     if len > MAX_SNAPSHOT_BYTES {
         return Err(StreamError::TooLarge(len));
@@ -102,7 +104,10 @@ async fn read_snapshot<R: AsyncRead + Unpin>(input: &mut R) -> Result<ReplicaSna
     })
 }
 
-fn is_peer(identity: Option<Result<Identity, clusterlink_pki::PkiError>>, peer: &str) -> Result<(), StreamError> {
+fn is_peer(
+    identity: Option<Result<Identity, clusterlink_pki::PkiError>>,
+    peer: &str,
+) -> Result<(), StreamError> {
     match identity {
         Some(Ok(Identity::Peer(name))) if name == peer => Ok(()),
         other => Err(StreamError::WrongIdentity(format!("{other:?}"))),
@@ -161,7 +166,12 @@ async fn feed_replica(
     let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .map_err(|_| StreamError::HandshakeTimeout)??;
-    let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(identity_of);
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(identity_of);
     is_peer(identity, peer)?;
     tracing::info!("replica connected");
     loop {
@@ -231,7 +241,11 @@ async fn receive(
             Err(e) => return Err(e),
         };
         *delay = RECONNECT_FIRST;
-        tracing::debug!(objects = snapshot.objects.len(), hosts = snapshot.client_hosts.len(), "snapshot received");
+        tracing::debug!(
+            objects = snapshot.objects.len(),
+            hosts = snapshot.client_hosts.len(),
+            "snapshot received"
+        );
         model.replace_all(snapshot.objects).await?;
         hosts.send_if_modified(|current| {
             let changed = **current != snapshot.client_hosts;

@@ -136,7 +136,8 @@ impl Executor {
                     .iter()
                     .cloned()
                     .map(|mut c| {
-                        c.last_transition_time.get_or_insert_with(|| now.to_string());
+                        c.last_transition_time
+                            .get_or_insert_with(|| now.to_string());
                         c
                     })
                     .collect();
@@ -181,7 +182,12 @@ fn failed(action: String) -> impl FnOnce(kube::Error) -> ControllerError {
     move |source| ControllerError::Api { action, source }
 }
 
-async fn delete<K>(api: &Api<K>, name: &str, kind: &str, namespace: &str) -> Result<(), ControllerError>
+async fn delete<K>(
+    api: &Api<K>,
+    name: &str,
+    kind: &str,
+    namespace: &str,
+) -> Result<(), ControllerError>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -210,7 +216,13 @@ struct Caches {
 
 fn cache<K>(api: Api<K>, config: watcher::Config, wake: Arc<Notify>) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (store, writer) = reflector::store();
     tokio::spawn(async move {
@@ -241,7 +253,11 @@ pub async fn run(
         reconcile::MANAGED_BY
     ));
     let caches = Caches {
-        peers: cache(Api::namespaced(client.clone(), system), Default::default(), wake.clone()),
+        peers: cache(
+            Api::namespaced(client.clone(), system),
+            Default::default(),
+            wake.clone(),
+        ),
         exports: cache(Api::all(client.clone()), Default::default(), wake.clone()),
         imports: cache(Api::all(client.clone()), Default::default(), wake.clone()),
         policies: cache(Api::all(client.clone()), Default::default(), wake.clone()),

@@ -21,10 +21,7 @@ fn metadata(meta: &KubeMeta, namespace: Option<&str>) -> ObjectMeta {
         // Annotations are the cluster's business (kubectl's last-applied configuration alone can
         // exceed the model's limit); the model has no use for them.
         annotations: Default::default(),
-        creation_timestamp: meta
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string()),
+        creation_timestamp: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
     }
 }
 

@@ -23,7 +23,11 @@ pub fn objects(
 ) -> Vec<Object> {
     let mut out: Vec<Object> = Vec::new();
     out.extend(peers.iter().filter_map(|p| convert::peer(p).ok()));
-    out.extend(policies.iter().filter_map(|p| convert::access_policy(p).ok()));
+    out.extend(
+        policies
+            .iter()
+            .filter_map(|p| convert::access_policy(p).ok()),
+    );
     out.extend(
         privileged
             .iter()
@@ -32,10 +36,8 @@ pub fn objects(
     for e in &world.exports {
         if let Ok(Object::Export(mut export)) = convert::export(e) {
             if export.spec.host.is_empty() {
-                export.spec.host = format!(
-                    "{}.{}.svc",
-                    export.metadata.name, export.metadata.namespace
-                );
+                export.spec.host =
+                    format!("{}.{}.svc", export.metadata.name, export.metadata.namespace);
             }
             out.push(Object::Export(export));
         }
@@ -80,7 +82,8 @@ pub fn peer_status_changes(control_plane: &ControlPlane, peers: &[KubePeer]) -> 
             .unwrap_or_default();
         let current = conditions.iter_mut().find(|c| c.type_ == reachable.type_);
         let same = current.as_ref().is_some_and(|c| {
-            (c.status, &c.reason, &c.message) == (reachable.status, &reachable.reason, &reachable.message)
+            (c.status, &c.reason, &c.message)
+                == (reachable.status, &reachable.reason, &reachable.message)
         });
         if same {
             continue;
@@ -98,4 +101,3 @@ pub fn peer_status_changes(control_plane: &ControlPlane, peers: &[KubePeer]) -> 
     }
     changes
 }
-

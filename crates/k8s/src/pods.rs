@@ -29,7 +29,9 @@ pub fn client_hosts<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> ClientHosts 
             hosts.insert(
                 address,
                 pod.metadata.namespace.clone().unwrap_or_default(),
-                spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
+                spec.service_account_name
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
                 pod.metadata.labels.clone().unwrap_or_default(),
             );
         }

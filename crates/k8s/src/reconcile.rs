@@ -26,9 +26,7 @@ use std::ops::RangeInclusive;
 use clusterlink_api::kubernetes::{KubeExport, KubeImport};
 use clusterlink_api::{Condition, ConditionStatus, Kind, Status};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{
-    Endpoint, EndpointConditions, EndpointPort, EndpointSlice,
-};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
@@ -88,9 +86,15 @@ pub enum Change {
     },
     /// Create or update (server-side apply) a managed Service.
     ApplyService(Box<Service>),
-    DeleteService { namespace: String, name: String },
+    DeleteService {
+        namespace: String,
+        name: String,
+    },
     ApplyEndpointSlice(Box<EndpointSlice>),
-    DeleteEndpointSlice { namespace: String, name: String },
+    DeleteEndpointSlice {
+        namespace: String,
+        name: String,
+    },
     /// Replace the object's status conditions (a condition's `lastTransitionTime` is carried over
     /// while its status stays the same; absent means "now").
     SetStatus {
@@ -136,16 +140,14 @@ pub fn plan(world: &World) -> Vec<Change> {
                 }
                 let existing = services.get(&(namespace, name)).copied();
                 match existing {
-                    Some(s) if !is_managed(&s.metadata) && !is_adoptable(&s.metadata) => {
-                        refused(
-                            "ServiceConflict",
-                            format!(
-                                "Service {namespace}/{name} exists and is not managed by ClusterLink; \
+                    Some(s) if !is_managed(&s.metadata) && !is_adoptable(&s.metadata) => refused(
+                        "ServiceConflict",
+                        format!(
+                            "Service {namespace}/{name} exists and is not managed by ClusterLink; \
                                  rename the import, delete the Service, or label it \
                                  {ADOPT_LABEL}=true to let ClusterLink manage it"
-                            ),
-                        )
-                    }
+                        ),
+                    ),
                     _ => {
                         wanted.insert((namespace.to_string(), name.to_string()));
                         let desired = import_service(world, import, target);
@@ -214,7 +216,11 @@ pub fn plan(world: &World) -> Vec<Change> {
         ));
     }
 
-    target_ports.into_iter().chain(objects).chain(statuses).collect()
+    target_ports
+        .into_iter()
+        .chain(objects)
+        .chain(statuses)
+        .collect()
 }
 
 /// Each import with its target port, or the condition that explains why it has none, oldest
@@ -268,7 +274,12 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
     imports
         .into_iter()
         .zip(assigned)
-        .map(|(i, a)| (i, a.map(|p| p.expect("every import without a port was assigned one"))))
+        .map(|(i, a)| {
+            (
+                i,
+                a.map(|p| p.expect("every import without a port was assigned one")),
+            )
+        })
         .collect()
 }
 
@@ -282,7 +293,10 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
             EXPORT_VALID,
             ConditionStatus::True,
             "HostSet",
-            format!("connections go to {}:{}", export.spec.host, export.spec.port),
+            format!(
+                "connections go to {}:{}",
+                export.spec.host, export.spec.port
+            ),
         );
     }
     match services.get(&(namespace, name)) {
@@ -299,7 +313,10 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
             EXPORT_VALID,
             ConditionStatus::True,
             "ServiceFound",
-            format!("connections go to Service {namespace}/{name} port {}", export.spec.port),
+            format!(
+                "connections go to Service {namespace}/{name} port {}",
+                export.spec.port
+            ),
         ),
         None => Condition::new(
             EXPORT_VALID,
@@ -434,7 +451,10 @@ fn managed_meta(import: &KubeImport, extra_labels: BTreeMap<String, String>) -> 
 
 fn is_managed(meta: &ObjectMeta) -> bool {
     let labels = meta.labels.as_ref();
-    labels.and_then(|l| l.get(MANAGED_BY_LABEL)).map(String::as_str) == Some(MANAGED_BY)
+    labels
+        .and_then(|l| l.get(MANAGED_BY_LABEL))
+        .map(String::as_str)
+        == Some(MANAGED_BY)
         && labels.is_some_and(|l| l.contains_key(IMPORT_LABEL))
 }
 
@@ -455,7 +475,14 @@ fn service_matches(existing: &Service, desired: &Service) -> bool {
         s.ports
             .iter()
             .flatten()
-            .map(|p| (p.name.clone(), p.port, p.target_port.clone(), p.protocol.clone()))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.port,
+                    p.target_port.clone(),
+                    p.protocol.clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     labels_include(&existing.metadata, &desired.metadata)
@@ -469,7 +496,12 @@ fn slice_matches(existing: &EndpointSlice, desired: &EndpointSlice) -> bool {
     let addresses = |s: &EndpointSlice| {
         s.endpoints
             .iter()
-            .map(|e| (e.addresses.clone(), e.conditions.as_ref().and_then(|c| c.ready)))
+            .map(|e| {
+                (
+                    e.addresses.clone(),
+                    e.conditions.as_ref().and_then(|c| c.ready),
+                )
+            })
             .collect::<Vec<_>>()
     };
     labels_include(&existing.metadata, &desired.metadata)

@@ -248,7 +248,10 @@ fn follow_snapshots(
     let build = move |objects: &Objects, hosts: Arc<ClientHosts>| {
         Arc::new(Snapshot::build(&local_peer, &local_labels, objects, hosts))
     };
-    let first = build(&objects.borrow_and_update(), hosts.borrow_and_update().clone());
+    let first = build(
+        &objects.borrow_and_update(),
+        hosts.borrow_and_update().clone(),
+    );
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {
         // A source whose sender is gone never changes again; the snapshot follows the other.
@@ -261,7 +264,10 @@ fn follow_snapshots(
                     continue;
                 },
             }
-            let snapshot = build(&objects.borrow_and_update(), hosts.borrow_and_update().clone());
+            let snapshot = build(
+                &objects.borrow_and_update(),
+                hosts.borrow_and_update().clone(),
+            );
             if tx.send(snapshot).is_err() {
                 break;
             }

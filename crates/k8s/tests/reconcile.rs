@@ -1,0 +1,309 @@
+//! The reconcile rules, as pure functions of a world. Each plan is also kept as a reviewed
+//! snapshot under `tests/snapshots/`.
+
+mod support;
+
+use clusterlink_k8s::{Change, plan};
+use support::*;
+
+fn services_applied(changes: &[Change]) -> Vec<(String, String)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::ApplyService(s) => Some((
+                s.metadata.namespace.clone().unwrap(),
+                s.metadata.name.clone().unwrap(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Plans, checks that the plan converges (a second pass over the result plans nothing), and
+/// returns the first plan.
+fn converging_plan(world: &clusterlink_k8s::World) -> Vec<Change> {
+    let changes = plan(world);
+    let after = applied(world.clone(), &changes);
+    assert_eq!(
+        plan(&after),
+        vec![],
+        "the world does not settle after {changes:#?}"
+    );
+    changes
+}
+
+#[test]
+fn import_in_the_system_namespace_gets_a_service_selecting_the_data_plane() {
+    let mut world = world();
+    world.imports = vec![import(SYSTEM, "reviews", 0, &import_spec(9080, ""))];
+    let changes = converging_plan(&world);
+    assert_snapshot("system_namespace_import", &changes);
+    let Change::ApplyService(service) = &changes[1] else {
+        panic!("{changes:#?}")
+    };
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.selector.as_ref(), Some(&world.dataplane_labels));
+    assert!(
+        support::slices_of(&changes).is_empty(),
+        "selector Services need no slice"
+    );
+    assert_eq!(
+        changes[0],
+        Change::SetTargetPort {
+            namespace: SYSTEM.into(),
+            name: "reviews".into(),
+            port: 20000
+        }
+    );
+}
+
+#[test]
+fn import_in_an_unprivileged_namespace_gets_its_service_and_endpoints_there() {
+    let mut world = world();
+    world.imports = vec![import(
+        "shop",
+        "reviews",
+        0,
+        &import_spec(9080, ", targetPort: 21000"),
+    )];
+    let changes = converging_plan(&world);
+    assert_snapshot("unprivileged_namespace_import", &changes);
+    // Only objects in the import's own namespace: no Service, Role or binding anywhere else.
+    for c in &changes {
+        match c {
+            Change::ApplyService(s) => {
+                assert_eq!(s.metadata.namespace.as_deref(), Some("shop"));
+                assert_eq!(s.spec.as_ref().unwrap().selector, None);
+            }
+            Change::ApplyEndpointSlice(s) => {
+                assert_eq!(s.metadata.namespace.as_deref(), Some("shop"));
+                let addresses: Vec<_> = s
+                    .endpoints
+                    .iter()
+                    .map(|e| e.addresses[0].as_str())
+                    .collect();
+                assert_eq!(addresses, ["10.244.1.7", "10.244.2.9"]);
+                assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(21000));
+            }
+            Change::SetStatus { namespace, .. } => assert_eq!(namespace, "shop"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_oldest_import_keeps_a_contested_target_port() {
+    let mut world = world();
+    world.imports = vec![
+        import("shop", "newer", 5, &import_spec(80, ", targetPort: 20000")),
+        import("shop", "older", 1, &import_spec(81, ", targetPort: 20000")),
+        import(
+            "shop",
+            "reserved",
+            2,
+            &import_spec(82, ", targetPort: 4443"),
+        ),
+    ];
+    let changes = converging_plan(&world);
+    assert_snapshot("contested_target_port", &changes);
+    assert_eq!(
+        services_applied(&changes),
+        [("shop".into(), "older".into())]
+    );
+    assert_eq!(
+        condition_of(&changes, "newer"),
+        Some(("False".into(), "TargetPortConflict".into()))
+    );
+    assert_eq!(
+        condition_of(&changes, "reserved"),
+        Some(("False".into(), "TargetPortConflict".into()))
+    );
+    assert_eq!(
+        condition_of(&changes, "older"),
+        Some(("True".into(), "ServiceReady".into()))
+    );
+}
+
+#[test]
+fn allocation_takes_the_lowest_free_port() {
+    let mut world = world();
+    world.reserved_ports.push(20001);
+    world.imports = vec![
+        import("shop", "a", 1, &import_spec(80, ", targetPort: 20000")),
+        import("shop", "b", 2, &import_spec(80, "")),
+        import("shop", "c", 3, &import_spec(80, "")),
+    ];
+    let changes = converging_plan(&world);
+    let allocated: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::SetTargetPort { name, port, .. } => Some((name.as_str(), *port)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(allocated, [("b", 20002), ("c", 20003)]);
+}
+
+#[test]
+fn a_service_the_controller_did_not_create_is_reported_not_overwritten_unless_labelled_for_adoption()
+ {
+    let mut world = world();
+    world.imports = vec![
+        import("shop", "taken", 1, &import_spec(80, ", targetPort: 20000")),
+        import(
+            "shop",
+            "adoptable",
+            2,
+            &import_spec(80, ", targetPort: 20001"),
+        ),
+    ];
+    world.services = vec![
+        service("shop", "taken", "{app: legacy}"),
+        service("shop", "adoptable", "{clusterlink.net/adopt: \"true\"}"),
+    ];
+    let changes = converging_plan(&world);
+    assert_snapshot("conflicting_and_adopted_services", &changes);
+    assert_eq!(
+        services_applied(&changes),
+        [("shop".into(), "adoptable".into())]
+    );
+    assert_eq!(
+        condition_of(&changes, "taken"),
+        Some(("False".into(), "ServiceConflict".into()))
+    );
+    let deleted = changes
+        .iter()
+        .any(|c| matches!(c, Change::DeleteService { .. }));
+    assert!(!deleted, "an unmanaged Service is never deleted");
+}
+
+#[test]
+fn a_deleted_managed_service_is_recreated_and_a_deleted_import_frees_its_port() {
+    let mut world = world();
+    world.imports = vec![import("shop", "first", 1, &import_spec(80, ""))];
+    let settled = applied(world.clone(), &plan(&world));
+    assert_eq!(
+        settled.imports[0].spec.target_port.map(|p| p.get()),
+        Some(20000)
+    );
+
+    // Someone deletes the Service: the next pass puts it back.
+    let mut drifted = settled.clone();
+    drifted.services.clear();
+    assert_eq!(
+        services_applied(&plan(&drifted)),
+        [("shop".into(), "first".into())]
+    );
+
+    // The import goes; a new one arrives in the same pass and gets the freed port.
+    let mut next = settled;
+    next.imports = vec![import("shop", "second", 2, &import_spec(80, ""))];
+    let changes = converging_plan(&next);
+    assert_snapshot("deleted_import_frees_port", &changes);
+    assert!(changes.contains(&Change::DeleteService {
+        namespace: "shop".into(),
+        name: "first".into()
+    }));
+    assert!(changes.contains(&Change::DeleteEndpointSlice {
+        namespace: "shop".into(),
+        name: "first".into()
+    }));
+    assert!(changes.contains(&Change::SetTargetPort {
+        namespace: "shop".into(),
+        name: "second".into(),
+        port: 20000
+    }));
+}
+
+#[test]
+fn import_names_longer_than_a_service_name_are_refused() {
+    let mut world = world();
+    let (ok, long) = ("a".repeat(63), "b".repeat(64));
+    world.imports = vec![
+        import("shop", &ok, 1, &import_spec(80, "")),
+        import("shop", &long, 2, &import_spec(80, "")),
+    ];
+    let changes = converging_plan(&world);
+    assert_eq!(services_applied(&changes), [("shop".into(), ok.clone())]);
+    assert_eq!(
+        condition_of(&changes, &long),
+        Some(("False".into(), "Invalid".into()))
+    );
+    let Some(Change::SetStatus { conditions, .. }) = changes
+        .iter()
+        .find(|c| matches!(c, Change::SetStatus { name, .. } if *name == long))
+    else {
+        unreachable!()
+    };
+    assert!(
+        conditions[0].message.contains("metadata.name"),
+        "{}",
+        conditions[0].message
+    );
+    assert!(
+        conditions[0].message.contains("63"),
+        "{}",
+        conditions[0].message
+    );
+}
+
+#[test]
+fn an_export_without_host_follows_its_service() {
+    let mut world = world();
+    world.exports = vec![
+        export("shop", "reviews", "{port: 9080}", ""),
+        export("shop", "db", "{host: db.example.com, port: 5432}", ""),
+    ];
+    let missing = converging_plan(&world);
+    assert_snapshot("export_service_missing", &missing);
+    assert_eq!(
+        condition_of(&missing, "reviews"),
+        Some(("False".into(), "ServiceNotFound".into()))
+    );
+    assert_eq!(
+        condition_of(&missing, "db"),
+        Some(("True".into(), "HostSet".into()))
+    );
+
+    let mut appeared = applied(world, &missing);
+    appeared
+        .services
+        .push(service("shop", "reviews", "{app: reviews}"));
+    let found = converging_plan(&appeared);
+    assert_eq!(
+        condition_of(&found, "reviews"),
+        Some(("True".into(), "ServiceFound".into()))
+    );
+    assert_eq!(
+        found.len(),
+        1,
+        "only the export whose Service appeared changes: {found:#?}"
+    );
+
+    let mut gone = applied(appeared, &found);
+    gone.services.clear();
+    assert_eq!(
+        condition_of(&plan(&gone), "reviews"),
+        Some(("False".into(), "ServiceNotFound".into()))
+    );
+}
+
+#[test]
+fn data_plane_pods_coming_and_going_update_the_endpoint_slices() {
+    let mut world = world();
+    world.imports = vec![import(
+        "shop",
+        "reviews",
+        0,
+        &import_spec(9080, ", targetPort: 20000"),
+    )];
+    let settled = applied(world.clone(), &plan(&world));
+    let mut scaled = settled;
+    scaled
+        .dataplane_addresses
+        .push("10.244.3.4".parse().unwrap());
+    let changes = converging_plan(&scaled);
+    let slices = support::slices_of(&changes);
+    assert_eq!(slices.len(), 1, "{changes:#?}");
+    assert_eq!(slices[0].endpoints.len(), 3);
+}
