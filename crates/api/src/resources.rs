@@ -1,5 +1,9 @@
 //! The five kinds: `Peer`, `Export`, `Import`, `AccessPolicy`, `PrivilegedAccessPolicy`.
 
+// Each custom resource lists several `printcolumn(name = …, type_ = …)`; clippy reads the
+// repeated keys of different columns as one attribute given twice.
+#![cfg_attr(feature = "kubernetes", allow(clippy::duplicated_attributes))]
+
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};

@@ -1,4 +1,4 @@
-//! `clusterlink`: create the fabric's certificates.
+//! `clusterlink`: create the fabric's certificates, run the demo, deploy peers on Kubernetes.
 
 use std::path::PathBuf;
 
@@ -13,7 +13,7 @@ pub const DEFAULT_FABRIC: &str = "default_fabric";
 #[command(
     name = "clusterlink",
     version,
-    about = "ClusterLink: create a fabric's certificates"
+    about = "ClusterLink: create a fabric's certificates, run the demo, deploy peers on Kubernetes"
 )]
 pub struct Clusterlink {
     #[command(subcommand)]
@@ -27,6 +27,25 @@ pub enum Command {
     Create(Create),
     /// Run a local fabric of real gateways, apply the example manifests and list them.
     Demo(crate::demo::DemoArgs),
+    /// Deploy a peer on Kubernetes (or write its manifests).
+    #[command(subcommand)]
+    Deploy(Deploy),
+    /// Remove what `deploy` created.
+    #[command(subcommand)]
+    Delete(Delete),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Deploy {
+    /// Everything a peer needs on Kubernetes: namespace, certificate Secret, RBAC, control- and
+    /// data-plane Deployments, the peer-port Service and the custom resource definitions.
+    Peer(crate::kubernetes_cmd::DeployPeerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Delete {
+    /// Delete the objects `deploy peer` created.
+    Peer(crate::kubernetes_cmd::DeletePeerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +87,12 @@ pub async fn run(cli: Clusterlink) -> anyhow::Result<()> {
     let create = match cli.command {
         Command::Create(create) => create,
         Command::Demo(args) => return crate::demo::run(args).await,
+        Command::Deploy(Deploy::Peer(args)) => {
+            return crate::kubernetes_cmd::deploy_peer(args).await;
+        }
+        Command::Delete(Delete::Peer(args)) => {
+            return crate::kubernetes_cmd::delete_peer(args).await;
+        }
     };
     let paths = match create {
         Create::Fabric {

@@ -98,16 +98,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     crate::init_logging(&args.log_level, args.log_json);
     let tls = args.tls_files()?;
     // Every argument is checked before anything is bound or opened.
-    let mut labels = std::collections::BTreeMap::new();
-    for pair in &args.labels {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
-        clusterlink_api::validation::check_label_key(k)
-            .and_then(|()| clusterlink_api::validation::check_label_value(v))
-            .map_err(|e| anyhow::anyhow!("--label {pair:?}: {e}"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = parse_labels(&args.labels)?;
     let clients = match &args.client_attributes {
         None => ClientTable::default(),
         Some(path) => {
@@ -171,6 +162,23 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--label KEY=VALUE` arguments, each checked as a Kubernetes label.
+pub fn parse_labels(
+    pairs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
+        clusterlink_api::validation::check_label_key(k)
+            .and_then(|()| clusterlink_api::validation::check_label_value(v))
+            .map_err(|e| anyhow::anyhow!("--label {pair:?}: {e}"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
+
 /// Raises this process's soft open-file limit to its hard limit and returns the limit in force.
 /// Each tunnel holds two sockets, so the common default soft limit of 1024 would cap a gateway at
 /// about 500 tunnels (Go's runtime does the same at start-up for the same reason).
@@ -184,7 +192,7 @@ pub fn raise_open_file_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -4,6 +4,7 @@
 //! - `clusterlink` ([`clusterlink_cmd`]): fabric PKI and the local demo.
 //! - `gwctl` ([`gwctl`]): manage a gateway through its management API.
 //! - `cl-gateway` ([`gateway_cmd`]): the gateway process.
+//! - `cl-controlplane` and `cl-dataplane` ([`kubernetes_cmd`]): a peer's processes on Kubernetes.
 //!
 //! [`netns`] builds sites as network namespaces for the multi-site tests and the demo.
 
@@ -13,6 +14,7 @@ pub mod context;
 pub mod demo;
 pub mod gateway_cmd;
 pub mod gwctl;
+pub mod kubernetes_cmd;
 pub mod netns;
 pub mod output;
 

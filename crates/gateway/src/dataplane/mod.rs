@@ -237,6 +237,33 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
 }
 
+/// Probes every Peer of `control_plane` and records `PeerReachable` in it, without serving any
+/// traffic: on Kubernetes the control plane reports reachability while its replicas carry the
+/// tunnels (each replica probes for its own load balancing too).
+pub async fn probe_peers(
+    local_peer: String,
+    control_plane: ControlPlane,
+    tls: watch::Receiver<Arc<GatewayTls>>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let snapshots = follow_snapshots(
+        &local_peer,
+        BTreeMap::new(),
+        control_plane.subscribe(),
+        watch::channel(Arc::default()).1,
+    );
+    health::run_probers(
+        tls,
+        PeerHealth::default(),
+        snapshots,
+        control_plane,
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
 /// Rebuilds the snapshot on every committed change of the objects or of the client hosts.
 fn follow_snapshots(
     local_peer: &str,

@@ -1,0 +1,430 @@
+//! Kubernetes mode: `clusterlink deploy peer` / `delete peer`, and the two processes a deployed
+//! peer runs, `cl-controlplane` and `cl-dataplane`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use clusterlink_gateway::dataplane::{ClientTable, DataPlaneConfig, GatewayTls};
+use clusterlink_gateway::metrics::Metrics;
+use clusterlink_gateway::model::ControlPlane;
+use clusterlink_k8s::deploy::{self, Ingress, Manifest, PeerDeployment};
+use clusterlink_pki::tls::{Credentials, TlsFiles};
+use clusterlink_pki::{Identity, identity_of};
+use clusterlink_store::MemoryStore;
+use tokio::sync::watch;
+
+use crate::gateway_cmd::{parse_labels, wait_for_signal};
+
+/// `clusterlink deploy peer`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "The peer's certificate comes from the layout `clusterlink create` \
+    writes: <path>/<fabric>/cert.pem (the CA) and <path>/<fabric>/<name>/{cert,key}.pem.\n\n\
+    With --output DIR the manifests are written there, numbered in the order to apply them \
+    (`kubectl apply -f DIR`); the Secret file holds the peer's private key and is written 0600. \
+    Without --output they are applied to the cluster of the current kubeconfig context."
+)]
+pub struct DeployPeerArgs {
+    /// The peer's name: its identity in the fabric, as in its certificate.
+    #[arg(long)]
+    pub name: String,
+    /// The namespace the peer runs in (and where its Peer objects live).
+    #[arg(long, default_value = deploy::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// How other sites reach the peer port: LoadBalancer, NodePort or none (ClusterIP only).
+    #[arg(long, default_value = "LoadBalancer")]
+    pub ingress: Ingress,
+    /// The peer port other sites connect to (with NodePort: the node port). Default: 443, or
+    /// 30443 with NodePort.
+    #[arg(long)]
+    pub ingress_port: Option<u16>,
+    /// How many data-plane pods carry tunnels and imports.
+    #[arg(long, default_value_t = 1)]
+    pub dataplane_replicas: u16,
+    /// A label of this peer, KEY=VALUE (repeatable), matched by policies as
+    /// peer.clusterlink.net/labels.KEY.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// The registry the `clusterlink` image is pulled from.
+    #[arg(long, default_value = deploy::DEFAULT_REGISTRY)]
+    pub container_registry: String,
+    /// The image tag.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    pub tag: String,
+    #[arg(long, default_value = crate::clusterlink_cmd::DEFAULT_FABRIC)]
+    pub fabric: String,
+    /// Directory holding the fabric.
+    #[arg(long, default_value = ".")]
+    pub path: PathBuf,
+    /// Write the manifests into this directory instead of applying them.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+/// `clusterlink delete peer`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_long_help = "Deletes, from the cluster of the current kubeconfig context, \
+    exactly the objects `deploy peer` creates for this name and namespace. The custom resource \
+    definitions stay unless --with-crds is given: deleting them deletes every Import, Export, \
+    Peer and policy in the whole cluster."
+)]
+pub struct DeletePeerArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = deploy::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Also delete the custom resource definitions (and with them every ClusterLink object).
+    #[arg(long)]
+    pub with_crds: bool,
+}
+
+/// The files `--output` writes, in apply order (kubectl reads a directory in name order).
+const FILES: [(&str, &[&str]); 6] = [
+    ("00-crds.yaml", &["CustomResourceDefinition"]),
+    ("01-namespace.yaml", &["Namespace"]),
+    (
+        "02-rbac.yaml",
+        &[
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+        ],
+    ),
+    ("03-secret.yaml", &["Secret"]),
+    ("04-services.yaml", &["Service"]),
+    ("05-deployments.yaml", &["Deployment"]),
+];
+
+pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
+    let fabric = args.path.join(&args.fabric);
+    let files = TlsFiles::in_fabric(&fabric, &fabric.join(&args.name));
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| {
+            format!(
+                "cannot read {} (create the peer's certificate with `clusterlink create peer-cert --name {}`)",
+                p.display(),
+                args.name
+            )
+        })
+    };
+    let credentials = Credentials::load(&files)?;
+    match identity_of(&credentials.chain[0]) {
+        Ok(Identity::Peer(name)) if name == args.name => {}
+        other => bail!(
+            "{} is not the certificate of peer {:?} ({other:?})",
+            files.cert.display(),
+            args.name
+        ),
+    }
+    credentials.verify_own_chain().with_context(|| {
+        format!(
+            "{} is not signed by {}",
+            files.cert.display(),
+            files.ca.display()
+        )
+    })?;
+    let ingress_port = args.ingress_port.unwrap_or(args.ingress.default_port());
+    let peer = PeerDeployment {
+        name: args.name.clone(),
+        namespace: args.namespace,
+        ingress: args.ingress,
+        ingress_port,
+        dataplane_replicas: args.dataplane_replicas,
+        labels: parse_labels(&args.labels)?,
+        registry: args.container_registry,
+        tag: args.tag,
+        ca_pem: read(&files.ca)?,
+        cert_pem: read(&files.cert)?,
+        key_pem: read(&files.key)?,
+    };
+    let manifests = peer.manifests()?;
+    match args.output {
+        Some(dir) => {
+            write_manifests(&dir, &manifests)?;
+            println!(
+                "wrote the manifests of peer {} to {}; apply them with: kubectl apply -f {}",
+                args.name,
+                dir.display(),
+                dir.display()
+            );
+        }
+        None => {
+            let client = kubeconfig_client().await?;
+            deploy::apply(&client, &manifests).await?;
+            for m in &manifests {
+                println!("applied {}", deploy::describe(m));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes each group of manifests to its numbered file. Every file is written to a temporary
+/// name first and renamed, so a failure leaves no half-written manifest behind.
+pub fn write_manifests(dir: &Path, manifests: &[Manifest]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, kinds) in FILES {
+        let group: Vec<Manifest> = manifests
+            .iter()
+            .filter(|m| kinds.contains(&m.kind()))
+            .cloned()
+            .collect();
+        let yaml = deploy::to_yaml(&group)?;
+        let path = dir.join(file);
+        let tmp = dir.join(format!(".{file}.tmp"));
+        // The Secret holds the private key: readable by the owner only, from the first byte.
+        let mode = if kinds.contains(&"Secret") {
+            0o600
+        } else {
+            0o644
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        out.write_all(yaml.as_bytes())?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
+    // Names and kinds are all deletion needs; the certificate contents do not matter.
+    let peer = PeerDeployment {
+        name: args.name.clone(),
+        namespace: args.namespace,
+        ingress: Ingress::None,
+        ingress_port: deploy::DEFAULT_INGRESS_PORT,
+        dataplane_replicas: 1,
+        labels: BTreeMap::new(),
+        registry: deploy::DEFAULT_REGISTRY.into(),
+        tag: String::new(),
+        ca_pem: String::new(),
+        cert_pem: String::new(),
+        key_pem: String::new(),
+    };
+    let manifests = peer.manifests()?;
+    let client = kubeconfig_client().await?;
+    let deleted = deploy::delete(&client, &manifests, args.with_crds).await?;
+    if deleted.is_empty() {
+        println!("nothing of peer {} was found", args.name);
+    }
+    for d in deleted {
+        println!("deleted {d}");
+    }
+    Ok(())
+}
+
+async fn kubeconfig_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.context(
+        "no usable kubeconfig (KUBECONFIG, ~/.kube/config or in-cluster); use --output DIR to \
+         write the manifests instead",
+    )
+}
+
+/// Where a process finds the peer's certificate (the mounted Secret, on Kubernetes).
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    #[arg(long, default_value = "/etc/clusterlink/ca.crt")]
+    pub ca: PathBuf,
+    #[arg(long, default_value = "/etc/clusterlink/tls.crt")]
+    pub cert: PathBuf,
+    #[arg(long, default_value = "/etc/clusterlink/tls.key")]
+    pub key: PathBuf,
+}
+
+impl TlsArgs {
+    /// The files, the peer's name from its certificate, and a watched TLS configuration that
+    /// follows the files (a rotated Secret applies without a restart).
+    fn load(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<(String, watch::Receiver<Arc<GatewayTls>>)> {
+        let files = TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        let credentials = Credentials::load(&files)?;
+        let name = match identity_of(&credentials.chain[0]) {
+            Ok(Identity::Peer(name)) => name,
+            other => bail!(
+                "{} is not a peer certificate ({other:?})",
+                files.cert.display()
+            ),
+        };
+        let (tx, rx) = watch::channel(Arc::new(GatewayTls::new(&credentials)?));
+        tokio::spawn(clusterlink_gateway::dataplane::watch_files(
+            files,
+            name.clone(),
+            tx,
+            shutdown.clone(),
+        ));
+        Ok((name, rx))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cl-controlplane",
+    version,
+    about = "ClusterLink control plane on Kubernetes: the controller and the snapshot stream",
+    long_about = "ClusterLink control plane on Kubernetes. Watches the clusterlink.net custom \
+        resources, Services and pods; writes statuses, import Services and target ports; probes \
+        peers; and streams configuration snapshots to the data-plane replicas over mutual TLS.\n\n\
+        `clusterlink deploy peer` runs it with the right arguments."
+)]
+pub struct ControlPlaneArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The namespace the peer is deployed into (where its Peer objects live).
+    #[arg(long, env = "POD_NAMESPACE", default_value = deploy::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Where data-plane replicas fetch snapshots.
+    #[arg(long, default_value = "0.0.0.0:8444")]
+    pub snapshot_address: SocketAddr,
+    /// Labels selecting the data-plane pods, KEY=VALUE[,KEY=VALUE...].
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub dataplane_selector: Vec<String>,
+    /// The data plane's own peer port: never allocated as an import's target port.
+    #[arg(long, default_value_t = deploy::DATAPLANE_PEER_PORT)]
+    pub dataplane_peer_port: u16,
+    /// A label of this peer, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    crate::init_logging(&args.log_level, true);
+    let (stop, shutdown) = watch::channel(false);
+    let (name, tls) = args.tls.load(&shutdown)?;
+    let selector = parse_labels(&args.dataplane_selector)?;
+    // Peer labels are the data plane's business (policy attributes); checked here all the same
+    // so that a typo fails at start, not silently.
+    parse_labels(&args.labels)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API server")?;
+    let listener = tokio::net::TcpListener::bind(args.snapshot_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.snapshot_address))?;
+    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
+    let (hosts_tx, hosts) = watch::channel(Arc::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(clusterlink_gateway::replica::serve(
+        listener,
+        name.clone(),
+        tls.clone(),
+        control_plane.subscribe(),
+        hosts,
+        shutdown.clone(),
+    ));
+    tasks.spawn(clusterlink_gateway::dataplane::probe_peers(
+        name.clone(),
+        control_plane.clone(),
+        tls,
+        Arc::new(Metrics::default()),
+        shutdown.clone(),
+    ));
+    let config = clusterlink_k8s::ControllerConfig {
+        system_namespace: args.namespace,
+        dataplane_labels: selector,
+        reserved_ports: vec![args.dataplane_peer_port],
+    };
+    tasks.spawn(clusterlink_k8s::controller::run(
+        client,
+        config,
+        control_plane,
+        hosts_tx,
+    ));
+    tracing::info!(peer = %name, "control plane started");
+    wait_for_signal().await?;
+    let _ = stop.send(true);
+    tasks.abort_all();
+    Ok(())
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cl-dataplane",
+    version,
+    about = "ClusterLink data-plane replica on Kubernetes",
+    long_about = "ClusterLink data-plane replica: serves the peer port and the import listeners \
+        from the configuration snapshots its control plane streams to it. If the control plane \
+        goes away it keeps serving the last snapshot and reconnects."
+)]
+pub struct DataPlaneArgs {
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// The control plane's snapshot address, HOST:PORT.
+    #[arg(long)]
+    pub control_plane: String,
+    /// The peer port: mutual TLS tunnels from other gateways.
+    #[arg(long, default_value = "0.0.0.0:4443")]
+    pub peer_address: SocketAddr,
+    /// Where import listeners bind (each on its import's target port).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub import_address: IpAddr,
+    /// A label of this peer, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
+    crate::init_logging(&args.log_level, true);
+    let (stop, shutdown) = watch::channel(false);
+    let (name, tls) = args.tls.load(&shutdown)?;
+    let labels = parse_labels(&args.labels)?;
+    crate::gateway_cmd::raise_open_file_limit();
+    let peer_listener = tokio::net::TcpListener::bind(args.peer_address)
+        .await
+        .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
+    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
+    let (hosts_tx, hosts) = watch::channel(Arc::default());
+    let follow = tokio::spawn(clusterlink_gateway::replica::follow(
+        args.control_plane,
+        name.clone(),
+        tls.clone(),
+        control_plane.clone(),
+        hosts_tx,
+        shutdown.clone(),
+    ));
+    let config = DataPlaneConfig {
+        local_peer: name.clone(),
+        local_labels: labels,
+        import_address: args.import_address,
+        clients: ClientTable::default(),
+        client_hosts: hosts,
+        metrics: Arc::new(Metrics::default()),
+        protected: vec![peer_listener.local_addr()?],
+    };
+    let dataplane = tokio::spawn(clusterlink_gateway::dataplane::run(
+        config,
+        peer_listener,
+        control_plane,
+        tls,
+        shutdown,
+    ));
+    tracing::info!(peer = %name, "data plane started");
+    wait_for_signal().await?;
+    let _ = stop.send(true);
+    let _ = tokio::join!(follow, dataplane);
+    Ok(())
+}
