@@ -105,16 +105,14 @@ const FILES: [(&str, &[&str]); 6] = [
 pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
     let fabric = args.path.join(&args.fabric);
     let files = TlsFiles::in_fabric(&fabric, &fabric.join(&args.name));
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).with_context(|| {
-            format!(
-                "cannot read {} (create the peer's certificate with `clusterlink create peer-cert --name {}`)",
-                p.display(),
-                args.name
-            )
-        })
+    let hint = || {
+        format!(
+            "loading the certificate of peer {:?} (create it with `clusterlink create peer-cert --name {}`)",
+            args.name, args.name
+        )
     };
-    let credentials = Credentials::load(&files)?;
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(hint);
+    let credentials = Credentials::load(&files).with_context(hint)?;
     match identity_of(&credentials.chain[0]) {
         Ok(Identity::Peer(name)) if name == args.name => {}
         other => bail!(

@@ -1,0 +1,190 @@
+//! The snapshot stream from a control plane to a data-plane replica, over real mutual TLS on
+//! real sockets: the replica follows every change, keeps its last snapshot while the control
+//! plane is away, converges again when it returns, and no other peer can read the stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_api::{Kind, Object, ObjectKey};
+use clusterlink_gateway::dataplane::{ClientHosts, GatewayTls};
+use clusterlink_gateway::model::{ControlPlane, Objects};
+use clusterlink_gateway::replica;
+use clusterlink_pki::tls::{Credentials, TlsFiles};
+use clusterlink_pki::{Validity, create_fabric, create_peer_cert};
+use clusterlink_store::MemoryStore;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A bound on each wait, not a readiness delay: every wait below ends on an event.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn fabric_with(dir: &std::path::Path, peers: &[&str]) -> std::path::PathBuf {
+    create_fabric(dir, "fab", Validity::days(30).unwrap()).unwrap();
+    let fabric = dir.join("fab");
+    for peer in peers {
+        create_peer_cert(&fabric, peer, Validity::days(30).unwrap()).unwrap();
+    }
+    fabric
+}
+
+fn tls_of(fabric: &std::path::Path, peer: &str) -> watch::Receiver<Arc<GatewayTls>> {
+    let credentials = Credentials::load(&TlsFiles::in_fabric(fabric, &fabric.join(peer))).unwrap();
+    watch::channel(Arc::new(GatewayTls::new(&credentials).unwrap())).1
+}
+
+fn object(yaml: &str) -> Object {
+    clusterlink_api::parse_manifest(yaml, "default").unwrap()
+}
+
+const PEER: &str = "{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {name: server2, namespace: clusterlink-system}, spec: {gateways: [{host: 10.0.0.2, port: 443}]}}";
+const EXPORT: &str = "{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: reviews, namespace: shop}, spec: {host: reviews.shop.svc, port: 9080}}";
+
+fn keys(objects: &Objects) -> Vec<ObjectKey> {
+    objects.keys().cloned().collect()
+}
+
+/// Waits until the replica's model satisfies `done`.
+async fn until(model: &ControlPlane, done: impl Fn(&Objects) -> bool) {
+    let mut rx = model.subscribe();
+    let converged = tokio::time::timeout(PATIENCE, async {
+        while !done(&rx.borrow_and_update()) {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(
+        converged.is_ok(),
+        "replica never converged; it holds {:?}",
+        keys(&model.snapshot())
+    );
+}
+
+fn start_server(
+    listener: TcpListener,
+    tls: watch::Receiver<Arc<GatewayTls>>,
+    control_plane: &ControlPlane,
+    hosts: watch::Receiver<Arc<ClientHosts>>,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(replica::serve(
+        listener,
+        "server1".into(),
+        tls,
+        control_plane.subscribe(),
+        hosts,
+        shutdown,
+    ));
+    (stop, task)
+}
+
+#[tokio::test]
+async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fabric = fabric_with(dir.path(), &["server1"]);
+    let tls = tls_of(&fabric, "server1");
+
+    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    control_plane.apply(object(PEER)).await.unwrap();
+    let mut hosts = ClientHosts::default();
+    let web = [("app".to_string(), "web".to_string())].into();
+    hosts.insert(
+        "10.244.0.5".parse().unwrap(),
+        "shop".into(),
+        "web".into(),
+        web,
+    );
+    let (hosts_tx, hosts_rx) = watch::channel(Arc::new(hosts.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop_server, server) = start_server(listener, tls.clone(), &control_plane, hosts_rx);
+
+    let replica_model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    let (replica_hosts_tx, mut replica_hosts) = watch::channel(Arc::<ClientHosts>::default());
+    let (_stop_replica, replica_shutdown) = watch::channel(false);
+    tokio::spawn(replica::follow(
+        address.to_string(),
+        "server1".into(),
+        tls.clone(),
+        replica_model.clone(),
+        replica_hosts_tx,
+        replica_shutdown,
+    ));
+
+    let peer_key = ObjectKey::new(Kind::Peer, "clusterlink-system", "server2");
+    let export_key = ObjectKey::new(Kind::Export, "shop", "reviews");
+    until(&replica_model, |o| o.contains_key(&peer_key)).await;
+    let same_hosts = tokio::time::timeout(PATIENCE, replica_hosts.wait_for(|h| **h == hosts));
+    assert!(same_hosts.await.is_ok(), "the client hosts never arrived");
+
+    // Changes follow: an export added, the peer deleted, a pod gone.
+    control_plane.apply(object(EXPORT)).await.unwrap();
+    control_plane.delete(peer_key.clone()).await.unwrap();
+    until(&replica_model, |o| keys(o) == [export_key.clone()]).await;
+    hosts_tx.send_replace(Arc::default());
+    let emptied = tokio::time::timeout(PATIENCE, replica_hosts.wait_for(|h| h.is_empty()));
+    assert!(emptied.await.is_ok(), "the removed pod stayed");
+
+    // The control plane goes away. Its port is taken by a listener that accepts and says
+    // nothing: once the replica knocks there, it has seen the stream end.
+    stop_server.send(true).unwrap();
+    server.await.unwrap();
+    let silent = TcpListener::bind(address).await.unwrap();
+    let (knock, _) = tokio::time::timeout(PATIENCE, silent.accept())
+        .await
+        .expect("the replica reconnects")
+        .unwrap();
+    assert_eq!(
+        keys(&replica_model.snapshot()),
+        [export_key.clone()],
+        "the last snapshot stays in force"
+    );
+    drop(knock);
+
+    // A control plane (restarted, with other state) serves again on the same address.
+    let restarted = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    restarted.apply(object(PEER)).await.unwrap();
+    let (_stop, _server) = start_server(silent, tls, &restarted, watch::channel(Arc::default()).1);
+    until(&replica_model, |o| keys(o) == [peer_key.clone()]).await;
+}
+
+#[tokio::test]
+async fn another_peer_cannot_read_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let fabric = fabric_with(dir.path(), &["server1", "intruder"]);
+    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    control_plane.apply(object(PEER)).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let hosts = watch::channel(Arc::default()).1;
+    let (_stop, _server) =
+        start_server(listener, tls_of(&fabric, "server1"), &control_plane, hosts);
+
+    // A valid certificate of the same fabric, but of another peer: it verifies the server's name
+    // "server1" fine, and the server closes without sending a byte of configuration.
+    let intruder = tls_of(&fabric, "intruder");
+    let connector = tokio_rustls::TlsConnector::from(intruder.borrow().client.clone());
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("server1").unwrap();
+    let mut received = Vec::new();
+    // TLS 1.3 may finish the client side before the server has checked the client certificate,
+    // so the refusal shows as a failed handshake or as a stream that ends; never as data.
+    if let Ok(mut stream) = connector.connect(name, tcp).await {
+        let read = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "the server neither closed nor refused");
+    }
+    assert!(
+        received.is_empty(),
+        "the intruder received {} bytes",
+        received.len()
+    );
+
+    // The same exchange with this peer's own certificate does carry a snapshot.
+    let own = tls_of(&fabric, "server1");
+    let connector = tokio_rustls::TlsConnector::from(own.borrow().client.clone());
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("server1").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let len = stream.read_u32().await.unwrap();
+    assert!(len > 0 && len <= replica::MAX_SNAPSHOT_BYTES);
+}

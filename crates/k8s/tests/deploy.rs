@@ -1,0 +1,426 @@
+//! The manifests `clusterlink deploy peer` produces: valid Kubernetes objects that fit together,
+//! least-privilege RBAC, clear refusals of bad arguments, and apply/delete against a mocked API
+//! server.
+
+use std::collections::BTreeMap;
+
+use clusterlink_k8s::deploy::{self, DeployError, Ingress, Manifest, PeerDeployment};
+use http::{Method, Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+fn peer() -> PeerDeployment {
+    PeerDeployment {
+        name: "server1".into(),
+        namespace: "clusterlink-system".into(),
+        ingress: Ingress::LoadBalancer,
+        ingress_port: 443,
+        dataplane_replicas: 3,
+        labels: BTreeMap::from([("region".into(), "eu-west".into())]),
+        registry: "registry.example.com/team/".into(),
+        tag: "v9".into(),
+        ca_pem: "CA PEM".into(),
+        cert_pem: "CERT PEM".into(),
+        key_pem: "KEY PEM".into(),
+    }
+}
+
+fn find<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Manifest {
+    manifests
+        .iter()
+        .find(|m| m.kind() == kind && m.name() == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn deployment(manifests: &[Manifest], name: &str) -> Deployment {
+    match find(manifests, "Deployment", name) {
+        Manifest::Deployment(d) => d.clone(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn every_manifest_parses_back_as_its_kubernetes_type_without_losing_a_field() {
+    let manifests = peer().manifests().unwrap();
+    let yaml = deploy::to_yaml(&manifests).unwrap();
+    let mut kinds = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&yaml) {
+        let value: Value = serde::Deserialize::deserialize(doc).unwrap();
+        let kind = value["kind"].as_str().unwrap().to_string();
+        // Typed parse and re-serialization: a field the type does not know would be dropped.
+        fn round<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Value {
+            serde_json::to_value(serde_json::from_value::<T>(v.clone()).unwrap()).unwrap()
+        }
+        let back = match kind.as_str() {
+            "CustomResourceDefinition" => round::<CustomResourceDefinition>(&value),
+            "Namespace" => round::<Namespace>(&value),
+            "ServiceAccount" => round::<ServiceAccount>(&value),
+            "ClusterRole" => round::<ClusterRole>(&value),
+            "ClusterRoleBinding" => round::<ClusterRoleBinding>(&value),
+            "Role" => round::<Role>(&value),
+            "RoleBinding" => round::<RoleBinding>(&value),
+            "Secret" => round::<Secret>(&value),
+            "Service" => round::<Service>(&value),
+            "Deployment" => round::<Deployment>(&value),
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(back, value, "{kind} changed on a round trip");
+        kinds.push(kind);
+    }
+    assert_eq!(
+        kinds,
+        [
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "CustomResourceDefinition",
+            "Namespace",
+            "ServiceAccount",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "Service",
+            "Service",
+            "Deployment",
+            "Deployment",
+        ],
+        "definitions, namespace and RBAC come before what uses them"
+    );
+}
+
+#[test]
+fn the_pieces_fit_together() {
+    let p = peer();
+    let manifests = p.manifests().unwrap();
+    for m in &manifests {
+        let labels = m.metadata().labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("app.kubernetes.io/part-of").map(String::as_str),
+            Some("clusterlink"),
+            "{}",
+            deploy::describe(m)
+        );
+        if !matches!(m, Manifest::CustomResourceDefinition(_)) {
+            assert_eq!(
+                labels.get(deploy::PEER_LABEL).map(String::as_str),
+                Some("server1")
+            );
+        }
+    }
+    for name in [deploy::CONTROLPLANE, deploy::DATAPLANE] {
+        let d = deployment(&manifests, name);
+        let spec = d.spec.unwrap();
+        let template_labels = spec.template.metadata.unwrap().labels.unwrap();
+        for (k, v) in spec.selector.match_labels.unwrap() {
+            assert_eq!(
+                template_labels.get(&k),
+                Some(&v),
+                "{name}: selector must match its pods"
+            );
+        }
+        let pod = spec.template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.image.as_deref(),
+            Some("registry.example.com/team/clusterlink:v9")
+        );
+        assert_eq!(
+            pod.volumes.unwrap()[0]
+                .secret
+                .as_ref()
+                .unwrap()
+                .secret_name
+                .as_deref(),
+            Some(deploy::TLS_SECRET)
+        );
+        let args = container.args.clone().unwrap();
+        assert!(
+            args.contains(&"--cert=/etc/clusterlink/tls.crt".to_string()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--label=region=eu-west".to_string()),
+            "{args:?}"
+        );
+        assert_eq!(
+            container
+                .security_context
+                .as_ref()
+                .unwrap()
+                .allow_privilege_escalation,
+            Some(false)
+        );
+    }
+    let dataplane = deployment(&manifests, deploy::DATAPLANE).spec.unwrap();
+    assert_eq!(dataplane.replicas, Some(3));
+    let pod = dataplane.template.spec.unwrap();
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "the data plane needs no API access"
+    );
+    let args = pod.containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&"--control-plane=cl-controlplane.clusterlink-system.svc:8444".to_string()),
+        "{args:?}"
+    );
+
+    // The peer-port Service selects exactly the data-plane pods, on their peer port.
+    let Manifest::Service(peer_port) = find(&manifests, "Service", deploy::PEER_SERVICE) else {
+        unreachable!()
+    };
+    let spec = peer_port.spec.clone().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.selector.unwrap(), p.dataplane_selector());
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!(
+        (port.port, port.target_port.clone()),
+        (
+            443,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(4443))
+        )
+    );
+
+    // The controller is told the same selector the Service uses.
+    let controller_args = deployment(&manifests, deploy::CONTROLPLANE)
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(controller_args.contains(&"--dataplane-selector=app.kubernetes.io/instance=server1,app.kubernetes.io/name=cl-dataplane".to_string()), "{controller_args:?}");
+
+    let Manifest::Secret(secret) = find(&manifests, "Secret", deploy::TLS_SECRET) else {
+        unreachable!()
+    };
+    let data = secret.data.clone().unwrap();
+    assert_eq!(data["tls.key"].0, b"KEY PEM");
+    assert_eq!(data["ca.crt"].0, b"CA PEM");
+}
+
+#[test]
+fn rbac_grants_the_controller_only_what_it_uses() {
+    let manifests = peer().manifests().unwrap();
+    let Manifest::ClusterRole(role) = find(
+        &manifests,
+        "ClusterRole",
+        "clusterlink-controlplane-clusterlink-system",
+    ) else {
+        unreachable!()
+    };
+    let rules = role.rules.clone().unwrap();
+    let mut grants = BTreeMap::new();
+    for r in &rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                assert_ne!(res, "*", "no wildcard resources");
+                for v in &r.verbs {
+                    assert_ne!(v, "*", "no wildcard verbs");
+                    grants
+                        .entry(format!("{g}/{res}"))
+                        .or_insert_with(Vec::new)
+                        .push(v.clone());
+                }
+            }
+        }
+    }
+    let expected: BTreeMap<String, Vec<String>> = serde_json::from_value(json!({
+        "/pods": ["get", "list", "watch"],
+        "/services": ["get", "list", "watch", "create", "patch", "delete"],
+        "clusterlink.net/accesspolicies": ["get", "list", "watch"],
+        "clusterlink.net/exports": ["get", "list", "watch"],
+        "clusterlink.net/exports/status": ["get", "patch"],
+        "clusterlink.net/imports": ["get", "list", "watch", "patch"],
+        "clusterlink.net/imports/status": ["get", "patch"],
+        "clusterlink.net/privilegedaccesspolicies": ["get", "list", "watch"],
+        "discovery.k8s.io/endpointslices": ["get", "list", "watch", "create", "patch", "delete"],
+    }))
+    .unwrap();
+    assert_eq!(
+        grants, expected,
+        "no secrets, no roles, nothing in users' namespaces beyond Services"
+    );
+    // Peers are read in the peer's own namespace only.
+    let Manifest::Role(peers) = find(&manifests, "Role", deploy::CONTROLPLANE) else {
+        unreachable!()
+    };
+    assert_eq!(
+        peers.metadata.namespace.as_deref(),
+        Some("clusterlink-system")
+    );
+    assert!(peers.rules.as_ref().unwrap().iter().all(|r| {
+        r.resources
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|x| x.starts_with("peers"))
+    }));
+}
+
+#[test]
+fn ingress_kinds() {
+    let mut p = peer();
+    p.ingress = Ingress::NodePort;
+    p.ingress_port = 30443;
+    let manifests = p.manifests().unwrap();
+    let Manifest::Service(s) = find(&manifests, "Service", deploy::PEER_SERVICE) else {
+        unreachable!()
+    };
+    let spec = s.spec.clone().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+    assert_eq!(spec.ports.unwrap()[0].node_port, Some(30443));
+    p.ingress = Ingress::None;
+    p.ingress_port = 8443;
+    let manifests = p.manifests().unwrap();
+    let Manifest::Service(s) = find(&manifests, "Service", deploy::PEER_SERVICE) else {
+        unreachable!()
+    };
+    assert_eq!(s.spec.as_ref().unwrap().type_.as_deref(), Some("ClusterIP"));
+    assert_eq!("nodeport".parse::<Ingress>(), Ok(Ingress::NodePort));
+    assert!(
+        "ingress-nginx"
+            .parse::<Ingress>()
+            .unwrap_err()
+            .contains("LoadBalancer, NodePort or none")
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_with_the_flag_named() {
+    let cases: Vec<(Box<dyn Fn(&mut PeerDeployment)>, &str)> = vec![
+        (
+            Box::new(|p| p.name = "Server_1".into()),
+            "--name \"Server_1\"",
+        ),
+        (Box::new(|p| p.namespace = "".into()), "--namespace \"\""),
+        (
+            Box::new(|p| {
+                p.labels.insert("bad key!".into(), "x".into());
+            }),
+            "--label \"bad key!=x\"",
+        ),
+        (
+            Box::new(|p| {
+                p.ingress = Ingress::NodePort;
+                p.ingress_port = 443;
+            }),
+            "outside the NodePort range",
+        ),
+        (
+            Box::new(|p| p.ingress_port = 0),
+            "--ingress-port must be 1-65535",
+        ),
+        (
+            Box::new(|p| p.dataplane_replicas = 0),
+            "--dataplane-replicas must be at least 1",
+        ),
+    ];
+    for (change, want) in cases {
+        let mut p = peer();
+        change(&mut p);
+        let err = p.manifests().unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+        assert!(matches!(
+            err,
+            DeployError::Name(..)
+                | DeployError::Namespace(..)
+                | DeployError::Label(..)
+                | DeployError::NodePortRange { .. }
+                | DeployError::ZeroPort
+                | DeployError::NoReplicas
+        ));
+    }
+}
+
+/// Serves `handle` like an API server that holds nothing but accepts everything: applies echo
+/// their body, deletes answer 404 for `missing` paths and 200 otherwise. Returns the calls.
+async fn serve(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    missing: Vec<String>,
+) -> Vec<(Method, String)> {
+    let mut seen = Vec::new();
+    while let Some((request, respond)) = handle.next_request().await {
+        let (parts, body) = request.into_parts();
+        let body = body.collect_bytes().await.unwrap();
+        let path = parts.uri.path().to_string();
+        let (status, reply) = if parts.method == Method::DELETE && missing.contains(&path) {
+            (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            )
+        } else if parts.method == Method::DELETE {
+            (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            )
+        } else {
+            (200, serde_json::from_slice(&body).unwrap())
+        };
+        seen.push((parts.method, path));
+        respond.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    seen
+}
+
+#[tokio::test]
+async fn apply_then_delete_removes_exactly_what_was_applied() {
+    let manifests = peer().manifests().unwrap();
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let server = tokio::spawn(serve(handle, Vec::new()));
+    deploy::apply(&kube::Client::new(service, "default"), &manifests)
+        .await
+        .unwrap();
+    let applied = server.await.unwrap();
+    assert!(applied.iter().all(|(m, _)| *m == Method::PATCH));
+    assert_eq!(applied.len(), manifests.len());
+    assert_eq!(
+        applied[0].1,
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/peers.clusterlink.net"
+    );
+    assert_eq!(applied[5].1, "/api/v1/namespaces/clusterlink-system");
+    assert_eq!(
+        applied.last().unwrap().1,
+        "/apis/apps/v1/namespaces/clusterlink-system/deployments/cl-dataplane"
+    );
+
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let gone = "/api/v1/namespaces/clusterlink-system/secrets/cl-peer-tls".to_string();
+    let server = tokio::spawn(serve(handle, vec![gone.clone()]));
+    let deleted = deploy::delete(&kube::Client::new(service, "default"), &manifests, false)
+        .await
+        .unwrap();
+    let calls = server.await.unwrap();
+    assert!(calls.iter().all(|(m, _)| *m == Method::DELETE));
+    // Everything applied except the definitions, in reverse order.
+    let mut expected: Vec<String> = applied.iter().skip(5).map(|(_, p)| p.clone()).collect();
+    expected.reverse();
+    assert_eq!(
+        calls.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(
+        !deleted.contains(&"Secret clusterlink-system/cl-peer-tls".to_string()),
+        "an object already gone is not reported"
+    );
+    assert!(deleted.contains(&"Deployment clusterlink-system/cl-dataplane".to_string()));
+    assert!(
+        deleted.contains(&"ClusterRole clusterlink-controlplane-clusterlink-system".to_string())
+    );
+}
