@@ -371,8 +371,13 @@ pub fn exchange(port: u16, payload: &[u8]) -> Exchange {
 
 /// [`exchange`] from a chosen loopback source address, so a gateway sees different clients.
 pub fn exchange_from(source: &str, port: u16, payload: &[u8]) -> Exchange {
+    exchange_between(source, "127.0.0.1", port, payload)
+}
+
+/// [`exchange`] from a chosen loopback source to a chosen loopback destination.
+pub fn exchange_between(source: &str, destination: &str, port: u16, payload: &[u8]) -> Exchange {
     use std::io::{Read, Write};
-    let mut s = match connect_from(source, port) {
+    let mut s = match connect_from(source, destination, port) {
         Ok(s) => s,
         // A reset can arrive before connect() returns when the gateway refuses at once.
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Exchange::Reset,
@@ -409,14 +414,19 @@ pub fn exchange_from(source: &str, port: u16, payload: &[u8]) -> Exchange {
     }
 }
 
-fn connect_from(source: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+fn connect_from(
+    source: &str,
+    destination: &str,
+    port: u16,
+) -> std::io::Result<std::net::TcpStream> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()?;
     let stream = rt.block_on(async {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(format!("{source}:0").parse().unwrap())?;
-        socket.connect(([127, 0, 0, 1], port).into()).await
+        let destination: std::net::IpAddr = destination.parse().unwrap();
+        socket.connect((destination, port).into()).await
     })?;
     let stream = stream.into_std()?;
     stream.set_nonblocking(false)?;

@@ -1,0 +1,214 @@
+//! Data-plane replicas as they run on Kubernetes, without a cluster: two real `cl-dataplane`
+//! processes follow one snapshot stream (served here, as `cl-controlplane` serves it) and carry
+//! real tunnels to a standalone gateway. They keep serving when the control plane goes away,
+//! and client attributes that arrive with a snapshot (the pods) decide policy.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_gateway::dataplane::{ClientHosts, GatewayTls};
+use clusterlink_gateway::model::ControlPlane;
+use clusterlink_pki::tls::{Credentials, TlsFiles};
+use clusterlink_store::MemoryStore;
+use support::*;
+use tokio::sync::watch;
+
+const CL_DATAPLANE: &str = env!("CARGO_BIN_EXE_cl-dataplane");
+/// How long replicas get to follow a snapshot (they do in milliseconds).
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Denies clients whose pod is labelled `app: blocked`, allows everything else.
+const POLICIES: &str = "\
+apiVersion: clusterlink.net/v1alpha1
+kind: AccessPolicy
+metadata: {name: deny-blocked, namespace: default}
+spec:
+  action: deny
+  from: [{workloadSelector: {matchLabels: {client.clusterlink.net/labels.app: blocked}}}]
+  to: [{workloadSelector: {}}]
+";
+
+struct Replica {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Replica {
+    fn start(
+        dir: &std::path::Path,
+        fabric: &std::path::Path,
+        control_plane: &str,
+        import_address: &str,
+    ) -> Replica {
+        let log = dir.join(format!("dataplane-{import_address}.log"));
+        let child = Command::new(CL_DATAPLANE)
+            .args([
+                "--ca",
+                fabric.join("cert.pem").to_str().unwrap(),
+                "--cert",
+                fabric.join("client/cert.pem").to_str().unwrap(),
+                "--key",
+                fabric.join("client/key.pem").to_str().unwrap(),
+                "--control-plane",
+                control_plane,
+                "--peer-address",
+                "127.0.0.1:0",
+                "--import-address",
+                import_address,
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Replica { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a log line containing `text`.
+    fn wait_for(&self, text: &str) {
+        assert!(
+            eventually(CONVERGE, || self.log().contains(text)),
+            "no {text:?} in:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn objects(yaml: &str) -> Vec<clusterlink_api::Object> {
+    let mut objects: Vec<_> = clusterlink_api::parse_manifests(yaml)
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for o in &mut objects {
+        o.default_namespace("default");
+    }
+    objects
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane_is_away() {
+    let f = Fabric::new(&["server", "client"]);
+    let backend = Backend::start("echo");
+    let server = f.start("server");
+    server.apply(&clusterlink::demo::export("echo", backend.port));
+    server.apply(clusterlink::demo::ALLOW_ALL);
+
+    // The client peer's control plane, as `cl-controlplane` runs it: a model, the client hosts
+    // from the pod cache, and the snapshot stream, authenticated with the client's certificate.
+    let fabric = f.fabric_dir();
+    let credentials =
+        Credentials::load(&TlsFiles::in_fabric(&fabric, &fabric.join("client"))).unwrap();
+    let tls = watch::channel(Arc::new(GatewayTls::new(&credentials).unwrap())).1;
+    let model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    let target = free_port();
+    let config = format!(
+        "{}---\n{}---\n{}---\n{POLICIES}",
+        clusterlink::demo::peer("server", &server.peer_address),
+        clusterlink::demo::import("echo", target, &["server"]),
+        clusterlink::demo::ALLOW_ALL,
+    );
+    model.replace_all(objects(&config)).await.unwrap();
+    let (hosts_tx, hosts) = watch::channel(Arc::new(ClientHosts::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, shutdown) = watch::channel(false);
+    let stream = tokio::spawn(clusterlink_gateway::replica::serve(
+        listener,
+        "client".into(),
+        tls.clone(),
+        model.subscribe(),
+        hosts.clone(),
+        shutdown,
+    ));
+
+    let replicas = [
+        Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.2"),
+        Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.3"),
+    ];
+    for (replica, ip) in replicas.iter().zip(["127.0.0.2", "127.0.0.3"]) {
+        replica.wait_for("import listening");
+        let served = tokio::task::spawn_blocking(move || {
+            exchange_between("127.0.0.9", ip, target, b"hello")
+        });
+        assert_eq!(
+            served.await.unwrap(),
+            Exchange::Served {
+                backend: "echo".into()
+            },
+            "{}",
+            replica.log()
+        );
+    }
+
+    // The control plane goes away: both replicas notice, and go on serving their snapshot.
+    stop.send(true).unwrap();
+    stream.await.unwrap();
+    for (replica, ip) in replicas.iter().zip(["127.0.0.2", "127.0.0.3"]) {
+        replica.wait_for("serving the last snapshot");
+        let served = tokio::task::spawn_blocking(move || {
+            exchange_between("127.0.0.9", ip, target, b"still here")
+        });
+        assert_eq!(
+            served.await.unwrap(),
+            Exchange::Served {
+                backend: "echo".into()
+            },
+            "{}",
+            replica.log()
+        );
+    }
+
+    // It comes back on the same address, now knowing the pod at 127.0.0.9 is labelled
+    // app=blocked: the replicas reconnect and the deny policy applies to that client.
+    let mut pods = ClientHosts::default();
+    pods.insert(
+        "127.0.0.9".parse().unwrap(),
+        "default".into(),
+        "web".into(),
+        [("app".to_string(), "blocked".to_string())].into(),
+    );
+    hosts_tx.send_replace(Arc::new(pods));
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+    let (_stop, shutdown) = watch::channel(false);
+    tokio::spawn(clusterlink_gateway::replica::serve(
+        listener,
+        "client".into(),
+        tls,
+        model.subscribe(),
+        hosts,
+        shutdown,
+    ));
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let denied = tokio::task::spawn_blocking(move || {
+            eventually(CONVERGE, || {
+                exchange_between("127.0.0.9", ip, target, b"x") == Exchange::Reset
+            })
+        });
+        assert!(
+            denied.await.unwrap(),
+            "the blocked pod was never denied at {ip}"
+        );
+        // Another client (no pod entry) is still served.
+        let other =
+            tokio::task::spawn_blocking(move || exchange_between("127.0.0.10", ip, target, b"ok"));
+        assert_eq!(
+            other.await.unwrap(),
+            Exchange::Served {
+                backend: "echo".into()
+            }
+        );
+    }
+}
