@@ -300,9 +300,6 @@ pub struct ControlPlaneArgs {
     /// The data plane's own peer port: never allocated as an import's target port.
     #[arg(long, default_value_t = deploy::DATAPLANE_PEER_PORT)]
     pub dataplane_peer_port: u16,
-    /// A label of this peer, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }
@@ -312,9 +309,6 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let (name, tls) = args.tls.load(&shutdown)?;
     let selector = parse_labels(&args.dataplane_selector)?;
-    // Peer labels are the data plane's business (policy attributes); checked here all the same
-    // so that a typo fails at start, not silently.
-    parse_labels(&args.labels)?;
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API server")?;
@@ -324,14 +318,23 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
     let (hosts_tx, hosts) = watch::channel(Arc::default());
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(clusterlink_gateway::replica::serve(
-        listener,
-        name.clone(),
-        tls.clone(),
-        control_plane.subscribe(),
-        hosts,
-        shutdown.clone(),
-    ));
+    let (synced_tx, synced) = tokio::sync::oneshot::channel();
+    // Replicas wait (in the listen backlog, then by reconnecting) until the model holds the
+    // cluster's configuration: until then they keep serving their last snapshot.
+    tasks.spawn({
+        let (name, tls, objects, shutdown) = (
+            name.clone(),
+            tls.clone(),
+            control_plane.subscribe(),
+            shutdown.clone(),
+        );
+        async move {
+            if synced.await.is_ok() {
+                clusterlink_gateway::replica::serve(listener, name, tls, objects, hosts, shutdown)
+                    .await;
+            }
+        }
+    });
     tasks.spawn(clusterlink_gateway::dataplane::probe_peers(
         name.clone(),
         control_plane.clone(),
@@ -349,6 +352,7 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         config,
         control_plane,
         hosts_tx,
+        synced_tx,
     ));
     tracing::info!(peer = %name, "control plane started");
     wait_for_signal().await?;

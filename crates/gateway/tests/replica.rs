@@ -136,7 +136,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
         .unwrap();
     assert_eq!(
         keys(&replica_model.snapshot()),
-        [export_key.clone()],
+        [export_key],
         "the last snapshot stays in force"
     );
     drop(knock);

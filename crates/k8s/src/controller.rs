@@ -239,12 +239,16 @@ where
 
 /// Runs the controller until the process ends: watches, feeds `control_plane` (whose snapshot
 /// the data-plane replicas receive) and the pod table in `clients`, and converges the cluster.
+/// `synced` fires once the model holds the whole cluster's configuration: a restarted control
+/// plane must not stream its empty model to replicas that still serve the last good one.
 pub async fn run(
     client: Client,
     config: ControllerConfig,
     control_plane: ControlPlane,
     clients: watch::Sender<Arc<ClientHosts>>,
+    synced: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut synced = Some(synced);
     let wake = Arc::new(Notify::new());
     let system = config.system_namespace.as_str();
     let managed = watcher::Config::default().labels(&format!(
@@ -304,17 +308,22 @@ pub async fn run(
             &owned(&caches.policies),
             &owned(&caches.privileged),
         );
-        if let Err(e) = model::sync(&control_plane, objects).await {
-            tracing::warn!(error = %e, "updating the model failed");
-        }
-        clients.send_if_modified(|current| {
-            let next = crate::pods::client_hosts(pods.iter().map(AsRef::as_ref));
-            let changed = **current != next;
-            if changed {
-                *current = Arc::new(next);
+        match control_plane.replace_all(objects).await {
+            Err(e) => tracing::warn!(error = %e, "updating the model failed"),
+            Ok(()) => {
+                clients.send_if_modified(|current| {
+                    let next = crate::pods::client_hosts(pods.iter().map(AsRef::as_ref));
+                    let changed = **current != next;
+                    if changed {
+                        *current = Arc::new(next);
+                    }
+                    changed
+                });
+                if let Some(synced) = synced.take() {
+                    let _ = synced.send(());
+                }
             }
-            changed
-        });
+        }
         let changes = reconcile::plan(&world);
         let peer_changes = model::peer_status_changes(&control_plane, &owned(&caches.peers));
         let now = crate::now_rfc3339();

@@ -532,7 +532,6 @@ impl PeerDeployment {
             format!("--dataplane-selector={}", selector.join(",")),
             format!("--dataplane-peer-port={DATAPLANE_PEER_PORT}"),
         ]);
-        args.extend(self.label_args());
         let container = self.container(CONTROLPLANE, args, ("snapshots", SNAPSHOT_PORT));
         Deployment {
             metadata: self.meta(CONTROLPLANE, true, Some(CONTROLPLANE)),

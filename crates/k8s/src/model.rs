@@ -4,7 +4,7 @@
 
 use clusterlink_api::kubernetes::{KubeAccessPolicy, KubePeer, KubePrivilegedAccessPolicy};
 use clusterlink_api::{Kind, Object, ObjectKey, Port};
-use clusterlink_gateway::model::{ControlPlane, ModelError};
+use clusterlink_gateway::model::ControlPlane;
 
 use crate::convert;
 use crate::reconcile::{Change, World, assign_target_ports};
@@ -56,11 +56,6 @@ pub fn objects(
         out.push(Object::Import(model));
     }
     out
-}
-
-/// Makes the model hold exactly `objects`.
-pub async fn sync(control_plane: &ControlPlane, objects: Vec<Object>) -> Result<(), ModelError> {
-    control_plane.replace_all(objects).await
 }
 
 /// Status writes that show each Peer's reachability, as the control plane's probes found it.

@@ -146,10 +146,6 @@ fn the_pieces_fit_together() {
             args.contains(&"--cert=/etc/clusterlink/tls.crt".to_string()),
             "{args:?}"
         );
-        assert!(
-            args.contains(&"--label=region=eu-west".to_string()),
-            "{args:?}"
-        );
         assert_eq!(
             container
                 .security_context
@@ -168,6 +164,10 @@ fn the_pieces_fit_together() {
         "the data plane needs no API access"
     );
     let args = pod.containers[0].args.clone().unwrap();
+    assert!(
+        args.contains(&"--label=region=eu-west".to_string()),
+        "the peer's labels are policy attributes, matched in the data plane: {args:?}"
+    );
     assert!(
         args.contains(&"--control-plane=cl-controlplane.clusterlink-system.svc:8444".to_string()),
         "{args:?}"
@@ -299,31 +299,25 @@ fn ingress_kinds() {
 
 #[test]
 fn bad_arguments_are_refused_with_the_flag_named() {
-    let cases: Vec<(Box<dyn Fn(&mut PeerDeployment)>, &str)> = vec![
+    let cases: Vec<(fn(&mut PeerDeployment), &str)> = vec![
+        (|p| p.name = "Server_1".into(), "--name \"Server_1\""),
+        (|p| p.namespace = "".into(), "--namespace \"\""),
         (
-            Box::new(|p| p.name = "Server_1".into()),
-            "--name \"Server_1\"",
-        ),
-        (Box::new(|p| p.namespace = "".into()), "--namespace \"\""),
-        (
-            Box::new(|p| {
+            |p| {
                 p.labels.insert("bad key!".into(), "x".into());
-            }),
+            },
             "--label \"bad key!=x\"",
         ),
         (
-            Box::new(|p| {
+            |p| {
                 p.ingress = Ingress::NodePort;
                 p.ingress_port = 443;
-            }),
+            },
             "outside the NodePort range",
         ),
+        (|p| p.ingress_port = 0, "--ingress-port must be 1-65535"),
         (
-            Box::new(|p| p.ingress_port = 0),
-            "--ingress-port must be 1-65535",
-        ),
-        (
-            Box::new(|p| p.dataplane_replicas = 0),
+            |p| p.dataplane_replicas = 0,
             "--dataplane-replicas must be at least 1",
         ),
     ];
