@@ -299,7 +299,8 @@ fn ingress_kinds() {
 
 #[test]
 fn bad_arguments_are_refused_with_the_flag_named() {
-    let cases: Vec<(fn(&mut PeerDeployment), &str)> = vec![
+    type Change = fn(&mut PeerDeployment);
+    let cases: Vec<(Change, &str)> = vec![
         (|p| p.name = "Server_1".into(), "--name \"Server_1\""),
         (|p| p.namespace = "".into(), "--namespace \"\""),
         (
