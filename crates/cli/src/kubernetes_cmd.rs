@@ -55,6 +55,7 @@ pub struct DeployPeerArgs {
     /// The image tag.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub tag: String,
+    /// The fabric's name: its directory under --path.
     #[arg(long, default_value = crate::clusterlink_cmd::DEFAULT_FABRIC)]
     pub fabric: String,
     /// Directory holding the fabric.

@@ -80,6 +80,18 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// A client at 127.0.0.9 reaches the echo backend through this replica's import.
+    async fn assert_serves(&self, ip: &'static str, port: u16, payload: &'static [u8]) {
+        let served =
+            tokio::task::spawn_blocking(move || exchange_between("127.0.0.9", ip, port, payload));
+        let echo = Exchange::Served {
+            backend: "echo".into(),
+        };
+        assert_eq!(served.await.unwrap(), echo, "{}", self.log());
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -140,17 +152,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     ];
     for (replica, ip) in replicas.iter().zip(["127.0.0.2", "127.0.0.3"]) {
         replica.wait_for("import listening");
-        let served = tokio::task::spawn_blocking(move || {
-            exchange_between("127.0.0.9", ip, target, b"hello")
-        });
-        assert_eq!(
-            served.await.unwrap(),
-            Exchange::Served {
-                backend: "echo".into()
-            },
-            "{}",
-            replica.log()
-        );
+        replica.assert_serves(ip, target, b"hello").await;
     }
 
     // The control plane goes away: both replicas notice, and go on serving their snapshot.
@@ -158,17 +160,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     stream.await.unwrap();
     for (replica, ip) in replicas.iter().zip(["127.0.0.2", "127.0.0.3"]) {
         replica.wait_for("serving the last snapshot");
-        let served = tokio::task::spawn_blocking(move || {
-            exchange_between("127.0.0.9", ip, target, b"still here")
-        });
-        assert_eq!(
-            served.await.unwrap(),
-            Exchange::Served {
-                backend: "echo".into()
-            },
-            "{}",
-            replica.log()
-        );
+        replica.assert_serves(ip, target, b"still here").await;
     }
 
     // It comes back on the same address, now knowing the pod at 127.0.0.9 is labelled

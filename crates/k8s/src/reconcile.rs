@@ -330,10 +330,8 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
     }
 }
 
-/// A `False` condition. The type follows from the reason's kind of object; callers name it.
+/// A `False` condition; [`status_change`] names its type after the object's kind.
 fn refused(reason: &str, message: String) -> Condition {
-    // Import and export refusals share reasons ("Invalid"); the condition type is set by
-    // `status_change` from the kind.
     Condition::new("", ConditionStatus::False, reason, message)
 }
 
