@@ -802,12 +802,21 @@ fn a_thousand_concurrent_connections_leave_no_descriptors_or_tasks_behind() {
     };
     let at_rest = || active(&office, "egress") == 0.0 && active(east, "ingress") == 0.0;
     assert!(eventually(CONVERGE, at_rest));
-    let sample = || {
+    let sample = || loop {
+        // The gauges and the descriptor count are read moments apart, and warm connections may
+        // expire in between: a sample counts only if the gauges held still around it.
         let (kept, waiting) = (idle(&office, "egress"), idle(east, "ingress"));
-        [
-            (open_fds(&office) - kept, tasks(&office)),
-            (open_fds(east) - waiting, tasks(east) - waiting as f64),
-        ]
+        let fds = (open_fds(&office), open_fds(east));
+        let task_counts = (tasks(&office), tasks(east));
+        if (kept, waiting) == (idle(&office, "egress"), idle(east, "ingress")) {
+            break [
+                (fds.0.saturating_sub(kept), task_counts.0),
+                (
+                    fds.1.saturating_sub(waiting),
+                    task_counts.1 - waiting as f64,
+                ),
+            ];
+        }
     };
     // Health probes come and go every 0.5 s, each with a task and a socket: the level at rest is
     // the lowest seen over a few probe rounds.
