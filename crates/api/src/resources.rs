@@ -533,6 +533,16 @@ pub type Import = Resource<ImportSpec>;
         category = "clusterlink",
         printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
         printcolumn(
+            name = "Valid",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"PolicyValid\")].status"
+        ),
+        printcolumn(
+            name = "Reason",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"PolicyValid\")].reason"
+        ),
+        printcolumn(
             name = "Age",
             type_ = "date",
             json_path = ".metadata.creationTimestamp"
@@ -619,6 +629,16 @@ pub type AccessPolicy = Resource<AccessPolicySpec>;
         crates(kube_core = "::kube_core"),
         category = "clusterlink",
         printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+        printcolumn(
+            name = "Valid",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"PolicyValid\")].status"
+        ),
+        printcolumn(
+            name = "Reason",
+            type_ = "string",
+            json_path = ".status.conditions[?(@.type==\"PolicyValid\")].reason"
+        ),
         printcolumn(
             name = "Age",
             type_ = "date",

@@ -158,7 +158,14 @@ impl Executor {
                         .patch_status(name, &params, &patch)
                         .await
                         .map(drop),
-                    Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => return Ok(()),
+                    Kind::AccessPolicy => Api::<KubeAccessPolicy>::namespaced(client, namespace)
+                        .patch_status(name, &params, &patch)
+                        .await
+                        .map(drop),
+                    Kind::PrivilegedAccessPolicy => Api::<KubePrivilegedAccessPolicy>::all(client)
+                        .patch_status(name, &params, &patch)
+                        .await
+                        .map(drop),
                 };
                 match result {
                     // Deleted since the pass began: nothing to report on.
@@ -299,15 +306,13 @@ pub async fn run(
             reserved_ports: config.reserved_ports.clone(),
             imports: owned(&caches.imports),
             exports: owned(&caches.exports),
+            peers: owned(&caches.peers),
+            access_policies: owned(&caches.policies),
+            privileged_policies: owned(&caches.privileged),
             services: owned(&caches.services),
             endpoint_slices: owned(&caches.slices),
         };
-        let objects = model::objects(
-            &world,
-            &owned(&caches.peers),
-            &owned(&caches.policies),
-            &owned(&caches.privileged),
-        );
+        let objects = model::objects(&world);
         match control_plane.replace_all(objects).await {
             Err(e) => tracing::warn!(error = %e, "updating the model failed"),
             Ok(()) => {
@@ -325,7 +330,7 @@ pub async fn run(
             }
         }
         let changes = reconcile::plan(&world);
-        let peer_changes = model::peer_status_changes(&control_plane, &owned(&caches.peers));
+        let peer_changes = model::peer_status_changes(&control_plane, &world);
         let now = crate::now_rfc3339();
         // Failures are logged by the executor and retried by the next pass.
         let _ = executor.execute(&changes, &now).await;

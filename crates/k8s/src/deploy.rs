@@ -358,7 +358,12 @@ impl PeerDeployment {
                     rule(&["clusterlink.net"], &["imports"], &["patch"]),
                     rule(
                         &["clusterlink.net"],
-                        &["imports/status", "exports/status"],
+                        &[
+                            "imports/status",
+                            "exports/status",
+                            "accesspolicies/status",
+                            "privilegedaccesspolicies/status",
+                        ],
                         &["get", "patch"],
                     ),
                     rule(&[""], &["services"], &write),

@@ -2,12 +2,13 @@
 //! fills from its store, so policy, load balancing and the data plane do not know which source
 //! they run on.
 
-use clusterlink_api::kubernetes::{KubeAccessPolicy, KubePeer, KubePrivilegedAccessPolicy};
-use clusterlink_api::{Kind, Object, ObjectKey, Port};
+use clusterlink_api::{Kind, Object, Port};
 use clusterlink_gateway::model::ControlPlane;
 
 use crate::convert;
-use crate::reconcile::{Change, World, assign_target_ports};
+use crate::reconcile::{
+    Change, PEER_REACHABLE, World, assign_target_ports, refused, status_change,
+};
 
 /// The model objects the cluster describes, translated to what the data plane acts on there:
 /// - an import listens on its target port (its Service maps the client-facing port to it), and
@@ -15,21 +16,18 @@ use crate::reconcile::{Change, World, assign_target_ports};
 /// - an export without `host` dials its Service by cluster DNS name.
 ///
 /// Objects that fail validation are left out; their status says why.
-pub fn objects(
-    world: &World,
-    peers: &[KubePeer],
-    policies: &[KubeAccessPolicy],
-    privileged: &[KubePrivilegedAccessPolicy],
-) -> Vec<Object> {
+pub fn objects(world: &World) -> Vec<Object> {
     let mut out: Vec<Object> = Vec::new();
-    out.extend(peers.iter().filter_map(|p| convert::peer(p).ok()));
+    out.extend(world.peers.iter().filter_map(|p| convert::peer(p).ok()));
     out.extend(
-        policies
+        world
+            .access_policies
             .iter()
             .filter_map(|p| convert::access_policy(p).ok()),
     );
     out.extend(
-        privileged
+        world
+            .privileged_policies
             .iter()
             .filter_map(|p| convert::privileged_access_policy(p).ok()),
     );
@@ -58,41 +56,31 @@ pub fn objects(
     out
 }
 
-/// Status writes that show each Peer's reachability, as the control plane's probes found it.
-pub fn peer_status_changes(control_plane: &ControlPlane, peers: &[KubePeer]) -> Vec<Change> {
+/// Status writes that show each Peer's reachability as the control plane's probes found it, or
+/// why a Peer the model refused is neither probed nor used.
+pub fn peer_status_changes(control_plane: &ControlPlane, world: &World) -> Vec<Change> {
     let mut changes = Vec::new();
-    for peer in peers {
-        let name = peer.metadata.name.clone().unwrap_or_default();
-        let key = ObjectKey::new(Kind::Peer, clusterlink_api::SYSTEM_NAMESPACE, name.clone());
-        let Some(reachable) = control_plane
-            .get(&key)
-            .and_then(|o| o.status()?.condition("PeerReachable").cloned())
-        else {
-            continue;
+    for peer in &world.peers {
+        let condition = match convert::peer(peer) {
+            Err(errors) => refused(
+                "Invalid",
+                format!("the peer is not valid, so it is neither probed nor used: {errors}"),
+            ),
+            Ok(model) => {
+                let probed = control_plane
+                    .get(&model.key())
+                    .and_then(|o| o.status()?.condition(PEER_REACHABLE).cloned());
+                // Not probed yet: the status stays as it is until there is something to say.
+                let Some(probed) = probed else { continue };
+                probed
+            }
         };
-        let mut conditions = peer
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let current = conditions.iter_mut().find(|c| c.type_ == reachable.type_);
-        let same = current.as_ref().is_some_and(|c| {
-            (c.status, &c.reason, &c.message)
-                == (reachable.status, &reachable.reason, &reachable.message)
-        });
-        if same {
-            continue;
-        }
-        match current {
-            Some(c) => *c = reachable,
-            None => conditions.push(reachable),
-        }
-        changes.push(Change::SetStatus {
-            kind: Kind::Peer,
-            namespace: peer.metadata.namespace.clone().unwrap_or_default(),
-            name,
-            conditions,
-        });
+        changes.extend(status_change(
+            Kind::Peer,
+            &peer.metadata,
+            peer.status.as_ref(),
+            condition,
+        ));
     }
     changes
 }

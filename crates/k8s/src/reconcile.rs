@@ -18,13 +18,17 @@
 //! - Managed Services and EndpointSlices with no import behind them are deleted, which frees the
 //!   import's target port for the next import that needs one.
 //! - An Export without `host` is the Service of its own name; `ExportValid` follows that Service.
+//! - A policy the model refuses (a rule the schema cannot express) is not enforced, and its
+//!   `PolicyValid` says so: a deny that silently did nothing would be worse than an error.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 
-use clusterlink_api::kubernetes::{KubeExport, KubeImport};
-use clusterlink_api::{Condition, ConditionStatus, Kind, Status};
+use clusterlink_api::kubernetes::{
+    KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
+};
+use clusterlink_api::{Condition, ConditionStatus, FieldErrors, Kind, Object, Status};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -36,6 +40,8 @@ use crate::convert;
 
 pub const IMPORT_VALID: &str = "ImportValid";
 pub const EXPORT_VALID: &str = "ExportValid";
+pub const PEER_REACHABLE: &str = "PeerReachable";
+pub const POLICY_VALID: &str = "PolicyValid";
 
 /// `app.kubernetes.io/managed-by` value on every object the controller creates; with
 /// [`IMPORT_LABEL`] it is how the controller tells its Services from everyone else's.
@@ -70,6 +76,10 @@ pub struct World {
     pub reserved_ports: Vec<u16>,
     pub imports: Vec<KubeImport>,
     pub exports: Vec<KubeExport>,
+    /// This peer's Peers (in the system namespace).
+    pub peers: Vec<KubePeer>,
+    pub access_policies: Vec<KubeAccessPolicy>,
+    pub privileged_policies: Vec<KubePrivilegedAccessPolicy>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
 }
@@ -216,6 +226,25 @@ pub fn plan(world: &World) -> Vec<Change> {
         ));
     }
 
+    for policy in sorted(&world.access_policies) {
+        let condition = policy_condition(convert::access_policy(policy));
+        statuses.extend(status_change(
+            Kind::AccessPolicy,
+            &policy.metadata,
+            policy.status.as_ref(),
+            condition,
+        ));
+    }
+    for policy in sorted(&world.privileged_policies) {
+        let condition = policy_condition(convert::privileged_access_policy(policy));
+        statuses.extend(status_change(
+            Kind::PrivilegedAccessPolicy,
+            &policy.metadata,
+            policy.status.as_ref(),
+            condition,
+        ));
+    }
+
     target_ports
         .into_iter()
         .chain(objects)
@@ -330,13 +359,28 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
     }
 }
 
+fn policy_condition(converted: Result<Object, FieldErrors>) -> Condition {
+    match converted {
+        Err(errors) => refused(
+            "Invalid",
+            format!("the policy is not valid and is not enforced: {errors}"),
+        ),
+        Ok(_) => Condition::new(
+            POLICY_VALID,
+            ConditionStatus::True,
+            "Enforced",
+            "the policy is part of every decision in its scope".to_string(),
+        ),
+    }
+}
+
 /// A `False` condition; [`status_change`] names its type after the object's kind.
-fn refused(reason: &str, message: String) -> Condition {
+pub(crate) fn refused(reason: &str, message: String) -> Condition {
     Condition::new("", ConditionStatus::False, reason, message)
 }
 
 /// The status write needed to show `condition`, or none if the object already shows it.
-fn status_change(
+pub(crate) fn status_change(
     kind: Kind,
     meta: &ObjectMeta,
     current: Option<&Status>,
@@ -345,7 +389,8 @@ fn status_change(
     condition.type_ = match kind {
         Kind::Import => IMPORT_VALID,
         Kind::Export => EXPORT_VALID,
-        _ => unreachable!("the controller writes conditions of imports and exports only"),
+        Kind::Peer => PEER_REACHABLE,
+        Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => POLICY_VALID,
     }
     .to_string();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();

@@ -54,6 +54,22 @@ impl ApiServer {
             );
             objects.insert(path, serde_json::to_value(e).unwrap());
         }
+        for p in &world.access_policies {
+            let m = &p.metadata;
+            let path = format!(
+                "{IMPORTS}/{}/accesspolicies/{}/status",
+                m.namespace.as_ref().unwrap(),
+                m.name.as_ref().unwrap()
+            );
+            objects.insert(path, serde_json::to_value(p).unwrap());
+        }
+        for p in &world.privileged_policies {
+            let path = format!(
+                "/apis/clusterlink.net/v1alpha1/privilegedaccesspolicies/{}/status",
+                p.metadata.name.as_ref().unwrap()
+            );
+            objects.insert(path, serde_json::to_value(p).unwrap());
+        }
         for s in &world.services {
             let m = &s.metadata;
             let path = format!(
@@ -185,20 +201,7 @@ async fn conflicting_target_ports_keep_the_older_import_and_report_the_newer() {
 
 #[tokio::test]
 async fn conflicting_services_are_reported_and_labelled_ones_adopted() {
-    let mut world = world();
-    world.imports = vec![
-        import("shop", "taken", 1, &import_spec(80, ", targetPort: 20000")),
-        import(
-            "shop",
-            "adoptable",
-            2,
-            &import_spec(80, ", targetPort: 20001"),
-        ),
-    ];
-    world.services = vec![
-        service("shop", "taken", "{app: legacy}"),
-        service("shop", "adoptable", "{clusterlink.net/adopt: \"true\"}"),
-    ];
+    let world = taken_and_adoptable_services();
     let (seen, result) = ApiServer::new(&world).execute(&world).await;
     result.unwrap();
     let service_calls: Vec<_> = calls(&seen)
@@ -367,4 +370,45 @@ async fn a_failed_call_does_not_stop_the_others_and_is_reported() {
     let error = result.unwrap_err();
     assert!(error.contains("applying Service shop/a"), "{error}");
     assert!(calls(&seen).contains(&"PATCH /api/v1/namespaces/shop/services/b".to_string()));
+}
+
+#[tokio::test]
+async fn policy_statuses_are_written_to_namespaced_and_cluster_scoped_policies() {
+    let mut world = world();
+    world.access_policies = vec![access_policy(
+        "shop",
+        "deny-nothing",
+        "{action: deny, from: [], to: [{workloadSelector: {}}]}",
+    )];
+    world.privileged_policies = vec![privileged_policy(
+        "allow-all",
+        "{action: allow, from: [{workloadSelector: {}}], to: [{workloadSelector: {}}]}",
+    )];
+    let (seen, result) = ApiServer::new(&world).execute(&world).await;
+    result.unwrap();
+    assert_eq!(
+        calls(&seen),
+        [
+            "PATCH /apis/clusterlink.net/v1alpha1/namespaces/shop/accesspolicies/deny-nothing/status",
+            "PATCH /apis/clusterlink.net/v1alpha1/privilegedaccesspolicies/allow-all/status",
+        ]
+    );
+    let refused = status_of(
+        &seen,
+        "/apis/clusterlink.net/v1alpha1/namespaces/shop/accesspolicies/deny-nothing/status",
+    );
+    assert_eq!(
+        (
+            refused["type"].as_str(),
+            refused["status"].as_str(),
+            refused["reason"].as_str()
+        ),
+        (Some("PolicyValid"), Some("False"), Some("Invalid"))
+    );
+    let enforced = status_of(
+        &seen,
+        "/apis/clusterlink.net/v1alpha1/privilegedaccesspolicies/allow-all/status",
+    );
+    assert_eq!(enforced["reason"], "Enforced");
+    assert_eq!(enforced["lastTransitionTime"], NOW);
 }

@@ -82,7 +82,13 @@ fn five_kinds_in_the_established_group_with_status_and_columns() {
         "Reachable".into(),
         ".status.conditions[?(@.type==\"PeerReachable\")].status".into()
     )));
-    assert!(columns("AccessPolicy").contains(&("Action".into(), ".spec.action".into())));
+    for kind in ["AccessPolicy", "PrivilegedAccessPolicy"] {
+        assert!(columns(kind).contains(&("Action".into(), ".spec.action".into())));
+        assert!(columns(kind).contains(&(
+            "Valid".into(),
+            ".status.conditions[?(@.type==\"PolicyValid\")].status".into()
+        )));
+    }
 }
 
 /// Kubernetes refuses a CRD whose schema is not structural: every node says its type, and an

@@ -240,11 +240,13 @@ fn rbac_grants_the_controller_only_what_it_uses() {
         "/pods": ["get", "list", "watch"],
         "/services": ["get", "list", "watch", "create", "patch", "delete"],
         "clusterlink.net/accesspolicies": ["get", "list", "watch"],
+        "clusterlink.net/accesspolicies/status": ["get", "patch"],
         "clusterlink.net/exports": ["get", "list", "watch"],
         "clusterlink.net/exports/status": ["get", "patch"],
         "clusterlink.net/imports": ["get", "list", "watch", "patch"],
         "clusterlink.net/imports/status": ["get", "patch"],
         "clusterlink.net/privilegedaccesspolicies": ["get", "list", "watch"],
+        "clusterlink.net/privilegedaccesspolicies/status": ["get", "patch"],
         "discovery.k8s.io/endpointslices": ["get", "list", "watch", "create", "patch", "delete"],
     }))
     .unwrap();

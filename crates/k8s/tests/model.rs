@@ -2,9 +2,14 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use clusterlink_api::kubernetes::{KubeAccessPolicy, KubePeer};
-use clusterlink_api::{Object, SYSTEM_NAMESPACE};
-use clusterlink_k8s::{model, pods};
+use clusterlink_api::{Condition, ConditionStatus, Kind, Object, ObjectKey, SYSTEM_NAMESPACE};
+use clusterlink_gateway::model::ControlPlane;
+use clusterlink_k8s::reconcile::PEER_REACHABLE;
+use clusterlink_k8s::{Change, model, pods};
+use clusterlink_store::MemoryStore;
 use k8s_openapi::api::core::v1::Pod;
 use support::*;
 
@@ -42,7 +47,9 @@ fn the_model_sees_imports_on_their_target_port_and_exports_by_service_name() {
     let policy: KubeAccessPolicy = parse(
         "{apiVersion: clusterlink.net/v1alpha1, kind: AccessPolicy, metadata: {name: allow, namespace: shop}, spec: {action: allow, from: [{workloadSelector: {}}], to: [{workloadSelector: {}}]}}",
     );
-    let objects = model::objects(&world, &[peer, bad_peer], &[policy], &[]);
+    world.peers = vec![peer, bad_peer];
+    world.access_policies = vec![policy];
+    let objects = model::objects(&world);
     let names: Vec<String> = objects.iter().map(|o| o.key().to_string()).collect();
     assert_eq!(
         names,
@@ -74,6 +81,58 @@ fn the_model_sees_imports_on_their_target_port_and_exports_by_service_name() {
         served.spec.port.get(),
         20000,
         "the data plane listens on the target port"
+    );
+}
+
+#[tokio::test]
+async fn peer_status_shows_the_probes_and_why_an_invalid_peer_is_not_used() {
+    let mut world = world();
+    let gateways = "{gateways: [{host: 10.0.0.2, port: 443}]}";
+    world.peers = vec![
+        peer("east", gateways),
+        peer("west", gateways),
+        peer("Bad_Name", gateways),
+    ];
+    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    control_plane
+        .replace_all(model::objects(&world))
+        .await
+        .unwrap();
+    let reachable = Condition::new(PEER_REACHABLE, ConditionStatus::True, "Probed", "answered");
+    let east = ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, "east");
+    control_plane.set_condition(&east, PEER_REACHABLE, Some(reachable));
+
+    let changes = model::peer_status_changes(&control_plane, &world);
+    assert_eq!(
+        condition_of(&changes, "east"),
+        Some(("True".into(), "Probed".into()))
+    );
+    assert_eq!(
+        condition_of(&changes, "west"),
+        Some(("Unknown".into(), "NotProbed".into())),
+        "admitted, not probed yet"
+    );
+    assert_eq!(
+        condition_of(&changes, "Bad_Name"),
+        Some(("False".into(), "Invalid".into()))
+    );
+    let Some(Change::SetStatus { conditions, .. }) = changes
+        .iter()
+        .find(|c| matches!(c, Change::SetStatus { name, .. } if name == "Bad_Name"))
+    else {
+        unreachable!()
+    };
+    assert_eq!(conditions[0].type_, PEER_REACHABLE);
+    assert!(
+        conditions[0].message.contains("metadata.name"),
+        "{conditions:?}"
+    );
+
+    let settled = applied(world, &changes);
+    assert_eq!(
+        model::peer_status_changes(&control_plane, &settled),
+        vec![],
+        "a status already shown is not written again"
     );
 }
 

@@ -147,20 +147,7 @@ fn allocation_takes_the_lowest_free_port() {
 #[test]
 fn a_service_the_controller_did_not_create_is_reported_not_overwritten_unless_labelled_for_adoption()
  {
-    let mut world = world();
-    world.imports = vec![
-        import("shop", "taken", 1, &import_spec(80, ", targetPort: 20000")),
-        import(
-            "shop",
-            "adoptable",
-            2,
-            &import_spec(80, ", targetPort: 20001"),
-        ),
-    ];
-    world.services = vec![
-        service("shop", "taken", "{app: legacy}"),
-        service("shop", "adoptable", "{clusterlink.net/adopt: \"true\"}"),
-    ];
+    let world = taken_and_adoptable_services();
     let changes = converging_plan(&world);
     assert_snapshot("conflicting_and_adopted_services", &changes);
     assert_eq!(
@@ -306,4 +293,75 @@ fn data_plane_pods_coming_and_going_update_the_endpoint_slices() {
     let slices = support::slices_of(&changes);
     assert_eq!(slices.len(), 1, "{changes:#?}");
     assert_eq!(slices[0].endpoints.len(), 3);
+}
+
+#[test]
+fn a_policy_the_model_refuses_is_reported_as_not_enforced() {
+    let mut world = world();
+    // Valid by the schema, refused by the model: a deny with nothing to match would do nothing.
+    world.access_policies = vec![
+        access_policy(
+            "shop",
+            "deny-nothing",
+            "{action: deny, from: [], to: [{workloadSelector: {}}]}",
+        ),
+        access_policy(
+            "shop",
+            "allow-all",
+            "{action: allow, from: [{workloadSelector: {}}], to: [{workloadSelector: {}}]}",
+        ),
+    ];
+    world.privileged_policies = vec![privileged_policy(
+        "deny-bad-operator",
+        "{action: deny, from: [{workloadSelector: {matchExpressions: [{key: env, operator: In, values: []}]}}], to: [{workloadSelector: {}}]}",
+    )];
+    let changes = converging_plan(&world);
+    assert_snapshot("policy_statuses", &changes);
+    assert_eq!(
+        condition_of(&changes, "deny-nothing"),
+        Some(("False".into(), "Invalid".into()))
+    );
+    assert_eq!(
+        condition_of(&changes, "allow-all"),
+        Some(("True".into(), "Enforced".into()))
+    );
+    assert_eq!(
+        condition_of(&changes, "deny-bad-operator"),
+        Some(("False".into(), "Invalid".into()))
+    );
+    let message = |name: &str| {
+        changes
+            .iter()
+            .find_map(|c| match c {
+                Change::SetStatus {
+                    name: n,
+                    conditions,
+                    kind,
+                    namespace,
+                } if n == name => {
+                    Some((kind.to_string(), namespace.clone(), conditions[0].clone()))
+                }
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (kind, namespace, condition) = message("deny-nothing");
+    assert_eq!(
+        (kind.as_str(), namespace.as_str()),
+        ("AccessPolicy", "shop")
+    );
+    assert_eq!(condition.type_, "PolicyValid");
+    assert!(
+        condition.message.contains("not enforced") && condition.message.contains("spec.from"),
+        "{condition:?}"
+    );
+    let (kind, namespace, condition) = message("deny-bad-operator");
+    assert_eq!(
+        (kind.as_str(), namespace.as_str()),
+        ("PrivilegedAccessPolicy", "")
+    );
+    assert!(
+        condition.message.contains("matchExpressions"),
+        "{condition:?}"
+    );
 }

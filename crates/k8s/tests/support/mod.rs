@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use clusterlink_api::kubernetes::{KubeExport, KubeImport};
+use clusterlink_api::kubernetes::{
+    KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
+};
 use clusterlink_k8s::World;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -42,6 +44,25 @@ pub fn service(namespace: &str, name: &str, labels: &str) -> Service {
     ))
 }
 
+/// An AccessPolicy of `spec` (YAML flow style).
+pub fn access_policy(namespace: &str, name: &str, spec: &str) -> KubeAccessPolicy {
+    parse(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+    ))
+}
+
+pub fn privileged_policy(name: &str, spec: &str) -> KubePrivilegedAccessPolicy {
+    parse(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: PrivilegedAccessPolicy\nmetadata: {{name: {name}}}\nspec: {spec}\n"
+    ))
+}
+
+pub fn peer(name: &str, spec: &str) -> KubePeer {
+    parse(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: {name}, namespace: {SYSTEM}}}\nspec: {spec}\n"
+    ))
+}
+
 pub fn world() -> World {
     World {
         system_namespace: SYSTEM.into(),
@@ -60,6 +81,26 @@ pub fn world() -> World {
         reserved_ports: vec![4443],
         ..Default::default()
     }
+}
+
+/// Two imports whose names are taken by Services the controller did not create: one plain, one
+/// labelled for adoption.
+pub fn taken_and_adoptable_services() -> World {
+    let mut world = world();
+    world.imports = vec![
+        import("shop", "taken", 1, &import_spec(80, ", targetPort: 20000")),
+        import(
+            "shop",
+            "adoptable",
+            2,
+            &import_spec(80, ", targetPort: 20001"),
+        ),
+    ];
+    world.services = vec![
+        service("shop", "taken", "{app: legacy}"),
+        service("shop", "adoptable", "{clusterlink.net/adopt: \"true\"}"),
+    ];
+    world
 }
 
 pub fn slices_of(changes: &[clusterlink_k8s::Change]) -> Vec<&EndpointSlice> {
@@ -160,7 +201,21 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
                         .iter_mut()
                         .filter(|e| key(&e.metadata) == k)
                         .for_each(|e| e.status = status.clone()),
-                    _ => {}
+                    Kind::Peer => world
+                        .peers
+                        .iter_mut()
+                        .filter(|p| key(&p.metadata) == k)
+                        .for_each(|p| p.status = status.clone()),
+                    Kind::AccessPolicy => world
+                        .access_policies
+                        .iter_mut()
+                        .filter(|p| key(&p.metadata) == k)
+                        .for_each(|p| p.status = status.clone()),
+                    Kind::PrivilegedAccessPolicy => world
+                        .privileged_policies
+                        .iter_mut()
+                        .filter(|p| key(&p.metadata) == k)
+                        .for_each(|p| p.status = status.clone()),
                 }
             }
         }
