@@ -15,7 +15,7 @@ use clusterlink_k8s::deploy::{self, Ingress, Manifest, PeerDeployment};
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
 use clusterlink_store::MemoryStore;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::gateway_cmd::{parse_labels, wait_for_signal};
 
@@ -368,8 +368,9 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     version,
     about = "ClusterLink data-plane replica on Kubernetes",
     long_about = "ClusterLink data-plane replica: serves the peer port and the import listeners \
-        from the configuration snapshots its control plane streams to it. If the control plane \
-        goes away it keeps serving the last snapshot and reconnects."
+        from the configuration snapshots its control plane streams to it. The peer port opens \
+        (and the pod turns ready) once the first snapshot is applied. If the control plane goes \
+        away it keeps serving the last snapshot and reconnects."
 )]
 pub struct DataPlaneArgs {
     #[command(flatten)]
@@ -377,7 +378,7 @@ pub struct DataPlaneArgs {
     /// The control plane's snapshot address, HOST:PORT.
     #[arg(long)]
     pub control_plane: String,
-    /// The peer port: mutual TLS tunnels from other gateways.
+    /// The peer port: mutual TLS tunnels from other gateways. Opened after the first snapshot.
     #[arg(long, default_value = "0.0.0.0:4443")]
     pub peer_address: SocketAddr,
     /// Where import listeners bind (each on its import's target port).
@@ -396,19 +397,34 @@ pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
     let (name, tls) = args.tls.load(&shutdown)?;
     let labels = parse_labels(&args.labels)?;
     crate::gateway_cmd::raise_open_file_limit();
-    let peer_listener = tokio::net::TcpListener::bind(args.peer_address)
-        .await
-        .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
     let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
     let (hosts_tx, hosts) = watch::channel(Arc::default());
+    let (first_applied, first_snapshot) = oneshot::channel();
     let follow = tokio::spawn(clusterlink_gateway::replica::follow(
-        args.control_plane,
+        args.control_plane.clone(),
         name.clone(),
         tls.clone(),
         control_plane.clone(),
         hosts_tx,
+        first_applied,
         shutdown.clone(),
     ));
+    // The peer port is the readiness probe's target: opened only once there is a configuration
+    // to serve, so a new replica joins the Services' endpoints ready, not empty.
+    tracing::info!(control_plane = %args.control_plane, "waiting for the first snapshot before opening the peer port");
+    tokio::select! {
+        first = first_snapshot => first.context("the snapshot stream ended before the first snapshot")?,
+        signal = wait_for_signal() => {
+            signal?;
+            let _ = stop.send(true);
+            let _ = follow.await;
+            return Ok(());
+        }
+    }
+    let peer_listener = tokio::net::TcpListener::bind(args.peer_address)
+        .await
+        .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
+    let peer_address = peer_listener.local_addr()?;
     let config = DataPlaneConfig {
         local_peer: name.clone(),
         local_labels: labels,
@@ -416,7 +432,7 @@ pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
         clients: ClientTable::default(),
         client_hosts: hosts,
         metrics: Arc::new(Metrics::default()),
-        protected: vec![peer_listener.local_addr()?],
+        protected: vec![peer_address],
     };
     let dataplane = tokio::spawn(clusterlink_gateway::dataplane::run(
         config,
@@ -425,7 +441,7 @@ pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
         tls,
         shutdown,
     ));
-    tracing::info!(peer = %name, "data plane started");
+    tracing::info!(peer = %name, address = %peer_address, "data plane started: peer port open");
     wait_for_signal().await?;
     let _ = stop.send(true);
     let _ = tokio::join!(follow, dataplane);

@@ -34,6 +34,7 @@ spec:
 struct Replica {
     child: Child,
     log: std::path::PathBuf,
+    peer_port: u16,
 }
 
 impl Replica {
@@ -44,6 +45,7 @@ impl Replica {
         import_address: &str,
     ) -> Replica {
         let log = dir.join(format!("dataplane-{import_address}.log"));
+        let peer_port = free_port();
         let child = Command::new(CL_DATAPLANE)
             .args([
                 "--ca",
@@ -55,7 +57,7 @@ impl Replica {
                 "--control-plane",
                 control_plane,
                 "--peer-address",
-                "127.0.0.1:0",
+                &format!("127.0.0.1:{peer_port}"),
                 "--import-address",
                 import_address,
             ])
@@ -63,7 +65,11 @@ impl Replica {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Replica { child, log }
+        Replica {
+            child,
+            log,
+            peer_port,
+        }
     }
 
     fn log(&self) -> String {
@@ -136,6 +142,23 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     let (hosts_tx, hosts) = watch::channel(Arc::new(ClientHosts::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+
+    // Replicas started before the control plane serves wait for their first snapshot with the
+    // peer port (the readiness probe's target) closed.
+    let replicas = [
+        Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.2"),
+        Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.3"),
+    ];
+    for replica in &replicas {
+        replica.wait_for("waiting for the first snapshot");
+        let refused =
+            std::net::TcpStream::connect(("127.0.0.1", replica.peer_port)).map_err(|e| e.kind());
+        assert_eq!(
+            refused.err(),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "the peer port is open without a snapshot"
+        );
+    }
     let (stop, shutdown) = watch::channel(false);
     let stream = tokio::spawn(clusterlink_gateway::replica::serve(
         listener,
@@ -145,14 +168,22 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         hosts.clone(),
         shutdown,
     ));
-
-    let replicas = [
-        Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.2"),
-        Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.3"),
-    ];
     for (replica, ip) in replicas.iter().zip(["127.0.0.2", "127.0.0.3"]) {
         replica.wait_for("import listening");
         replica.assert_serves(ip, target, b"hello").await;
+        let log = replica.log();
+        let at = |line: &str| {
+            log.find(line)
+                .unwrap_or_else(|| panic!("no {line:?} in:\n{log}"))
+        };
+        assert!(
+            at("first snapshot applied") < at("peer port open"),
+            "the peer port opened before there was anything to serve:\n{log}"
+        );
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", replica.peer_port)).is_ok(),
+            "the peer port opens with the first snapshot"
+        );
     }
 
     // The control plane goes away: both replicas notice, and go on serving their snapshot.

@@ -19,7 +19,7 @@ use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
@@ -190,18 +190,29 @@ async fn feed_replica(
 
 /// The replica side: follows the control plane at `address` (host:port), applying every
 /// snapshot to `model` and `hosts`, reconnecting until `shutdown` flips. Between connections the
-/// last snapshot stays in force.
+/// last snapshot stays in force. `first_applied` fires once the first snapshot is in `model`:
+/// until then the replica has nothing to serve and should not look ready.
 pub async fn follow(
     address: String,
     local_peer: String,
     tls: watch::Receiver<Arc<GatewayTls>>,
     model: ControlPlane,
     hosts: watch::Sender<Arc<ClientHosts>>,
+    first_applied: oneshot::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut delay = RECONNECT_FIRST;
+    let mut first_applied = Some(first_applied);
     loop {
-        let session = receive(&address, &local_peer, &tls, &model, &hosts, &mut delay);
+        let session = receive(
+            &address,
+            &local_peer,
+            &tls,
+            &model,
+            &hosts,
+            &mut first_applied,
+            &mut delay,
+        );
         tokio::select! {
             result = session => match result {
                 Ok(()) => tracing::warn!(control_plane = %address, "control plane closed the stream; serving the last snapshot"),
@@ -223,6 +234,7 @@ async fn receive(
     tls: &watch::Receiver<Arc<GatewayTls>>,
     model: &ControlPlane,
     hosts: &watch::Sender<Arc<ClientHosts>>,
+    first_applied: &mut Option<oneshot::Sender<()>>,
     delay: &mut Duration,
 ) -> Result<(), StreamError> {
     let tcp = TcpStream::connect(address).await?;
@@ -254,5 +266,13 @@ async fn receive(
             }
             changed
         });
+        if let Some(first) = first_applied.take() {
+            tracing::info!(
+                control_plane = %address,
+                objects = model.snapshot().len(),
+                "first snapshot applied"
+            );
+            let _ = first.send(());
+        }
     }
 }

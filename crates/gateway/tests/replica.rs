@@ -14,7 +14,7 @@ use clusterlink_pki::{Validity, create_fabric, create_peer_cert};
 use clusterlink_store::MemoryStore;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// A bound on each wait, not a readiness delay: every wait below ends on an event.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -102,18 +102,27 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     let replica_model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
     let (replica_hosts_tx, mut replica_hosts) = watch::channel(Arc::<ClientHosts>::default());
     let (_stop_replica, replica_shutdown) = watch::channel(false);
+    let (first_applied, first_snapshot) = oneshot::channel();
     tokio::spawn(replica::follow(
         address.to_string(),
         "server1".into(),
         tls.clone(),
         replica_model.clone(),
         replica_hosts_tx,
+        first_applied,
         replica_shutdown,
     ));
 
     let peer_key = ObjectKey::new(Kind::Peer, "clusterlink-system", "server2");
     let export_key = ObjectKey::new(Kind::Export, "shop", "reviews");
-    until(&replica_model, |o| o.contains_key(&peer_key)).await;
+    tokio::time::timeout(PATIENCE, first_snapshot)
+        .await
+        .expect("the first snapshot arrives")
+        .unwrap();
+    assert!(
+        replica_model.snapshot().contains_key(&peer_key),
+        "announced only once it is in the model"
+    );
     let same_hosts = tokio::time::timeout(PATIENCE, replica_hosts.wait_for(|h| **h == hosts));
     assert!(same_hosts.await.is_ok(), "the client hosts never arrived");
 
