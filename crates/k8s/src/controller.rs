@@ -13,13 +13,13 @@ use std::time::Duration;
 use clusterlink_api::kubernetes::{
     KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
 };
-use clusterlink_api::{Condition, Kind};
+use clusterlink_api::{Condition, Kind, Scope};
 use clusterlink_gateway::dataplane::ClientHosts;
 use clusterlink_gateway::model::ControlPlane;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -142,31 +142,27 @@ impl Executor {
                     })
                     .collect();
                 let patch = Patch::Merge(json!({"status": {"conditions": conditions}}));
-                let params = PatchParams::default();
                 let what = format!("writing the status of {kind} {namespace}/{name}");
-                let client = self.client.clone();
-                let result = match kind {
-                    Kind::Import => Api::<KubeImport>::namespaced(client, namespace)
-                        .patch_status(name, &params, &patch)
-                        .await
-                        .map(drop),
-                    Kind::Export => Api::<KubeExport>::namespaced(client, namespace)
-                        .patch_status(name, &params, &patch)
-                        .await
-                        .map(drop),
-                    Kind::Peer => Api::<KubePeer>::namespaced(client, namespace)
-                        .patch_status(name, &params, &patch)
-                        .await
-                        .map(drop),
-                    Kind::AccessPolicy => Api::<KubeAccessPolicy>::namespaced(client, namespace)
-                        .patch_status(name, &params, &patch)
-                        .await
-                        .map(drop),
-                    Kind::PrivilegedAccessPolicy => Api::<KubePrivilegedAccessPolicy>::all(client)
-                        .patch_status(name, &params, &patch)
-                        .await
-                        .map(drop),
+                let resource = match kind {
+                    Kind::Import => ApiResource::erase::<KubeImport>(&()),
+                    Kind::Export => ApiResource::erase::<KubeExport>(&()),
+                    Kind::Peer => ApiResource::erase::<KubePeer>(&()),
+                    Kind::AccessPolicy => ApiResource::erase::<KubeAccessPolicy>(&()),
+                    Kind::PrivilegedAccessPolicy => {
+                        ApiResource::erase::<KubePrivilegedAccessPolicy>(&())
+                    }
                 };
+                let client = self.client.clone();
+                let api: Api<DynamicObject> = match kind.scope() {
+                    Scope::System | Scope::Namespaced => {
+                        Api::namespaced_with(client, namespace, &resource)
+                    }
+                    Scope::Cluster => Api::all_with(client, &resource),
+                };
+                let result = api
+                    .patch_status(name, &PatchParams::default(), &patch)
+                    .await
+                    .map(drop);
                 match result {
                     // Deleted since the pass began: nothing to report on.
                     Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

@@ -35,49 +35,22 @@ struct ApiServer {
 impl ApiServer {
     fn new(world: &clusterlink_k8s::World) -> ApiServer {
         let mut objects = HashMap::new();
+        let mut hold = |path: String, object: Value| objects.insert(path, object);
         for i in &world.imports {
-            let m = &i.metadata;
-            let path = format!(
-                "{IMPORTS}/{}/imports/{}",
-                m.namespace.as_ref().unwrap(),
-                m.name.as_ref().unwrap()
-            );
-            objects.insert(path.clone() + "/status", serde_json::to_value(i).unwrap());
-            objects.insert(path, serde_json::to_value(i).unwrap());
+            hold(path_of(i), serde_json::to_value(i).unwrap());
+            hold(path_of(i) + "/status", serde_json::to_value(i).unwrap());
         }
         for e in &world.exports {
-            let m = &e.metadata;
-            let path = format!(
-                "{IMPORTS}/{}/exports/{}/status",
-                m.namespace.as_ref().unwrap(),
-                m.name.as_ref().unwrap()
-            );
-            objects.insert(path, serde_json::to_value(e).unwrap());
+            hold(path_of(e) + "/status", serde_json::to_value(e).unwrap());
         }
         for p in &world.access_policies {
-            let m = &p.metadata;
-            let path = format!(
-                "{IMPORTS}/{}/accesspolicies/{}/status",
-                m.namespace.as_ref().unwrap(),
-                m.name.as_ref().unwrap()
-            );
-            objects.insert(path, serde_json::to_value(p).unwrap());
+            hold(path_of(p) + "/status", serde_json::to_value(p).unwrap());
         }
         for p in &world.privileged_policies {
-            let path = format!(
-                "/apis/clusterlink.net/v1alpha1/privilegedaccesspolicies/{}/status",
-                p.metadata.name.as_ref().unwrap()
-            );
-            objects.insert(path, serde_json::to_value(p).unwrap());
+            hold(path_of(p) + "/status", serde_json::to_value(p).unwrap());
         }
         for s in &world.services {
-            let m = &s.metadata;
-            let path = format!(
-                "/api/v1/namespaces/{}/services/{}",
-                m.namespace.as_ref().unwrap(),
-                m.name.as_ref().unwrap()
-            );
-            objects.insert(path, serde_json::to_value(s).unwrap());
+            hold(path_of(s), serde_json::to_value(s).unwrap());
         }
         ApiServer {
             objects,
@@ -144,6 +117,16 @@ impl ApiServer {
         }
         (seen, executor.await.unwrap())
     }
+}
+
+/// Where the API server keeps `object`.
+fn path_of<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    let m = object.meta();
+    format!(
+        "{}/{}",
+        K::url_path(&(), m.namespace.as_deref()),
+        m.name.as_ref().unwrap()
+    )
 }
 
 fn calls(seen: &[Seen]) -> Vec<String> {

@@ -8,7 +8,7 @@ use clusterlink_api::kubernetes::{KubeAccessPolicy, KubePeer};
 use clusterlink_api::{Condition, ConditionStatus, Kind, Object, ObjectKey, SYSTEM_NAMESPACE};
 use clusterlink_gateway::model::ControlPlane;
 use clusterlink_k8s::reconcile::PEER_REACHABLE;
-use clusterlink_k8s::{Change, model, pods};
+use clusterlink_k8s::{model, pods};
 use clusterlink_store::MemoryStore;
 use k8s_openapi::api::core::v1::Pod;
 use support::*;
@@ -116,17 +116,9 @@ async fn peer_status_shows_the_probes_and_why_an_invalid_peer_is_not_used() {
         condition_of(&changes, "Bad_Name"),
         Some(("False".into(), "Invalid".into()))
     );
-    let Some(Change::SetStatus { conditions, .. }) = changes
-        .iter()
-        .find(|c| matches!(c, Change::SetStatus { name, .. } if name == "Bad_Name"))
-    else {
-        unreachable!()
-    };
-    assert_eq!(conditions[0].type_, PEER_REACHABLE);
-    assert!(
-        conditions[0].message.contains("metadata.name"),
-        "{conditions:?}"
-    );
+    let (_, _, invalid) = status_set_for(&changes, "Bad_Name").unwrap();
+    assert_eq!(invalid.type_, PEER_REACHABLE);
+    assert!(invalid.message.contains("metadata.name"), "{invalid:?}");
 
     let settled = applied(world, &changes);
     assert_eq!(

@@ -3,6 +3,7 @@
 
 mod support;
 
+use clusterlink_api::Kind;
 use clusterlink_k8s::{Change, plan};
 use support::*;
 
@@ -329,36 +330,17 @@ fn a_policy_the_model_refuses_is_reported_as_not_enforced() {
         condition_of(&changes, "deny-bad-operator"),
         Some(("False".into(), "Invalid".into()))
     );
-    let message = |name: &str| {
-        changes
-            .iter()
-            .find_map(|c| match c {
-                Change::SetStatus {
-                    name: n,
-                    conditions,
-                    kind,
-                    namespace,
-                } if n == name => {
-                    Some((kind.to_string(), namespace.clone(), conditions[0].clone()))
-                }
-                _ => None,
-            })
-            .unwrap()
-    };
-    let (kind, namespace, condition) = message("deny-nothing");
-    assert_eq!(
-        (kind.as_str(), namespace.as_str()),
-        ("AccessPolicy", "shop")
-    );
+    let (kind, namespace, condition) = status_set_for(&changes, "deny-nothing").unwrap();
+    assert_eq!((kind, namespace.as_str()), (Kind::AccessPolicy, "shop"));
     assert_eq!(condition.type_, "PolicyValid");
     assert!(
         condition.message.contains("not enforced") && condition.message.contains("spec.from"),
         "{condition:?}"
     );
-    let (kind, namespace, condition) = message("deny-bad-operator");
+    let (kind, namespace, condition) = status_set_for(&changes, "deny-bad-operator").unwrap();
     assert_eq!(
-        (kind.as_str(), namespace.as_str()),
-        ("PrivilegedAccessPolicy", "")
+        (kind, namespace.as_str()),
+        (Kind::PrivilegedAccessPolicy, "")
     );
     assert!(
         condition.message.contains("matchExpressions"),

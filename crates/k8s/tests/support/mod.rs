@@ -143,12 +143,6 @@ pub fn assert_snapshot<T: serde::Serialize>(name: &str, value: &T) {
 pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
     use clusterlink_api::Kind;
     use clusterlink_k8s::Change;
-    fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-        (
-            m.namespace.clone().unwrap_or_default(),
-            m.name.clone().unwrap_or_default(),
-        )
-    }
     for change in changes {
         match change {
             Change::SetTargetPort {
@@ -191,31 +185,17 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
                 });
                 let k = (namespace.clone(), name.clone());
                 match kind {
-                    Kind::Import => world
-                        .imports
-                        .iter_mut()
-                        .filter(|i| key(&i.metadata) == k)
-                        .for_each(|i| i.status = status.clone()),
-                    Kind::Export => world
-                        .exports
-                        .iter_mut()
-                        .filter(|e| key(&e.metadata) == k)
-                        .for_each(|e| e.status = status.clone()),
-                    Kind::Peer => world
-                        .peers
-                        .iter_mut()
-                        .filter(|p| key(&p.metadata) == k)
-                        .for_each(|p| p.status = status.clone()),
-                    Kind::AccessPolicy => world
-                        .access_policies
-                        .iter_mut()
-                        .filter(|p| key(&p.metadata) == k)
-                        .for_each(|p| p.status = status.clone()),
-                    Kind::PrivilegedAccessPolicy => world
-                        .privileged_policies
-                        .iter_mut()
-                        .filter(|p| key(&p.metadata) == k)
-                        .for_each(|p| p.status = status.clone()),
+                    Kind::Import => set_status(&mut world.imports, &k, status, |o| &mut o.status),
+                    Kind::Export => set_status(&mut world.exports, &k, status, |o| &mut o.status),
+                    Kind::Peer => set_status(&mut world.peers, &k, status, |o| &mut o.status),
+                    Kind::AccessPolicy => {
+                        set_status(&mut world.access_policies, &k, status, |o| &mut o.status)
+                    }
+                    Kind::PrivilegedAccessPolicy => {
+                        set_status(&mut world.privileged_policies, &k, status, |o| {
+                            &mut o.status
+                        })
+                    }
                 }
             }
         }
@@ -223,16 +203,41 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
     world
 }
 
-/// The status condition the plan sets for the named object, as `(status, reason)`.
-pub fn condition_of(changes: &[clusterlink_k8s::Change], name: &str) -> Option<(String, String)> {
+fn key(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
+    (
+        m.namespace.clone().unwrap_or_default(),
+        m.name.clone().unwrap_or_default(),
+    )
+}
+
+fn set_status<K: kube::Resource>(
+    objects: &mut [K],
+    k: &(String, String),
+    status: Option<clusterlink_api::Status>,
+    slot: impl Fn(&mut K) -> &mut Option<clusterlink_api::Status>,
+) {
+    for o in objects.iter_mut().filter(|o| key(o.meta()) == *k) {
+        *slot(o) = status.clone();
+    }
+}
+
+/// The status write the plan makes for the named object: its kind, namespace and last condition.
+pub fn status_set_for(
+    changes: &[clusterlink_k8s::Change],
+    name: &str,
+) -> Option<(clusterlink_api::Kind, String, clusterlink_api::Condition)> {
     changes.iter().find_map(|c| match c {
         clusterlink_k8s::Change::SetStatus {
+            kind,
+            namespace,
             name: n,
             conditions,
-            ..
-        } if n == name => conditions
-            .last()
-            .map(|c| (c.status.as_str().to_string(), c.reason.clone())),
+        } if n == name => Some((*kind, namespace.clone(), conditions.last()?.clone())),
         _ => None,
     })
+}
+
+/// The status condition the plan sets for the named object, as `(status, reason)`.
+pub fn condition_of(changes: &[clusterlink_k8s::Change], name: &str) -> Option<(String, String)> {
+    status_set_for(changes, name).map(|(_, _, c)| (c.status.as_str().to_string(), c.reason))
 }
