@@ -17,11 +17,16 @@ use crate::validation::{FieldError, FieldErrors};
 /// Largest single object the API accepts. Real manifests are a few hundred bytes; the bound keeps
 /// a hostile body from costing more than a moment of parsing.
 pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
+/// Deepest flow nesting (`{`, `[`) a manifest may have. Real objects nest under ten levels; the
+/// YAML scanner's cost grows with the square of the depth, so a deep one is refused before it.
+pub const MAX_NESTING: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ManifestError {
     #[error("not valid YAML or JSON: {0}")]
     Syntax(String),
+    #[error("nested deeper than {MAX_NESTING} levels of {{ or [")]
+    TooDeep,
     #[error(
         "kind: unknown kind {0:?}; expected one of Peer, Export, Import, AccessPolicy, PrivilegedAccessPolicy"
     )]
@@ -39,7 +44,7 @@ impl ManifestError {
                 "kind",
                 self.to_string().trim_start_matches("kind: "),
             )],
-            ManifestError::Syntax(_) => vec![],
+            ManifestError::Syntax(_) | ManifestError::TooDeep => vec![],
         }
     }
 }
@@ -50,11 +55,15 @@ fn invalid(field: &str, reason: impl Into<String>) -> ManifestError {
 
 /// Parses every document of a YAML or JSON text. A `kind: List` document contributes its items.
 /// Empty documents are skipped. A syntax error ends the list, since the documents after it cannot
-/// be told apart reliably.
+/// be told apart reliably. A mapping that repeats a key is a syntax error: which of the two
+/// values was meant cannot be known.
 pub fn parse_manifests(text: &str) -> Vec<Result<Object, ManifestError>> {
+    if nesting_exceeds(text, MAX_NESTING) {
+        return vec![Err(ManifestError::TooDeep)];
+    }
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        match Value::deserialize(doc) {
+        match UniqueKeys::deserialize(doc).map(|v| v.0) {
             Ok(Value::Null) => {}
             Ok(value) if is_list(&value) => match value {
                 Value::Object(mut map) => match map.remove("items") {
@@ -88,6 +97,128 @@ pub fn parse_manifest(text: &str, default_namespace: &str) -> Result<Object, Man
     obj.default_namespace(default_namespace);
     obj.validate().map_err(ManifestError::Invalid)?;
     Ok(obj)
+}
+
+/// Whether `text` nests flow collections deeper than `limit`, in one linear pass.
+///
+/// The count errs on the deep side, never the shallow one: opening brackets count wherever they
+/// are, closing ones only outside quoted strings and comments. So no quoting trick can hide depth
+/// from it; at worst an odd string of unmatched brackets is refused.
+pub fn nesting_exceeds(text: &str, limit: usize) -> bool {
+    #[derive(PartialEq)]
+    enum In {
+        Plain,
+        Double,
+        Single,
+        Comment,
+    }
+    let mut state = In::Plain;
+    let mut depth = 0usize;
+    let mut previous = b'\n';
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if b == b'{' || b == b'[' {
+            depth += 1;
+            if depth > limit {
+                return true;
+            }
+        }
+        match state {
+            In::Plain => match b {
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                b'"' => state = In::Double,
+                b'\'' => state = In::Single,
+                b'#' if previous.is_ascii_whitespace() => state = In::Comment,
+                _ => {}
+            },
+            In::Double if escaped => escaped = false,
+            In::Double if b == b'\\' => escaped = true,
+            In::Double | In::Single if b == if state == In::Double { b'"' } else { b'\'' } => {
+                state = In::Plain
+            }
+            In::Comment if b == b'\n' => state = In::Plain,
+            In::Double | In::Single | In::Comment => {}
+        }
+        previous = b;
+    }
+    false
+}
+
+/// A JSON value read from YAML or JSON, refusing a mapping that repeats a key (serde's own maps
+/// keep the last value silently).
+struct UniqueKeys(Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor).map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML or JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // NaN and infinities have no JSON form; no field of a manifest takes them.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        UniqueKeys::deserialize(d).map(|v| v.0)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 fn is_list(value: &Value) -> bool {
@@ -406,6 +537,42 @@ spec:
         ] {
             assert!(parse_manifest(bad, "default").is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_in_yaml_and_json() {
+        for text in [
+            "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: x}\nspec: {port: 80, port: 22}\n",
+            "{\"apiVersion\":\"clusterlink.net/v1alpha1\",\"kind\":\"Export\",\"metadata\":{\"name\":\"x\",\"labels\":{\"a\":\"1\",\"a\":\"2\"}},\"spec\":{\"port\":80}}",
+        ] {
+            let e = err_text(text);
+            assert!(e.contains("duplicate key"), "{e}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let deep = |n: usize| format!("{}{}", "{a: ".repeat(n), "}".repeat(n));
+        assert!(!nesting_exceeds(&deep(MAX_NESTING), MAX_NESTING));
+        assert_eq!(
+            parse_manifests(&deep(MAX_NESTING + 1)),
+            vec![Err(ManifestError::TooDeep)]
+        );
+        // Closing brackets hidden in strings or comments do not hide the depth.
+        let closes = "}".repeat(40);
+        for hide in [
+            format!("\"{closes}\""),
+            format!("'{closes}'"),
+            format!(" # {closes}\n"),
+        ] {
+            let text = format!("{}{hide}{}", "[".repeat(40), "[".repeat(40));
+            assert!(nesting_exceeds(&text, MAX_NESTING), "{hide}");
+        }
+        // Brackets inside strings are text, so a real manifest with some is fine.
+        assert!(!nesting_exceeds(
+            "metadata: {name: \"a}]\"}\nspec: {x: '[['}",
+            MAX_NESTING
+        ));
     }
 
     #[test]

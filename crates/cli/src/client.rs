@@ -2,6 +2,7 @@
 //! certificate. One connection is kept alive across requests.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use bytes::Bytes;
@@ -40,9 +41,15 @@ impl Reply {
     }
 }
 
+/// How long gwctl waits for the gateway to connect and answer a request, by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read from a gateway: a list of 100,000 objects is well below it.
+const MAX_REPLY_BYTES: usize = 256 * 1024 * 1024;
+
 pub struct Client {
     target: Target,
     sender: Option<SendRequest<Full<Bytes>>>,
+    timeout: Duration,
 }
 
 struct Target {
@@ -94,7 +101,14 @@ impl Client {
                 tls,
             },
             sender: None,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
         })
+    }
+
+    /// Waits at most `timeout` for each request (connecting included).
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Full<Bytes>>> {
@@ -127,6 +141,25 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Reply> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.request_now(method, path, body))
+            .await
+            .unwrap_or_else(|_| {
+                // A half-done exchange leaves the connection unusable.
+                self.sender = None;
+                Err(anyhow!(
+                    "the gateway at {} did not answer within {timeout:?} (--request-timeout)",
+                    self.target.server
+                ))
+            })
+    }
+
+    async fn request_now(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<Reply> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             self.sender = Some(self.connect().await?);
         }
@@ -153,7 +186,11 @@ impl Client {
             .get(clusterlink_gateway::management::RESULT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = response.into_body().collect().await?.to_bytes();
+        let bytes = http_body_util::Limited::new(response.into_body(), MAX_REPLY_BYTES)
+            .collect()
+            .await
+            .map_err(|e| anyhow!("reading the answer of {} failed: {e}", self.target.server))?
+            .to_bytes();
         let body = if bytes.is_empty() {
             serde_json::Value::Null
         } else {

@@ -107,6 +107,17 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             ClientTable::parse(&text).with_context(|| path.display().to_string())?
         }
     };
+    // The certificate is checked before anything is bound or created: an expired one, one from
+    // another CA, or one naming another peer fails here.
+    let (_, name) = clusterlink_gateway::gateway::load_identity(&tls)?;
+    if let Some(peer) = &args.peer
+        && *peer != name
+    {
+        bail!(
+            "--peer {peer} but the certificate {} names {name:?}",
+            tls.cert.display()
+        );
+    }
     let open_files = raise_open_file_limit();
     tracing::debug!(open_files, "open-file limit");
     let listener = tokio::net::TcpListener::bind(args.management_address)
@@ -134,15 +145,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         data_dir,
         management_security: security,
     };
-    let gateway = Gateway::start(config, listener, peer_listener).await?;
-    if let Some(peer) = &args.peer
-        && peer != gateway.name()
-    {
-        bail!(
-            "--peer {peer} but the certificate names {:?}",
-            gateway.name()
-        );
-    }
+    let mut gateway = Gateway::start(config, listener, peer_listener).await?;
     let scheme = match gateway.management_security() {
         ManagementSecurity::LoopbackPlain => "http",
         ManagementSecurity::AdminTls => "https",
@@ -156,7 +159,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             "peer_address": gateway.peer_addr().to_string(),
         })
     );
-    wait_for_signal().await?;
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        failure = gateway.failed() => bail!("{failure}; exiting so that a supervisor restarts the gateway"),
+    }
     tracing::info!("signal received, shutting down");
     gateway.shutdown().await;
     Ok(())

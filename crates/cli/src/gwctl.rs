@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +42,11 @@ pub struct Gwctl {
     /// Talk to this gateway (http://host:port) without a saved context.
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
+    /// Give up on a gateway that has not answered a request within this many seconds.
+    #[arg(long, global = true, env = "GWCTL_REQUEST_TIMEOUT", value_name = "SECONDS",
+          default_value_t = crate::client::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(),
+          value_parser = parse_timeout)]
+    pub request_timeout: f64,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -232,7 +238,8 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
                 .1
         }
     };
-    let mut client = Client::new(&ctx)?;
+    let timeout = Duration::from_secs_f64(cli.request_timeout);
+    let mut client = Client::new(&ctx)?.with_timeout(timeout);
     let default_ns = |ns: &NamespaceArg| {
         ns.namespace
             .clone()
@@ -240,7 +247,9 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             .unwrap_or_else(|| clusterlink_api::DEFAULT_NAMESPACE.to_string())
     };
     match cli.command {
-        Command::Apply { files, ns } => bulk(&ctx, &files, &default_ns(&ns), BulkOp::Apply).await,
+        Command::Apply { files, ns } => {
+            bulk(&ctx, timeout, &files, &default_ns(&ns), BulkOp::Apply).await
+        }
         Command::Get {
             kind,
             name,
@@ -267,7 +276,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
         } => {
             let namespace = default_ns(&ns);
             if !files.is_empty() {
-                return bulk(&ctx, &files, &namespace, BulkOp::Delete).await;
+                return bulk(&ctx, timeout, &files, &namespace, BulkOp::Delete).await;
             }
             let (Some(kind), Some(name)) = (kind, name) else {
                 bail!("name what to delete: `gwctl delete KIND NAME` or `gwctl delete -f FILE`");
@@ -342,17 +351,21 @@ fn ensure_ok(reply: &Reply) -> anyhow::Result<()> {
     }
 }
 
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 24.0 * 3600.0 => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
+
 /// Reads each named source: a file, every manifest file of a directory, or stdin.
 fn read_sources(sources: &[String]) -> anyhow::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for source in sources {
         if source == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .take(MAX_INPUT_BYTES + 1)
-                .read_to_string(&mut text)
-                .context("cannot read standard input")?;
-            check_size(text.len() as u64, "standard input")?;
+            let text = read_bounded(std::io::stdin(), "standard input")?;
             out.push(("<stdin>".to_string(), text));
             continue;
         }
@@ -385,13 +398,21 @@ fn read_sources(sources: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<(String, String)> {
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .len();
-    check_size(size, &path.display().to_string())?;
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {} (is it UTF-8 text?)", path.display()))?;
-    Ok((path.display().to_string(), text))
+    let what = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {what}"))?;
+    Ok((what.clone(), read_bounded(file, &what)?))
+}
+
+/// Reads at most [`MAX_INPUT_BYTES`] of text: a device or pipe that never ends (`/dev/zero`) is
+/// refused once past the bound, whatever size it claims.
+fn read_bounded(source: impl Read, what: &str) -> anyhow::Result<String> {
+    let mut bytes = Vec::new();
+    source
+        .take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what}"))?;
+    check_size(bytes.len() as u64, what)?;
+    String::from_utf8(bytes).map_err(|_| anyhow!("{what} is not UTF-8 text"))
 }
 
 fn check_size(size: u64, what: &str) -> anyhow::Result<()> {
@@ -436,6 +457,7 @@ enum BulkOp {
 /// document still wins over an earlier one.
 async fn bulk(
     ctx: &Context,
+    timeout: Duration,
     sources: &[String],
     namespace: &str,
     op: BulkOp,
@@ -461,7 +483,7 @@ async fn bulk(
     }
     let mut workers = tokio::task::JoinSet::new();
     for queue in queues.into_iter().filter(|q| !q.is_empty()) {
-        let mut client = Client::new(ctx)?;
+        let mut client = Client::new(ctx)?.with_timeout(timeout);
         let done = done.clone();
         workers.spawn(async move {
             for (i, obj) in queue {

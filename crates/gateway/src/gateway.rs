@@ -3,28 +3,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
 use clusterlink_store::RedbStore;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use crate::management;
 use crate::model::{ControlPlane, ModelError};
-
-/// A TLS handshake that has not finished by then is a stalled or hostile client.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that has not sent its request headers by then is stalled or hostile.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for in-flight management requests before dropping them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -36,6 +24,14 @@ pub enum GatewayError {
     Model(#[from] ModelError),
     #[error("the gateway certificate {path} must be a peer certificate (one DNS name): {reason}")]
     NotAPeerCertificate { path: PathBuf, reason: String },
+    #[error(
+        "the gateway certificate {path} cannot be used with the fabric CA {ca}: {reason} (issue a new one with `clusterlink create peer-cert`)"
+    )]
+    UnusableCertificate {
+        path: PathBuf,
+        ca: PathBuf,
+        reason: String,
+    },
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -75,6 +71,32 @@ pub struct GatewayConfig {
     pub management_security: ManagementSecurity,
 }
 
+/// Loads the fabric CA, this peer's certificate and key, and checks them: the certificate must
+/// chain to the CA, be valid now, and name a peer. Returns the credentials and the peer's name.
+/// A gateway checks this before it binds or creates anything, so a wrong set fails at start-up
+/// rather than in every handshake.
+pub fn load_identity(tls: &TlsFiles) -> Result<(Credentials, String), GatewayError> {
+    let credentials = Credentials::load(tls)?;
+    credentials
+        .verify_own_chain()
+        .map_err(|e| GatewayError::UnusableCertificate {
+            path: tls.cert.clone(),
+            ca: tls.ca.clone(),
+            reason: e.to_string(),
+        })?;
+    match identity_of(&credentials.chain[0]) {
+        Ok(Identity::Peer(name)) => Ok((credentials, name)),
+        Ok(Identity::Admin(admin)) => Err(GatewayError::NotAPeerCertificate {
+            path: tls.cert.clone(),
+            reason: format!("it is the admin certificate of {admin:?}"),
+        }),
+        Err(e) => Err(GatewayError::NotAPeerCertificate {
+            path: tls.cert.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// A running gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
 pub struct Gateway {
     name: String,
@@ -94,22 +116,7 @@ impl Gateway {
         management: TcpListener,
         peer: TcpListener,
     ) -> Result<Gateway, GatewayError> {
-        let credentials = Credentials::load(&config.tls)?;
-        let name = match identity_of(&credentials.chain[0]) {
-            Ok(Identity::Peer(name)) => name,
-            Ok(Identity::Admin(admin)) => {
-                return Err(GatewayError::NotAPeerCertificate {
-                    path: config.tls.cert.clone(),
-                    reason: format!("it is the admin certificate of {admin:?}"),
-                });
-            }
-            Err(e) => {
-                return Err(GatewayError::NotAPeerCertificate {
-                    path: config.tls.cert.clone(),
-                    reason: e.to_string(),
-                });
-            }
-        };
+        let (credentials, name) = load_identity(&config.tls)?;
         let store = tokio::task::spawn_blocking({
             let dir = config.data_dir.clone();
             move || RedbStore::open(&dir)
@@ -154,10 +161,12 @@ impl Gateway {
             ManagementSecurity::LoopbackPlain => None,
             ManagementSecurity::AdminTls => Some(tls),
         };
-        tasks.spawn(serve_management(
+        let names = management::guard::ServedNames { peer: name.clone() };
+        tasks.spawn(management::server::serve(
             management,
             management_tls,
-            management::router(control_plane.clone(), metrics.clone()),
+            management::router(control_plane.clone(), metrics.clone(), names),
+            metrics.clone(),
             shutdown_rx,
         ));
         tracing::info!(peer = %name, management = %management_addr, security = ?config.management_security, "gateway started");
@@ -194,102 +203,22 @@ impl Gateway {
         &self.control_plane
     }
 
+    /// Completes when a task the gateway cannot serve without (a listener, the data plane, the
+    /// certificate watcher) has ended before shutdown, with what happened. The process should
+    /// then exit so its supervisor restarts it, rather than look ready while half of it is gone.
+    pub async fn failed(&mut self) -> String {
+        match self.tasks.join_next().await {
+            Some(Ok(())) => "a gateway task ended unexpectedly".into(),
+            Some(Err(e)) if e.is_panic() => format!("a gateway task panicked: {e}"),
+            Some(Err(e)) => format!("a gateway task was cancelled: {e}"),
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops accepting, lets in-flight requests finish (briefly), and returns.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         tracing::info!(peer = %self.name, "gateway stopped");
-    }
-}
-
-async fn serve_management(
-    listener: TcpListener,
-    tls: Option<watch::Receiver<Arc<crate::dataplane::GatewayTls>>>,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "management accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            // Reap finished connections so the set does not grow with every request served.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            _ = shutdown.changed() => break,
-        };
-        let router = router.clone();
-        // The configuration current now: a rotated certificate applies to new connections.
-        let acceptor = tls
-            .as_ref()
-            .map(|t| TlsAcceptor::from(t.borrow().management.clone()));
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let service = TowerToHyperService::new(router);
-            match acceptor {
-                None => serve_connection(TokioIo::new(stream), service, shutdown).await,
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::warn!(%remote, error = %e, "management TLS handshake refused");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(%remote, "management TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(identity_of);
-                    match identity {
-                        Some(Ok(Identity::Admin(admin))) => {
-                            tracing::debug!(%remote, %admin, "management connection");
-                            serve_connection(TokioIo::new(stream), service, shutdown).await;
-                        }
-                        other => {
-                            // A peer certificate is valid in the fabric but is no admin credential.
-                            tracing::warn!(%remote, identity = ?other, "management connection refused: not an admin certificate");
-                        }
-                    }
-                }
-            }
-        });
-    }
-    let drain = async { while connections.join_next().await.is_some() {} };
-    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
-        connections.abort_all();
-    }
-}
-
-async fn serve_connection<I>(
-    io: TokioIo<I>,
-    service: TowerToHyperService<Router>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "management connection ended with an error");
-            }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
 }

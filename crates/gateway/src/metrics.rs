@@ -3,7 +3,7 @@
 //! Byte counts are added when a tunnel ends (from the relay's totals), so the data path does no
 //! per-read bookkeeping.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,6 +40,59 @@ struct RefusedLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+    reason: String,
+}
+
+/// A listener that faces strangers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listener {
+    /// The peer port, before a connection has authenticated.
+    Peer,
+    Management,
+}
+
+impl Listener {
+    fn as_str(self) -> &'static str {
+        match self {
+            Listener::Peer => "peer",
+            Listener::Management => "management",
+        }
+    }
+}
+
+/// Why a connection was closed before it authenticated or was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unserved {
+    /// Its source holds as many unauthenticated connections as one source may.
+    SourceLimit,
+    /// The listener holds as many connections as it may.
+    ListenerLimit,
+    /// The TLS handshake failed (bad certificate, protocol, ALPN).
+    HandshakeRefused,
+    /// The TLS handshake or first request did not come in time.
+    HandshakeTimeout,
+    /// Authenticated with a certificate that is not a peer's (or not an admin's, for management).
+    WrongIdentity,
+    /// Nothing was sent or received for longer than the listener waits.
+    Idle,
+}
+
+impl Unserved {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unserved::SourceLimit => "SourceLimit",
+            Unserved::ListenerLimit => "ListenerLimit",
+            Unserved::HandshakeRefused => "HandshakeRefused",
+            Unserved::HandshakeTimeout => "HandshakeTimeout",
+            Unserved::WrongIdentity => "WrongIdentity",
+            Unserved::Idle => "Idle",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ObjectBytes {
     name: String,
     direction: String,
@@ -62,7 +115,17 @@ pub struct Metrics {
     authorization: Family<SideLabels, Histogram>,
     idle_peer_connections: Family<SideLabels, Gauge>,
     runtime_tasks: Gauge,
+    unserved: Family<ListenerLabels, Counter>,
+    /// One warning per listener and reason per [`WARN_EVERY`], however many connections.
+    warned: std::sync::Mutex<std::collections::HashMap<(Listener, Unserved), LastWarning>>,
 }
+
+/// When a kind of warning was last logged, and how many were left out since.
+type LastWarning = (Option<Instant>, u64);
+
+/// Shortest time between two warnings of the same kind: a flood of strangers must not become a
+/// flood of log lines.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Buckets from 50 µs to about 1.6 s: a local decision sits at the low end, a two-sided
 /// authorization with a fresh TLS handshake in the milliseconds.
@@ -137,8 +200,16 @@ impl Default for Metrics {
             "Tasks alive in the gateway's runtimes; at rest it returns to the same level, so growth is a leak",
             runtime_tasks.clone(),
         );
+        let unserved = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_unserved",
+            "Connections closed before they were authenticated or served, by listener and reason",
+            unserved.clone(),
+        );
         Metrics {
             registry,
+            unserved,
+            warned: Default::default(),
             runtime_tasks,
             accepted,
             active,
@@ -220,6 +291,46 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// Counts a connection closed unserved, and warns about it at most once per [`WARN_EVERY`]
+    /// for each listener and reason, saying how many were not logged in between.
+    pub fn unserved(
+        &self,
+        listener: Listener,
+        reason: Unserved,
+        remote: std::net::SocketAddr,
+        detail: &str,
+    ) {
+        self.unserved
+            .get_or_create(&ListenerLabels {
+                listener: listener.as_str().into(),
+                reason: reason.as_str().into(),
+            })
+            .inc();
+        let now = Instant::now();
+        let suppressed = {
+            // A poisoned lock only means a panic elsewhere; the map is still a valid map.
+            let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = warned.entry((listener, reason)).or_insert((None, 0));
+            if entry
+                .0
+                .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+            {
+                entry.1 += 1;
+                return;
+            }
+            let suppressed = entry.1;
+            *entry = (Some(now), 0);
+            suppressed
+        };
+        tracing::warn!(
+            listener = listener.as_str(),
+            reason = reason.as_str(),
+            %remote,
+            suppressed,
+            "connection closed unserved: {detail}"
+        );
     }
 
     pub fn authorized(&self, s: Side, took: Duration) {

@@ -85,6 +85,7 @@ pub struct ControlPlane {
     objects: watch::Sender<Arc<Objects>>,
     runtime: Arc<RwLock<RuntimeConditions>>,
     writer: mpsc::Sender<Request>,
+    store: Arc<dyn Store>,
 }
 
 impl ControlPlane {
@@ -105,12 +106,27 @@ impl ControlPlane {
         }
         let objects = watch::Sender::new(Arc::new(objects));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer(store, objects.clone(), rx));
+        tokio::spawn(writer(store.clone(), objects.clone(), rx));
         Ok(ControlPlane {
             objects,
             runtime: Arc::default(),
             writer: tx,
+            store,
         })
+    }
+
+    /// Whether writes can be served now: the writer runs and the store answers.
+    pub async fn health(&self) -> Result<(), ModelError> {
+        if self.writer.is_closed() {
+            return Err(ModelError::ShuttingDown);
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.health())
+            .await
+            .map_err(|e| {
+                ModelError::Store(StoreError::Backend(format!("store task failed: {e}")))
+            })??;
+        Ok(())
     }
 
     /// The current snapshot of all objects.
@@ -282,9 +298,7 @@ async fn writer(
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; the batch was not applied");
                 for (reply, result) in replies {
-                    let _ = reply.send(
-                        result.and(Err(ModelError::Store(StoreError::Backend(e.to_string())))),
-                    );
+                    let _ = reply.send(result.and(Err(ModelError::Store(e.clone()))));
                 }
             }
         }

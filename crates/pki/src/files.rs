@@ -2,7 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{CERT_FILE, KEY_FILE, PkiError};
@@ -11,6 +11,8 @@ use crate::{CERT_FILE, KEY_FILE, PkiError};
 const KEY_MODE: u32 = 0o600;
 /// Certificates are public.
 const CERT_MODE: u32 = 0o644;
+/// Directories of key material: owner only.
+const DIR_MODE: u32 = 0o700;
 
 /// Writes `cert.pem` and `key.pem` into `dir` (created if needed). Refuses if either exists, and
 /// leaves neither behind if writing the pair fails half-way.
@@ -22,10 +24,15 @@ pub(crate) fn write_pair(dir: &Path, cert_pem: &str, key_pem: &str) -> Result<()
             return Err(PkiError::AlreadyExists { path: path.clone() });
         }
     }
-    fs::create_dir_all(dir).map_err(|source| PkiError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    // Owner only, whatever the umask: the directory holds a private key.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(|source| PkiError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
     write_new(&key, key_pem, KEY_MODE)?;
     if let Err(e) = write_new(&cert, cert_pem, CERT_MODE) {
         let _ = fs::remove_file(&key);

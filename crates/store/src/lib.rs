@@ -3,12 +3,16 @@
 //! A small key-value trait — the gateway keeps its model in memory and uses the store only to make
 //! it durable — with a [`RedbStore`] for real use and a [`MemoryStore`] for unit tests. A commit
 //! returns only once its batch is on disk, so an acknowledged write survives `kill -9`.
+//!
+//! An I/O failure (a full disk) fails that one operation only: redb refuses every later one on a
+//! database that saw an I/O error, so the store closes and reopens it (redb repairs on open)
+//! before the next operation, and reports itself unhealthy until that succeeds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError, RwLock};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The one table: object key (`kind/namespace/name`) to its serialized form.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -16,7 +20,7 @@ const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 /// The store file inside a gateway's data directory.
 pub const STORE_FILE: &str = "store.redb";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error(
         "the store {path} is in use by another process (is another gateway running on this data directory?)"
@@ -26,11 +30,17 @@ pub enum StoreError {
     Open { path: PathBuf, reason: String },
     #[error("store operation failed: {0}")]
     Backend(String),
+    #[error("the store could not write to disk ({0}); free space on its disk, then retry")]
+    Io(String),
 }
 
 impl From<redb::Error> for StoreError {
     fn from(e: redb::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e {
+            redb::Error::Io(e) => StoreError::Io(e.to_string()),
+            redb::Error::PreviousIo => StoreError::Io("an earlier write failed".into()),
+            other => StoreError::Backend(other.to_string()),
+        }
     }
 }
 
@@ -53,73 +63,141 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `writes` atomically and durably.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// Whether the store can serve operations now; the error says why not.
+    fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
+
+type Opener = Box<dyn Fn() -> Result<Database, DatabaseError> + Send + Sync>;
 
 /// The durable store: one redb file, fsynced on every commit.
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    open: Opener,
+    /// `None` after an I/O failure, until a reopen succeeds.
+    db: RwLock<Option<Database>>,
 }
 
 impl RedbStore {
-    /// Opens (creating if needed) `<data_dir>/store.redb`.
+    /// Opens (creating if needed) `<data_dir>/store.redb`. The directory is created private
+    /// (0700): the store holds the fabric's whole configuration.
     pub fn open(data_dir: &Path) -> Result<RedbStore, StoreError> {
         let path = data_dir.join(STORE_FILE);
-        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Open {
+        create_private_dir(data_dir).map_err(|e| StoreError::Open {
             path: data_dir.to_owned(),
             reason: e.to_string(),
         })?;
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path: path.clone() },
-            other => StoreError::Open {
-                path: path.clone(),
-                reason: other.to_string(),
-            },
-        })?;
+        let file = path.clone();
+        RedbStore::open_with(path, Box::new(move || Database::create(&file)))
+    }
+
+    fn open_with(path: PathBuf, open: Opener) -> Result<RedbStore, StoreError> {
+        let db = open().map_err(|e| open_error(&path, e))?;
         // Create the table up front so reads of an empty store need no special case.
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(OBJECTS).map_err(backend)?;
         tx.commit().map_err(backend)?;
-        Ok(RedbStore { db })
-    }
-}
-
-impl Store for RedbStore {
-    fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let table = tx.open_table(OBJECTS).map_err(backend)?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(backend)? {
-            let (k, v) = entry.map_err(backend)?;
-            out.push((k.value().to_string(), v.value().to_vec()));
-        }
-        Ok(out)
+        Ok(RedbStore {
+            path,
+            open,
+            db: RwLock::new(Some(db)),
+        })
     }
 
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(backend)?;
-        let table = tx.open_table(OBJECTS).map_err(backend)?;
-        Ok(table.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
-    }
-
-    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(backend)?;
+    /// Runs `op` on the database; after an I/O failure, reopens it once and runs `op` again.
+    /// Every operation writes whole values, so running a failed commit again is safe.
+    fn with_db<T>(&self, op: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
         {
-            let mut table = tx.open_table(OBJECTS).map_err(backend)?;
-            for w in writes {
-                match w {
-                    Write::Put { key, value } => {
-                        table
-                            .insert(key.as_str(), value.as_slice())
-                            .map_err(backend)?;
+            // A poisoned lock means a panic mid-operation; redb itself stays consistent.
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(db) = db.as_ref() {
+                match op(db) {
+                    Err(StoreError::Io(reason)) => {
+                        tracing::warn!(path = %self.path.display(), "store I/O failed: {reason}; reopening the store")
                     }
-                    Write::Delete { key } => {
-                        table.remove(key.as_str()).map_err(backend)?;
-                    }
+                    other => return other,
                 }
             }
         }
-        // Durability is redb's default (Immediate): commit returns after fsync.
-        tx.commit().map_err(backend)
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // The old handle holds the file lock: it must be gone before the file is opened again.
+        *db = None;
+        let reopened = (self.open)().map_err(|e| open_error(&self.path, e))?;
+        tracing::info!(path = %self.path.display(), "store reopened");
+        op(db.insert(reopened))
+    }
+}
+
+fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: path.to_owned(),
+        },
+        DatabaseError::Storage(redb::StorageError::Io(e)) => StoreError::Io(e.to_string()),
+        other => StoreError::Open {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Creates `dir` and its missing parents with mode 0700, whatever the umask.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+impl Store for RedbStore {
+    fn health(&self) -> Result<(), StoreError> {
+        self.with_db(|db| db.begin_read().map(drop).map_err(backend))
+    }
+
+    fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(OBJECTS).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(OBJECTS).map_err(backend)?;
+            Ok(table.get(key).map_err(backend)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_write().map_err(backend)?;
+            {
+                let mut table = tx.open_table(OBJECTS).map_err(backend)?;
+                for w in writes {
+                    match w {
+                        Write::Put { key, value } => {
+                            table
+                                .insert(key.as_str(), value.as_slice())
+                                .map_err(backend)?;
+                        }
+                        Write::Delete { key } => {
+                            table.remove(key.as_str()).map_err(backend)?;
+                        }
+                    }
+                }
+            }
+            // Durability is redb's default (Immediate): commit returns after fsync.
+            tx.commit().map_err(backend)
+        })
     }
 }
 
@@ -198,6 +276,90 @@ mod tests {
         exercise(&RedbStore::open(dir.path()).unwrap());
         let reopened = RedbStore::open(dir.path()).unwrap();
         assert_eq!(reopened.get("a").unwrap().as_deref(), Some(&b"one"[..]));
+    }
+
+    /// Memory that fails every write while `full` is set, as a full disk does.
+    #[derive(Debug)]
+    struct FullDisk {
+        memory: std::sync::Arc<redb::backends::InMemoryBackend>,
+        full: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FullDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+                Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FullDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.memory.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.memory.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.memory.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.memory.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.memory.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_full_disk_fails_writes_only_while_it_is_full() {
+        let memory = std::sync::Arc::new(redb::backends::InMemoryBackend::new());
+        let full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let disk = (memory.clone(), full.clone());
+        let store = RedbStore::open_with(
+            PathBuf::from("memory"),
+            Box::new(move || {
+                Database::builder().create_with_backend(FullDisk {
+                    memory: disk.0.clone(),
+                    full: disk.1.clone(),
+                })
+            }),
+        )
+        .unwrap();
+        store.commit(&[put("a", "1")]).unwrap();
+
+        full.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = store.commit(&[put("b", "2")]).unwrap_err();
+        assert!(matches!(err, StoreError::Io(_)), "{err}");
+        assert!(err.to_string().contains("free space"), "{err}");
+        let revoke = [Write::Delete { key: "a".into() }];
+        assert!(matches!(store.commit(&revoke), Err(StoreError::Io(_))));
+
+        // Space is back: no restart needed, and nothing half-written shows.
+        full.store(false, std::sync::atomic::Ordering::SeqCst);
+        store.health().unwrap();
+        store.commit(&revoke).unwrap();
+        assert!(store.load_all().unwrap().is_empty());
+        store.commit(&[put("c", "3")]).unwrap();
+        assert_eq!(store.get("c").unwrap().as_deref(), Some(&b"3"[..]));
+    }
+
+    #[test]
+    fn the_data_directory_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b");
+        let old = rustix::process::umask(rustix::fs::Mode::empty());
+        let opened = RedbStore::open(&data);
+        rustix::process::umask(old);
+        opened.unwrap();
+        let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
     }
 
     #[test]

@@ -2,11 +2,5 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    match clusterlink::gwctl::run(clusterlink::gwctl::Gwctl::parse()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    clusterlink::exit_code(clusterlink::gwctl::run(clusterlink::gwctl::Gwctl::parse()).await)
 }

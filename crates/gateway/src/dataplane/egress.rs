@@ -12,7 +12,7 @@ use clusterlink_api::{Condition, ConditionStatus, ImportSource, LbScheme, Object
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
@@ -213,7 +213,14 @@ pub(super) struct Egress {
     pub live: LiveTunnels<EgressTunnel>,
     /// Peer connections between tunnels.
     pub pool: ConnectionPool<PeerConnection>,
+    /// Places for new peer connections, held from connect until the first answer.
+    pub handshakes: Semaphore,
 }
+
+/// Most new peer connections this gateway opens at once, over all peers. A burst of tunnels
+/// beyond it waits for a place (or for a connection to come back warm), so the peer's bound on
+/// unauthenticated connections per source never refuses a legitimate gateway.
+pub(super) const MAX_HANDSHAKES: usize = 32;
 
 /// A live egress tunnel, as much as is needed to decide it again.
 pub(super) struct EgressTunnel {
@@ -491,7 +498,7 @@ impl Egress {
             let answer = match answered {
                 Some(answer) => answer,
                 None => match self.connect(&name, host, *port).await {
-                    Ok(connection) => match ask(connection, &head).await {
+                    Ok((connection, _handshake)) => match ask(connection, &head).await {
                         Ok(answer) => answer,
                         Err(e) => {
                             errors.push(format!("{host}:{port}: {e}"));
@@ -532,7 +539,13 @@ impl Egress {
         name: &ServerName<'static>,
         host: &str,
         port: u16,
-    ) -> Result<PeerConnection, String> {
+    ) -> Result<(PeerConnection, SemaphorePermit<'_>), String> {
+        let place = timeout(CONNECT_TIMEOUT, self.handshakes.acquire())
+            .await
+            .map_err(|_| {
+                format!("{MAX_HANDSHAKES} other new peer connections are still being set up")
+            })?
+            .map_err(|_| "shutting down".to_string())?;
         let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
             .await
             .map_err(|_| "connect timed out".to_string())?
@@ -551,7 +564,7 @@ impl Egress {
             .get_mut()
             .1
             .set_buffer_limit(Some(TLS_SEND_BUFFER));
-        Ok(connection)
+        Ok((connection, place))
     }
 }
 

@@ -3,8 +3,9 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clusterlink_pki::{Identity, identity_of};
@@ -21,7 +22,7 @@ use super::read_ahead::ReadAhead;
 use super::relay::{TLS_SEND_BUFFER, relay};
 use super::workers::serve_on_worker;
 use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, tune_socket};
-use crate::metrics::{Metrics, Side};
+use crate::metrics::{Listener, Metrics, Side, Unserved};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{
     ALPN, ExportRef, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head,
@@ -33,6 +34,10 @@ const MAX_PEER_CONNECTIONS: usize = 32 * 1024;
 /// Most connections still in the handshake or before their request; legitimate ones leave this
 /// state within milliseconds.
 const MAX_UNAUTHENTICATED: usize = 1024;
+/// Most of those from one address: a gateway opens at most [`super::egress::MAX_HANDSHAKES`] at
+/// once, and several gateways may share an address (NAT, one host), so this leaves room for them
+/// while one stranger cannot take more than a small share of [`MAX_UNAUTHENTICATED`].
+const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 128;
 /// How long a peer connection may wait idle for its next tunnel. The requesting gateway stops
 /// reusing a connection well before ([`super::pool::IDLE_LIMIT`]), so it never sends a request
 /// on one this side is closing.
@@ -74,6 +79,7 @@ pub(super) async fn serve(
     });
     let open = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
+    let sources = Arc::new(PerSource::default());
     loop {
         // With MAX_UNAUTHENTICATED handshakes under way, further connections wait in the kernel's
         // backlog: a peer opening thousands of tunnels at once is slowed, not refused, and a
@@ -85,11 +91,19 @@ pub(super) async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    // Beyond the total a connection is closed at once.
+                    // Beyond the total, or its source's share, a connection is closed at once:
+                    // before TLS, so a refusal costs only the accept.
                     let Ok(open_permit) = open.clone().try_acquire_owned() else {
-                        tracing::warn!(%remote, "peer port at its connection limit; connection dropped");
+                        let detail = format!("{MAX_PEER_CONNECTIONS} peer connections are open");
+                        port.metrics.unserved(Listener::Peer, Unserved::ListenerLimit, remote, &detail);
                         continue;
                     };
+                    let Some(source) = sources.enter(remote.ip()) else {
+                        let detail = format!("{MAX_UNAUTHENTICATED_PER_SOURCE} unauthenticated connections from {} are open", remote.ip());
+                        port.metrics.unserved(Listener::Peer, Unserved::SourceLimit, remote, &detail);
+                        continue;
+                    };
+                    let pending = Pending { _total: pending, _source: source };
                     // The configuration current now: rotated certificates apply to new connections.
                     // Marked seen: a later change of the certificates ends this connection's reuse.
                     let mut credentials = tls.clone();
@@ -97,7 +111,7 @@ pub(super) async fn serve(
                     let port = port.clone();
                     serve_on_worker(&mut connections, stream, move |stream| async move {
                         let _open = open_permit;
-                        if let Err(e) = handle(stream, acceptor, credentials, pending, &port).await {
+                        if let Err(e) = handle(stream, remote, acceptor, credentials, pending, &port).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
@@ -115,22 +129,84 @@ pub(super) async fn serve(
     revalidator.abort();
 }
 
+/// What an unauthenticated connection holds: a place among all of them and among its source's.
+struct Pending {
+    _total: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
+/// Unauthenticated connections by source address.
+#[derive(Default)]
+struct PerSource {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerSource {
+    /// A place for one more unauthenticated connection from `ip`, unless it holds its share.
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        // A poisoned lock only means a panic elsewhere mid-update of a count; go on with it.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_default();
+        if *count >= MAX_UNAUTHENTICATED_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct SourceSlot {
+    sources: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .sources
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn handle(
     stream: TcpStream,
+    remote: SocketAddr,
     acceptor: TlsAcceptor,
     credentials: watch::Receiver<Arc<GatewayTls>>,
-    pending: OwnedSemaphorePermit,
+    pending: Pending,
     port: &PeerPort,
 ) -> Result<(), String> {
     tune_socket(&stream).map_err(|e| e.to_string())?;
+    let unserved = |reason, detail: String| {
+        port.metrics
+            .unserved(Listener::Peer, reason, remote, &detail);
+        detail
+    };
     let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(stream)))
         .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake refused: {e}"))?;
+        .map_err(|_| unserved(Unserved::HandshakeTimeout, "TLS handshake timed out".into()))?
+        .map_err(|e| {
+            unserved(
+                Unserved::HandshakeRefused,
+                format!("TLS handshake refused: {e}"),
+            )
+        })?;
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(ALPN) {
-        return Err("peer does not speak the tunnel protocol (ALPN)".into());
+        let detail = "the client does not speak the tunnel protocol (ALPN)".into();
+        return Err(unserved(Unserved::HandshakeRefused, detail));
     }
     let peer = match session
         .peer_certificates()
@@ -138,7 +214,10 @@ async fn handle(
         .map(identity_of)
     {
         Some(Ok(Identity::Peer(name))) => name,
-        other => return Err(format!("not a peer certificate: {other:?}")),
+        other => {
+            let detail = format!("not a peer certificate: {other:?}");
+            return Err(unserved(Unserved::WrongIdentity, detail));
+        }
     };
     // The first request comes right after the handshake; later ones whenever the peer has
     // another tunnel to open.
@@ -151,7 +230,10 @@ async fn handle(
         let (head, leftover) = match read {
             Ok(read) => read.map_err(|e| e.to_string())?,
             Err(_) if pending.is_none() => return Ok(()),
-            Err(_) => return Err("tunnel request timed out".into()),
+            Err(_) => {
+                let detail = "authenticated, but no request came in time".into();
+                return Err(unserved(Unserved::HandshakeTimeout, detail));
+            }
         };
         if pending.is_none() && credentials.has_changed().unwrap_or(true) {
             // Authenticated under certificates since replaced (a rotation, or a move to another

@@ -200,6 +200,7 @@ pub async fn run(
         metrics: config.metrics,
         live: Default::default(),
         pool: Default::default(),
+        handshakes: tokio::sync::Semaphore::new(egress::MAX_HANDSHAKES),
     });
     tasks.spawn({
         let (egress, mut snapshots, mut shutdown) =

@@ -12,6 +12,11 @@
 //! created the object and 200 otherwise; the header [`RESULT_HEADER`] says `created`,
 //! `configured` or `unchanged`. Errors are Kubernetes `Status` objects whose `details.causes`
 //! name each invalid field.
+//!
+//! Requests from web pages are refused ([`guard`]) and connections are bounded ([`server`]).
+
+pub mod guard;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -35,7 +40,11 @@ pub const RESULT_HEADER: &str = "x-clusterlink-result";
 /// Path prefix of every resource route.
 pub const API_PREFIX: &str = "/apis/clusterlink.net/v1alpha1";
 
-pub fn router(control_plane: ControlPlane, metrics: Arc<Metrics>) -> Router {
+pub fn router(
+    control_plane: ControlPlane,
+    metrics: Arc<Metrics>,
+    names: guard::ServedNames,
+) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -71,7 +80,7 @@ pub fn router(control_plane: ControlPlane, metrics: Arc<Metrics>) -> Router {
                 .put(put_namespaced)
                 .delete(delete_namespaced),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route(
             "/version",
             get(|| async {
@@ -82,6 +91,11 @@ pub fn router(control_plane: ControlPlane, metrics: Arc<Metrics>) -> Router {
             ApiError::not_found(format!("no such path; resources are under {API_PREFIX}"))
         })
         .layer(DefaultBodyLimit::max(MAX_OBJECT_BYTES))
+        .layer(axum::middleware::from_fn(server::limit_time))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(names),
+            guard::refuse_cross_site,
+        ))
         .with_state(control_plane)
 }
 
@@ -155,6 +169,11 @@ impl From<ModelError> for ApiError {
                 "ServiceUnavailable",
                 e.to_string(),
             ),
+            ModelError::Store(clusterlink_store::StoreError::Io(_)) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "InsufficientStorage",
+                e.to_string(),
+            ),
             ModelError::Store(_) | ModelError::Corrupt { .. } => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
@@ -167,7 +186,7 @@ impl From<ModelError> for ApiError {
 impl From<ManifestError> for ApiError {
     fn from(e: ManifestError) -> Self {
         match e {
-            ManifestError::Syntax(_) => {
+            ManifestError::Syntax(_) | ManifestError::TooDeep => {
                 ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string())
             }
             other => ApiError::invalid(other.field_errors()),
@@ -250,10 +269,23 @@ fn write_response(outcome: WriteOutcome, obj: Object) -> Response {
     response
 }
 
-/// Parses a body holding exactly one object.
-fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Object, ApiError> {
+/// Parses a body holding exactly one object, on a blocking thread: parsing a hostile body costs
+/// CPU that the runtime's threads owe to handshakes and health probes.
+async fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Object, ApiError> {
     let body = body?;
-    let text = std::str::from_utf8(&body)
+    tokio::task::spawn_blocking(move || parse_object(&body))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("parsing the body failed: {e}"),
+            )
+        })?
+}
+
+fn parse_object(body: &[u8]) -> Result<Object, ApiError> {
+    let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", "body is not UTF-8"))?;
     let mut docs = parse_manifests(text);
     if docs.len() != 1 {
@@ -263,7 +295,10 @@ fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Object, ApiError> {
             format!("body must hold exactly one object, found {}", docs.len()),
         ));
     }
-    Ok(docs.pop().expect("one document")?)
+    match docs.pop() {
+        Some(doc) => Ok(doc?),
+        None => unreachable!("exactly one document was checked above"),
+    }
 }
 
 /// Checks that the body is what the path addresses. A namespace or name the path fixes must match
@@ -309,6 +344,14 @@ fn check_against_path(
     Ok(())
 }
 
+/// `ok` while the gateway can serve writes; otherwise `503` and why (a full disk, shutting down).
+async fn healthz(State(cp): State<ControlPlane>) -> Response {
+    match cp.health().await {
+        Ok(()) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
 async fn list_all(State(cp): State<ControlPlane>, Path(resource): Path<String>) -> ApiResult {
     let kind = kind_of(&resource)?;
     Ok(list_response(kind, cp.list(kind, None)))
@@ -329,7 +372,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let (kind, default_namespace) = target(resource, ns)?;
-    let mut obj = parse_body(body)?;
+    let mut obj = parse_body(body).await?;
     check_against_path(&mut obj, kind, ns, None)?;
     obj.default_namespace(&default_namespace);
     let (outcome, obj) = cp.create(obj).await?;
@@ -364,7 +407,7 @@ async fn put_item(
     key: ObjectKey,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let mut obj = parse_body(body)?;
+    let mut obj = parse_body(body).await?;
     // A cluster-scoped kind has no namespace in its path; validation explains a stray one.
     let namespace = (key.kind.scope() != Scope::Cluster).then_some(key.namespace.as_str());
     check_against_path(&mut obj, key.kind, namespace, Some(&key.name))?;

@@ -1,0 +1,276 @@
+//! The management listener: HTTP/1.1, plain on loopback or mutual TLS with admin certificates.
+//!
+//! Every connection is bounded: at most [`MAX_CONNECTIONS`] at once (more are closed at accept),
+//! closed after [`IDLE_TIMEOUT`] without a byte either way, and every request, body included,
+//! must be answered within [`REQUEST_TIMEOUT`]. So silent sockets, idle keep-alives and stalled
+//! bodies cannot pile up until the process runs out of descriptors for its peer port.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use clusterlink_pki::{Identity, identity_of};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use super::ApiError;
+use crate::dataplane::GatewayTls;
+use crate::metrics::{Listener, Metrics, Unserved};
+
+/// Most management connections at once: far more than administrators and controllers open, far
+/// fewer than the descriptors the peer port needs.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A connection with no byte read or written for this long is closed: gwctl keeps one only for
+/// the requests of one command.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a request may take, reading its body included; real ones take milliseconds.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// A TLS handshake that has not finished by then is a stalled or hostile client.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is stalled or hostile.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight management requests before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Answers `408` to a request that is not done within [`REQUEST_TIMEOUT`].
+pub(super) async fn limit_time(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!("the request was not complete within {REQUEST_TIMEOUT:?}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` flips, then lets in-flight requests finish
+/// (briefly). With `tls`, clients must present an admin certificate of the fabric.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<watch::Receiver<Arc<GatewayTls>>>,
+    router: Router,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "management accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            // Reap finished connections so the set does not grow with every request served.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = shutdown.changed() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.unserved(
+                Listener::Management,
+                Unserved::ListenerLimit,
+                remote,
+                &format!("{MAX_CONNECTIONS} management connections are open"),
+            );
+            continue;
+        };
+        let router = router.clone();
+        // The configuration current now: a rotated certificate applies to new connections.
+        let acceptor = tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(t.borrow().management.clone()));
+        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = TowerToHyperService::new(router);
+            let activity = Activity::default();
+            let stream = Watched {
+                io: stream,
+                activity: activity.clone(),
+            };
+            let Some(acceptor) = acceptor else {
+                serve_connection(stream, service, activity, remote, &metrics, shutdown).await;
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let detail = format!("TLS handshake refused: {e}");
+                        metrics.unserved(
+                            Listener::Management,
+                            Unserved::HandshakeRefused,
+                            remote,
+                            &detail,
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        let detail = "TLS handshake timed out";
+                        metrics.unserved(
+                            Listener::Management,
+                            Unserved::HandshakeTimeout,
+                            remote,
+                            detail,
+                        );
+                        return;
+                    }
+                };
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(identity_of);
+            match identity {
+                Some(Ok(Identity::Admin(admin))) => {
+                    tracing::debug!(%remote, %admin, "management connection");
+                    serve_connection(stream, service, activity, remote, &metrics, shutdown).await;
+                }
+                other => {
+                    // A peer certificate is valid in the fabric but is no admin credential.
+                    let detail = format!("not an admin certificate: {other:?}");
+                    metrics.unserved(
+                        Listener::Management,
+                        Unserved::WrongIdentity,
+                        remote,
+                        &detail,
+                    );
+                }
+            }
+        });
+    }
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        connections.abort_all();
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    service: TowerToHyperService<Router>,
+    activity: Activity,
+    remote: SocketAddr,
+    metrics: &Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "management connection ended with an error");
+            }
+        }
+        () = activity.idle_for(IDLE_TIMEOUT) => {
+            let detail = format!("nothing sent or received for {IDLE_TIMEOUT:?}");
+            metrics.unserved(Listener::Management, Unserved::Idle, remote, &detail);
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it was accepted.
+#[derive(Clone)]
+struct Activity {
+    origin: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            origin: Instant::now(),
+            last: Arc::default(),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let now = self.origin.elapsed().as_millis() as u64;
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Completes once no byte has moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let quiet = last.elapsed();
+            if quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - quiet).await;
+        }
+    }
+}
+
+/// A stream that records its activity.
+struct Watched<I> {
+    io: I,
+    activity: Activity,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        poll
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
