@@ -62,6 +62,8 @@ pub struct GatewayArgs {
     /// peer.clusterlink.net/labels.KEY for the local peer.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub backends: BackendArgs,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -71,6 +73,16 @@ pub struct GatewayArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+}
+
+/// Which backends exports may name; shared by every process that serves the peer port.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendArgs {
+    /// Let exports name services on loopback addresses (127.0.0.0/8, ::1, localhost). Off by
+    /// default: a loopback service trusts every local process (another gateway's management
+    /// API, a database bound to localhost), and an export would hand that trust to remote peers.
+    #[arg(long)]
+    pub allow_loopback_backends: bool,
 }
 
 impl GatewayArgs {
@@ -144,6 +156,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         clients,
         data_dir,
         management_security: security,
+        loopback_backends: args.backends.allow_loopback_backends,
     };
     let mut gateway = Gateway::start(config, listener, peer_listener).await?;
     let scheme = match gateway.management_security() {

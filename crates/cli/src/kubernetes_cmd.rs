@@ -387,6 +387,8 @@ pub struct DataPlaneArgs {
     /// A label of this peer, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub backends: crate::gateway_cmd::BackendArgs,
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }
@@ -433,6 +435,7 @@ pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
         client_hosts: hosts,
         metrics: Arc::new(Metrics::default()),
         protected: vec![peer_address],
+        loopback_backends: args.backends.allow_loopback_backends,
     };
     let dataplane = tokio::spawn(clusterlink_gateway::dataplane::run(
         config,

@@ -60,6 +60,7 @@ impl Replica {
                 &format!("127.0.0.1:{peer_port}"),
                 "--import-address",
                 import_address,
+                "--allow-loopback-backends",
             ])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -69,6 +69,8 @@ pub struct GatewayConfig {
     /// Where the store lives.
     pub data_dir: PathBuf,
     pub management_security: ManagementSecurity,
+    /// Whether exports may name services on loopback addresses.
+    pub loopback_backends: bool,
 }
 
 /// Loads the fabric CA, this peer's certificate and key, and checks them: the certificate must
@@ -149,6 +151,7 @@ impl Gateway {
             client_hosts: watch::channel(Arc::default()).1,
             metrics: metrics.clone(),
             protected: vec![management_addr, peer_addr],
+            loopback_backends: config.loopback_backends,
         };
         tasks.spawn(crate::dataplane::run(
             dataplane,

@@ -4,6 +4,7 @@
 //! CONNECT reviews.default:443 HTTP/1.1          export `reviews` in namespace `default`
 //! host: reviews.default:443
 //! x-clusterlink-client: {"client.clusterlink.net/namespace":"web",...}
+//! x-clusterlink-hops: 1                         tunnels this connection already went through
 //!
 //! HTTP/1.1 200 OK                               then framed bytes both ways
 //! ```
@@ -17,6 +18,10 @@
 //! body. The requesting peer's identity is never part of the request: the answering gateway takes
 //! it from the TLS client certificate. The client attributes a peer sends are used only under that
 //! authenticated name, and only `client.clusterlink.net/*` keys are accepted from it.
+//!
+//! A gateway whose export leads to one of its own imports passes the count on, plus one; at
+//! [`MAX_HOPS`] the request is refused, so a forwarding loop ends after a few tunnels instead of
+//! multiplying until both gateways run out of descriptors.
 //!
 //! Parsing is bounded ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`]) and never panics.
 
@@ -36,7 +41,11 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub const MAX_HEADERS: usize = 32;
 /// The port named in the CONNECT authority; the export decides where the backend really is.
 const AUTHORITY_PORT: u16 = 443;
+/// A connection relayed through more tunnels than this is in a loop: real chains of sites
+/// (a relay site between two others) are one or two hops long.
+pub const MAX_HOPS: u8 = 8;
 const CLIENT_HEADER: &str = "x-clusterlink-client";
+const HOPS_HEADER: &str = "x-clusterlink-hops";
 const REASON_HEADER: &str = "x-clusterlink-reason";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,6 +79,8 @@ pub struct TunnelRequest {
     pub export: ExportRef,
     /// Attributes of the connecting client workload (`client.clusterlink.net/*`).
     pub client: Attributes,
+    /// Tunnels the connection went through before this one (0 for a client's own connection).
+    pub hops: u8,
 }
 
 fn is_client_attribute(key: &str) -> bool {
@@ -84,9 +95,11 @@ impl TunnelRequest {
             "{}.{}:{AUTHORITY_PORT}",
             self.export.name, self.export.namespace
         );
-        let client = serde_json::to_string(&self.client).expect("attributes serialize");
+        // A map of strings always serializes; an empty object is the safe fallback regardless.
+        let client = serde_json::to_string(&self.client).unwrap_or_else(|_| "{}".into());
+        let hops = self.hops;
         format!(
-            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n\r\n"
+            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{HOPS_HEADER}: {hops}\r\n\r\n"
         )
         .into_bytes()
     }
@@ -119,8 +132,16 @@ impl TunnelRequest {
                 ))
             })?;
         let mut client = Attributes::new();
+        let mut hops = 0;
         for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case(CLIENT_HEADER) {
+            if h.name.eq_ignore_ascii_case(HOPS_HEADER) {
+                hops = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.parse::<u8>().ok())
+                    .ok_or_else(|| {
+                        ProtocolError::Malformed(format!("{HOPS_HEADER} must be a number 0-255"))
+                    })?;
+            } else if h.name.eq_ignore_ascii_case(CLIENT_HEADER) {
                 let parsed: Attributes = serde_json::from_slice(h.value)
                     .map_err(|e| ProtocolError::Malformed(format!("{CLIENT_HEADER}: {e}")))?;
                 if let Some(bad) = parsed.keys().find(|k| !is_client_attribute(k)) {
@@ -137,6 +158,7 @@ impl TunnelRequest {
                 name: name.into(),
             },
             client,
+            hops,
         })
     }
 }
@@ -169,6 +191,9 @@ pub enum RefusalReason {
     NoSuchExport,
     BackendUnreachable,
     BadRequest,
+    /// The request went through [`MAX_HOPS`] tunnels already: an export leads back into an
+    /// import that leads to it.
+    LoopDetected,
 }
 
 impl RefusalReason {
@@ -178,6 +203,7 @@ impl RefusalReason {
             RefusalReason::NoSuchExport => "NoSuchExport",
             RefusalReason::BackendUnreachable => "BackendUnreachable",
             RefusalReason::BadRequest => "BadRequest",
+            RefusalReason::LoopDetected => "LoopDetected",
         }
     }
 
@@ -187,6 +213,7 @@ impl RefusalReason {
             RefusalReason::NoSuchExport => (404, "Not Found"),
             RefusalReason::BackendUnreachable => (502, "Bad Gateway"),
             RefusalReason::BadRequest => (400, "Bad Request"),
+            RefusalReason::LoopDetected => (508, "Loop Detected"),
         }
     }
 
@@ -196,6 +223,7 @@ impl RefusalReason {
             Self::NoSuchExport,
             Self::BackendUnreachable,
             Self::BadRequest,
+            Self::LoopDetected,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -309,6 +337,18 @@ mod tests {
                 "web".to_string(),
             )]
             .into(),
+            hops: 2,
+        }
+    }
+
+    #[test]
+    fn hops_are_a_small_number() {
+        let r = TunnelRequest::decode(b"CONNECT a.b:443 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.hops, 0, "a request without the header is a client's own");
+        for bad in ["-1", "256", "x", ""] {
+            let head = format!("CONNECT a.b:443 HTTP/1.1\r\nx-clusterlink-hops: {bad}\r\n\r\n");
+            let e = TunnelRequest::decode(head.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("x-clusterlink-hops"), "{e}");
         }
     }
 

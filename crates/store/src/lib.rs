@@ -10,12 +10,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The one table: object key (`kind/namespace/name`) to its serialized form.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+
+/// A table of its own for the write probe, so a probe never shows among the objects.
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// What the probe writes: a page's worth, so it needs space as a real write does.
+const PROBE_BYTES: usize = 4096;
 
 /// The store file inside a gateway's data directory.
 pub const STORE_FILE: &str = "store.redb";
@@ -77,6 +83,8 @@ pub struct RedbStore {
     open: Opener,
     /// `None` after an I/O failure, until a reopen succeeds.
     db: RwLock<Option<Database>>,
+    /// Whether the last commit failed for want of I/O; health then probes with a write.
+    write_failed: AtomicBool,
 }
 
 impl RedbStore {
@@ -102,6 +110,7 @@ impl RedbStore {
             path,
             open,
             db: RwLock::new(Some(db)),
+            write_failed: AtomicBool::new(false),
         })
     }
 
@@ -129,6 +138,16 @@ impl RedbStore {
     }
 }
 
+impl RedbStore {
+    fn note_write(&self, result: &Result<(), StoreError>) {
+        match result {
+            Ok(()) => self.write_failed.store(false, Ordering::Relaxed),
+            Err(StoreError::Io(_)) => self.write_failed.store(true, Ordering::Relaxed),
+            Err(_) => {}
+        }
+    }
+}
+
 fn open_error(path: &Path, e: DatabaseError) -> StoreError {
     match e {
         DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
@@ -152,8 +171,28 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 impl Store for RedbStore {
+    /// Readable, and writable too once a write failed: a full disk keeps the store unhealthy
+    /// until space is freed, found by writing (and removing) a probe.
     fn health(&self) -> Result<(), StoreError> {
-        self.with_db(|db| db.begin_read().map(drop).map_err(backend))
+        if !self.write_failed.load(Ordering::Relaxed) {
+            return self.with_db(|db| db.begin_read().map(drop).map_err(backend));
+        }
+        let probe = self.with_db(|db| {
+            for value in [Some([0u8; PROBE_BYTES]), None] {
+                let tx = db.begin_write().map_err(backend)?;
+                {
+                    let mut table = tx.open_table(PROBE).map_err(backend)?;
+                    match value {
+                        Some(v) => drop(table.insert("probe", v.as_slice()).map_err(backend)?),
+                        None => drop(table.remove("probe").map_err(backend)?),
+                    }
+                }
+                tx.commit().map_err(backend)?;
+            }
+            Ok(())
+        });
+        self.note_write(&probe);
+        probe
     }
 
     fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
@@ -178,7 +217,7 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.with_db(|db| {
+        let committed = self.with_db(|db| {
             let tx = db.begin_write().map_err(backend)?;
             {
                 let mut table = tx.open_table(OBJECTS).map_err(backend)?;
@@ -197,7 +236,9 @@ impl Store for RedbStore {
             }
             // Durability is redb's default (Immediate): commit returns after fsync.
             tx.commit().map_err(backend)
-        })
+        });
+        self.note_write(&committed);
+        committed
     }
 }
 
@@ -339,6 +380,7 @@ mod tests {
         assert!(err.to_string().contains("free space"), "{err}");
         let revoke = [Write::Delete { key: "a".into() }];
         assert!(matches!(store.commit(&revoke), Err(StoreError::Io(_))));
+        assert!(matches!(store.health(), Err(StoreError::Io(_))));
 
         // Space is back: no restart needed, and nothing half-written shows.
         full.store(false, std::sync::atomic::Ordering::SeqCst);

@@ -310,7 +310,9 @@ fn start_gateway(
         }
     };
     let mut child = command
+        // The demo's services listen on loopback (in the site, or on this host).
         .args(["--peer", peer, "--management-address", "127.0.0.1:0"])
+        .arg("--allow-loopback-backends")
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(log)

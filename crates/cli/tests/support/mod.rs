@@ -105,15 +105,37 @@ impl GatewayProcess {
     }
 
     /// A gateway inside `site` (`ip netns exec` execs, so the child is the gateway itself).
+    /// Test services listen on loopback, so exports of loopback services are allowed.
     pub fn spawn_in(
         site: Option<&clusterlink::netns::Site>,
         cwd: &Path,
         args: &[&str],
     ) -> GatewayProcess {
+        let mut args = args.to_vec();
+        args.push("--allow-loopback-backends");
+        GatewayProcess::spawn_exactly(site, cwd, &args)
+    }
+
+    /// A gateway with exactly these arguments.
+    pub fn spawn_exactly(
+        site: Option<&clusterlink::netns::Site>,
+        cwd: &Path,
+        args: &[&str],
+    ) -> GatewayProcess {
+        let mut command = command_in(site, CL_GATEWAY);
+        command.args(args);
+        GatewayProcess::spawn_command(site, cwd, command)
+    }
+
+    /// A gateway started by `command` (which ends by running cl-gateway), waited for until ready.
+    pub fn spawn_command(
+        site: Option<&clusterlink::netns::Site>,
+        cwd: &Path,
+        mut command: Command,
+    ) -> GatewayProcess {
         let stderr_path = cwd.join(format!("gateway-{:016x}.log", rand_u64()));
         let stderr_file = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = command_in(site, CL_GATEWAY)
-            .args(args)
+        let mut child = command
             .current_dir(cwd)
             .stdout(Stdio::piped())
             .stderr(stderr_file)
@@ -414,7 +436,7 @@ pub fn exchange_between(source: &str, destination: &str, port: u16, payload: &[u
     }
 }
 
-fn connect_from(
+pub fn connect_from(
     source: &str,
     destination: &str,
     port: u16,

@@ -19,6 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use super::clients::ClientTable;
+use super::hops::RelayedConnections;
 use super::live::LiveTunnels;
 use super::pool::{ConnectionPool, GatewayKey};
 use super::read_ahead::ReadAhead;
@@ -215,6 +216,8 @@ pub(super) struct Egress {
     pub pool: ConnectionPool<PeerConnection>,
     /// Places for new peer connections, held from connect until the first answer.
     pub handshakes: Semaphore,
+    /// Connections this gateway's ingress made to backends, for loop detection.
+    pub relayed: Arc<RelayedConnections>,
 }
 
 /// Most new peer connections this gateway opens at once, over all peers. A burst of tunnels
@@ -363,6 +366,7 @@ impl Egress {
             let request = TunnelRequest {
                 export: export.clone(),
                 client: client_attributes.clone(),
+                hops: self.relayed.hops_from(remote.port()),
             };
             match self
                 .open_tunnel(&source.peer, &peer.gateways, &request)

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::hops::{Relayed, RelayedConnections};
 use super::live::LiveTunnels;
 use super::read_ahead::ReadAhead;
 use super::relay::{TLS_SEND_BUFFER, relay};
@@ -25,7 +26,8 @@ use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, tune_socke
 use crate::metrics::{Listener, Metrics, Side, Unserved};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{
-    ALPN, ExportRef, HEALTH_RESPONSE, PeerRequest, RefusalReason, TunnelResponse, read_head,
+    ALPN, ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, RefusalReason, TunnelResponse,
+    read_head,
 };
 
 /// Most connections the peer port holds at once (tunnels included); well above the thousands of
@@ -49,23 +51,36 @@ struct PeerPort {
     metrics: Arc<Metrics>,
     /// This gateway's own listeners, never dialed as backends.
     protected: Arc<[SocketAddr]>,
+    /// Whether exports may name services on loopback addresses.
+    loopback_backends: bool,
     live: LiveTunnels<IngressTunnel>,
+    /// Backend connections in flight, for loop detection.
+    relayed: Arc<RelayedConnections>,
+}
+
+/// What the peer port needs besides its listener.
+pub(super) struct PeerPortConfig {
+    pub metrics: Arc<Metrics>,
+    pub protected: Arc<[SocketAddr]>,
+    pub loopback_backends: bool,
+    pub relayed: Arc<RelayedConnections>,
 }
 
 pub(super) async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<GatewayTls>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    metrics: Arc<Metrics>,
-    protected: Arc<[SocketAddr]>,
+    config: PeerPortConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
     let port = Arc::new(PeerPort {
         snapshots: snapshots.clone(),
-        metrics,
-        protected,
+        metrics: config.metrics,
+        protected: config.protected,
+        loopback_backends: config.loopback_backends,
         live: LiveTunnels::default(),
+        relayed: config.relayed,
     });
     let revalidator = tokio::spawn({
         let (port, mut snapshots) = (port.clone(), snapshots);
@@ -270,7 +285,9 @@ async fn serve_request(
         snapshots,
         metrics,
         protected,
+        loopback_backends,
         live,
+        relayed,
     } = port;
     let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
     let request = match PeerRequest::decode(head) {
@@ -309,16 +326,43 @@ async fn serve_request(
             return Ok(Served::Close);
         }
     };
-    let mut backend =
-        match timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return refuse_backend(tls, &host, port, e.to_string(), metrics).await,
-            Err(_) => return refuse_backend(tls, &host, port, "timed out".into(), metrics).await,
+    if request.hops >= MAX_HOPS {
+        let refusal = TunnelResponse::Refused {
+            reason: RefusalReason::LoopDetected,
+            message: format!(
+                "the connection already went through {} tunnels: export {} leads back into an import that leads to it",
+                request.hops, request.export
+            ),
         };
+        metrics.refused(Side::Ingress, RefusalReason::LoopDetected.as_str());
+        tracing::warn!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
+        let _ = tls.write_all(&refusal.encode()).await;
+        let _ = tls.shutdown().await;
+        return Ok(Served::Close);
+    }
+    let dialed = timeout(
+        CONNECT_TIMEOUT,
+        dial_backend(&host, port, relayed, request.hops),
+    );
+    let (mut backend, _relayed) = match dialed.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return refuse_backend(tls, &host, port, e.to_string(), metrics).await,
+        Err(_) => return refuse_backend(tls, &host, port, "timed out".into(), metrics).await,
+    };
     if reaches_own_listener(&backend, protected) {
         // An export naming this gateway's management API (or peer port) would hand remote peers
         // what only local admins may use.
         let reason = "it is one of this gateway's own listeners".to_string();
+        return refuse_backend(tls, &host, port, reason, metrics).await;
+    }
+    if !loopback_backends
+        && backend
+            .peer_addr()
+            .is_ok_and(|a| a.ip().to_canonical().is_loopback())
+    {
+        // A loopback service trusts every local process: another gateway's management API, a
+        // database bound to localhost. Exporting one hands that trust to remote peers.
+        let reason = "it is on a loopback address; start the gateway with --allow-loopback-backends to export local services".to_string();
         return refuse_backend(tls, &host, port, reason, metrics).await;
     }
     tune_socket(&backend).map_err(|e| e.to_string())?;
@@ -417,6 +461,36 @@ pub(super) struct IngressTunnel {
     peer: String,
     client: Attributes,
     export: ExportRef,
+}
+
+/// Connects to the first address of `host` that answers, from a socket whose local port is
+/// recorded (with the tunnel's `hops`) before it connects, for as long as the returned guard lives.
+async fn dial_backend(
+    host: &str,
+    port: u16,
+    relayed: &Arc<RelayedConnections>,
+    hops: u8,
+) -> std::io::Result<(TcpStream, Relayed)> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let unspecified: IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        };
+        socket.bind(SocketAddr::new(unspecified, 0))?;
+        let guard = relayed.record(socket.local_addr()?.port(), hops);
+        match socket.connect(addr).await {
+            Ok(stream) => return Ok((stream, guard)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{host} has no address"))))
 }
 
 /// Whether `backend` is connected to one of this gateway's own listeners.

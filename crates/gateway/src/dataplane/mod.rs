@@ -8,6 +8,7 @@ mod clients;
 mod credentials;
 mod egress;
 mod health;
+mod hops;
 mod ingress;
 mod live;
 mod pool;
@@ -55,6 +56,9 @@ pub struct DataPlaneConfig {
     pub metrics: Arc<Metrics>,
     /// This gateway's own listeners (management API, peer port): never dialed as a backend.
     pub protected: Vec<std::net::SocketAddr>,
+    /// Whether exports may name services on loopback addresses (off by default: a loopback
+    /// service trusts every local process, and an export hands that trust to remote peers).
+    pub loopback_backends: bool,
 }
 
 /// A peer as the data plane sees it.
@@ -185,12 +189,17 @@ pub async fn run(
         config.metrics.clone(),
         shutdown.clone(),
     ));
+    let relayed = Arc::new(hops::RelayedConnections::default());
     tasks.spawn(ingress::serve(
         peer_listener,
         tls.clone(),
         snapshots.clone(),
-        config.metrics.clone(),
-        config.protected.clone().into(),
+        ingress::PeerPortConfig {
+            metrics: config.metrics.clone(),
+            protected: config.protected.clone().into(),
+            loopback_backends: config.loopback_backends,
+            relayed: relayed.clone(),
+        },
         shutdown.clone(),
     ));
     let egress = Arc::new(egress::Egress {
@@ -201,6 +210,7 @@ pub async fn run(
         live: Default::default(),
         pool: Default::default(),
         handshakes: tokio::sync::Semaphore::new(egress::MAX_HANDSHAKES),
+        relayed,
     });
     tasks.spawn({
         let (egress, mut snapshots, mut shutdown) =
