@@ -437,7 +437,7 @@ pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
         protected: vec![peer_address],
         loopback_backends: args.backends.allow_loopback_backends,
     };
-    let dataplane = tokio::spawn(clusterlink_gateway::dataplane::run(
+    let mut dataplane = tokio::spawn(clusterlink_gateway::dataplane::run(
         config,
         peer_listener,
         control_plane,
@@ -445,7 +445,13 @@ pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
         shutdown,
     ));
     tracing::info!(peer = %name, address = %peer_address, "data plane started: peer port open");
-    wait_for_signal().await?;
+    let mut follow = follow;
+    // Both run until shutdown; a replica missing either only looks alive, so it exits instead.
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        ended = &mut dataplane => bail!("the data plane stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
+        ended = &mut follow => bail!("the snapshot stream stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
+    }
     let _ = stop.send(true);
     let _ = tokio::join!(follow, dataplane);
     Ok(())

@@ -201,8 +201,9 @@ impl Site {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespace]).arg(program);
         let parent = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec and makes only
-        // async-signal-safe system calls (prctl, getppid).
+        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+        // work is sound: it makes two system calls (prctl, getppid) and does not allocate, since
+        // its errors are raw OS error numbers.
         unsafe {
             cmd.pre_exec(move || {
                 rustix::process::set_parent_process_death_signal(Some(
@@ -210,7 +211,7 @@ impl Site {
                 ))?;
                 // The parent may have died between fork and prctl; then no signal would come.
                 if rustix::process::getppid() != Some(parent) {
-                    return Err(io::Error::other("the parent exited while starting this"));
+                    return Err(rustix::io::Errno::SRCH.into());
                 }
                 Ok(())
             });

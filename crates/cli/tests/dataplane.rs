@@ -842,6 +842,86 @@ fn was_closed(mut s: std::net::TcpStream) -> bool {
     }
 }
 
+/// A backend that takes one connection, reads it to its end and reports how it ended: `fin` for
+/// a clean close, or the error kind.
+fn recording_backend() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let ended = match conn.read_to_end(&mut Vec::new()) {
+            Ok(_) => "fin".to_string(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        let _ = tx.send(ended);
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_revoked_tunnel_is_reset_at_both_ends() {
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let (server, client) = (fabric.start("server1"), fabric.start("client1"));
+    let (backend, ended) = recording_backend();
+    server.apply(&format!(
+        "{}{}",
+        export("svc", backend),
+        allow_all("allow-all")
+    ));
+    let port = free_port();
+    client.apply(&format!(
+        "{}{}{}",
+        peer("server1", &server),
+        allow_all("allow-all"),
+        import("svc", port, &["server1"], "static")
+    ));
+    client.wait_listening("svc");
+    let tunnel = open_counted_tunnel(port, &server, "ingress");
+    server.gwctl_ok(&["delete", "policy", "allow-all"]);
+    // Neither end may take the cut for a complete exchange.
+    let mut client_end = tunnel;
+    let mut rest = Vec::new();
+    let client_saw = std::io::Read::read_to_end(&mut client_end, &mut rest).map_err(|e| e.kind());
+    assert_eq!(client_saw, Err(std::io::ErrorKind::ConnectionReset));
+    let backend_saw = ended.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(backend_saw, "ConnectionReset");
+}
+
+#[test]
+fn a_terminated_gateway_lets_open_tunnels_finish() {
+    use std::io::{Read, Write};
+    let mut sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let port = sites.import("static");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
+    let mut tunnel = open_counted_tunnel(port, &sites.servers[0], "ingress");
+    // Both gateways are asked to stop while the tunnel is mid-request.
+    clusterlink::terminate(&sites.client.child);
+    clusterlink::terminate(&sites.servers[0].child);
+    // They take no new connections...
+    assert!(eventually(CONVERGE, || std::net::TcpStream::connect((
+        "127.0.0.1",
+        port
+    ))
+    .is_err()));
+    // ...and the open one carries on to its end.
+    tunnel.write_all(b" and the rest").unwrap();
+    tunnel.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    tunnel.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "server1 20\npartial and the rest");
+    // Then they exit on their own, cleanly.
+    for gw in std::iter::once(&mut sites.client).chain(sites.servers.iter_mut()) {
+        let exited = eventually(Duration::from_secs(30), || {
+            matches!(gw.child.try_wait(), Ok(Some(_)))
+        });
+        assert!(exited, "{}", gw.log());
+        assert!(gw.child.wait().unwrap().success(), "{}", gw.log());
+    }
+}
+
 #[test]
 fn revoking_access_closes_live_tunnels_on_the_exporting_side() {
     let sites = Sites::new(&["server1"]);

@@ -68,9 +68,19 @@ enum Mutation {
     Delete(ObjectKey),
 }
 
+/// What a request asks the writer to do; all of it lands, or none.
+enum Change {
+    /// Boxed, so that every request is small in the writer's channel.
+    One(Box<Mutation>),
+    /// Make the model hold exactly these objects (decided against the state the writer sees).
+    ReplaceAll(Vec<Object>),
+}
+
+type Reply = Result<Vec<(WriteOutcome, Object)>, ModelError>;
+
 struct Request {
-    mutation: Mutation,
-    reply: oneshot::Sender<Result<(WriteOutcome, Object), ModelError>>,
+    change: Change,
+    reply: oneshot::Sender<Reply>,
 }
 
 pub type Objects = BTreeMap<ObjectKey, Object>;
@@ -189,37 +199,32 @@ impl ControlPlane {
     }
 
     /// Makes the model hold exactly `objects`: applies what is new or changed and deletes the
-    /// rest. Used where another source owns the configuration (the Kubernetes API server, or a
-    /// replica's control plane).
+    /// rest, as one change: one commit and one snapshot, so live tunnels are never decided
+    /// against a half-applied configuration. Used where another source owns the configuration
+    /// (the Kubernetes API server, or a replica's control plane).
     pub async fn replace_all(&self, objects: Vec<Object>) -> Result<(), ModelError> {
-        let current = self.snapshot();
-        let wanted: std::collections::BTreeSet<ObjectKey> =
-            objects.iter().map(Object::key).collect();
-        for obj in objects {
-            let unchanged = current
-                .get(&obj.key())
-                .is_some_and(|have| have.same_desired_state(&obj));
-            if !unchanged {
-                self.apply(obj).await?;
-            }
+        for o in &objects {
+            o.validate().map_err(ModelError::Invalid)?;
         }
-        for key in current.keys().filter(|k| !wanted.contains(*k)) {
-            self.delete(key.clone()).await?;
-        }
-        Ok(())
+        self.send(Change::ReplaceAll(objects)).await.map(drop)
     }
 
     async fn submit(&self, mutation: Mutation) -> Result<(WriteOutcome, Object), ModelError> {
         if let Mutation::Create(o) | Mutation::Apply(o) = &mutation {
             o.validate().map_err(ModelError::Invalid)?;
         }
+        let mut done = self.send(Change::One(Box::new(mutation))).await?;
+        let (outcome, obj) = done.pop().ok_or(ModelError::ShuttingDown)?;
+        Ok((outcome, self.with_status(obj)))
+    }
+
+    async fn send(&self, change: Change) -> Reply {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(Request { mutation, reply })
+            .send(Request { change, reply })
             .await
             .map_err(|_| ModelError::ShuttingDown)?;
-        let (outcome, obj) = rx.await.map_err(|_| ModelError::ShuttingDown)??;
-        Ok((outcome, self.with_status(obj)))
+        rx.await.map_err(|_| ModelError::ShuttingDown)?
     }
 }
 
@@ -246,27 +251,48 @@ async fn writer(
         let mut overlay: HashMap<ObjectKey, Option<Object>> = HashMap::new();
         let mut writes = Vec::new();
         let mut replies = Vec::new();
-        for Request { mutation, reply } in batch.drain(..) {
-            let result = decide(&current, &overlay, mutation);
-            if let Ok((outcome, obj)) = &result {
-                let key = obj.key();
-                match outcome {
-                    WriteOutcome::Unchanged => {}
-                    WriteOutcome::Deleted => {
-                        writes.push(Write::Delete {
-                            key: store_key(&key),
-                        });
-                        overlay.insert(key, None);
+        for Request { change, reply } in batch.drain(..) {
+            // A replace-all is decided on a copy of the overlay, so that one that fails part way
+            // leaves no trace; a single mutation that fails changes nothing anyway.
+            let atomic = matches!(change, Change::ReplaceAll(_));
+            let mut trial = if atomic {
+                overlay.clone()
+            } else {
+                std::mem::take(&mut overlay)
+            };
+            let mut trial_writes = Vec::new();
+            let result = mutations(&current, &trial, change)
+                .into_iter()
+                .map(|mutation| {
+                    let (outcome, obj) = decide(&current, &trial, mutation)?;
+                    let key = obj.key();
+                    match outcome {
+                        WriteOutcome::Unchanged => {}
+                        WriteOutcome::Deleted => {
+                            trial_writes.push(Write::Delete {
+                                key: store_key(&key),
+                            });
+                            trial.insert(key, None);
+                        }
+                        WriteOutcome::Created | WriteOutcome::Configured => {
+                            let value = serde_json::to_vec(&obj).map_err(|e| {
+                                ModelError::Store(StoreError::Backend(format!(
+                                    "cannot serialize {key}: {e}"
+                                )))
+                            })?;
+                            trial_writes.push(Write::Put {
+                                key: store_key(&key),
+                                value,
+                            });
+                            trial.insert(key, Some(obj.clone()));
+                        }
                     }
-                    WriteOutcome::Created | WriteOutcome::Configured => {
-                        let value = serde_json::to_vec(obj).expect("objects serialize");
-                        writes.push(Write::Put {
-                            key: store_key(&key),
-                            value,
-                        });
-                        overlay.insert(key, Some(obj.clone()));
-                    }
-                }
+                    Ok((outcome, obj))
+                })
+                .collect::<Result<Vec<_>, ModelError>>();
+            if result.is_ok() || !atomic {
+                overlay = trial;
+                writes.append(&mut trial_writes);
             }
             replies.push((reply, result));
         }
@@ -301,6 +327,32 @@ async fn writer(
                     let _ = reply.send(result.and(Err(ModelError::Store(e.clone()))));
                 }
             }
+        }
+    }
+}
+
+/// The mutations a change makes, against the committed state plus the batch so far.
+fn mutations(
+    current: &Objects,
+    overlay: &HashMap<ObjectKey, Option<Object>>,
+    change: Change,
+) -> Vec<Mutation> {
+    match change {
+        Change::One(mutation) => vec![*mutation],
+        Change::ReplaceAll(objects) => {
+            let wanted: std::collections::BTreeSet<ObjectKey> =
+                objects.iter().map(Object::key).collect();
+            let present = current
+                .keys()
+                .filter(|k| !matches!(overlay.get(*k), Some(None)))
+                .chain(overlay.iter().filter(|(_, o)| o.is_some()).map(|(k, _)| k));
+            let gone: std::collections::BTreeSet<ObjectKey> =
+                present.filter(|k| !wanted.contains(*k)).cloned().collect();
+            objects
+                .into_iter()
+                .map(Mutation::Apply)
+                .chain(gone.into_iter().map(Mutation::Delete))
+                .collect()
         }
     }
 }
@@ -483,6 +535,57 @@ mod tests {
             }
         }
         assert_eq!(ok, 1);
+    }
+
+    /// A store that counts its commits.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        commits: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Store for Counting {
+        fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.load_all()
+        }
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+            self.commits
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.inner.commit(writes)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replace_all_lands_as_one_change_or_not_at_all() {
+        let store = Arc::new(Counting::default());
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        for (name, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            cp.apply(export(name, port)).await.unwrap();
+        }
+        let before = store.commits.load(std::sync::atomic::Ordering::SeqCst);
+        let mut snapshots = cp.subscribe();
+        snapshots.borrow_and_update();
+        cp.replace_all(vec![export("a", 10), export("d", 4), export("e", 5)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.commits.load(std::sync::atomic::Ordering::SeqCst),
+            before + 1,
+            "one commit for the whole change"
+        );
+        let names =
+            |objects: &Objects| -> Vec<String> { objects.keys().map(|k| k.name.clone()).collect() };
+        assert_eq!(names(&snapshots.borrow_and_update()), ["a", "d", "e"]);
+
+        // An invalid object refuses the whole change: nothing is deleted, nothing applied.
+        let mut bad = export("f", 6);
+        bad.metadata_mut().name = "Not_A_Name".into();
+        assert!(cp.replace_all(vec![export("g", 7), bad]).await.is_err());
+        assert_eq!(names(&cp.snapshot()), ["a", "d", "e"]);
+        assert!(!snapshots.has_changed().unwrap());
     }
 
     #[tokio::test]

@@ -104,6 +104,7 @@ pub(super) async fn run_import_listeners(
                         key.clone(),
                         egress.clone(),
                         snapshots.clone(),
+                        shutdown.clone(),
                     ));
                     running.insert(
                         key.clone(),
@@ -137,8 +138,8 @@ pub(super) async fn run_import_listeners(
             _ = shutdown.changed() => break,
         }
     }
+    // Each listener stops accepting and drains its connections on its own, all at once.
     for (_, listener) in running {
-        listener.task.abort();
         let _ = listener.task.await;
     }
 }
@@ -148,6 +149,7 @@ async fn accept_loop(
     key: ObjectKey,
     egress: Arc<Egress>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     // Round-robin position survives changes of the import's sources.
     let next = Arc::new(AtomicUsize::new(0));
@@ -169,8 +171,12 @@ async fn accept_loop(
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            // The guard wait_for returns is not Send: drop it inside the branch's future.
+            () = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
         }
     }
+    drop(listener);
+    super::drain(connections, &format!("connections of import {key}")).await;
 }
 
 /// The sources in the order to try them for one connection: the import's scheme decides the

@@ -56,6 +56,8 @@ struct PeerPort {
     live: LiveTunnels<IngressTunnel>,
     /// Backend connections in flight, for loop detection.
     relayed: Arc<RelayedConnections>,
+    /// Flips on shutdown: connections waiting between tunnels close, tunnels finish.
+    shutdown: watch::Receiver<bool>,
 }
 
 /// What the peer port needs besides its listener.
@@ -81,6 +83,7 @@ pub(super) async fn serve(
         loopback_backends: config.loopback_backends,
         live: LiveTunnels::default(),
         relayed: config.relayed,
+        shutdown: shutdown.clone(),
     });
     let revalidator = tokio::spawn({
         let (port, mut snapshots) = (port.clone(), snapshots);
@@ -141,6 +144,9 @@ pub(super) async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+    // No new connections; open tunnels finish (and are still revoked if access ends).
+    drop(listener);
+    super::drain(connections, "peer connections").await;
     revalidator.abort();
 }
 
@@ -238,9 +244,14 @@ async fn handle(
     // another tunnel to open.
     let mut pending = Some(pending);
     let mut wait = HANDSHAKE_TIMEOUT;
+    let mut stopping = port.shutdown.clone();
     loop {
         let waiting = pending.is_none().then(|| port.metrics.idle(Side::Ingress));
-        let read = timeout(wait, read_head(&mut tls)).await;
+        let read = tokio::select! {
+            read = timeout(wait, read_head(&mut tls)) => read,
+            // Between tunnels at shutdown: the peer opens its next tunnel elsewhere.
+            _ = stopping.wait_for(|stop| *stop), if pending.is_none() => return Ok(()),
+        };
         drop(waiting);
         let (head, leftover) = match read {
             Ok(read) => read.map_err(|e| e.to_string())?,
@@ -288,6 +299,7 @@ async fn serve_request(
         loopback_backends,
         live,
         relayed,
+        shutdown: _,
     } = port;
     let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
     let request = match PeerRequest::decode(head) {
@@ -400,7 +412,9 @@ async fn serve_request(
             }
         },
         _ = revoked.notified() => {
-            // Closing the connection ends the tunnel; the importing side resets its client.
+            // Closing the connection ends the tunnel; the importing side resets its client, and
+            // the backend is reset too, so neither end takes the cut for a complete exchange.
+            let _ = backend.set_zero_linger();
             metrics.refused(Side::Ingress, "Revoked");
             tracing::info!(%peer, export = %request.export, "tunnel closed: access revoked");
             return Ok(Served::Close);

@@ -40,6 +40,25 @@ use crate::tunnel::ExportRef;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A TLS handshake or tunnel head slower than this is a stalled or hostile party.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown lets open tunnels finish before closing them: longer than most exchanges,
+/// shorter than the 30 s a service manager or Kubernetes waits before killing the process.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Waits for `connections` to end, for at most [`DRAIN_TIMEOUT`]; then closes the rest.
+async fn drain(mut connections: JoinSet<()>, what: &str) {
+    if connections.is_empty() {
+        return;
+    }
+    tracing::info!(open = connections.len(), "draining {what}");
+    let all_done = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_done).await.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "{what} still open after {DRAIN_TIMEOUT:?}; closing them"
+        );
+        connections.abort_all();
+    }
+}
 
 /// What the data plane needs from a gateway's configuration.
 #[derive(Clone)]
@@ -244,7 +263,15 @@ pub async fn run(
         control_plane,
         shutdown.clone(),
     ));
-    let _ = shutdown.wait_for(|stop| *stop).await;
+    // Every task runs until shutdown: one that ends sooner leaves a data plane that looks up
+    // but is not, so the data plane ends too and the process above it sees that.
+    tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => {}
+        Some(ended) = tasks.join_next() => {
+            tracing::error!(?ended, "a data-plane task ended unexpectedly; stopping the data plane");
+            return;
+        }
+    }
     while tasks.join_next().await.is_some() {}
 }
 
