@@ -5,6 +5,9 @@
 //! resources. This crate holds the types, their validation (errors name the field path), label
 //! selectors and manifest parsing. It does no IO.
 
+// Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod attributes;
 pub mod manifest;
 pub mod meta;

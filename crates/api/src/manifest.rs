@@ -93,7 +93,10 @@ pub fn parse_manifest(text: &str, default_namespace: &str) -> Result<Object, Man
             docs.len()
         )));
     }
-    let mut obj = docs.pop().expect("one document")?;
+    let Some(parsed) = docs.pop() else {
+        unreachable!("exactly one document was checked above")
+    };
+    let mut obj = parsed?;
     obj.default_namespace(default_namespace);
     obj.validate().map_err(ManifestError::Invalid)?;
     Ok(obj)

@@ -201,9 +201,10 @@ impl Site {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespace]).arg(program);
         let parent = rustix::process::getpid();
-        // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+        // SAFETY (and the one exception to the workspace's `unsafe_code = "deny"`): the closure runs in the forked child before exec, where only async-signal-safe
         // work is sound: it makes two system calls (prctl, getppid) and does not allocate, since
         // its errors are raw OS error numbers.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || {
                 rustix::process::set_parent_process_death_signal(Some(

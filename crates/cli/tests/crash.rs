@@ -4,6 +4,9 @@
 //! acknowledged is there with the acknowledged value, then writes (several clients at once, so
 //! batches are in flight) until the process is killed at a random moment.
 
+// In a test, a poisoned lock is only a failed test.
+#![allow(clippy::disallowed_types)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -9,6 +9,9 @@
 //! - [`replica`]: the snapshot stream from a control plane to its data-plane replicas.
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 
+// Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod dataplane;
 pub mod gateway;
 pub mod management;

@@ -117,7 +117,7 @@ pub struct Metrics {
     runtime_tasks: Gauge,
     unserved: Family<ListenerLabels, Counter>,
     /// One warning per listener and reason per [`WARN_EVERY`], however many connections.
-    warned: std::sync::Mutex<std::collections::HashMap<(Listener, Unserved), LastWarning>>,
+    warned: parking_lot::Mutex<std::collections::HashMap<(Listener, Unserved), LastWarning>>,
 }
 
 /// When a kind of warning was last logged, and how many were left out since.
@@ -310,8 +310,7 @@ impl Metrics {
             .inc();
         let now = Instant::now();
         let suppressed = {
-            // A poisoned lock only means a panic elsewhere; the map is still a valid map.
-            let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut warned = self.warned.lock();
             let entry = warned.entry((listener, reason)).or_insert((None, 0));
             if entry
                 .0
@@ -382,8 +381,8 @@ impl Metrics {
             self.runtime_tasks.set(tasks as i64);
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }

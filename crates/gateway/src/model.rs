@@ -7,7 +7,9 @@
 //! snapshot without waiting on disk.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use clusterlink_api::{
     Condition, ConditionStatus, FieldErrors, Kind, Object, ObjectKey, Scope, Status,
@@ -151,7 +153,7 @@ impl ControlPlane {
 
     /// Sets (or with `None` clears) the runtime condition `type_` of `key`.
     pub fn set_condition(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>) {
-        let mut runtime = self.runtime.write().expect("runtime lock");
+        let mut runtime = self.runtime.write();
         let list = runtime.entry(key.clone()).or_default();
         list.retain(|c| c.type_ != type_);
         list.extend(condition);
@@ -161,7 +163,7 @@ impl ControlPlane {
     }
 
     fn with_status(&self, obj: Object) -> Object {
-        let runtime = self.runtime.read().expect("runtime lock");
+        let runtime = self.runtime.read();
         let conditions = runtime.get(&obj.key()).map(Vec::as_slice).unwrap_or(&[]);
         with_status(obj, conditions)
     }

@@ -10,6 +10,9 @@
 //! - [`pods`]: client attributes from the pod behind an address;
 //! - [`deploy`]: the manifests that deploy a peer.
 
+// Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod controller;
 pub mod convert;
 pub mod deploy;

@@ -50,7 +50,11 @@ pub fn objects(world: &World) -> Vec<Object> {
         if recorded != Some(target) {
             continue;
         }
-        model.spec.port = Port::new(target).expect("target ports are never 0");
+        // Target ports come from TARGET_PORTS or a validated spec: never 0.
+        let Some(port) = Port::new(target) else {
+            continue;
+        };
+        model.spec.port = port;
         out.push(Object::Import(model));
     }
     out

@@ -304,10 +304,11 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
         .into_iter()
         .zip(assigned)
         .map(|(i, a)| {
-            (
-                i,
-                a.map(|p| p.expect("every import without a port was assigned one")),
-            )
+            // Every import without a port was given one, or a refusal, in the loop above.
+            let assigned = a.and_then(|p| {
+                p.ok_or_else(|| refused("NoFreeTargetPort", "no port was assigned".into()))
+            });
+            (i, assigned)
         })
         .collect()
 }

@@ -10,6 +10,9 @@
 //!
 //! [`tls`] builds the rustls configurations on top (TLS 1.3 only, aws-lc-rs).
 
+// Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod files;
 pub mod identity;
 pub mod issue;

@@ -8,10 +8,13 @@
 //! database that saw an I/O error, so the store closes and reopens it (redb repairs on open)
 //! before the next operation, and reports itself unhealthy until that succeeds.
 
+// Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -118,8 +121,7 @@ impl RedbStore {
     /// Every operation writes whole values, so running a failed commit again is safe.
     fn with_db<T>(&self, op: impl Fn(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
         {
-            // A poisoned lock means a panic mid-operation; redb itself stays consistent.
-            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let db = self.db.read();
             if let Some(db) = db.as_ref() {
                 match op(db) {
                     Err(StoreError::Io(reason)) => {
@@ -129,7 +131,7 @@ impl RedbStore {
                 }
             }
         }
-        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let mut db = self.db.write();
         // The old handle holds the file lock: it must be gone before the file is opened again.
         *db = None;
         let reopened = (self.open)().map_err(|e| open_error(&self.path, e))?;
@@ -250,7 +252,7 @@ pub struct MemoryStore {
 
 impl Store for MemoryStore {
     fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let entries = self.entries.lock().expect("store lock");
+        let entries = self.entries.lock();
         Ok(entries
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -258,11 +260,11 @@ impl Store for MemoryStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.entries.lock().expect("store lock").get(key).cloned())
+        Ok(self.entries.lock().get(key).cloned())
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut entries = self.entries.lock().expect("store lock");
+        let mut entries = self.entries.lock();
         for w in writes {
             match w {
                 Write::Put { key, value } => {

@@ -74,7 +74,9 @@ pub(super) async fn run_import_listeners(
             .map(|(key, _)| key.clone())
             .collect();
         for key in stale {
-            let listener = running.remove(&key).expect("listed above");
+            let Some(listener) = running.remove(&key) else {
+                continue;
+            };
             listener.task.abort();
             // Awaiting the aborted task guarantees its socket is closed before the port is reused.
             let _ = listener.task.await;

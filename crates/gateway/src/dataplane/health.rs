@@ -2,7 +2,9 @@
 //! same mutual TLS as tunnels), and load balancing tries unreachable peers last.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Duration;
 
 use clusterlink_api::{Condition, ConditionStatus, Kind, ObjectKey, SYSTEM_NAMESPACE};
@@ -40,11 +42,11 @@ pub struct PeerHealth(Arc<RwLock<HashMap<String, bool>>>);
 impl PeerHealth {
     /// True only for a peer whose probes have failed; an unprobed peer is given a chance.
     pub fn is_unreachable(&self, peer: &str) -> bool {
-        self.0.read().expect("health lock").get(peer) == Some(&false)
+        self.0.read().get(peer) == Some(&false)
     }
 
     fn set(&self, peer: &str, reachable: Option<bool>) {
-        let mut map = self.0.write().expect("health lock");
+        let mut map = self.0.write();
         match reachable {
             Some(r) => map.insert(peer.to_string(), r),
             None => map.remove(peer),
@@ -119,7 +121,9 @@ pub(super) async fn run_probers(
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
-            let prober = probers.remove(&name).expect("listed above");
+            let Some(prober) = probers.remove(&name) else {
+                continue;
+            };
             prober.task.abort();
             // Awaited, so a probe finishing right now cannot write after the state is cleared.
             let _ = prober.task.await;

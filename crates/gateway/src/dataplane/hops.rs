@@ -8,7 +8,9 @@
 //! number (on another host) only starts one hop further along.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 #[derive(Default)]
 pub(super) struct RelayedConnections {
@@ -33,11 +35,8 @@ impl RelayedConnections {
             .map_or(0, |hops| hops.saturating_add(1))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, u8>> {
-        // A poisoned lock means a panic elsewhere between two map operations; the map is whole.
-        self.hops_by_port
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, HashMap<u16, u8>> {
+        self.hops_by_port.lock()
     }
 }
 

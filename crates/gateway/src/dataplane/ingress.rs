@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use clusterlink_pki::{Identity, identity_of};
@@ -103,7 +105,11 @@ pub(super) async fn serve(
         // backlog: a peer opening thousands of tunnels at once is slowed, not refused, and a
         // flood of strangers holds no more than that many descriptors.
         let pending = tokio::select! {
-            permit = unauthenticated.clone().acquire_owned() => permit.expect("never closed"),
+            permit = unauthenticated.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // Only a closed semaphore fails, and this one is never closed.
+                Err(_) => break,
+            },
             _ = shutdown.changed() => break,
         };
         tokio::select! {
@@ -165,8 +171,7 @@ struct PerSource {
 impl PerSource {
     /// A place for one more unauthenticated connection from `ip`, unless it holds its share.
     fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        // A poisoned lock only means a panic elsewhere mid-update of a count; go on with it.
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.open.lock();
         let count = open.entry(ip).or_default();
         if *count >= MAX_UNAUTHENTICATED_PER_SOURCE {
             return None;
@@ -186,11 +191,7 @@ struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut open = self
-            .sources
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut open = self.sources.open.lock();
         if let Some(count) = open.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

@@ -2,8 +2,10 @@
 //! access closes the tunnels it covers, not only new ones.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 
 use tokio::sync::Notify;
 
@@ -31,11 +33,7 @@ pub(super) struct Registered<'a, T> {
 
 impl<T> Drop for Registered<'_, T> {
     fn drop(&mut self) {
-        self.live
-            .tunnels
-            .lock()
-            .expect("live tunnels lock")
-            .remove(&self.id);
+        self.live.tunnels.lock().remove(&self.id);
     }
 }
 
@@ -43,10 +41,7 @@ impl<T> LiveTunnels<T> {
     pub fn register(&self, tunnel: T) -> Registered<'_, T> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let revoked = Arc::new(Notify::new());
-        self.tunnels
-            .lock()
-            .expect("live tunnels lock")
-            .insert(id, (tunnel, revoked.clone()));
+        self.tunnels.lock().insert(id, (tunnel, revoked.clone()));
         Registered {
             live: self,
             id,
@@ -56,7 +51,7 @@ impl<T> LiveTunnels<T> {
 
     /// Revokes every tunnel for which `allowed` no longer holds.
     pub fn revalidate(&self, allowed: impl Fn(&T) -> bool) {
-        for (tunnel, revoked) in self.tunnels.lock().expect("live tunnels lock").values() {
+        for (tunnel, revoked) in self.tunnels.lock().values() {
             if !allowed(tunnel) {
                 // notify_one keeps a permit, so a tunnel not yet waiting still sees it.
                 revoked.notify_one();
@@ -66,7 +61,7 @@ impl<T> LiveTunnels<T> {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.tunnels.lock().expect("live tunnels lock").len()
+        self.tunnels.lock().len()
     }
 }
 

@@ -266,11 +266,14 @@ pub async fn run(
     // Every task runs until shutdown: one that ends sooner leaves a data plane that looks up
     // but is not, so the data plane ends too and the process above it sees that.
     tokio::select! {
-        _ = shutdown.wait_for(|stop| *stop) => {}
-        Some(ended) = tasks.join_next() => {
+        // Tasks end when they see the shutdown, so it is checked first: a task that ended
+        // because of it is no failure.
+        biased;
+        () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {}
+        Some(ended) = tasks.join_next() => if !*shutdown.borrow() {
             tracing::error!(?ended, "a data-plane task ended unexpectedly; stopping the data plane");
             return;
-        }
+        },
     }
     while tasks.join_next().await.is_some() {}
 }

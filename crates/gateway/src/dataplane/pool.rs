@@ -5,8 +5,8 @@
 //! nor a TLS handshake, only the CONNECT round trip. Connections are kept per peer *and* gateway
 //! address, so a changed Peer never reuses a connection to an address it no longer lists.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A connection idle longer than this is closed instead of reused: well below the time the
@@ -49,7 +49,7 @@ impl<C> ConnectionPool<C> {
     }
 
     fn take_at(&self, gateway: &GatewayKey, now: Instant) -> Option<C> {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle.lock();
         let list = idle.get_mut(gateway)?;
         list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
         let taken = list.pop().map(|c| c.connection);
@@ -61,7 +61,7 @@ impl<C> ConnectionPool<C> {
 
     /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
     pub fn put(&self, gateway: GatewayKey, connection: C) {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle.lock();
         let list = idle.entry(gateway).or_default();
         if list.len() < MAX_IDLE_PER_GATEWAY {
             list.push(Idle {
@@ -75,7 +75,7 @@ impl<C> ConnectionPool<C> {
     /// Peer, or an address it no longer lists).
     pub fn sweep(&self, keep: impl Fn(&GatewayKey) -> bool) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle.lock();
         idle.retain(|gateway, list| {
             list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
             !list.is_empty() && keep(gateway)
@@ -84,12 +84,7 @@ impl<C> ConnectionPool<C> {
 
     /// How many idle connections are kept.
     pub fn len(&self) -> usize {
-        self.idle
-            .lock()
-            .expect("pool lock")
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.idle.lock().values().map(Vec::len).sum()
     }
 }
 

@@ -20,11 +20,19 @@ pub(super) struct Workers {
 
 static WORKERS: OnceLock<Workers> = OnceLock::new();
 
-/// The data-path threads, started on first use and kept for the life of the process.
+/// The data-path threads, started on first use and kept for the life of the process. If they
+/// cannot be started (the process is out of threads or descriptors), connections are served on
+/// the runtime that accepted them: slower, but served.
 pub(super) fn workers() -> &'static Workers {
     WORKERS.get_or_init(|| {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let handles = (0..count).map(start_worker).collect();
+        let handles = (0..count)
+            .map(start_worker)
+            .collect::<std::io::Result<Vec<_>>>()
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot start the data-path threads; serving connections on the main runtime");
+                Vec::new()
+            });
         Workers {
             handles,
             next: AtomicUsize::new(0),
@@ -32,24 +40,22 @@ pub(super) fn workers() -> &'static Workers {
     })
 }
 
-fn start_worker(index: usize) -> Handle {
+fn start_worker(index: usize) -> std::io::Result<Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .expect("a data-path runtime (the process is out of threads or descriptors)");
+        .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
         .name(format!("dataplane-{index}"))
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))
-        .expect("a data-path thread");
-    handle
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 impl Workers {
-    /// The thread for the next connection, in turn.
-    pub fn next(&self) -> &Handle {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        &self.handles[i]
+    /// The thread for the next connection, in turn (none if they could not be started).
+    pub fn next(&self) -> Option<&Handle> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.handles.get(i.checked_rem(self.handles.len())?)
     }
 }
 
@@ -67,17 +73,18 @@ where
             return;
         }
     };
-    connections.spawn_on(
-        async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => serve(stream).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot take a connection on a data-path thread")
-                }
+    let served = async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => serve(stream).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot take a connection on a data-path thread")
             }
-        },
-        workers().next(),
-    );
+        }
+    };
+    match workers().next() {
+        Some(thread) => connections.spawn_on(served, thread),
+        None => connections.spawn(served),
+    };
 }
 
 /// Tasks alive on the data-path threads (zero before any connection).
@@ -100,7 +107,7 @@ mod tests {
         let threads: std::collections::HashSet<_> = (0..workers.handles.len())
             .map(|_| {
                 let (tx, rx) = std::sync::mpsc::channel();
-                workers.next().spawn(async move {
+                workers.next().unwrap().spawn(async move {
                     tx.send(std::thread::current().name().map(String::from))
                         .unwrap();
                 });
@@ -111,7 +118,7 @@ mod tests {
 
         let (release, parked) = tokio::sync::oneshot::channel::<()>();
         let before = alive_tasks();
-        let task = workers.next().spawn(async move {
+        let task = workers.next().unwrap().spawn(async move {
             let _ = parked.await;
         });
         assert_eq!(alive_tasks(), before + 1);
