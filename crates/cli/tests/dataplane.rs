@@ -823,8 +823,11 @@ fn open_tunnel(port: u16) -> std::net::TcpStream {
 /// Opens a tunnel through `port` (see [`open_tunnel`]) and waits until `gw` counts it as active on
 /// `side`, so a revocation that follows acts on an established tunnel.
 fn open_counted_tunnel(port: u16, gw: &GatewayProcess, side: &str) -> std::net::TcpStream {
-    let tunnel = open_tunnel(port);
     let series = format!("clusterlink_connections_active{{side=\"{side}\"}}");
+    // A tunnel whose client already has its answer may still be winding down: only a count that
+    // rises from zero is this one.
+    assert!(eventually(CONVERGE, || metric(gw, &series) == 0.0));
+    let tunnel = open_tunnel(port);
     assert!(eventually(CONVERGE, || metric(gw, &series) >= 1.0));
     tunnel
 }
@@ -907,10 +910,22 @@ fn a_terminated_gateway_lets_open_tunnels_finish() {
     ))
     .is_err()));
     // ...and the open one carries on to its end.
-    tunnel.write_all(b" and the rest").unwrap();
-    tunnel.shutdown(std::net::Shutdown::Write).unwrap();
+    let logs = |e: std::io::Error| {
+        let server = sites.servers[0].log();
+        panic!(
+            "{e}\nimporting side:\n{}\nexporting side:\n{server}",
+            sites.client.log()
+        )
+    };
+    tunnel.write_all(b" and the rest").unwrap_or_else(logs);
+    tunnel
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap_or_else(logs);
     let mut answer = String::new();
-    tunnel.read_to_string(&mut answer).unwrap();
+    tunnel.read_to_string(&mut answer).unwrap_or_else(|e| {
+        logs(e);
+        0
+    });
     assert_eq!(answer, "server1 20\npartial and the rest");
     // Then they exit on their own, cleanly.
     for gw in std::iter::once(&mut sites.client).chain(sites.servers.iter_mut()) {
@@ -938,7 +953,13 @@ fn revoking_access_closes_live_tunnels_on_the_exporting_side() {
         "a tunnel stayed open after its access was revoked"
     );
     assert!(server.log().contains("access revoked"), "{}", server.log());
-    assert_eq!(exchange(port, b"hi"), Exchange::Reset);
+    assert_eq!(
+        exchange(port, b"hi"),
+        Exchange::Reset,
+        "{}\n{}",
+        sites.client.log(),
+        server.log()
+    );
 
     // Deleting the export does the same.
     server.apply(&allow_all("allow-all"));

@@ -417,10 +417,13 @@ pub fn exchange_between(source: &str, destination: &str, port: u16, payload: &[u
     };
     let mut answer = Vec::new();
     let read = s.read_to_end(&mut answer);
-    let _ = writer.join();
+    let wrote = writer.join().unwrap();
+    let reset = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionReset;
     match read {
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Exchange::Reset,
+        Err(e) if reset(&e) => return Exchange::Reset,
         Err(e) => return Exchange::Other(format!("read: {e}")),
+        // A reset that the writer met first is reported to it alone; the read then ends empty.
+        Ok(0) if wrote.as_ref().is_err_and(reset) => return Exchange::Reset,
         Ok(_) => {}
     }
     let Some(newline) = answer.iter().position(|&b| b == b'\n') else {
