@@ -13,6 +13,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod dataplane;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod gateway;
 pub mod management;
 pub mod metrics;

@@ -13,7 +13,7 @@ mod ingress;
 mod live;
 mod pool;
 mod read_ahead;
-mod relay;
+pub(crate) mod relay;
 mod workers;
 
 pub use clients::{ClientHosts, ClientTable, ClientTableError};

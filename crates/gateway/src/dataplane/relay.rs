@@ -104,6 +104,16 @@ where
     }
 }
 
+/// The frame decoder over bytes in memory, for the fuzz targets: what it writes to the plain
+/// side, whether the direction ended with an end frame, or why the frames were refused.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn decode_frames(mut input: &[u8]) -> io::Result<(Vec<u8>, bool)> {
+    let mut plain = Vec::new();
+    let decoding = from_frames(&mut input, &mut plain);
+    let (_, end) = crate::fuzzing::complete(decoding)?;
+    Ok((plain, end == PeerEnd::Frame))
+}
+
 /// Writes the bytes of the frames from `tunnel` to `plain` until the direction ends, then
 /// half-closes `plain`.
 async fn from_frames<R, W>(tunnel: &mut R, plain: &mut W) -> io::Result<(u64, PeerEnd)>

@@ -284,7 +284,7 @@ async fn parse_body(body: Result<Bytes, BytesRejection>) -> Result<Object, ApiEr
         })?
 }
 
-fn parse_object(body: &[u8]) -> Result<Object, ApiError> {
+pub(crate) fn parse_object(body: &[u8]) -> Result<Object, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", "body is not UTF-8"))?;
     let mut docs = parse_manifests(text);
