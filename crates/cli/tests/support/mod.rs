@@ -298,14 +298,32 @@ pub fn rand_u64() -> u64 {
 /// A raw HTTP/1.1 exchange over TCP, for requests gwctl would never send (oversized bodies,
 /// mismatched paths). Returns the status code and body.
 pub fn raw_http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let headers = [("Host", "127.0.0.1"), ("Content-Type", "application/yaml")];
+    http_request(port, method, path, &headers, body)
+}
+
+/// One HTTP/1.1 request with exactly these headers (and a `Content-Length`) on a connection of
+/// its own. Returns the status code (0 if none came) and the body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     s.write_all(head.as_bytes()).unwrap();
-    // The server may answer 413 and close before reading the whole body.
+    // The server may answer (413, 415) and close before reading the whole body.
     let _ = s.write_all(body);
     let mut response = Vec::new();
     let _ = s.read_to_end(&mut response);
