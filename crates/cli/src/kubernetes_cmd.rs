@@ -356,7 +356,11 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         synced_tx,
     ));
     tracing::info!(peer = %name, "control plane started");
-    wait_for_signal().await?;
+    // Every task runs until shutdown; a control plane missing one only looks alive.
+    tokio::select! {
+        signal = wait_for_signal() => signal?,
+        Some(ended) = tasks.join_next() => bail!("a control-plane task stopped unexpectedly ({ended:?}); exiting so that it is restarted"),
+    }
     let _ = stop.send(true);
     tasks.abort_all();
     Ok(())
