@@ -164,7 +164,10 @@ impl Gateway {
             ManagementSecurity::LoopbackPlain => None,
             ManagementSecurity::AdminTls => Some(tls),
         };
-        let names = management::guard::ServedNames { peer: name.clone() };
+        let names = management::guard::ServedNames {
+            peer: name.clone(),
+            any: config.management_security == ManagementSecurity::AdminTls,
+        };
         tasks.spawn(management::server::serve(
             management,
             management_tls,

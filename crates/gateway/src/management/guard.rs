@@ -4,8 +4,10 @@
 //! and a DNS name an attacker controls can be re-pointed at 127.0.0.1 after the page loaded
 //! (DNS rebinding), making the attacker's page same-origin with it. So every request must pass:
 //!
-//! - **Host** names this server: an IP literal, `localhost`, or the gateway's peer name (what an
-//!   admin certificate's client verifies). A rebinding page always sends its own DNS name.
+//! - **Host** names this server: an IP literal, `localhost`, or the gateway's peer name. A
+//!   rebinding page always sends its own DNS name. Over mutual TLS the admin certificate is the
+//!   credential and a page cannot present it, so there any name may reach the API (an admin may
+//!   use a DNS name of their choosing).
 //! - **Origin** and **Sec-Fetch-Site**, when a browser sends them, say same-origin.
 //! - A write's **Content-Type** is JSON or YAML. None of these is a CORS "simple" type, so a page
 //!   on another origin cannot send one without a preflight, which this API never approves.
@@ -36,6 +38,8 @@ pub const WRITE_CONTENT_TYPES: &[&str] = &[
 pub struct ServedNames {
     /// The gateway's peer name: what its certificate names.
     pub peer: String,
+    /// Whether any name is served: clients authenticate with certificates (mutual TLS).
+    pub any: bool,
 }
 
 pub(super) async fn refuse_cross_site(
@@ -70,7 +74,8 @@ fn check(names: &ServedNames, method: &Method, headers: &HeaderMap) -> Result<()
     if let Some(host) = host {
         let name =
             host_name(host).ok_or_else(|| forbidden(format!("Host {host:?} is malformed")))?;
-        let served = name.parse::<IpAddr>().is_ok()
+        let served = names.any
+            || name.parse::<IpAddr>().is_ok()
             || name.eq_ignore_ascii_case("localhost")
             || name.eq_ignore_ascii_case(&names.peer);
         if !served {
@@ -150,6 +155,7 @@ mod tests {
     fn verdict(method: Method, pairs: &[(&str, &str)]) -> Result<(), u16> {
         let names = ServedNames {
             peer: "server1".into(),
+            any: false,
         };
         check(&names, &method, &headers(pairs)).map_err(|e| e.code.as_u16())
     }
@@ -189,6 +195,23 @@ mod tests {
         ] {
             assert_eq!(verdict(Method::GET, &[("host", host)]), Err(403), "{host}");
         }
+    }
+
+    #[test]
+    fn over_mutual_tls_any_name_is_served_but_pages_are_still_refused() {
+        let names = ServedNames {
+            peer: "server1".into(),
+            any: true,
+        };
+        let check = |pairs: &[(&str, &str)]| check(&names, &Method::GET, &headers(pairs));
+        assert!(check(&[("host", "gw.example.com:8443")]).is_ok());
+        assert!(
+            check(&[
+                ("host", "gw.example.com"),
+                ("origin", "http://attacker.example")
+            ])
+            .is_err()
+        );
     }
 
     #[test]
