@@ -61,27 +61,54 @@ pub fn parse_manifests(text: &str) -> Vec<Result<Object, ManifestError>> {
     if nesting_exceeds(text, MAX_NESTING) {
         return vec![Err(ManifestError::TooDeep)];
     }
+    // JSON is read as JSON: a YAML reader takes some characters JSON allows in strings (U+2028,
+    // U+FFFF) for line breaks or refuses them, so it would change or refuse what was sent.
+    let values: Vec<Result<Value, String>> = match json_documents(text) {
+        Some(values) => values.into_iter().map(Ok).collect(),
+        None => {
+            let mut values = Vec::new();
+            // The documents after a syntax error cannot be told apart reliably (and the reader
+            // would go on reporting it): stop at the first.
+            for doc in serde_yaml_ng::Deserializer::from_str(text) {
+                let value = UniqueKeys::deserialize(doc).map(|v| v.0);
+                let failed = value.is_err();
+                values.push(value.map_err(|e| e.to_string()));
+                if failed {
+                    break;
+                }
+            }
+            values
+        }
+    };
     let mut out = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(text) {
-        match UniqueKeys::deserialize(doc).map(|v| v.0) {
+    for value in values {
+        match value {
             Ok(Value::Null) => {}
-            Ok(value) if is_list(&value) => match value {
-                Value::Object(mut map) => match map.remove("items") {
-                    Some(Value::Array(items)) => {
-                        out.extend(items.into_iter().map(object_from_value))
-                    }
-                    _ => out.push(Err(invalid("items", "a List needs an items array"))),
-                },
-                _ => unreachable!("is_list checked for an object"),
+            Ok(Value::Object(mut map)) if is_list(&map) => match map.remove("items") {
+                Some(Value::Array(items)) => out.extend(items.into_iter().map(object_from_value)),
+                _ => out.push(Err(invalid("items", "a List needs an items array"))),
             },
             Ok(value) => out.push(object_from_value(value)),
             Err(e) => {
-                out.push(Err(ManifestError::Syntax(e.to_string())));
+                out.push(Err(ManifestError::Syntax(e)));
                 break;
             }
         }
     }
     out
+}
+
+/// Every value of `text` if it is one or more JSON documents, each read with [`UniqueKeys`];
+/// `None` if it is not JSON (then it is YAML, or wrong).
+fn json_documents(text: &str) -> Option<Vec<Value>> {
+    if !text.trim_start().starts_with(['{', '[']) {
+        return None;
+    }
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<UniqueKeys>()
+        .map(|v| v.map(|v| v.0))
+        .collect::<Result<_, _>>()
+        .ok()
 }
 
 /// Parses exactly one object, validated, with its namespace defaulted to `default_namespace`.
@@ -224,8 +251,8 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
     }
 }
 
-fn is_list(value: &Value) -> bool {
-    value.get("kind").and_then(Value::as_str) == Some("List")
+fn is_list(map: &serde_json::Map<String, Value>) -> bool {
+    map.get("kind").and_then(Value::as_str) == Some("List")
 }
 
 /// Turns one parsed document into a typed object. Checks types and required fields, not values:
@@ -551,6 +578,18 @@ spec:
             let e = err_text(text);
             assert!(e.contains("duplicate key"), "{e}");
         }
+    }
+
+    #[test]
+    fn json_is_read_as_json_even_where_yaml_would_differ() {
+        // U+2028 is a line break to a YAML reader and U+FFFF is refused by one; both are plain
+        // characters of a JSON string, and come back as sent.
+        let json = "{\"apiVersion\":\"clusterlink.net/v1alpha1\",\"kind\":\"Export\",\"metadata\":{\"name\":\"x\",\"annotations\":{\"note\":\"a\u{2028}b\u{ffff}c\"}},\"spec\":{\"port\":80}}";
+        let obj = parse_manifest(json, "default").unwrap();
+        assert_eq!(obj.metadata().annotations["note"], "a\u{2028}b\u{ffff}c");
+        // Flow-style YAML that is not JSON is still YAML.
+        let flow = "{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: x}, spec: {port: 80}}";
+        assert!(parse_manifest(flow, "default").is_ok());
     }
 
     #[test]
