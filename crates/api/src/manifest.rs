@@ -17,8 +17,8 @@ use crate::validation::{FieldError, FieldErrors};
 /// Largest single object the API accepts. Real manifests are a few hundred bytes; the bound keeps
 /// a hostile body from costing more than a moment of parsing.
 pub const MAX_OBJECT_BYTES: usize = 1024 * 1024;
-/// Deepest flow nesting (`{`, `[`) a manifest may have. Real objects nest under ten levels; the
-/// YAML scanner's cost grows with the square of the depth, so a deep one is refused before it.
+/// Deepest flow nesting (`{`, `[`) a YAML manifest may have. Real objects nest under ten levels;
+/// the YAML scanner's cost grows with the square of the depth, so a deep one is refused before it.
 pub const MAX_NESTING: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -58,13 +58,13 @@ fn invalid(field: &str, reason: impl Into<String>) -> ManifestError {
 /// be told apart reliably. A mapping that repeats a key is a syntax error: which of the two
 /// values was meant cannot be known.
 pub fn parse_manifests(text: &str) -> Vec<Result<Object, ManifestError>> {
-    if nesting_exceeds(text, MAX_NESTING) {
-        return vec![Err(ManifestError::TooDeep)];
-    }
     // JSON is read as JSON: a YAML reader takes some characters JSON allows in strings (U+2028,
-    // U+FFFF) for line breaks or refuses them, so it would change or refuse what was sent.
+    // U+FFFF) for line breaks or refuses them, so it would change or refuse what was sent. The
+    // JSON reader's cost grows with the input alone (and it stops at 128 levels), so it needs no
+    // depth check; what it cannot read goes to the YAML reader, which does.
     let values: Vec<Result<Value, String>> = match json_documents(text) {
         Some(values) => values.into_iter().map(Ok).collect(),
+        None if nesting_exceeds(text, MAX_NESTING) => return vec![Err(ManifestError::TooDeep)],
         None => {
             let mut values = Vec::new();
             // The documents after a syntax error cannot be told apart reliably (and the reader
@@ -578,6 +578,17 @@ spec:
             let e = err_text(text);
             assert!(e.contains("duplicate key"), "{e}");
         }
+    }
+
+    #[test]
+    fn brackets_in_a_json_string_are_text() {
+        // The depth check over-counts brackets inside YAML strings; JSON never meets it, so an
+        // object's own JSON always reads back.
+        let json = format!(
+            "{{\"apiVersion\":\"clusterlink.net/v1alpha1\",\"kind\":\"Export\",\"metadata\":{{\"name\":\"x\",\"annotations\":{{\"note\":\"{}\"}}}},\"spec\":{{\"port\":80}}}}",
+            "[".repeat(100)
+        );
+        assert!(parse_manifest(&json, "default").is_ok());
     }
 
     #[test]
