@@ -422,23 +422,19 @@ fn gwctl_gives_up_on_a_silent_server_and_bounds_what_it_reads() {
         ],
         dir.path(),
     );
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("did not answer within 1s"),
-        "{}",
-        stderr(&o)
-    );
+    failed_saying(&o, "did not answer within 1s");
     let o = run(
         GWCTL,
         &["--server", &server, "apply", "-f", "/dev/zero"],
         dir.path(),
     );
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("/dev/zero is larger than 64 MiB"),
-        "{}",
-        stderr(&o)
-    );
+    failed_saying(&o, "/dev/zero is larger than 64 MiB");
+}
+
+/// Asserts that a command failed and said `expected` on stderr.
+fn failed_saying(o: &std::process::Output, expected: &str) {
+    assert!(!o.status.success(), "it succeeded: {}", stderr(o));
+    assert!(stderr(o).contains(expected), "{}", stderr(o));
 }
 
 #[test]

@@ -368,11 +368,11 @@ async fn serve_request(
         let reason = "it is one of this gateway's own listeners".to_string();
         return refuse_backend(tls, &host, port, reason, metrics).await;
     }
-    if !loopback_backends
-        && backend
-            .peer_addr()
-            .is_ok_and(|a| a.ip().to_canonical().is_loopback())
-    {
+    // An address that cannot be read is taken for loopback: refusing is the safe side.
+    let loopback = backend
+        .peer_addr()
+        .map_or(true, |a| a.ip().to_canonical().is_loopback());
+    if !loopback_backends && loopback {
         // A loopback service trusts every local process: another gateway's management API, a
         // database bound to localhost. Exporting one hands that trust to remote peers.
         let reason = "it is on a loopback address; start the gateway with --allow-loopback-backends to export local services".to_string();
