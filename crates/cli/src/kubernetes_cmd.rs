@@ -322,17 +322,19 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let (synced_tx, synced) = tokio::sync::oneshot::channel();
     // Replicas wait (in the listen backlog, then by reconnecting) until the model holds the
     // cluster's configuration: until then they keep serving their last snapshot.
+    let metrics = Arc::new(Metrics::default());
     tasks.spawn({
-        let (name, tls, objects, shutdown) = (
+        let (name, tls, objects, metrics, shutdown) = (
             name.clone(),
             tls.clone(),
             control_plane.subscribe(),
+            metrics.clone(),
             shutdown.clone(),
         );
         async move {
             if synced.await.is_ok() {
-                clusterlink_gateway::replica::serve(listener, name, tls, objects, hosts, shutdown)
-                    .await;
+                let serve = clusterlink_gateway::replica::serve;
+                serve(listener, name, tls, objects, hosts, metrics, shutdown).await;
             }
         }
     });
@@ -340,7 +342,7 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         name.clone(),
         control_plane.clone(),
         tls,
-        Arc::new(Metrics::default()),
+        metrics,
         shutdown.clone(),
     ));
     let config = clusterlink_k8s::ControllerConfig {

@@ -77,18 +77,17 @@ fn peer_port(gw: &GatewayProcess) -> u16 {
 }
 
 /// Whether the far end closes `s` within `limit` (end of file, or a reset), whatever it sends
-/// first.
+/// first. With no time left it still looks once: a connection already closed says so at once.
 fn closed_within(mut s: &TcpStream, limit: Duration) -> bool {
     let end = std::time::Instant::now() + limit;
     let mut buf = [0u8; 4096];
     loop {
         let left = end.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        s.set_read_timeout(Some(left)).unwrap();
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
         match s.read(&mut buf) {
             Ok(0) => return true,
+            Ok(_) if left.is_zero() => return false,
             Ok(_) => continue,
             Err(e) => {
                 return !matches!(
@@ -120,22 +119,13 @@ fn a_web_page_cannot_drive_the_management_api() {
     assert!(body.contains("application/json"), "{body}");
     // A page of another origin, whatever it claims as content type.
     let json = ("Content-Type", "application/json");
-    let (code, body) = request(
-        port,
-        "POST",
-        EXPORTS,
-        &[host, json, ("Origin", "http://attacker.example")],
-        &ssh,
-    );
-    assert_eq!(code, 403, "{body}");
-    let (code, _) = request(
-        port,
-        "POST",
-        EXPORTS,
-        &[host, json, ("Sec-Fetch-Site", "cross-site")],
-        &ssh,
-    );
-    assert_eq!(code, 403);
+    for page in [
+        ("Origin", "http://attacker.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        let (code, body) = request(port, "POST", EXPORTS, &[host, json, page], &ssh);
+        assert_eq!(code, 403, "{page:?}: {body}");
+    }
     // DNS rebinding: the attacker's name, now pointing at 127.0.0.1, reads nothing.
     let rebound = format!("attacker.example:{port}");
     let (code, body) = request(port, "GET", EXPORTS, &[("Host", &rebound)], "");
@@ -259,15 +249,22 @@ fn deeply_nested_bodies_are_refused_at_once_while_tunnels_flow() {
 fn management_connections_are_bounded_in_number_and_time() {
     let (_f, server, _client, port) = tunnel();
     let management = server.port();
-    // Far more silent connections than the listener holds: the extra ones are closed at once.
+    // Far more silent connections than one address may hold: the extra ones are closed at once,
+    // well before the 10 s header timeout would close the others too.
     let silent: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(("127.0.0.1", management)).unwrap())
         .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
     let closed = silent
         .iter()
-        .filter(|s| closed_within(s, Duration::from_millis(500)))
+        .filter(|s| {
+            closed_within(
+                s,
+                deadline.saturating_duration_since(std::time::Instant::now()),
+            )
+        })
         .count();
-    assert!(closed >= 150, "only {closed} of 300 closed");
+    assert!(closed >= 200, "only {closed} of 300 closed");
     // The peer port is unaffected.
     assert_eq!(exchange(port, b"hi"), served());
     drop(silent);
@@ -303,7 +300,7 @@ fn management_connections_are_bounded_in_number_and_time() {
             ),
         )
     };
-    assert!(unserved("ListenerLimit") >= 150.0);
+    assert!(unserved("SourceLimit") + unserved("ListenerLimit") >= 200.0);
 }
 
 #[test]

@@ -167,6 +167,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         tls.clone(),
         model.subscribe(),
         hosts.clone(),
+        Default::default(),
         shutdown,
     ));
     for (replica, ip) in replicas.iter().zip(["127.0.0.2", "127.0.0.3"]) {
@@ -213,6 +214,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         tls,
         model.subscribe(),
         hosts,
+        Default::default(),
         shutdown,
     ));
     for ip in ["127.0.0.2", "127.0.0.3"] {

@@ -16,6 +16,7 @@ pub mod dataplane;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod gateway;
+mod listener;
 pub mod management;
 pub mod metrics;
 pub mod model;

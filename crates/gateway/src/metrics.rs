@@ -51,6 +51,8 @@ pub enum Listener {
     /// The peer port, before a connection has authenticated.
     Peer,
     Management,
+    /// The snapshot stream to data-plane replicas (Kubernetes mode).
+    Replica,
 }
 
 impl Listener {
@@ -58,6 +60,7 @@ impl Listener {
         match self {
             Listener::Peer => "peer",
             Listener::Management => "management",
+            Listener::Replica => "replica",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! stream breaks (the control plane restarts, say) it keeps serving the last snapshot and
 //! reconnects; the next snapshot replaces it whole.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +21,22 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::dataplane::{ClientHosts, GatewayTls};
+use crate::listener::{Bounds, accept_bounded};
+use crate::metrics::{Listener, Metrics};
 use crate::model::{ControlPlane, ModelError, Objects};
 
 /// A snapshot larger than this is refused: a bound on what a broken or hostile peer can make
 /// the other side allocate, far above any real configuration (64 MiB of JSON).
 pub const MAX_SNAPSHOT_BYTES: u32 = 64 << 20;
+/// Replicas connected at once: a Deployment's replicas and their reconnects, each from its own
+/// pod address; far fewer than one stranger would need to exhaust descriptors.
+const REPLICA_BOUNDS: Bounds = Bounds {
+    total: 256,
+    per_source: 8,
+};
 /// A handshake slower than this is a stalled or hostile party.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnect delays double from the first to the last while the control plane is away.
@@ -115,43 +123,41 @@ fn is_peer(
 }
 
 /// Serves snapshots of `objects` and `hosts` to every replica that connects on `listener` until
-/// `shutdown` flips.
+/// `shutdown` flips. Connections are bounded in total and per address.
 pub async fn serve(
     listener: TcpListener,
     local_peer: String,
     tls: watch::Receiver<Arc<GatewayTls>>,
     objects: watch::Receiver<Arc<Objects>>,
     hosts: watch::Receiver<Arc<ClientHosts>>,
+    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut replicas = JoinSet::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "replica accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            Some(_) = replicas.join_next(), if !replicas.is_empty() => continue,
-            _ = shutdown.changed() => break,
-        };
+    let streaming = shutdown.clone();
+    let feed = |stream, remote: SocketAddr| {
         let acceptor = TlsAcceptor::from(tls.borrow().management.clone());
         let (peer, objects, hosts, shutdown) = (
             local_peer.clone(),
             objects.clone(),
             hosts.clone(),
-            shutdown.clone(),
+            streaming.clone(),
         );
-        replicas.spawn(async move {
+        async move {
             match feed_replica(stream, acceptor, &peer, objects, hosts, shutdown).await {
                 Ok(()) => tracing::info!(%remote, "replica disconnected"),
                 Err(e) => tracing::warn!(%remote, error = %e, "replica stream ended"),
             }
-        });
-    }
+        }
+    };
+    let mut replicas = accept_bounded(
+        listener,
+        REPLICA_BOUNDS,
+        Listener::Replica,
+        &metrics,
+        &mut shutdown,
+        feed,
+    )
+    .await;
     replicas.abort_all();
 }
 

@@ -73,6 +73,7 @@ fn start_server(
         tls,
         control_plane.subscribe(),
         hosts,
+        Default::default(),
         shutdown,
     ));
     (stop, task)
@@ -196,4 +197,55 @@ async fn another_peer_cannot_read_the_stream() {
     let mut stream = connector.connect(name, tcp).await.unwrap();
     let len = stream.read_u32().await.unwrap();
     assert!(len > 0 && len <= replica::MAX_SNAPSHOT_BYTES);
+}
+
+#[tokio::test]
+async fn strangers_cannot_crowd_replicas_out_of_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let fabric = fabric_with(dir.path(), &["server1"]);
+    let tls = tls_of(&fabric, "server1");
+    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    control_plane.apply(object(PEER)).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (_hosts_tx, hosts_rx) = watch::channel(Arc::<ClientHosts>::default());
+    let (_stop, _server) = start_server(listener, tls.clone(), &control_plane, hosts_rx);
+
+    // Another address opens far more connections than one source may hold, and sends nothing:
+    // beyond its share, each is closed at once.
+    let mut strangers = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        strangers.push(socket.connect(address).await.unwrap());
+    }
+    // One deadline for all, well before the handshake timeout would close the others too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut closed = 0;
+    for stranger in &mut strangers {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout_at(deadline, stranger.read(&mut byte));
+        if matches!(read.await, Ok(Ok(0) | Err(_))) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 30, "only {closed} of 40 closed");
+
+    // A replica still connects and receives the configuration.
+    let model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    let (hosts_tx, _hosts) = watch::channel(Arc::<ClientHosts>::default());
+    let (_stop_replica, shutdown) = watch::channel(false);
+    let (first_applied, first_snapshot) = oneshot::channel();
+    tokio::spawn(replica::follow(
+        address.to_string(),
+        "server1".into(),
+        tls,
+        model.clone(),
+        hosts_tx,
+        first_applied,
+        shutdown,
+    ));
+    let arrived = tokio::time::timeout(PATIENCE, first_snapshot).await;
+    assert!(matches!(arrived, Ok(Ok(()))), "the replica got no snapshot");
+    drop(strangers);
 }

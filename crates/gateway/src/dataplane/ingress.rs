@@ -3,11 +3,8 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
 use clusterlink_pki::{Identity, identity_of};
@@ -25,6 +22,7 @@ use super::read_ahead::ReadAhead;
 use super::relay::{TLS_SEND_BUFFER, relay};
 use super::workers::serve_on_worker;
 use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, tune_socket};
+use crate::listener::{PerSource, SourceSlot};
 use crate::metrics::{Listener, Metrics, Side, Unserved};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::tunnel::{
@@ -99,7 +97,7 @@ pub(super) async fn serve(
     });
     let open = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
-    let sources = Arc::new(PerSource::default());
+    let sources = PerSource::new(MAX_UNAUTHENTICATED_PER_SOURCE);
     loop {
         // With MAX_UNAUTHENTICATED handshakes under way, further connections wait in the kernel's
         // backlog: a peer opening thousands of tunnels at once is slowed, not refused, and a
@@ -160,45 +158,6 @@ pub(super) async fn serve(
 struct Pending {
     _total: OwnedSemaphorePermit,
     _source: SourceSlot,
-}
-
-/// Unauthenticated connections by source address.
-#[derive(Default)]
-struct PerSource {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerSource {
-    /// A place for one more unauthenticated connection from `ip`, unless it holds its share.
-    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut open = self.open.lock();
-        let count = open.entry(ip).or_default();
-        if *count >= MAX_UNAUTHENTICATED_PER_SOURCE {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            sources: self.clone(),
-            ip,
-        })
-    }
-}
-
-struct SourceSlot {
-    sources: Arc<PerSource>,
-    ip: IpAddr,
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.sources.open.lock();
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
 }
 
 async fn handle(

@@ -1,6 +1,7 @@
 //! The management listener: HTTP/1.1, plain on loopback or mutual TLS with admin certificates.
 //!
-//! Every connection is bounded: at most [`MAX_CONNECTIONS`] at once (more are closed at accept),
+//! Every connection is bounded: at most [`MAX_CONNECTIONS`] at once and
+//! [`MAX_CONNECTIONS_PER_SOURCE`] from one address (more are closed at accept),
 //! closed after [`IDLE_TIMEOUT`] without a byte either way, and every request, body included,
 //! must be answered within [`REQUEST_TIMEOUT`]. So silent sockets, idle keep-alives and stalled
 //! bodies cannot pile up until the process runs out of descriptors for its peer port.
@@ -10,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Request;
@@ -21,18 +22,23 @@ use clusterlink_pki::{Identity, identity_of};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::ApiError;
 use crate::dataplane::GatewayTls;
+use crate::listener::{Bounds, accept_bounded};
 use crate::metrics::{Listener, Metrics, Unserved};
 
 /// Most management connections at once: far more than administrators and controllers open, far
 /// fewer than the descriptors the peer port needs.
 pub const MAX_CONNECTIONS: usize = 128;
+/// Most from one address: gwctl opens 8 for a bulk apply; one stranger cannot take them all.
+/// (On loopback every local process shares an address; there it bounds a second address of
+/// 127.0.0.0/8 or a remote host.)
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
 /// A connection with no byte read or written for this long is closed: gwctl keeps one only for
 /// the requests of one command.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,101 +73,100 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut connections = JoinSet::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "management accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            // Reap finished connections so the set does not grow with every request served.
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            _ = shutdown.changed() => break,
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.unserved(
-                Listener::Management,
-                Unserved::ListenerLimit,
-                remote,
-                &format!("{MAX_CONNECTIONS} management connections are open"),
-            );
-            continue;
-        };
-        let router = router.clone();
+    let bounds = Bounds {
+        total: MAX_CONNECTIONS,
+        per_source: MAX_CONNECTIONS_PER_SOURCE,
+    };
+    let accepting = shutdown.clone();
+    let serve = |stream, remote| {
         // The configuration current now: a rotated certificate applies to new connections.
         let acceptor = tls
             .as_ref()
             .map(|t| TlsAcceptor::from(t.borrow().management.clone()));
-        let (shutdown, metrics) = (shutdown.clone(), metrics.clone());
-        connections.spawn(async move {
-            let _slot = slot;
-            let service = TowerToHyperService::new(router);
-            let activity = Activity::default();
-            let stream = Watched {
-                io: stream,
-                activity: activity.clone(),
-            };
-            let Some(acceptor) = acceptor else {
-                serve_connection(stream, service, activity, remote, &metrics, shutdown).await;
-                return;
-            };
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        let detail = format!("TLS handshake refused: {e}");
-                        metrics.unserved(
-                            Listener::Management,
-                            Unserved::HandshakeRefused,
-                            remote,
-                            &detail,
-                        );
-                        return;
-                    }
-                    Err(_) => {
-                        let detail = "TLS handshake timed out";
-                        metrics.unserved(
-                            Listener::Management,
-                            Unserved::HandshakeTimeout,
-                            remote,
-                            detail,
-                        );
-                        return;
-                    }
-                };
-            let identity = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(identity_of);
-            match identity {
-                Some(Ok(Identity::Admin(admin))) => {
-                    tracing::debug!(%remote, %admin, "management connection");
-                    serve_connection(stream, service, activity, remote, &metrics, shutdown).await;
-                }
-                other => {
-                    // A peer certificate is valid in the fabric but is no admin credential.
-                    let detail = format!("not an admin certificate: {other:?}");
-                    metrics.unserved(
-                        Listener::Management,
-                        Unserved::WrongIdentity,
-                        remote,
-                        &detail,
-                    );
-                }
-            }
-        });
-    }
+        let (router, shutdown, metrics) = (router.clone(), accepting.clone(), metrics.clone());
+        async move {
+            serve_client(stream, remote, acceptor, router, &metrics, shutdown).await;
+        }
+    };
+    let mut connections = accept_bounded(
+        listener,
+        bounds,
+        Listener::Management,
+        &metrics,
+        &mut shutdown,
+        serve,
+    )
+    .await;
     let drain = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
         connections.abort_all();
+    }
+}
+
+/// One management connection: its TLS handshake and admin check when `acceptor` is given,
+/// then HTTP.
+async fn serve_client(
+    stream: TcpStream,
+    remote: SocketAddr,
+    acceptor: Option<TlsAcceptor>,
+    router: Router,
+    metrics: &Metrics,
+    shutdown: watch::Receiver<bool>,
+) {
+    let service = TowerToHyperService::new(router);
+    let activity = Activity::default();
+    let stream = Watched {
+        io: stream,
+        activity: activity.clone(),
+    };
+    let Some(acceptor) = acceptor else {
+        serve_connection(stream, service, activity, remote, metrics, shutdown).await;
+        return;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let detail = format!("TLS handshake refused: {e}");
+            metrics.unserved(
+                Listener::Management,
+                Unserved::HandshakeRefused,
+                remote,
+                &detail,
+            );
+            return;
+        }
+        Err(_) => {
+            let detail = "TLS handshake timed out";
+            metrics.unserved(
+                Listener::Management,
+                Unserved::HandshakeTimeout,
+                remote,
+                detail,
+            );
+            return;
+        }
+    };
+    let identity = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(identity_of);
+    match identity {
+        Some(Ok(Identity::Admin(admin))) => {
+            tracing::debug!(%remote, %admin, "management connection");
+            serve_connection(stream, service, activity, remote, metrics, shutdown).await;
+        }
+        other => {
+            // A peer certificate is valid in the fabric but is no admin credential.
+            let detail = format!("not an admin certificate: {other:?}");
+            metrics.unserved(
+                Listener::Management,
+                Unserved::WrongIdentity,
+                remote,
+                &detail,
+            );
+        }
     }
 }
 
@@ -272,5 +277,52 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client that asks and then never reads: the answer cannot be written, no byte moves,
+    /// and only the idle watchdog ends the connection (hyper has no write timeout).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_off_when_idle() {
+        let store = Arc::new(clusterlink_store::MemoryStore::default());
+        let control_plane = crate::model::ControlPlane::open(store).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let names = super::super::guard::ServedNames {
+            peer: "server1".into(),
+            any: false,
+        };
+        let router = super::super::router(control_plane, metrics.clone(), names);
+        // Room for the request, not for the answer.
+        let (mut client, server) = tokio::io::duplex(64);
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let activity = Activity::default();
+        let stream = Watched {
+            io: server,
+            activity: activity.clone(),
+        };
+        let (_stop, shutdown) = watch::channel(false);
+        let remote = SocketAddr::from(([127, 0, 0, 1], 1));
+        let service = TowerToHyperService::new(router);
+        let started = Instant::now();
+        let served = serve_connection(stream, service, activity, remote, &metrics, shutdown);
+        let ended = tokio::time::timeout(2 * IDLE_TIMEOUT, served).await;
+        assert!(ended.is_ok(), "the connection was never cut off");
+        assert!(started.elapsed() >= IDLE_TIMEOUT);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "clusterlink_connections_unserved_total{listener=\"management\",reason=\"Idle\"} 1"
+            ),
+            "{text}"
+        );
+        drop(client);
     }
 }
