@@ -16,3 +16,7 @@ pub const EXPORT_NAME: &str = "export.clusterlink.net/name";
 pub const EXPORT_NAMESPACE: &str = "export.clusterlink.net/namespace";
 /// Prefix of the export's labels.
 pub const EXPORT_LABELS_PREFIX: &str = "export.clusterlink.net/labels.";
+
+/// Attribute key to value: what a policy selector is matched against for one side of a
+/// connection.
+pub type Attributes = std::collections::BTreeMap<String, String>;

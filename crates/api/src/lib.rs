@@ -9,6 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod attributes;
+pub mod clients;
 pub mod manifest;
 pub mod meta;
 pub mod resources;
@@ -24,6 +25,10 @@ pub use resources::{
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use validation::{FieldError, FieldErrors};
+
+/// Every object of a configuration, by key: what a control plane holds and a data plane's
+/// snapshot is built from.
+pub type Objects = std::collections::BTreeMap<ObjectKey, Object>;
 
 /// The API group and version every manifest carries in `apiVersion`.
 pub const API_VERSION: &str = "clusterlink.net/v1alpha1";

@@ -72,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     // A proxy side holds two descriptors per idle tunnel (as does this benchmark: the client and
     // the backend's end), so the descriptor limit bounds how many tunnels a side can hold.
-    let files = clusterlink::gateway_cmd::raise_open_file_limit();
+    let files = clusterlink_dataplane::process::raise_open_file_limit();
     let idle_tunnels = args
         .idle_tunnels
         .min((files.saturating_sub(SPARE_FILES) / 2) as usize);

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use clusterlink_gateway::dataplane::ClientTable;
+use clusterlink_api::clients::ClientTable;
+use clusterlink_dataplane::process::{
+    BackendArgs, parse_labels, raise_open_file_limit, wait_for_signal,
+};
 use clusterlink_gateway::{Gateway, GatewayConfig, ManagementSecurity};
 use clusterlink_pki::tls::TlsFiles;
 
@@ -73,16 +76,6 @@ pub struct GatewayArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
-}
-
-/// Which backends exports may name; shared by every process that serves the peer port.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BackendArgs {
-    /// Let exports name services on loopback addresses (127.0.0.0/8, ::1, localhost). Off by
-    /// default: a loopback service trusts every local process (another gateway's management
-    /// API, a database bound to localhost), and an export would hand that trust to remote peers.
-    #[arg(long)]
-    pub allow_loopback_backends: bool,
 }
 
 impl GatewayArgs {
@@ -178,46 +171,5 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     tracing::info!("signal received, shutting down");
     gateway.shutdown().await;
-    Ok(())
-}
-
-/// `--label KEY=VALUE` arguments, each checked as a Kubernetes label.
-pub fn parse_labels(
-    pairs: &[String],
-) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut labels = std::collections::BTreeMap::new();
-    for pair in pairs {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
-        clusterlink_api::validation::check_label_key(k)
-            .and_then(|()| clusterlink_api::validation::check_label_value(v))
-            .map_err(|e| anyhow::anyhow!("--label {pair:?}: {e}"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
-    Ok(labels)
-}
-
-/// Raises this process's soft open-file limit to its hard limit and returns the limit in force.
-/// Each tunnel holds two sockets, so the common default soft limit of 1024 would cap a gateway at
-/// about 500 tunnels (Go's runtime does the same at start-up for the same reason).
-pub fn raise_open_file_limit() -> u64 {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
-        let _ = setrlimit(Resource::Nofile, limit);
-    }
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
-}
-
-pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }

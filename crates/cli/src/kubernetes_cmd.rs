@@ -1,23 +1,22 @@
-//! Kubernetes mode: `clusterlink deploy peer` / `delete peer`, and the two processes a deployed
-//! peer runs, `cl-controlplane` and `cl-dataplane`.
+//! Kubernetes mode: `clusterlink deploy peer` / `delete peer`, and `cl-controlplane`, the control
+//! plane a deployed peer runs (its replicas run `cl-dataplane`, from `clusterlink-dataplane`).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use clusterlink_gateway::dataplane::{ClientTable, DataPlaneConfig, GatewayTls};
-use clusterlink_gateway::metrics::Metrics;
+use clusterlink_dataplane::metrics::Metrics;
+use clusterlink_dataplane::process::{TlsArgs, parse_labels, wait_for_signal};
+use clusterlink_dataplane::{replica, snapshot};
 use clusterlink_gateway::model::ControlPlane;
 use clusterlink_k8s::deploy::{self, Ingress, Manifest, PeerDeployment};
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
 use clusterlink_store::MemoryStore;
-use tokio::sync::{oneshot, watch};
-
-use crate::gateway_cmd::{parse_labels, wait_for_signal};
+use tokio::sync::watch;
 
 /// `clusterlink deploy peer`.
 #[derive(Debug, clap::Args)]
@@ -234,48 +233,6 @@ async fn kubeconfig_client() -> anyhow::Result<kube::Client> {
     )
 }
 
-/// Where a process finds the peer's certificate (the mounted Secret, on Kubernetes).
-#[derive(Debug, clap::Args)]
-pub struct TlsArgs {
-    #[arg(long, default_value = "/etc/clusterlink/ca.crt")]
-    pub ca: PathBuf,
-    #[arg(long, default_value = "/etc/clusterlink/tls.crt")]
-    pub cert: PathBuf,
-    #[arg(long, default_value = "/etc/clusterlink/tls.key")]
-    pub key: PathBuf,
-}
-
-impl TlsArgs {
-    /// The files, the peer's name from its certificate, and a watched TLS configuration that
-    /// follows the files (a rotated Secret applies without a restart).
-    fn load(
-        &self,
-        shutdown: &watch::Receiver<bool>,
-    ) -> anyhow::Result<(String, watch::Receiver<Arc<GatewayTls>>)> {
-        let files = TlsFiles {
-            ca: self.ca.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-        };
-        let credentials = Credentials::load(&files)?;
-        let name = match identity_of(&credentials.chain[0]) {
-            Ok(Identity::Peer(name)) => name,
-            other => bail!(
-                "{} is not a peer certificate ({other:?})",
-                files.cert.display()
-            ),
-        };
-        let (tx, rx) = watch::channel(Arc::new(GatewayTls::new(&credentials)?));
-        tokio::spawn(clusterlink_gateway::dataplane::watch_files(
-            files,
-            name.clone(),
-            tx,
-            shutdown.clone(),
-        ));
-        Ok((name, rx))
-    }
-}
-
 #[derive(Debug, Parser)]
 #[command(
     name = "cl-controlplane",
@@ -333,14 +290,20 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         );
         async move {
             if synced.await.is_ok() {
-                let serve = clusterlink_gateway::replica::serve;
-                serve(listener, name, tls, objects, hosts, metrics, shutdown).await;
+                replica::serve(listener, name, tls, objects, hosts, metrics, shutdown).await;
             }
         }
     });
-    tasks.spawn(clusterlink_gateway::dataplane::probe_peers(
-        name.clone(),
-        control_plane.clone(),
+    // The peers are all that is probed; labels and client hosts do not matter here.
+    let snapshots = snapshot::follow(
+        &name,
+        BTreeMap::new(),
+        control_plane.subscribe(),
+        watch::channel(Arc::default()).1,
+    );
+    tasks.spawn(clusterlink_dataplane::probe_peers(
+        snapshots,
+        Arc::new(control_plane.clone()),
         tls,
         metrics,
         shutdown.clone(),
@@ -365,100 +328,5 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     }
     let _ = stop.send(true);
     tasks.abort_all();
-    Ok(())
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "cl-dataplane",
-    version,
-    about = "ClusterLink data-plane replica on Kubernetes",
-    long_about = "ClusterLink data-plane replica: serves the peer port and the import listeners \
-        from the configuration snapshots its control plane streams to it. The peer port opens \
-        (and the pod turns ready) once the first snapshot is applied. If the control plane goes \
-        away it keeps serving the last snapshot and reconnects."
-)]
-pub struct DataPlaneArgs {
-    #[command(flatten)]
-    pub tls: TlsArgs,
-    /// The control plane's snapshot address, HOST:PORT.
-    #[arg(long)]
-    pub control_plane: String,
-    /// The peer port: mutual TLS tunnels from other gateways. Opened after the first snapshot.
-    #[arg(long, default_value = "0.0.0.0:4443")]
-    pub peer_address: SocketAddr,
-    /// Where import listeners bind (each on its import's target port).
-    #[arg(long, default_value = "0.0.0.0")]
-    pub import_address: IpAddr,
-    /// A label of this peer, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    pub labels: Vec<String>,
-    #[command(flatten)]
-    pub backends: crate::gateway_cmd::BackendArgs,
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-}
-
-pub async fn run_dataplane(args: DataPlaneArgs) -> anyhow::Result<()> {
-    crate::init_logging(&args.log_level, true);
-    let (stop, shutdown) = watch::channel(false);
-    let (name, tls) = args.tls.load(&shutdown)?;
-    let labels = parse_labels(&args.labels)?;
-    crate::gateway_cmd::raise_open_file_limit();
-    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
-    let (hosts_tx, hosts) = watch::channel(Arc::default());
-    let (first_applied, first_snapshot) = oneshot::channel();
-    let follow = tokio::spawn(clusterlink_gateway::replica::follow(
-        args.control_plane.clone(),
-        name.clone(),
-        tls.clone(),
-        control_plane.clone(),
-        hosts_tx,
-        first_applied,
-        shutdown.clone(),
-    ));
-    // The peer port is the readiness probe's target: opened only once there is a configuration
-    // to serve, so a new replica joins the Services' endpoints ready, not empty.
-    tracing::info!(control_plane = %args.control_plane, "waiting for the first snapshot before opening the peer port");
-    tokio::select! {
-        first = first_snapshot => first.context("the snapshot stream ended before the first snapshot")?,
-        signal = wait_for_signal() => {
-            signal?;
-            let _ = stop.send(true);
-            let _ = follow.await;
-            return Ok(());
-        }
-    }
-    let peer_listener = tokio::net::TcpListener::bind(args.peer_address)
-        .await
-        .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
-    let peer_address = peer_listener.local_addr()?;
-    let config = DataPlaneConfig {
-        local_peer: name.clone(),
-        local_labels: labels,
-        import_address: args.import_address,
-        clients: ClientTable::default(),
-        client_hosts: hosts,
-        metrics: Arc::new(Metrics::default()),
-        protected: vec![peer_address],
-        loopback_backends: args.backends.allow_loopback_backends,
-    };
-    let mut dataplane = tokio::spawn(clusterlink_gateway::dataplane::run(
-        config,
-        peer_listener,
-        control_plane,
-        tls,
-        shutdown,
-    ));
-    tracing::info!(peer = %name, address = %peer_address, "data plane started: peer port open");
-    let mut follow = follow;
-    // Both run until shutdown; a replica missing either only looks alive, so it exits instead.
-    tokio::select! {
-        signal = wait_for_signal() => signal?,
-        ended = &mut dataplane => bail!("the data plane stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
-        ended = &mut follow => bail!("the snapshot stream stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
-    }
-    let _ = stop.send(true);
-    let _ = tokio::join!(follow, dataplane);
     Ok(())
 }

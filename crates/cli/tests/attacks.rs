@@ -161,7 +161,7 @@ fn silent_strangers_on_the_peer_port_do_not_stall_tunnels() {
     let server = fabric.start("server1");
     let backend = Backend::start("server1").port;
     server.apply(&format!("{}{}", export("svc", backend), allow_all("allow")));
-    clusterlink::gateway_cmd::raise_open_file_limit();
+    clusterlink_dataplane::process::raise_open_file_limit();
     // Another host (127.0.0.2) opens connections and sends nothing, well past the 1,024
     // unauthenticated slots of the whole port.
     let target = peer_port(&server);

@@ -9,14 +9,26 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterlink_gateway::dataplane::{ClientHosts, GatewayTls};
+use clusterlink_api::clients::ClientHosts;
 use clusterlink_gateway::model::ControlPlane;
+use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_store::MemoryStore;
 use support::*;
 use tokio::sync::watch;
 
-const CL_DATAPLANE: &str = env!("CARGO_BIN_EXE_cl-dataplane");
+/// `cl-dataplane` is built by its own crate (`clusterlink-dataplane`, which links no store, HTTP
+/// server or Kubernetes client), next to this crate's binaries in the same target directory.
+fn cl_dataplane() -> std::path::PathBuf {
+    let gwctl = std::path::Path::new(GWCTL);
+    let binary = gwctl.with_file_name("cl-dataplane");
+    assert!(
+        binary.exists(),
+        "{} is not built: cargo build -p clusterlink-dataplane (scripts/test builds it)",
+        binary.display()
+    );
+    binary
+}
 /// How long replicas get to follow a snapshot (they do in milliseconds).
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -46,7 +58,7 @@ impl Replica {
     ) -> Replica {
         let log = dir.join(format!("dataplane-{import_address}.log"));
         let peer_port = free_port();
-        let child = Command::new(CL_DATAPLANE)
+        let child = Command::new(cl_dataplane())
             .args([
                 "--ca",
                 fabric.join("cert.pem").to_str().unwrap(),
@@ -161,7 +173,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         );
     }
     let (stop, shutdown) = watch::channel(false);
-    let stream = tokio::spawn(clusterlink_gateway::replica::serve(
+    let stream = tokio::spawn(clusterlink_dataplane::replica::serve(
         listener,
         "client".into(),
         tls.clone(),
@@ -208,7 +220,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     hosts_tx.send_replace(Arc::new(pods));
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let (_stop, shutdown) = watch::channel(false);
-    tokio::spawn(clusterlink_gateway::replica::serve(
+    tokio::spawn(clusterlink_dataplane::replica::serve(
         listener,
         "client".into(),
         tls,

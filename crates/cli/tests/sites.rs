@@ -769,7 +769,7 @@ fn a_thousand_concurrent_connections_leave_no_descriptors_or_tasks_behind() {
     const CONNECTIONS: usize = 1000;
     // Concurrent connection attempts: enough to overlap, few enough for the backlogs.
     const CONNECTING: usize = 64;
-    clusterlink::gateway_cmd::raise_open_file_limit();
+    clusterlink_dataplane::process::raise_open_file_limit();
     let bed = SiteBed::new(&["east", "office"]);
     let (servers, office) = start_linked(&bed, &["east"], "office");
     let east = &servers[0];

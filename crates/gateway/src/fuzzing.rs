@@ -1,50 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`, never in a product build):
-//! each parser that takes bytes from a stranger, driven synchronously over memory, with the
-//! properties it must keep besides not panicking.
+//! the management API's body parser here, the data plane's parsers re-exported.
 
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-
-use crate::dataplane::ClientTable;
-use crate::tunnel::{PeerRequest, TunnelRequest, TunnelResponse, read_head};
-
-/// Runs a future whose reads and writes are all in memory, and so never wait.
-pub(crate) fn complete<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a read or write in memory waited"),
-    }
-}
-
-/// A tunnel head as the peer port reads it. A request that decodes encodes to one that decodes
-/// the same: what the gateway forwards is what it understood.
-pub fn tunnel_head(data: &[u8]) {
-    let mut input = data;
-    if let Ok((head, rest)) = complete(read_head(&mut input)) {
-        // The head ends at its first blank line, and what follows it is kept, in order.
-        assert!(head.ends_with(b"\r\n\r\n"));
-        assert_eq!(
-            head.windows(4).position(|w| w == b"\r\n\r\n"),
-            Some(head.len() - 4)
-        );
-        assert!(data.starts_with(&[head, rest].concat()));
-    }
-    if let Ok(PeerRequest::Tunnel(request)) = PeerRequest::decode(data) {
-        assert_eq!(TunnelRequest::decode(&request.encode()), Ok(request));
-    }
-    let _ = TunnelResponse::decode(data, data);
-}
-
-/// Frames from a peer. The bytes written out are never more than came in.
-pub fn frames(data: &[u8]) {
-    if let Ok((plain, _)) = crate::dataplane::relay::decode_frames(data) {
-        assert!(plain.len() <= data.len());
-    }
-}
+pub use clusterlink_dataplane::fuzzing::*;
 
 /// A management API body. An object that parses is written back in a form that parses to the
 /// same object.
@@ -54,26 +11,5 @@ pub fn rest_body(data: &[u8]) {
         let json = serde_json::to_vec(&object).unwrap_or_default();
         let again = crate::management::parse_object(&json).ok();
         assert_eq!(again.as_ref(), Some(&object));
-    }
-}
-
-/// The client-attribute table (`--client-attributes`), then look-ups in it.
-pub fn client_table(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(table) = ClientTable::parse(text) {
-        for ip in [
-            "10.0.0.1",
-            "127.0.0.1",
-            "::1",
-            "fd00::5",
-            "0.0.0.0",
-            "255.255.255.255",
-        ] {
-            if let Ok(ip) = ip.parse() {
-                let _ = table.attributes_of(ip);
-            }
-        }
     }
 }

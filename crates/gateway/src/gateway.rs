@@ -11,6 +11,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use clusterlink_dataplane::metrics::Metrics;
+use clusterlink_dataplane::{DataPlaneConfig, snapshot};
+use clusterlink_pki::reload::{GatewayTls, watch_files};
+
 use crate::management;
 use crate::model::{ControlPlane, ModelError};
 
@@ -65,7 +69,7 @@ pub struct GatewayConfig {
     /// Where import listeners bind.
     pub import_address: std::net::IpAddr,
     /// Client attributes by address (standalone mode).
-    pub clients: crate::dataplane::ClientTable,
+    pub clients: clusterlink_api::clients::ClientTable,
     /// Where the store lives.
     pub data_dir: PathBuf,
     pub management_security: ManagementSecurity,
@@ -126,37 +130,40 @@ impl Gateway {
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
         let control_plane = ControlPlane::open(Arc::new(store))?;
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(Metrics::default());
 
         // One watched set of TLS configurations: rotated certificates reach the peer port and the
         // management listener alike, without a restart.
-        let (tls_tx, tls) =
-            watch::channel(Arc::new(crate::dataplane::GatewayTls::new(&credentials)?));
+        let (tls_tx, tls) = watch::channel(Arc::new(GatewayTls::new(&credentials)?));
         let management_addr = management.local_addr()?;
         let peer_addr = peer.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(crate::dataplane::watch_files(
+        tasks.spawn(watch_files(
             config.tls.clone(),
             name.clone(),
             tls_tx,
             shutdown_rx.clone(),
         ));
-        let dataplane = crate::dataplane::DataPlaneConfig {
-            local_peer: name.clone(),
-            local_labels: config.labels.clone(),
+        let snapshots = snapshot::follow(
+            &name,
+            config.labels.clone(),
+            control_plane.subscribe(),
+            // Standalone mode has no pods: every client is found by range in `clients`.
+            watch::channel(Arc::default()).1,
+        );
+        let dataplane = DataPlaneConfig {
             import_address: config.import_address,
             clients: config.clients.clone(),
-            // Standalone mode has no pods: every client is found by range in `clients`.
-            client_hosts: watch::channel(Arc::default()).1,
             metrics: metrics.clone(),
             protected: vec![management_addr, peer_addr],
             loopback_backends: config.loopback_backends,
         };
-        tasks.spawn(crate::dataplane::run(
+        tasks.spawn(clusterlink_dataplane::run(
             dataplane,
             peer,
-            control_plane.clone(),
+            snapshots,
+            Arc::new(control_plane.clone()),
             tls.clone(),
             shutdown_rx.clone(),
         ));

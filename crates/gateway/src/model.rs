@@ -6,7 +6,7 @@
 //! transaction (one fsync), and only then publishes it and answers. Readers see a consistent
 //! snapshot without waiting on disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -85,7 +85,7 @@ struct Request {
     reply: oneshot::Sender<Reply>,
 }
 
-pub type Objects = BTreeMap<ObjectKey, Object>;
+pub use clusterlink_api::Objects;
 
 /// Conditions the running gateway reports about objects (a listener that could not bind, a peer
 /// found unreachable). Kept in memory only: they describe this process, not desired state.
@@ -227,6 +227,13 @@ impl ControlPlane {
             .await
             .map_err(|_| ModelError::ShuttingDown)?;
         rx.await.map_err(|_| ModelError::ShuttingDown)?
+    }
+}
+
+/// The data plane reports the conditions only it knows (ports bound, peers reachable) here.
+impl clusterlink_dataplane::RuntimeConditions for ControlPlane {
+    fn set(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>) {
+        self.set_condition(key, type_, condition);
     }
 }
 

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterlink_api::{Kind, Object, ObjectKey};
-use clusterlink_gateway::dataplane::{ClientHosts, GatewayTls};
-use clusterlink_gateway::model::{ControlPlane, Objects};
-use clusterlink_gateway::replica;
+use clusterlink_api::clients::ClientHosts;
+use clusterlink_api::{Kind, Object, ObjectKey, Objects};
+use clusterlink_dataplane::replica;
+use clusterlink_gateway::model::ControlPlane;
+use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Validity, create_fabric, create_peer_cert};
 use clusterlink_store::MemoryStore;
@@ -44,9 +45,9 @@ fn keys(objects: &Objects) -> Vec<ObjectKey> {
     objects.keys().cloned().collect()
 }
 
-/// Waits until the replica's model satisfies `done`.
-async fn until(model: &ControlPlane, done: impl Fn(&Objects) -> bool) {
-    let mut rx = model.subscribe();
+/// Waits until the replica's objects satisfy `done`.
+async fn until(replica: &watch::Receiver<Arc<Objects>>, done: impl Fn(&Objects) -> bool) {
+    let mut rx = replica.clone();
     let converged = tokio::time::timeout(PATIENCE, async {
         while !done(&rx.borrow_and_update()) {
             rx.changed().await.unwrap();
@@ -56,7 +57,7 @@ async fn until(model: &ControlPlane, done: impl Fn(&Objects) -> bool) {
     assert!(
         converged.is_ok(),
         "replica never converged; it holds {:?}",
-        keys(&model.snapshot())
+        keys(&replica.borrow())
     );
 }
 
@@ -100,7 +101,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     let address = listener.local_addr().unwrap();
     let (stop_server, server) = start_server(listener, tls.clone(), &control_plane, hosts_rx);
 
-    let replica_model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    let (replica_objects_tx, replica_objects) = watch::channel(Arc::<Objects>::default());
     let (replica_hosts_tx, mut replica_hosts) = watch::channel(Arc::<ClientHosts>::default());
     let (_stop_replica, replica_shutdown) = watch::channel(false);
     let (first_applied, first_snapshot) = oneshot::channel();
@@ -108,7 +109,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
         address.to_string(),
         "server1".into(),
         tls.clone(),
-        replica_model.clone(),
+        replica_objects_tx,
         replica_hosts_tx,
         first_applied,
         replica_shutdown,
@@ -121,8 +122,8 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
         .expect("the first snapshot arrives")
         .unwrap();
     assert!(
-        replica_model.snapshot().contains_key(&peer_key),
-        "announced only once it is in the model"
+        replica_objects.borrow().contains_key(&peer_key),
+        "announced only once it is published"
     );
     let same_hosts = tokio::time::timeout(PATIENCE, replica_hosts.wait_for(|h| **h == hosts));
     assert!(same_hosts.await.is_ok(), "the client hosts never arrived");
@@ -130,7 +131,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     // Changes follow: an export added, the peer deleted, a pod gone.
     control_plane.apply(object(EXPORT)).await.unwrap();
     control_plane.delete(peer_key.clone()).await.unwrap();
-    until(&replica_model, |o| keys(o) == [export_key.clone()]).await;
+    until(&replica_objects, |o| keys(o) == [export_key.clone()]).await;
     hosts_tx.send_replace(Arc::default());
     let emptied = tokio::time::timeout(PATIENCE, replica_hosts.wait_for(|h| h.is_empty()));
     assert!(emptied.await.is_ok(), "the removed pod stayed");
@@ -145,7 +146,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
         .expect("the replica reconnects")
         .unwrap();
     assert_eq!(
-        keys(&replica_model.snapshot()),
+        keys(&replica_objects.borrow()),
         [export_key],
         "the last snapshot stays in force"
     );
@@ -155,7 +156,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     let restarted = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
     restarted.apply(object(PEER)).await.unwrap();
     let (_stop, _server) = start_server(silent, tls, &restarted, watch::channel(Arc::default()).1);
-    until(&replica_model, |o| keys(o) == [peer_key.clone()]).await;
+    until(&replica_objects, |o| keys(o) == [peer_key.clone()]).await;
 }
 
 #[tokio::test]
@@ -232,7 +233,7 @@ async fn strangers_cannot_crowd_replicas_out_of_the_stream() {
     assert!(closed >= 30, "only {closed} of 40 closed");
 
     // A replica still connects and receives the configuration.
-    let model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    let (objects_tx, _objects) = watch::channel(Arc::<Objects>::default());
     let (hosts_tx, _hosts) = watch::channel(Arc::<ClientHosts>::default());
     let (_stop_replica, shutdown) = watch::channel(false);
     let (first_applied, first_snapshot) = oneshot::channel();
@@ -240,7 +241,7 @@ async fn strangers_cannot_crowd_replicas_out_of_the_stream() {
         address.to_string(),
         "server1".into(),
         tls,
-        model.clone(),
+        objects_tx,
         hosts_tx,
         first_applied,
         shutdown,

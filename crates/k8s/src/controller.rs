@@ -10,11 +10,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterlink_api::clients::ClientHosts;
 use clusterlink_api::kubernetes::{
     KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
 };
 use clusterlink_api::{Condition, Kind, Scope};
-use clusterlink_gateway::dataplane::ClientHosts;
 use clusterlink_gateway::model::ControlPlane;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use clusterlink_gateway::dataplane::ClientHosts;
+use clusterlink_api::clients::ClientHosts;
 use k8s_openapi::api::core::v1::Pod;
 
 /// The client attributes of every running pod that has an address. Host-network pods share their

@@ -8,7 +8,8 @@
 //!   credentials for a management API exposed beyond loopback. A peer certificate is never an
 //!   admin credential, so one gateway cannot manage another.
 //!
-//! [`tls`] builds the rustls configurations on top (TLS 1.3 only, aws-lc-rs).
+//! [`tls`] builds the rustls configurations on top (TLS 1.3 only, aws-lc-rs); [`reload`] holds a
+//! gateway's set of them and follows its certificate files as they are rotated.
 
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -16,6 +17,7 @@
 mod files;
 pub mod identity;
 pub mod issue;
+pub mod reload;
 pub mod tls;
 
 pub use identity::{Identity, identity_of};

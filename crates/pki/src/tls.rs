@@ -13,6 +13,11 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::PkiError;
 use crate::files::read;
 
+/// ALPN of the peer port's tunnel protocol version (2: framed, reusable tunnels); a gateway
+/// refuses a handshake that offers none it speaks, so a mixed-version fabric fails loudly rather
+/// than misreading bytes.
+pub const PEER_ALPN: &[u8] = b"clusterlink/2";
+
 /// The one crypto provider the project uses, with TLS 1.3 suites only, AES-128-GCM first.
 ///
 /// AES-128 gives 128-bit security like the P-256 keys and X25519 exchange around it. AES-256

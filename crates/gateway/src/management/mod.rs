@@ -31,8 +31,8 @@ use clusterlink_api::manifest::{MAX_OBJECT_BYTES, parse_manifests};
 use clusterlink_api::{API_VERSION, FieldError, Kind, ManifestError, Object, ObjectKey, Scope};
 use serde_json::json;
 
-use crate::metrics::Metrics;
 use crate::model::{ControlPlane, ModelError, WriteOutcome, scope_accepts};
+use clusterlink_dataplane::metrics::Metrics;
 
 /// Response header carrying what a write did: `created`, `configured`, `unchanged`, `deleted`.
 pub const RESULT_HEADER: &str = "x-clusterlink-result";

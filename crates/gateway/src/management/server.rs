@@ -28,28 +28,19 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::ApiError;
-use crate::dataplane::GatewayTls;
-use crate::listener::{Bounds, accept_bounded};
-use crate::metrics::{Listener, Metrics, Unserved};
+use clusterlink_dataplane::Limits;
+use clusterlink_dataplane::listener::accept_bounded;
+use clusterlink_dataplane::metrics::{Listener, Metrics, Unserved};
+use clusterlink_pki::reload::GatewayTls;
 
-/// Most management connections at once: far more than administrators and controllers open, far
-/// fewer than the descriptors the peer port needs.
-pub const MAX_CONNECTIONS: usize = 128;
-/// Most from one address: gwctl opens 8 for a bulk apply; one stranger cannot take them all.
-/// (On loopback every local process shares an address; there it bounds a second address of
-/// 127.0.0.0/8 or a remote host.)
-pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
-/// A connection with no byte read or written for this long is closed: gwctl keeps one only for
-/// the requests of one command.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest a request may take, reading its body included; real ones take milliseconds.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-/// A TLS handshake that has not finished by then is a stalled or hostile client.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A client that has not sent its request headers by then is stalled or hostile.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for in-flight management requests before dropping them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+// The management listener's bounds and timeouts, with their reasons, are in [`Limits`].
+pub const MAX_CONNECTIONS: usize = Limits::DEFAULT.management.total;
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = Limits::DEFAULT.management.per_source;
+pub const IDLE_TIMEOUT: Duration = Limits::DEFAULT.management_idle;
+pub const REQUEST_TIMEOUT: Duration = Limits::DEFAULT.management_request;
+const HANDSHAKE_TIMEOUT: Duration = Limits::DEFAULT.handshake;
+const HEADER_READ_TIMEOUT: Duration = Limits::DEFAULT.management_headers;
+const SHUTDOWN_GRACE: Duration = Limits::DEFAULT.management_shutdown;
 
 /// Answers `408` to a request that is not done within [`REQUEST_TIMEOUT`].
 pub(super) async fn limit_time(request: Request, next: Next) -> Response {
@@ -73,10 +64,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let bounds = Bounds {
-        total: MAX_CONNECTIONS,
-        per_source: MAX_CONNECTIONS_PER_SOURCE,
-    };
+    let bounds = Limits::DEFAULT.management;
     let accepting = shutdown.clone();
     let serve = |stream, remote| {
         // The configuration current now: a rotated certificate applies to new connections.

@@ -6,15 +6,18 @@
 //! proves it is this peer, and the replica checks the server's name the same way, so no other
 //! workload can read the configuration or feed a replica a false one.
 //!
-//! A replica applies each snapshot to a local [`ControlPlane`] and serves from it. When the
-//! stream breaks (the control plane restarts, say) it keeps serving the last snapshot and
-//! reconnects; the next snapshot replaces it whole.
+//! A replica publishes each snapshot's objects and client hosts to the watch channels its data
+//! plane's [`Snapshot`](crate::Snapshot)s are built from. When the stream breaks (the control
+//! plane restarts, say) it keeps serving the last snapshot and reconnects; the next snapshot
+//! replaces it whole.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterlink_api::Object;
+use clusterlink_api::clients::ClientHosts;
+use clusterlink_api::{FieldErrors, Object, Objects};
+use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::{Identity, identity_of};
 use rustls_pki_types::ServerName;
 use serde::{Deserialize, Serialize};
@@ -23,25 +26,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::dataplane::{ClientHosts, GatewayTls};
-use crate::listener::{Bounds, accept_bounded};
+use crate::limits::Limits;
+use crate::listener::accept_bounded;
 use crate::metrics::{Listener, Metrics};
-use crate::model::{ControlPlane, ModelError, Objects};
 
-/// A snapshot larger than this is refused: a bound on what a broken or hostile peer can make
-/// the other side allocate, far above any real configuration (64 MiB of JSON).
-pub const MAX_SNAPSHOT_BYTES: u32 = 64 << 20;
-/// Replicas connected at once: a Deployment's replicas and their reconnects, each from its own
-/// pod address; far fewer than one stranger would need to exhaust descriptors.
-const REPLICA_BOUNDS: Bounds = Bounds {
-    total: 256,
-    per_source: 8,
-};
-/// A handshake slower than this is a stalled or hostile party.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reconnect delays double from the first to the last while the control plane is away.
-const RECONNECT_FIRST: Duration = Duration::from_millis(200);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
+// The stream's bounds and timeouts, with their reasons, are in [`Limits`].
+pub const MAX_SNAPSHOT_BYTES: u32 = Limits::DEFAULT.snapshot_bytes;
+const HANDSHAKE_TIMEOUT: Duration = Limits::DEFAULT.handshake;
+const RECONNECT_FIRST: Duration = Limits::DEFAULT.replica_reconnect_first;
+const RECONNECT_MAX: Duration = Limits::DEFAULT.replica_reconnect_max;
 
 /// Everything a replica serves from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -73,8 +66,8 @@ pub enum StreamError {
     InvalidObject(#[from] clusterlink_api::ManifestError),
     #[error("the other end is not this peer ({0})")]
     WrongIdentity(String),
-    #[error("applying the snapshot: {0}")]
-    Model(#[from] ModelError),
+    #[error("snapshot holds an invalid object: {0}")]
+    Invalid(#[from] FieldErrors),
 }
 
 async fn write_snapshot<W: AsyncWrite + Unpin>(
@@ -102,12 +95,17 @@ async fn read_snapshot<R: AsyncRead + Unpin>(
     let mut body = vec![0; len as usize];
     input.read_exact(&mut body).await?;
     let wire: WireSnapshot = serde_json::from_slice(&body)?;
+    let objects: Vec<Object> = wire
+        .objects
+        .into_iter()
+        .map(clusterlink_api::manifest::object_from_value)
+        .collect::<Result<_, _>>()?;
+    // The replica serves these objects as they are, so each is checked as the model checks it.
+    for o in &objects {
+        o.validate()?;
+    }
     Ok(ReplicaSnapshot {
-        objects: wire
-            .objects
-            .into_iter()
-            .map(clusterlink_api::manifest::object_from_value)
-            .collect::<Result<_, _>>()?,
+        objects,
         client_hosts: wire.client_hosts,
     })
 }
@@ -151,7 +149,7 @@ pub async fn serve(
     };
     let mut replicas = accept_bounded(
         listener,
-        REPLICA_BOUNDS,
+        Limits::DEFAULT.replicas,
         Listener::Replica,
         &metrics,
         &mut shutdown,
@@ -194,15 +192,15 @@ async fn feed_replica(
     }
 }
 
-/// The replica side: follows the control plane at `address` (host:port), applying every
-/// snapshot to `model` and `hosts`, reconnecting until `shutdown` flips. Between connections the
-/// last snapshot stays in force. `first_applied` fires once the first snapshot is in `model`:
+/// The replica side: follows the control plane at `address` (host:port), publishing every
+/// snapshot to `objects` and `hosts`, reconnecting until `shutdown` flips. Between connections
+/// the last snapshot stays in force. `first_applied` fires once the first snapshot is published:
 /// until then the replica has nothing to serve and should not look ready.
 pub async fn follow(
     address: String,
     local_peer: String,
     tls: watch::Receiver<Arc<GatewayTls>>,
-    model: ControlPlane,
+    objects: watch::Sender<Arc<Objects>>,
     hosts: watch::Sender<Arc<ClientHosts>>,
     first_applied: oneshot::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
@@ -214,7 +212,7 @@ pub async fn follow(
             &address,
             &local_peer,
             &tls,
-            &model,
+            &objects,
             &hosts,
             &mut first_applied,
             &mut delay,
@@ -238,7 +236,7 @@ async fn receive(
     address: &str,
     local_peer: &str,
     tls: &watch::Receiver<Arc<GatewayTls>>,
-    model: &ControlPlane,
+    objects: &watch::Sender<Arc<Objects>>,
     hosts: &watch::Sender<Arc<ClientHosts>>,
     first_applied: &mut Option<oneshot::Sender<()>>,
     delay: &mut Duration,
@@ -264,7 +262,10 @@ async fn receive(
             hosts = snapshot.client_hosts.len(),
             "snapshot received"
         );
-        model.replace_all(snapshot.objects).await?;
+        let count = snapshot.objects.len();
+        objects.send_replace(Arc::new(
+            snapshot.objects.into_iter().map(|o| (o.key(), o)).collect(),
+        ));
         hosts.send_if_modified(|current| {
             let changed = **current != snapshot.client_hosts;
             if changed {
@@ -275,7 +276,7 @@ async fn receive(
         if let Some(first) = first_applied.take() {
             tracing::info!(
                 control_plane = %address,
-                objects = model.snapshot().len(),
+                objects = count,
                 "first snapshot applied"
             );
             let _ = first.send(());

@@ -16,10 +16,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use clusterlink_api::attributes::{CLIENT_LABELS_PREFIX, CLIENT_NAMESPACE, CLIENT_SERVICE_ACCOUNT};
+use crate::attributes::{
+    Attributes, CLIENT_LABELS_PREFIX, CLIENT_NAMESPACE, CLIENT_SERVICE_ACCOUNT,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::policy::Attributes;
 
 #[derive(Debug, thiserror::Error)]
 #[error("client attribute table: {0}")]
@@ -67,7 +67,7 @@ impl ClientTable {
             let (network, prefix) = parse_cidr(&e.cidr).map_err(at)?;
             let mut attributes = Attributes::new();
             if let Some(ns) = e.namespace {
-                clusterlink_api::validation::check_dns_label(&ns)
+                crate::validation::check_dns_label(&ns)
                     .map_err(|r| at(format!("namespace: {r}")))?;
                 attributes.insert(CLIENT_NAMESPACE.into(), ns);
             }
@@ -75,7 +75,7 @@ impl ClientTable {
                 attributes.insert(CLIENT_SERVICE_ACCOUNT.into(), sa);
             }
             for (k, v) in e.labels {
-                clusterlink_api::validation::check_label_value(&v)
+                crate::validation::check_label_value(&v)
                     .map_err(|r| at(format!("labels[{k}]: {r}")))?;
                 attributes.insert(format!("{CLIENT_LABELS_PREFIX}{k}"), v);
             }

@@ -6,7 +6,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use clusterlink_api::{Condition, ConditionStatus, ImportSource, LbScheme, ObjectKey};
 use rustls_pki_types::ServerName;
@@ -18,29 +17,29 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::clients::ClientTable;
-use super::hops::RelayedConnections;
-use super::live::LiveTunnels;
-use super::pool::{ConnectionPool, GatewayKey};
-use super::read_ahead::ReadAhead;
-use super::relay::{TLS_SEND_BUFFER, relay};
-use super::workers::serve_on_worker;
-use super::{
-    CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, ImportEntry, PeerEntry, PeerHealth, Snapshot,
-    tune_socket,
-};
+use clusterlink_api::clients::ClientTable;
+use clusterlink_pki::reload::GatewayTls;
+
+use crate::conditions::RuntimeConditions;
+use crate::connections::{drain, tune_socket};
+use crate::health::PeerHealth;
+use crate::hops::RelayedConnections;
+use crate::limits::Limits;
+use crate::live::LiveTunnels;
 use crate::metrics::{Metrics, Side};
-use crate::model::ControlPlane;
 use crate::policy::PolicyDecision;
 use crate::policy::{Attributes, export_attributes, peer_attributes};
+use crate::pool::{ConnectionPool, GatewayKey};
+use crate::read_ahead::ReadAhead;
+use crate::relay::{TLS_SEND_BUFFER, relay};
+use crate::snapshot::{ImportEntry, PeerEntry, Snapshot};
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+use crate::workers::serve_on_worker;
 
 /// A mutual-TLS connection to a peer gateway.
 type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
 
 const IMPORT_VALID: &str = "ImportValid";
-/// How often an import whose port was taken tries again.
-const BIND_RETRY: Duration = Duration::from_secs(1);
 
 struct RunningListener {
     port: u16,
@@ -49,22 +48,22 @@ struct RunningListener {
 
 /// Keeps one listener per import in step with the snapshots: binds new ones, closes deleted ones
 /// (with their connections), rebinds on a port change, and retries a port that was taken.
-pub(super) async fn run_import_listeners(
+pub(crate) async fn run_import_listeners(
     address: IpAddr,
     egress: Arc<Egress>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    control_plane: ControlPlane,
+    conditions: Arc<dyn RuntimeConditions>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<ObjectKey, RunningListener> = HashMap::new();
-    // Imports whose port could not be bound; retried every BIND_RETRY, and on every change.
+    // Imports whose port could not be bound; retried every `Limits::bind_retry`, and on every change.
     let mut failed: HashSet<ObjectKey> = HashSet::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         failed.retain(|key| {
             let exists = snapshot.imports.contains_key(key);
             if !exists {
-                control_plane.set_condition(key, IMPORT_VALID, None);
+                conditions.set(key, IMPORT_VALID, None);
             }
             exists
         });
@@ -80,7 +79,7 @@ pub(super) async fn run_import_listeners(
             listener.task.abort();
             // Awaiting the aborted task guarantees its socket is closed before the port is reused.
             let _ = listener.task.await;
-            control_plane.set_condition(&key, IMPORT_VALID, None);
+            conditions.set(&key, IMPORT_VALID, None);
         }
         for (key, import) in &snapshot.imports {
             if running.contains_key(key) {
@@ -91,7 +90,7 @@ pub(super) async fn run_import_listeners(
                 Ok(listener) => {
                     failed.remove(key);
                     tracing::info!(import = %key, %addr, "import listening");
-                    control_plane.set_condition(
+                    conditions.set(
                         key,
                         IMPORT_VALID,
                         Some(Condition::new(
@@ -120,7 +119,7 @@ pub(super) async fn run_import_listeners(
                     if failed.insert(key.clone()) {
                         tracing::warn!(import = %key, %addr, error = %e, "import cannot listen");
                     }
-                    control_plane.set_condition(
+                    conditions.set(
                         key,
                         IMPORT_VALID,
                         Some(Condition::new(
@@ -136,7 +135,7 @@ pub(super) async fn run_import_listeners(
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { break },
             // A port held by something outside ClusterLink frees up without any change here.
-            _ = tokio::time::sleep(BIND_RETRY), if !failed.is_empty() => {}
+            _ = tokio::time::sleep(Limits::DEFAULT.bind_retry), if !failed.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
@@ -178,7 +177,7 @@ async fn accept_loop(
         }
     }
     drop(listener);
-    super::drain(connections, &format!("connections of import {key}")).await;
+    drain(connections, &format!("connections of import {key}")).await;
 }
 
 /// The sources in the order to try them for one connection: the import's scheme decides the
@@ -212,7 +211,7 @@ fn random_below(n: usize) -> usize {
 }
 
 /// What every import connection shares: how to reach peers, their health, and who clients are.
-pub(super) struct Egress {
+pub(crate) struct Egress {
     /// The peer port's TLS, current as of each new connection.
     pub tls: watch::Receiver<Arc<GatewayTls>>,
     pub health: PeerHealth,
@@ -222,19 +221,15 @@ pub(super) struct Egress {
     pub live: LiveTunnels<EgressTunnel>,
     /// Peer connections between tunnels.
     pub pool: ConnectionPool<PeerConnection>,
-    /// Places for new peer connections, held from connect until the first answer.
+    /// Places for new peer connections ([`Limits::handshakes_at_once`]), held from connect until
+    /// the first answer. A burst beyond them waits for a place (or a connection coming back warm).
     pub handshakes: Semaphore,
     /// Connections this gateway's ingress made to backends, for loop detection.
     pub relayed: Arc<RelayedConnections>,
 }
 
-/// Most new peer connections this gateway opens at once, over all peers. A burst of tunnels
-/// beyond it waits for a place (or for a connection to come back warm), so the peer's bound on
-/// unauthenticated connections per source never refuses a legitimate gateway.
-pub(super) const MAX_HANDSHAKES: usize = 32;
-
 /// A live egress tunnel, as much as is needed to decide it again.
-pub(super) struct EgressTunnel {
+pub(crate) struct EgressTunnel {
     import: ObjectKey,
     client: Attributes,
     source: ImportSource,
@@ -552,13 +547,16 @@ impl Egress {
         host: &str,
         port: u16,
     ) -> Result<(PeerConnection, SemaphorePermit<'_>), String> {
-        let place = timeout(CONNECT_TIMEOUT, self.handshakes.acquire())
+        let place = timeout(Limits::DEFAULT.connect, self.handshakes.acquire())
             .await
             .map_err(|_| {
-                format!("{MAX_HANDSHAKES} other new peer connections are still being set up")
+                format!(
+                    "{} other new peer connections are still being set up",
+                    Limits::DEFAULT.handshakes_at_once
+                )
             })?
             .map_err(|_| "shutting down".to_string())?;
-        let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        let tcp = timeout(Limits::DEFAULT.connect, TcpStream::connect((host, port)))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect: {e}"))?;
@@ -566,7 +564,7 @@ impl Egress {
         // The configuration current now: rotated certificates apply to new connections.
         let connector = TlsConnector::from(self.tls.borrow().client.clone());
         let mut connection = timeout(
-            HANDSHAKE_TIMEOUT,
+            Limits::DEFAULT.handshake,
             connector.connect(name.clone(), ReadAhead::new(tcp)),
         )
         .await
@@ -590,7 +588,7 @@ async fn ask(
         .await
         .map_err(|e| e.to_string())?;
     connection.flush().await.map_err(|e| e.to_string())?;
-    let (head, rest) = timeout(HANDSHAKE_TIMEOUT, read_head(&mut connection))
+    let (head, rest) = timeout(Limits::DEFAULT.handshake, read_head(&mut connection))
         .await
         .map_err(|_| "no answer to the tunnel request".to_string())?
         .map_err(|e| e.to_string())?;

@@ -8,12 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config, mutual_server_config};
-use clusterlink_pki::{Identity, PkiError, identity_of};
+use crate::tls::{Credentials, PEER_ALPN, TlsFiles, mutual_client_config, mutual_server_config};
+use crate::{Identity, PkiError, identity_of};
 use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::watch;
-
-use crate::tunnel::ALPN;
 
 /// How often the certificate files are checked: a rotated certificate is in force within this.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -29,9 +27,9 @@ pub struct GatewayTls {
 impl GatewayTls {
     pub fn new(credentials: &Credentials) -> Result<GatewayTls, PkiError> {
         let mut server = mutual_server_config(credentials)?;
-        server.alpn_protocols = vec![ALPN.to_vec()];
+        server.alpn_protocols = vec![PEER_ALPN.to_vec()];
         let mut client = mutual_client_config(credentials)?;
-        client.alpn_protocols = vec![ALPN.to_vec()];
+        client.alpn_protocols = vec![PEER_ALPN.to_vec()];
         Ok(GatewayTls {
             server: Arc::new(server),
             client: Arc::new(client),

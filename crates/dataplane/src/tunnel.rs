@@ -30,11 +30,9 @@ use std::fmt;
 use clusterlink_api::attributes::{CLIENT_LABELS_PREFIX, CLIENT_NAMESPACE, CLIENT_SERVICE_ACCOUNT};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::policy::Attributes;
+use clusterlink_api::attributes::Attributes;
 
-/// ALPN of this protocol version (2: framed, reusable tunnels); a gateway refuses a handshake that
-/// offers none it speaks, so a mixed-version fabric fails loudly rather than misreading bytes.
-pub const ALPN: &[u8] = b"clusterlink/2";
+pub use clusterlink_pki::tls::PEER_ALPN as ALPN;
 /// A request or response head larger than this is refused: real ones are a few hundred bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// At most this many header lines.

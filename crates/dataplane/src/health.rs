@@ -16,22 +16,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
-use super::{GatewayTls, Snapshot};
+use clusterlink_pki::reload::GatewayTls;
+
+use crate::conditions::RuntimeConditions;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::model::ControlPlane;
+use crate::snapshot::Snapshot;
 use crate::tunnel::{HEALTH_REQUEST, read_head};
 
-/// Probe period while a peer is reachable. With [`PROBE_TIMEOUT`] and [`FAILURES_TO_DOWN`] it
-/// bounds detection of a dead or cut-off peer to under 3 s (two probes of at most 1.2 s each).
-const HEALTHY_INTERVAL: Duration = Duration::from_millis(500);
-/// Probe period while a peer is unreachable: slower, but two successes still land within 3 s.
-const UNHEALTHY_INTERVAL: Duration = Duration::from_secs(1);
-/// A probe (connect, handshake, answer) slower than this counts as a failure.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
-/// Consecutive failures that mark a reachable peer unreachable.
-const FAILURES_TO_DOWN: u32 = 2;
-/// Consecutive successes that mark an unreachable peer reachable again.
-const SUCCESSES_TO_UP: u32 = 2;
+/// The probe periods, timeout and counts (with their reasons) are in [`Limits`].
+const L: Limits = Limits::DEFAULT;
 
 const PEER_REACHABLE: &str = "PeerReachable";
 
@@ -75,8 +69,8 @@ impl Tracker {
         let next = match self.reachable {
             // The first probe decides: a peer that is down at start must not wait for a streak.
             None => ok,
-            Some(true) => self.failures < FAILURES_TO_DOWN,
-            Some(false) => self.successes >= SUCCESSES_TO_UP,
+            Some(true) => self.failures < L.failures_to_unreachable,
+            Some(false) => self.successes >= L.successes_to_reachable,
         };
         (self.reachable != Some(next)).then(|| {
             self.reachable = Some(next);
@@ -86,9 +80,9 @@ impl Tracker {
 
     fn interval(&self) -> Duration {
         if self.reachable == Some(false) {
-            UNHEALTHY_INTERVAL
+            L.probe_unreachable_every
         } else {
-            HEALTHY_INTERVAL
+            L.probe_reachable_every
         }
     }
 }
@@ -99,11 +93,11 @@ struct Prober {
 }
 
 /// Keeps one prober per peer in step with the snapshots.
-pub(super) async fn run_probers(
+pub(crate) async fn run_probers(
     tls: watch::Receiver<Arc<GatewayTls>>,
     health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    control_plane: ControlPlane,
+    conditions: Arc<dyn RuntimeConditions>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -129,7 +123,7 @@ pub(super) async fn run_probers(
             let _ = prober.task.await;
             health.set(&name, None);
             metrics.peer_reachable(&name, None);
-            control_plane.set_condition(&peer_key(&name), PEER_REACHABLE, None);
+            conditions.set(&peer_key(&name), PEER_REACHABLE, None);
         }
         for (name, peer) in &snapshot.peers {
             if !probers.contains_key(name) {
@@ -138,7 +132,7 @@ pub(super) async fn run_probers(
                     peer.gateways.clone(),
                     tls.clone(),
                     health.clone(),
-                    control_plane.clone(),
+                    conditions.clone(),
                     metrics.clone(),
                 ));
                 probers.insert(
@@ -169,7 +163,7 @@ async fn probe_forever(
     gateways: Vec<(String, u16)>,
     tls: watch::Receiver<Arc<GatewayTls>>,
     health: PeerHealth,
-    control_plane: ControlPlane,
+    conditions: Arc<dyn RuntimeConditions>,
     metrics: Arc<Metrics>,
 ) {
     let mut tracker = Tracker::default();
@@ -198,7 +192,7 @@ async fn probe_forever(
             } else {
                 tracing::warn!(peer = %name, error = %condition.message, "peer unreachable");
             }
-            control_plane.set_condition(&peer_key(&name), PEER_REACHABLE, Some(condition));
+            conditions.set(&peer_key(&name), PEER_REACHABLE, Some(condition));
         }
         tokio::time::sleep(tracker.interval()).await;
     }
@@ -216,10 +210,10 @@ async fn probe_any(
         let (connector, name) = (connector.clone(), name.clone());
         probes.spawn(async move {
             let addr = format!("{host}:{port}");
-            match timeout(PROBE_TIMEOUT, probe(&connector, name, &host, port)).await {
+            match timeout(L.probe_timeout, probe(&connector, name, &host, port)).await {
                 Ok(Ok(())) => Ok(addr),
                 Ok(Err(e)) => Err(format!("{addr}: {e}")),
-                Err(_) => Err(format!("{addr}: no answer within {PROBE_TIMEOUT:?}")),
+                Err(_) => Err(format!("{addr}: no answer within {:?}", L.probe_timeout)),
             }
         });
     }
@@ -274,27 +268,27 @@ mod tests {
         assert_eq!(t.observe(true), None);
         assert_eq!(t.observe(false), None);
         assert_eq!(t.observe(false), Some(false));
-        assert_eq!(t.interval(), UNHEALTHY_INTERVAL);
+        assert_eq!(t.interval(), L.probe_unreachable_every);
         assert_eq!(t.observe(true), None);
         assert_eq!(t.observe(false), None);
         assert_eq!(t.observe(true), None);
         assert_eq!(t.observe(true), Some(true));
-        assert_eq!(t.interval(), HEALTHY_INTERVAL);
+        assert_eq!(t.interval(), L.probe_reachable_every);
         let mut down = Tracker::default();
         assert_eq!(down.observe(false), Some(false));
     }
 
     #[test]
     fn detection_and_recovery_fit_in_three_seconds() {
-        let worst_detection = HEALTHY_INTERVAL
-            + (PROBE_TIMEOUT + HEALTHY_INTERVAL) * (FAILURES_TO_DOWN - 1)
-            + PROBE_TIMEOUT;
+        let worst_detection = L.probe_reachable_every
+            + (L.probe_timeout + L.probe_reachable_every) * (L.failures_to_unreachable - 1)
+            + L.probe_timeout;
         assert!(
             worst_detection < Duration::from_secs(3),
             "{worst_detection:?}"
         );
         // A probe in flight when the peer returns may still time out; successes are quick.
-        let worst_recovery = PROBE_TIMEOUT + UNHEALTHY_INTERVAL * SUCCESSES_TO_UP;
+        let worst_recovery = L.probe_timeout + L.probe_unreachable_every * L.successes_to_reachable;
         assert!(
             worst_recovery < Duration::from_secs(3),
             "{worst_recovery:?}"

@@ -16,34 +16,29 @@ use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::hops::{Relayed, RelayedConnections};
-use super::live::LiveTunnels;
-use super::read_ahead::ReadAhead;
-use super::relay::{TLS_SEND_BUFFER, relay};
-use super::workers::serve_on_worker;
-use super::{CONNECT_TIMEOUT, GatewayTls, HANDSHAKE_TIMEOUT, Snapshot, tune_socket};
+use clusterlink_pki::reload::GatewayTls;
+
+use crate::connections::{drain, tune_socket};
+use crate::hops::{Relayed, RelayedConnections};
+use crate::limits::Limits;
 use crate::listener::{PerSource, SourceSlot};
+use crate::live::LiveTunnels;
 use crate::metrics::{Listener, Metrics, Side, Unserved};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
+use crate::read_ahead::ReadAhead;
+use crate::relay::{TLS_SEND_BUFFER, relay};
+use crate::snapshot::Snapshot;
 use crate::tunnel::{
     ALPN, ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, RefusalReason, TunnelResponse,
     read_head,
 };
+use crate::workers::serve_on_worker;
 
-/// Most connections the peer port holds at once (tunnels included); well above the thousands of
-/// concurrent tunnels a site runs, well below the process's descriptor limit.
-const MAX_PEER_CONNECTIONS: usize = 32 * 1024;
-/// Most connections still in the handshake or before their request; legitimate ones leave this
-/// state within milliseconds.
-const MAX_UNAUTHENTICATED: usize = 1024;
-/// Most of those from one address: a gateway opens at most [`super::egress::MAX_HANDSHAKES`] at
-/// once, and several gateways may share an address (NAT, one host), so this leaves room for them
-/// while one stranger cannot take more than a small share of [`MAX_UNAUTHENTICATED`].
-const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 128;
-/// How long a peer connection may wait idle for its next tunnel. The requesting gateway stops
-/// reusing a connection well before ([`super::pool::IDLE_LIMIT`]), so it never sends a request
-/// on one this side is closing.
-const BETWEEN_TUNNELS: Duration = Duration::from_secs(60);
+// The peer port's bounds and timeouts, with their reasons, are in [`Limits`].
+const MAX_PEER_CONNECTIONS: usize = Limits::DEFAULT.peer_connections;
+const MAX_UNAUTHENTICATED: usize = Limits::DEFAULT.unauthenticated.total;
+const MAX_UNAUTHENTICATED_PER_SOURCE: usize = Limits::DEFAULT.unauthenticated.per_source;
+const BETWEEN_TUNNELS: Duration = Limits::DEFAULT.between_tunnels;
 
 /// What every peer connection shares.
 struct PeerPort {
@@ -61,14 +56,14 @@ struct PeerPort {
 }
 
 /// What the peer port needs besides its listener.
-pub(super) struct PeerPortConfig {
+pub(crate) struct PeerPortConfig {
     pub metrics: Arc<Metrics>,
     pub protected: Arc<[SocketAddr]>,
     pub loopback_backends: bool,
     pub relayed: Arc<RelayedConnections>,
 }
 
-pub(super) async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     tls: watch::Receiver<Arc<GatewayTls>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -150,7 +145,7 @@ pub(super) async fn serve(
     }
     // No new connections; open tunnels finish (and are still revoked if access ends).
     drop(listener);
-    super::drain(connections, "peer connections").await;
+    drain(connections, "peer connections").await;
     revalidator.abort();
 }
 
@@ -174,15 +169,18 @@ async fn handle(
             .unserved(Listener::Peer, reason, remote, &detail);
         detail
     };
-    let mut tls = timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(stream)))
-        .await
-        .map_err(|_| unserved(Unserved::HandshakeTimeout, "TLS handshake timed out".into()))?
-        .map_err(|e| {
-            unserved(
-                Unserved::HandshakeRefused,
-                format!("TLS handshake refused: {e}"),
-            )
-        })?;
+    let mut tls = timeout(
+        Limits::DEFAULT.handshake,
+        acceptor.accept(ReadAhead::new(stream)),
+    )
+    .await
+    .map_err(|_| unserved(Unserved::HandshakeTimeout, "TLS handshake timed out".into()))?
+    .map_err(|e| {
+        unserved(
+            Unserved::HandshakeRefused,
+            format!("TLS handshake refused: {e}"),
+        )
+    })?;
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(ALPN) {
@@ -203,7 +201,7 @@ async fn handle(
     // The first request comes right after the handshake; later ones whenever the peer has
     // another tunnel to open.
     let mut pending = Some(pending);
-    let mut wait = HANDSHAKE_TIMEOUT;
+    let mut wait = Limits::DEFAULT.handshake;
     let mut stopping = port.shutdown.clone();
     loop {
         let waiting = pending.is_none().then(|| port.metrics.idle(Side::Ingress));
@@ -313,7 +311,7 @@ async fn serve_request(
         return Ok(Served::Close);
     }
     let dialed = timeout(
-        CONNECT_TIMEOUT,
+        Limits::DEFAULT.connect,
         dial_backend(&host, port, relayed, request.hops),
     );
     let (mut backend, _relayed) = match dialed.await {
@@ -431,7 +429,7 @@ fn decide(
 }
 
 /// A live ingress tunnel, as much as is needed to decide it again.
-pub(super) struct IngressTunnel {
+pub(crate) struct IngressTunnel {
     peer: String,
     client: Attributes,
     export: ExportRef,

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// Every live tunnel of one side, each described by a `T` its side can decide again.
-pub(super) struct LiveTunnels<T> {
+pub(crate) struct LiveTunnels<T> {
     next: AtomicU64,
     tunnels: Mutex<HashMap<u64, (T, Arc<Notify>)>>,
 }
@@ -25,7 +25,7 @@ impl<T> Default for LiveTunnels<T> {
 }
 
 /// A registered tunnel: `revoked` fires when it is no longer allowed; dropping it deregisters.
-pub(super) struct Registered<'a, T> {
+pub(crate) struct Registered<'a, T> {
     live: &'a LiveTunnels<T>,
     id: u64,
     pub revoked: Arc<Notify>,

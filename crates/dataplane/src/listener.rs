@@ -12,19 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use crate::limits::Bounds;
 use crate::metrics::{Listener, Metrics, Unserved};
-
-/// How many connections a listener holds at once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Bounds {
-    pub total: usize,
-    pub per_source: usize,
-}
 
 /// Accepts on `listener` until `shutdown` flips, within `bounds`, serving each connection with
 /// `serve` as a task of the returned set (for the caller to drain or abort). The listener is
 /// closed on return.
-pub(crate) async fn accept_bounded<F, Fut>(
+pub async fn accept_bounded<F, Fut>(
     listener: TcpListener,
     bounds: Bounds,
     kind: Listener,

@@ -9,16 +9,16 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// A connection idle longer than this is closed instead of reused: well below the time the
-/// answering gateway waits for a next request, so a taken connection is never one it is closing.
-pub(super) const IDLE_LIMIT: Duration = Duration::from_secs(20);
-/// Idle connections kept per gateway: the concurrency of bursts worth keeping warm. Beyond it a
-/// finished tunnel's connection is closed.
-const MAX_IDLE_PER_GATEWAY: usize = 64;
+use crate::limits::Limits;
+
+/// Pooled connections idle longer than this are closed instead of reused (see [`Limits`]).
+const IDLE_LIMIT: Duration = Limits::DEFAULT.pool_idle;
+/// Beyond this many idle connections to one gateway, a finished tunnel's connection is closed.
+const MAX_IDLE_PER_GATEWAY: usize = Limits::DEFAULT.pool_idle_per_gateway;
 
 /// Where a connection goes: the peer it authenticated as, at one of its gateway addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct GatewayKey {
+pub(crate) struct GatewayKey {
     pub peer: String,
     pub host: String,
     pub port: u16,
@@ -30,7 +30,7 @@ struct Idle<C> {
 }
 
 /// Idle connections of type `C` (a TLS stream; anything in tests).
-pub(super) struct ConnectionPool<C> {
+pub(crate) struct ConnectionPool<C> {
     idle: Mutex<HashMap<GatewayKey, Vec<Idle<C>>>>,
 }
 

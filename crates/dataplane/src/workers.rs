@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
 
-pub(super) struct Workers {
+pub(crate) struct Workers {
     handles: Vec<Handle>,
     next: AtomicUsize,
 }
@@ -23,7 +23,7 @@ static WORKERS: OnceLock<Workers> = OnceLock::new();
 /// The data-path threads, started on first use and kept for the life of the process. If they
 /// cannot be started (the process is out of threads or descriptors), connections are served on
 /// the runtime that accepted them: slower, but served.
-pub(super) fn workers() -> &'static Workers {
+pub(crate) fn workers() -> &'static Workers {
     WORKERS.get_or_init(|| {
         let count = std::thread::available_parallelism().map_or(1, |n| n.get());
         let handles = (0..count)
@@ -60,7 +60,7 @@ impl Workers {
 }
 
 /// Serves an accepted connection on the next data-path thread, as a task of `connections`.
-pub(super) fn serve_on_worker<F, Fut>(connections: &mut JoinSet<()>, stream: TcpStream, serve: F)
+pub(crate) fn serve_on_worker<F, Fut>(connections: &mut JoinSet<()>, stream: TcpStream, serve: F)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,

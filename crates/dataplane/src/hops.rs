@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 
 #[derive(Default)]
-pub(super) struct RelayedConnections {
+pub(crate) struct RelayedConnections {
     hops_by_port: Mutex<HashMap<u16, u8>>,
 }
 
@@ -41,7 +41,7 @@ impl RelayedConnections {
 }
 
 /// A recorded backend connection; forgotten when dropped.
-pub(super) struct Relayed {
+pub(crate) struct Relayed {
     connections: Arc<RelayedConnections>,
     port: u16,
 }

@@ -126,9 +126,8 @@ pub struct Metrics {
 /// When a kind of warning was last logged, and how many were left out since.
 type LastWarning = (Option<Instant>, u64);
 
-/// Shortest time between two warnings of the same kind: a flood of strangers must not become a
-/// flood of log lines.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Shortest time between two warnings of the same kind (see [`Limits::warn_every`]).
+pub const WARN_EVERY: Duration = crate::limits::Limits::DEFAULT.warn_every;
 
 /// Buckets from 50 µs to about 1.6 s: a local decision sits at the low end, a two-sided
 /// authorization with a fresh TLS handshake in the milliseconds.
@@ -380,7 +379,7 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let tasks = runtime.metrics().num_alive_tasks() + crate::dataplane::alive_tasks();
+            let tasks = runtime.metrics().num_alive_tasks() + crate::workers::alive_tasks();
             self.runtime_tasks.set(tasks as i64);
         }
         let mut out = String::new();

@@ -29,13 +29,13 @@ const INITIAL_BUFFER: usize = 4 * 1024;
 const MAX_BUFFER: usize = 256 * 1024;
 /// Encrypted bytes a peer connection may queue before the socket takes them (rustls's default is
 /// 64 KiB): a whole frame with its records' overhead, so a frame leaves in one system call.
-pub(super) const TLS_SEND_BUFFER: usize = MAX_BUFFER + 4 * 1024;
+pub(crate) const TLS_SEND_BUFFER: usize = MAX_BUFFER + 4 * 1024;
 /// How much a buffer grows when a read fills it.
 const GROWTH: usize = 4;
 
 /// What a finished tunnel moved, and whether its peer connection may carry another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Relayed {
+pub(crate) struct Relayed {
     /// Bytes from the plain side into the tunnel.
     pub sent: u64,
     /// Bytes from the tunnel to the plain side.
@@ -54,7 +54,7 @@ enum PeerEnd {
 
 /// Relays between `plain` and the peer connection `tunnel` until both directions have ended.
 /// `leftover` is what was read from `tunnel` past the tunnel's head: the start of its frames.
-pub(super) async fn relay<T>(
+pub(crate) async fn relay<T>(
     plain: &mut TcpStream,
     tunnel: &mut T,
     leftover: Vec<u8>,
@@ -104,13 +104,27 @@ where
     }
 }
 
+/// Runs a future whose reads and writes are all in memory, and so never wait.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn complete<F: Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("a read or write in memory waited"),
+    }
+}
+
 /// The frame decoder over bytes in memory, for the fuzz targets: what it writes to the plain
 /// side, whether the direction ended with an end frame, or why the frames were refused.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn decode_frames(mut input: &[u8]) -> io::Result<(Vec<u8>, bool)> {
     let mut plain = Vec::new();
     let decoding = from_frames(&mut input, &mut plain);
-    let (_, end) = crate::fuzzing::complete(decoding)?;
+    let (_, end) = complete(decoding)?;
     Ok((plain, end == PeerEnd::Frame))
 }
 

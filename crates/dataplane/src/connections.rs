@@ -1,0 +1,31 @@
+//! What every data-path connection gets: a tuned socket, and a bounded drain on shutdown.
+
+use tokio::task::JoinSet;
+
+use crate::limits::Limits;
+
+/// Every data-path socket: no Nagle delay on small writes, and keepalive so dead ends are found.
+pub(crate) fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Limits::DEFAULT.keepalive_idle)
+        .with_interval(Limits::DEFAULT.keepalive_interval);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Waits for `connections` to end, for at most [`Limits::drain`]; then closes the rest.
+pub(crate) async fn drain(mut connections: JoinSet<()>, what: &str) {
+    if connections.is_empty() {
+        return;
+    }
+    let limit = Limits::DEFAULT.drain;
+    tracing::info!(open = connections.len(), "draining {what}");
+    let all_done = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limit, all_done).await.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "{what} still open after {limit:?}; closing them"
+        );
+        connections.abort_all();
+    }
+}

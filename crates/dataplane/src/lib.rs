@@ -1,0 +1,49 @@
+//! The ClusterLink data plane: the peer port (ingress), import listeners (egress), the byte
+//! relay and peer health probes.
+//!
+//! It is fed only by snapshots: in, a `watch::Receiver` of [`Snapshot`]s (built from the
+//! control plane's committed objects, or streamed to a replica by [`replica`]) and the TLS
+//! credentials; out, [`metrics`] and the [`RuntimeConditions`] only it can know. It never holds
+//! the control plane, so a process that runs only the data plane (`cl-dataplane`) links no
+//! store, no HTTP server framework and no Kubernetes client.
+//!
+//! - [`tasks`]: the data plane's tasks and their supervision; [`snapshot`]: its input.
+//! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
+//! - [`policy`]: the access policy engine (tiers, order, what decided).
+//! - [`limits`]: every timeout and connection limit, with its reason.
+//! - [`listener`]: bounded accepting from strangers, shared by every listener of a gateway.
+//! - [`replica`]: the snapshot stream from a control plane to its data-plane replicas.
+//! - [`cmd`]: the `cl-dataplane` process.
+
+// Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cmd;
+pub mod conditions;
+mod connections;
+mod egress;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+mod health;
+mod hops;
+mod ingress;
+pub mod limits;
+pub mod listener;
+mod live;
+pub mod metrics;
+pub mod policy;
+mod pool;
+pub mod process;
+mod read_ahead;
+mod relay;
+pub mod replica;
+pub mod snapshot;
+pub mod tasks;
+pub mod tunnel;
+mod workers;
+
+pub use conditions::{RuntimeConditions, Unreported};
+pub use health::PeerHealth;
+pub use limits::Limits;
+pub use snapshot::Snapshot;
+pub use tasks::{DataPlaneConfig, probe_peers, run};

@@ -1,0 +1,200 @@
+//! Every timeout and connection limit of a gateway's listeners and dials, in one place, each with
+//! the reason for its value. [`Limits::DEFAULT`] is what every process runs with; the tests below
+//! hold the relations between the values that those reasons rely on.
+
+use std::time::Duration;
+
+/// How many connections a listener holds at once, in total and from one source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub total: usize,
+    pub per_source: usize,
+}
+
+/// A gateway's timeouts and connection limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Dialing a peer gateway or a backend longer than this means it is not there.
+    pub connect: Duration,
+    /// A TLS handshake or first request slower than this is a stalled or hostile party (the peer
+    /// port, the management API and the snapshot stream alike).
+    pub handshake: Duration,
+    /// Keepalive idle time of every data-path socket: a tunnel whose far end vanished without a
+    /// FIN or RST (cut link, dead host) is noticed after this plus a few probes.
+    pub keepalive_idle: Duration,
+    /// Between keepalive probes once they start.
+    pub keepalive_interval: Duration,
+    /// How long shutdown lets open tunnels finish before closing them: longer than most
+    /// exchanges, shorter than the 30 s a service manager or Kubernetes waits before killing.
+    pub drain: Duration,
+
+    /// Connections the peer port holds at once (tunnels included): well above the thousands of
+    /// concurrent tunnels a site runs, well below the process's descriptor limit.
+    pub peer_connections: usize,
+    /// Peer-port connections still in the handshake or before their request; legitimate ones
+    /// leave this state within milliseconds. Per source: a gateway opens at most
+    /// [`Limits::handshakes_at_once`], and several gateways may share an address (NAT, one
+    /// host), while one stranger cannot take more than a small share of the total.
+    pub unauthenticated: Bounds,
+    /// How long a peer connection may wait idle for its next tunnel. The requesting gateway stops
+    /// reusing a connection well before ([`Limits::pool_idle`]), so it never sends a request on
+    /// one this side is closing.
+    pub between_tunnels: Duration,
+    /// New peer connections a gateway sets up at once: its own bursts stay under another
+    /// gateway's per-source bound on unauthenticated connections.
+    pub handshakes_at_once: usize,
+    /// A pooled peer connection idle longer than this is closed instead of reused.
+    pub pool_idle: Duration,
+    /// Idle peer connections kept per gateway: the concurrency of bursts worth keeping warm.
+    pub pool_idle_per_gateway: usize,
+
+    /// Probe period while a peer is reachable. With the probe timeout and failure count it
+    /// bounds detection of a dead or cut-off peer to under 3 s.
+    pub probe_reachable_every: Duration,
+    /// Probe period while a peer is unreachable: slower, but recovery still lands within 3 s.
+    pub probe_unreachable_every: Duration,
+    /// A probe (connect, handshake, answer) slower than this counts as a failure.
+    pub probe_timeout: Duration,
+    /// Consecutive failures that mark a reachable peer unreachable: one lost probe does not flap.
+    pub failures_to_unreachable: u32,
+    /// Consecutive successes that mark an unreachable peer reachable again.
+    pub successes_to_reachable: u32,
+
+    /// How often an import whose port was taken tries again.
+    pub bind_retry: Duration,
+
+    /// Management connections: far more than administrators and controllers open, far fewer
+    /// than the descriptors the peer port needs. Per source: gwctl opens 8 for a bulk apply, and
+    /// one stranger cannot take them all (on loopback every local process shares an address).
+    pub management: Bounds,
+    /// A management connection with no byte read or written for this long is closed: gwctl
+    /// keeps one only for the requests of one command.
+    pub management_idle: Duration,
+    /// The longest a management request may take, reading its body included; real ones take
+    /// milliseconds.
+    pub management_request: Duration,
+    /// A management client that has not sent its request headers by then is stalled or hostile.
+    pub management_headers: Duration,
+    /// How long shutdown waits for in-flight management requests before dropping them.
+    pub management_shutdown: Duration,
+
+    /// Replicas connected to the snapshot stream: a Deployment's replicas and their reconnects,
+    /// each from its own pod address; far fewer than one stranger would need to exhaust
+    /// descriptors.
+    pub replicas: Bounds,
+    /// A snapshot larger than this is refused: a bound on what a broken or hostile peer can make
+    /// the other side allocate, far above any real configuration.
+    pub snapshot_bytes: u32,
+    /// A replica's first reconnect delay; delays double up to [`Limits::replica_reconnect_max`]
+    /// while the control plane is away.
+    pub replica_reconnect_first: Duration,
+    pub replica_reconnect_max: Duration,
+
+    /// Shortest time between two warnings of the same kind of refused connection: a flood of
+    /// strangers must not become a flood of log lines.
+    pub warn_every: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        connect: Duration::from_secs(5),
+        handshake: Duration::from_secs(10),
+        keepalive_idle: Duration::from_secs(30),
+        keepalive_interval: Duration::from_secs(10),
+        drain: Duration::from_secs(20),
+
+        peer_connections: 32 * 1024,
+        unauthenticated: Bounds {
+            total: 1024,
+            per_source: 128,
+        },
+        between_tunnels: Duration::from_secs(60),
+        handshakes_at_once: 32,
+        pool_idle: Duration::from_secs(20),
+        pool_idle_per_gateway: 64,
+
+        probe_reachable_every: Duration::from_millis(500),
+        probe_unreachable_every: Duration::from_secs(1),
+        probe_timeout: Duration::from_millis(700),
+        failures_to_unreachable: 2,
+        successes_to_reachable: 2,
+
+        bind_retry: Duration::from_secs(1),
+
+        management: Bounds {
+            total: 128,
+            per_source: 64,
+        },
+        management_idle: Duration::from_secs(30),
+        management_request: Duration::from_secs(20),
+        management_headers: Duration::from_secs(10),
+        management_shutdown: Duration::from_secs(5),
+
+        replicas: Bounds {
+            total: 256,
+            per_source: 8,
+        },
+        snapshot_bytes: 64 << 20,
+        replica_reconnect_first: Duration::from_millis(200),
+        replica_reconnect_max: Duration::from_secs(5),
+
+        warn_every: Duration::from_secs(10),
+    };
+}
+
+// Relations the reasons above rely on, checked when the crate is compiled.
+const _: () = {
+    let l = Limits::DEFAULT;
+    assert!(
+        l.handshakes_at_once <= l.unauthenticated.per_source,
+        "a gateway's own burst of handshakes must fit another gateway's per-source bound"
+    );
+    assert!(
+        l.unauthenticated.total < l.peer_connections,
+        "strangers must not be able to take every peer-port connection"
+    );
+};
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits::DEFAULT;
+
+    #[test]
+    fn shutdown_finishes_before_a_supervisor_kills_the_process() {
+        // systemd's and Kubernetes' default grace before SIGKILL.
+        let grace = Duration::from_secs(30);
+        assert!(L.drain < grace);
+        assert!(L.management_shutdown < grace);
+    }
+
+    #[test]
+    fn a_pooled_connection_is_dropped_before_the_other_side_closes_it() {
+        assert!(L.pool_idle < L.between_tunnels);
+    }
+
+    #[test]
+    fn per_source_bounds_leave_room_for_other_sources() {
+        for bounds in [L.unauthenticated, L.management, L.replicas] {
+            assert!(bounds.per_source < bounds.total, "{bounds:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_is_cut_before_its_idle_connection_would_be() {
+        assert!(L.management_request < L.management_idle);
+        assert!(L.management_headers < L.management_request);
+    }
+
+    #[test]
+    fn reconnects_back_off_from_the_first_delay_to_the_last() {
+        assert!(L.replica_reconnect_first < L.replica_reconnect_max);
+    }
+}

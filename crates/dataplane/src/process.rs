@@ -1,0 +1,173 @@
+//! What every ClusterLink gateway process shares (`cl-gateway`, `cl-controlplane`,
+//! `cl-dataplane`): logging, signals, exit codes, the open-file limit, and the arguments naming
+//! the peer's certificate, its labels and which backends exports may name.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clusterlink_pki::reload::{GatewayTls, watch_files};
+use clusterlink_pki::tls::{Credentials, TlsFiles};
+use clusterlink_pki::{Identity, identity_of};
+use tokio::sync::watch;
+
+/// An error and its causes on one line, each said once: a cause whose text the message before it
+/// already contains (an error that embeds its source) is not repeated.
+pub fn error_report(error: &anyhow::Error) -> String {
+    let mut report = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if report.contains(&text) {
+            continue;
+        }
+        if !report.is_empty() {
+            report.push_str(": ");
+        }
+        report.push_str(&text);
+    }
+    report
+}
+
+/// Runs a command's result to an exit code, printing a failure once on stderr.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_report(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Structured logs to stderr; `RUST_LOG` overrides `default_level`.
+pub fn init_logging(default_level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Waits for SIGTERM (a service manager or Kubernetes stopping the process) or SIGINT.
+pub async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Raises this process's soft open-file limit to its hard limit and returns the limit in force.
+/// Each tunnel holds two sockets, so the common default soft limit of 1024 would cap a gateway at
+/// about 500 tunnels (Go's runtime does the same at start-up for the same reason).
+pub fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// `--label KEY=VALUE` arguments, each checked as a Kubernetes label.
+pub fn parse_labels(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--label {pair:?} must be KEY=VALUE"))?;
+        clusterlink_api::validation::check_label_key(k)
+            .and_then(|()| clusterlink_api::validation::check_label_value(v))
+            .map_err(|e| anyhow::anyhow!("--label {pair:?}: {e}"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    Ok(labels)
+}
+
+/// Which backends exports may name; shared by every process that serves the peer port.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendArgs {
+    /// Let exports name services on loopback addresses (127.0.0.0/8, ::1, localhost). Off by
+    /// default: a loopback service trusts every local process (another gateway's management
+    /// API, a database bound to localhost), and an export would hand that trust to remote peers.
+    #[arg(long)]
+    pub allow_loopback_backends: bool,
+}
+
+/// Where a process finds the peer's certificate (the mounted Secret, on Kubernetes).
+#[derive(Debug, clap::Args)]
+pub struct TlsArgs {
+    #[arg(long, default_value = "/etc/clusterlink/ca.crt")]
+    pub ca: PathBuf,
+    #[arg(long, default_value = "/etc/clusterlink/tls.crt")]
+    pub cert: PathBuf,
+    #[arg(long, default_value = "/etc/clusterlink/tls.key")]
+    pub key: PathBuf,
+}
+
+impl TlsArgs {
+    /// The peer's name from its certificate, and a watched TLS configuration that follows the
+    /// files (a rotated Secret applies without a restart).
+    pub fn load(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+    ) -> anyhow::Result<(String, watch::Receiver<Arc<GatewayTls>>)> {
+        let files = TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        let credentials = Credentials::load(&files)?;
+        let name = match identity_of(&credentials.chain[0]) {
+            Ok(Identity::Peer(name)) => name,
+            other => bail!(
+                "{} is not a peer certificate ({other:?})",
+                files.cert.display()
+            ),
+        };
+        let (tx, rx) = watch::channel(Arc::new(GatewayTls::new(&credentials)?));
+        tokio::spawn(watch_files(files, name.clone(), tx, shutdown.clone()));
+        Ok((name, rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    enum Inner {
+        #[error("disk full")]
+        Full,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("the store failed: {0}")]
+        Store(#[from] Inner),
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        use anyhow::Context as _;
+        let e = anyhow::Error::from(Outer::from(Inner::Full)).context("cannot apply web.yaml");
+        assert_eq!(
+            super::error_report(&e),
+            "cannot apply web.yaml: the store failed: disk full"
+        );
+        let plain = Err::<(), _>(Inner::Full)
+            .context("cannot write")
+            .unwrap_err();
+        assert_eq!(super::error_report(&plain), "cannot write: disk full");
+    }
+}

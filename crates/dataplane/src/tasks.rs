@@ -1,0 +1,138 @@
+//! Running the data plane: its tasks (peer port, import listeners, peer probes, connection
+//! pool upkeep) and their supervision.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use clusterlink_api::clients::ClientTable;
+use clusterlink_pki::reload::GatewayTls;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::conditions::RuntimeConditions;
+use crate::health::{self, PeerHealth};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::{egress, hops, ingress};
+
+/// What the data plane needs from a gateway's configuration besides the snapshots.
+#[derive(Clone)]
+pub struct DataPlaneConfig {
+    /// Where import listeners bind (standalone mode).
+    pub import_address: IpAddr,
+    /// Who local clients are, by address range (standalone mode).
+    pub clients: ClientTable,
+    pub metrics: Arc<Metrics>,
+    /// This gateway's own listeners (management API, peer port): never dialed as a backend.
+    pub protected: Vec<std::net::SocketAddr>,
+    /// Whether exports may name services on loopback addresses (off by default: a loopback
+    /// service trusts every local process, and an export hands that trust to remote peers).
+    pub loopback_backends: bool,
+}
+
+/// Runs the data plane until `shutdown` flips: the peer port on `peer_listener` and a listener per
+/// import, serving what `snapshots` holds and reporting what only it knows to `conditions`.
+/// Returns when every task has stopped.
+pub async fn run(
+    config: DataPlaneConfig,
+    peer_listener: TcpListener,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    conditions: Arc<dyn RuntimeConditions>,
+    tls: watch::Receiver<Arc<GatewayTls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let health = PeerHealth::default();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(health::run_probers(
+        tls.clone(),
+        health.clone(),
+        snapshots.clone(),
+        conditions.clone(),
+        config.metrics.clone(),
+        shutdown.clone(),
+    ));
+    let relayed = Arc::new(hops::RelayedConnections::default());
+    tasks.spawn(ingress::serve(
+        peer_listener,
+        tls.clone(),
+        snapshots.clone(),
+        ingress::PeerPortConfig {
+            metrics: config.metrics.clone(),
+            protected: config.protected.clone().into(),
+            loopback_backends: config.loopback_backends,
+            relayed: relayed.clone(),
+        },
+        shutdown.clone(),
+    ));
+    let egress = Arc::new(egress::Egress {
+        tls,
+        health,
+        clients: config.clients,
+        metrics: config.metrics,
+        live: Default::default(),
+        pool: Default::default(),
+        handshakes: tokio::sync::Semaphore::new(Limits::DEFAULT.handshakes_at_once),
+        relayed,
+    });
+    tasks.spawn({
+        let (egress, mut snapshots, mut shutdown) =
+            (egress.clone(), snapshots.clone(), shutdown.clone());
+        let mut credentials = egress.tls.clone();
+        async move {
+            // Idle peer connections expire even when nothing else happens.
+            let mut sweep = tokio::time::interval(Limits::DEFAULT.pool_idle / 2);
+            loop {
+                tokio::select! {
+                    changed = snapshots.changed() => {
+                        if changed.is_err() { break }
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        egress.revalidate(&snapshot);
+                    }
+                    _ = sweep.tick() => egress.sweep_pool(&snapshots.borrow()),
+                    // Connections authenticated with replaced certificates are not reused.
+                    changed = credentials.changed() => {
+                        if changed.is_err() { break }
+                        egress.empty_pool();
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    });
+    tasks.spawn(egress::run_import_listeners(
+        config.import_address,
+        egress,
+        snapshots,
+        conditions,
+        shutdown.clone(),
+    ));
+    // Every task runs until shutdown: one that ends sooner leaves a data plane that looks up
+    // but is not, so the data plane ends too and the process above it sees that.
+    tokio::select! {
+        // Tasks end when they see the shutdown, so it is checked first: a task that ended
+        // because of it is no failure.
+        biased;
+        () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {}
+        Some(ended) = tasks.join_next() => if !*shutdown.borrow() {
+            tracing::error!(?ended, "a data-plane task ended unexpectedly; stopping the data plane");
+            return;
+        },
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Probes every Peer of `snapshots` and reports `PeerReachable` to `conditions`, without serving
+/// any traffic: on Kubernetes the control plane reports reachability while its replicas carry the
+/// tunnels (each replica probes for its own load balancing too).
+pub async fn probe_peers(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    conditions: Arc<dyn RuntimeConditions>,
+    tls: watch::Receiver<Arc<GatewayTls>>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let health = PeerHealth::default();
+    health::run_probers(tls, health, snapshots, conditions, metrics, shutdown).await
+}
