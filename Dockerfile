@@ -5,7 +5,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p clusterlink --bins \
+RUN cargo build --release --locked -p clusterlink -p clusterlink-dataplane --bins \
     && mkdir /out \
     && cp target/release/clusterlink target/release/gwctl target/release/cl-gateway \
           target/release/cl-controlplane target/release/cl-dataplane /out/

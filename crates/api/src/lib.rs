@@ -10,40 +10,26 @@
 
 pub mod attributes;
 pub mod clients;
+pub mod conditions;
+mod group;
 pub mod manifest;
 pub mod meta;
 pub mod resources;
 pub mod selector;
 pub mod validation;
 
+pub use conditions::{ConditionReason, ConditionType};
+pub use group::{API_GROUP, API_VERSION, DEFAULT_NAMESPACE, SYSTEM_NAMESPACE, VERSION};
 pub use manifest::{ManifestError, parse_manifest, parse_manifests};
 pub use meta::{Condition, ConditionStatus, ObjectMeta, Status};
 pub use resources::{
     AccessPolicy, AccessPolicySpec, Endpoint, Export, ExportSpec, Import, ImportSource, ImportSpec,
-    Kind, LbScheme, Object, ObjectKey, Peer, PeerSpec, PolicyAction, Port, PrivilegedAccessPolicy,
-    PrivilegedAccessPolicySpec, Resource, Scope, Spec, WorkloadSelectorEntry,
+    Kind, LbScheme, Object, ObjectKey, Objects, Peer, PeerSpec, PolicyAction, Port,
+    PrivilegedAccessPolicy, PrivilegedAccessPolicySpec, Resource, Scope, ServiceNaming, Spec,
+    WorkloadSelectorEntry,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
 pub use validation::{FieldError, FieldErrors};
-
-/// Every object of a configuration, by key: what a control plane holds and a data plane's
-/// snapshot is built from.
-pub type Objects = std::collections::BTreeMap<ObjectKey, Object>;
-
-/// The API group and version every manifest carries in `apiVersion`.
-pub const API_VERSION: &str = "clusterlink.net/v1alpha1";
-
-/// The API group, as used in REST paths and custom resource definitions.
-pub const API_GROUP: &str = "clusterlink.net";
-
-/// The version within [`API_GROUP`].
-pub const VERSION: &str = "v1alpha1";
-
-/// Where Peers live, as in the established ClusterLink deployment.
-pub const SYSTEM_NAMESPACE: &str = "clusterlink-system";
-
-/// The namespace assumed when a namespaced manifest names none, as `kubectl` does.
-pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// The five kinds as Kubernetes custom resources. The definitions are generated from the same
 /// types standalone mode parses, so one manifest means the same thing in both modes.
@@ -65,5 +51,30 @@ pub mod kubernetes {
             KubeAccessPolicy::crd(),
             KubePrivilegedAccessPolicy::crd(),
         ]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// The printer columns (spelled in the derive attributes, where no constant can go)
+        /// show the condition each kind carries.
+        #[test]
+        fn printer_columns_show_each_kinds_condition() {
+            for (crd, kind) in super::crds().iter().zip(crate::Kind::ALL) {
+                let wanted = format!("@.type==\"{}\"", kind.condition());
+                let columns = crd.spec.versions[0]
+                    .additional_printer_columns
+                    .as_deref()
+                    .unwrap_or_default();
+                let paths: Vec<&str> = columns
+                    .iter()
+                    .map(|c| c.json_path.as_str())
+                    .filter(|p| p.contains("@.type=="))
+                    .collect();
+                assert!(!paths.is_empty(), "{kind:?} shows no condition");
+                for path in paths {
+                    assert!(path.contains(&wanted), "{kind:?}: {path} is not {wanted}");
+                }
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::API_VERSION;
+use crate::group::API_VERSION;
 use crate::resources::{
     AccessPolicySpec, ExportSpec, ImportSpec, Kind, Object, PeerSpec, PrivilegedAccessPolicySpec,
     Resource,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conditions::{ConditionReason, ConditionType};
 use crate::validation::{FieldErrors, check_label_key, check_label_value};
 
 /// `metadata` of every object. Server-managed fields (`creationTimestamp`) are accepted on input
@@ -60,8 +61,8 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.conditions.iter().find(|c| c.type_ == type_)
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
     }
 }
 
@@ -83,15 +84,15 @@ pub struct Condition {
 
 impl Condition {
     pub fn new(
-        type_: &str,
+        type_: ConditionType,
         status: ConditionStatus,
-        reason: &str,
+        reason: ConditionReason,
         message: impl Into<String>,
     ) -> Self {
         Condition {
-            type_: type_.to_string(),
+            type_: type_.as_str().to_string(),
             status,
-            reason: reason.to_string(),
+            reason: reason.as_str().to_string(),
             message: message.into(),
             last_transition_time: None,
         }

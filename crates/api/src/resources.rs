@@ -8,12 +8,13 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::conditions::ConditionType;
+use crate::group::{API_VERSION, DEFAULT_NAMESPACE, SYSTEM_NAMESPACE};
 use crate::meta::{ObjectMeta, Status};
 use crate::selector::LabelSelector;
 use crate::validation::{
     FieldErrors, check_dns_label, check_dns_subdomain, check_host, check_rfc1035_label,
 };
-use crate::{API_VERSION, DEFAULT_NAMESPACE, SYSTEM_NAMESPACE};
 #[cfg(feature = "kubernetes")]
 use std::borrow::Cow;
 
@@ -38,6 +39,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The one condition objects of this kind carry.
+    pub const fn condition(self) -> ConditionType {
+        match self {
+            Kind::Peer => ConditionType::PeerReachable,
+            Kind::Export => ConditionType::ExportValid,
+            Kind::Import => ConditionType::ImportValid,
+            Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => ConditionType::PolicyValid,
+        }
+    }
+
     pub const ALL: [Kind; 5] = [
         Kind::Peer,
         Kind::Export,
@@ -381,6 +392,29 @@ impl Spec for ExportSpec {
 
 pub type Export = Resource<ExportSpec>;
 
+/// How an export without `spec.host` names the service of its own name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceNaming {
+    /// Standalone: the name as it is, for the host's resolver (`/etc/hosts`, search domains).
+    Bare,
+    /// Kubernetes: the Service of that name in the export's namespace, as cluster DNS names it.
+    Cluster,
+}
+
+impl Export {
+    /// Where connections to this export go: `spec.host`, or else the service of the export's
+    /// own name.
+    pub fn backend_host(&self, naming: ServiceNaming) -> String {
+        match (self.spec.host.is_empty(), naming) {
+            (false, _) => self.spec.host.clone(),
+            (true, ServiceNaming::Bare) => self.metadata.name.clone(),
+            (true, ServiceNaming::Cluster) => {
+                format!("{}.{}.svc", self.metadata.name, self.metadata.namespace)
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Import
 
@@ -665,6 +699,10 @@ pub type PrivilegedAccessPolicy = Resource<PrivilegedAccessPolicySpec>;
 // ---------------------------------------------------------------------------------------------
 // Object: any of the kinds
 
+/// Every object of a configuration, by key: what a control plane holds and a data plane's
+/// snapshot is built from.
+pub type Objects = std::collections::BTreeMap<ObjectKey, Object>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Object {
@@ -790,5 +828,42 @@ impl Object {
             errors.into_result()
         }
         each_kind!(self, r => run(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_carries_its_condition() {
+        let carried: Vec<ConditionType> = Kind::ALL.iter().map(|k| k.condition()).collect();
+        assert_eq!(
+            carried,
+            [
+                ConditionType::PeerReachable,
+                ConditionType::ExportValid,
+                ConditionType::ImportValid,
+                ConditionType::PolicyValid,
+                ConditionType::PolicyValid,
+            ]
+        );
+    }
+
+    #[test]
+    fn an_export_without_a_host_is_the_service_of_its_name() {
+        let yaml = "{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: reviews, namespace: shop}, spec: {port: 9080}}";
+        let Ok(Object::Export(mut export)) = crate::parse_manifest(yaml, "default") else {
+            panic!("not an export");
+        };
+        assert_eq!(export.backend_host(ServiceNaming::Bare), "reviews");
+        assert_eq!(
+            export.backend_host(ServiceNaming::Cluster),
+            "reviews.shop.svc"
+        );
+        export.spec.host = "10.0.0.7".into();
+        for naming in [ServiceNaming::Bare, ServiceNaming::Cluster] {
+            assert_eq!(export.backend_host(naming), "10.0.0.7");
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod measure;
 pub mod paths;
 pub mod proxies;
 pub mod report;
+pub mod setup;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
-use paths::{Backends, PathKind, Process, RunningPath, Setup};
+use paths::RunningPath;
 use report::{Figures, Round};
+use setup::{Backends, PathKind, Process, Setup};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -94,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     work.disable_cleanup(true);
     let setup = Setup::create(work.path(), &bin_dir, args.envoy.clone())?;
 
-    let iperf_port = paths::free_address()?;
+    let iperf_port = setup::free_address()?;
     let mut iperf = Command::new("iperf3");
     iperf.args([
         "-s",

@@ -5,149 +5,19 @@
 //! and each side verifying the other. Each path is started fresh for each round and stopped after
 //! it, so one round's memory and connections never carry into the next.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clusterlink::demo::LocalGateway;
-use serde::Serialize;
 
 use crate::loadgen;
 use crate::proxies;
+use crate::setup::{Backends, Fronts, PathKind, Process, Setup, free_address};
 
 /// Longest a freshly started pair may take before a connection goes through it end to end.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PathKind {
-    Direct,
-    Nginx,
-    Haproxy,
-    EnvoyH1,
-    EnvoyH2,
-    Clusterlink,
-}
-
-impl PathKind {
-    pub const ALL: [PathKind; 6] = [
-        PathKind::Direct,
-        PathKind::Nginx,
-        PathKind::Haproxy,
-        PathKind::EnvoyH1,
-        PathKind::EnvoyH2,
-        PathKind::Clusterlink,
-    ];
-
-    /// The name used on the command line and in the JSON.
-    pub fn key(self) -> &'static str {
-        match self {
-            PathKind::Direct => "direct",
-            PathKind::Nginx => "nginx",
-            PathKind::Haproxy => "haproxy",
-            PathKind::EnvoyH1 => "envoy-h1",
-            PathKind::EnvoyH2 => "envoy-h2",
-            PathKind::Clusterlink => "clusterlink",
-        }
-    }
-
-    /// The column heading in the table.
-    pub fn label(self) -> &'static str {
-        match self {
-            PathKind::Direct => "direct TCP",
-            PathKind::Nginx => "nginx mTLS",
-            PathKind::Haproxy => "haproxy mTLS",
-            PathKind::EnvoyH1 => "Envoy H1 CONNECT",
-            PathKind::EnvoyH2 => "Envoy H2 CONNECT",
-            PathKind::Clusterlink => "ClusterLink",
-        }
-    }
-
-    pub fn from_key(key: &str) -> Option<PathKind> {
-        PathKind::ALL.into_iter().find(|k| k.key() == key)
-    }
-}
-
-/// The backends every path leads to, started once by the benchmark.
-pub struct Backends {
-    pub iperf: SocketAddr,
-    pub echo: SocketAddr,
-    pub hold: SocketAddr,
-}
-
-/// Where a client connects to reach each backend through a path.
-#[derive(Debug, Clone, Copy)]
-pub struct Fronts {
-    pub iperf: SocketAddr,
-    pub echo: SocketAddr,
-    pub hold: SocketAddr,
-}
-
-/// Files and programs shared by every start of every path.
-pub struct Setup {
-    pub dir: PathBuf,
-    /// Where `cl-gateway` is (the release build next to this binary).
-    pub bin_dir: PathBuf,
-    pub envoy: PathBuf,
-    pub certs: proxies::Certs,
-}
-
-impl Setup {
-    /// Makes the fabric (CA and the certificates of `server1` and `client1`) in `dir`.
-    pub fn create(dir: &Path, bin_dir: &Path, envoy: PathBuf) -> anyhow::Result<Setup> {
-        clusterlink::demo::create_fabric(dir, &["server1", "client1"])?;
-        let certs = proxies::Certs::from_fabric(dir)?;
-        Ok(Setup {
-            dir: dir.to_path_buf(),
-            bin_dir: bin_dir.to_path_buf(),
-            envoy,
-            certs,
-        })
-    }
-}
-
-/// A process of a pair; stopped (SIGTERM, then SIGKILL) when dropped.
-pub struct Process {
-    child: Child,
-}
-
-impl Process {
-    pub fn spawn(mut command: Command, log: &Path) -> anyhow::Result<Process> {
-        let log_file = std::fs::File::create(log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()
-            .with_context(|| format!("cannot start {:?}", command.get_program()))?;
-        Ok(Process { child })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        clusterlink::terminate(&self.child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A started path; stopping it is dropping it.
 pub struct RunningPath {
@@ -287,9 +157,4 @@ async fn start_clusterlink(
     client.apply(&manifests).await?;
     // Side A is the importing gateway, side B the exporting one.
     Ok((vec![client, server], fronts))
-}
-
-/// A loopback address with a port nothing listens on now.
-pub fn free_address() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::Context as _;
 
-use crate::paths::{Backends, Fronts, PathKind, Process, Setup, free_address};
+use crate::setup::{Backends, Certs, Fronts, PathKind, Process, Setup, free_address};
 
 /// Routes every pair carries, in the order of [`Fronts`] and [`Backends`].
 const ROUTES: [&str; 3] = ["iperf", "echo", "hold"];
@@ -25,42 +25,6 @@ const ROUTES: [&str; 3] = ["iperf", "echo", "hold"];
 const MAX_CONNECTIONS: u32 = 100_000;
 /// The name in the server side's certificate, checked by the client side.
 const SERVER_NAME: &str = "server1";
-
-/// The fabric's certificates, as files the proxies read.
-pub struct Certs {
-    pub ca: PathBuf,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    /// Certificate and key in one file, as haproxy wants them.
-    pub server_bundle: PathBuf,
-    pub client_bundle: PathBuf,
-}
-
-impl Certs {
-    /// The CA and the certificates of `server1` and `client1` from the fabric in `dir`.
-    pub fn from_fabric(dir: &Path) -> anyhow::Result<Certs> {
-        let fabric = dir.join(clusterlink::clusterlink_cmd::DEFAULT_FABRIC);
-        let file = |peer: &str, name: &str| fabric.join(peer).join(name);
-        let bundle = |peer: &str| -> anyhow::Result<PathBuf> {
-            let cert = std::fs::read_to_string(file(peer, clusterlink_pki::CERT_FILE))?;
-            let key = std::fs::read_to_string(file(peer, clusterlink_pki::KEY_FILE))?;
-            let path = fabric.join(peer).join("bundle.pem");
-            std::fs::write(&path, format!("{cert}{key}"))?;
-            Ok(path)
-        };
-        Ok(Certs {
-            ca: fabric.join(clusterlink_pki::CERT_FILE),
-            server_cert: file("server1", clusterlink_pki::CERT_FILE),
-            server_key: file("server1", clusterlink_pki::KEY_FILE),
-            client_cert: file("client1", clusterlink_pki::CERT_FILE),
-            client_key: file("client1", clusterlink_pki::KEY_FILE),
-            server_bundle: bundle("server1")?,
-            client_bundle: bundle("client1")?,
-        })
-    }
-}
 
 /// Starts the pair `kind` in `work`; returns side A (client) and side B (server).
 pub fn start(

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::paths::PathKind;
+use crate::setup::PathKind;
 
 /// A figure the benchmark reports.
 pub struct Metric {

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use clusterlink_pki::issue::{DEFAULT_CA_VALIDITY_DAYS, DEFAULT_LEAF_VALIDITY_DAYS};
-use clusterlink_pki::{Validity, create_admin_cert, create_fabric, create_peer_cert};
-
-/// The fabric name the established ClusterLink CLI uses by default.
-pub const DEFAULT_FABRIC: &str = "default_fabric";
+use clusterlink_pki::{
+    DEFAULT_FABRIC, Validity, create_admin_cert, create_fabric, create_peer_cert,
+};
 
 #[derive(Debug, Parser)]
 #[command(

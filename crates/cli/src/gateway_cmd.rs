@@ -31,7 +31,7 @@ pub const DEFAULT_PEER_ADDRESS: &str = "0.0.0.0:443";
 )]
 pub struct GatewayArgs {
     /// The fabric directory (holding cert.pem of the CA, and the peer's directory).
-    #[arg(long, default_value = crate::clusterlink_cmd::DEFAULT_FABRIC)]
+    #[arg(long, default_value = clusterlink_pki::DEFAULT_FABRIC)]
     pub fabric: PathBuf,
     /// The peer this gateway serves; its certificate is <fabric>/<peer>/cert.pem.
     #[arg(long)]

@@ -55,7 +55,7 @@ pub struct DeployPeerArgs {
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     pub tag: String,
     /// The fabric's name: its directory under --path.
-    #[arg(long, default_value = crate::clusterlink_cmd::DEFAULT_FABRIC)]
+    #[arg(long, default_value = clusterlink_pki::DEFAULT_FABRIC)]
     pub fabric: String,
     /// Directory holding the fabric.
     #[arg(long, default_value = ".")]

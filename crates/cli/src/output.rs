@@ -2,7 +2,7 @@
 
 use clap::ValueEnum;
 use clusterlink_api::{
-    Kind, LabelSelector, Object, Scope, SelectorOperator, WorkloadSelectorEntry,
+    ConditionType, Kind, LabelSelector, Object, Scope, SelectorOperator, WorkloadSelectorEntry,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -62,7 +62,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
             row.push(meta.namespace.clone());
         }
         row.push(meta.name.clone());
-        let condition = |t: &str| {
+        let condition = |t: ConditionType| {
             obj.status()
                 .and_then(|s| s.condition(t))
                 .map(|c| c.status.as_str().to_string())
@@ -78,7 +78,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                         .collect::<Vec<_>>()
                         .join(","),
                 );
-                row.push(condition("PeerReachable"));
+                row.push(condition(ConditionType::PeerReachable));
             }
             Object::Export(e) => {
                 row.push(if e.spec.host.is_empty() {
@@ -87,7 +87,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                     e.spec.host.clone()
                 });
                 row.push(e.spec.port.to_string());
-                row.push(condition("ExportValid"));
+                row.push(condition(ConditionType::ExportValid));
             }
             Object::Import(i) => {
                 row.push(i.spec.port.to_string());
@@ -106,7 +106,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                         .collect::<Vec<_>>()
                         .join(","),
                 );
-                row.push(condition("ImportValid"));
+                row.push(condition(ConditionType::ImportValid));
             }
             Object::AccessPolicy(p) => {
                 policy_columns(&mut row, p.spec.action.as_str(), &p.spec.from, &p.spec.to)

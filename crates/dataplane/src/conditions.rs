@@ -2,12 +2,12 @@
 //! import's port is bound, whether a peer answers probes), reported through a write-only handle.
 //! The data plane never reads configuration back from it; it reads snapshots.
 
-use clusterlink_api::{Condition, ObjectKey};
+use clusterlink_api::{Condition, ConditionType, ObjectKey};
 
 /// Where the data plane reports runtime conditions of objects.
 pub trait RuntimeConditions: Send + Sync + 'static {
     /// Sets (or with `None` clears) the condition `type_` of `key`.
-    fn set(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>);
+    fn set(&self, key: &ObjectKey, type_: ConditionType, condition: Option<Condition>);
 }
 
 /// For a data plane whose conditions nobody reads: a replica on Kubernetes, whose control plane
@@ -15,9 +15,9 @@ pub trait RuntimeConditions: Send + Sync + 'static {
 pub struct Unreported;
 
 impl RuntimeConditions for Unreported {
-    fn set(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>) {
+    fn set(&self, key: &ObjectKey, type_: ConditionType, condition: Option<Condition>) {
         if let Some(c) = condition {
-            tracing::debug!(object = %key, type_, status = ?c.status, reason = %c.reason, "condition");
+            tracing::debug!(object = %key, %type_, status = ?c.status, reason = %c.reason, "condition");
         }
     }
 }

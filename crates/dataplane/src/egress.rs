@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use clusterlink_api::{Condition, ConditionStatus, ImportSource, LbScheme, ObjectKey};
+use clusterlink_api::{
+    Condition, ConditionReason, ConditionStatus, ConditionType, ImportSource, LbScheme, ObjectKey,
+};
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,7 +41,7 @@ use crate::workers::serve_on_worker;
 /// A mutual-TLS connection to a peer gateway.
 type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
 
-const IMPORT_VALID: &str = "ImportValid";
+const IMPORT_VALID: ConditionType = ConditionType::ImportValid;
 
 struct RunningListener {
     port: u16,
@@ -96,7 +98,7 @@ pub(crate) async fn run_import_listeners(
                         Some(Condition::new(
                             IMPORT_VALID,
                             ConditionStatus::True,
-                            "Listening",
+                            ConditionReason::Listening,
                             format!("listening on {addr}"),
                         )),
                     );
@@ -125,7 +127,7 @@ pub(crate) async fn run_import_listeners(
                         Some(Condition::new(
                             IMPORT_VALID,
                             ConditionStatus::False,
-                            "PortUnavailable",
+                            ConditionReason::PortUnavailable,
                             format!("cannot listen on {addr}: {e}"),
                         )),
                     );

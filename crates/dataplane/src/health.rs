@@ -7,7 +7,9 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use std::time::Duration;
 
-use clusterlink_api::{Condition, ConditionStatus, Kind, ObjectKey, SYSTEM_NAMESPACE};
+use clusterlink_api::{
+    Condition, ConditionReason, ConditionStatus, ConditionType, Kind, ObjectKey, SYSTEM_NAMESPACE,
+};
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -27,7 +29,7 @@ use crate::tunnel::{HEALTH_REQUEST, read_head};
 /// The probe periods, timeout and counts (with their reasons) are in [`Limits`].
 const L: Limits = Limits::DEFAULT;
 
-const PEER_REACHABLE: &str = "PeerReachable";
+const PEER_REACHABLE: ConditionType = ConditionType::PeerReachable;
 
 /// Which peers are known to be unreachable; read per connection by load balancing.
 #[derive(Clone, Default)]
@@ -177,13 +179,13 @@ async fn probe_forever(
                 Ok(addr) => Condition::new(
                     PEER_REACHABLE,
                     ConditionStatus::True,
-                    "Probed",
+                    ConditionReason::Probed,
                     format!("gateway {addr} answered"),
                 ),
                 Err(e) => Condition::new(
                     PEER_REACHABLE,
                     ConditionStatus::False,
-                    "Unreachable",
+                    ConditionReason::Unreachable,
                     e.clone(),
                 ),
             };

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use clusterlink_api::clients::ClientHosts;
-use clusterlink_api::{ImportSource, LbScheme, Object, ObjectKey, Objects};
+use clusterlink_api::{ImportSource, LbScheme, Object, ObjectKey, Objects, ServiceNaming};
 use tokio::sync::watch;
 
 use crate::policy::PolicyEngine;
@@ -79,12 +79,8 @@ impl Snapshot {
                     );
                 }
                 Object::Export(e) => {
-                    // Without a host, the export is the service of the same name.
-                    let host = if e.spec.host.is_empty() {
-                        e.metadata.name.clone()
-                    } else {
-                        e.spec.host.clone()
-                    };
+                    // Kubernetes exports arrive with their Service's cluster name already set.
+                    let host = e.backend_host(ServiceNaming::Bare);
                     snapshot.exports.insert(
                         ExportRef {
                             namespace: e.metadata.namespace.clone(),

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use clusterlink_api::{
-    Condition, ConditionStatus, FieldErrors, Kind, Object, ObjectKey, Scope, Status,
+    Condition, ConditionReason, ConditionStatus, ConditionType, FieldErrors, Kind, Object,
+    ObjectKey, Scope, ServiceNaming, Status,
 };
 use clusterlink_store::{Store, StoreError, Write};
 use time::OffsetDateTime;
@@ -152,10 +153,15 @@ impl ControlPlane {
     }
 
     /// Sets (or with `None` clears) the runtime condition `type_` of `key`.
-    pub fn set_condition(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>) {
+    pub fn set_condition(
+        &self,
+        key: &ObjectKey,
+        type_: ConditionType,
+        condition: Option<Condition>,
+    ) {
         let mut runtime = self.runtime.write();
         let list = runtime.entry(key.clone()).or_default();
-        list.retain(|c| c.type_ != type_);
+        list.retain(|c| c.type_ != type_.as_str());
         list.extend(condition);
         if list.is_empty() {
             runtime.remove(key);
@@ -232,7 +238,7 @@ impl ControlPlane {
 
 /// The data plane reports the conditions only it knows (ports bound, peers reachable) here.
 impl clusterlink_dataplane::RuntimeConditions for ControlPlane {
-    fn set(&self, key: &ObjectKey, type_: &str, condition: Option<Condition>) {
+    fn set(&self, key: &ObjectKey, type_: ConditionType, condition: Option<Condition>) {
         self.set_condition(key, type_, condition);
     }
 }
@@ -413,28 +419,24 @@ fn decide(
 fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
     let admitted = match &obj {
         Object::Peer(_) => vec![Condition::new(
-            "PeerReachable",
+            ConditionType::PeerReachable,
             ConditionStatus::Unknown,
-            "NotProbed",
+            ConditionReason::NotProbed,
             "waiting for the first health probe",
         )],
         Object::Export(e) => {
-            let host = if e.spec.host.is_empty() {
-                e.metadata.name.as_str()
-            } else {
-                e.spec.host.as_str()
-            };
+            let host = e.backend_host(ServiceNaming::Bare);
             vec![Condition::new(
-                "ExportValid",
+                ConditionType::ExportValid,
                 ConditionStatus::True,
-                "Accepted",
+                ConditionReason::Accepted,
                 format!("connections are served by {host}:{}", e.spec.port),
             )]
         }
         Object::Import(i) => vec![Condition::new(
-            "ImportValid",
+            ConditionType::ImportValid,
             ConditionStatus::True,
-            "Accepted",
+            ConditionReason::Accepted,
             format!(
                 "{} source(s), {}",
                 i.spec.sources.len(),
@@ -521,7 +523,7 @@ mod tests {
         assert_eq!(
             got.status()
                 .unwrap()
-                .condition("ExportValid")
+                .condition(ConditionType::ExportValid)
                 .unwrap()
                 .status,
             ConditionStatus::True

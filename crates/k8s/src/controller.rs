@@ -327,7 +327,7 @@ pub async fn run(
         }
         let changes = reconcile::plan(&world);
         let peer_changes = model::peer_status_changes(&control_plane, &world);
-        let now = crate::now_rfc3339();
+        let now = now_rfc3339();
         // Failures are logged by the executor and retried by the next pass.
         let _ = executor.execute(&changes, &now).await;
         let _ = executor.execute(&peer_changes, &now).await;
@@ -356,4 +356,12 @@ fn dataplane_addresses(pods: &[Arc<Pod>], config: &ControllerConfig) -> Vec<IpAd
         .filter(|p| crate::pods::is_ready(p))
         .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref()?.parse().ok())
         .collect()
+}
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }

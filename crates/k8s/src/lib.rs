@@ -22,11 +22,3 @@ pub mod reconcile;
 
 pub use controller::{ControllerConfig, Executor};
 pub use reconcile::{Change, World, plan};
-
-/// The current time as Kubernetes writes it (RFC 3339, seconds, UTC).
-pub fn now_rfc3339() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}

@@ -2,13 +2,11 @@
 //! fills from its store, so policy, load balancing and the data plane do not know which source
 //! they run on.
 
-use clusterlink_api::{Kind, Object, Port};
+use clusterlink_api::{ConditionReason, ConditionType, Kind, Object, Port, ServiceNaming};
 use clusterlink_gateway::model::ControlPlane;
 
 use crate::convert;
-use crate::reconcile::{
-    Change, PEER_REACHABLE, World, assign_target_ports, refused, status_change,
-};
+use crate::reconcile::{Change, World, assign_target_ports, refused, status_change};
 
 /// The model objects the cluster describes, translated to what the data plane acts on there:
 /// - an import listens on its target port (its Service maps the client-facing port to it), and
@@ -33,10 +31,7 @@ pub fn objects(world: &World) -> Vec<Object> {
     );
     for e in &world.exports {
         if let Ok(Object::Export(mut export)) = convert::export(e) {
-            if export.spec.host.is_empty() {
-                export.spec.host =
-                    format!("{}.{}.svc", export.metadata.name, export.metadata.namespace);
-            }
+            export.spec.host = export.backend_host(ServiceNaming::Cluster);
             out.push(Object::Export(export));
         }
     }
@@ -67,13 +62,13 @@ pub fn peer_status_changes(control_plane: &ControlPlane, world: &World) -> Vec<C
     for peer in &world.peers {
         let condition = match convert::peer(peer) {
             Err(errors) => refused(
-                "Invalid",
+                ConditionReason::Invalid,
                 format!("the peer is not valid, so it is neither probed nor used: {errors}"),
             ),
             Ok(model) => {
                 let probed = control_plane
                     .get(&model.key())
-                    .and_then(|o| o.status()?.condition(PEER_REACHABLE).cloned());
+                    .and_then(|o| o.status()?.condition(ConditionType::PeerReachable).cloned());
                 // Not probed yet: the status stays as it is until there is something to say.
                 let Some(probed) = probed else { continue };
                 probed

@@ -28,7 +28,9 @@ use std::ops::RangeInclusive;
 use clusterlink_api::kubernetes::{
     KubeAccessPolicy, KubeExport, KubeImport, KubePeer, KubePrivilegedAccessPolicy,
 };
-use clusterlink_api::{Condition, ConditionStatus, FieldErrors, Kind, Object, Status};
+use clusterlink_api::{
+    Condition, ConditionReason, ConditionStatus, ConditionType, FieldErrors, Kind, Object, Status,
+};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -38,10 +40,9 @@ use serde::Serialize;
 
 use crate::convert;
 
-pub const IMPORT_VALID: &str = "ImportValid";
-pub const EXPORT_VALID: &str = "ExportValid";
-pub const PEER_REACHABLE: &str = "PeerReachable";
-pub const POLICY_VALID: &str = "PolicyValid";
+const IMPORT_VALID: ConditionType = ConditionType::ImportValid;
+const EXPORT_VALID: ConditionType = ConditionType::ExportValid;
+const POLICY_VALID: ConditionType = ConditionType::PolicyValid;
 
 /// `app.kubernetes.io/managed-by` value on every object the controller creates; with
 /// [`IMPORT_LABEL`] it is how the controller tells its Services from everyone else's.
@@ -151,7 +152,7 @@ pub fn plan(world: &World) -> Vec<Change> {
                 let existing = services.get(&(namespace, name)).copied();
                 match existing {
                     Some(s) if !is_managed(&s.metadata) && !is_adoptable(&s.metadata) => refused(
-                        "ServiceConflict",
+                        ConditionReason::ServiceConflict,
                         format!(
                             "Service {namespace}/{name} exists and is not managed by ClusterLink; \
                                  rename the import, delete the Service, or label it \
@@ -179,7 +180,7 @@ pub fn plan(world: &World) -> Vec<Change> {
                         Condition::new(
                             IMPORT_VALID,
                             ConditionStatus::True,
-                            "ServiceReady",
+                            ConditionReason::ServiceReady,
                             format!(
                                 "Service {namespace}/{name} port {} forwards to {where_} on port {target}",
                                 import.spec.port
@@ -265,14 +266,17 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
         .iter()
         .map(|import| {
             convert::import(import).map_err(|errors| {
-                refused("Invalid", format!("the import is not valid: {errors}"))
+                refused(
+                    ConditionReason::Invalid,
+                    format!("the import is not valid: {errors}"),
+                )
             })?;
             let Some(port) = import.spec.target_port.map(|p| p.get()) else {
                 return Ok(None);
             };
             if let Some(owner) = taken.get(&port) {
                 return Err(refused(
-                    "TargetPortConflict",
+                    ConditionReason::TargetPortConflict,
                     format!(
                         "targetPort {port} is already used by {owner}; remove spec.targetPort to \
                          have one allocated, or choose another"
@@ -289,7 +293,7 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
             *slot = match free.next() {
                 Some(p) => Ok(Some(p)),
                 None => Err(refused(
-                    "NoFreeTargetPort",
+                    ConditionReason::NoFreeTargetPort,
                     format!(
                         "every port of {}–{} is in use; delete an unused import or set \
                          spec.targetPort outside that range",
@@ -306,7 +310,12 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
         .map(|(i, a)| {
             // Every import without a port was given one, or a refusal, in the loop above.
             let assigned = a.and_then(|p| {
-                p.ok_or_else(|| refused("NoFreeTargetPort", "no port was assigned".into()))
+                p.ok_or_else(|| {
+                    refused(
+                        ConditionReason::NoFreeTargetPort,
+                        "no port was assigned".into(),
+                    )
+                })
             });
             (i, assigned)
         })
@@ -316,13 +325,16 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
 fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Service>) -> Condition {
     let (namespace, name) = (namespace_of(&export.metadata), name_of(&export.metadata));
     if let Err(errors) = convert::export(export) {
-        return refused("Invalid", format!("the export is not valid: {errors}"));
+        return refused(
+            ConditionReason::Invalid,
+            format!("the export is not valid: {errors}"),
+        );
     }
     if !export.spec.host.is_empty() {
         return Condition::new(
             EXPORT_VALID,
             ConditionStatus::True,
-            "HostSet",
+            ConditionReason::HostSet,
             format!(
                 "connections go to {}:{}",
                 export.spec.host, export.spec.port
@@ -333,7 +345,7 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
         Some(s) if is_managed(&s.metadata) => Condition::new(
             EXPORT_VALID,
             ConditionStatus::False,
-            "ServiceIsImport",
+            ConditionReason::ServiceIsImport,
             format!(
                 "Service {namespace}/{name} belongs to an import; exporting it would loop back \
                  into the fabric. Set spec.host to the service to export"
@@ -342,7 +354,7 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
         Some(_) => Condition::new(
             EXPORT_VALID,
             ConditionStatus::True,
-            "ServiceFound",
+            ConditionReason::ServiceFound,
             format!(
                 "connections go to Service {namespace}/{name} port {}",
                 export.spec.port
@@ -351,7 +363,7 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
         None => Condition::new(
             EXPORT_VALID,
             ConditionStatus::False,
-            "ServiceNotFound",
+            ConditionReason::ServiceNotFound,
             format!(
                 "no Service {namespace}/{name}: create it, or set spec.host to the address to \
                  export"
@@ -363,21 +375,27 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
 fn policy_condition(converted: Result<Object, FieldErrors>) -> Condition {
     match converted {
         Err(errors) => refused(
-            "Invalid",
+            ConditionReason::Invalid,
             format!("the policy is not valid and is not enforced: {errors}"),
         ),
         Ok(_) => Condition::new(
             POLICY_VALID,
             ConditionStatus::True,
-            "Enforced",
+            ConditionReason::Enforced,
             "the policy is part of every decision in its scope".to_string(),
         ),
     }
 }
 
 /// A `False` condition; [`status_change`] names its type after the object's kind.
-pub(crate) fn refused(reason: &str, message: String) -> Condition {
-    Condition::new("", ConditionStatus::False, reason, message)
+pub(crate) fn refused(reason: ConditionReason, message: String) -> Condition {
+    Condition {
+        type_: String::new(),
+        status: ConditionStatus::False,
+        reason: reason.as_str().to_string(),
+        message,
+        last_transition_time: None,
+    }
 }
 
 /// The status write needed to show `condition`, or none if the object already shows it.
@@ -387,13 +405,7 @@ pub(crate) fn status_change(
     current: Option<&Status>,
     mut condition: Condition,
 ) -> Option<Change> {
-    condition.type_ = match kind {
-        Kind::Import => IMPORT_VALID,
-        Kind::Export => EXPORT_VALID,
-        Kind::Peer => PEER_REACHABLE,
-        Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => POLICY_VALID,
-    }
-    .to_string();
+    condition.type_ = kind.condition().as_str().to_string();
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut conditions = existing.to_vec();
     match conditions.iter_mut().find(|c| c.type_ == condition.type_) {

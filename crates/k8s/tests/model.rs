@@ -5,9 +5,11 @@ mod support;
 use std::sync::Arc;
 
 use clusterlink_api::kubernetes::{KubeAccessPolicy, KubePeer};
-use clusterlink_api::{Condition, ConditionStatus, Kind, Object, ObjectKey, SYSTEM_NAMESPACE};
+use clusterlink_api::{
+    Condition, ConditionReason, ConditionStatus, ConditionType, Kind, Object, ObjectKey,
+    SYSTEM_NAMESPACE,
+};
 use clusterlink_gateway::model::ControlPlane;
-use clusterlink_k8s::reconcile::PEER_REACHABLE;
 use clusterlink_k8s::{model, pods};
 use clusterlink_store::MemoryStore;
 use k8s_openapi::api::core::v1::Pod;
@@ -98,9 +100,14 @@ async fn peer_status_shows_the_probes_and_why_an_invalid_peer_is_not_used() {
         .replace_all(model::objects(&world))
         .await
         .unwrap();
-    let reachable = Condition::new(PEER_REACHABLE, ConditionStatus::True, "Probed", "answered");
+    let reachable = Condition::new(
+        ConditionType::PeerReachable,
+        ConditionStatus::True,
+        ConditionReason::Probed,
+        "answered",
+    );
     let east = ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, "east");
-    control_plane.set_condition(&east, PEER_REACHABLE, Some(reachable));
+    control_plane.set_condition(&east, ConditionType::PeerReachable, Some(reachable));
 
     let changes = model::peer_status_changes(&control_plane, &world);
     assert_eq!(
@@ -117,7 +124,7 @@ async fn peer_status_shows_the_probes_and_why_an_invalid_peer_is_not_used() {
         Some(("False".into(), "Invalid".into()))
     );
     let (_, _, invalid) = status_set_for(&changes, "Bad_Name").unwrap();
-    assert_eq!(invalid.type_, PEER_REACHABLE);
+    assert_eq!(invalid.type_, "PeerReachable");
     assert!(invalid.message.contains("metadata.name"), "{invalid:?}");
 
     let settled = applied(world, &changes);

@@ -1,11 +1,20 @@
-//! Writing key material: never over an existing file, keys readable by the owner only.
+//! The fabric's layout on disk, and writing key material: never over an existing file, keys
+//! readable by the owner only.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::{CERT_FILE, KEY_FILE, PkiError};
+use crate::error::PkiError;
+
+/// File names inside a fabric, peer or admin directory, as in the established ClusterLink CLI.
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+/// Admin certificates live under `<fabric>/admins/<name>/`, apart from peer directories.
+pub const ADMINS_DIR: &str = "admins";
+/// The fabric's directory when none is named, as in the established ClusterLink CLI.
+pub const DEFAULT_FABRIC: &str = "default_fabric";
 
 /// Private keys: owner read/write only.
 const KEY_MODE: u32 = 0o600;

@@ -4,7 +4,7 @@
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
-use crate::PkiError;
+use crate::error::PkiError;
 use crate::issue::ADMIN_URI_PREFIX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

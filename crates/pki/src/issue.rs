@@ -8,8 +8,9 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
+use crate::error::PkiError;
+use crate::files::{ADMINS_DIR, CERT_FILE, KEY_FILE};
 use crate::files::{read_string, write_pair};
-use crate::{ADMINS_DIR, CERT_FILE, KEY_FILE, PkiError};
 
 /// A fabric CA outlives many rounds of peer certificates.
 pub const DEFAULT_CA_VALIDITY_DAYS: u32 = 3650;

@@ -14,52 +14,17 @@
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod error;
 mod files;
 pub mod identity;
 pub mod issue;
 pub mod reload;
 pub mod tls;
 
+pub use error::PkiError;
+pub use files::{ADMINS_DIR, CERT_FILE, DEFAULT_FABRIC, KEY_FILE};
 pub use identity::{Identity, identity_of};
 pub use issue::{CertPaths, Validity, create_admin_cert, create_fabric, create_peer_cert};
-
-use std::path::PathBuf;
-
-/// File names inside a fabric, peer or admin directory, as in the established ClusterLink CLI.
-pub const CERT_FILE: &str = "cert.pem";
-pub const KEY_FILE: &str = "key.pem";
-/// Admin certificates live under `<fabric>/admins/<name>/`, apart from peer directories.
-pub const ADMINS_DIR: &str = "admins";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PkiError {
-    #[error(
-        "{path} already exists; refusing to overwrite it (move it away first if you mean to replace it)"
-    )]
-    AlreadyExists { path: PathBuf },
-    #[error("invalid name {name:?}: {reason}")]
-    InvalidName { name: String, reason: String },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    BadFile { path: PathBuf, reason: String },
-    #[error("certificate generation failed: {0}")]
-    Generate(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("certificate identity: {0}")]
-    Identity(String),
-    #[error("invalid validity: {0}")]
-    Validity(String),
-}
 
 #[cfg(test)]
 mod tests {

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::error::PkiError;
+use crate::identity::{Identity, identity_of};
 use crate::tls::{Credentials, PEER_ALPN, TlsFiles, mutual_client_config, mutual_server_config};
-use crate::{Identity, PkiError, identity_of};
 use rustls::{ClientConfig, ServerConfig};
 use tokio::sync::watch;
 

@@ -10,7 +10,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::PkiError;
+use crate::error::PkiError;
 use crate::files::read;
 
 /// ALPN of the peer port's tunnel protocol version (2: framed, reusable tunnels); a gateway
@@ -48,9 +48,9 @@ impl TlsFiles {
     /// The layout `clusterlink create` writes: `<fabric>/cert.pem` and `<fabric>/<party>/…`.
     pub fn in_fabric(fabric_dir: &Path, party_dir: &Path) -> TlsFiles {
         TlsFiles {
-            ca: fabric_dir.join(crate::CERT_FILE),
-            cert: party_dir.join(crate::CERT_FILE),
-            key: party_dir.join(crate::KEY_FILE),
+            ca: fabric_dir.join(crate::files::CERT_FILE),
+            cert: party_dir.join(crate::files::CERT_FILE),
+            key: party_dir.join(crate::files::KEY_FILE),
         }
     }
 }

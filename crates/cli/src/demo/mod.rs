@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
-use clusterlink_api::{Kind, Object, parse_manifests};
+use clusterlink_api::{ConditionReason, ConditionType, Kind, Object, parse_manifests};
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -224,11 +224,11 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 
 /// The fabric CA in `dir` (made if absent) and a certificate for each of `peers`.
 pub fn create_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
-    let fabric = dir.join(crate::clusterlink_cmd::DEFAULT_FABRIC);
+    let fabric = dir.join(clusterlink_pki::DEFAULT_FABRIC);
     if !fabric.join(clusterlink_pki::CERT_FILE).exists() {
         clusterlink_pki::create_fabric(
             dir,
-            crate::clusterlink_cmd::DEFAULT_FABRIC,
+            clusterlink_pki::DEFAULT_FABRIC,
             clusterlink_pki::Validity::days(30)?,
         )?;
     }
@@ -243,7 +243,7 @@ pub fn create_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
 /// [`create_fabric`], saying where each peer's certificate is.
 fn create_and_show_fabric(dir: &Path, peers: &[&str]) -> anyhow::Result<()> {
     create_fabric(dir, peers)?;
-    let fabric = dir.join(crate::clusterlink_cmd::DEFAULT_FABRIC);
+    let fabric = dir.join(clusterlink_pki::DEFAULT_FABRIC);
     for peer in peers {
         let cert = fabric.join(peer).join(clusterlink_pki::CERT_FILE);
         println!("   {peer}: {}", cert.display());
@@ -496,8 +496,8 @@ async fn wait_listening(gw: &LocalGateway, imports: &[&str]) -> anyhow::Result<(
             listed.iter().any(|o| {
                 o.metadata().name == *name
                     && o.status()
-                        .and_then(|s| s.condition("ImportValid"))
-                        .is_some_and(|c| c.reason == "Listening")
+                        .and_then(|s| s.condition(ConditionType::ImportValid))
+                        .is_some_and(|c| c.reason == ConditionReason::Listening.as_str())
             })
         });
         if listening {
