@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use clusterlink_api::rest::{kind_collection_path, object_path};
 use clusterlink_api::{
     AccessPolicySpec, Endpoint, ExportSpec, ImportSource, ImportSpec, Kind, LabelSelector,
     LbScheme, Object, ObjectKey, PeerSpec, PolicyAction, Port, PrivilegedAccessPolicySpec,
@@ -284,7 +285,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             let mut obj_key = ObjectKey::new(parse_kind(&kind)?, namespace, name);
             obj_key.namespace = key_namespace(obj_key.kind, &obj_key.namespace);
             let reply = client
-                .request(Method::DELETE, &item_path(&obj_key), None)
+                .request(Method::DELETE, &object_path(&obj_key), None)
                 .await?;
             ensure_ok(&reply)?;
             println!("{obj_key} deleted");
@@ -297,7 +298,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             let reply = client
                 .request(
                     Method::POST,
-                    &collection_path(key.kind, Some(&key.namespace)),
+                    &kind_collection_path(key.kind, Some(&key.namespace)),
                     Some(body),
                 )
                 .await?;
@@ -324,23 +325,6 @@ fn key_namespace(kind: Kind, namespace: &str) -> String {
         Scope::Namespaced => namespace.to_string(),
         Scope::System | Scope::Cluster => kind.default_namespace().to_string(),
     }
-}
-
-pub const API: &str = clusterlink_gateway::management::API_PREFIX;
-
-pub fn collection_path(kind: Kind, namespace: Option<&str>) -> String {
-    match (kind.scope(), namespace) {
-        (Scope::Namespaced, Some(ns)) => format!("{API}/namespaces/{ns}/{}", kind.plural()),
-        _ => format!("{API}/{}", kind.plural()),
-    }
-}
-
-pub fn item_path(key: &ObjectKey) -> String {
-    format!(
-        "{}/{}",
-        collection_path(key.kind, Some(&key.namespace)),
-        key.name
-    )
 }
 
 fn ensure_ok(reply: &Reply) -> anyhow::Result<()> {
@@ -493,14 +477,14 @@ async fn bulk(
                         client
                             .request(
                                 Method::PUT,
-                                &item_path(&key),
+                                &object_path(&key),
                                 Some(serde_json::to_vec(&obj)?),
                             )
                             .await?
                     }
                     BulkOp::Delete => {
                         client
-                            .request(Method::DELETE, &item_path(&key), None)
+                            .request(Method::DELETE, &object_path(&key), None)
                             .await?
                     }
                 };
@@ -566,7 +550,7 @@ async fn get(
             let reply = client
                 .request(
                     Method::GET,
-                    &item_path(&ObjectKey::new(kind, namespace.clone(), name)),
+                    &object_path(&ObjectKey::new(kind, namespace.clone(), name)),
                     None,
                 )
                 .await?;
@@ -574,7 +558,7 @@ async fn get(
             (vec![object_of(reply.body)?], true)
         }
         None => {
-            let path = collection_path(kind, (!all).then_some(namespace.as_str()));
+            let path = kind_collection_path(kind, (!all).then_some(namespace.as_str()));
             let reply = client.request(Method::GET, &path, None).await?;
             ensure_ok(&reply)?;
             let items = match reply.body.get("items") {
