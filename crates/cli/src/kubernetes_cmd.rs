@@ -1,6 +1,8 @@
 //! Kubernetes mode: `clusterlink deploy peer` / `delete peer`, and the two processes a deployed
 //! peer runs, `cl-controlplane` and `cl-dataplane`.
 
+pub mod apply;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -156,7 +158,7 @@ pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
         }
         None => {
             let client = kubeconfig_client().await?;
-            deploy::apply(&client, &manifests).await?;
+            apply::apply(&client, &manifests).await?;
             for m in &manifests {
                 println!("applied {}", deploy::describe(m));
             }
@@ -217,7 +219,7 @@ pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
     };
     let manifests = peer.manifests()?;
     let client = kubeconfig_client().await?;
-    let deleted = deploy::delete(&client, &manifests, args.with_crds).await?;
+    let deleted = apply::delete(&client, &manifests, args.with_crds).await?;
     if deleted.is_empty() {
         println!("nothing of peer {} was found", args.name);
     }
