@@ -3,7 +3,7 @@
 //! Manifests look like Kubernetes objects and use the field names of the established ClusterLink
 //! API, so the same YAML works through the standalone management API and as Kubernetes custom
 //! resources. This crate holds the types, their validation (errors name the field path), label
-//! selectors and manifest parsing. It does no IO.
+//! selectors, manifest parsing and the management API's REST paths ([`rest`]). It does no IO.
 
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +15,7 @@ mod group;
 pub mod manifest;
 pub mod meta;
 pub mod resources;
+pub mod rest;
 pub mod selector;
 pub mod validation;
 

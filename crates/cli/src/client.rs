@@ -183,7 +183,7 @@ impl Client {
         let status = response.status();
         let result = response
             .headers()
-            .get(clusterlink_gateway::management::RESULT_HEADER)
+            .get(clusterlink_api::rest::RESULT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let bytes = http_body_util::Limited::new(response.into_body(), MAX_REPLY_BYTES)

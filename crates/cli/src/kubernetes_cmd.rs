@@ -1,6 +1,8 @@
 //! Kubernetes mode: `clusterlink deploy peer` / `delete peer`, and `cl-controlplane`, the control
 //! plane a deployed peer runs (its replicas run `cl-dataplane`, from `clusterlink-dataplane`).
 
+pub mod apply;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -155,7 +157,7 @@ pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
         }
         None => {
             let client = kubeconfig_client().await?;
-            deploy::apply(&client, &manifests).await?;
+            apply::apply(&client, &manifests).await?;
             for m in &manifests {
                 println!("applied {}", deploy::describe(m));
             }
@@ -216,7 +218,7 @@ pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
     };
     let manifests = peer.manifests()?;
     let client = kubeconfig_client().await?;
-    let deleted = deploy::delete(&client, &manifests, args.with_crds).await?;
+    let deleted = apply::delete(&client, &manifests, args.with_crds).await?;
     if deleted.is_empty() {
         println!("nothing of peer {} was found", args.name);
     }

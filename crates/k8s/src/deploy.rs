@@ -1,7 +1,8 @@
 //! The Kubernetes objects that deploy one peer: namespace, certificate Secret, least-privilege
 //! RBAC, the control-plane and data-plane Deployments, the Services between them and the
 //! peer-port Service, and the custom resource definitions. Pure: the CLI writes them to files
-//! or applies them.
+//! or applies them ([`Manifest::to_dynamic`] and [`Manifest::api_resource`] say what to send
+//! where, [`deletion_order`] what undoing a deployment deletes).
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::{ApiResource, DynamicObject};
 use serde::Serialize;
 
 /// Where a peer is deployed unless told otherwise, as in the established ClusterLink.
@@ -196,6 +198,50 @@ impl Manifest {
     pub fn namespace(&self) -> Option<&str> {
         self.metadata().namespace.as_deref()
     }
+
+    /// Whether the object's kind lives in namespaces (else it is cluster-scoped).
+    pub fn namespaced(&self) -> bool {
+        macro_rules! namespaced {
+            ($obj:expr, $ty:ty, cluster) => {{
+                let _ = $obj;
+                false
+            }};
+            ($obj:expr, $ty:ty, namespaced) => {{
+                let _ = $obj;
+                true
+            }};
+        }
+        each_manifest!(self, namespaced)
+    }
+
+    /// The group, version, kind and plural of the object's kind, as the API server's paths use
+    /// them: known from the type, without asking the server.
+    pub fn api_resource(&self) -> ApiResource {
+        macro_rules! api_resource {
+            ($obj:expr, $ty:ty, $scope:ident) => {{
+                let _ = $obj;
+                ApiResource::erase::<$ty>(&())
+            }};
+        }
+        each_manifest!(self, api_resource)
+    }
+
+    /// The object as an untyped Kubernetes object: the same JSON the typed object serializes to.
+    pub fn to_dynamic(&self) -> Result<DynamicObject, serde_json::Error> {
+        serde_json::to_value(self).and_then(serde_json::from_value)
+    }
+}
+
+/// What undoing a deployment deletes, in order: the reverse of the order the manifests are
+/// applied in. Custom resource definitions are kept unless `with_crds`: deleting one deletes every
+/// object of its kind in the whole cluster, including other peers' and users' imports and
+/// exports.
+pub fn deletion_order(manifests: &[Manifest], with_crds: bool) -> Vec<&Manifest> {
+    manifests
+        .iter()
+        .rev()
+        .filter(|m| with_crds || !matches!(m, Manifest::CustomResourceDefinition(_)))
+        .collect()
 }
 
 impl PeerDeployment {
@@ -604,63 +650,6 @@ pub fn to_yaml(manifests: &[Manifest]) -> Result<String, serde_yaml_ng::Error> {
         out.push_str(&serde_yaml_ng::to_string(m)?);
     }
     Ok(out)
-}
-
-macro_rules! scoped_api {
-    ($client:expr, $m:expr, cluster) => {
-        kube::Api::all($client.clone())
-    };
-    ($client:expr, $m:expr, namespaced) => {
-        kube::Api::namespaced($client.clone(), $m.namespace().unwrap_or_default())
-    };
-}
-
-/// Creates or updates every object (server-side apply, in order), printing each as it goes.
-pub async fn apply(client: &kube::Client, manifests: &[Manifest]) -> Result<(), kube::Error> {
-    let params = kube::api::PatchParams::apply("clusterlink-deploy").force();
-    for m in manifests {
-        macro_rules! apply {
-            ($obj:expr, $ty:ty, $scope:ident) => {{
-                let api: kube::Api<$ty> = scoped_api!(client, m, $scope);
-                api.patch(m.name(), &params, &kube::api::Patch::Apply($obj))
-                    .await
-                    .map(drop)
-            }};
-        }
-        each_manifest!(m, apply)?;
-    }
-    Ok(())
-}
-
-/// Deletes what [`apply`] created, in reverse order. Custom resource definitions are kept unless
-/// `with_crds`: deleting one deletes every object of its kind in the whole cluster, including
-/// other peers' and users' imports and exports. Objects already gone are skipped; returns what
-/// was deleted.
-pub async fn delete(
-    client: &kube::Client,
-    manifests: &[Manifest],
-    with_crds: bool,
-) -> Result<Vec<String>, kube::Error> {
-    let params = kube::api::DeleteParams::background();
-    let mut deleted = Vec::new();
-    for m in manifests.iter().rev() {
-        if matches!(m, Manifest::CustomResourceDefinition(_)) && !with_crds {
-            continue;
-        }
-        macro_rules! delete {
-            ($obj:expr, $ty:ty, $scope:ident) => {{
-                let _ = $obj;
-                let api: kube::Api<$ty> = scoped_api!(client, m, $scope);
-                api.delete(m.name(), &params).await.map(drop)
-            }};
-        }
-        match each_manifest!(m, delete) {
-            Ok(()) => deleted.push(describe(m)),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(deleted)
 }
 
 /// `Kind namespace/name`, or `Kind name` for cluster-scoped objects.

@@ -1,16 +1,14 @@
 //! The manifests `clusterlink deploy peer` produces: valid Kubernetes objects that fit together,
-//! least-privilege RBAC, clear refusals of bad arguments, and apply/delete against a mocked API
-//! server.
+//! least-privilege RBAC, clear refusals of bad arguments, and what applying and deleting them
+//! sends where (the requests themselves are tested with the CLI, which sends them).
 
 use std::collections::BTreeMap;
 
 use clusterlink_k8s::deploy::{self, DeployError, Ingress, Manifest, PeerDeployment};
-use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::client::Body;
 use serde_json::{Value, json};
 
 fn peer() -> PeerDeployment {
@@ -341,83 +339,89 @@ fn bad_arguments_are_refused_with_the_flag_named() {
     }
 }
 
-/// Serves `handle` like an API server that holds nothing but accepts everything: applies echo
-/// their body, deletes answer 404 for `missing` paths and 200 otherwise. Returns the calls.
-async fn serve(
-    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
-    missing: Vec<String>,
-) -> Vec<(Method, String)> {
-    let mut seen = Vec::new();
-    while let Some((request, respond)) = handle.next_request().await {
-        let (parts, body) = request.into_parts();
-        let body = body.collect_bytes().await.unwrap();
-        let path = parts.uri.path().to_string();
-        let (status, reply) = if parts.method == Method::DELETE && missing.contains(&path) {
-            (
-                404,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
-            )
-        } else if parts.method == Method::DELETE {
-            (
-                200,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
-            )
-        } else {
-            (200, serde_json::from_slice(&body).unwrap())
-        };
-        seen.push((parts.method, path));
-        respond.send_response(
-            Response::builder()
-                .status(status)
-                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                .unwrap(),
+#[test]
+fn each_object_is_addressed_and_sent_as_its_kubernetes_type() {
+    let manifests = peer().manifests().unwrap();
+    for m in &manifests {
+        let resource = m.api_resource();
+        let object = m.to_dynamic().unwrap();
+        let types = object.types.clone().unwrap();
+        assert_eq!(types.kind, m.kind());
+        assert_eq!(resource.kind, m.kind());
+        assert_eq!(types.api_version, resource.api_version);
+        assert_eq!(object.metadata, *m.metadata());
+        assert_eq!(
+            serde_json::to_value(&object).unwrap(),
+            serde_json::to_value(m).unwrap(),
+            "{} changed as an untyped object",
+            deploy::describe(m)
+        );
+        assert_eq!(
+            m.namespaced(),
+            m.namespace().is_some(),
+            "{}",
+            deploy::describe(m)
         );
     }
-    seen
+    let resource_of = |kind: &str| {
+        find(
+            &manifests,
+            kind,
+            match kind {
+                "CustomResourceDefinition" => "peers.clusterlink.net",
+                "Namespace" => "clusterlink-system",
+                "ClusterRole" | "ClusterRoleBinding" => {
+                    "clusterlink-controlplane-clusterlink-system"
+                }
+                "Secret" => deploy::TLS_SECRET,
+                "Service" => deploy::PEER_SERVICE,
+                _ => deploy::CONTROLPLANE,
+            },
+        )
+        .api_resource()
+    };
+    let crd = resource_of("CustomResourceDefinition");
+    assert_eq!(
+        (
+            crd.group.as_str(),
+            crd.version.as_str(),
+            crd.plural.as_str()
+        ),
+        ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    );
+    let secret = resource_of("Secret");
+    assert_eq!(
+        (
+            secret.group.as_str(),
+            secret.api_version.as_str(),
+            secret.plural.as_str()
+        ),
+        ("", "v1", "secrets")
+    );
+    let binding = resource_of("ClusterRoleBinding");
+    assert_eq!(
+        (binding.group.as_str(), binding.plural.as_str()),
+        ("rbac.authorization.k8s.io", "clusterrolebindings")
+    );
+    assert_eq!(resource_of("Deployment").api_version, "apps/v1");
 }
 
-#[tokio::test]
-async fn apply_then_delete_removes_exactly_what_was_applied() {
+#[test]
+fn deletion_undoes_the_apply_order_and_spares_definitions_unless_asked() {
     let manifests = peer().manifests().unwrap();
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let server = tokio::spawn(serve(handle, Vec::new()));
-    deploy::apply(&kube::Client::new(service, "default"), &manifests)
-        .await
-        .unwrap();
-    let applied = server.await.unwrap();
-    assert!(applied.iter().all(|(m, _)| *m == Method::PATCH));
-    assert_eq!(applied.len(), manifests.len());
+    let names = |ms: Vec<&Manifest>| ms.into_iter().map(deploy::describe).collect::<Vec<_>>();
+    let mut all = names(manifests.iter().collect());
+    all.reverse();
+    assert_eq!(names(deploy::deletion_order(&manifests, true)), all);
+    let kept = names(deploy::deletion_order(&manifests, false));
     assert_eq!(
-        applied[0].1,
-        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/peers.clusterlink.net"
+        kept,
+        all.iter()
+            .filter(|d| !d.starts_with("CustomResourceDefinition"))
+            .cloned()
+            .collect::<Vec<_>>()
     );
-    assert_eq!(applied[5].1, "/api/v1/namespaces/clusterlink-system");
-    assert_eq!(
-        applied.last().unwrap().1,
-        "/apis/apps/v1/namespaces/clusterlink-system/deployments/cl-dataplane"
-    );
-
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let gone = "/api/v1/namespaces/clusterlink-system/secrets/cl-peer-tls".to_string();
-    let server = tokio::spawn(serve(handle, vec![gone.clone()]));
-    let deleted = deploy::delete(&kube::Client::new(service, "default"), &manifests, false)
-        .await
-        .unwrap();
-    let calls = server.await.unwrap();
-    assert!(calls.iter().all(|(m, _)| *m == Method::DELETE));
-    // Everything applied except the definitions, in reverse order.
-    let mut expected: Vec<String> = applied.iter().skip(5).map(|(_, p)| p.clone()).collect();
-    expected.reverse();
-    assert_eq!(
-        calls.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
-        expected
-    );
-    assert!(
-        !deleted.contains(&"Secret clusterlink-system/cl-peer-tls".to_string()),
-        "an object already gone is not reported"
-    );
-    assert!(deleted.contains(&"Deployment clusterlink-system/cl-dataplane".to_string()));
-    assert!(
-        deleted.contains(&"ClusterRole clusterlink-controlplane-clusterlink-system".to_string())
-    );
+    assert_eq!(kept.len(), manifests.len() - 5);
+    assert_eq!(kept[0], "Deployment clusterlink-system/cl-dataplane");
+    assert_eq!(kept.last().unwrap(), "Namespace clusterlink-system");
 }

@@ -172,7 +172,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         server: client.url.clone(),
         ..Default::default()
     })?;
-    let path = format!("{}/namespaces/default/imports/ratings", crate::gwctl::API);
+    let path = clusterlink_api::rest::item_path("imports", Some("default"), "ratings");
     let reply = api
         .request(
             Method::PUT,
@@ -346,7 +346,7 @@ fn start_gateway(
 
 async fn put(gw: &LocalGateway, obj: &Object) -> anyhow::Result<String> {
     let key = obj.key();
-    let path = crate::gwctl::item_path(&key);
+    let path = clusterlink_api::rest::object_path(&key);
     let mut client = Client::new(&Context {
         server: gw.url.clone(),
         ..Default::default()
@@ -387,7 +387,7 @@ async fn list(gw: &LocalGateway, kind: Kind) -> anyhow::Result<Vec<Object>> {
     let reply = client
         .request(
             Method::GET,
-            &crate::gwctl::collection_path(kind, None),
+            &clusterlink_api::rest::kind_collection_path(kind, None),
             None,
         )
         .await?;

@@ -7,7 +7,8 @@
 //! | `/apis/clusterlink.net/v1alpha1/namespaces/{ns}/{resource}` | GET (list), POST (create) |
 //! | `/apis/clusterlink.net/v1alpha1/namespaces/{ns}/{resource}/{name}` | GET, PUT (apply), DELETE |
 //!
-//! `{resource}` is `peers`, `exports`, `imports`, `accesspolicies` or `privilegedaccesspolicies`.
+//! `{resource}` is `peers`, `exports`, `imports`, `accesspolicies` or `privilegedaccesspolicies`;
+//! the paths and headers are defined in [`clusterlink_api::rest`].
 //! Bodies are JSON or YAML, one object, at most [`MAX_OBJECT_BYTES`]. PUT answers 201 when it
 //! created the object and 200 otherwise; the header [`RESULT_HEADER`] says `created`,
 //! `configured` or `unchanged`. Errors are Kubernetes `Status` objects whose `details.causes`
@@ -28,17 +29,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use clusterlink_api::manifest::{MAX_OBJECT_BYTES, parse_manifests};
+use clusterlink_api::rest::{
+    API_PREFIX, HEALTHZ_PATH, METRICS_PATH, RESULT_HEADER, VERSION_PATH, collection_path, item_path,
+};
 use clusterlink_api::{API_VERSION, FieldError, Kind, ManifestError, Object, ObjectKey, Scope};
 use serde_json::json;
 
 use crate::model::{ControlPlane, ModelError, WriteOutcome, scope_accepts};
 use clusterlink_dataplane::metrics::Metrics;
-
-/// Response header carrying what a write did: `created`, `configured`, `unchanged`, `deleted`.
-pub const RESULT_HEADER: &str = "x-clusterlink-result";
-
-/// Path prefix of every resource route.
-pub const API_PREFIX: &str = "/apis/clusterlink.net/v1alpha1";
 
 pub fn router(
     control_plane: ControlPlane,
@@ -47,7 +45,7 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route(
-            "/metrics",
+            METRICS_PATH,
             get(move || {
                 let text = metrics.encode();
                 async move {
@@ -63,26 +61,26 @@ pub fn router(
             }),
         )
         .route(
-            &format!("{API_PREFIX}/{{resource}}"),
+            &collection_path("{resource}", None),
             get(list_all).post(create_any),
         )
         .route(
-            &format!("{API_PREFIX}/{{resource}}/{{name}}"),
+            &item_path("{resource}", None, "{name}"),
             get(get_cluster).put(put_cluster).delete(delete_cluster),
         )
         .route(
-            &format!("{API_PREFIX}/namespaces/{{ns}}/{{resource}}"),
+            &collection_path("{resource}", Some("{ns}")),
             get(list_namespaced).post(create_namespaced),
         )
         .route(
-            &format!("{API_PREFIX}/namespaces/{{ns}}/{{resource}}/{{name}}"),
+            &item_path("{resource}", Some("{ns}"), "{name}"),
             get(get_namespaced)
                 .put(put_namespaced)
                 .delete(delete_namespaced),
         )
-        .route("/healthz", get(healthz))
+        .route(HEALTHZ_PATH, get(healthz))
         .route(
-            "/version",
+            VERSION_PATH,
             get(|| async {
                 Json(json!({"version": env!("CARGO_PKG_VERSION"), "apiVersion": API_VERSION}))
             }),
@@ -226,7 +224,10 @@ fn target(resource: &str, ns: Option<&str>) -> Result<(Kind, String), ApiError> 
     let kind = kind_of(resource)?;
     if !scope_accepts(kind, ns) {
         return Err(ApiError::not_found(match kind.scope() {
-            Scope::Cluster => format!("{kind} is cluster-scoped: use {API_PREFIX}/{resource}"),
+            Scope::Cluster => format!(
+                "{kind} is cluster-scoped: use {}",
+                collection_path(resource, None)
+            ),
             _ => format!(
                 "{kind} objects live in namespace {}",
                 clusterlink_api::SYSTEM_NAMESPACE
@@ -245,7 +246,8 @@ fn item_key(resource: &str, ns: Option<&str>, name: &str) -> Result<ObjectKey, A
     let (kind, namespace) = target(resource, ns)?;
     if kind.scope() == Scope::Namespaced && ns.is_none() {
         return Err(ApiError::not_found(format!(
-            "{kind} is namespaced: use {API_PREFIX}/namespaces/{{namespace}}/{resource}/{name}"
+            "{kind} is namespaced: use {}",
+            item_path(resource, Some("{namespace}"), name)
         )));
     }
     Ok(ObjectKey::new(kind, namespace, name))
