@@ -131,6 +131,16 @@ impl Kind {
             Scope::Cluster => "",
         }
     }
+
+    /// The namespace an object of this kind lives in when `namespace` is the one in effect: a
+    /// namespaced kind lives there; Peers live in the system namespace and cluster-scoped kinds
+    /// in none, whatever is in effect.
+    pub fn namespace_in(self, namespace: &str) -> &str {
+        match self.scope() {
+            Scope::Namespaced => namespace,
+            Scope::System | Scope::Cluster => self.default_namespace(),
+        }
+    }
 }
 
 /// A kind serializes as its manifest name (`Import`).
@@ -781,11 +791,7 @@ impl Object {
         let kind = self.kind();
         let meta = self.metadata_mut();
         if meta.namespace.is_empty() {
-            meta.namespace = match kind.scope() {
-                Scope::Namespaced => default_namespace.to_string(),
-                Scope::System => SYSTEM_NAMESPACE.to_string(),
-                Scope::Cluster => String::new(),
-            };
+            meta.namespace = kind.namespace_in(default_namespace).to_string();
         }
     }
 
@@ -834,6 +840,14 @@ impl Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_lives_in_its_scopes_namespace() {
+        assert_eq!(Kind::Import.namespace_in("shop"), "shop");
+        assert_eq!(Kind::AccessPolicy.namespace_in("shop"), "shop");
+        assert_eq!(Kind::Peer.namespace_in("shop"), SYSTEM_NAMESPACE);
+        assert_eq!(Kind::PrivilegedAccessPolicy.namespace_in("shop"), "");
+    }
 
     #[test]
     fn every_kind_carries_its_condition() {

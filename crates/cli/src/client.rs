@@ -26,6 +26,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The server's own words as the error, unless the request succeeded.
+    pub fn ensure_ok(&self) -> anyhow::Result<()> {
+        if self.status.is_success() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(self.error_message()))
+        }
+    }
+
     /// The server's error message, with every invalid field, from a Kubernetes `Status` body.
     pub fn error_message(&self) -> String {
         let message = self

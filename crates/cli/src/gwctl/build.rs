@@ -9,7 +9,7 @@ use clusterlink_api::{
     WorkloadSelectorEntry,
 };
 
-use super::{CreateCommand, LabelArgs, NamespaceArg};
+use super::args::{CreateCommand, LabelArgs, NamespaceArg};
 
 fn parse_pairs(pairs: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
     pairs

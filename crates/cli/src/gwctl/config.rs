@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 
-use super::ConfigCommand;
+use super::args::ConfigCommand;
 use crate::client::Client;
 use crate::context::{Config, Context};
 

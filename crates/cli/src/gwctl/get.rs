@@ -5,7 +5,6 @@ use clusterlink_api::rest::{kind_collection_path, object_path};
 use clusterlink_api::{Kind, Object, ObjectKey, Scope};
 use http::Method;
 
-use super::{ensure_ok, key_namespace};
 use crate::client::Client;
 use crate::output::{Format, render};
 
@@ -17,7 +16,7 @@ pub(super) async fn get(
     all: bool,
     format: Format,
 ) -> anyhow::Result<()> {
-    let namespace = key_namespace(kind, namespace);
+    let namespace = kind.namespace_in(namespace).to_string();
     let (objects, single) = match name {
         Some(name) => {
             let reply = client
@@ -27,13 +26,13 @@ pub(super) async fn get(
                     None,
                 )
                 .await?;
-            ensure_ok(&reply)?;
+            reply.ensure_ok()?;
             (vec![object_of(reply.body)?], true)
         }
         None => {
             let path = kind_collection_path(kind, (!all).then_some(namespace.as_str()));
             let reply = client.request(Method::GET, &path, None).await?;
-            ensure_ok(&reply)?;
+            reply.ensure_ok()?;
             let items = match reply.body.get("items") {
                 Some(serde_json::Value::Array(items)) => items.clone(),
                 _ => bail!("the gateway's list reply has no items"),

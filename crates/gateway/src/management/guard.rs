@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// The media types a write may carry.
 pub const WRITE_CONTENT_TYPES: &[&str] = &[

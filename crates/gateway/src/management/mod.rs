@@ -16,6 +16,7 @@
 //!
 //! Requests from web pages are refused ([`guard`]) and connections are bounded ([`server`]).
 
+mod error;
 pub mod guard;
 pub mod server;
 
@@ -32,10 +33,11 @@ use clusterlink_api::manifest::{MAX_OBJECT_BYTES, parse_manifests};
 use clusterlink_api::rest::{
     API_PREFIX, HEALTHZ_PATH, METRICS_PATH, RESULT_HEADER, VERSION_PATH, collection_path, item_path,
 };
-use clusterlink_api::{API_VERSION, FieldError, Kind, ManifestError, Object, ObjectKey, Scope};
+use clusterlink_api::{API_VERSION, Kind, Object, ObjectKey, Scope};
 use serde_json::json;
 
-use crate::model::{ControlPlane, ModelError, WriteOutcome, scope_accepts};
+pub use self::error::ApiError;
+use crate::model::{ControlPlane, WriteOutcome, scope_accepts};
 use clusterlink_dataplane::metrics::Metrics;
 
 pub fn router(
@@ -95,116 +97,6 @@ pub fn router(
             guard::refuse_cross_site,
         ))
         .with_state(control_plane)
-}
-
-/// An API failure, rendered as a Kubernetes `Status`.
-#[derive(Debug)]
-pub struct ApiError {
-    code: StatusCode,
-    reason: &'static str,
-    message: String,
-    causes: Vec<FieldError>,
-}
-
-impl ApiError {
-    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            causes: vec![],
-        }
-    }
-
-    fn not_found(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
-    }
-
-    fn invalid(causes: Vec<FieldError>) -> Self {
-        let message = causes
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        ApiError {
-            code: StatusCode::BAD_REQUEST,
-            reason: "Invalid",
-            message,
-            causes,
-        }
-    }
-
-    fn field(field: &str, reason: impl Into<String>) -> Self {
-        ApiError::invalid(vec![FieldError::new(field, reason)])
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "apiVersion": "v1",
-            "kind": "Status",
-            "status": "Failure",
-            "code": self.code.as_u16(),
-            "reason": self.reason,
-            "message": self.message,
-            "details": {"causes": self.causes.iter().map(|c| json!({"field": c.field, "message": c.reason})).collect::<Vec<_>>()},
-        });
-        (self.code, Json(body)).into_response()
-    }
-}
-
-impl From<ModelError> for ApiError {
-    fn from(e: ModelError) -> Self {
-        match e {
-            ModelError::NotFound(_) => ApiError::not_found(e.to_string()),
-            ModelError::AlreadyExists(_) => {
-                ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
-            }
-            ModelError::Invalid(errors) => ApiError::invalid(errors.0),
-            ModelError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                e.to_string(),
-            ),
-            ModelError::Store(clusterlink_store::StoreError::Io(_)) => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "InsufficientStorage",
-                e.to_string(),
-            ),
-            ModelError::Store(_) | ModelError::Corrupt { .. } => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            ),
-        }
-    }
-}
-
-impl From<ManifestError> for ApiError {
-    fn from(e: ManifestError) -> Self {
-        match e {
-            ManifestError::Syntax(_) | ManifestError::TooDeep => {
-                ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", e.to_string())
-            }
-            other => ApiError::invalid(other.field_errors()),
-        }
-    }
-}
-
-impl From<BytesRejection> for ApiError {
-    fn from(e: BytesRejection) -> Self {
-        let code = e.status();
-        if code == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                code,
-                "RequestEntityTooLarge",
-                format!("request body is larger than {MAX_OBJECT_BYTES} bytes"),
-            )
-        } else {
-            ApiError::new(code, "BadRequest", e.body_text())
-        }
-    }
 }
 
 type ApiResult = Result<Response, ApiError>;

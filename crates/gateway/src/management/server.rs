@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::ApiError;
+use super::error::ApiError;
 use clusterlink_dataplane::Limits;
 use clusterlink_dataplane::listener::accept_bounded;
 use clusterlink_dataplane::metrics::{Listener, Metrics, Unserved};

@@ -1,0 +1,217 @@
+//! `gwctl`'s arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gwctl",
+    version,
+    about = "Manage a ClusterLink gateway: peers, exports, imports and access policies",
+    long_about = "Manage a ClusterLink gateway through its management API.\n\n\
+        Start by saving a context for the gateway:\n  \
+        gwctl config set-context p1 --server http://127.0.0.1:8443\n\
+        Then apply manifests and read them back:\n  \
+        gwctl apply -f manifests/\n  gwctl get imports -A"
+)]
+pub struct Gwctl {
+    /// The gwctl config file holding saved contexts.
+    #[arg(long, global = true, env = "GWCTL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Use this saved context instead of the current one.
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+    /// Talk to this gateway (http://host:port) without a saved context.
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// Give up on a gateway that has not answered a request within this many seconds.
+    #[arg(long, global = true, env = "GWCTL_REQUEST_TIMEOUT", value_name = "SECONDS",
+          default_value_t = crate::client::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(),
+          value_parser = parse_timeout)]
+    pub request_timeout: f64,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update objects from manifests (YAML or JSON, one or many documents).
+    Apply {
+        /// A file, a directory (its .yaml, .yml and .json files) or - for standard input.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            required = true,
+            value_name = "FILE|DIR|-"
+        )]
+        files: Vec<String>,
+        #[command(flatten)]
+        ns: NamespaceArg,
+    },
+    /// List objects, or show one.
+    Get {
+        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies.
+        kind: String,
+        name: Option<String>,
+        #[command(flatten)]
+        ns: NamespaceArg,
+        /// List across all namespaces.
+        #[arg(short = 'A', long, conflicts_with = "namespace")]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Delete an object by kind and name, or every object a manifest names.
+    Delete {
+        kind: Option<String>,
+        name: Option<String>,
+        /// Delete what these manifests name.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|DIR|-", conflicts_with_all = ["kind", "name"])]
+        files: Vec<String>,
+        #[command(flatten)]
+        ns: NamespaceArg,
+    },
+    /// Create one object from flags.
+    #[command(subcommand)]
+    Create(CreateCommand),
+    /// Manage saved contexts.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct NamespaceArg {
+    /// Namespace (default: the context's, else "default").
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// A remote peer and the address(es) of its gateway.
+    Peer {
+        #[arg(long)]
+        name: String,
+        /// Gateway host; repeat for several gateways.
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Gateway peer port.
+        #[arg(long, default_value_t = 443)]
+        port: u16,
+        #[command(flatten)]
+        labels: LabelArgs,
+    },
+    /// Share a local service with the fabric.
+    Export {
+        #[arg(long)]
+        name: String,
+        /// Port of the service.
+        #[arg(long)]
+        port: u16,
+        /// Host of the service (default: the service of the same name).
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        ns: NamespaceArg,
+        #[command(flatten)]
+        labels: LabelArgs,
+    },
+    /// Make a service exported by other peers reachable locally.
+    Import {
+        #[arg(long)]
+        name: String,
+        /// Port local clients connect to.
+        #[arg(long)]
+        port: u16,
+        /// Port the data plane listens on (default: allocated).
+        #[arg(long)]
+        target_port: Option<u16>,
+        /// A peer exporting the service; repeat for several sources.
+        #[arg(long = "peer", required = true)]
+        peers: Vec<String>,
+        /// Name of the export on the peers (default: the import's name).
+        #[arg(long)]
+        export_name: Option<String>,
+        /// Namespace of the export on the peers (default: the import's namespace).
+        #[arg(long)]
+        export_namespace: Option<String>,
+        #[arg(long, default_value = "round-robin", value_parser = ["round-robin", "random", "static"])]
+        lb_scheme: String,
+        #[command(flatten)]
+        ns: NamespaceArg,
+        #[command(flatten)]
+        labels: LabelArgs,
+    },
+    /// An access policy matching attribute labels on both ends.
+    Policy {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = ["allow", "deny"])]
+        action: String,
+        /// Attribute the source must have, KEY=VALUE; repeat to require several (default: any).
+        #[arg(long, value_name = "KEY=VALUE")]
+        from: Vec<String>,
+        /// Attribute the destination must have, KEY=VALUE (default: any).
+        #[arg(long, value_name = "KEY=VALUE")]
+        to: Vec<String>,
+        /// Create a cluster-wide PrivilegedAccessPolicy, evaluated before namespaced ones.
+        #[arg(long)]
+        privileged: bool,
+        #[command(flatten)]
+        ns: NamespaceArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Label of the object, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Save (or update) a context; the first one saved becomes current.
+    SetContext {
+        name: String,
+        /// http://127.0.0.1:PORT for a loopback gateway, https://HOST:PORT for a remote one.
+        #[arg(long)]
+        server: String,
+        /// The gateway's peer name, which its certificate must carry (https).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Fabric CA certificate (https).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Admin certificate, from `clusterlink create admin-cert` (https).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Admin private key (https).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Default namespace for this context.
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Make a saved context the current one.
+    UseContext { name: String },
+    /// List saved contexts.
+    GetContexts,
+    /// Print the current context's name.
+    CurrentContext,
+    /// Remove a saved context.
+    DeleteContext { name: String },
+}
+
+/// `--request-timeout`: a positive number of seconds, at most a day.
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 24.0 * 3600.0 => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 86400"
+        )),
+    }
+}
