@@ -2,10 +2,12 @@
 # control-plane and data-plane Deployments at it (<registry>/clusterlink:<tag>).
 #
 #   docker build -t ghcr.io/clusterlink-rs/clusterlink:0.1.0 .
+#
+# Without default features: the image carries no demo and so none of its test scaffolding.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p clusterlink -p clusterlink-dataplane --bins \
+RUN cargo build --release --locked --no-default-features -p clusterlink -p clusterlink-dataplane --bins \
     && mkdir /out \
     && cp target/release/clusterlink target/release/gwctl target/release/cl-gateway \
           target/release/cl-controlplane target/release/cl-dataplane /out/

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use clusterlink::demo::LocalGateway;
+use clusterlink_testbed::launcher::LocalGateway;
 
 use crate::loadgen;
 use crate::proxies;
@@ -124,10 +124,10 @@ async fn start_clusterlink(
     backends: &Backends,
 ) -> anyhow::Result<(Vec<LocalGateway>, Fronts)> {
     // Each start gets its own fabric and stores: a restarted gateway must not replay a round.
-    clusterlink::demo::create_fabric(work, &["server1", "client1"])?;
+    clusterlink_testbed::launcher::create_fabric(work, &["server1", "client1"])?;
     let server = LocalGateway::start(&setup.bin_dir, work, "server1")?;
     let client = LocalGateway::start(&setup.bin_dir, work, "client1")?;
-    let allow = clusterlink::demo::ALLOW_ALL;
+    let allow = clusterlink_testbed::manifests::ALLOW_ALL;
     let mut manifests = String::from(allow);
     for (name, backend) in [
         ("iperf", backends.iperf),
@@ -135,9 +135,12 @@ async fn start_clusterlink(
         ("hold", backends.hold),
     ] {
         manifests.push_str("---\n");
-        manifests.push_str(&clusterlink::demo::export(name, backend.port()));
+        manifests.push_str(&clusterlink_testbed::manifests::export(
+            name,
+            backend.port(),
+        ));
     }
-    server.apply(&manifests).await?;
+    clusterlink::demo::apply_to(&server, &manifests).await?;
     let fronts = Fronts {
         iperf: free_address()?,
         echo: free_address()?,
@@ -145,16 +148,23 @@ async fn start_clusterlink(
     };
     let mut manifests = String::from(allow);
     manifests.push_str("---\n");
-    manifests.push_str(&clusterlink::demo::peer("server1", server.peer_address()));
+    manifests.push_str(&clusterlink_testbed::manifests::peer(
+        "server1",
+        server.peer_address(),
+    ));
     for (name, front) in [
         ("iperf", fronts.iperf),
         ("echo", fronts.echo),
         ("hold", fronts.hold),
     ] {
         manifests.push_str("---\n");
-        manifests.push_str(&clusterlink::demo::import(name, front.port(), &["server1"]));
+        manifests.push_str(&clusterlink_testbed::manifests::import(
+            name,
+            front.port(),
+            &["server1"],
+        ));
     }
-    client.apply(&manifests).await?;
+    clusterlink::demo::apply_to(&client, &manifests).await?;
     // Side A is the importing gateway, side B the exporting one.
     Ok((vec![client, server], fronts))
 }

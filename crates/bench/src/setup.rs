@@ -86,7 +86,7 @@ pub struct Setup {
 impl Setup {
     /// Makes the fabric (CA and the certificates of `server1` and `client1`) in `dir`.
     pub fn create(dir: &Path, bin_dir: &Path, envoy: PathBuf) -> anyhow::Result<Setup> {
-        clusterlink::demo::create_fabric(dir, &["server1", "client1"])?;
+        clusterlink_testbed::launcher::create_fabric(dir, &["server1", "client1"])?;
         let certs = Certs::from_fabric(dir)?;
         Ok(Setup {
             dir: dir.to_path_buf(),
@@ -125,7 +125,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        clusterlink::terminate(&self.child);
+        clusterlink_testbed::terminate(&self.child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if self.exited().is_some() {

@@ -25,6 +25,7 @@ pub enum Command {
     #[command(subcommand)]
     Create(Create),
     /// Run a local fabric of real gateways, apply the example manifests and list them.
+    #[cfg(feature = "demo")]
     Demo(crate::demo::DemoArgs),
     /// Deploy a peer on Kubernetes (or write its manifests).
     #[command(subcommand)]
@@ -85,6 +86,7 @@ pub struct LeafArgs {
 pub async fn run(cli: Clusterlink) -> anyhow::Result<()> {
     let create = match cli.command {
         Command::Create(create) => create,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => return crate::demo::run(args).await,
         Command::Deploy(Deploy::Peer(args)) => {
             return crate::kubernetes_cmd::deploy_peer(args).await;

@@ -901,8 +901,8 @@ fn a_terminated_gateway_lets_open_tunnels_finish() {
     assert!(eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")));
     let mut tunnel = open_counted_tunnel(port, &sites.servers[0], "ingress");
     // Both gateways are asked to stop while the tunnel is mid-request.
-    clusterlink::terminate(&sites.client.child);
-    clusterlink::terminate(&sites.servers[0].child);
+    clusterlink_testbed::terminate(&sites.client.child);
+    clusterlink_testbed::terminate(&sites.servers[0].child);
     // They take no new connections...
     assert!(eventually(CONVERGE, || std::net::TcpStream::connect((
         "127.0.0.1",

@@ -134,8 +134,11 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     let f = Fabric::new(&["server", "client"]);
     let backend = Backend::start("echo");
     let server = f.start("server");
-    server.apply(&clusterlink::demo::export("echo", backend.port));
-    server.apply(clusterlink::demo::ALLOW_ALL);
+    server.apply(&clusterlink_testbed::manifests::export(
+        "echo",
+        backend.port,
+    ));
+    server.apply(clusterlink_testbed::manifests::ALLOW_ALL);
 
     // The client peer's control plane, as `cl-controlplane` runs it: a model, the client hosts
     // from the pod cache, and the snapshot stream, authenticated with the client's certificate.
@@ -147,9 +150,9 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     let target = free_port();
     let config = format!(
         "{}---\n{}---\n{}---\n{POLICIES}",
-        clusterlink::demo::peer("server", &server.peer_address),
-        clusterlink::demo::import("echo", target, &["server"]),
-        clusterlink::demo::ALLOW_ALL,
+        clusterlink_testbed::manifests::peer("server", &server.peer_address),
+        clusterlink_testbed::manifests::import("echo", target, &["server"]),
+        clusterlink_testbed::manifests::ALLOW_ALL,
     );
     model.replace_all(objects(&config)).await.unwrap();
     let (hosts_tx, hosts) = watch::channel(Arc::new(ClientHosts::default()));

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clusterlink::netns::{Site, Wan};
+use clusterlink_testbed::netns::{Site, Wan};
 use support::manifests::{allow_all, export, import, peer};
 use support::sites::{Conversation, EchoService, PEER_PORT, SiteBed, can_run, reaches, talk};
 use support::{Exchange, GatewayProcess, eventually, metric, reachable, stdout};

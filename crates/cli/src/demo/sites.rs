@@ -9,14 +9,16 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use tokio::io::AsyncWriteExt;
 
-use super::{
-    DemoArgs, LocalGateway, bin_dir, create_and_show_fabric, export, import, peer, start_gateway,
-    step,
+use clusterlink_testbed::launcher::LocalGateway;
+use clusterlink_testbed::manifests::{ALLOW_ALL, export, import, peer};
+use clusterlink_testbed::netns::{Site, Wan};
+
+use super::steps::{
+    bin_dir, create_and_show_fabric, describe_failure, last_refusal, read_reply, step,
 };
-use crate::netns::{Site, Wan};
 
 /// Every site's gateway listens here; each site's firewall lets in nothing else.
-pub const PEER_PORT: u16 = 443;
+const PEER_PORT: u16 = 443;
 /// How long a direct connection across sites is given before it counts as blocked.
 const DIRECT_ATTEMPT: Duration = Duration::from_secs(1);
 /// The throughput check's length, as iperf3's default is 10 s and a demo should be brisk.
@@ -38,7 +40,6 @@ const IMPORTS: [(&str, &[&str], u16); 3] = [
     ("ratings", &["west"], 9082),
 ];
 
-const ALLOW_ALL: &str = super::ALLOW_ALL;
 /// shop steers reviews to east: its egress denies reviews towards west.
 const REVIEWS_EAST_ONLY: &str = "\
 apiVersion: clusterlink.net/v1alpha1
@@ -66,7 +67,9 @@ struct SiteGateway<'a> {
     gateway: LocalGateway,
 }
 
-pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
+/// Runs the demo in `dir`; with `keep`, waits for Ctrl-C before stopping everything.
+/// `temporary`: whether `dir` is removed afterwards (said at the end).
+pub async fn run(keep: bool, dir: &Path, temporary: bool) -> anyhow::Result<()> {
     step("1. Three sites, each a network namespace with its own address on a shared WAN");
     let wan = Wan::create(&["shop", "east", "west"], PEER_PORT)?;
     for site in wan.sites() {
@@ -86,10 +89,11 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         .into_iter()
         .map(|(name, peer)| {
             let site = wan.site(name)?;
-            let gateway = start_gateway(&bin_dir, dir, peer, Some(site))?;
+            let gateway = LocalGateway::start_in(&bin_dir, dir, peer, site, PEER_PORT)?;
             println!(
                 "   {name:<5} peer port {}, management API {} (inside the site)",
-                gateway.peer_address, gateway.url
+                gateway.peer_address(),
+                gateway.management()
             );
             Ok(SiteGateway { site, gateway })
         })
@@ -121,10 +125,11 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
 
     step("4. shop learns where east and west are and imports the services");
     for gw in [east, west] {
-        apply(shop, &peer(gw.gateway.peer, &gw.gateway.peer_address)).await?;
+        apply(shop, &peer(gw.gateway.peer(), gw.gateway.peer_address())).await?;
         println!(
             "   Peer {:<5} at {}",
-            gw.gateway.peer, gw.gateway.peer_address
+            gw.gateway.peer(),
+            gw.gateway.peer_address()
         );
     }
     for (service, sources, port) in IMPORTS {
@@ -169,7 +174,7 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     apply(west, NO_RATINGS_FOR_SHOP).await?;
     println!("   west: AccessPolicy no-ratings-for-shop denies ratings to shop (ingress)");
     product_page(shop.site).await;
-    if let Some(reason) = super::last_refusal(&shop.gateway.log) {
+    if let Some(reason) = last_refusal(shop.gateway.log()) {
         println!("   shop's gateway logged why: {reason}");
     }
 
@@ -180,11 +185,12 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     }
 
     println!();
-    if args.keep {
+    if keep {
         println!("Everything keeps running. Try, as root:");
         println!(
             "   ip netns exec {} gwctl --server {} get imports",
-            shop.site.namespace, shop.gateway.url
+            shop.site.namespace,
+            shop.gateway.management()
         );
         println!(
             "   ip netns exec {} curl -s http://127.0.0.1:9080",
@@ -198,7 +204,7 @@ pub async fn run(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     drop(wan);
     println!(
         "Done: 3 gateways stopped, {namespaces} namespaces removed{}.",
-        if args.dir.is_none() {
+        if temporary {
             ", and the demo directory removed"
         } else {
             ""
@@ -251,8 +257,8 @@ fn listen(site: &Site) -> std::io::Result<tokio::net::TcpListener> {
 async fn call_service(site: &Site, port: u16) -> Result<String, String> {
     let conn = connect(site, ([127, 0, 0, 1], port).into())
         .await
-        .map_err(super::describe_failure)?;
-    super::read_reply(conn).await
+        .map_err(describe_failure)?;
+    read_reply(conn).await
 }
 
 /// A connection made from inside `site`, on a blocking thread: entering a namespace takes one,
@@ -269,7 +275,7 @@ async fn connect(site: &Site, to: SocketAddr) -> std::io::Result<tokio::net::Tcp
 /// iperf3 between the sites if it is installed, else a built-in bulk stream; one line of result.
 async fn throughput(shop: &SiteGateway<'_>, east: &SiteGateway<'_>) -> anyhow::Result<String> {
     const IMPORT_PORT: u16 = 9090;
-    if crate::netns::on_path("iperf3") {
+    if clusterlink_testbed::netns::on_path("iperf3") {
         // iperf3's server, inside east, on a port of east's own namespace.
         const IPERF_PORT: u16 = 5201;
         let mut server = tokio::process::Command::from(east.site.command("iperf3"));
@@ -377,7 +383,7 @@ async fn gwctl(gw: &SiteGateway<'_>, args: &[&str], input: Option<&str>) -> anyh
     let exe = bin_dir()?.join("gwctl");
     let mut cmd = tokio::process::Command::from(gw.site.command(&exe));
     cmd.arg("--server")
-        .arg(&gw.gateway.url)
+        .arg(gw.gateway.management())
         .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -413,6 +419,6 @@ async fn wait_listening(gw: &SiteGateway<'_>, name: &str) -> anyhow::Result<()> 
     }
     bail!(
         "import {name} did not start listening; see {}",
-        gw.gateway.log.display()
+        gw.gateway.log().display()
     )
 }

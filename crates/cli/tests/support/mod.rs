@@ -96,7 +96,7 @@ pub struct GatewayProcess {
     pub peer_address: String,
     pub stderr_path: PathBuf,
     /// The site it runs in; its management API and gwctl live there too.
-    pub site: Option<clusterlink::netns::Site>,
+    pub site: Option<clusterlink_testbed::netns::Site>,
 }
 
 impl GatewayProcess {
@@ -107,7 +107,7 @@ impl GatewayProcess {
     /// A gateway inside `site` (`ip netns exec` execs, so the child is the gateway itself).
     /// Test services listen on loopback, so exports of loopback services are allowed.
     pub fn spawn_in(
-        site: Option<&clusterlink::netns::Site>,
+        site: Option<&clusterlink_testbed::netns::Site>,
         cwd: &Path,
         args: &[&str],
     ) -> GatewayProcess {
@@ -118,7 +118,7 @@ impl GatewayProcess {
 
     /// A gateway with exactly these arguments.
     pub fn spawn_exactly(
-        site: Option<&clusterlink::netns::Site>,
+        site: Option<&clusterlink_testbed::netns::Site>,
         cwd: &Path,
         args: &[&str],
     ) -> GatewayProcess {
@@ -129,7 +129,7 @@ impl GatewayProcess {
 
     /// A gateway started by `command` (which ends by running cl-gateway), waited for until ready.
     pub fn spawn_command(
-        site: Option<&clusterlink::netns::Site>,
+        site: Option<&clusterlink_testbed::netns::Site>,
         cwd: &Path,
         mut command: Command,
     ) -> GatewayProcess {
@@ -225,7 +225,7 @@ impl GatewayProcess {
 
     /// SIGTERM, and the exit status it ends with.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        clusterlink::terminate(&self.child);
+        clusterlink_testbed::terminate(&self.child);
         self.child.wait().unwrap()
     }
 
@@ -275,7 +275,7 @@ pub fn reachable(client: &GatewayProcess, peer: &str) -> String {
 }
 
 /// `program` in `site`, or here.
-pub fn command_in(site: Option<&clusterlink::netns::Site>, program: &str) -> Command {
+pub fn command_in(site: Option<&clusterlink_testbed::netns::Site>, program: &str) -> Command {
     match site {
         Some(site) => site.command(program),
         None => Command::new(program),

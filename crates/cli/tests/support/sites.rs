@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use clusterlink::netns::{Site, Wan};
+use clusterlink_testbed::netns::{Site, Wan};
 
 use super::{Exchange, Fabric, GatewayProcess};
 
@@ -19,15 +19,15 @@ const CROSS_SITE_CONNECT: Duration = Duration::from_secs(2);
 pub fn can_run(test: &str, programs: &[&str]) -> bool {
     // One probe per test binary: the machine does not change between its tests.
     static AVAILABLE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let available =
-        AVAILABLE.get_or_init(|| clusterlink::netns::available().map_err(|e| e.to_string()));
+    let available = AVAILABLE
+        .get_or_init(|| clusterlink_testbed::netns::available().map_err(|e| e.to_string()));
     let problem = match available {
         Err(e) => Some(e.clone()),
         Ok(()) => {
             let missing: Vec<&str> = programs
                 .iter()
                 .copied()
-                .filter(|p| !clusterlink::netns::on_path(p))
+                .filter(|p| !clusterlink_testbed::netns::on_path(p))
                 .collect();
             (!missing.is_empty()).then(|| {
                 format!(
