@@ -23,14 +23,14 @@ use crate::hops::{Relayed, RelayedConnections};
 use crate::limits::Limits;
 use crate::listener::{PerSource, SourceSlot};
 use crate::live::LiveTunnels;
-use crate::metrics::{Listener, Metrics, Side, Unserved};
+use crate::metrics::{Listener, Metrics, Refusal, Side, Unserved};
 use crate::policy::{Attributes, export_attributes, peer_attributes};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{TLS_SEND_BUFFER, relay};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
-    ALPN, ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, RefusalReason, TunnelResponse,
-    read_head,
+    ALPN, ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason,
+    TunnelResponse, read_head,
 };
 use crate::workers::serve_on_worker;
 
@@ -149,6 +149,28 @@ pub(crate) async fn serve(
     revalidator.abort();
 }
 
+/// Why a peer connection ended before the peer closed it; logged with the connection.
+#[derive(Debug, thiserror::Error)]
+enum PeerConnectionError {
+    /// Closed before it was served (and counted as such).
+    #[error("{detail}")]
+    Unserved { reason: Unserved, detail: String },
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("{step}: {source}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PeerConnectionError {
+    fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> PeerConnectionError {
+        move |source| PeerConnectionError::Io { step, source }
+    }
+}
+
 /// What an unauthenticated connection holds: a place among all of them and among its source's.
 struct Pending {
     _total: OwnedSemaphorePermit,
@@ -162,12 +184,12 @@ async fn handle(
     credentials: watch::Receiver<Arc<GatewayTls>>,
     pending: Pending,
     port: &PeerPort,
-) -> Result<(), String> {
-    tune_socket(&stream).map_err(|e| e.to_string())?;
+) -> Result<(), PeerConnectionError> {
+    tune_socket(&stream).map_err(PeerConnectionError::io("socket options"))?;
     let unserved = |reason, detail: String| {
         port.metrics
             .unserved(Listener::Peer, reason, remote, &detail);
-        detail
+        PeerConnectionError::Unserved { reason, detail }
     };
     let mut tls = timeout(
         Limits::DEFAULT.handshake,
@@ -212,7 +234,7 @@ async fn handle(
         };
         drop(waiting);
         let (head, leftover) = match read {
-            Ok(read) => read.map_err(|e| e.to_string())?,
+            Ok(read) => read?,
             Err(_) if pending.is_none() => return Ok(()),
             Err(_) => {
                 let detail = "authenticated, but no request came in time".into();
@@ -249,7 +271,7 @@ async fn serve_request(
     leftover: Vec<u8>,
     peer: &str,
     port: &PeerPort,
-) -> Result<Served, String> {
+) -> Result<Served, PeerConnectionError> {
     let PeerPort {
         snapshots,
         metrics,
@@ -265,17 +287,17 @@ async fn serve_request(
         Ok(PeerRequest::Health) => {
             tls.write_all(HEALTH_RESPONSE)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(PeerConnectionError::io("answering a health probe"))?;
             let _ = tls.shutdown().await;
             return Ok(Served::Close);
         }
         Err(e) => {
-            metrics.refused(Side::Ingress, RefusalReason::BadRequest.as_str());
+            metrics.refused(Side::Ingress, Refusal::Tunnel(RefusalReason::BadRequest));
             let _ = tls
                 .write_all(&refuse(RefusalReason::BadRequest, e.to_string()).encode())
                 .await;
             let _ = tls.shutdown().await;
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     let _active = metrics.accepted(Side::Ingress);
@@ -288,7 +310,7 @@ async fn serve_request(
         Ok(target) => target,
         Err(refusal) => {
             if let TunnelResponse::Refused { reason, .. } = &refusal {
-                metrics.refused(Side::Ingress, reason.as_str());
+                metrics.refused(Side::Ingress, Refusal::Tunnel(*reason));
             }
             tracing::info!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
             let _ = tls.write_all(&refusal.encode()).await;
@@ -304,7 +326,7 @@ async fn serve_request(
                 request.hops, request.export
             ),
         };
-        metrics.refused(Side::Ingress, RefusalReason::LoopDetected.as_str());
+        metrics.refused(Side::Ingress, Refusal::Tunnel(RefusalReason::LoopDetected));
         tracing::warn!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
         let _ = tls.write_all(&refusal.encode()).await;
         let _ = tls.shutdown().await;
@@ -335,11 +357,13 @@ async fn serve_request(
         let reason = "it is on a loopback address; start the gateway with --allow-loopback-backends to export local services".to_string();
         return refuse_backend(tls, &host, port, reason, metrics).await;
     }
-    tune_socket(&backend).map_err(|e| e.to_string())?;
+    tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
     tls.write_all(&TunnelResponse::Established.encode())
         .await
-        .map_err(|e| e.to_string())?;
-    tls.flush().await.map_err(|e| e.to_string())?;
+        .map_err(PeerConnectionError::io("answering the tunnel request"))?;
+    tls.flush()
+        .await
+        .map_err(PeerConnectionError::io("answering the tunnel request"))?;
     tracing::debug!(%peer, export = %request.export, "tunnel established");
     let registered = live.register(IngressTunnel {
         peer: peer.to_string(),
@@ -373,7 +397,7 @@ async fn serve_request(
             // Closing the connection ends the tunnel; the importing side resets its client, and
             // the backend is reset too, so neither end takes the cut for a complete exchange.
             let _ = backend.set_zero_linger();
-            metrics.refused(Side::Ingress, "Revoked");
+            metrics.refused(Side::Ingress, Refusal::Revoked);
             tracing::info!(%peer, export = %request.export, "tunnel closed: access revoked");
             return Ok(Served::Close);
         }
@@ -485,8 +509,11 @@ async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(
     port: u16,
     error: String,
     metrics: &Metrics,
-) -> Result<Served, String> {
-    metrics.refused(Side::Ingress, RefusalReason::BackendUnreachable.as_str());
+) -> Result<Served, PeerConnectionError> {
+    metrics.refused(
+        Side::Ingress,
+        Refusal::Tunnel(RefusalReason::BackendUnreachable),
+    );
     let message = format!("backend {host}:{port} unreachable: {error}");
     tracing::warn!("{message}");
     let _ = tls

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::tunnel::RefusalReason;
+
 /// Which end of a tunnel a gateway is: the importing side (egress) or the exporting side (ingress).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -91,6 +93,34 @@ impl Unserved {
             Unserved::HandshakeTimeout => "HandshakeTimeout",
             Unserved::WrongIdentity => "WrongIdentity",
             Unserved::Idle => "Idle",
+        }
+    }
+}
+
+/// Why a connection was refused or its tunnel cut, as `clusterlink_connections_refused_total`
+/// counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A reason a gateway also sends on the wire with its refusal.
+    Tunnel(RefusalReason),
+    /// The import was deleted while the connection was accepted.
+    NoSuchImport,
+    /// No gateway of a source's peer could take the tunnel.
+    PeerUnreachable,
+    /// Every source of the import was denied or failed.
+    AllSourcesFailed,
+    /// An open tunnel was cut because policy or configuration no longer allows it.
+    Revoked,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Tunnel(reason) => reason.as_str(),
+            Refusal::NoSuchImport => "NoSuchImport",
+            Refusal::PeerUnreachable => "PeerUnreachable",
+            Refusal::AllSourcesFailed => "AllSourcesFailed",
+            Refusal::Revoked => "Revoked",
         }
     }
 }
@@ -286,11 +316,11 @@ impl Metrics {
             .set(count as i64);
     }
 
-    pub fn refused(&self, s: Side, reason: &str) {
+    pub fn refused(&self, s: Side, refusal: Refusal) {
         self.refused
             .get_or_create(&RefusedLabels {
                 side: s.as_str().into(),
-                reason: reason.into(),
+                reason: refusal.as_str().into(),
             })
             .inc();
     }
@@ -398,7 +428,7 @@ mod tests {
         let m = Metrics::default();
         {
             let _guard = m.accepted(Side::Egress);
-            m.refused(Side::Egress, "PolicyDenied");
+            m.refused(Side::Egress, Refusal::Tunnel(RefusalReason::PolicyDenied));
             m.authorized(Side::Egress, Duration::from_micros(300));
             m.import_tunnel_done("default/svc", "p1", 10, 20);
             m.peer_reachable("p1", Some(true));

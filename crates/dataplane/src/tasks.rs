@@ -67,19 +67,22 @@ pub async fn run(
         shutdown.clone(),
     ));
     let egress = Arc::new(egress::Egress {
-        tls,
-        health,
+        dialer: egress::Dialer {
+            tls,
+            health,
+            pool: Default::default(),
+            handshakes: tokio::sync::Semaphore::new(Limits::DEFAULT.handshakes_at_once),
+            metrics: config.metrics.clone(),
+        },
         clients: config.clients,
         metrics: config.metrics,
         live: Default::default(),
-        pool: Default::default(),
-        handshakes: tokio::sync::Semaphore::new(Limits::DEFAULT.handshakes_at_once),
         relayed,
     });
     tasks.spawn({
         let (egress, mut snapshots, mut shutdown) =
             (egress.clone(), snapshots.clone(), shutdown.clone());
-        let mut credentials = egress.tls.clone();
+        let mut credentials = egress.dialer.tls.clone();
         async move {
             // Idle peer connections expire even when nothing else happens.
             let mut sweep = tokio::time::interval(Limits::DEFAULT.pool_idle / 2);
@@ -90,11 +93,11 @@ pub async fn run(
                         let snapshot = snapshots.borrow_and_update().clone();
                         egress.revalidate(&snapshot);
                     }
-                    _ = sweep.tick() => egress.sweep_pool(&snapshots.borrow()),
+                    _ = sweep.tick() => egress.dialer.sweep_pool(&snapshots.borrow()),
                     // Connections authenticated with replaced certificates are not reused.
                     changed = credentials.changed() => {
                         if changed.is_err() { break }
-                        egress.empty_pool();
+                        egress.dialer.empty_pool();
                     }
                     _ = shutdown.changed() => break,
                 }

@@ -55,7 +55,7 @@ pub enum ProtocolError {
     #[error("malformed tunnel head: {0}")]
     Malformed(String),
     #[error("read failed: {0}")]
-    Io(String),
+    Io(std::io::ErrorKind),
 }
 
 /// Which export a tunnel is for.
@@ -299,7 +299,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| ProtocolError::Io(e.to_string()))?;
+            .map_err(|e| ProtocolError::Io(e.kind()))?;
         if n == 0 {
             return Err(ProtocolError::Truncated);
         }

@@ -1,0 +1,167 @@
+//! Serving one client of an import: decide each source in turn, open a tunnel to the first
+//! that takes it, relay, and cut the tunnel if access is revoked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use clusterlink_api::clients::ClientTable;
+use clusterlink_api::{ImportSource, ObjectKey};
+use tokio::net::TcpStream;
+
+use super::dial::{Dialer, OpenTunnel};
+use super::sources::{EgressRefusal, egress_decision, source_order};
+use crate::connections::tune_socket;
+use crate::hops::RelayedConnections;
+use crate::live::LiveTunnels;
+use crate::metrics::{Metrics, Refusal, Side};
+use crate::policy::Attributes;
+use crate::relay::relay;
+use crate::snapshot::Snapshot;
+use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest};
+
+/// What every import connection shares: how to reach peers, who clients are, the open tunnels.
+pub(crate) struct Egress {
+    pub dialer: Dialer,
+    pub clients: ClientTable,
+    pub metrics: Arc<Metrics>,
+    /// Open tunnels, decided again when the configuration changes.
+    pub live: LiveTunnels<EgressTunnel>,
+    /// Connections this gateway's ingress made to backends, for loop detection.
+    pub relayed: Arc<RelayedConnections>,
+}
+
+/// A live egress tunnel, as much as is needed to decide it again.
+pub(crate) struct EgressTunnel {
+    import: ObjectKey,
+    client: Attributes,
+    source: ImportSource,
+}
+
+impl Egress {
+    /// Closes open tunnels that `snapshot` no longer allows: the egress policy now denies them,
+    /// their source was removed from the import, or their Peer was deleted.
+    pub fn revalidate(&self, snapshot: &Snapshot) {
+        self.live.revalidate(|t| {
+            snapshot
+                .imports
+                .get(&t.import)
+                .is_some_and(|i| i.sources.contains(&t.source))
+                && egress_decision(snapshot, &t.import, &t.client, &t.source).is_ok()
+        });
+        self.dialer.sweep_pool(snapshot);
+    }
+
+    /// Serves one client connection of import `key` from `snapshot`: the first source that
+    /// policy allows and whose peer takes the tunnel carries it; if none does, the client is
+    /// reset.
+    pub(super) async fn serve_client(
+        &self,
+        mut client: TcpStream,
+        remote: SocketAddr,
+        key: &ObjectKey,
+        snapshot: &Snapshot,
+        next: &AtomicUsize,
+    ) {
+        let accepted_at = std::time::Instant::now();
+        let _active = self.metrics.accepted(Side::Egress);
+        let _ = tune_socket(&client);
+        let Some(import) = snapshot.imports.get(key) else {
+            self.metrics.refused(Side::Egress, Refusal::NoSuchImport);
+            reset(client);
+            return;
+        };
+        let client_attributes = match snapshot.client_hosts.get(remote.ip()) {
+            Some(pod) => pod.clone(),
+            None => self.clients.attributes_of(remote.ip()),
+        };
+        for source in source_order(import, next, |peer| self.dialer.health.is_unreachable(peer)) {
+            let export = ExportRef {
+                namespace: source.export_namespace.clone(),
+                name: source.export_name.clone(),
+            };
+            let peer = match egress_decision(snapshot, key, &client_attributes, source) {
+                Ok(peer) => peer,
+                Err(EgressRefusal::NoSuchPeer) => {
+                    tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
+                    continue;
+                }
+                Err(EgressRefusal::Denied(decision)) => {
+                    let denied = Refusal::Tunnel(RefusalReason::PolicyDenied);
+                    self.metrics.refused(Side::Egress, denied);
+                    tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
+                    continue;
+                }
+            };
+            let request = TunnelRequest {
+                export: export.clone(),
+                client: client_attributes.clone(),
+                hops: self.relayed.hops_from(remote.port()),
+            };
+            match self
+                .dialer
+                .open_tunnel(&source.peer, &peer.gateways, &request)
+                .await
+            {
+                Ok(OpenTunnel {
+                    mut connection,
+                    leftover,
+                    gateway,
+                }) => {
+                    self.metrics.authorized(Side::Egress, accepted_at.elapsed());
+                    tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
+                    let registered = self.live.register(EgressTunnel {
+                        import: key.clone(),
+                        client: client_attributes.clone(),
+                        source: source.clone(),
+                    });
+                    let relayed = tokio::select! {
+                        moved = relay(&mut client, &mut connection, leftover) => match moved {
+                            Ok(relayed) => relayed,
+                            Err(e) => {
+                                // One end broke mid-stream (a reset, or TCP closed without
+                                // close_notify): the client must not take it for a clean end.
+                                // (Bytes of a broken tunnel are not counted.)
+                                tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel broken: {e}; resetting the client");
+                                reset(client);
+                                return;
+                            }
+                        },
+                        _ = registered.revoked.notified() => {
+                            self.metrics.refused(Side::Egress, Refusal::Revoked);
+                            tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel closed: access revoked");
+                            reset(client);
+                            return;
+                        }
+                    };
+                    if relayed.reusable {
+                        self.dialer.keep_warm(gateway, connection);
+                    }
+                    let import_name = format!("{}/{}", key.namespace, key.name);
+                    self.metrics.import_tunnel_done(
+                        &import_name,
+                        &source.peer,
+                        relayed.sent,
+                        relayed.received,
+                    );
+                    return;
+                }
+                Err(failure) => {
+                    let (side, refusal) = failure.refusal();
+                    self.metrics.refused(side, refusal);
+                    tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {failure}")
+                }
+            }
+        }
+        tracing::info!(import = %key, %remote, "every source failed; resetting the client");
+        self.metrics
+            .refused(Side::Egress, Refusal::AllSourcesFailed);
+        reset(client);
+    }
+}
+
+/// Ends the client's connection with RST, so it sees a failure rather than a clean, empty close.
+fn reset(client: TcpStream) {
+    let _ = client.set_zero_linger();
+    drop(client);
+}

@@ -1,0 +1,284 @@
+//! Reaching a peer's gateways: a warm connection when one is kept, else a new mutual-TLS
+//! connection, and the tunnel request on it. Failures keep their `io::ErrorKind`, so logs tell a
+//! refused connection from a reset or a timeout.
+
+use std::io;
+use std::sync::Arc;
+
+use clusterlink_pki::reload::GatewayTls;
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::connections::tune_socket;
+use crate::health::PeerHealth;
+use crate::limits::Limits;
+use crate::metrics::{Metrics, Refusal, Side};
+use crate::pool::{ConnectionPool, GatewayKey};
+use crate::read_ahead::ReadAhead;
+use crate::relay::TLS_SEND_BUFFER;
+use crate::snapshot::Snapshot;
+use crate::tunnel::{ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+
+/// A mutual-TLS connection to a peer gateway.
+pub(super) type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
+
+/// How this gateway reaches peers: their TLS, their health, and connections kept between tunnels.
+pub(crate) struct Dialer {
+    /// The peer port's TLS, current as of each new connection.
+    pub tls: watch::Receiver<Arc<GatewayTls>>,
+    pub health: PeerHealth,
+    /// Peer connections between tunnels.
+    pub pool: ConnectionPool<PeerConnection>,
+    /// Places for new peer connections ([`Limits::handshakes_at_once`]), held from connect until
+    /// the first answer. A burst beyond them waits for a place (or a connection coming back warm).
+    pub handshakes: Semaphore,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Dialer {
+    /// Closes idle peer connections that expired or lead where `snapshot` no longer goes.
+    pub fn sweep_pool(&self, snapshot: &Snapshot) {
+        self.pool.sweep(|g| {
+            snapshot.peers.get(&g.peer).is_some_and(|p| {
+                p.gateways
+                    .iter()
+                    .any(|(host, port)| *host == g.host && *port == g.port)
+            })
+        });
+        self.count_idle();
+    }
+
+    /// Closes every idle peer connection: they were authenticated with replaced certificates.
+    pub fn empty_pool(&self) {
+        self.pool.sweep(|_| false);
+        self.count_idle();
+    }
+
+    /// Closes the idle connections to `gateway`.
+    fn forget(&self, gateway: &GatewayKey) {
+        self.pool.sweep(|g| g != gateway);
+        self.count_idle();
+    }
+
+    /// The latest idle connection to `gateway`, if one is kept.
+    fn take_warm(&self, gateway: &GatewayKey) -> Option<PeerConnection> {
+        let taken = self.pool.take(gateway);
+        self.count_idle();
+        taken
+    }
+
+    /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
+    pub(super) fn keep_warm(&self, gateway: GatewayKey, connection: PeerConnection) {
+        self.pool.put(gateway, connection);
+        self.count_idle();
+    }
+
+    /// Every change of the pool goes through a method that calls this, so the gauge follows it.
+    fn count_idle(&self) {
+        self.metrics.set_idle(Side::Egress, self.pool.len());
+    }
+}
+
+/// Why one gateway of a peer could not take a tunnel.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DialError {
+    #[error("{0} other new peer connections are still being set up")]
+    Busy(usize),
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect: {0}")]
+    Connect(#[source] io::Error),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("TLS: {0}")]
+    Handshake(#[source] io::Error),
+    #[error("sending the tunnel request: {0}")]
+    Send(#[source] io::Error),
+    #[error("no answer to the tunnel request")]
+    NoAnswer,
+    #[error("bad answer: {0}")]
+    Answer(#[from] ProtocolError),
+}
+
+/// Why a source could not serve a connection.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TunnelFailure {
+    /// The peer's gateway answered with a refusal.
+    #[error("refused ({}): {message}", reason.as_str())]
+    Refused {
+        reason: RefusalReason,
+        message: String,
+    },
+    /// No gateway of the peer could take the tunnel: why, for each.
+    #[error("{}", Unreachable(.0))]
+    Unreachable(Vec<(String, DialError)>),
+    /// The peer's name cannot be checked against a certificate.
+    #[error("peer name {0:?} is not a DNS name")]
+    BadPeerName(String),
+}
+
+impl TunnelFailure {
+    /// The side that refused, and the reason it is counted under: a refusal by the peer is
+    /// counted as its ingress refusal with its reason; anything else as this side's.
+    pub(super) fn refusal(&self) -> (Side, Refusal) {
+        match self {
+            TunnelFailure::Refused { reason, .. } => (Side::Ingress, Refusal::Tunnel(*reason)),
+            TunnelFailure::Unreachable(_) | TunnelFailure::BadPeerName(_) => {
+                (Side::Egress, Refusal::PeerUnreachable)
+            }
+        }
+    }
+}
+
+/// Each gateway and why it failed, in the order tried.
+struct Unreachable<'a>(&'a [(String, DialError)]);
+
+impl std::fmt::Display for Unreachable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("the peer lists no gateway");
+        }
+        for (i, (gateway, error)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{gateway}: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A tunnel the answering gateway accepted.
+pub(super) struct OpenTunnel {
+    pub connection: PeerConnection,
+    /// What arrived after the answer: the start of the tunnel's frames.
+    pub leftover: Vec<u8>,
+    /// Where `connection` goes, to keep it for another tunnel when this one ends cleanly.
+    pub gateway: GatewayKey,
+}
+
+impl Dialer {
+    /// Asks each gateway of the peer in turn, on a warm connection if one is kept, else on a new
+    /// one. A refusal from a gateway ends the attempt on this peer (its other gateways share its
+    /// configuration); a connect or handshake failure moves on.
+    pub(super) async fn open_tunnel(
+        &self,
+        peer: &str,
+        gateways: &[(String, u16)],
+        request: &TunnelRequest,
+    ) -> Result<OpenTunnel, TunnelFailure> {
+        let name = ServerName::try_from(peer.to_string())
+            .map_err(|_| TunnelFailure::BadPeerName(peer.to_string()))?;
+        let head = request.encode();
+        let mut errors = Vec::new();
+        for (host, port) in gateways {
+            let gateway = GatewayKey {
+                peer: peer.to_string(),
+                host: host.clone(),
+                port: *port,
+            };
+            // A warm connection to a peer that stopped answering probes may hang rather than
+            // fail: a new connection, with its connect timeout, is the better bet.
+            if self.health.is_unreachable(peer) {
+                self.forget(&gateway);
+            }
+            // A warm connection the far end has closed fails before any client byte went out,
+            // so a new connection can take the tunnel instead. Its siblings are likely as stale
+            // (the gateway restarted), so they go too.
+            let mut answered = None;
+            if let Some(connection) = self.take_warm(&gateway) {
+                match ask(connection, &head).await {
+                    Ok(answer) => answered = Some(answer),
+                    Err(_) => self.forget(&gateway),
+                }
+            }
+            let answer = match answered {
+                Some(answer) => answer,
+                None => match self.connect(&name, host, *port).await {
+                    Ok((connection, _handshake)) => match ask(connection, &head).await {
+                        Ok(answer) => answer,
+                        Err(e) => {
+                            errors.push((format!("{host}:{port}"), e));
+                            continue;
+                        }
+                    },
+                    Err(e) => {
+                        errors.push((format!("{host}:{port}"), e));
+                        continue;
+                    }
+                },
+            };
+            let (connection, head, rest) = answer;
+            return match TunnelResponse::decode(&head, &rest) {
+                Ok(TunnelResponse::Established) => Ok(OpenTunnel {
+                    connection,
+                    leftover: rest,
+                    gateway,
+                }),
+                Ok(TunnelResponse::Refused { reason, message }) => {
+                    Err(TunnelFailure::Refused { reason, message })
+                }
+                Err(e) => Err(TunnelFailure::Unreachable(vec![(
+                    format!("{host}:{port}"),
+                    DialError::Answer(e),
+                )])),
+            };
+        }
+        Err(TunnelFailure::Unreachable(errors))
+    }
+
+    /// A new mutual-TLS connection to a gateway of the peer `name`.
+    async fn connect(
+        &self,
+        name: &ServerName<'static>,
+        host: &str,
+        port: u16,
+    ) -> Result<(PeerConnection, SemaphorePermit<'_>), DialError> {
+        let place = timeout(Limits::DEFAULT.connect, self.handshakes.acquire())
+            .await
+            .map_err(|_| DialError::Busy(Limits::DEFAULT.handshakes_at_once))?
+            .map_err(|_| DialError::ShuttingDown)?;
+        let tcp = timeout(Limits::DEFAULT.connect, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| DialError::ConnectTimeout)?
+            .map_err(DialError::Connect)?;
+        tune_socket(&tcp).map_err(DialError::Connect)?;
+        // The configuration current now: rotated certificates apply to new connections.
+        let connector = TlsConnector::from(self.tls.borrow().client.clone());
+        let mut connection = timeout(
+            Limits::DEFAULT.handshake,
+            connector.connect(name.clone(), ReadAhead::new(tcp)),
+        )
+        .await
+        .map_err(|_| DialError::HandshakeTimeout)?
+        .map_err(DialError::Handshake)?;
+        connection
+            .get_mut()
+            .1
+            .set_buffer_limit(Some(TLS_SEND_BUFFER));
+        Ok((connection, place))
+    }
+}
+
+/// Sends a tunnel request on `connection` and reads the answer's head and what followed it.
+async fn ask(
+    mut connection: PeerConnection,
+    request: &[u8],
+) -> Result<(PeerConnection, Vec<u8>, Vec<u8>), DialError> {
+    connection
+        .write_all(request)
+        .await
+        .map_err(DialError::Send)?;
+    connection.flush().await.map_err(DialError::Send)?;
+    let (head, rest) = timeout(Limits::DEFAULT.handshake, read_head(&mut connection))
+        .await
+        .map_err(|_| DialError::NoAnswer)??;
+    Ok((connection, head, rest))
+}

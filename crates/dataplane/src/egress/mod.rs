@@ -1,0 +1,16 @@
+//! Import listeners: a local port per import, and for each client connection a tunnel to one of
+//! the import's sources.
+//!
+//! - [`listeners`]: one listener per import, in step with the snapshots.
+//! - [`client`]: serving one client connection: decide, open a tunnel, relay, revoke.
+//! - [`sources`]: which sources to try in which order, and whether egress policy allows each.
+//! - [`dial`]: reaching a peer's gateways, warm or new, and asking for the tunnel.
+
+mod client;
+mod dial;
+mod listeners;
+mod sources;
+
+pub(crate) use client::Egress;
+pub(crate) use dial::Dialer;
+pub(crate) use listeners::run_import_listeners;
