@@ -1,6 +1,6 @@
 //! `cl-gateway`: the gateway process of one peer (standalone mode).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
@@ -15,7 +15,10 @@ use clusterlink_pki::tls::TlsFiles;
 /// The management API's default: loopback only, so nothing else on the network can reach it.
 pub const DEFAULT_MANAGEMENT_ADDRESS: &str = "127.0.0.1:8443";
 /// The peer port: the one port other sites reach, on every address (DESIGN.md §1).
-pub const DEFAULT_PEER_ADDRESS: &str = "0.0.0.0:443";
+pub const DEFAULT_PEER_ADDRESS: SocketAddr = SocketAddr::new(
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    clusterlink_dataplane::tunnel::PEER_PORT,
+);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,7 +55,7 @@ pub struct GatewayArgs {
     #[arg(long, default_value = DEFAULT_MANAGEMENT_ADDRESS)]
     pub management_address: SocketAddr,
     /// Peer port address: mutual TLS tunnels from other gateways; port 0 picks a free port.
-    #[arg(long, default_value = DEFAULT_PEER_ADDRESS)]
+    #[arg(long, default_value_t = DEFAULT_PEER_ADDRESS)]
     pub peer_address: SocketAddr,
     /// Address import listeners bind; an import's `port` is the port on this address.
     #[arg(long, default_value = "127.0.0.1")]

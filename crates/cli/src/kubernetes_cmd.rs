@@ -252,7 +252,7 @@ pub struct ControlPlaneArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = deploy::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Where data-plane replicas fetch snapshots.
-    #[arg(long, default_value = "0.0.0.0:8444")]
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], deploy::SNAPSHOT_PORT)))]
     pub snapshot_address: SocketAddr,
     /// Labels selecting the data-plane pods, KEY=VALUE[,KEY=VALUE...].
     #[arg(long, value_delimiter = ',', required = true)]

@@ -31,10 +31,10 @@ pub const DEFAULT_REGISTRY: &str = "ghcr.io/clusterlink-rs";
 /// The image holding every ClusterLink binary.
 pub const IMAGE_NAME: &str = "clusterlink";
 /// The port other sites reach unless told otherwise (DESIGN.md §1).
-pub const DEFAULT_INGRESS_PORT: u16 = 443;
+pub const DEFAULT_INGRESS_PORT: u16 = clusterlink_dataplane::tunnel::PEER_PORT;
 /// The data plane's peer port inside its pod: unprivileged, so the container needs no
 /// capability to bind it; the peer-port Service maps the public port to it.
-pub const DATAPLANE_PEER_PORT: u16 = 4443;
+pub const DATAPLANE_PEER_PORT: u16 = clusterlink_dataplane::cmd::DEFAULT_PEER_PORT;
 /// Where the control plane serves snapshots to the data-plane replicas.
 pub const SNAPSHOT_PORT: u16 = 8444;
 /// Where the certificate Secret is mounted in both containers.

@@ -18,7 +18,7 @@ use super::steps::{
 };
 
 /// Every site's gateway listens here; each site's firewall lets in nothing else.
-const PEER_PORT: u16 = 443;
+const PEER_PORT: u16 = clusterlink_dataplane::tunnel::PEER_PORT;
 /// How long a direct connection across sites is given before it counts as blocked.
 const DIRECT_ATTEMPT: Duration = Duration::from_secs(1);
 /// The throughput check's length, as iperf3's default is 10 s and a demo should be brisk.
