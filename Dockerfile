@@ -7,7 +7,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --no-default-features -p clusterlink -p clusterlink-dataplane --bins \
+# Two builds: in one, features would unify and cl-dataplane would link what only the CLI needs.
+RUN cargo build --release --locked --no-default-features -p clusterlink --bins \
+    && cargo build --release --locked -p clusterlink-dataplane --bins \
     && mkdir /out \
     && cp target/release/clusterlink target/release/gwctl target/release/cl-gateway \
           target/release/cl-controlplane target/release/cl-dataplane /out/

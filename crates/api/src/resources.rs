@@ -507,6 +507,12 @@ impl LbScheme {
     }
 }
 
+impl std::fmt::Display for LbScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl std::str::FromStr for LbScheme {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -297,7 +297,7 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         }
     });
     // The peers are all that is probed; labels and client hosts do not matter here.
-    let snapshots = snapshot::follow(
+    let snapshots = snapshot::rebuild_on_change(
         &name,
         BTreeMap::new(),
         control_plane.subscribe(),

@@ -2,7 +2,7 @@
 
 use clap::ValueEnum;
 use clusterlink_api::{
-    ConditionType, Kind, LabelSelector, Object, Scope, SelectorOperator, WorkloadSelectorEntry,
+    Kind, LabelSelector, Object, Scope, SelectorOperator, WorkloadSelectorEntry,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -62,9 +62,10 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
             row.push(meta.namespace.clone());
         }
         row.push(meta.name.clone());
-        let condition = |t: ConditionType| {
+        // Each kind's column shows the one condition it carries.
+        let condition = || {
             obj.status()
-                .and_then(|s| s.condition(t))
+                .and_then(|s| s.condition(obj.kind().condition()))
                 .map(|c| c.status.as_str().to_string())
                 .unwrap_or_else(|| "-".into())
         };
@@ -78,7 +79,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                         .collect::<Vec<_>>()
                         .join(","),
                 );
-                row.push(condition(ConditionType::PeerReachable));
+                row.push(condition());
             }
             Object::Export(e) => {
                 row.push(if e.spec.host.is_empty() {
@@ -87,7 +88,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                     e.spec.host.clone()
                 });
                 row.push(e.spec.port.to_string());
-                row.push(condition(ConditionType::ExportValid));
+                row.push(condition());
             }
             Object::Import(i) => {
                 row.push(i.spec.port.to_string());
@@ -106,7 +107,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                         .collect::<Vec<_>>()
                         .join(","),
                 );
-                row.push(condition(ConditionType::ImportValid));
+                row.push(condition());
             }
             Object::AccessPolicy(p) => {
                 policy_columns(&mut row, p.spec.action.as_str(), &p.spec.from, &p.spec.to)

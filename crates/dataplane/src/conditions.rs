@@ -10,8 +10,9 @@ pub trait RuntimeConditions: Send + Sync + 'static {
     fn set(&self, key: &ObjectKey, type_: ConditionType, condition: Option<Condition>);
 }
 
-/// For a data plane whose conditions nobody reads: a replica on Kubernetes, whose control plane
-/// probes the peers and reports the imports' ports itself.
+/// For a data plane whose conditions nobody reads: a replica on Kubernetes. Its control plane
+/// probes the peers itself; whether each replica bound an import's port is seen by Kubernetes
+/// (the Service's endpoints), and logged by the replica.
 pub struct Unreported;
 
 impl RuntimeConditions for Unreported {

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use clusterlink_pki::reload::GatewayTls;
+use clusterlink_pki::tls::PEER_ALPN;
 
 use crate::connections::{drain, tune_socket};
 use crate::hops::{Relayed, RelayedConnections};
@@ -24,12 +25,14 @@ use crate::limits::Limits;
 use crate::listener::{PerSource, SourceSlot};
 use crate::live::LiveTunnels;
 use crate::metrics::{Listener, Metrics, Refusal, Side, Unserved};
-use crate::policy::{Attributes, export_attributes, peer_attributes};
+use clusterlink_api::attributes::Attributes;
+
+use crate::policy::{export_attributes, peer_attributes};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{TLS_SEND_BUFFER, relay};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
-    ALPN, ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason,
+    ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason,
     TunnelResponse, read_head,
 };
 use crate::workers::serve_on_worker;
@@ -135,7 +138,7 @@ pub(crate) async fn serve(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "peer port accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Limits::DEFAULT.accept_retry).await;
                 }
             },
             // Reap finished connections so the set does not grow with every tunnel ever served.
@@ -157,17 +160,16 @@ enum PeerConnectionError {
     Unserved { reason: Unserved, detail: String },
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
-    #[error("{step}: {source}")]
+    #[error("{step}: {error}")]
     Io {
         step: &'static str,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl PeerConnectionError {
     fn io(step: &'static str) -> impl FnOnce(std::io::Error) -> PeerConnectionError {
-        move |source| PeerConnectionError::Io { step, source }
+        move |error| PeerConnectionError::Io { step, error }
     }
 }
 
@@ -205,7 +207,7 @@ async fn handle(
     })?;
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (_, session) = tls.get_ref();
-    if session.alpn_protocol() != Some(ALPN) {
+    if session.alpn_protocol() != Some(PEER_ALPN) {
         let detail = "the client does not speak the tunnel protocol (ALPN)".into();
         return Err(unserved(Unserved::HandshakeRefused, detail));
     }

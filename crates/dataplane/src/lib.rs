@@ -7,11 +7,13 @@
 //! the control plane, so a process that runs only the data plane (`cl-dataplane`) links no
 //! store, no HTTP server framework and no Kubernetes client.
 //!
-//! - [`tasks`]: the data plane's tasks and their supervision; [`snapshot`]: its input.
+//! - [`run`]: the data plane's tasks and their supervision; [`snapshot`]: its input.
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
 //! - [`limits`]: every timeout and connection limit, with its reason.
-//! - [`listener`]: bounded accepting from strangers, shared by every listener of a gateway.
+//! - [`listener`]: bounded accepting from strangers, for the management API and the replica
+//!   stream (the peer port bounds its own, before the TLS handshake, with the same per-source
+//!   table).
 //! - [`replica`]: the snapshot stream from a control plane to its data-plane replicas.
 //! - [`cmd`]: the `cl-dataplane` process.
 
@@ -38,12 +40,11 @@ mod read_ahead;
 mod relay;
 pub mod replica;
 pub mod snapshot;
-pub mod tasks;
+mod tasks;
 pub mod tunnel;
 mod workers;
 
 pub use conditions::{RuntimeConditions, Unreported};
-pub use health::PeerHealth;
 pub use limits::Limits;
 pub use snapshot::Snapshot;
 pub use tasks::{DataPlaneConfig, probe_peers, run};

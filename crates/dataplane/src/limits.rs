@@ -1,5 +1,5 @@
-//! Every timeout and connection limit of a gateway's listeners and dials, in one place, each with
-//! the reason for its value. [`Limits::DEFAULT`] is what every process runs with; the tests below
+//! The timeouts and connection limits of a gateway's listeners and dials, in one place, each with
+//! the reason for its value (a component's own tuning, such as relay buffer sizes, stays with it). [`Limits::DEFAULT`] is what every process runs with; the tests below
 //! hold the relations between the values that those reasons rely on.
 
 use std::time::Duration;
@@ -62,6 +62,9 @@ pub struct Limits {
 
     /// How often an import whose port was taken tries again.
     pub bind_retry: Duration,
+    /// After a failed accept (out of descriptors, say), how long a listener waits before it
+    /// accepts again: time for connections to close, too short for a client to notice.
+    pub accept_retry: Duration,
 
     /// Management connections: far more than administrators and controllers open, far fewer
     /// than the descriptors the peer port needs. Per source: gwctl opens 8 for a bulk apply, and
@@ -120,6 +123,7 @@ impl Limits {
         successes_to_reachable: 2,
 
         bind_retry: Duration::from_secs(1),
+        accept_retry: Duration::from_millis(100),
 
         management: Bounds {
             total: 128,

@@ -5,14 +5,13 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-pub use crate::limits::Bounds;
+use crate::limits::Bounds;
 use crate::metrics::{Listener, Metrics, Unserved};
 
 /// Accepts on `listener` until `shutdown` flips, within `bounds`, serving each connection with
@@ -40,7 +39,7 @@ where
                 Err(e) => {
                     // Out of descriptors and the like: back off rather than spin.
                     tracing::warn!(listener = ?kind, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(crate::limits::Limits::DEFAULT.accept_retry).await;
                     continue;
                 }
             },

@@ -16,7 +16,7 @@ use clusterlink_api::selector::AttributeLookup;
 use clusterlink_api::{AccessPolicySpec, LabelSelector, Object, PolicyAction, attributes};
 
 /// Attribute key/values a selector matches (DESIGN.md §2 lists the keys).
-pub use clusterlink_api::attributes::Attributes;
+use clusterlink_api::attributes::Attributes;
 
 /// Which kind of policy decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,14 +106,25 @@ pub struct BackendArgs {
     pub allow_loopback_backends: bool,
 }
 
+/// Where a deployment on Kubernetes mounts the peer's certificate Secret.
+pub const SECRET_DIR: &str = "/etc/clusterlink";
+/// The files of that Secret: a `kubernetes.io/tls` Secret's certificate and key, and the CA.
+pub const SECRET_CA: &str = "ca.crt";
+pub const SECRET_CERT: &str = "tls.crt";
+pub const SECRET_KEY: &str = "tls.key";
+
+fn mounted(file: &str) -> PathBuf {
+    PathBuf::from(SECRET_DIR).join(file)
+}
+
 /// Where a process finds the peer's certificate (the mounted Secret, on Kubernetes).
 #[derive(Debug, clap::Args)]
 pub struct TlsArgs {
-    #[arg(long, default_value = "/etc/clusterlink/ca.crt")]
+    #[arg(long, default_value_os_t = mounted(SECRET_CA))]
     pub ca: PathBuf,
-    #[arg(long, default_value = "/etc/clusterlink/tls.crt")]
+    #[arg(long, default_value_os_t = mounted(SECRET_CERT))]
     pub cert: PathBuf,
-    #[arg(long, default_value = "/etc/clusterlink/tls.key")]
+    #[arg(long, default_value_os_t = mounted(SECRET_KEY))]
     pub key: PathBuf,
 }
 

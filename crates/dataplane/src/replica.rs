@@ -262,10 +262,17 @@ async fn receive(
             hosts = snapshot.client_hosts.len(),
             "snapshot received"
         );
-        let count = snapshot.objects.len();
-        objects.send_replace(Arc::new(
-            snapshot.objects.into_iter().map(|o| (o.key(), o)).collect(),
-        ));
+        let received: Objects = snapshot.objects.into_iter().map(|o| (o.key(), o)).collect();
+        let count = received.len();
+        // A snapshot equal to the one in force (a reconnect, a change of the hosts only) wakes
+        // nothing: the data plane rebuilds and re-decides only on a real change.
+        objects.send_if_modified(|current| {
+            let changed = **current != received;
+            if changed {
+                *current = Arc::new(received);
+            }
+            changed
+        });
         hosts.send_if_modified(|current| {
             let changed = **current != snapshot.client_hosts;
             if changed {

@@ -112,7 +112,7 @@ impl Snapshot {
 }
 
 /// Rebuilds the snapshot on every committed change of the objects or of the client hosts.
-pub fn follow(
+pub fn rebuild_on_change(
     local_peer: &str,
     local_labels: BTreeMap<String, String>,
     mut objects: watch::Receiver<Arc<Objects>>,

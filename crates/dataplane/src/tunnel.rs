@@ -32,7 +32,6 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
 
-pub use clusterlink_pki::tls::PEER_ALPN as ALPN;
 /// The one port other sites reach, by default: tunnels, probes and authorization all go over it
 /// (DESIGN.md §1), so it is the only one a firewall opens.
 pub const PEER_PORT: u16 = 443;
@@ -49,7 +48,7 @@ const CLIENT_HEADER: &str = "x-clusterlink-client";
 const HOPS_HEADER: &str = "x-clusterlink-hops";
 const REASON_HEADER: &str = "x-clusterlink-reason";
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("the tunnel head is larger than {MAX_HEAD_BYTES} bytes")]
     TooLarge,
@@ -58,8 +57,23 @@ pub enum ProtocolError {
     #[error("malformed tunnel head: {0}")]
     Malformed(String),
     #[error("read failed: {0}")]
-    Io(std::io::ErrorKind),
+    Io(std::io::Error),
 }
+
+/// Equal when of the same kind: two read failures are equal when their `io::ErrorKind` is.
+impl PartialEq for ProtocolError {
+    fn eq(&self, other: &ProtocolError) -> bool {
+        match (self, other) {
+            (ProtocolError::TooLarge, ProtocolError::TooLarge)
+            | (ProtocolError::Truncated, ProtocolError::Truncated) => true,
+            (ProtocolError::Malformed(a), ProtocolError::Malformed(b)) => a == b,
+            (ProtocolError::Io(a), ProtocolError::Io(b)) => a.kind() == b.kind(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ProtocolError {}
 
 /// Which export a tunnel is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -299,10 +313,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| ProtocolError::Io(e.kind()))?;
+        let n = stream.read(&mut chunk).await.map_err(ProtocolError::Io)?;
         if n == 0 {
             return Err(ProtocolError::Truncated);
         }

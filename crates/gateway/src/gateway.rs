@@ -145,7 +145,7 @@ impl Gateway {
             tls_tx,
             shutdown_rx.clone(),
         ));
-        let snapshots = snapshot::follow(
+        let snapshots = snapshot::rebuild_on_change(
             &name,
             config.labels.clone(),
             control_plane.subscribe(),

@@ -86,7 +86,7 @@ struct Request {
     reply: oneshot::Sender<Reply>,
 }
 
-pub use clusterlink_api::Objects;
+use clusterlink_api::Objects;
 
 /// Conditions the running gateway reports about objects (a listener that could not bind, a peer
 /// found unreachable). Kept in memory only: they describe this process, not desired state.
@@ -417,9 +417,10 @@ fn decide(
 /// The status a person sees on get: the conditions the object earns by being admitted, replaced
 /// by any of the same type the running gateway reported.
 fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
+    let carried = obj.kind().condition();
     let admitted = match &obj {
         Object::Peer(_) => vec![Condition::new(
-            ConditionType::PeerReachable,
+            carried,
             ConditionStatus::Unknown,
             ConditionReason::NotProbed,
             "waiting for the first health probe",
@@ -427,14 +428,14 @@ fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
         Object::Export(e) => {
             let host = e.backend_host(ServiceNaming::Bare);
             vec![Condition::new(
-                ConditionType::ExportValid,
+                carried,
                 ConditionStatus::True,
                 ConditionReason::Accepted,
                 format!("connections are served by {host}:{}", e.spec.port),
             )]
         }
         Object::Import(i) => vec![Condition::new(
-            ConditionType::ImportValid,
+            carried,
             ConditionStatus::True,
             ConditionReason::Accepted,
             format!(

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use clusterlink_api::kubernetes::crds;
 use clusterlink_api::validation::{check_dns_label, check_label_key, check_label_value};
+use clusterlink_dataplane::process::{SECRET_CA, SECRET_CERT, SECRET_DIR, SECRET_KEY};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
@@ -38,7 +39,7 @@ pub const DATAPLANE_PEER_PORT: u16 = clusterlink_dataplane::cmd::DEFAULT_PEER_PO
 /// Where the control plane serves snapshots to the data-plane replicas.
 pub const SNAPSHOT_PORT: u16 = 8444;
 /// Where the certificate Secret is mounted in both containers.
-pub const TLS_DIR: &str = "/etc/clusterlink";
+pub const TLS_DIR: &str = SECRET_DIR;
 /// Kubernetes' NodePort range: an ingress port for a NodePort Service must lie in it.
 const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
@@ -337,15 +338,15 @@ impl PeerDeployment {
             type_: Some("kubernetes.io/tls".into()),
             data: Some(BTreeMap::from([
                 (
-                    "ca.crt".into(),
+                    SECRET_CA.into(),
                     ByteString(self.ca_pem.clone().into_bytes()),
                 ),
                 (
-                    "tls.crt".into(),
+                    SECRET_CERT.into(),
                     ByteString(self.cert_pem.clone().into_bytes()),
                 ),
                 (
-                    "tls.key".into(),
+                    SECRET_KEY.into(),
                     ByteString(self.key_pem.clone().into_bytes()),
                 ),
             ])),
@@ -557,9 +558,9 @@ impl PeerDeployment {
 
     fn tls_args(&self) -> Vec<String> {
         vec![
-            format!("--ca={TLS_DIR}/ca.crt"),
-            format!("--cert={TLS_DIR}/tls.crt"),
-            format!("--key={TLS_DIR}/tls.key"),
+            format!("--ca={TLS_DIR}/{SECRET_CA}"),
+            format!("--cert={TLS_DIR}/{SECRET_CERT}"),
+            format!("--key={TLS_DIR}/{SECRET_KEY}"),
         ]
     }
 

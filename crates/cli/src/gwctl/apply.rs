@@ -102,6 +102,9 @@ fn objects_of(sources: &[String], namespace: &str) -> anyhow::Result<Vec<Result<
 /// Requests in flight at once for multi-object commands: enough for the gateway to fold them
 /// into shared commits (one fsync each), few enough not to crowd a small gateway.
 const PIPELINE_CONNECTIONS: usize = 8;
+// A bulk apply from one host must fit in what the gateway lets one source open.
+const _: () =
+    assert!(PIPELINE_CONNECTIONS <= clusterlink_dataplane::Limits::DEFAULT.management.per_source);
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum BulkOp {

@@ -1,8 +1,10 @@
 //! `gwctl`'s arguments.
 
 use std::path::PathBuf;
+use std::str::FromStr as _;
 
 use clap::{Args, Parser, Subcommand};
+use clusterlink_api::LbScheme;
 
 use crate::output::Format;
 
@@ -99,7 +101,7 @@ pub enum CreateCommand {
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
         /// Gateway peer port.
-        #[arg(long, default_value_t = 443)]
+        #[arg(long, default_value_t = clusterlink_dataplane::tunnel::PEER_PORT)]
         port: u16,
         #[command(flatten)]
         labels: LabelArgs,
@@ -138,8 +140,10 @@ pub enum CreateCommand {
         /// Namespace of the export on the peers (default: the import's namespace).
         #[arg(long)]
         export_namespace: Option<String>,
-        #[arg(long, default_value = "round-robin", value_parser = ["round-robin", "random", "static"])]
-        lb_scheme: String,
+        /// How connections are spread over the sources: round-robin, random or static (the
+        /// first reachable source, in order).
+        #[arg(long, default_value_t = LbScheme::default(), value_parser = LbScheme::from_str)]
+        lb_scheme: LbScheme,
         #[command(flatten)]
         ns: NamespaceArg,
         #[command(flatten)]

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use anyhow::anyhow;
 use clusterlink_api::{
-    AccessPolicySpec, Endpoint, ExportSpec, ImportSource, ImportSpec, LabelSelector, LbScheme,
-    Object, PeerSpec, PolicyAction, Port, PrivilegedAccessPolicySpec, Resource,
-    WorkloadSelectorEntry,
+    AccessPolicySpec, Endpoint, ExportSpec, ImportSource, ImportSpec, LabelSelector, Object,
+    PeerSpec, PolicyAction, Port, PrivilegedAccessPolicySpec, Resource, WorkloadSelectorEntry,
 };
 
 use super::args::{CreateCommand, LabelArgs, NamespaceArg};
@@ -113,7 +112,7 @@ pub(super) fn build_object(
                 port: port(p, "port")?,
                 target_port: target_port.map(|t| port(t, "target-port")).transpose()?,
                 sources,
-                lb_scheme: lb_scheme.parse::<LbScheme>().map_err(|e| anyhow!(e))?,
+                lb_scheme,
             };
             Object::Import(labelled(Resource::new(name, namespace, spec), &labels)?)
         }

@@ -15,10 +15,10 @@ use crate::connections::tune_socket;
 use crate::hops::RelayedConnections;
 use crate::live::LiveTunnels;
 use crate::metrics::{Metrics, Refusal, Side};
-use crate::policy::Attributes;
 use crate::relay::relay;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest};
+use clusterlink_api::attributes::Attributes;
 
 /// What every import connection shares: how to reach peers, who clients are, the open tunnels.
 pub(crate) struct Egress {

@@ -84,7 +84,8 @@ impl Dialer {
     }
 }
 
-/// Why one gateway of a peer could not take a tunnel.
+/// Why one gateway of a peer could not take a tunnel. The message carries the `io::Error`
+/// (so it is not also a `source`, which reporters would print twice).
 #[derive(Debug, thiserror::Error)]
 pub(super) enum DialError {
     #[error("{0} other new peer connections are still being set up")]
@@ -94,17 +95,23 @@ pub(super) enum DialError {
     #[error("connect timed out")]
     ConnectTimeout,
     #[error("connect: {0}")]
-    Connect(#[source] io::Error),
+    Connect(io::Error),
+    #[error("socket options: {0}")]
+    SocketOptions(io::Error),
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
     #[error("TLS: {0}")]
-    Handshake(#[source] io::Error),
+    Handshake(io::Error),
     #[error("sending the tunnel request: {0}")]
-    Send(#[source] io::Error),
+    Send(io::Error),
     #[error("no answer to the tunnel request")]
     NoAnswer,
+    /// Reading the answer failed (the connection closed or broke first).
+    #[error("{0}")]
+    Read(ProtocolError),
+    /// The answer is not one this gateway understands.
     #[error("bad answer: {0}")]
-    Answer(#[from] ProtocolError),
+    BadAnswer(ProtocolError),
 }
 
 /// Why a source could not serve a connection.
@@ -227,7 +234,7 @@ impl Dialer {
                 }
                 Err(e) => Err(TunnelFailure::Unreachable(vec![(
                     format!("{host}:{port}"),
-                    DialError::Answer(e),
+                    DialError::BadAnswer(e),
                 )])),
             };
         }
@@ -249,7 +256,7 @@ impl Dialer {
             .await
             .map_err(|_| DialError::ConnectTimeout)?
             .map_err(DialError::Connect)?;
-        tune_socket(&tcp).map_err(DialError::Connect)?;
+        tune_socket(&tcp).map_err(DialError::SocketOptions)?;
         // The configuration current now: rotated certificates apply to new connections.
         let connector = TlsConnector::from(self.tls.borrow().client.clone());
         let mut connection = timeout(
@@ -279,6 +286,7 @@ async fn ask(
     connection.flush().await.map_err(DialError::Send)?;
     let (head, rest) = timeout(Limits::DEFAULT.handshake, read_head(&mut connection))
         .await
-        .map_err(|_| DialError::NoAnswer)??;
+        .map_err(|_| DialError::NoAnswer)?
+        .map_err(DialError::Read)?;
     Ok((connection, head, rest))
 }

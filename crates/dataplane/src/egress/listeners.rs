@@ -148,7 +148,7 @@ async fn accept_loop(
                 }
                 Err(e) => {
                     tracing::warn!(import = %key, error = %e, "import accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Limits::DEFAULT.accept_retry).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clusterlink_api::{ImportSource, LbScheme, ObjectKey};
 
-use crate::policy::{Attributes, PolicyDecision, export_attributes, peer_attributes};
+use clusterlink_api::attributes::Attributes;
+
+use crate::policy::{PolicyDecision, export_attributes, peer_attributes};
 use crate::snapshot::{ImportEntry, PeerEntry, Snapshot};
 
 /// The sources in the order to try them for one connection: the import's scheme decides the

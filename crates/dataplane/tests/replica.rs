@@ -1,6 +1,7 @@
 //! The snapshot stream from a control plane to a data-plane replica, over real mutual TLS on
 //! real sockets: the replica follows every change, keeps its last snapshot while the control
-//! plane is away, converges again when it returns, and no other peer can read the stream.
+//! plane is away, converges again when it returns, and no other peer can read the stream. The
+//! control plane's side is a watch of objects, as its model publishes them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +9,9 @@ use std::time::Duration;
 use clusterlink_api::clients::ClientHosts;
 use clusterlink_api::{Kind, Object, ObjectKey, Objects};
 use clusterlink_dataplane::replica;
-use clusterlink_gateway::model::ControlPlane;
 use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Validity, create_fabric, create_peer_cert};
-use clusterlink_store::MemoryStore;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -61,10 +60,33 @@ async fn until(replica: &watch::Receiver<Arc<Objects>>, done: impl Fn(&Objects) 
     );
 }
 
+/// A control plane's objects: applied and deleted through the sender, served from receivers.
+fn model(yaml: &[&str]) -> watch::Sender<Arc<Objects>> {
+    let objects = yaml
+        .iter()
+        .map(|y| object(y))
+        .map(|o| (o.key(), o))
+        .collect();
+    watch::channel(Arc::new(objects)).0
+}
+
+fn apply(model: &watch::Sender<Arc<Objects>>, yaml: &str) {
+    let obj = object(yaml);
+    model.send_modify(|objects| {
+        Arc::make_mut(objects).insert(obj.key(), obj);
+    });
+}
+
+fn delete(model: &watch::Sender<Arc<Objects>>, key: &ObjectKey) {
+    model.send_modify(|objects| {
+        Arc::make_mut(objects).remove(key);
+    });
+}
+
 fn start_server(
     listener: TcpListener,
     tls: watch::Receiver<Arc<GatewayTls>>,
-    control_plane: &ControlPlane,
+    control_plane: &watch::Sender<Arc<Objects>>,
     hosts: watch::Receiver<Arc<ClientHosts>>,
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let (stop, shutdown) = watch::channel(false);
@@ -86,8 +108,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     let fabric = fabric_with(dir.path(), &["server1"]);
     let tls = tls_of(&fabric, "server1");
 
-    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
-    control_plane.apply(object(PEER)).await.unwrap();
+    let control_plane = model(&[PEER]);
     let mut hosts = ClientHosts::default();
     let web = [("app".to_string(), "web".to_string())].into();
     hosts.insert(
@@ -129,8 +150,8 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     assert!(same_hosts.await.is_ok(), "the client hosts never arrived");
 
     // Changes follow: an export added, the peer deleted, a pod gone.
-    control_plane.apply(object(EXPORT)).await.unwrap();
-    control_plane.delete(peer_key.clone()).await.unwrap();
+    apply(&control_plane, EXPORT);
+    delete(&control_plane, &peer_key);
     until(&replica_objects, |o| keys(o) == [export_key.clone()]).await;
     hosts_tx.send_replace(Arc::default());
     let emptied = tokio::time::timeout(PATIENCE, replica_hosts.wait_for(|h| h.is_empty()));
@@ -153,8 +174,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
     drop(knock);
 
     // A control plane (restarted, with other state) serves again on the same address.
-    let restarted = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
-    restarted.apply(object(PEER)).await.unwrap();
+    let restarted = model(&[PEER]);
     let (_stop, _server) = start_server(silent, tls, &restarted, watch::channel(Arc::default()).1);
     until(&replica_objects, |o| keys(o) == [peer_key.clone()]).await;
 }
@@ -163,8 +183,7 @@ async fn a_replica_follows_keeps_its_last_snapshot_and_converges_again() {
 async fn another_peer_cannot_read_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     let fabric = fabric_with(dir.path(), &["server1", "intruder"]);
-    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
-    control_plane.apply(object(PEER)).await.unwrap();
+    let control_plane = model(&[PEER]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let hosts = watch::channel(Arc::default()).1;
@@ -205,8 +224,7 @@ async fn strangers_cannot_crowd_replicas_out_of_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     let fabric = fabric_with(dir.path(), &["server1"]);
     let tls = tls_of(&fabric, "server1");
-    let control_plane = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
-    control_plane.apply(object(PEER)).await.unwrap();
+    let control_plane = model(&[PEER]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let (_hosts_tx, hosts_rx) = watch::channel(Arc::<ClientHosts>::default());
