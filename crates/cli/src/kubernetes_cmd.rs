@@ -27,7 +27,8 @@ use tokio::sync::watch;
     writes: <path>/<fabric>/cert.pem (the CA) and <path>/<fabric>/<name>/{cert,key}.pem.\n\n\
     With --output DIR the manifests are written there, numbered in the order to apply them \
     (`kubectl apply -f DIR`); the Secret file holds the peer's private key and is written 0600. \
-    Without --output they are applied to the cluster of the current kubeconfig context."
+    Without --output they are applied to the cluster of the kubeconfig context (--kubeconfig, \
+    --context)."
 )]
 pub struct DeployPeerArgs {
     /// The peer's name: its identity in the fabric, as in its certificate.
@@ -63,14 +64,16 @@ pub struct DeployPeerArgs {
     #[arg(long, default_value = ".")]
     pub path: PathBuf,
     /// Write the manifests into this directory instead of applying them.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "context"])]
     pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 /// `clusterlink delete peer`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_long_help = "Deletes, from the cluster of the current kubeconfig context, \
+    after_long_help = "Deletes, from the cluster of the kubeconfig context (--kubeconfig, --context), \
     exactly the objects `deploy peer` creates for this name and namespace. The custom resource \
     definitions stay unless --with-crds is given: deleting them deletes every Import, Export, \
     Peer and policy in the whole cluster."
@@ -83,6 +86,47 @@ pub struct DeletePeerArgs {
     /// Also delete the custom resource definitions (and with them every ClusterLink object).
     #[arg(long)]
     pub with_crds: bool,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Which cluster to talk to, as kubectl's flags of the same names choose it.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, else the in-cluster
+    /// service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+impl ClusterArgs {
+    async fn client(&self) -> anyhow::Result<kube::Client> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .with_context(|| format!("unusable kubeconfig {}", path.display()))?
+            }
+            (None, Some(context)) => kube::Config::from_kubeconfig(&options)
+                .await
+                .with_context(|| format!("no usable kubeconfig context {context:?}"))?,
+            (None, None) => kube::Config::infer().await.context(
+                "no usable kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster); \
+                 use --output DIR to write the manifests instead",
+            )?,
+        };
+        Ok(kube::Client::try_from(config)?)
+    }
 }
 
 /// The files `--output` writes, in apply order (kubectl reads a directory in name order).
@@ -156,7 +200,7 @@ pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
             );
         }
         None => {
-            let client = kubeconfig_client().await?;
+            let client = args.cluster.client().await?;
             apply::apply(&client, &manifests).await?;
             for m in &manifests {
                 println!("applied {}", deploy::describe(m));
@@ -217,7 +261,7 @@ pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
         key_pem: String::new(),
     };
     let manifests = peer.manifests()?;
-    let client = kubeconfig_client().await?;
+    let client = args.cluster.client().await?;
     let deleted = apply::delete(&client, &manifests, args.with_crds).await?;
     if deleted.is_empty() {
         println!("nothing of peer {} was found", args.name);
@@ -226,13 +270,6 @@ pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
         println!("deleted {d}");
     }
     Ok(())
-}
-
-async fn kubeconfig_client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default().await.context(
-        "no usable kubeconfig (KUBECONFIG, ~/.kube/config or in-cluster); use --output DIR to \
-         write the manifests instead",
-    )
 }
 
 #[derive(Debug, Parser)]

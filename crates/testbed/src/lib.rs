@@ -2,9 +2,11 @@
 //! part of a product build (the `clusterlink` CLI links it only with its `demo` feature).
 //!
 //! - [`netns`]: sites as Linux network namespaces on one machine.
+//! - [`cluster`]: a real Kubernetes API server and etcd (built by `scripts/k8s-testenv`).
 //! - [`launcher`]: a fabric of test certificates, and `cl-gateway` processes started from it.
 //! - [`manifests`]: the manifests the tests and the demo apply.
 
+pub mod cluster;
 pub mod launcher;
 pub mod manifests;
 pub mod netns;
