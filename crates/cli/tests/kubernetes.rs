@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use clusterlink_testbed::cluster::{TestCluster, testenv_bin};
 use support::*;
@@ -78,7 +79,14 @@ fn deploy_peer_applies_to_a_real_api_server_again_without_change_and_delete_remo
             "crd/privilegedaccesspolicies.clusterlink.net",
         ])
         .unwrap();
-    let explained = cluster.kubectl(&["explain", "imports.spec"]).unwrap();
+    // The server publishes a new definition's schema shortly after it is Established.
+    let explained = || cluster.kubectl(&["explain", "imports.spec"]);
+    assert!(
+        eventually(Duration::from_secs(30), || explained().is_ok()),
+        "kubectl explain never found imports: {:?}",
+        explained()
+    );
+    let explained = explained().unwrap();
     assert!(explained.contains("sources"), "{explained}");
     let objects = deployed(&cluster);
     for expected in [
@@ -116,4 +124,130 @@ fn deploy_peer_applies_to_a_real_api_server_again_without_change_and_delete_remo
         phase.is_err() || phase.as_deref().ok() == Some("Terminating"),
         "the namespace was not deleted: {phase:?}"
     );
+}
+
+/// The custom resource definitions and the peer's namespace, from `deploy peer --output`, applied
+/// with kubectl as a user would; returns once the definitions are Established.
+fn install_definitions(cluster: &TestCluster, fabric: &Fabric) {
+    let out = fabric.root().join("manifests");
+    let written = run(
+        CLUSTERLINK,
+        &[
+            "deploy",
+            "peer",
+            "--name",
+            "p1",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        fabric.root(),
+    );
+    assert!(written.status.success(), "{}", stderr(&written));
+    for file in ["00-crds.yaml", "01-namespace.yaml"] {
+        cluster
+            .kubectl(&["apply", "-f", out.join(file).to_str().unwrap()])
+            .unwrap();
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/part-of=clusterlink",
+        ])
+        .unwrap();
+}
+
+#[test]
+fn the_real_server_admits_the_examples_and_refuses_broken_manifests_naming_the_field() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = cluster(root.path());
+    let fabric = Fabric::new(&["p1"]);
+    install_definitions(&cluster, &fabric);
+
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let files: Vec<_> = ["kubernetes", "manifests"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(examples.join(dir)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    // The namespaces the examples live in exist first, as in a cluster they are used in.
+    let mut namespaces = std::collections::BTreeSet::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc).unwrap();
+            if let Some(ns) = value["metadata"]["namespace"].as_str() {
+                namespaces.insert(ns.to_string());
+            }
+        }
+    }
+    for ns in namespaces {
+        let manifest = format!("{{apiVersion: v1, kind: Namespace, metadata: {{name: {ns}}}}}");
+        cluster
+            .kubectl_with(&["apply", "-f", "-"], Some(&manifest))
+            .unwrap();
+    }
+    let mut applied = 0;
+    {
+        for path in &files {
+            let out = cluster.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+            let out = out.unwrap_or_else(|e| panic!("{} was refused: {e}", path.display()));
+            applied += out.lines().count();
+        }
+    }
+    assert!(applied >= 8, "only {applied} example objects applied");
+    let listed = cluster
+        .kubectl(&[
+            "get",
+            "imports,exports,peers,accesspolicies",
+            "-A",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert!(listed.lines().count() >= 8, "{listed}");
+    // The printer columns show the condition each kind carries (none reported yet: no
+    // controller runs here) beside the spec.
+    let imports = cluster.kubectl(&["get", "imports", "-A"]).unwrap();
+    for column in ["PORT", "TARGET", "VALID"] {
+        assert!(
+            imports.contains(column),
+            "no {column} column in:\n{imports}"
+        );
+    }
+
+    let broken = std::fs::read_to_string(examples.join("broken-import.yaml")).unwrap();
+    for (yaml, field) in [
+        (broken.as_str(), "spec.sources[1].peer"),
+        (
+            "{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: x}, spec: {port: 0}}",
+            "spec.port",
+        ),
+        (
+            "{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: x}, spec: {port: 80, hots: y}}",
+            "hots",
+        ),
+        (
+            "{apiVersion: clusterlink.net/v1alpha1, kind: Import, metadata: {name: x}, spec: {port: 80, sources: [], lbScheme: fastest}}",
+            "spec.lbScheme",
+        ),
+        (
+            "{apiVersion: clusterlink.net/v1alpha1, kind: AccessPolicy, metadata: {name: x}, spec: {action: maybe, from: [], to: []}}",
+            "spec.action",
+        ),
+        (
+            "{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {name: x}, spec: {gateways: [{host: h}]}}",
+            "spec.gateways[0].port",
+        ),
+    ] {
+        let refused = cluster.kubectl_with(&["apply", "-f", "-"], Some(yaml));
+        let error = refused.expect_err(yaml).to_string();
+        assert!(
+            error.contains(field),
+            "{yaml}: the refusal does not name {field}: {error}"
+        );
+    }
 }

@@ -173,6 +173,11 @@ impl TestCluster {
         use std::io::Write as _;
         let mut child = Command::new(self.bin.join("kubectl"))
             .env("KUBECONFIG", &self.kubeconfig)
+            // Discovery cached per cluster, never in the user's ~/.kube.
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kubectl-cache").display()
+            ))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
