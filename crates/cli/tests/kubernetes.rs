@@ -251,3 +251,189 @@ fn the_real_server_admits_the_examples_and_refuses_broken_manifests_naming_the_f
         );
     }
 }
+
+const CL_CONTROLPLANE: &str = env!("CARGO_BIN_EXE_cl-controlplane");
+
+/// `cl-controlplane` as a host process, authenticated as its own ServiceAccount; killed when
+/// dropped.
+struct Controller {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Controller {
+    fn start(cluster: &TestCluster, fabric: &Fabric, peer: &str) -> Controller {
+        let kubeconfig = cluster
+            .service_account_kubeconfig(SYSTEM, "cl-controlplane")
+            .unwrap();
+        let dir = fabric.root().join(clusterlink_pki::DEFAULT_FABRIC);
+        let log = fabric.root().join("cl-controlplane.log");
+        let file = |p: &Path| p.to_str().unwrap().to_string();
+        let child = std::process::Command::new(CL_CONTROLPLANE)
+            .env("KUBECONFIG", &kubeconfig)
+            .args([
+                "--ca",
+                &file(&dir.join("cert.pem")),
+                "--cert",
+                &file(&dir.join(peer).join("cert.pem")),
+                "--key",
+                &file(&dir.join(peer).join("key.pem")),
+                "--namespace",
+                SYSTEM,
+                "--snapshot-address",
+                "127.0.0.1:0",
+                "--dataplane-selector",
+                &format!("app.kubernetes.io/name=cl-dataplane,app.kubernetes.io/instance={peer}"),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Controller { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Import of `name` in `default` from peer p2, applied by the admin with kubectl.
+fn apply_import(cluster: &TestCluster, name: &str, port: u16) {
+    let import = format!(
+        "{{apiVersion: clusterlink.net/v1alpha1, kind: Import, metadata: {{name: {name}, namespace: default}}, spec: {{port: {port}, sources: [{{peer: p2, exportName: {name}, exportNamespace: default}}]}}}}"
+    );
+    cluster
+        .kubectl_with(&["apply", "-f", "-"], Some(&import))
+        .unwrap();
+}
+
+#[test]
+fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = cluster(root.path());
+    let fabric = Fabric::new(&["p1"]);
+    let path = fabric.root().to_str().unwrap();
+    let deploy = clusterlink(
+        &cluster,
+        root.path(),
+        &["deploy", "peer", "--name", "p1", "--path", path],
+    );
+    assert!(deploy.status.success(), "{}", stderr(&deploy));
+
+    // Its token is its ServiceAccount's, not the admin's: it cannot read the peer's key.
+    let own = cluster
+        .service_account_kubeconfig(SYSTEM, "cl-controlplane")
+        .unwrap();
+    let secrets = cluster.kubectl_as(&own, &["get", "secrets", "-n", SYSTEM], None);
+    assert!(
+        secrets
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("forbidden")),
+        "the controller's account reads secrets: {secrets:?}"
+    );
+
+    let controller = Controller::start(&cluster, &fabric, "p1");
+    let peer = "{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {name: p2, namespace: clusterlink-system}, spec: {gateways: [{host: 10.0.0.2, port: 443}]}}";
+    cluster
+        .kubectl_with(&["apply", "-f", "-"], Some(peer))
+        .unwrap();
+    apply_import(&cluster, "reviews", 9080);
+
+    // The import becomes a Service on its port, forwarding to an allocated target port, with
+    // the EndpointSlice the controller writes in a user's namespace; its status says so.
+    let service = || {
+        cluster
+            .kubectl(&[
+                "get",
+                "service",
+                "reviews",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.spec.ports[0].port} {.spec.ports[0].targetPort}",
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(60), || service().starts_with("9080 ")),
+        "no Service for the import; controller log:\n{}",
+        controller.log()
+    );
+    let target: u16 = service().split(' ').nth(1).unwrap().parse().unwrap();
+    assert!((20000..=29999).contains(&target), "target port {target}");
+    let slices = cluster
+        .kubectl(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "default",
+            "-l",
+            "clusterlink.net/import=reviews",
+            "-o",
+            "name",
+        ])
+        .unwrap();
+    assert!(!slices.trim().is_empty(), "no EndpointSlice for the import");
+    let valid = || {
+        cluster
+            .kubectl(&["get", "imports", "-A"])
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || valid()
+            .lines()
+            .any(|l| l.contains("reviews") && l.contains("True"))),
+        "the import's status is not shown valid:\n{}\ncontroller log:\n{}",
+        valid(),
+        controller.log()
+    );
+
+    // Without one rule of the generated role, the loss is a clear error, not silence: the
+    // controller can no longer write Services, and says so naming them.
+    let role_name = "clusterlink-p1-clusterlink-system";
+    let role = cluster
+        .kubectl(&[
+            "get",
+            "clusterrole",
+            "-l",
+            "app.kubernetes.io/part-of=clusterlink",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+    let mut roles: serde_json::Value = serde_json::from_str(&role).unwrap();
+    let role = roles["items"]
+        .as_array_mut()
+        .unwrap()
+        .first_mut()
+        .unwrap_or_else(|| panic!("no ClusterRole such as {role_name}"));
+    let rules = role["rules"].as_array_mut().unwrap();
+    let before = rules.len();
+    rules.retain(|r| r["resources"] != serde_json::json!(["services"]));
+    assert_eq!(rules.len(), before - 1, "no services rule to remove");
+    cluster
+        .kubectl_with(&["replace", "-f", "-"], Some(&role.to_string()))
+        .unwrap();
+    apply_import(&cluster, "ratings", 9081);
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let log = controller.log();
+            log.contains("forbidden") && log.contains("services") && log.contains("ratings")
+        }),
+        "the lost permission did not show; controller log:\n{}",
+        controller.log()
+    );
+    assert!(
+        cluster
+            .kubectl(&["get", "service", "ratings", "-n", "default"])
+            .is_err(),
+        "a Service was created without the right to"
+    );
+}

@@ -49,6 +49,7 @@ pub struct TestCluster {
     pub server: String,
     /// An admin kubeconfig (`KUBECONFIG` for kubectl and for kube-rs clients).
     pub kubeconfig: PathBuf,
+    ca_pem: String,
 }
 
 impl TestCluster {
@@ -73,6 +74,7 @@ impl TestCluster {
             bin: bin.to_path_buf(),
             server: format!("https://{host}:{api_port}"),
             kubeconfig: dir.join("kubeconfig"),
+            ca_pem: pki.ca_pem.clone(),
         };
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let etcd = command("etcd")
@@ -127,7 +129,7 @@ impl TestCluster {
         cluster.processes.push(apiserver);
         std::fs::write(
             &cluster.kubeconfig,
-            kubeconfig(&cluster.server, &pki.ca_pem),
+            kubeconfig(&cluster.server, &pki.ca_pem, ADMIN_TOKEN),
         )?;
         cluster.wait_ready()?;
         Ok(cluster)
@@ -170,9 +172,32 @@ impl TestCluster {
 
     /// [`TestCluster::kubectl`] with `input` on stdin (`kubectl apply -f -`).
     pub fn kubectl_with(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
+        self.kubectl_as(&self.kubeconfig, args, input)
+    }
+
+    /// A kubeconfig that authenticates as ServiceAccount `namespace/name`, with a token the
+    /// TokenRequest API issued for it (`kubectl create token`), as a pod's projected token is.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=2h"])?;
+        let path = self.dir.join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, kubeconfig(&self.server, &self.ca_pem, token.trim()))?;
+        Ok(path)
+    }
+
+    /// Runs kubectl with the credentials of `kubeconfig`.
+    pub fn kubectl_as(
+        &self,
+        kubeconfig: &Path,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> anyhow::Result<String> {
         use std::io::Write as _;
         let mut child = Command::new(self.bin.join("kubectl"))
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             // Discovery cached per cluster, never in the user's ~/.kube.
             .arg(format!(
                 "--cache-dir={}",
@@ -269,11 +294,11 @@ impl Pki {
     }
 }
 
-fn kubeconfig(server: &str, ca_pem: &str) -> String {
+fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
     use base64::Engine as _;
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: test\n  context: {{cluster: test, user: admin}}\ncurrent-context: test\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{cluster: test, user: user}}\ncurrent-context: test\n"
     )
 }
 
