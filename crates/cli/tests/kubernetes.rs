@@ -395,6 +395,102 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
         controller.log()
     );
 
+    // A Service of the same name that is not ClusterLink's is left alone, and the import says
+    // why, until it is labelled for adoption.
+    let details = "{apiVersion: v1, kind: Service, metadata: {name: details, namespace: default}, spec: {ports: [{port: 80}]}}";
+    cluster
+        .kubectl_with(&["apply", "-f", "-"], Some(details))
+        .unwrap();
+    apply_import(&cluster, "details", 9082);
+    let reason = |name: &str| {
+        cluster
+            .kubectl(&[
+                "get",
+                "import",
+                name,
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"ImportValid\")].reason}",
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || reason("details")
+            == "ServiceConflict"),
+        "the conflict is not reported: {:?}",
+        reason("details")
+    );
+    cluster
+        .kubectl(&[
+            "label",
+            "service",
+            "details",
+            "-n",
+            "default",
+            "clusterlink.net/adopt=true",
+        ])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || reason("details")
+            == "ServiceReady"),
+        "the labelled Service was not adopted: {:?}",
+        reason("details")
+    );
+
+    // A restarted controller converges on what is there: no second Service or slice.
+    let managed = || {
+        let list = |kind: &str| {
+            cluster
+                .kubectl(&[
+                    "get",
+                    kind,
+                    "-n",
+                    "default",
+                    "-l",
+                    "clusterlink.net/import",
+                    "-o",
+                    "name",
+                ])
+                .unwrap_or_default()
+        };
+        format!("{}{}", list("services"), list("endpointslices"))
+    };
+    let before = managed();
+    drop(controller);
+    let controller = Controller::start(&cluster, &fabric, "p1");
+    assert!(
+        eventually(Duration::from_secs(30), || controller
+            .log()
+            .contains("control plane started")),
+        "the controller did not restart:\n{}",
+        controller.log()
+    );
+    // A new import served after the restart proves a whole pass ran since.
+    apply_import(&cluster, "stamp", 9083);
+    assert!(
+        eventually(Duration::from_secs(30), || managed()
+            .contains("service/stamp")),
+        "the restarted controller serves no new import:\n{}",
+        controller.log()
+    );
+    let after: String = managed()
+        .lines()
+        .filter(|l| !l.contains("stamp"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(after, before, "the restart changed the managed objects");
+
+    // Deleting an import removes its Service and slice and frees its port.
+    cluster
+        .kubectl(&["delete", "import", "reviews", "-n", "default"])
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || !managed().contains("/reviews")),
+        "the import's objects stayed: {}",
+        managed()
+    );
+
     // Without one rule of the generated role, the loss is a clear error, not silence: the
     // controller can no longer write Services, and says so naming them.
     let role_name = "clusterlink-p1-clusterlink-system";
