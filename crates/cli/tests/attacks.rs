@@ -314,7 +314,12 @@ fn tls_refusals_on_the_peer_port_are_logged_and_counted() {
         &gw,
         "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"HandshakeRefused\"}"
     ) >= 1.0));
-    assert!(gw.log().contains("TLS handshake refused"), "{}", gw.log());
+    // The count goes up just before the warning is written: wait for the line too.
+    assert!(
+        eventually(CONVERGE, || gw.log().contains("TLS handshake refused")),
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]

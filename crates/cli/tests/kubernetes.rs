@@ -14,7 +14,7 @@ const SYSTEM: &str = "clusterlink-system";
 
 fn cluster(root: &Path) -> TestCluster {
     let bin = testenv_bin().expect("the Kubernetes test environment");
-    TestCluster::start(&bin, &root.join("cluster"), None).expect("a test cluster")
+    TestCluster::start(&bin, &root.join("cluster")).expect("a test cluster")
 }
 
 /// `clusterlink <args>` against `cluster`, in `root` (where the fabric is).
@@ -493,7 +493,6 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
 
     // Without one rule of the generated role, the loss is a clear error, not silence: the
     // controller can no longer write Services, and says so naming them.
-    let role_name = "clusterlink-p1-clusterlink-system";
     let role = cluster
         .kubectl(&[
             "get",
@@ -509,7 +508,7 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
         .as_array_mut()
         .unwrap()
         .first_mut()
-        .unwrap_or_else(|| panic!("no ClusterRole such as {role_name}"));
+        .expect("deploy made the controller's ClusterRole");
     let rules = role["rules"].as_array_mut().unwrap();
     let before = rules.len();
     rules.retain(|r| r["resources"] != serde_json::json!(["services"]));

@@ -4,7 +4,7 @@
 //!
 //! The API server authorizes with RBAC, serves TLS with a certificate of its own CA, signs
 //! ServiceAccount tokens, and knows one static admin. Everything stops when the cluster is
-//! dropped; processes started inside a [`Site`] die with the thread that started them.
+//! dropped.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-
-use crate::netns::Site;
 
 /// How long etcd and the API server get to become ready: seconds usually, more on a loaded
 /// machine's first start.
@@ -53,20 +51,13 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// Starts a cluster whose files live in `dir`, on loopback, or inside `site` (its API server
-    /// on the site's address, so the site's processes reach it as their cluster's).
-    pub fn start(bin: &Path, dir: &Path, site: Option<&Site>) -> anyhow::Result<TestCluster> {
+    /// Starts a cluster on loopback whose files live in `dir`.
+    pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<TestCluster> {
         std::fs::create_dir_all(dir)?;
-        let host = site.map_or("127.0.0.1".to_string(), |s| s.address.to_string());
-        let pki = Pki::create(dir, &host)?;
+        let host = "127.0.0.1";
+        let pki = Pki::create(dir, host)?;
         let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
-        let command = |program: &str| -> Command {
-            let exe = bin.join(program);
-            match site {
-                Some(site) => site.command(&exe),
-                None => Command::new(exe),
-            }
-        };
+        let command = |program: &str| Command::new(bin.join(program));
         let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log")));
         let mut cluster = TestCluster {
             processes: Vec::new(),
