@@ -10,12 +10,13 @@
 //! - [`run`]: the data plane's tasks and their supervision; [`snapshot`]: its input.
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
-//! - [`limits`]: every timeout and connection limit, with its reason.
+//! - [`limits`]: the gateway's network timeouts and connection limits, each with its reason.
 //! - [`listener`]: bounded accepting from strangers, for the management API and the replica
 //!   stream (the peer port bounds its own, before the TLS handshake, with the same per-source
 //!   table).
 //! - [`replica`]: the snapshot stream from a control plane to its data-plane replicas.
-//! - [`cmd`]: the `cl-dataplane` process.
+//! - [`cmd`]: the `cl-dataplane` process; [`process`]: what every gateway process shares
+//!   (logging, signals, exit codes, the open-file limit, certificate and label arguments).
 
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
