@@ -38,8 +38,6 @@ pub const DEFAULT_INGRESS_PORT: u16 = clusterlink_dataplane::tunnel::PEER_PORT;
 pub const DATAPLANE_PEER_PORT: u16 = clusterlink_dataplane::cmd::DEFAULT_PEER_PORT;
 /// Where the control plane serves snapshots to the data-plane replicas.
 pub const SNAPSHOT_PORT: u16 = 8444;
-/// Where the certificate Secret is mounted in both containers.
-pub const TLS_DIR: &str = SECRET_DIR;
 /// Kubernetes' NodePort range: an ingress port for a NodePort Service must lie in it.
 const NODE_PORTS: std::ops::RangeInclusive<u16> = 30000..=32767;
 
@@ -511,7 +509,8 @@ impl PeerDeployment {
             }),
             volume_mounts: Some(vec![VolumeMount {
                 name: "tls".into(),
-                mount_path: TLS_DIR.into(),
+                // Where both containers find the certificate Secret.
+                mount_path: SECRET_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
             }]),
@@ -558,9 +557,9 @@ impl PeerDeployment {
 
     fn tls_args(&self) -> Vec<String> {
         vec![
-            format!("--ca={TLS_DIR}/{SECRET_CA}"),
-            format!("--cert={TLS_DIR}/{SECRET_CERT}"),
-            format!("--key={TLS_DIR}/{SECRET_KEY}"),
+            format!("--ca={SECRET_DIR}/{SECRET_CA}"),
+            format!("--cert={SECRET_DIR}/{SECRET_CERT}"),
+            format!("--key={SECRET_DIR}/{SECRET_KEY}"),
         ]
     }
 

@@ -1,9 +1,8 @@
 //! The management listener: HTTP/1.1, plain on loopback or mutual TLS with admin certificates.
 //!
-//! Every connection is bounded: at most [`MAX_CONNECTIONS`] at once and
-//! [`MAX_CONNECTIONS_PER_SOURCE`] from one address (more are closed at accept),
-//! closed after [`IDLE_TIMEOUT`] without a byte either way, and every request, body included,
-//! must be answered within [`REQUEST_TIMEOUT`]. So silent sockets, idle keep-alives and stalled
+//! Every connection is bounded (`Limits::management`): so many at once and from one address
+//! (more are closed at accept), closed after `Limits::management_idle` without a byte either way,
+//! and every request, body included, must be answered within `Limits::management_request`. So silent sockets, idle keep-alives and stalled
 //! bodies cannot pile up until the process runs out of descriptors for its peer port.
 
 use std::net::SocketAddr;
@@ -34,10 +33,8 @@ use clusterlink_dataplane::metrics::{Listener, Metrics, Unserved};
 use clusterlink_pki::reload::GatewayTls;
 
 // The management listener's bounds and timeouts, with their reasons, are in [`Limits`].
-pub const MAX_CONNECTIONS: usize = Limits::DEFAULT.management.total;
-pub const MAX_CONNECTIONS_PER_SOURCE: usize = Limits::DEFAULT.management.per_source;
-pub const IDLE_TIMEOUT: Duration = Limits::DEFAULT.management_idle;
-pub const REQUEST_TIMEOUT: Duration = Limits::DEFAULT.management_request;
+const IDLE_TIMEOUT: Duration = Limits::DEFAULT.management_idle;
+const REQUEST_TIMEOUT: Duration = Limits::DEFAULT.management_request;
 const HANDSHAKE_TIMEOUT: Duration = Limits::DEFAULT.handshake;
 const HEADER_READ_TIMEOUT: Duration = Limits::DEFAULT.management_headers;
 const SHUTDOWN_GRACE: Duration = Limits::DEFAULT.management_shutdown;
