@@ -92,6 +92,14 @@ pub struct Limits {
     /// while the control plane is away.
     pub replica_reconnect_first: Duration,
     pub replica_reconnect_max: Duration,
+    /// How often the control plane writes on an idle snapshot stream, so that each end can tell
+    /// a quiet stream from a dead one.
+    pub replica_heartbeat: Duration,
+    /// A snapshot stream silent this long is dead (its control plane vanished without a reset,
+    /// its link was cut): the replica reconnects, and the control plane, whose heartbeats go
+    /// unacknowledged that long, drops the connection. Several heartbeats, so one delayed
+    /// packet is not a disconnect.
+    pub replica_silence: Duration,
 
     /// Shortest time between two warnings of the same kind of refused connection: a flood of
     /// strangers must not become a flood of log lines.
@@ -141,6 +149,8 @@ impl Limits {
         snapshot_bytes: 64 << 20,
         replica_reconnect_first: Duration::from_millis(200),
         replica_reconnect_max: Duration::from_secs(5),
+        replica_heartbeat: Duration::from_secs(1),
+        replica_silence: Duration::from_secs(5),
 
         warn_every: Duration::from_secs(10),
     };
@@ -200,5 +210,10 @@ mod tests {
     #[test]
     fn reconnects_back_off_from_the_first_delay_to_the_last() {
         assert!(L.replica_reconnect_first < L.replica_reconnect_max);
+    }
+
+    #[test]
+    fn a_live_stream_is_never_taken_for_a_dead_one() {
+        assert!(L.replica_heartbeat * 3 <= L.replica_silence);
     }
 }

@@ -10,6 +10,13 @@
 //! plane's [`Snapshot`](crate::Snapshot)s are built from. When the stream breaks (the control
 //! plane restarts, say) it keeps serving the last snapshot and reconnects; the next snapshot
 //! replaces it whole.
+//!
+//! A frame of length zero is a heartbeat: the control plane sends one whenever the stream has
+//! been idle for [`Limits::replica_heartbeat`]. A replica that hears nothing, not even a
+//! heartbeat, for [`Limits::replica_silence`] takes the stream for dead and reconnects; the
+//! control plane drops a connection whose heartbeats go unacknowledged that long
+//! (`TCP_USER_TIMEOUT`). Either end thus notices within seconds a peer that vanished without a
+//! reset (a node lost, a link cut), where TCP alone would wait for many minutes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,6 +42,9 @@ pub const MAX_SNAPSHOT_BYTES: u32 = Limits::DEFAULT.snapshot_bytes;
 const HANDSHAKE_TIMEOUT: Duration = Limits::DEFAULT.handshake;
 const RECONNECT_FIRST: Duration = Limits::DEFAULT.replica_reconnect_first;
 const RECONNECT_MAX: Duration = Limits::DEFAULT.replica_reconnect_max;
+const CONNECT_TIMEOUT: Duration = Limits::DEFAULT.connect;
+const HEARTBEAT: Duration = Limits::DEFAULT.replica_heartbeat;
+const SILENCE: Duration = Limits::DEFAULT.replica_silence;
 
 /// Everything a replica serves from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -58,6 +68,10 @@ pub enum StreamError {
     Io(#[from] std::io::Error),
     #[error("TLS handshake did not finish within {HANDSHAKE_TIMEOUT:?}")]
     HandshakeTimeout,
+    #[error("no TCP connection within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout,
+    #[error("nothing received for {SILENCE:?}, not even a heartbeat: the other end is gone")]
+    Silent,
     #[error("snapshot of {0} bytes is larger than the {MAX_SNAPSHOT_BYTES}-byte limit")]
     TooLarge(u32),
     #[error("snapshot is not valid: {0}")]
@@ -85,15 +99,28 @@ async fn write_snapshot<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn read_snapshot<R: AsyncRead + Unpin>(
+async fn write_heartbeat<W: AsyncWrite + Unpin>(out: &mut W) -> Result<(), StreamError> {
+    out.write_all(&0u32.to_be_bytes()).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+/// The next snapshot, or `None` for a heartbeat. Every read must make progress within
+/// [`SILENCE`], so a vanished control plane is noticed also in the middle of a frame.
+async fn read_frame<R: AsyncRead + Unpin>(
     input: &mut R,
-) -> Result<ReplicaSnapshot, StreamError> {
-    let len = input.read_u32().await?;
+) -> Result<Option<ReplicaSnapshot>, StreamError> {
+    let mut len = [0; 4];
+    read_exact_within(input, &mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if len == 0 {
+        return Ok(None);
+    }
     if len > MAX_SNAPSHOT_BYTES {
         return Err(StreamError::TooLarge(len));
     }
     let mut body = vec![0; len as usize];
-    input.read_exact(&mut body).await?;
+    read_exact_within(input, &mut body).await?;
     let wire: WireSnapshot = serde_json::from_slice(&body)?;
     let objects: Vec<Object> = wire
         .objects
@@ -104,10 +131,27 @@ async fn read_snapshot<R: AsyncRead + Unpin>(
     for o in &objects {
         o.validate()?;
     }
-    Ok(ReplicaSnapshot {
+    Ok(Some(ReplicaSnapshot {
         objects,
         client_hosts: wire.client_hosts,
-    })
+    }))
+}
+
+async fn read_exact_within<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut [u8],
+) -> Result<(), StreamError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let read = tokio::time::timeout(SILENCE, input.read(&mut buf[filled..]))
+            .await
+            .map_err(|_| StreamError::Silent)??;
+        if read == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        filled += read;
+    }
+    Ok(())
 }
 
 fn is_peer(
@@ -167,6 +211,10 @@ async fn feed_replica(
     mut hosts: watch::Receiver<Arc<ClientHosts>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), StreamError> {
+    // Heartbeats unacknowledged this long mean the replica is gone: the kernel then fails the
+    // next write, where it would otherwise retransmit for many minutes.
+    socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(SILENCE))?;
+    stream.set_nodelay(true)?;
     let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .map_err(|_| StreamError::HandshakeTimeout)??;
@@ -184,10 +232,13 @@ async fn feed_replica(
             client_hosts: hosts.borrow_and_update().as_ref().clone(),
         };
         write_snapshot(&mut stream, &snapshot).await?;
-        tokio::select! {
-            changed = objects.changed() => if changed.is_err() { return Ok(()) },
-            changed = hosts.changed() => if changed.is_err() { return Ok(()) },
-            _ = shutdown.changed() => return Ok(()),
+        loop {
+            tokio::select! {
+                changed = objects.changed() => if changed.is_err() { return Ok(()) } else { break },
+                changed = hosts.changed() => if changed.is_err() { return Ok(()) } else { break },
+                _ = shutdown.changed() => return Ok(()),
+                _ = tokio::time::sleep(HEARTBEAT) => write_heartbeat(&mut stream).await?,
+            }
         }
     }
 }
@@ -241,7 +292,9 @@ async fn receive(
     first_applied: &mut Option<oneshot::Sender<()>>,
     delay: &mut Duration,
 ) -> Result<(), StreamError> {
-    let tcp = TcpStream::connect(address).await?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| StreamError::ConnectTimeout)??;
     let connector = TlsConnector::from(tls.borrow().client.clone());
     let name = ServerName::try_from(local_peer.to_string())
         .map_err(|e| StreamError::WrongIdentity(e.to_string()))?;
@@ -249,8 +302,9 @@ async fn receive(
         .await
         .map_err(|_| StreamError::HandshakeTimeout)??;
     loop {
-        let snapshot = match read_snapshot(&mut stream).await {
-            Ok(s) => s,
+        let snapshot = match read_frame(&mut stream).await {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
             Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Ok(());
             }

@@ -268,3 +268,70 @@ async fn strangers_cannot_crowd_replicas_out_of_the_stream() {
     assert!(matches!(arrived, Ok(Ok(()))), "the replica got no snapshot");
     drop(strangers);
 }
+
+/// A control plane that vanished without a reset (its node lost, its link cut) looks, from the
+/// replica, like a stream that says nothing. Heartbeats keep a quiet stream alive; silence beyond
+/// the limit makes the replica reconnect.
+#[tokio::test]
+async fn a_replica_reconnects_when_the_stream_falls_silent_but_not_while_heartbeats_come() {
+    use tokio::io::AsyncWriteExt as _;
+    let limits = clusterlink_dataplane::limits::Limits::DEFAULT;
+    let dir = tempfile::tempdir().unwrap();
+    let fabric = fabric_with(dir.path(), &["server1"]);
+    let tls = tls_of(&fabric, "server1");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+
+    let (objects_tx, _objects) = watch::channel(Arc::<Objects>::default());
+    let (hosts_tx, _hosts) = watch::channel(Arc::<ClientHosts>::default());
+    let (_stop_replica, shutdown) = watch::channel(false);
+    let (first_applied, first_snapshot) = oneshot::channel();
+    tokio::spawn(replica::follow(
+        address.to_string(),
+        "server1".into(),
+        tls.clone(),
+        objects_tx,
+        hosts_tx,
+        first_applied,
+        shutdown,
+    ));
+
+    // A control plane written by hand, speaking the stream's framing: one snapshot, then
+    // heartbeats (zero-length frames) for longer than the silence limit, then nothing at all.
+    let (tcp, _) = tokio::time::timeout(PATIENCE, listener.accept())
+        .await
+        .expect("the replica connects")
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().management.clone());
+    let mut stream = acceptor.accept(tcp).await.unwrap();
+    let body = serde_json::to_vec(&replica::ReplicaSnapshot::default()).unwrap();
+    stream
+        .write_all(&(body.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&body).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::timeout(PATIENCE, first_snapshot)
+        .await
+        .expect("the first snapshot is applied")
+        .unwrap();
+
+    let heartbeats_until = tokio::time::Instant::now() + limits.replica_silence * 3 / 2;
+    while tokio::time::Instant::now() < heartbeats_until {
+        stream.write_all(&0u32.to_be_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        let reconnect = tokio::time::timeout(limits.replica_heartbeat, listener.accept()).await;
+        assert!(
+            reconnect.is_err(),
+            "the replica dropped a stream that sent heartbeats"
+        );
+    }
+
+    // Silence, with the connection still open: the replica must give up on it and knock again.
+    let again = tokio::time::timeout(PATIENCE, listener.accept()).await;
+    assert!(
+        again.is_ok(),
+        "the replica stayed on a silent stream for {PATIENCE:?}"
+    );
+    drop(stream);
+}
