@@ -11,9 +11,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use clusterlink_dataplane::metrics::Metrics;
+use clusterlink_dataplane::ops::{self, ProcessHealth};
 use clusterlink_dataplane::process::{TlsArgs, parse_labels, wait_for_signal};
 use clusterlink_dataplane::{replica, snapshot};
 use clusterlink_gateway::model::ControlPlane;
+use clusterlink_k8s::controller::ControllerMetrics;
 use clusterlink_k8s::deploy::{self, Ingress, Manifest, PeerDeployment};
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
@@ -294,6 +296,10 @@ pub struct ControlPlaneArgs {
     /// Labels selecting the data-plane pods, KEY=VALUE[,KEY=VALUE...].
     #[arg(long, value_delimiter = ',', required = true)]
     pub dataplane_selector: Vec<String>,
+    /// The operations endpoint: /healthz, /readyz and /metrics over plain HTTP, for the
+    /// kubelet's probes and Prometheus.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], ops::DEFAULT_OPS_PORT)))]
+    pub ops_address: SocketAddr,
     /// The data plane's own peer port: never allocated as an import's target port.
     #[arg(long, default_value_t = deploy::DATAPLANE_PEER_PORT)]
     pub dataplane_peer_port: u16,
@@ -312,13 +318,30 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.snapshot_address)
         .await
         .with_context(|| format!("cannot listen on {}", args.snapshot_address))?;
+    let ops_listener = tokio::net::TcpListener::bind(args.ops_address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for /healthz and /metrics",
+                args.ops_address
+            )
+        })?;
     let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
     let (hosts_tx, hosts) = watch::channel(Arc::default());
     let mut tasks = tokio::task::JoinSet::new();
     let (synced_tx, synced) = tokio::sync::oneshot::channel();
     // Replicas wait (in the listen backlog, then by reconnecting) until the model holds the
     // cluster's configuration: until then they keep serving their last snapshot.
-    let metrics = Arc::new(Metrics::default());
+    let mut metrics = Metrics::default();
+    let controller_metrics = ControllerMetrics::register(&mut metrics);
+    let metrics = Arc::new(metrics);
+    let health = ProcessHealth::with_heartbeat(clusterlink_k8s::controller::WEDGED_AFTER);
+    tasks.spawn(ops::serve(
+        ops_listener,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn({
         let (name, tls, objects, metrics, shutdown) = (
             name.clone(),
@@ -358,6 +381,8 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         control_plane,
         hosts_tx,
         synced_tx,
+        health,
+        controller_metrics,
     ));
     tracing::info!(peer = %name, "control plane started");
     // Every task runs until shutdown; a control plane missing one only looks alive.

@@ -259,6 +259,8 @@ const CL_CONTROLPLANE: &str = env!("CARGO_BIN_EXE_cl-controlplane");
 struct Controller {
     child: std::process::Child,
     log: std::path::PathBuf,
+    /// /healthz, /readyz and /metrics.
+    ops_port: u16,
 }
 
 impl Controller {
@@ -269,6 +271,7 @@ impl Controller {
         let dir = fabric.root().join(clusterlink_pki::DEFAULT_FABRIC);
         let log = fabric.root().join("cl-controlplane.log");
         let file = |p: &Path| p.to_str().unwrap().to_string();
+        let ops_port = free_port();
         let child = std::process::Command::new(CL_CONTROLPLANE)
             .env("KUBECONFIG", &kubeconfig)
             .args([
@@ -282,6 +285,8 @@ impl Controller {
                 SYSTEM,
                 "--snapshot-address",
                 "127.0.0.1:0",
+                "--ops-address",
+                &format!("127.0.0.1:{ops_port}"),
                 "--dataplane-selector",
                 &format!("app.kubernetes.io/name=cl-dataplane,app.kubernetes.io/instance={peer}"),
             ])
@@ -289,7 +294,11 @@ impl Controller {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Controller { child, log }
+        Controller {
+            child,
+            log,
+            ops_port,
+        }
     }
 
     fn log(&self) -> String {
@@ -367,6 +376,15 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
         controller.log()
     );
     let target: u16 = service().split(' ').nth(1).unwrap().parse().unwrap();
+    // Its probes and metrics: ready after its first pass, and the passes are measured.
+    assert_eq!(raw_http(controller.ops_port, "GET", "/healthz", b"").0, 200);
+    assert_eq!(raw_http(controller.ops_port, "GET", "/readyz", b"").0, 200);
+    let (status, metrics) = raw_http(controller.ops_port, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("clusterlink_controller_pass_duration_seconds_count"),
+        "{metrics}"
+    );
     assert!((20000..=29999).contains(&target), "target port {target}");
     let slices = cluster
         .kubectl(&[
@@ -531,4 +549,11 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
             .is_err(),
         "a Service was created without the right to"
     );
+    // And it is counted, for an alert to fire on.
+    let (_, metrics) = raw_http(controller.ops_port, "GET", "/metrics", b"");
+    let failed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("clusterlink_controller_failed_changes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(failed.is_some_and(|n| n > 0.0), "{metrics}");
 }

@@ -17,18 +17,6 @@ use clusterlink_store::MemoryStore;
 use support::*;
 use tokio::sync::watch;
 
-/// `cl-dataplane` is built by its own crate (`clusterlink-dataplane`, which links no store, HTTP
-/// server or Kubernetes client), next to this crate's binaries in the same target directory.
-fn cl_dataplane() -> std::path::PathBuf {
-    let gwctl = std::path::Path::new(GWCTL);
-    let binary = gwctl.with_file_name("cl-dataplane");
-    assert!(
-        binary.exists(),
-        "{} is not built: cargo build -p clusterlink-dataplane (scripts/test builds it)",
-        binary.display()
-    );
-    binary
-}
 /// How long replicas get to follow a snapshot (they do in milliseconds).
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -47,6 +35,8 @@ struct Replica {
     child: Child,
     log: std::path::PathBuf,
     peer_port: u16,
+    /// /healthz, /readyz and /metrics.
+    ops_port: u16,
 }
 
 impl Replica {
@@ -58,6 +48,7 @@ impl Replica {
     ) -> Replica {
         let log = dir.join(format!("dataplane-{import_address}.log"));
         let peer_port = free_port();
+        let ops_port = free_port();
         let child = Command::new(cl_dataplane())
             .args([
                 "--ca",
@@ -72,6 +63,8 @@ impl Replica {
                 &format!("127.0.0.1:{peer_port}"),
                 "--import-address",
                 import_address,
+                "--ops-address",
+                &format!("127.0.0.1:{ops_port}"),
                 "--allow-loopback-backends",
             ])
             .stdout(Stdio::null())
@@ -82,6 +75,7 @@ impl Replica {
             child,
             log,
             peer_port,
+            ops_port,
         }
     }
 
@@ -174,6 +168,11 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
             Some(std::io::ErrorKind::ConnectionRefused),
             "the peer port is open without a snapshot"
         );
+        // Alive, but not ready for traffic: the probes Kubernetes would send say so.
+        replica.wait_for("operations endpoint");
+        assert_eq!(raw_http(replica.ops_port, "GET", "/healthz", b"").0, 200);
+        let (status, why) = raw_http(replica.ops_port, "GET", "/readyz", b"");
+        assert_eq!(status, 503, "{why}");
     }
     let (stop, shutdown) = watch::channel(false);
     let stream = tokio::spawn(clusterlink_dataplane::replica::serve(
@@ -200,6 +199,13 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", replica.peer_port)).is_ok(),
             "the peer port opens with the first snapshot"
+        );
+        assert_eq!(raw_http(replica.ops_port, "GET", "/readyz", b"").0, 200);
+        let (status, metrics) = raw_http(replica.ops_port, "GET", "/metrics", b"");
+        assert_eq!(status, 200);
+        assert!(
+            metrics.contains("clusterlink_connections_accepted_total{side=\"egress\"} 1"),
+            "the tunnel is not counted:\n{metrics}"
         );
     }
 

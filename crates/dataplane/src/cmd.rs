@@ -10,6 +10,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::conditions::Unreported;
 use crate::metrics::Metrics;
+use crate::ops::ProcessHealth;
 use crate::process::{
     BackendArgs, TlsArgs, init_logging, parse_labels, raise_open_file_limit, wait_for_signal,
 };
@@ -38,6 +39,10 @@ pub struct DataPlaneArgs {
     /// The peer port: mutual TLS tunnels from other gateways. Opened after the first snapshot.
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PEER_PORT)))]
     pub peer_address: SocketAddr,
+    /// The operations endpoint: /healthz, /readyz and /metrics over plain HTTP, for the
+    /// kubelet's probes and Prometheus.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], crate::ops::DEFAULT_OPS_PORT)))]
+    pub ops_address: SocketAddr,
     /// Where import listeners bind (each on its import's target port).
     #[arg(long, default_value = "0.0.0.0")]
     pub import_address: IpAddr,
@@ -57,6 +62,22 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
     let (name, tls) = args.tls.load(&shutdown)?;
     let labels = parse_labels(&args.labels)?;
     raise_open_file_limit();
+    let metrics = Arc::new(Metrics::default());
+    let health = ProcessHealth::new();
+    let ops_listener = tokio::net::TcpListener::bind(args.ops_address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for /healthz and /metrics",
+                args.ops_address
+            )
+        })?;
+    let mut ops = tokio::spawn(crate::ops::serve(
+        ops_listener,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let (objects_tx, objects) = watch::channel(Arc::default());
     let (hosts_tx, hosts) = watch::channel(Arc::default());
     let (first_applied, first_snapshot) = oneshot::channel();
@@ -77,7 +98,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         signal = wait_for_signal() => {
             signal?;
             let _ = stop.send(true);
-            let _ = follow.await;
+            let _ = tokio::join!(follow, ops);
             return Ok(());
         }
     }
@@ -89,8 +110,8 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
     let config = DataPlaneConfig {
         import_address: args.import_address,
         clients: Default::default(),
-        metrics: Arc::new(Metrics::default()),
-        protected: vec![peer_address],
+        metrics,
+        protected: vec![peer_address, args.ops_address],
         loopback_backends: args.backends.allow_loopback_backends,
     };
     let mut dataplane = tokio::spawn(crate::tasks::run(
@@ -101,6 +122,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         tls,
         shutdown,
     ));
+    health.set_ready();
     tracing::info!(peer = %name, address = %peer_address, "data plane started: peer port open");
     let mut follow = follow;
     // Both run until shutdown; a replica missing either only looks alive, so it exits instead.
@@ -108,8 +130,9 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         signal = wait_for_signal() => signal?,
         ended = &mut dataplane => bail!("the data plane stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
         ended = &mut follow => bail!("the snapshot stream stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
+        ended = &mut ops => bail!("the operations endpoint stopped unexpectedly ({ended:?}); exiting so that the replica is restarted"),
     }
     let _ = stop.send(true);
-    let _ = tokio::join!(follow, dataplane);
+    let _ = tokio::join!(follow, dataplane, ops);
     Ok(())
 }

@@ -34,6 +34,7 @@ pub mod limits;
 pub mod listener;
 mod live;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 mod pool;
 pub mod process;

@@ -101,6 +101,10 @@ pub struct Limits {
     /// packet is not a disconnect.
     pub replica_silence: Duration,
 
+    /// Connections to the operations endpoint (probes, scrapes): kubelet and a few Prometheus
+    /// servers, each one request at a time.
+    pub ops: Bounds,
+
     /// Shortest time between two warnings of the same kind of refused connection: a flood of
     /// strangers must not become a flood of log lines.
     pub warn_every: Duration,
@@ -152,6 +156,11 @@ impl Limits {
         replica_heartbeat: Duration::from_secs(1),
         replica_silence: Duration::from_secs(5),
 
+        ops: Bounds {
+            total: 64,
+            per_source: 16,
+        },
+
         warn_every: Duration::from_secs(10),
     };
 }
@@ -196,7 +205,7 @@ mod tests {
 
     #[test]
     fn per_source_bounds_leave_room_for_other_sources() {
-        for bounds in [L.unauthenticated, L.management, L.replicas] {
+        for bounds in [L.unauthenticated, L.management, L.replicas, L.ops] {
             assert!(bounds.per_source < bounds.total, "{bounds:?}");
         }
     }

@@ -55,6 +55,8 @@ pub enum Listener {
     Management,
     /// The snapshot stream to data-plane replicas (Kubernetes mode).
     Replica,
+    /// Health probes and metrics scrapes (Kubernetes mode).
+    Ops,
 }
 
 impl Listener {
@@ -63,6 +65,7 @@ impl Listener {
             Listener::Peer => "peer",
             Listener::Management => "management",
             Listener::Replica => "replica",
+            Listener::Ops => "ops",
         }
     }
 }
@@ -404,6 +407,17 @@ impl Metrics {
                 self.peer_reachable.remove(&labels);
             }
         }
+    }
+
+    /// Adds a process's own metric (the controller's, say) to those this exposition serves;
+    /// `name` gets the `clusterlink_` prefix.
+    pub fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.register(name, help, metric);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -7,24 +7,29 @@
 use std::collections::BTreeMap;
 
 use clusterlink_api::kubernetes::crds;
+use clusterlink_api::rest::{HEALTHZ_PATH, METRICS_PATH};
 use clusterlink_api::validation::{check_dns_label, check_label_key, check_label_value};
+use clusterlink_dataplane::ops::{DEFAULT_OPS_PORT, READYZ_PATH};
 use clusterlink_dataplane::process::{SECRET_CA, SECRET_CERT, SECRET_DIR, SECRET_KEY};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, Namespace, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, HTTPGetAction, Namespace, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::{ApiResource, DynamicObject};
 use serde::Serialize;
 
+/// The name of the operations port (probes, metrics) in both pods.
+pub const OPS_PORT_NAME: &str = "metrics";
 /// Where a peer is deployed unless told otherwise, as in the established ClusterLink.
 pub const DEFAULT_NAMESPACE: &str = clusterlink_api::SYSTEM_NAMESPACE;
 /// The registry images are pulled from unless told otherwise.
@@ -488,25 +493,46 @@ impl PeerDeployment {
     }
 
     fn container(&self, component: &str, args: Vec<String>, port: (&str, u16)) -> Container {
+        let mut args = args;
+        args.push(format!("--ops-address=0.0.0.0:{DEFAULT_OPS_PORT}"));
+        let http_get = |path: &str| HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(OPS_PORT_NAME.into()),
+            ..Default::default()
+        };
+        let container_port = |(name, port): (&str, u16)| ContainerPort {
+            name: Some(name.into()),
+            container_port: i32::from(port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        };
         Container {
             name: component.into(),
             image: Some(self.image()),
             command: Some(vec![format!("/usr/local/bin/{component}")]),
             args: Some(args),
-            ports: Some(vec![ContainerPort {
-                name: Some(port.0.into()),
-                container_port: i32::from(port.1),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
+            ports: Some(vec![
+                container_port(port),
+                container_port((OPS_PORT_NAME, DEFAULT_OPS_PORT)),
+            ]),
+            // Ready once it has what it serves from: a replica its first snapshot, the control
+            // plane its first pass over the cluster.
             readiness_probe: Some(Probe {
-                tcp_socket: Some(TCPSocketAction {
-                    port: IntOrString::Int(i32::from(port.1)),
-                    ..Default::default()
-                }),
+                http_get: Some(http_get(READYZ_PATH)),
                 period_seconds: Some(5),
                 ..Default::default()
             }),
+            // A process whose task died exits by itself; this catches one that is wedged (its
+            // runtime, or the controller's loop, stopped making progress). Three misses in a
+            // row, so a pause of the node does not restart it.
+            liveness_probe: Some(Probe {
+                http_get: Some(http_get(HEALTHZ_PATH)),
+                period_seconds: Some(10),
+                timeout_seconds: Some(3),
+                failure_threshold: Some(3),
+                ..Default::default()
+            }),
+            resources: Some(self.resources(component)),
             volume_mounts: Some(vec![VolumeMount {
                 name: "tls".into(),
                 // Where both containers find the certificate Secret.
@@ -527,10 +553,48 @@ impl PeerDeployment {
         }
     }
 
+    /// Requests what a small site uses at rest, and limits memory well above what the
+    /// measured worst case needs (a control plane with 1,000 imports and 5,000 pods; a replica
+    /// with thousands of open tunnels), so a leak is stopped before it starves the node. The data
+    /// plane's CPU is not limited: throttling a relay adds latency to every tunnel.
+    fn resources(&self, component: &str) -> ResourceRequirements {
+        let quantities = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let (requests, limits) = if component == CONTROLPLANE {
+            (
+                quantities(&[("cpu", "100m"), ("memory", "64Mi")]),
+                quantities(&[("cpu", "1"), ("memory", "512Mi")]),
+            )
+        } else {
+            (
+                quantities(&[("cpu", "250m"), ("memory", "64Mi")]),
+                quantities(&[("memory", "1Gi")]),
+            )
+        };
+        ResourceRequirements {
+            requests: Some(requests),
+            limits: Some(limits),
+            ..Default::default()
+        }
+    }
+
     fn pod(&self, component: &str, container: Container, token: bool) -> PodTemplateSpec {
         PodTemplateSpec {
             metadata: Some(ObjectMeta {
                 labels: Some(self.labels(Some(component))),
+                // The convention Prometheus' Kubernetes pod discovery is usually configured with.
+                annotations: Some(BTreeMap::from([
+                    ("prometheus.io/scrape".to_string(), "true".to_string()),
+                    (
+                        "prometheus.io/port".to_string(),
+                        DEFAULT_OPS_PORT.to_string(),
+                    ),
+                    ("prometheus.io/path".to_string(), METRICS_PATH.to_string()),
+                ])),
                 ..Default::default()
             }),
             spec: Some(PodSpec {

@@ -65,10 +65,11 @@ impl ApiServer {
         let client = Client::new(service, "default");
         let changes = plan(world);
         let executor = tokio::spawn(async move {
-            Executor::new(client)
-                .execute(&changes, NOW)
-                .await
-                .map_err(|e| e.to_string())
+            let failures = Executor::new(client).execute(&changes, NOW).await;
+            match failures.first() {
+                None => Ok(()),
+                Some(first) => Err(first.to_string()),
+            }
         });
         let mut seen = Vec::new();
         while let Some((request, respond)) = handle.next_request().await {

@@ -152,6 +152,32 @@ fn the_pieces_fit_together() {
                 .allow_privilege_escalation,
             Some(false)
         );
+        // Probes and a scrape target on the operations port, which the process is told to serve.
+        let ops = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(deploy::OPS_PORT_NAME))
+            .expect("a metrics port");
+        assert!(
+            args.contains(&format!("--ops-address=0.0.0.0:{}", ops.container_port)),
+            "{args:?}"
+        );
+        let probe_path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+            let get = probe.as_ref().unwrap().http_get.clone().unwrap();
+            assert_eq!(
+                get.port,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                    deploy::OPS_PORT_NAME.into()
+                )
+            );
+            get.path.unwrap()
+        };
+        assert_eq!(probe_path(&container.liveness_probe), "/healthz");
+        assert_eq!(probe_path(&container.readiness_probe), "/readyz");
+        let resources = container.resources.clone().unwrap();
+        assert!(resources.requests.unwrap().contains_key("memory"));
+        assert!(resources.limits.unwrap().contains_key("memory"));
     }
     let dataplane = deployment(&manifests, deploy::DATAPLANE).spec.unwrap();
     assert_eq!(dataplane.replicas, Some(3));

@@ -14,6 +14,18 @@ pub const CLUSTERLINK: &str = env!("CARGO_BIN_EXE_clusterlink");
 pub const GWCTL: &str = env!("CARGO_BIN_EXE_gwctl");
 pub const CL_GATEWAY: &str = env!("CARGO_BIN_EXE_cl-gateway");
 
+/// `cl-dataplane` is built by its own crate (`clusterlink-dataplane`, which links no store, HTTP
+/// server or Kubernetes client), next to this crate's binaries in the same target directory.
+pub fn cl_dataplane() -> PathBuf {
+    let binary = Path::new(GWCTL).with_file_name("cl-dataplane");
+    assert!(
+        binary.exists(),
+        "{} is not built: cargo build -p clusterlink-dataplane (scripts/test builds it)",
+        binary.display()
+    );
+    binary
+}
+
 /// How long a gateway may take to print its ready line; generous for a loaded CI machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
