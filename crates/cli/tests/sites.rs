@@ -909,7 +909,7 @@ const HELPER: &str = "CLUSTERLINK_SITES_HELPER";
 fn an_interrupted_test_bed_leaves_nothing_behind() {
     if std::env::var_os(HELPER).is_some() {
         // The helper: a test bed with a process in a site, then wait to be killed.
-        let wan = Wan::create(&["left", "behind"], PEER_PORT).unwrap();
+        let wan = Wan::create(&["left", "behind"], &[PEER_PORT]).unwrap();
         let mut sleeper = wan.sites()[0].command("sleep").arg("600").spawn().unwrap();
         println!("HELPER {} {}", sleeper.id(), wan.namespaces().join(" "));
         std::io::stdout().flush().unwrap();
@@ -940,7 +940,7 @@ fn an_interrupted_test_bed_leaves_nothing_behind() {
     };
 
     // Dropped: every namespace and process goes with it.
-    let wan = Wan::create(&["dropped"], PEER_PORT).unwrap();
+    let wan = Wan::create(&["dropped"], &[PEER_PORT]).unwrap();
     let namespaces = wan.namespaces();
     let mut sleeper = wan.sites()[0].command("sleep").arg("600").spawn().unwrap();
     assert!(namespaces.iter().all(|n| listed().contains(n.as_str())));
@@ -982,7 +982,7 @@ fn an_interrupted_test_bed_leaves_nothing_behind() {
         eventually(CONVERGE, || !alive(sleeper)),
         "a site's process outlived its killed test"
     );
-    let _next = Wan::create(&["next"], PEER_PORT).unwrap();
+    let _next = Wan::create(&["next"], &[PEER_PORT]).unwrap();
     assert!(
         !namespaces.iter().any(|n| listed().contains(n.as_str())),
         "{}",

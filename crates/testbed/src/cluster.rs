@@ -5,6 +5,10 @@
 //! The API server authorizes with RBAC, serves TLS with a certificate of its own CA, signs
 //! ServiceAccount tokens, and knows one static admin. Everything stops when the cluster is
 //! dropped.
+//!
+//! A cluster runs on the machine's loopback, or inside a site of the sites test bed
+//! ([`TestCluster::start_in`]), where the site plays the cluster's node: the API server is then
+//! on the site's loopback, and kubectl, like every program that talks to it, runs in the site.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+use crate::netns::Site;
 
 /// How long etcd and the API server get to become ready: seconds usually, more on a loaded
 /// machine's first start.
@@ -43,6 +49,7 @@ pub struct TestCluster {
     processes: Vec<Child>,
     dir: PathBuf,
     bin: PathBuf,
+    site: Option<Site>,
     /// `https://address:port` of the API server.
     pub server: String,
     /// An admin kubeconfig (`KUBECONFIG` for kubectl and for kube-rs clients).
@@ -53,20 +60,30 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts a cluster on loopback whose files live in `dir`.
     pub fn start(bin: &Path, dir: &Path) -> anyhow::Result<TestCluster> {
+        TestCluster::start_in(bin, dir, None)
+    }
+
+    /// Starts a cluster whose files live in `dir`, inside `site` if one is given (else on the
+    /// machine's loopback).
+    pub fn start_in(bin: &Path, dir: &Path, site: Option<&Site>) -> anyhow::Result<TestCluster> {
         std::fs::create_dir_all(dir)?;
         let host = "127.0.0.1";
         let pki = Pki::create(dir, host)?;
-        let [etcd_port, etcd_peer_port, api_port] = free_ports()?;
-        let command = |program: &str| Command::new(bin.join(program));
+        let [etcd_port, etcd_peer_port, api_port] = match site {
+            Some(site) => site.enter(free_ports)??,
+            None => free_ports()?,
+        };
         let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log")));
         let mut cluster = TestCluster {
             processes: Vec::new(),
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
+            site: site.cloned(),
             server: format!("https://{host}:{api_port}"),
             kubeconfig: dir.join("kubeconfig"),
             ca_pem: pki.ca_pem.clone(),
         };
+        let command = |program: &str| command_in(site, &bin.join(program));
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let etcd = command("etcd")
             .args([
@@ -124,6 +141,11 @@ impl TestCluster {
         )?;
         cluster.wait_ready()?;
         Ok(cluster)
+    }
+
+    /// `program` run where the cluster is: in its site, or on this machine.
+    pub fn command(&self, program: &Path) -> Command {
+        command_in(self.site.as_ref(), program)
     }
 
     fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -187,7 +209,8 @@ impl TestCluster {
         input: Option<&str>,
     ) -> anyhow::Result<String> {
         use std::io::Write as _;
-        let mut child = Command::new(self.bin.join("kubectl"))
+        let mut child = self
+            .command(&self.bin.join("kubectl"))
             .env("KUBECONFIG", kubeconfig)
             // Discovery cached per cluster, never in the user's ~/.kube.
             .arg(format!(
@@ -282,6 +305,13 @@ impl Pki {
                 &format!("{ADMIN_TOKEN},admin,admin,system:masters\n"),
             )?,
         })
+    }
+}
+
+fn command_in(site: Option<&Site>, program: &Path) -> Command {
+    match site {
+        Some(site) => site.command(program),
+        None => Command::new(program),
     }
 }
 

@@ -95,8 +95,9 @@ pub struct Site {
 }
 
 impl Wan {
-    /// Makes a site per name, each letting in only TCP `open_port` from the WAN.
-    pub fn create(site_names: &[&str], open_port: u16) -> Result<Wan, NetnsError> {
+    /// Makes a site per name, each letting in from the WAN only TCP to `open_ports` (a gateway's
+    /// peer port; a cluster's data-plane replicas have one each).
+    pub fn create(site_names: &[&str], open_ports: &[u16]) -> Result<Wan, NetnsError> {
         if site_names.len() > 250 {
             return Err(NetnsError::TooManySites(site_names.len()));
         }
@@ -159,7 +160,7 @@ impl Wan {
             ip(&["-n", s, "addr", "add", &cidr, "dev", SITE_INTERFACE])?;
             ip(&["-n", s, "link", "set", SITE_INTERFACE, "up"])?;
             ip(&["-n", s, "link", "set", "lo", "up"])?;
-            site.firewall(open_port)?;
+            site.firewall(open_ports)?;
         }
         Ok(wan)
     }
@@ -249,6 +250,21 @@ impl Site {
         self.enter(|| TcpListener::bind(address))?
     }
 
+    /// Gives the site one more address of its own, reachable only from inside it (on its
+    /// loopback interface): what a pod address is to the node it runs on. Kubernetes refuses
+    /// loopback addresses as endpoints, so a pod played by a process needs one of these.
+    pub fn add_local_address(&self, address: Ipv4Addr) -> Result<(), NetnsError> {
+        ip(&[
+            "-n",
+            &self.namespace,
+            "addr",
+            "add",
+            &format!("{address}/32"),
+            "dev",
+            "lo",
+        ])
+    }
+
     /// Cuts this site's link to the WAN, as a pulled cable would: packets are lost, nothing is
     /// refused.
     pub fn cut(&self) -> Result<(), NetnsError> {
@@ -271,16 +287,21 @@ impl Site {
         ])
     }
 
-    /// Drops everything arriving from the WAN but TCP to `open_port` and replies to connections
+    /// Drops everything arriving from the WAN but TCP to `open_ports` and replies to connections
     /// the site opened itself.
-    fn firewall(&self, open_port: u16) -> Result<(), NetnsError> {
+    fn firewall(&self, open_ports: &[u16]) -> Result<(), NetnsError> {
+        let open_ports = open_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let rules = format!(
             "table inet clusterlink-site {{
   chain input {{
     type filter hook input priority filter; policy drop;
     iifname \"lo\" accept
     ct state established,related accept
-    iifname \"{SITE_INTERFACE}\" tcp dport {open_port} accept
+    iifname \"{SITE_INTERFACE}\" tcp dport {{ {open_ports} }} accept
     meta l4proto {{ icmp, ipv6-icmp }} accept
   }}
 }}

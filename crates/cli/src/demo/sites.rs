@@ -71,7 +71,7 @@ struct SiteGateway<'a> {
 /// `temporary`: whether `dir` is removed afterwards (said at the end).
 pub async fn run(keep: bool, dir: &Path, temporary: bool) -> anyhow::Result<()> {
     step("1. Three sites, each a network namespace with its own address on a shared WAN");
-    let wan = Wan::create(&["shop", "east", "west"], PEER_PORT)?;
+    let wan = Wan::create(&["shop", "east", "west"], &[PEER_PORT])?;
     for site in wan.sites() {
         println!(
             "   {:<5} {:<11} namespace {}",

@@ -58,7 +58,7 @@ pub struct SiteBed {
 impl SiteBed {
     pub fn new(sites: &[&str]) -> SiteBed {
         let fabric = Fabric::new(sites);
-        let wan = Wan::create(sites, PEER_PORT).expect("create the sites");
+        let wan = Wan::create(sites, &[PEER_PORT]).expect("create the sites");
         SiteBed { wan, fabric }
     }
 
