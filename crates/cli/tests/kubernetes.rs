@@ -557,3 +557,211 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(failed.is_some_and(|n| n > 0.0), "{metrics}");
 }
+
+/// How many imports and pods the scale test makes: a modest load by default, and the load the
+/// figures in the notes were measured with when `CLUSTERLINK_K8S_SCALE=IMPORTS,PODS` says so
+/// (`1000,5000`).
+fn scale() -> (usize, usize) {
+    std::env::var("CLUSTERLINK_K8S_SCALE")
+        .ok()
+        .and_then(|v| {
+            let (imports, pods) = v.split_once(',')?;
+            Some((imports.trim().parse().ok()?, pods.trim().parse().ok()?))
+        })
+        .unwrap_or((100, 500))
+}
+
+/// Creates `objects` through the API server with some requests in flight at once, as a busy
+/// cluster's controllers would; each is created, then given `status` if one is set.
+async fn create_many<K>(api: kube::Api<K>, objects: Vec<(K, Option<serde_json::Value>)>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    K: Send + Sync + 'static,
+{
+    /// Requests in flight: enough to keep the API server busy, few enough for its rate limits.
+    const IN_FLIGHT: usize = 16;
+    let places = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (object, status) in objects {
+        let (api, place) = (api.clone(), places.clone().acquire_owned().await.unwrap());
+        tasks.spawn(async move {
+            let _place = place;
+            let name = object.meta().name.clone().unwrap();
+            api.create(&kube::api::PostParams::default(), &object)
+                .await
+                .unwrap_or_else(|e| panic!("creating {name}: {e}"));
+            if let Some(status) = status {
+                api.patch_status(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(status),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("status of {name}: {e}"));
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+}
+
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// The controller's pass count, total pass time and changes made so far, from its metrics.
+fn passes(controller: &Controller) -> (f64, f64, f64) {
+    let (_, metrics) = raw_http(controller.ops_port, "GET", "/metrics", b"");
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    (
+        value("clusterlink_controller_pass_duration_seconds_count "),
+        value("clusterlink_controller_pass_duration_seconds_sum "),
+        value("clusterlink_controller_changes_total "),
+    )
+}
+
+#[test]
+fn the_controller_converges_on_many_imports_among_many_pods() {
+    use clusterlink_api::kubernetes::KubeImport;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    let (imports, pods) = scale();
+    let root = tempfile::tempdir().unwrap();
+    let cluster = cluster(root.path());
+    let fabric = Fabric::new(&["p1"]);
+    let path = fabric.root().to_str().unwrap();
+    let deploy = clusterlink(
+        &cluster,
+        root.path(),
+        &["deploy", "peer", "--name", "p1", "--path", path],
+    );
+    assert!(deploy.status.success(), "{}", stderr(&deploy));
+    let controller = Controller::start(&cluster, &fabric, "p1");
+    let peer = "{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {name: p2, namespace: clusterlink-system}, spec: {gateways: [{host: 10.0.0.2, port: 443}]}}";
+    cluster
+        .kubectl_with(&["apply", "-f", "-"], Some(peer))
+        .unwrap();
+    cluster
+        .kubectl(&["create", "serviceaccount", "load", "-n", "default"])
+        .unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = runtime.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).unwrap();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    });
+    // Running pods with addresses and labels: each is a client host the controller tracks and
+    // streams to the data plane.
+    let pod_objects = (0..pods)
+        .map(|i| {
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("load-{i}"), "labels": {"app": format!("load-{}", i % 50)}},
+                "spec": {"serviceAccountName": "load", "containers": [{"name": "main", "image": "example.invalid/none"}]},
+            }))
+            .unwrap();
+            let address = format!("10.100.{}.{}", i / 250, i % 250 + 1);
+            let status = serde_json::json!({"status": {"phase": "Running", "podIP": address, "podIPs": [{"ip": address}]}});
+            (pod, Some(status))
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    runtime.block_on(create_many(
+        kube::Api::<Pod>::namespaced(client.clone(), "default"),
+        pod_objects,
+    ));
+    let pods_took = began.elapsed();
+    let import_objects = (0..imports)
+        .map(|i| {
+            let import: KubeImport = serde_json::from_value(serde_json::json!({
+                "apiVersion": "clusterlink.net/v1alpha1",
+                "kind": "Import",
+                "metadata": {"name": format!("load-{i}")},
+                "spec": {"port": 80, "sources": [{"peer": "p2", "exportName": format!("load-{i}"), "exportNamespace": "default"}]},
+            }))
+            .unwrap();
+            (import, None)
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    runtime.block_on(create_many(
+        kube::Api::<KubeImport>::namespaced(client.clone(), "default"),
+        import_objects,
+    ));
+    let imports_took = began.elapsed();
+
+    // Every import gets its Service, each on a port of its own.
+    let services = kube::Api::<Service>::namespaced(client, "default");
+    let managed = || {
+        runtime
+            .block_on(
+                services.list(&kube::api::ListParams::default().labels("clusterlink.net/import")),
+            )
+            .map(|list| list.items)
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(300), || managed().len() == imports),
+        "{} of {imports} Services; controller log:\n{}",
+        managed().len(),
+        controller.log()
+    );
+    let converged = began.elapsed();
+    let mut targets: Vec<String> = managed()
+        .iter()
+        .map(|s| {
+            format!(
+                "{:?}",
+                s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].target_port
+            )
+        })
+        .collect();
+    targets.sort();
+    targets.dedup();
+    assert_eq!(targets.len(), imports, "two imports share a target port");
+
+    // Once all is in place a pass changes nothing (it would otherwise rewrite every object every
+    // few seconds); its cost is the mean of the next three.
+    let settled = || {
+        let (count, _, changes) = passes(&controller);
+        eventually(Duration::from_secs(60), || {
+            passes(&controller).0 >= count + 2.0
+        }) && passes(&controller).2 == changes
+    };
+    assert!(
+        eventually(Duration::from_secs(120), settled),
+        "the controller never stopped making changes: {:?}\n{}",
+        passes(&controller),
+        controller.log()
+    );
+    let (count, sum, changes) = passes(&controller);
+    assert!(
+        eventually(Duration::from_secs(60), || passes(&controller).0
+            >= count + 3.0),
+        "the controller stopped passing"
+    );
+    let (count_after, sum_after, changes_after) = passes(&controller);
+    assert_eq!(changes_after, changes, "a settled controller made changes");
+    let pass = (sum_after - sum) / (count_after - count);
+    eprintln!(
+        "FIGURE controller with {imports} imports and {pods} pods: RSS {:.1} MiB, steady pass {:.0} ms; \
+         pods created in {pods_took:.1?}, imports created in {imports_took:.1?}, all Services after {converged:.1?}",
+        resident_mib(controller.child.id()),
+        pass * 1000.0
+    );
+}
