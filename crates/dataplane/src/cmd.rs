@@ -72,6 +72,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
                 args.ops_address
             )
         })?;
+    let ops_address = ops_listener.local_addr()?;
     let mut ops = tokio::spawn(crate::ops::serve(
         ops_listener,
         health.clone(),
@@ -111,7 +112,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         import_address: args.import_address,
         clients: Default::default(),
         metrics,
-        protected: vec![peer_address, args.ops_address],
+        protected: vec![peer_address, ops_address],
         loopback_backends: args.backends.allow_loopback_backends,
     };
     let mut dataplane = tokio::spawn(crate::tasks::run(
