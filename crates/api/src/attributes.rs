@@ -20,3 +20,11 @@ pub const EXPORT_LABELS_PREFIX: &str = "export.clusterlink.net/labels.";
 /// Attribute key to value: what a policy selector is matched against for one side of a
 /// connection.
 pub type Attributes = std::collections::BTreeMap<String, String>;
+
+/// Whether `key` is an attribute of the client workload (`client.clusterlink.net/...`): the
+/// only kind a peer may send, and the kind whose absence means the client is unknown.
+pub fn is_client_attribute(key: &str) -> bool {
+    key == CLIENT_NAMESPACE
+        || key == CLIENT_SERVICE_ACCOUNT
+        || key.starts_with(CLIENT_LABELS_PREFIX)
+}

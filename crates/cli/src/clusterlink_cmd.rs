@@ -1,6 +1,7 @@
 //! `clusterlink`: create the fabric's certificates, run the demo, deploy peers on Kubernetes.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use clusterlink_pki::issue::{DEFAULT_CA_VALIDITY_DAYS, DEFAULT_LEAF_VALIDITY_DAYS};
@@ -33,6 +34,9 @@ pub enum Command {
     /// Remove what `deploy` created.
     #[command(subcommand)]
     Delete(Delete),
+    /// Work with access policies offline.
+    #[command(subcommand)]
+    Policy(crate::policy_cmd::Policy),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,18 +87,26 @@ pub struct LeafArgs {
     pub validity_days: u32,
 }
 
-pub async fn run(cli: Clusterlink) -> anyhow::Result<()> {
-    let create = match cli.command {
-        Command::Create(create) => create,
+/// Runs a command; its exit status is 0 on success and 1 on an error, except for `policy test`,
+/// which answers 0 (allowed), 1 (denied) or 2 (bad input), as `grep` does.
+pub async fn run(cli: Clusterlink) -> ExitCode {
+    let result = match cli.command {
+        Command::Policy(crate::policy_cmd::Policy::Test(args)) => {
+            return crate::policy_cmd::run(args).unwrap_or_else(|e| {
+                eprintln!("error: {}", crate::error_report(&e));
+                ExitCode::from(2)
+            });
+        }
+        Command::Create(create) => create_certificate(create),
         #[cfg(feature = "demo")]
-        Command::Demo(args) => return crate::demo::run(args).await,
-        Command::Deploy(Deploy::Peer(args)) => {
-            return crate::kubernetes_cmd::deploy_peer(args).await;
-        }
-        Command::Delete(Delete::Peer(args)) => {
-            return crate::kubernetes_cmd::delete_peer(args).await;
-        }
+        Command::Demo(args) => crate::demo::run(args).await,
+        Command::Deploy(Deploy::Peer(args)) => crate::kubernetes_cmd::deploy_peer(args).await,
+        Command::Delete(Delete::Peer(args)) => crate::kubernetes_cmd::delete_peer(args).await,
     };
+    crate::exit_code(result)
+}
+
+fn create_certificate(create: Create) -> anyhow::Result<()> {
     let paths = match create {
         Create::Fabric {
             name,

@@ -18,6 +18,8 @@ pub mod demo;
 pub mod gateway_cmd;
 pub mod gwctl;
 pub mod kubernetes_cmd;
+mod manifests;
 pub mod output;
+pub mod policy_cmd;
 
 pub use clusterlink_dataplane::process::{error_report, exit_code, init_logging};

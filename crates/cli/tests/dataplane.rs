@@ -226,9 +226,23 @@ fn ingress_tiers_decide_in_order() {
     assert!(denied_by("default"), "{}", sites.client.log());
 }
 
+/// A client-attributes table of `entries` (`{cidr: ..., namespace: ...}` flow mappings).
+fn clients_table(entries: &[&str]) -> std::path::PathBuf {
+    let table = std::env::temp_dir().join(format!("clients-{}.yaml", support::rand_u64()));
+    let lines: Vec<String> = entries.iter().map(|e| format!("  - {e}\n")).collect();
+    std::fs::write(&table, format!("clients:\n{}", lines.concat())).unwrap();
+    table
+}
+
 #[test]
 fn policies_on_peer_names_and_labels_and_export_names() {
-    let sites = Sites::new(&["server1"]);
+    // The clients are known (policies below select by source attributes, so unknown clients
+    // would be refused before any of them is asked).
+    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
+    let sites = Sites::with_client_args(
+        &["server1"],
+        &["--client-attributes", table.to_str().unwrap()],
+    );
     let port = sites.import("round-robin");
     let server = &sites.servers[0];
     // Egress: only towards peers labelled env=prod.
@@ -1139,5 +1153,98 @@ fn a_gateways_own_labels_are_its_peer_labels_in_its_policies() {
         support::stderr(&o).contains("--label \"bad key=x\""),
         "{}",
         support::stderr(&o)
+    );
+}
+
+#[test]
+fn a_client_with_unknown_attributes_is_refused_on_either_side_while_policies_select_clients() {
+    // 127.0.0.2 is a known client; 127.0.0.3 is in no entry of the table.
+    let table = clients_table(&["{cidr: 127.0.0.2/32, namespace: shop, labels: {app: curl}}"]);
+    let sites = Sites::with_client_args(
+        &["server1"],
+        &["--client-attributes", table.to_str().unwrap()],
+    );
+    let port = sites.import("round-robin");
+    let server = &sites.servers[0];
+    server.apply(&allow_all("allow-all"));
+    sites.client.apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange_from(
+        "127.0.0.3",
+        port,
+        b"x"
+    ) == served_by("server1")));
+
+    // Egress: an allow-all beside a policy about clients no longer lets an unknown client in.
+    sites.client.apply(&policy(
+        "AccessPolicy",
+        "deny-firefox",
+        "deny",
+        "{matchLabels: {client.clusterlink.net/labels.app: firefox}}",
+        "{}",
+    ));
+    assert!(
+        eventually(CONVERGE, || exchange_from("127.0.0.3", port, b"x")
+            == Exchange::Reset),
+        "{}",
+        sites.client.log()
+    );
+    assert!(
+        sites
+            .client
+            .log()
+            .contains("egress denied: the client's attributes are unknown")
+    );
+    assert_eq!(exchange_from("127.0.0.2", port, b"x"), served_by("server1"));
+
+    // Ingress: the exporting side decides the same on the attributes it was sent (none).
+    sites.client.gwctl_ok(&["delete", "policy", "deny-firefox"]);
+    server.apply(&policy(
+        "AccessPolicy",
+        "deny-firefox",
+        "deny",
+        "{matchLabels: {client.clusterlink.net/labels.app: firefox}}",
+        "{}",
+    ));
+    assert!(
+        eventually(CONVERGE, || exchange_from("127.0.0.3", port, b"x")
+            == Exchange::Reset
+            && sites.client.log().contains(
+                "ingress at server1: denied: the client's attributes are unknown"
+            )),
+        "{}",
+        sites.client.log()
+    );
+    assert_eq!(exchange_from("127.0.0.2", port, b"x"), served_by("server1"));
+}
+
+#[test]
+fn an_egress_policy_selects_imports_by_their_labels_as_export_labels() {
+    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
+    let sites = Sites::with_client_args(
+        &["server1"],
+        &["--client-attributes", table.to_str().unwrap()],
+    );
+    let port = sites.import("round-robin");
+    sites.servers[0].apply(&allow_all("allow-all"));
+    sites.client.apply(&policy(
+        "AccessPolicy",
+        "gold-only",
+        "allow",
+        "{}",
+        "{matchLabels: {export.clusterlink.net/labels.tier: gold}}",
+    ));
+    assert!(eventually(CONVERGE, || exchange(port, b"x")
+        == Exchange::Reset
+        && sites.client.log().contains("egress denied by default")));
+    // The same import, labelled tier=gold: the egress policy now matches it.
+    let labelled = import("svc", port, &["server1"], "round-robin").replace(
+        "metadata: {name: svc}",
+        "metadata: {name: svc, labels: {tier: gold}}",
+    );
+    sites.client.apply(&labelled);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"x") == served_by("server1")),
+        "{}",
+        sites.client.log()
     );
 }

@@ -149,7 +149,21 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         clusterlink_testbed::manifests::ALLOW_ALL,
     );
     model.replace_all(objects(&config)).await.unwrap();
-    let (hosts_tx, hosts) = watch::channel(Arc::new(ClientHosts::default()));
+    // The client pods: the policies select clients by label, so a client with no pod would be
+    // refused whatever its label.
+    let pods = |first: &str| {
+        let mut pods = ClientHosts::default();
+        for (address, app) in [("127.0.0.9", first), ("127.0.0.10", "web")] {
+            pods.insert(
+                address.parse().unwrap(),
+                "default".into(),
+                "web".into(),
+                [("app".to_string(), app.to_string())].into(),
+            );
+        }
+        pods
+    };
+    let (hosts_tx, hosts) = watch::channel(Arc::new(pods("web")));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
 
@@ -218,15 +232,8 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
     }
 
     // It comes back on the same address, now knowing the pod at 127.0.0.9 is labelled
-    // app=blocked: the replicas reconnect and the deny policy applies to that client.
-    let mut pods = ClientHosts::default();
-    pods.insert(
-        "127.0.0.9".parse().unwrap(),
-        "default".into(),
-        "web".into(),
-        [("app".to_string(), "blocked".to_string())].into(),
-    );
-    hosts_tx.send_replace(Arc::new(pods));
+    // app=blocked (it was app=web): the replicas reconnect and the deny policy applies to that client.
+    hosts_tx.send_replace(Arc::new(pods("blocked")));
     let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let (_stop, shutdown) = watch::channel(false);
     tokio::spawn(clusterlink_dataplane::replica::serve(
@@ -248,7 +255,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
             denied.await.unwrap(),
             "the blocked pod was never denied at {ip}"
         );
-        // Another client (no pod entry) is still served.
+        // Another pod, labelled app=web, is still served.
         let other =
             tokio::task::spawn_blocking(move || exchange_between("127.0.0.10", ip, target, b"ok"));
         assert_eq!(

@@ -63,7 +63,9 @@ fn setup() -> (Fabric, GatewayProcess) {
     (f, server)
 }
 
-const CONNECT: &[u8] = b"CONNECT svc.default:443 HTTP/1.1\r\nhost: svc.default:443\r\n\r\n";
+/// A tunnel request for a known client (the server's policy selects by peer, so a client with
+/// no attributes would be refused whoever asks).
+const CONNECT: &[u8] = b"CONNECT svc.default:443 HTTP/1.1\r\nhost: svc.default:443\r\nx-clusterlink-client: {\"client.clusterlink.net/namespace\":\"default\"}\r\n\r\n";
 
 #[tokio::test]
 async fn the_peer_is_who_its_certificate_names() {

@@ -6,6 +6,11 @@
 //! first match decides. A policy matches when one of its `from` selectors matches the source's
 //! attributes and one of its `to` selectors matches the destination's.
 //!
+//! A client whose attributes are unknown (no pod, no `--client-attributes` entry for its address)
+//! is denied outright while any policy selects clients by attribute (a `from` selector that is not
+//! empty, in any tier or namespace), as the reference ClusterLink decides: an allow-all beside a
+//! policy about clients must not let in a client nobody can tell apart.
+//!
 //! The engine is compiled once from the objects whenever a policy changes and then only read, so
 //! a decision is a few map lookups.
 
@@ -33,6 +38,8 @@ pub enum Decider {
         namespace: String,
         name: String,
     },
+    /// The client's attributes are unknown while policies select clients by attribute.
+    ClientAttributesUnknown,
     DefaultDeny,
 }
 
@@ -60,6 +67,11 @@ impl fmt::Display for PolicyDecision {
             } => {
                 write!(f, "{verdict} by AccessPolicy {namespace}/{name}")
             }
+            Decider::ClientAttributesUnknown => write!(
+                f,
+                "denied: the client's attributes are unknown (no pod or client-attributes entry \
+                 for its address), and policies select clients by attribute"
+            ),
             Decider::DefaultDeny => write!(f, "denied by default (no policy allows it)"),
         }
     }
@@ -91,6 +103,10 @@ impl CompiledPolicy {
     fn matches(&self, src: &impl AttributeLookup, dst: &impl AttributeLookup) -> bool {
         self.from.iter().any(|s| s.matches(src)) && self.to.iter().any(|s| s.matches(dst))
     }
+
+    fn selects_clients(&self) -> bool {
+        self.from.iter().any(|s| *s != LabelSelector::everything())
+    }
 }
 
 /// Deny and allow policies of one tier or namespace, each list in name order so that which
@@ -102,6 +118,10 @@ struct Layer {
 }
 
 impl Layer {
+    fn policies(&self) -> impl Iterator<Item = &CompiledPolicy> {
+        self.deny.iter().chain(&self.allow)
+    }
+
     fn add(&mut self, action: PolicyAction, policy: CompiledPolicy) {
         match action {
             PolicyAction::Deny => self.deny.push(policy),
@@ -120,6 +140,8 @@ impl Layer {
 pub struct PolicyEngine {
     privileged: Layer,
     namespaces: HashMap<String, Layer>,
+    /// Some policy has a `from` selector that is not empty.
+    selects_clients: bool,
 }
 
 impl PolicyEngine {
@@ -144,17 +166,28 @@ impl PolicyEngine {
         }
         engine.privileged.sort();
         engine.namespaces.values_mut().for_each(Layer::sort);
+        engine.selects_clients = std::iter::once(&engine.privileged)
+            .chain(engine.namespaces.values())
+            .flat_map(Layer::policies)
+            .any(CompiledPolicy::selects_clients);
         engine
     }
 
     /// Decides a connection from `src` to `dst`, with `namespace` the namespace whose
-    /// policies apply on this side (the import's on egress, the export's on ingress).
+    /// policies apply on this side (the import's on egress, the export's on ingress). The client
+    /// is unknown when `src` holds no `client.clusterlink.net/` attribute.
     pub fn decide(
         &self,
         namespace: &str,
-        src: &impl AttributeLookup,
+        src: &Attributes,
         dst: &impl AttributeLookup,
     ) -> PolicyDecision {
+        if self.selects_clients && !src.keys().any(|k| attributes::is_client_attribute(k)) {
+            return PolicyDecision {
+                allowed: false,
+                decided_by: Decider::ClientAttributesUnknown,
+            };
+        }
         let decided = |tier, p: &CompiledPolicy, allowed| PolicyDecision {
             allowed,
             decided_by: Decider::Policy {
@@ -288,11 +321,13 @@ mod tests {
             "{matchExpressions: [{key: export.clusterlink.net/name, operator: In, values: [reviews]}]}",
         )];
         let engine = PolicyEngine::compile(&objects);
-        let p1 = attrs(&[(attributes::PEER_NAME, "p1")]);
-        let p2 = attrs(&[(attributes::PEER_NAME, "p2")]);
+        let known = (attributes::CLIENT_NAMESPACE, "web");
+        let p1 = attrs(&[(attributes::PEER_NAME, "p1"), known]);
+        let p2 = attrs(&[(attributes::PEER_NAME, "p2"), known]);
         let reviews = attrs(&[
             (attributes::EXPORT_NAME, "reviews"),
             (attributes::PEER_NAME, "p9"),
+            known,
         ]);
         let ratings = attrs(&[(attributes::EXPORT_NAME, "ratings")]);
         assert!(engine.decide("default", &p1, &reviews).allowed);
@@ -323,6 +358,32 @@ mod tests {
             "denied by AccessPolicy default/deny-firefox"
         );
         assert!(engine.decide("default", &curl, &attrs(&[])).allowed);
+    }
+
+    #[test]
+    fn an_unknown_client_is_denied_only_while_some_policy_selects_clients() {
+        let allow_all = policy("AccessPolicy", "default", "allow-all", "allow", ALL, ALL);
+        let peer_only = attrs(&[(attributes::PEER_NAME, "p1")]);
+        let engine = PolicyEngine::compile([&allow_all]);
+        assert!(engine.decide("default", &peer_only, &attrs(&[])).allowed);
+        // A policy about clients, even in another namespace and even a deny, changes that.
+        let elsewhere = policy(
+            "AccessPolicy",
+            "team-b",
+            "deny-firefox",
+            "deny",
+            "{matchLabels: {client.clusterlink.net/labels.app: firefox}}",
+            ALL,
+        );
+        let engine = PolicyEngine::compile([&allow_all, &elsewhere]);
+        let d = engine.decide("default", &peer_only, &attrs(&[]));
+        assert_eq!(d.decided_by, Decider::ClientAttributesUnknown);
+        assert!(
+            d.to_string().contains("client's attributes are unknown"),
+            "{d}"
+        );
+        let known = attrs(&[(attributes::CLIENT_NAMESPACE, "web")]);
+        assert!(engine.decide("default", &known, &attrs(&[])).allowed);
     }
 
     #[test]

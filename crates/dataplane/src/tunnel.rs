@@ -27,7 +27,7 @@
 
 use std::fmt;
 
-use clusterlink_api::attributes::{CLIENT_LABELS_PREFIX, CLIENT_NAMESPACE, CLIENT_SERVICE_ACCOUNT};
+use clusterlink_api::attributes::is_client_attribute;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
@@ -96,12 +96,6 @@ pub struct TunnelRequest {
     pub client: Attributes,
     /// Tunnels the connection went through before this one (0 for a client's own connection).
     pub hops: u8,
-}
-
-fn is_client_attribute(key: &str) -> bool {
-    key == CLIENT_NAMESPACE
-        || key == CLIENT_SERVICE_ACCOUNT
-        || key.starts_with(CLIENT_LABELS_PREFIX)
 }
 
 impl TunnelRequest {

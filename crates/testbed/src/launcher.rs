@@ -66,13 +66,15 @@ impl LocalGateway {
     }
 
     /// Starts `peer`'s gateway inside `site`, with its peer port on the site's WAN address at
-    /// `peer_port` (and its management API and imports on the site's loopback).
+    /// `peer_port` (and its management API and imports on the site's loopback), and `extra`
+    /// arguments.
     pub fn start_in(
         bin_dir: &Path,
         dir: &Path,
         peer: &'static str,
         site: &Site,
         peer_port: u16,
+        extra: &[&str],
     ) -> anyhow::Result<LocalGateway> {
         let exe = gateway_binary(bin_dir)?;
         // Spawned from the caller's thread: the site's processes die with that thread.
@@ -83,6 +85,7 @@ impl LocalGateway {
             "--import-address",
             "127.0.0.1",
         ]);
+        command.args(extra);
         LocalGateway::spawn(command, dir, peer)
     }
 

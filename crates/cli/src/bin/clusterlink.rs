@@ -2,7 +2,5 @@ use clap::Parser;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    clusterlink::exit_code(
-        clusterlink::clusterlink_cmd::run(clusterlink::clusterlink_cmd::Clusterlink::parse()).await,
-    )
+    clusterlink::clusterlink_cmd::run(clusterlink::clusterlink_cmd::Clusterlink::parse()).await
 }

@@ -61,6 +61,10 @@ spec:
   to: [{workloadSelector: {matchLabels: {export.clusterlink.net/name: ratings}}}]
 ";
 
+/// The client attributes of shop's workloads: everything on its loopback is the product page.
+const SHOP_CLIENTS: &str =
+    "clients:\n  - {cidr: 127.0.0.0/8, namespace: shop, labels: {app: productpage}}\n";
+
 /// A gateway and the site it runs in.
 struct SiteGateway<'a> {
     site: &'a Site,
@@ -85,11 +89,21 @@ pub async fn run(keep: bool, dir: &Path, temporary: bool) -> anyhow::Result<()> 
     step("2. A fabric CA, a certificate per site, and a gateway in each site");
     create_and_show_fabric(dir, &["shop", "east", "west"])?;
     let bin_dir = bin_dir()?;
+    // Who shop's clients are, by address: policies that select clients (such as west's
+    // no-ratings-for-shop) refuse clients whose attributes are unknown.
+    let clients = dir.join("shop-clients.yaml");
+    std::fs::write(&clients, SHOP_CLIENTS)?;
+    let clients = clients.display().to_string();
     let gateways: Vec<SiteGateway> = [("shop", "shop"), ("east", "east"), ("west", "west")]
         .into_iter()
         .map(|(name, peer)| {
             let site = wan.site(name)?;
-            let gateway = LocalGateway::start_in(&bin_dir, dir, peer, site, PEER_PORT)?;
+            let extra: &[&str] = if name == "shop" {
+                &["--client-attributes", &clients]
+            } else {
+                &[]
+            };
+            let gateway = LocalGateway::start_in(&bin_dir, dir, peer, site, PEER_PORT, extra)?;
             println!(
                 "   {name:<5} peer port {}, management API {} (inside the site)",
                 gateway.peer_address(),
@@ -145,7 +159,9 @@ pub async fn run(keep: bool, dir: &Path, temporary: bool) -> anyhow::Result<()> 
         );
     }
     apply(shop, ALLOW_ALL).await?;
-    println!("   shop allows its clients everything (AccessPolicy allow-all)");
+    println!(
+        "   shop allows its clients everything (AccessPolicy allow-all); they are known by address (--client-attributes: 127.0.0.0/8 is namespace shop, app=productpage)"
+    );
     for (service, _, _) in IMPORTS {
         wait_listening(shop, service).await?;
     }

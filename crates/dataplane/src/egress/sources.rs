@@ -62,11 +62,18 @@ pub(super) fn egress_decision<'a>(
     peer_attributes(&mut src, &snapshot.local_peer, &snapshot.local_labels);
     let mut dst = Attributes::new();
     peer_attributes(&mut dst, &source.peer, &peer.labels);
+    // The importing side cannot see the export's labels; as in the reference ClusterLink, the
+    // import's own labels stand for them, so `to` can select imports by label on egress.
+    let no_labels = Default::default();
+    let import_labels = snapshot
+        .imports
+        .get(import)
+        .map_or(&no_labels, |i| &i.labels);
     export_attributes(
         &mut dst,
         &source.export_name,
         &source.export_namespace,
-        &Default::default(),
+        import_labels,
     );
     let decision = snapshot.policy.decide(&import.namespace, &src, &dst);
     if decision.allowed {
