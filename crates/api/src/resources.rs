@@ -13,7 +13,8 @@ use crate::group::{API_VERSION, DEFAULT_NAMESPACE, SYSTEM_NAMESPACE};
 use crate::meta::{ObjectMeta, Status};
 use crate::selector::LabelSelector;
 use crate::validation::{
-    FieldErrors, check_dns_label, check_dns_subdomain, check_host, check_rfc1035_label,
+    FieldErrors, check_dns_label, check_dns_name, check_dns_subdomain, check_host,
+    check_rfc1035_label,
 };
 #[cfg(feature = "kubernetes")]
 use std::borrow::Cow;
@@ -248,6 +249,10 @@ pub trait Spec {
     const KIND: Kind;
     /// Checks of the name beyond being non-empty, per kind.
     fn check_name(name: &str) -> Result<(), String>;
+    /// The name's checks where they depend on the spec; by default, [`Spec::check_name`].
+    fn check_name_for(&self, name: &str) -> Result<(), String> {
+        Self::check_name(name)
+    }
     fn validate(&self, errors: &mut FieldErrors);
 }
 
@@ -320,7 +325,7 @@ impl Spec for PeerSpec {
     const KIND: Kind = Kind::Peer;
 
     fn check_name(name: &str) -> Result<(), String> {
-        check_dns_label(name).map_err(|e| format!("{e} (a peer's name is its TLS identity)"))
+        check_dns_name(name).map_err(|e| format!("{e} (a peer's name is its TLS identity)"))
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
@@ -388,7 +393,18 @@ impl Spec for ExportSpec {
     const KIND: Kind = Kind::Export;
 
     fn check_name(name: &str) -> Result<(), String> {
-        check_rfc1035_label(name)
+        check_dns_subdomain(name)
+    }
+
+    /// An export without a host serves the Service of its name, whose name is an RFC 1035 label.
+    fn check_name_for(&self, name: &str) -> Result<(), String> {
+        if self.host.is_empty() {
+            check_rfc1035_label(name).map_err(|e| {
+                format!("{e} (an export without spec.host is the Service of the same name)")
+            })
+        } else {
+            check_dns_subdomain(name)
+        }
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
@@ -544,10 +560,10 @@ impl Spec for ImportSpec {
         }
         for (i, s) in self.sources.iter().enumerate() {
             let path = format!("spec.sources[{i}]");
-            if let Err(e) = check_dns_label(&s.peer) {
+            if let Err(e) = check_dns_name(&s.peer) {
                 errors.push(format!("{path}.peer"), e);
             }
-            if let Err(e) = check_rfc1035_label(&s.export_name) {
+            if let Err(e) = check_dns_subdomain(&s.export_name) {
                 errors.push(format!("{path}.exportName"), e);
             }
             if let Err(e) = check_dns_label(&s.export_namespace) {
@@ -805,7 +821,7 @@ impl Object {
     pub fn validate(&self) -> Result<(), FieldErrors> {
         fn run<S: Spec>(r: &Resource<S>) -> Result<(), FieldErrors> {
             let mut errors = FieldErrors::default();
-            if let Err(e) = S::check_name(&r.metadata.name) {
+            if let Err(e) = r.spec.check_name_for(&r.metadata.name) {
                 errors.push("metadata.name", e);
             }
             let ns = &r.metadata.namespace;

@@ -109,7 +109,10 @@ fn check_label_chars(value: &str, start: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// RFC 1123 subdomain: dot-separated DNS labels, at most 253 characters in all.
+/// A Kubernetes DNS subdomain name (`IsDNS1123Subdomain`): dot-separated parts of lowercase
+/// letters, digits and '-', each starting and ending alphanumeric, at most 253 characters in all.
+/// As in Kubernetes, a part may be longer than a DNS label's 63 characters: most objects' names
+/// are never looked up in DNS.
 pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("required".into());
@@ -121,13 +124,29 @@ pub fn check_dns_subdomain(value: &str) -> Result<(), String> {
         ));
     }
     for part in value.split('.') {
-        check_dns_label(part).map_err(|e| {
-            if part.is_empty() {
-                "must not contain empty dot-separated parts".to_string()
-            } else {
-                format!("part {part:?} {e}")
-            }
-        })?;
+        if part.is_empty() {
+            return Err("must not contain empty dot-separated parts".into());
+        }
+        if let Some(c) = part.chars().find(|&c| !is_lower_alnum(c) && c != '-') {
+            return Err(format!(
+                "invalid character {c:?}: use lowercase letters, digits, '-' and '.' (a DNS subdomain)"
+            ));
+        }
+        if !part.starts_with(is_lower_alnum) || !part.ends_with(is_lower_alnum) {
+            return Err(format!(
+                "part {part:?} must start and end with a lowercase letter or digit"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A DNS name as TLS and DNS need it: a DNS subdomain whose every part is a DNS label (at most 63
+/// characters). A peer's name is its certificate's identity, so it is held to this.
+pub fn check_dns_name(value: &str) -> Result<(), String> {
+    check_dns_subdomain(value)?;
+    for part in value.split('.') {
+        check_dns_label(part).map_err(|e| format!("part {part:?} {e}"))?;
     }
     Ok(())
 }
@@ -248,6 +267,26 @@ mod tests {
         assert!(check_dns_subdomain("allow-all.team-a").is_ok());
         assert!(check_dns_subdomain("a..b").unwrap_err().contains("empty"));
         assert!(check_dns_subdomain(&"a".repeat(254)).is_err());
+        // As Kubernetes: a part longer than a DNS label is a valid object name...
+        assert!(check_dns_subdomain(&"a".repeat(74)).is_ok());
+        assert!(check_dns_subdomain("cluster17.us-east").is_ok());
+        assert!(
+            check_dns_subdomain("a.-b")
+                .unwrap_err()
+                .contains("must start and end")
+        );
+        assert!(
+            check_dns_subdomain("A.b")
+                .unwrap_err()
+                .contains("invalid character")
+        );
+        // ...but not a DNS name, which a peer's TLS identity is.
+        assert!(check_dns_name("cluster17.us-east").is_ok());
+        assert!(
+            check_dns_name(&"a".repeat(64))
+                .unwrap_err()
+                .contains("at most 63")
+        );
     }
 
     #[test]

@@ -1248,3 +1248,50 @@ fn an_egress_policy_selects_imports_by_their_labels_as_export_labels() {
         sites.client.log()
     );
 }
+
+#[test]
+fn names_follow_kubernetes_rules_per_kind_and_a_dotted_export_carries_traffic() {
+    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
+    let sites = Sites::with_client_args(
+        &["server1"],
+        &["--client-attributes", table.to_str().unwrap()],
+    );
+    let server = &sites.servers[0];
+    let client = &sites.client;
+    // A policy name of 74 characters (a DNS subdomain part may be longer than a DNS label) and a
+    // Peer whose name has dots are admitted.
+    let long = format!("allow-{}", "x".repeat(68));
+    server.apply(&allow_all(&long));
+    client.apply(&allow_all("allow-all"));
+    client.apply(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: cluster17.us-east}\nspec: {gateways: [{host: 10.0.0.9, port: 443}]}\n",
+    );
+    // An export with a host may have dots in its name; one without a host is a Service's name.
+    server.apply(&export("db.eu-west", Backend::start("server1").port));
+    let no_host = std::env::temp_dir().join(format!("export-{}.yaml", support::rand_u64()));
+    std::fs::write(
+        &no_host,
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: db.eu-west}\nspec: {port: 80}\n",
+    )
+    .unwrap();
+    let out = server.gwctl(&["apply", "-f", no_host.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        support::stderr(&out)
+            .contains("an export without spec.host is the Service of the same name"),
+        "{}",
+        support::stderr(&out)
+    );
+
+    // Traffic reaches the dotted export through a tunnel.
+    let port = free_port();
+    client.apply(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: db}}\nspec: {{port: {port}, sources: [{{peer: server1, exportName: db.eu-west, exportNamespace: default}}]}}\n"
+    ));
+    client.wait_listening("db");
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"x") == served_by("server1")),
+        "{}",
+        client.log()
+    );
+}

@@ -95,10 +95,30 @@ fn invalid_peer_names_are_refused_with_the_reason() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains("invalid name \"Peer_1\"") && err.contains("DNS label"),
+        err.contains("invalid name \"Peer_1\"") && err.contains("DNS name"),
         "{err}"
     );
     assert!(!f.root().join("default_fabric/Peer_1").exists());
+
+    // The names a Peer object may have, dots included, are accepted.
+    let o = run(
+        CLUSTERLINK,
+        &["create", "peer-cert", "--name", "cluster17.us-east"],
+        f.root(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        f.root()
+            .join("default_fabric/cluster17.us-east/cert.pem")
+            .exists()
+    );
+    let long_part = "a".repeat(64);
+    let o = run(
+        CLUSTERLINK,
+        &["create", "peer-cert", "--name", &long_part],
+        f.root(),
+    );
+    assert!(stderr(&o).contains("at most 63"), "{}", stderr(&o));
 }
 
 #[test]

@@ -132,9 +132,10 @@ impl TunnelRequest {
             .rsplit_once(':')
             .map(|(h, _)| h)
             .unwrap_or(authority);
+        // A namespace has no dots; an export's name may (a DNS subdomain).
         let (name, namespace) = host
-            .split_once('.')
-            .filter(|(n, ns)| !n.is_empty() && !ns.is_empty() && !ns.contains('.'))
+            .rsplit_once('.')
+            .filter(|(n, ns)| !n.is_empty() && !ns.is_empty())
             .ok_or_else(|| {
                 ProtocolError::Malformed(format!(
                     "authority {authority:?} is not <export>.<namespace>:<port>"
@@ -379,7 +380,6 @@ mod tests {
             &b"GET / HTTP/1.1\r\n\r\n"[..],
             b"CONNECT reviews:443 HTTP/1.1\r\n\r\n",
             b"CONNECT .default:443 HTTP/1.1\r\n\r\n",
-            b"CONNECT a.b.c:443 HTTP/1.1\r\n\r\n",
             b"CONNECT a.b:443 HTTP/1.1\r\nx-clusterlink-client: [1]\r\n\r\n",
             b"\xff\x00garbage\r\n\r\n",
             b"CONNECT a.b:443 HTTP/1.1\r\n",
@@ -421,6 +421,13 @@ mod tests {
         assert_eq!(
             PeerRequest::decode(&request().encode()).unwrap(),
             PeerRequest::Tunnel(request())
+        );
+        // An export's name may hold dots (it is a DNS subdomain); a namespace never does.
+        let mut dotted = request();
+        dotted.export.name = "db.eu-west".into();
+        assert_eq!(
+            PeerRequest::decode(&dotted.encode()).unwrap(),
+            PeerRequest::Tunnel(dotted)
         );
         assert!(PeerRequest::decode(b"GET /other HTTP/1.1\r\n\r\n").is_err());
     }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use clusterlink_api::kubernetes::crds;
 use clusterlink_api::rest::{HEALTHZ_PATH, METRICS_PATH};
-use clusterlink_api::validation::{check_dns_label, check_label_key, check_label_value};
+use clusterlink_api::validation::{
+    check_dns_label, check_dns_name, check_label_key, check_label_value,
+};
 use clusterlink_dataplane::ops::{DEFAULT_OPS_PORT, READYZ_PATH};
 use clusterlink_dataplane::process::{SECRET_CA, SECRET_CERT, SECRET_DIR, SECRET_KEY};
 use k8s_openapi::ByteString;
@@ -250,7 +252,11 @@ pub fn deletion_order(manifests: &[Manifest], with_crds: bool) -> Vec<&Manifest>
 
 impl PeerDeployment {
     pub fn check(&self) -> Result<(), DeployError> {
-        check_dns_label(&self.name).map_err(|e| DeployError::Name(self.name.clone(), e))?;
+        // A peer's name is a DNS name (its certificate's) and a label value (it selects the
+        // peer's pods), so at most 63 characters.
+        check_dns_name(&self.name)
+            .and_then(|()| check_label_value(&self.name))
+            .map_err(|e| DeployError::Name(self.name.clone(), e))?;
         check_dns_label(&self.namespace)
             .map_err(|e| DeployError::Namespace(self.namespace.clone(), e))?;
         for (k, v) in &self.labels {

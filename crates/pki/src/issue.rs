@@ -210,10 +210,10 @@ fn check_fabric_name(name: &str) -> Result<(), PkiError> {
 }
 
 fn check_peer_name(name: &str) -> Result<(), PkiError> {
-    clusterlink_api::validation::check_dns_label(name).map_err(|reason| PkiError::InvalidName {
+    clusterlink_api::validation::check_dns_name(name).map_err(|reason| PkiError::InvalidName {
         name: name.into(),
         reason: format!(
-            "{reason}; a peer name must be a DNS label since it is the certificate's DNS name"
+            "{reason}; a peer name is a DNS name (dot-separated labels of at most 63 characters) since it is the certificate's DNS name"
         ),
     })
 }

@@ -92,7 +92,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let v = Validity::days(1).unwrap();
         let fabric = create_fabric(dir.path(), "f", v).unwrap();
-        for bad in ["Peer_1", "-p", "a.b", "", "admins"] {
+        for bad in ["Peer_1", "-p", "a..b", "..", "../up", "", "admins"] {
             let err = create_peer_cert(&fabric.dir, bad, v)
                 .unwrap_err()
                 .to_string();
