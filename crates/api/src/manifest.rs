@@ -3,6 +3,8 @@
 //! Errors name the field path (`spec.sources[1].peer: required`). Parsing never panics on bad
 //! input; the caller bounds the input size.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -58,6 +60,54 @@ fn invalid(field: &str, reason: impl Into<String>) -> ManifestError {
 /// be told apart reliably. A mapping that repeats a key is a syntax error: which of the two
 /// values was meant cannot be known.
 pub fn parse_manifests(text: &str) -> Vec<Result<Object, ManifestError>> {
+    parse_documents(text, |_| {})
+}
+
+/// Fields a server owns, which `kubectl get -o yaml` prints and `kubectl apply` ignores.
+pub const SERVER_OWNED_METADATA: [&str; 7] = [
+    "uid",
+    "resourceVersion",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
+
+/// [`parse_manifests`] for input that may be another server's output (`kubectl get -o yaml`,
+/// `gwctl get -o yaml`): the server-owned metadata ([`SERVER_OWNED_METADATA`]) and `status` of
+/// each object are dropped, as `kubectl apply` drops them, and named in the returned set
+/// (`metadata.uid`, `status`). Every other field is read as [`parse_manifests`] reads it, so a
+/// misspelt spec field is still an error.
+pub fn parse_manifests_as_applied(
+    text: &str,
+) -> (Vec<Result<Object, ManifestError>>, BTreeSet<String>) {
+    let mut dropped = BTreeSet::new();
+    let objects = parse_documents(text, |value| {
+        let Value::Object(object) = value else { return };
+        if object.remove("status").is_some() {
+            dropped.insert("status".to_string());
+        }
+        if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+            for field in SERVER_OWNED_METADATA {
+                if meta.remove(field).is_some() {
+                    dropped.insert(format!("metadata.{field}"));
+                }
+            }
+        }
+    });
+    (objects, dropped)
+}
+
+/// Every document of `text`, each value passed through `prepare` before it is typed.
+fn parse_documents(
+    text: &str,
+    mut prepare: impl FnMut(&mut Value),
+) -> Vec<Result<Object, ManifestError>> {
+    let mut typed = |mut value: Value| {
+        prepare(&mut value);
+        object_from_value(value)
+    };
     // JSON is read as JSON: a YAML reader takes some characters JSON allows in strings (U+2028,
     // U+FFFF) for line breaks or refuses them, so it would change or refuse what was sent. The
     // JSON reader's cost grows with the input alone (and it stops at 128 levels), so it needs no
@@ -85,10 +135,10 @@ pub fn parse_manifests(text: &str) -> Vec<Result<Object, ManifestError>> {
         match value {
             Ok(Value::Null) => {}
             Ok(Value::Object(mut map)) if is_list(&map) => match map.remove("items") {
-                Some(Value::Array(items)) => out.extend(items.into_iter().map(object_from_value)),
+                Some(Value::Array(items)) => out.extend(items.into_iter().map(&mut typed)),
                 _ => out.push(Err(invalid("items", "a List needs an items array"))),
             },
-            Ok(value) => out.push(object_from_value(value)),
+            Ok(value) => out.push(typed(value)),
             Err(e) => {
                 out.push(Err(ManifestError::Syntax(e)));
                 break;

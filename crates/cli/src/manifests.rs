@@ -1,10 +1,12 @@
 //! Reading manifest files, directories and stdin, bounded, for every command that takes `-f`.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
-use clusterlink_api::{Object, parse_manifests};
+use clusterlink_api::Object;
+use clusterlink_api::manifest::parse_manifests_as_applied;
 
 /// Largest manifest input read from one file or stdin; 10,000 imports are ~3 MiB.
 const MAX_INPUT_BYTES: u64 = 64 * 1024 * 1024;
@@ -74,14 +76,19 @@ fn check_size(size: u64, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every object of the sources, or where a document could not be read, why.
+/// Every object of the sources, or where a document could not be read, why. Server-owned fields
+/// (what `get -o yaml` prints: `metadata.uid`, `status`, ...) are dropped, as `kubectl apply`
+/// drops them, and a note on stderr names them once.
 pub(crate) fn objects_of(
     sources: &[String],
     namespace: &str,
 ) -> anyhow::Result<Vec<Result<Object, String>>> {
     let mut out = Vec::new();
+    let mut dropped = BTreeSet::new();
     for (name, text) in read_sources(sources)? {
-        for (i, doc) in parse_manifests(&text).into_iter().enumerate() {
+        let (documents, fields) = parse_manifests_as_applied(&text);
+        dropped.extend(fields);
+        for (i, doc) in documents.into_iter().enumerate() {
             out.push(match doc {
                 Ok(mut obj) => {
                     obj.default_namespace(namespace);
@@ -90,6 +97,13 @@ pub(crate) fn objects_of(
                 Err(e) => Err(format!("{name}, document {} failed: {e}", i + 1)),
             });
         }
+    }
+    if !dropped.is_empty() {
+        let fields: Vec<String> = dropped.into_iter().collect();
+        eprintln!(
+            "note: ignored fields the server owns, as kubectl apply does: {}",
+            fields.join(", ")
+        );
     }
     Ok(out)
 }

@@ -620,3 +620,72 @@ fn bulk_apply_reports_in_document_order_and_later_documents_win() {
             .contains("\"items\": []")
     );
 }
+
+#[test]
+fn what_get_o_yaml_prints_applies_with_server_owned_fields_ignored_once() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    // What `kubectl get -o yaml` prints for two objects: server-owned metadata and status.
+    let dir = tempfile::tempdir().unwrap();
+    let printed = dir.path().join("printed.yaml");
+    std::fs::write(
+        &printed,
+        "apiVersion: clusterlink.net/v1alpha1
+kind: Peer
+metadata:
+  name: p2
+  namespace: clusterlink-system
+  uid: 5f0c8a0e-7a53-4a39-9d1a-1b2c3d4e5f60
+  resourceVersion: \"4821\"
+  generation: 3
+  creationTimestamp: \"2026-01-01T00:00:00Z\"
+  managedFields:
+  - {manager: kubectl-client-side-apply, operation: Update, apiVersion: clusterlink.net/v1alpha1}
+  annotations: {kubectl.kubernetes.io/last-applied-configuration: \"{}\"}
+spec: {gateways: [{host: 10.0.0.2, port: 443}]}
+status:
+  labels: {env: prod}
+  conditions:
+  - {type: PeerReachable, status: \"True\", reason: Healthy, message: ok, observedGeneration: 3, lastTransitionTime: \"2026-01-01T00:00:00Z\"}
+---
+apiVersion: clusterlink.net/v1alpha1
+kind: AccessPolicy
+metadata: {name: allow-all, namespace: default, uid: 0b6f, resourceVersion: \"17\", generation: 1}
+spec: {action: allow, from: [{workloadSelector: {}}], to: [{workloadSelector: {}}]}
+status: {conditions: []}
+",
+    )
+    .unwrap();
+    let out = gw.gwctl(&["apply", "-f", printed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let note = stderr(&out);
+    assert_eq!(
+        note.matches("note: ignored fields the server owns").count(),
+        1,
+        "{note}"
+    );
+    for field in [
+        "metadata.uid",
+        "metadata.managedFields",
+        "metadata.generation",
+        "status",
+    ] {
+        assert!(note.contains(field), "{field} not named in: {note}");
+    }
+    let peer = gw.gwctl_ok(&["get", "peer", "p2", "-o", "yaml"]);
+    assert!(!peer.contains("5f0c8a0e"), "the uid was kept:\n{peer}");
+    assert!(
+        !peer.contains("env: prod"),
+        "a status from input was kept:\n{peer}"
+    );
+
+    // A misspelt spec field is still an error.
+    std::fs::write(
+        &printed,
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: p3, uid: x}\nspec: {gateway: [{host: h, port: 1}]}\n",
+    )
+    .unwrap();
+    let out = gw.gwctl(&["apply", "-f", printed.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gateway"), "{}", stderr(&out));
+}
