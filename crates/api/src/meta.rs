@@ -58,6 +58,11 @@ impl ObjectMeta {
 pub struct Status {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Peers only: the labels the peer reports about itself over the peer port. Policies see
+    /// them as `peer.clusterlink.net/labels.*`, with the object's own `metadata.labels` winning
+    /// a clash.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Status {
@@ -80,6 +85,9 @@ pub struct Condition {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// The `metadata.generation` the condition was set for (Kubernetes mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 impl Condition {
@@ -95,6 +103,7 @@ impl Condition {
             reason: reason.as_str().to_string(),
             message: message.into(),
             last_transition_time: None,
+            observed_generation: None,
         }
     }
 }

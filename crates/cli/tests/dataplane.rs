@@ -1295,3 +1295,71 @@ fn names_follow_kubernetes_rules_per_kind_and_a_dotted_export_carries_traffic() 
         client.log()
     );
 }
+
+#[test]
+fn a_gateways_own_labels_reach_policies_on_the_other_side_and_the_administrator_wins() {
+    let f = Fabric::new(&["server1", "client1"]);
+    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
+    let listen = [
+        "--management-address",
+        "127.0.0.1:0",
+        "--peer-address",
+        "127.0.0.1:0",
+    ];
+    let server = f.start_with("server1", &[&listen[..], &["--label", "env=prod"]].concat());
+    let client = f.start_with(
+        "client1",
+        &[
+            &listen[..],
+            &[
+                "--label",
+                "tier=gold",
+                "--client-attributes",
+                table.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    server.apply(&export("svc", Backend::start("server1").port));
+    client.apply(&peer("server1", &server));
+    let port = free_port();
+    client.apply(&import("svc", port, &["server1"], "round-robin"));
+    client.wait_listening("svc");
+    // Egress sees the labels server1 reports in its probe answers; ingress sees the labels
+    // client1 sends with its tunnel request. Neither side labelled the other's Peer object.
+    client.apply(&policy(
+        "AccessPolicy",
+        "to-prod",
+        "allow",
+        "{}",
+        "{matchLabels: {peer.clusterlink.net/labels.env: prod}}",
+    ));
+    server.apply(&policy(
+        "AccessPolicy",
+        "from-gold",
+        "allow",
+        "{matchLabels: {peer.clusterlink.net/labels.tier: gold}}",
+        "{}",
+    ));
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served_by("server1")),
+        "client:\n{}\nserver:\n{}",
+        client.log(),
+        server.log()
+    );
+    let shown = client.gwctl_ok(&["get", "peer", "server1", "-o", "yaml"]);
+    assert!(shown.contains("labels:\n    env: prod"), "{shown}");
+
+    // The administrator's own label on the Peer object wins over what the peer reports.
+    let relabelled = peer("server1", &server).replace(
+        "metadata: {name: server1}",
+        "metadata: {name: server1, labels: {env: dev}}",
+    );
+    client.apply(&relabelled);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == Exchange::Reset
+            && client.log().contains("egress denied by default")),
+        "{}",
+        client.log()
+    );
+}

@@ -47,12 +47,14 @@ struct Cluster {
     api: TestCluster,
     controller: Option<Child>,
     replicas: [Option<Child>; 2],
+    /// The peer's labels, `KEY=VALUE`, as `deploy peer --label` passes them to its replicas.
+    labels: Vec<String>,
 }
 
 impl Cluster {
     /// Deploys peer `peer` into a new cluster in `site`, as `clusterlink deploy peer` would,
     /// then starts its processes where the kubelet would run its pods.
-    fn start(bin: &Path, site: &Site, fabric: &Fabric, peer: &str) -> Cluster {
+    fn start(bin: &Path, site: &Site, fabric: &Fabric, peer: &str, labels: &[&str]) -> Cluster {
         let dir = fabric.root().join(format!("cluster-{peer}"));
         for address in REPLICA_ADDRESSES
             .iter()
@@ -69,6 +71,7 @@ impl Cluster {
             api,
             controller: None,
             replicas: [None, None],
+            labels: labels.iter().map(|l| l.to_string()).collect(),
         };
         let deploy = cluster
             .in_site(Path::new(CLUSTERLINK))
@@ -203,6 +206,7 @@ impl Cluster {
                 "--ops-address",
                 &format!("{address}:9090"),
             ])
+            .args(self.labels.iter().map(|l| format!("--label={l}")))
             .stdout(Stdio::null())
             .stderr(self.log_file(&format!("replica-{i}")))
             .spawn()
@@ -412,8 +416,8 @@ fn two_clusters_carry_an_import_decided_by_pod_attributes_through_replica_and_co
     let fabric = Fabric::new(&["east", "west"]);
     let wan = Wan::create(&["east", "west"], &REPLICA_PEER_PORTS).expect("the sites");
     let (east_site, west_site) = (wan.site("east").unwrap(), wan.site("west").unwrap());
-    let mut east = Cluster::start(&bin, east_site, &fabric, "east");
-    let mut west = Cluster::start(&bin, west_site, &fabric, "west");
+    let mut east = Cluster::start(&bin, east_site, &fabric, "east", &[]);
+    let mut west = Cluster::start(&bin, west_site, &fabric, "west", &["env=prod"]);
 
     // The Peer objects point at each other's replicas, across the WAN.
     for (cluster, other) in [(&east, west_site), (&west, east_site)] {
@@ -427,6 +431,32 @@ fn two_clusters_carry_an_import_decided_by_pod_attributes_through_replica_and_co
             gateways.join(", ")
         ));
     }
+
+    // East's Peer for west shows the labels west's replicas report about themselves, and its
+    // conditions say which generation of the object they describe.
+    let peer_status = |field: &str| {
+        east.api
+            .kubectl(&[
+                "get",
+                "peer",
+                "west",
+                "-n",
+                SYSTEM,
+                "-o",
+                &format!("jsonpath={field}"),
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(CONVERGE, || peer_status("{.status.labels.env}") == "prod"),
+        "west's labels never showed: {:?}\n{}",
+        peer_status("{.status}"),
+        east.logs()
+    );
+    assert_eq!(
+        peer_status("{.status.conditions[0].observedGeneration}"),
+        "1"
+    );
 
     // West exports nginx and an echo service in its site, and lets every peer in.
     let _nginx = nginx(west_site, &fabric.root().join("nginx"));

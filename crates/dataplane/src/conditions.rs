@@ -2,12 +2,18 @@
 //! import's port is bound, whether a peer answers probes), reported through a write-only handle.
 //! The data plane never reads configuration back from it; it reads snapshots.
 
+use std::collections::BTreeMap;
+
 use clusterlink_api::{Condition, ConditionType, ObjectKey};
 
 /// Where the data plane reports runtime conditions of objects.
 pub trait RuntimeConditions: Send + Sync + 'static {
     /// Sets (or with `None` clears) the condition `type_` of `key`.
     fn set(&self, key: &ObjectKey, type_: ConditionType, condition: Option<Condition>);
+
+    /// Sets (or with `None` clears) the labels Peer `key` reports about itself, shown in its
+    /// `status.labels`.
+    fn set_reported_labels(&self, key: &ObjectKey, labels: Option<BTreeMap<String, String>>);
 }
 
 /// For a data plane whose conditions nobody reads: a replica on Kubernetes. Its control plane
@@ -21,4 +27,6 @@ impl RuntimeConditions for Unreported {
             tracing::debug!(object = %key, %type_, status = ?c.status, reason = %c.reason, "condition");
         }
     }
+
+    fn set_reported_labels(&self, _: &ObjectKey, _: Option<BTreeMap<String, String>>) {}
 }

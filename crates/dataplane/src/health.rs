@@ -1,7 +1,7 @@
 //! Peer health: each gateway probes every gateway address of every peer over the peer port (the
 //! same mutual TLS as tunnels), and load balancing tries unreachable peers last.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -24,29 +24,51 @@ use crate::conditions::RuntimeConditions;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::tunnel::{HEALTH_REQUEST, read_head};
+use crate::tunnel::{HEALTH_REQUEST, labels_of_health_response, read_head};
 
 /// The probe periods, timeout and counts (with their reasons) are in [`Limits`].
 const L: Limits = Limits::DEFAULT;
 
 const PEER_REACHABLE: ConditionType = ConditionType::PeerReachable;
 
-/// Which peers are known to be unreachable; read per connection by load balancing.
+/// What the probes found about each peer: whether it is unreachable (read per connection by load
+/// balancing) and the labels it reports about itself (read per connection by egress policy).
 #[derive(Clone, Default)]
-pub struct PeerHealth(Arc<RwLock<HashMap<String, bool>>>);
+pub struct PeerHealth {
+    reachable: Arc<RwLock<HashMap<String, bool>>>,
+    labels: Arc<RwLock<HashMap<String, BTreeMap<String, String>>>>,
+}
 
 impl PeerHealth {
     /// True only for a peer whose probes have failed; an unprobed peer is given a chance.
     pub fn is_unreachable(&self, peer: &str) -> bool {
-        self.0.read().get(peer) == Some(&false)
+        self.reachable.read().get(peer) == Some(&false)
+    }
+
+    /// The labels `peer` reported in its last answer to a probe (none before the first).
+    pub fn reported_labels(&self, peer: &str) -> BTreeMap<String, String> {
+        self.labels.read().get(peer).cloned().unwrap_or_default()
     }
 
     fn set(&self, peer: &str, reachable: Option<bool>) {
-        let mut map = self.0.write();
+        let mut map = self.reachable.write();
         match reachable {
             Some(r) => map.insert(peer.to_string(), r),
             None => map.remove(peer),
         };
+    }
+
+    /// Records `labels`; true when they differ from what `peer` reported before.
+    fn set_labels(&self, peer: &str, labels: Option<BTreeMap<String, String>>) -> bool {
+        let mut map = self.labels.write();
+        match labels {
+            Some(l) if map.get(peer) == Some(&l) => false,
+            Some(l) => {
+                map.insert(peer.to_string(), l);
+                true
+            }
+            None => map.remove(peer).is_some(),
+        }
     }
 }
 
@@ -124,8 +146,10 @@ pub(crate) async fn run_probers(
             // Awaited, so a probe finishing right now cannot write after the state is cleared.
             let _ = prober.task.await;
             health.set(&name, None);
+            health.set_labels(&name, None);
             metrics.peer_reachable(&name, None);
             conditions.set(&peer_key(&name), PEER_REACHABLE, None);
+            conditions.set_reported_labels(&peer_key(&name), None);
         }
         for (name, peer) in &snapshot.peers {
             if !probers.contains_key(name) {
@@ -172,11 +196,17 @@ async fn probe_forever(
     loop {
         let connector = TlsConnector::from(tls.borrow().client.clone());
         let result = probe_any(&connector, &name, &gateways).await;
+        if let Ok((_, labels)) = &result
+            && health.set_labels(&name, Some(labels.clone()))
+        {
+            tracing::info!(peer = %name, ?labels, "peer reports its labels");
+            conditions.set_reported_labels(&peer_key(&name), Some(labels.clone()));
+        }
         if let Some(reachable) = tracker.observe(result.is_ok()) {
             health.set(&name, Some(reachable));
             metrics.peer_reachable(&name, Some(reachable));
             let condition = match &result {
-                Ok(addr) => Condition::new(
+                Ok((addr, _)) => Condition::new(
                     PEER_REACHABLE,
                     ConditionStatus::True,
                     ConditionReason::Probed,
@@ -200,12 +230,13 @@ async fn probe_forever(
     }
 }
 
-/// Probes every gateway of the peer at once; reachable if any answers.
+/// Probes every gateway of the peer at once; reachable if any answers. The first answer's
+/// address and the labels the peer reported in it.
 async fn probe_any(
     connector: &TlsConnector,
     peer: &str,
     gateways: &[(String, u16)],
-) -> Result<String, String> {
+) -> Result<(String, BTreeMap<String, String>), String> {
     let name = ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
     let mut probes = JoinSet::new();
     for (host, port) in gateways.iter().cloned() {
@@ -213,7 +244,7 @@ async fn probe_any(
         probes.spawn(async move {
             let addr = format!("{host}:{port}");
             match timeout(L.probe_timeout, probe(&connector, name, &host, port)).await {
-                Ok(Ok(())) => Ok(addr),
+                Ok(Ok(labels)) => Ok((addr, labels)),
                 Ok(Err(e)) => Err(format!("{addr}: {e}")),
                 Err(_) => Err(format!("{addr}: no answer within {:?}", L.probe_timeout)),
             }
@@ -222,7 +253,7 @@ async fn probe_any(
     let mut errors = Vec::new();
     while let Some(joined) = probes.join_next().await {
         match joined {
-            Ok(Ok(addr)) => return Ok(addr),
+            Ok(Ok(answer)) => return Ok(answer),
             Ok(Err(e)) => errors.push(e),
             Err(e) => errors.push(e.to_string()),
         }
@@ -239,7 +270,7 @@ async fn probe(
     name: ServerName<'static>,
     host: &str,
     port: u16,
-) -> Result<(), String> {
+) -> Result<BTreeMap<String, String>, String> {
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -251,11 +282,7 @@ async fn probe(
         .await
         .map_err(|e| e.to_string())?;
     let (head, _) = read_head(&mut tls).await.map_err(|e| e.to_string())?;
-    if head.starts_with(b"HTTP/1.1 200 ") {
-        Ok(())
-    } else {
-        Err("unexpected health answer".into())
-    }
+    labels_of_health_response(&head).map_err(|e| format!("unexpected health answer: {e}"))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +28,13 @@ use crate::live::LiveTunnels;
 use crate::metrics::{Listener, Metrics, Refusal, Side, Unserved};
 use clusterlink_api::attributes::Attributes;
 
-use crate::policy::{export_attributes, peer_attributes};
+use crate::policy::{export_attributes, peer_attributes, peer_labels};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{TLS_SEND_BUFFER, relay};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
-    ExportRef, HEALTH_RESPONSE, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason,
-    TunnelResponse, read_head,
+    ExportRef, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason, TunnelResponse,
+    health_response, read_head,
 };
 use crate::workers::serve_on_worker;
 
@@ -88,8 +89,9 @@ pub(crate) async fn serve(
         async move {
             while snapshots.changed().await.is_ok() {
                 let snapshot = snapshots.borrow_and_update().clone();
-                port.live
-                    .revalidate(|t| decide(&snapshot, &t.peer, &t.client, &t.export).is_ok());
+                port.live.revalidate(|t| {
+                    decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
+                });
             }
         }
     });
@@ -287,7 +289,8 @@ async fn serve_request(
     let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
         Ok(PeerRequest::Health) => {
-            tls.write_all(HEALTH_RESPONSE)
+            let labels = snapshots.borrow().local_labels.clone();
+            tls.write_all(&health_response(&labels))
                 .await
                 .map_err(PeerConnectionError::io("answering a health probe"))?;
             let _ = tls.shutdown().await;
@@ -306,7 +309,13 @@ async fn serve_request(
     let decision_started = std::time::Instant::now();
     // One snapshot for the whole decision.
     let snapshot = snapshots.borrow().clone();
-    let outcome = decide(&snapshot, peer, &request.client, &request.export);
+    let outcome = decide(
+        &snapshot,
+        peer,
+        &request.peer_labels,
+        &request.client,
+        &request.export,
+    );
     metrics.authorized(Side::Ingress, decision_started.elapsed());
     let (host, port) = match outcome {
         Ok(target) => target,
@@ -369,6 +378,7 @@ async fn serve_request(
     tracing::debug!(%peer, export = %request.export, "tunnel established");
     let registered = live.register(IngressTunnel {
         peer: peer.to_string(),
+        peer_labels: request.peer_labels.clone(),
         client: request.client.clone(),
         export: request.export.clone(),
     });
@@ -377,6 +387,7 @@ async fn serve_request(
     if decide(
         &snapshots.borrow().clone(),
         peer,
+        &request.peer_labels,
         &request.client,
         &request.export,
     )
@@ -422,6 +433,7 @@ async fn serve_request(
 fn decide(
     snapshot: &Snapshot,
     peer: &str,
+    reported_labels: &BTreeMap<String, String>,
     client: &Attributes,
     export: &ExportRef,
 ) -> Result<(String, u16), TunnelResponse> {
@@ -434,12 +446,12 @@ fn decide(
         ));
     };
     let mut src: Attributes = client.clone();
-    let peer_labels = snapshot
+    let administered = snapshot
         .peers
         .get(peer)
         .map(|p| p.labels.clone())
         .unwrap_or_default();
-    peer_attributes(&mut src, peer, &peer_labels);
+    peer_attributes(&mut src, peer, &peer_labels(reported_labels, &administered));
     let mut dst = Attributes::new();
     peer_attributes(&mut dst, local, &snapshot.local_labels);
     export_attributes(&mut dst, &export.name, &export.namespace, &entry.labels);
@@ -457,6 +469,7 @@ fn decide(
 /// A live ingress tunnel, as much as is needed to decide it again.
 pub(crate) struct IngressTunnel {
     peer: String,
+    peer_labels: BTreeMap<String, String>,
     client: Attributes,
     export: ExportRef,
 }

@@ -216,6 +216,19 @@ impl PolicyEngine {
     }
 }
 
+/// The labels policies see for a remote peer: what it reports about itself (over the peer port,
+/// authenticated as that peer) with the local administrator's labels on its Peer object laid
+/// over them. The administrator's own assertion wins a clash; a label only the peer reports
+/// still counts, as in the reference ClusterLink.
+pub fn peer_labels(
+    reported: &BTreeMap<String, String>,
+    administered: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut labels = reported.clone();
+    labels.extend(administered.iter().map(|(k, v)| (k.clone(), v.clone())));
+    labels
+}
+
 /// Builds attribute sets with the keys of DESIGN.md §2.
 pub fn peer_attributes(out: &mut Attributes, name: &str, labels: &BTreeMap<String, String>) {
     out.insert(attributes::PEER_NAME.into(), name.into());
@@ -384,6 +397,20 @@ mod tests {
         );
         let known = attrs(&[(attributes::CLIENT_NAMESPACE, "web")]);
         assert!(engine.decide("default", &known, &attrs(&[])).allowed);
+    }
+
+    #[test]
+    fn the_administrators_peer_labels_win_over_what_the_peer_reports() {
+        let pairs = |p: &[(&str, &str)]| -> BTreeMap<String, String> {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let merged = peer_labels(
+            &pairs(&[("env", "prod"), ("zone", "a")]),
+            &pairs(&[("env", "dev")]),
+        );
+        assert_eq!(merged, pairs(&[("env", "dev"), ("zone", "a")]));
     }
 
     #[test]

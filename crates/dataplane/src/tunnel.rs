@@ -4,6 +4,7 @@
 //! CONNECT reviews.default:443 HTTP/1.1          export `reviews` in namespace `default`
 //! host: reviews.default:443
 //! x-clusterlink-client: {"client.clusterlink.net/namespace":"web",...}
+//! x-clusterlink-peer-labels: {"env":"prod"}     the requesting gateway's own labels
 //! x-clusterlink-hops: 1                         tunnels this connection already went through
 //!
 //! HTTP/1.1 200 OK                               then framed bytes both ways
@@ -17,7 +18,11 @@
 //! A refusal is a non-200 status with `x-clusterlink-reason` (machine-readable) and a short JSON
 //! body. The requesting peer's identity is never part of the request: the answering gateway takes
 //! it from the TLS client certificate. The client attributes a peer sends are used only under that
-//! authenticated name, and only `client.clusterlink.net/*` keys are accepted from it.
+//! authenticated name, and only `client.clusterlink.net/*` keys are accepted from it. The labels a
+//! gateway sends about itself (with each tunnel request, and in its answer to a health probe)
+//! are its own assertion under its authenticated name: policies see them as
+//! `peer.clusterlink.net/labels.*`, except where the receiving side's administrator labelled the
+//! Peer object, whose labels win.
 //!
 //! A gateway whose export leads to one of its own imports passes the count on, plus one; at
 //! [`MAX_HOPS`] the request is refused, so a forwarding loop ends after a few tunnels instead of
@@ -25,9 +30,11 @@
 //!
 //! Parsing is bounded ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`]) and never panics.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use clusterlink_api::attributes::is_client_attribute;
+use clusterlink_api::validation::{check_label_key, check_label_value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
@@ -46,6 +53,7 @@ const AUTHORITY_PORT: u16 = 443;
 pub const MAX_HOPS: u8 = 8;
 const CLIENT_HEADER: &str = "x-clusterlink-client";
 const HOPS_HEADER: &str = "x-clusterlink-hops";
+const PEER_LABELS_HEADER: &str = "x-clusterlink-peer-labels";
 const REASON_HEADER: &str = "x-clusterlink-reason";
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +104,29 @@ pub struct TunnelRequest {
     pub client: Attributes,
     /// Tunnels the connection went through before this one (0 for a client's own connection).
     pub hops: u8,
+    /// The requesting gateway's own labels (`--label`).
+    pub peer_labels: BTreeMap<String, String>,
+}
+
+/// `{"key":"value",...}` of valid Kubernetes label keys and values: a peer's labels.
+fn parse_peer_labels(value: &[u8]) -> Result<BTreeMap<String, String>, ProtocolError> {
+    let labels: BTreeMap<String, String> = serde_json::from_slice(value)
+        .map_err(|e| ProtocolError::Malformed(format!("{PEER_LABELS_HEADER}: {e}")))?;
+    for (k, v) in &labels {
+        check_label_key(k)
+            .and_then(|()| check_label_value(v))
+            .map_err(|e| ProtocolError::Malformed(format!("{PEER_LABELS_HEADER} {k:?}: {e}")))?;
+    }
+    Ok(labels)
+}
+
+fn peer_labels_line(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    // A map of strings always serializes; an empty object is the safe fallback regardless.
+    let json = serde_json::to_string(labels).unwrap_or_else(|_| "{}".into());
+    format!("{PEER_LABELS_HEADER}: {json}\r\n")
 }
 
 impl TunnelRequest {
@@ -107,8 +138,9 @@ impl TunnelRequest {
         // A map of strings always serializes; an empty object is the safe fallback regardless.
         let client = serde_json::to_string(&self.client).unwrap_or_else(|_| "{}".into());
         let hops = self.hops;
+        let labels = peer_labels_line(&self.peer_labels);
         format!(
-            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{HOPS_HEADER}: {hops}\r\n\r\n"
+            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{labels}{HOPS_HEADER}: {hops}\r\n\r\n"
         )
         .into_bytes()
     }
@@ -142,6 +174,7 @@ impl TunnelRequest {
                 ))
             })?;
         let mut client = Attributes::new();
+        let mut peer_labels = BTreeMap::new();
         let mut hops = 0;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case(HOPS_HEADER) {
@@ -160,6 +193,8 @@ impl TunnelRequest {
                     )));
                 }
                 client = parsed;
+            } else if h.name.eq_ignore_ascii_case(PEER_LABELS_HEADER) {
+                peer_labels = parse_peer_labels(h.value)?;
             }
         }
         Ok(TunnelRequest {
@@ -169,6 +204,7 @@ impl TunnelRequest {
             },
             client,
             hops,
+            peer_labels,
         })
     }
 }
@@ -182,8 +218,39 @@ pub enum PeerRequest {
 
 /// The health probe; answered `200` with an empty body by a live gateway.
 pub const HEALTH_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n\r\n";
-/// The answer to [`HEALTH_REQUEST`].
-pub const HEALTH_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+/// The answer to [`HEALTH_REQUEST`], carrying the answering gateway's own labels.
+pub fn health_response(labels: &BTreeMap<String, String>) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\n{}content-length: 0\r\n\r\n",
+        peer_labels_line(labels)
+    )
+    .into_bytes()
+}
+
+/// The labels a health answer carries; an error if it is not a `200`.
+pub fn labels_of_health_response(head: &[u8]) -> Result<BTreeMap<String, String>, ProtocolError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
+        Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
+    }
+    if response.code != Some(200) {
+        return Err(ProtocolError::Malformed(format!(
+            "health answer {:?}",
+            response.code
+        )));
+    }
+    match response
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(PEER_LABELS_HEADER))
+    {
+        Some(h) => parse_peer_labels(h.value),
+        None => Ok(BTreeMap::new()),
+    }
+}
 
 impl PeerRequest {
     pub fn decode(head: &[u8]) -> Result<PeerRequest, ProtocolError> {
@@ -345,6 +412,7 @@ mod tests {
             )]
             .into(),
             hops: 2,
+            peer_labels: [("env".to_string(), "prod".to_string())].into(),
         }
     }
 

@@ -6,7 +6,7 @@
 //! transaction (one fsync), and only then publishes it and answers. Readers see a consistent
 //! snapshot without waiting on disk.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -97,6 +97,8 @@ type RuntimeConditions = HashMap<ObjectKey, Vec<Condition>>;
 pub struct ControlPlane {
     objects: watch::Sender<Arc<Objects>>,
     runtime: Arc<RwLock<RuntimeConditions>>,
+    /// The labels each Peer reports about itself (its `status.labels`).
+    reported_labels: Arc<RwLock<HashMap<ObjectKey, BTreeMap<String, String>>>>,
     writer: mpsc::Sender<Request>,
     store: Arc<dyn Store>,
 }
@@ -123,6 +125,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             objects,
             runtime: Arc::default(),
+            reported_labels: Arc::default(),
             writer: tx,
             store,
         })
@@ -170,8 +173,15 @@ impl ControlPlane {
 
     fn with_status(&self, obj: Object) -> Object {
         let runtime = self.runtime.read();
-        let conditions = runtime.get(&obj.key()).map(Vec::as_slice).unwrap_or(&[]);
-        with_status(obj, conditions)
+        let key = obj.key();
+        let conditions = runtime.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let labels = self
+            .reported_labels
+            .read()
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        with_status(obj, conditions, labels)
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Object> {
@@ -240,6 +250,14 @@ impl ControlPlane {
 impl clusterlink_dataplane::RuntimeConditions for ControlPlane {
     fn set(&self, key: &ObjectKey, type_: ConditionType, condition: Option<Condition>) {
         self.set_condition(key, type_, condition);
+    }
+
+    fn set_reported_labels(&self, key: &ObjectKey, labels: Option<BTreeMap<String, String>>) {
+        let mut reported = self.reported_labels.write();
+        match labels {
+            Some(l) => reported.insert(key.clone(), l),
+            None => reported.remove(key),
+        };
     }
 }
 
@@ -416,7 +434,11 @@ fn decide(
 
 /// The status a person sees on get: the conditions the object earns by being admitted, replaced
 /// by any of the same type the running gateway reported.
-fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
+fn with_status(
+    mut obj: Object,
+    runtime: &[Condition],
+    reported_labels: BTreeMap<String, String>,
+) -> Object {
     let carried = obj.kind().condition();
     let admitted = match &obj {
         Object::Peer(_) => vec![Condition::new(
@@ -451,7 +473,11 @@ fn with_status(mut obj: Object, runtime: &[Condition]) -> Object {
         .filter(|c| runtime.iter().all(|r| r.type_ != c.type_))
         .collect();
     conditions.extend(runtime.iter().cloned());
-    obj.set_status((!conditions.is_empty()).then_some(Status { conditions }));
+    let status = Status {
+        conditions,
+        labels: reported_labels,
+    };
+    obj.set_status((status != Status::default()).then_some(status));
     obj
 }
 

@@ -183,6 +183,24 @@ impl Executor {
                 let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
                 delete(&api, name, "EndpointSlice", namespace).await
             }
+            Change::SetPeerLabels {
+                namespace,
+                name,
+                labels,
+            } => {
+                let api: Api<KubePeer> = Api::namespaced(self.client.clone(), namespace);
+                let patch = Patch::Merge(json!({"status": {"labels": labels}}));
+                match api
+                    .patch_status(name, &PatchParams::default(), &patch)
+                    .await
+                {
+                    // Deleted since the pass began: nothing to report on.
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    other => other.map(drop).map_err(failed(format!(
+                        "writing the labels peer {namespace}/{name} reports into its status"
+                    ))),
+                }
+            }
             Change::SetStatus {
                 kind,
                 namespace,
@@ -237,7 +255,7 @@ fn phase(change: &Change) -> u8 {
         Change::SetTargetPort { .. } => 0,
         Change::ApplyService(_) | Change::ApplyEndpointSlice(_) => 1,
         Change::DeleteService { .. } | Change::DeleteEndpointSlice { .. } => 2,
-        Change::SetStatus { .. } => 3,
+        Change::SetStatus { .. } | Change::SetPeerLabels { .. } => 3,
     }
 }
 

@@ -2,6 +2,9 @@
 //! fills from its store, so policy, load balancing and the data plane do not know which source
 //! they run on.
 
+use std::collections::BTreeMap;
+
+use clusterlink_api::kubernetes::KubePeer;
 use clusterlink_api::{ConditionReason, ConditionType, Kind, Object, Port, ServiceNaming};
 use clusterlink_gateway::model::ControlPlane;
 
@@ -80,6 +83,35 @@ pub fn peer_status_changes(control_plane: &ControlPlane, world: &World) -> Vec<C
             peer.status.as_ref(),
             condition,
         ));
+        changes.extend(peer_labels_change(control_plane, peer));
     }
     changes
+}
+
+/// The write that makes a Peer's `status.labels` what the peer last reported, if they differ.
+fn peer_labels_change(control_plane: &ControlPlane, peer: &KubePeer) -> Option<Change> {
+    let reported = convert::peer(peer)
+        .ok()
+        .and_then(|model| control_plane.get(&model.key()))
+        .and_then(|o| o.status().map(|s| s.labels.clone()))
+        .unwrap_or_default();
+    let shown = peer
+        .status
+        .as_ref()
+        .map(|s| s.labels.clone())
+        .unwrap_or_default();
+    if reported == shown {
+        return None;
+    }
+    let mut labels: BTreeMap<String, Option<String>> = shown
+        .into_keys()
+        .filter(|k| !reported.contains_key(k))
+        .map(|k| (k, None))
+        .collect();
+    labels.extend(reported.into_iter().map(|(k, v)| (k, Some(v))));
+    Some(Change::SetPeerLabels {
+        namespace: peer.metadata.namespace.clone().unwrap_or_default(),
+        name: peer.metadata.name.clone().unwrap_or_default(),
+        labels,
+    })
 }

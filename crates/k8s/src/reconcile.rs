@@ -114,6 +114,13 @@ pub enum Change {
         name: String,
         conditions: Vec<Condition>,
     },
+    /// Show the labels a Peer reports about itself in its `status.labels`: each key set to its
+    /// value, or removed where the value is `None`.
+    SetPeerLabels {
+        namespace: String,
+        name: String,
+        labels: BTreeMap<String, Option<String>>,
+    },
 }
 
 /// The changes that bring the cluster from `world` to the desired state, in the order to make
@@ -395,6 +402,7 @@ pub(crate) fn refused(reason: ConditionReason, message: String) -> Condition {
         reason: reason.as_str().to_string(),
         message,
         last_transition_time: None,
+        observed_generation: None,
     }
 }
 
@@ -406,13 +414,15 @@ pub(crate) fn status_change(
     mut condition: Condition,
 ) -> Option<Change> {
     condition.type_ = kind.condition().as_str().to_string();
+    condition.observed_generation = meta.generation;
     let existing = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let mut conditions = existing.to_vec();
     match conditions.iter_mut().find(|c| c.type_ == condition.type_) {
         Some(c) => {
             let same = c.status == condition.status
                 && c.reason == condition.reason
-                && c.message == condition.message;
+                && c.message == condition.message
+                && c.observed_generation == condition.observed_generation;
             if same {
                 return None;
             }

@@ -47,7 +47,14 @@ impl Egress {
                 .imports
                 .get(&t.import)
                 .is_some_and(|i| i.sources.contains(&t.source))
-                && egress_decision(snapshot, &t.import, &t.client, &t.source).is_ok()
+                && egress_decision(
+                    snapshot,
+                    &t.import,
+                    &t.client,
+                    &t.source,
+                    &self.dialer.health,
+                )
+                .is_ok()
         });
         self.dialer.sweep_pool(snapshot);
     }
@@ -80,7 +87,14 @@ impl Egress {
                 namespace: source.export_namespace.clone(),
                 name: source.export_name.clone(),
             };
-            let peer = match egress_decision(snapshot, key, &client_attributes, source) {
+            let decision = egress_decision(
+                snapshot,
+                key,
+                &client_attributes,
+                source,
+                &self.dialer.health,
+            );
+            let peer = match decision {
                 Ok(peer) => peer,
                 Err(EgressRefusal::NoSuchPeer) => {
                     tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
@@ -97,6 +111,7 @@ impl Egress {
                 export: export.clone(),
                 client: client_attributes.clone(),
                 hops: self.relayed.hops_from(remote.port()),
+                peer_labels: snapshot.local_labels.clone(),
             };
             match self
                 .dialer

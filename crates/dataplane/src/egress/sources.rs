@@ -8,7 +8,8 @@ use clusterlink_api::{ImportSource, LbScheme, ObjectKey};
 
 use clusterlink_api::attributes::Attributes;
 
-use crate::policy::{PolicyDecision, export_attributes, peer_attributes};
+use crate::health::PeerHealth;
+use crate::policy::{PolicyDecision, export_attributes, peer_attributes, peer_labels};
 use crate::snapshot::{ImportEntry, PeerEntry, Snapshot};
 
 /// The sources in the order to try them for one connection: the import's scheme decides the
@@ -53,6 +54,7 @@ pub(super) fn egress_decision<'a>(
     import: &ObjectKey,
     client: &Attributes,
     source: &ImportSource,
+    health: &PeerHealth,
 ) -> Result<&'a PeerEntry, EgressRefusal> {
     let peer = snapshot
         .peers
@@ -61,7 +63,8 @@ pub(super) fn egress_decision<'a>(
     let mut src = client.clone();
     peer_attributes(&mut src, &snapshot.local_peer, &snapshot.local_labels);
     let mut dst = Attributes::new();
-    peer_attributes(&mut dst, &source.peer, &peer.labels);
+    let labels = peer_labels(&health.reported_labels(&source.peer), &peer.labels);
+    peer_attributes(&mut dst, &source.peer, &labels);
     // The importing side cannot see the export's labels; as in the reference ClusterLink, the
     // import's own labels stand for them, so `to` can select imports by label on egress.
     let no_labels = Default::default();

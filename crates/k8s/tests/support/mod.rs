@@ -182,6 +182,7 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
             } => {
                 let status = Some(clusterlink_api::Status {
                     conditions: conditions.clone(),
+                    labels: Default::default(),
                 });
                 let k = (namespace.clone(), name.clone());
                 match kind {
@@ -195,6 +196,22 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
                         set_status(&mut world.privileged_policies, &k, status, |o| {
                             &mut o.status
                         })
+                    }
+                }
+            }
+            Change::SetPeerLabels {
+                namespace,
+                name,
+                labels,
+            } => {
+                let k = (namespace.clone(), name.clone());
+                for peer in world.peers.iter_mut().filter(|p| key(&p.metadata) == k) {
+                    let shown = &mut peer.status.get_or_insert_with(Default::default).labels;
+                    for (label, value) in labels {
+                        match value {
+                            Some(v) => shown.insert(label.clone(), v.clone()),
+                            None => shown.remove(label),
+                        };
                     }
                 }
             }
