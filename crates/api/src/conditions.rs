@@ -68,6 +68,8 @@ pub enum ConditionReason {
     ServiceIsImport,
     /// An Export's same-named Service does not exist (Kubernetes).
     ServiceNotFound,
+    /// An Export without a port names a Service with several ports (Kubernetes).
+    ServicePortAmbiguous,
     /// A policy is part of every decision in its scope.
     Enforced,
     /// The object does not validate.
@@ -81,7 +83,7 @@ pub enum ConditionReason {
 }
 
 impl ConditionReason {
-    pub const ALL: [ConditionReason; 16] = [
+    pub const ALL: [ConditionReason; 17] = [
         ConditionReason::Accepted,
         ConditionReason::NotProbed,
         ConditionReason::Probed,
@@ -93,6 +95,7 @@ impl ConditionReason {
         ConditionReason::ServiceFound,
         ConditionReason::ServiceIsImport,
         ConditionReason::ServiceNotFound,
+        ConditionReason::ServicePortAmbiguous,
         ConditionReason::Enforced,
         ConditionReason::Invalid,
         ConditionReason::ServiceConflict,
@@ -113,6 +116,7 @@ impl ConditionReason {
             ConditionReason::ServiceFound => "ServiceFound",
             ConditionReason::ServiceIsImport => "ServiceIsImport",
             ConditionReason::ServiceNotFound => "ServiceNotFound",
+            ConditionReason::ServicePortAmbiguous => "ServicePortAmbiguous",
             ConditionReason::Enforced => "Enforced",
             ConditionReason::Invalid => "Invalid",
             ConditionReason::ServiceConflict => "ServiceConflict",

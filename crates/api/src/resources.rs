@@ -386,7 +386,10 @@ pub struct ExportSpec {
     /// The backend to dial; absent means the service of the same name.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host: String,
-    pub port: Port,
+    /// The backend's port. On Kubernetes an export without `host` may leave it out: the port of
+    /// its Service is used (a Service with several ports needs it). Required everywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Port>,
 }
 
 impl Spec for ExportSpec {
@@ -412,6 +415,12 @@ impl Spec for ExportSpec {
             && let Err(e) = check_host(&self.host)
         {
             errors.push("spec.host", e);
+        }
+        if !self.host.is_empty() && self.port.is_none() {
+            errors.push(
+                "spec.port",
+                "required with spec.host (only an export of a Service may leave it out, to use the Service's port)",
+            );
         }
     }
 }

@@ -87,7 +87,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                 } else {
                     e.spec.host.clone()
                 });
-                row.push(e.spec.port.to_string());
+                row.push(e.spec.port.map_or("-".into(), |p| p.to_string()));
                 row.push(condition());
             }
             Object::Import(i) => {

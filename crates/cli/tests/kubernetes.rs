@@ -509,6 +509,48 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
         managed()
     );
 
+    // An Export without a port is admitted and takes its Service's one port; a Service with
+    // several ports makes it say which to choose.
+    let export_reason = |name: &str| {
+        cluster
+            .kubectl(&[
+                "get",
+                "export",
+                name,
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.status.conditions[0].reason} {.status.conditions[0].message}",
+            ])
+            .unwrap_or_default()
+    };
+    cluster
+        .kubectl_with(
+            &["apply", "-f", "-"],
+            Some(
+                "{apiVersion: v1, kind: List, items: [
+                  {apiVersion: v1, kind: Service, metadata: {name: web, namespace: default}, spec: {ports: [{port: 8080}]}},
+                  {apiVersion: v1, kind: Service, metadata: {name: admin, namespace: default}, spec: {ports: [{name: a, port: 80}, {name: b, port: 81}]}},
+                  {apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: web, namespace: default}, spec: {}},
+                  {apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {name: admin, namespace: default}, spec: {}}]}",
+            ),
+        )
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || export_reason("web")
+            == "ServiceFound connections go to Service default/web port 8080"),
+        "{:?}",
+        export_reason("web")
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || export_reason("admin")
+            .starts_with(
+                "ServicePortAmbiguous Service default/admin has several ports (80, 81)"
+            )),
+        "{:?}",
+        export_reason("admin")
+    );
+
     // Without one rule of the generated role, the loss is a clear error, not silence: the
     // controller can no longer write Services, and says so naming them.
     let role = cluster

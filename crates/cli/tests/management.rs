@@ -688,4 +688,18 @@ status: {conditions: []}
     let out = gw.gwctl(&["apply", "-f", printed.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("gateway"), "{}", stderr(&out));
+
+    // An export without a port is a Kubernetes form (the Service's port); here it says so.
+    std::fs::write(
+        &printed,
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: web}\nspec: {}\n",
+    )
+    .unwrap();
+    let out = gw.gwctl(&["apply", "-f", printed.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("spec.port: required on a standalone gateway"),
+        "{}",
+        stderr(&out)
+    );
 }

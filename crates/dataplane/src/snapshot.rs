@@ -79,7 +79,9 @@ impl Snapshot {
                     );
                 }
                 Object::Export(e) => {
-                    // Kubernetes exports arrive with their Service's cluster name already set.
+                    // Kubernetes exports arrive with their Service's cluster name and port
+                    // already set; one whose port is still unknown cannot be served.
+                    let Some(port) = e.spec.port else { continue };
                     let host = e.backend_host(ServiceNaming::Bare);
                     snapshot.exports.insert(
                         ExportRef {
@@ -88,7 +90,7 @@ impl Snapshot {
                         },
                         ExportEntry {
                             host,
-                            port: e.spec.port.get(),
+                            port: port.get(),
                             labels: e.metadata.labels.clone(),
                         },
                     );

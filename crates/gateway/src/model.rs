@@ -12,8 +12,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use clusterlink_api::{
-    Condition, ConditionReason, ConditionStatus, ConditionType, FieldErrors, Kind, Object,
-    ObjectKey, Scope, ServiceNaming, Status,
+    Condition, ConditionReason, ConditionStatus, ConditionType, FieldError, FieldErrors, Kind,
+    Object, ObjectKey, Scope, ServiceNaming, Status,
 };
 use clusterlink_store::{Store, StoreError, Write};
 use time::OffsetDateTime;
@@ -230,6 +230,15 @@ impl ControlPlane {
     async fn submit(&self, mutation: Mutation) -> Result<(WriteOutcome, Object), ModelError> {
         if let Mutation::Create(o) | Mutation::Apply(o) = &mutation {
             o.validate().map_err(ModelError::Invalid)?;
+            if let Object::Export(e) = o
+                && e.spec.port.is_none()
+            {
+                // Only Kubernetes has a Service to take the port from.
+                return Err(ModelError::Invalid(FieldErrors(vec![FieldError::new(
+                    "spec.port",
+                    "required on a standalone gateway (on Kubernetes, an export without spec.host may leave it out to use its Service's port)",
+                )])));
+            }
         }
         let mut done = self.send(Change::One(Box::new(mutation))).await?;
         let (outcome, obj) = done.pop().ok_or(ModelError::ShuttingDown)?;
@@ -453,7 +462,10 @@ fn with_status(
                 carried,
                 ConditionStatus::True,
                 ConditionReason::Accepted,
-                format!("connections are served by {host}:{}", e.spec.port),
+                match e.spec.port {
+                    Some(port) => format!("connections are served by {host}:{port}"),
+                    None => format!("connections are served by {host}, on its Service's port"),
+                },
             )]
         }
         Object::Import(i) => vec![Condition::new(

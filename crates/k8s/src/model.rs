@@ -9,7 +9,7 @@ use clusterlink_api::{ConditionReason, ConditionType, Kind, Object, Port, Servic
 use clusterlink_gateway::model::ControlPlane;
 
 use crate::convert;
-use crate::reconcile::{Change, World, assign_target_ports, refused, status_change};
+use crate::reconcile::{Change, World, assign_target_ports, refused, service_port, status_change};
 
 /// The model objects the cluster describes, translated to what the data plane acts on there:
 /// - an import listens on its target port (its Service maps the client-facing port to it), and
@@ -34,6 +34,20 @@ pub fn objects(world: &World) -> Vec<Object> {
     );
     for e in &world.exports {
         if let Ok(Object::Export(mut export)) = convert::export(e) {
+            // Without a port, the export serves its Service's one port; until there is one to
+            // take (the Service exists, with a single port) it is not served.
+            if export.spec.host.is_empty() && export.spec.port.is_none() {
+                let service = world.services.iter().find(|s| {
+                    s.metadata.namespace.as_deref() == Some(export.metadata.namespace.as_str())
+                        && s.metadata.name.as_deref() == Some(export.metadata.name.as_str())
+                });
+                export.spec.port = service
+                    .and_then(|s| service_port(s).ok())
+                    .and_then(Port::new);
+                if export.spec.port.is_none() {
+                    continue;
+                }
+            }
             export.spec.host = export.backend_host(ServiceNaming::Cluster);
             out.push(Object::Export(export));
         }

@@ -329,6 +329,29 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
         .collect()
 }
 
+/// The port an export without `spec.port` takes from its Service: the Service's one port, or
+/// why there is none to take.
+pub(crate) fn service_port(service: &Service) -> Result<u16, String> {
+    let ports: Vec<u16> = service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .filter_map(|p| u16::try_from(p.port).ok())
+        .collect();
+    match ports[..] {
+        [port] => Ok(port),
+        [] => Err("has no port".into()),
+        _ => Err(format!(
+            "has several ports ({}): set spec.port to the one to export",
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Service>) -> Condition {
     let (namespace, name) = (namespace_of(&export.metadata), name_of(&export.metadata));
     if let Err(errors) = convert::export(export) {
@@ -338,14 +361,12 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
         );
     }
     if !export.spec.host.is_empty() {
+        let port = export.spec.port.map_or(0, |p| p.get());
         return Condition::new(
             EXPORT_VALID,
             ConditionStatus::True,
             ConditionReason::HostSet,
-            format!(
-                "connections go to {}:{}",
-                export.spec.host, export.spec.port
-            ),
+            format!("connections go to {}:{port}", export.spec.host),
         );
     }
     match services.get(&(namespace, name)) {
@@ -358,15 +379,26 @@ fn export_condition(export: &KubeExport, services: &HashMap<(&str, &str), &Servi
                  into the fabric. Set spec.host to the service to export"
             ),
         ),
-        Some(_) => Condition::new(
-            EXPORT_VALID,
-            ConditionStatus::True,
-            ConditionReason::ServiceFound,
-            format!(
-                "connections go to Service {namespace}/{name} port {}",
-                export.spec.port
-            ),
-        ),
+        Some(s) => {
+            let port = match export.spec.port {
+                Some(p) => Ok(p.get()),
+                None => service_port(s),
+            };
+            match port {
+                Ok(port) => Condition::new(
+                    EXPORT_VALID,
+                    ConditionStatus::True,
+                    ConditionReason::ServiceFound,
+                    format!("connections go to Service {namespace}/{name} port {port}"),
+                ),
+                Err(why) => Condition::new(
+                    EXPORT_VALID,
+                    ConditionStatus::False,
+                    ConditionReason::ServicePortAmbiguous,
+                    format!("Service {namespace}/{name} {why}"),
+                ),
+            }
+        }
         None => Condition::new(
             EXPORT_VALID,
             ConditionStatus::False,

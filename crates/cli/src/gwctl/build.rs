@@ -79,7 +79,7 @@ pub(super) fn build_object(
         } => {
             let spec = ExportSpec {
                 host: host.unwrap_or_default(),
-                port: port(p, "port")?,
+                port: Some(port(p, "port")?),
             };
             Object::Export(labelled(
                 Resource::new(name, default_ns(&ns), spec),
