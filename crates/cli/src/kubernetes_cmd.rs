@@ -318,14 +318,7 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.snapshot_address)
         .await
         .with_context(|| format!("cannot listen on {}", args.snapshot_address))?;
-    let ops_listener = tokio::net::TcpListener::bind(args.ops_address)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for /healthz and /metrics",
-                args.ops_address
-            )
-        })?;
+    let ops_listener = ops::bind(args.ops_address).await?;
     let control_plane = ControlPlane::open(Arc::new(MemoryStore::default()))?;
     let (hosts_tx, hosts) = watch::channel(Arc::default());
     let mut tasks = tokio::task::JoinSet::new();

@@ -357,25 +357,8 @@ impl Drop for Running {
 }
 
 fn nginx(site: &Site, dir: &Path) -> Running {
-    std::fs::create_dir_all(dir.join("www")).unwrap();
+    let conf = support::sites::nginx_config(dir, WEB_PORT);
     std::fs::write(dir.join("www/index.html"), "served by nginx in west\n").unwrap();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{ listen 0.0.0.0:{WEB_PORT}; root {d}/www; }}
-}}
-",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
     let child = site
         .command("nginx")
         .arg("-c")

@@ -118,28 +118,11 @@ fn a_service_inside_a_site_is_reached_from_another_site_only_through_clusterlink
 
     // nginx in the web site, on every address of the site, serving a 4 MiB file.
     let dir = bed.fabric.root().join("nginx");
-    std::fs::create_dir_all(dir.join("www")).unwrap();
+    let conf = support::sites::nginx_config(&dir, SERVICE_PORT);
     let page: Vec<u8> = (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     std::fs::write(dir.join("www/data.bin"), &page).unwrap();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{ worker_connections 512; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-  server {{ listen 0.0.0.0:{SERVICE_PORT}; root {d}/www; }}
-}}
-",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
     let _nginx = SiteProcess::start(
         web_site,
         &[

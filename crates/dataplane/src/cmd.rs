@@ -64,14 +64,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
     raise_open_file_limit();
     let metrics = Arc::new(Metrics::default());
     let health = ProcessHealth::new();
-    let ops_listener = tokio::net::TcpListener::bind(args.ops_address)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for /healthz and /metrics",
-                args.ops_address
-            )
-        })?;
+    let ops_listener = crate::ops::bind(args.ops_address).await?;
     let ops_address = ops_listener.local_addr()?;
     let mut ops = tokio::spawn(crate::ops::serve(
         ops_listener,

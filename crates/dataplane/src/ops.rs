@@ -98,6 +98,14 @@ impl Default for ProcessHealth {
     }
 }
 
+/// The operations endpoint's listener on `address`, or an error that names what it is for.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for /healthz and /metrics"))
+}
+
 /// Serves the operations endpoint on `listener` until `shutdown` flips.
 pub async fn serve(
     listener: TcpListener,

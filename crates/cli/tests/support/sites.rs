@@ -236,3 +236,27 @@ impl Conversation {
 pub fn reaches(from: &Site, to: SocketAddr) -> bool {
     from.connect(to, CROSS_SITE_CONNECT).is_ok()
 }
+
+/// Writes a configuration in `dir` for an nginx (run as the test's own process, no daemon)
+/// serving `dir/www` on `port` of every address; returns its path.
+pub fn nginx_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 512; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  server {{ listen 0.0.0.0:{port}; root {d}/www; }}
+}}
+",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
