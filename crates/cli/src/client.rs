@@ -96,7 +96,12 @@ impl Client {
                     .with_context(|| format!("peer name {peer:?}"))?;
                 Some((TlsConnector::from(Arc::new(config)), name))
             }
-            other => bail!(
+            None => bail!(
+                "server {s:?} has no scheme: use http://{s} for a gateway's management API on \
+                 loopback, or https://{s} for one that takes admin certificates",
+                s = ctx.server
+            ),
+            Some(other) => bail!(
                 "server {:?}: scheme must be http or https (got {other:?})",
                 ctx.server
             ),

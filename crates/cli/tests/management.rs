@@ -703,3 +703,45 @@ status: {conditions: []}
         stderr(&out)
     );
 }
+
+#[test]
+fn version_names_both_ends_and_mistakes_get_a_hint() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    let version = gw.gwctl_ok(&["version"]);
+    let client = format!("client: gwctl {}\n", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&client), "{version}");
+    assert!(
+        version.contains(&format!(
+            "server: {} (API clusterlink.net/v1alpha1), peer p1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+
+    // A misspelt kind gets the closest one; a word far from any kind gets only the list.
+    let out = gw.gwctl(&["get", "imprts"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("did you mean \"imports\"?"),
+        "{}",
+        stderr(&out)
+    );
+    let out = gw.gwctl(&["get", "services"]);
+    assert!(!stderr(&out).contains("did you mean"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("use peers, exports"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A server without a scheme is explained, with both forms to choose from.
+    let bare = format!("127.0.0.1:{}", gw.port());
+    let out = run(GWCTL, &["--server", &bare, "get", "peers"], f.root());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("has no scheme: use http://{bare}")),
+        "{}",
+        stderr(&out)
+    );
+}

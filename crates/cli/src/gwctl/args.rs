@@ -82,6 +82,9 @@ pub enum Command {
     /// Manage saved contexts.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print gwctl's version, and the gateway's version and peer name.
+    #[command(after_help = "Example:\n  gwctl version\n  gwctl --context p1 version")]
+    Version,
 }
 
 #[derive(Debug, Args)]

@@ -113,12 +113,46 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             println!("{key} created");
             Ok(())
         }
+        Command::Version => version(&mut client).await,
         Command::Config(_) => unreachable!("handled above"),
     }
 }
 
+/// gwctl's version, then the gateway's version, API version and peer name.
+async fn version(client: &mut Client) -> anyhow::Result<()> {
+    println!("client: gwctl {}", env!("CARGO_PKG_VERSION"));
+    let reply = client
+        .request(Method::GET, clusterlink_api::rest::VERSION_PATH, None)
+        .await?;
+    reply.ensure_ok()?;
+    let server = &reply.body;
+    let field = |name: &str| server[name].as_str().unwrap_or("?").to_string();
+    println!(
+        "server: {} (API {}), peer {}",
+        field("version"),
+        field("apiVersion"),
+        field("peer")
+    );
+    Ok(())
+}
+
 fn parse_kind(input: &str) -> anyhow::Result<Kind> {
     Kind::from_user_input(input).ok_or_else(|| {
-        anyhow!("unknown kind {input:?}: use peers, exports, imports, accesspolicies (policies) or privilegedaccesspolicies")
+        let lower = input.to_ascii_lowercase();
+        let closest = Kind::ALL
+            .into_iter()
+            .flat_map(|k| {
+                [k.plural(), k.as_str()]
+                    .into_iter()
+                    .chain(k.aliases().iter().copied())
+            })
+            .map(|name| (strsim::damerau_levenshtein(&lower, &name.to_ascii_lowercase()), name))
+            .min();
+        let hint = match closest {
+            // Two edits cover a typo or a swapped pair, without guessing at unrelated words.
+            Some((distance, name)) if distance <= 2 => format!("did you mean {name:?}? "),
+            _ => String::new(),
+        };
+        anyhow!("unknown kind {input:?}: {hint}use peers, exports, imports, accesspolicies (policies) or privilegedaccesspolicies")
     })
 }

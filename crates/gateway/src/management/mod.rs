@@ -81,12 +81,16 @@ pub fn router(
                 .delete(delete_namespaced),
         )
         .route(HEALTHZ_PATH, get(healthz))
-        .route(
-            VERSION_PATH,
-            get(|| async {
-                Json(json!({"version": env!("CARGO_PKG_VERSION"), "apiVersion": API_VERSION}))
-            }),
-        )
+        .route(VERSION_PATH, {
+            let peer = names.peer.clone();
+            get(|| async move {
+                Json(json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "apiVersion": API_VERSION,
+                    "peer": peer,
+                }))
+            })
+        })
         .fallback(|| async {
             ApiError::not_found(format!("no such path; resources are under {API_PREFIX}"))
         })
