@@ -190,10 +190,21 @@ impl Client {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
         let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .with_context(|| format!("request to {} failed", self.target.server))?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            // An answer that is not HTTP at all: most often a TLS record from a gateway's peer
+            // port (the alert that refuses a plaintext client).
+            let hint = if e.is_parse() {
+                format!(
+                    "; the server does not speak HTTP: is this a gateway's peer port (mutual \
+                     TLS, for other gateways)? gwctl talks to its management API (cl-gateway \
+                     --management-address, {} by default)",
+                    crate::gateway_cmd::DEFAULT_MANAGEMENT_ADDRESS
+                )
+            } else {
+                String::new()
+            };
+            anyhow!("request to {} failed: {e}{hint}", self.target.server)
+        })?;
         let status = response.status();
         let result = response
             .headers()

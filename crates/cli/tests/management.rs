@@ -744,4 +744,31 @@ fn version_names_both_ends_and_mistakes_get_a_hint() {
         "{}",
         stderr(&out)
     );
+
+    // Pointed at the peer port by mistake, gwctl says what it reached and where to go instead.
+    let peer_port = format!("http://{}", gw.peer_address);
+    let out = run(GWCTL, &["--server", &peer_port, "get", "peers"], f.root());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is this a gateway's peer port")
+            && stderr(&out).contains("--management-address"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Completion scripts for three shells, from the same definitions as the parser.
+    for (shell, marker) in [
+        ("bash", "_gwctl()"),
+        ("zsh", "#compdef gwctl"),
+        ("fish", "complete -c gwctl"),
+    ] {
+        let out = run(GWCTL, &["completion", shell], f.root());
+        assert!(out.status.success(), "{}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("apply") && script.contains("version"),
+            "{shell}"
+        );
+    }
 }

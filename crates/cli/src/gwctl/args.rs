@@ -41,6 +41,9 @@ pub struct Gwctl {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or update objects from manifests (YAML or JSON, one or many documents).
+    #[command(
+        after_help = "Examples:\n  gwctl apply -f examples/manifests/\n  kubectl get imports -o yaml | gwctl apply -f -"
+    )]
     Apply {
         /// A file, a directory (its .yaml, .yml and .json files) or - for standard input.
         #[arg(
@@ -54,6 +57,7 @@ pub enum Command {
         ns: NamespaceArg,
     },
     /// List objects, or show one.
+    #[command(after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml")]
     Get {
         /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies.
         kind: String,
@@ -67,6 +71,9 @@ pub enum Command {
         output: Format,
     },
     /// Delete an object by kind and name, or every object a manifest names.
+    #[command(
+        after_help = "Examples:\n  gwctl delete import web -n shop\n  gwctl delete -f examples/manifests/policies.yaml"
+    )]
     Delete {
         kind: Option<String>,
         name: Option<String>,
@@ -82,9 +89,27 @@ pub enum Command {
     /// Manage saved contexts.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script: bash, zsh or fish.
+    #[command(
+        after_help = "Examples:\n  gwctl completion bash > /etc/bash_completion.d/gwctl\n  \
+        gwctl completion zsh > \"${fpath[1]}/_gwctl\"\n  \
+        gwctl completion fish > ~/.config/fish/completions/gwctl.fish"
+    )]
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
     /// Print gwctl's version, and the gateway's version and peer name.
     #[command(after_help = "Example:\n  gwctl version\n  gwctl --context p1 version")]
     Version,
+}
+
+/// The shells `gwctl completion` writes scripts for.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +122,9 @@ pub struct NamespaceArg {
 #[derive(Debug, Subcommand)]
 pub enum CreateCommand {
     /// A remote peer and the address(es) of its gateway.
+    #[command(
+        after_help = "Example:\n  gwctl create peer --name server1 --host 10.0.0.2 --port 443"
+    )]
     Peer {
         #[arg(long)]
         name: String,
@@ -110,6 +138,9 @@ pub enum CreateCommand {
         labels: LabelArgs,
     },
     /// Share a local service with the fabric.
+    #[command(
+        after_help = "Example:\n  gwctl create export --name web --host 127.0.0.1 --port 8000"
+    )]
     Export {
         #[arg(long)]
         name: String,
@@ -125,6 +156,9 @@ pub enum CreateCommand {
         labels: LabelArgs,
     },
     /// Make a service exported by other peers reachable locally.
+    #[command(
+        after_help = "Example:\n  gwctl create import --name web --port 9000 --peer server1 --peer server2"
+    )]
     Import {
         #[arg(long)]
         name: String,
@@ -153,15 +187,24 @@ pub enum CreateCommand {
         labels: LabelArgs,
     },
     /// An access policy matching attribute labels on both ends.
+    #[command(
+        after_help = "Example:\n  gwctl create policy --name web-only --action allow \\\n      --from client.clusterlink.net/labels.app=web --to export.clusterlink.net/name=reviews"
+    )]
     Policy {
         #[arg(long)]
         name: String,
         #[arg(long, value_parser = ["allow", "deny"])]
         action: String,
         /// Attribute the source must have, KEY=VALUE; repeat to require several (default: any).
+        /// Keys: client.clusterlink.net/namespace, client.clusterlink.net/service-account,
+        /// client.clusterlink.net/labels.<key>, peer.clusterlink.net/name,
+        /// peer.clusterlink.net/labels.<key>.
         #[arg(long, value_name = "KEY=VALUE")]
         from: Vec<String>,
-        /// Attribute the destination must have, KEY=VALUE (default: any).
+        /// Attribute the destination must have, KEY=VALUE (default: any). Keys:
+        /// export.clusterlink.net/name, export.clusterlink.net/namespace,
+        /// export.clusterlink.net/labels.<key>, peer.clusterlink.net/name,
+        /// peer.clusterlink.net/labels.<key>.
         #[arg(long, value_name = "KEY=VALUE")]
         to: Vec<String>,
         /// Create a cluster-wide PrivilegedAccessPolicy, evaluated before namespaced ones.
@@ -182,6 +225,9 @@ pub struct LabelArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Save (or update) a context; the first one saved becomes current.
+    #[command(
+        after_help = "Examples:\n  gwctl config set-context p1 --server http://127.0.0.1:8443\n  gwctl config set-context remote --server https://gw.example.com:8443 --peer p1 \\\n      --ca default_fabric/cert.pem --cert default_fabric/admins/alice/cert.pem \\\n      --key default_fabric/admins/alice/key.pem"
+    )]
     SetContext {
         name: String,
         /// http://127.0.0.1:PORT for a loopback gateway, https://HOST:PORT for a remote one.
@@ -204,12 +250,16 @@ pub enum ConfigCommand {
         namespace: Option<String>,
     },
     /// Make a saved context the current one.
+    #[command(after_help = "Example:\n  gwctl config use-context p1")]
     UseContext { name: String },
     /// List saved contexts.
+    #[command(after_help = "Example:\n  gwctl config get-contexts")]
     GetContexts,
     /// Print the current context's name.
+    #[command(after_help = "Example:\n  gwctl config current-context")]
     CurrentContext,
     /// Remove a saved context.
+    #[command(after_help = "Example:\n  gwctl config delete-context p1")]
     DeleteContext { name: String },
 }
 
@@ -220,5 +270,34 @@ fn parse_timeout(text: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{text:?} is not a number of seconds between 0 and 86400"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// Every command a person can run shows an example in its help.
+    #[test]
+    fn every_subcommand_has_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            let subcommands: Vec<&clap::Command> = command.get_subcommands().collect();
+            if subcommands.is_empty() {
+                let help = command
+                    .get_after_help()
+                    .map(|h| h.to_string())
+                    .unwrap_or_default();
+                if !help.contains("gwctl ") {
+                    missing.push(path.clone());
+                }
+            }
+            for sub in subcommands {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Gwctl::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no example in: {missing:?}");
     }
 }

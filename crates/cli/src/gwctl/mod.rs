@@ -17,7 +17,9 @@ use clusterlink_api::rest::{kind_collection_path, object_path};
 use clusterlink_api::{Kind, ObjectKey};
 use http::{Method, StatusCode};
 
-pub use self::args::{Command, ConfigCommand, CreateCommand, Gwctl, LabelArgs, NamespaceArg};
+pub use self::args::{
+    Command, ConfigCommand, CreateCommand, Gwctl, LabelArgs, NamespaceArg, Shell,
+};
 
 use self::apply::{BulkOp, bulk};
 use self::build::build_object;
@@ -29,8 +31,24 @@ use crate::context::{Config, Context, default_config_path};
 /// Runs gwctl; the returned error is printed by `main` and makes the exit status non-zero.
 pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
     let config_path = cli.config.clone().unwrap_or_else(default_config_path);
-    if let Command::Config(cmd) = cli.command {
-        return run_config(&config_path, cmd);
+    match cli.command {
+        Command::Config(cmd) => return run_config(&config_path, cmd),
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(
+                shell,
+                &mut Gwctl::command(),
+                "gwctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let ctx = match &cli.server {
         Some(server) => Context {
@@ -114,7 +132,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Version => version(&mut client).await,
-        Command::Config(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Completion { .. } => unreachable!("handled above"),
     }
 }
 
