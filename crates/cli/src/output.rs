@@ -12,6 +12,8 @@ pub enum Format {
     Table,
     Yaml,
     Json,
+    /// `kind.clusterlink.net/name` per line, as `kubectl get -o name` prints, for scripts.
+    Name,
 }
 
 /// Renders objects in `format`. Several objects in YAML are separate documents; in JSON a `List`.
@@ -24,6 +26,17 @@ pub fn render(
 ) -> String {
     match format {
         Format::Table => table(objects, kind, all_namespaces),
+        Format::Name => objects
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}.{}/{}\n",
+                    o.kind().as_str().to_ascii_lowercase(),
+                    clusterlink_api::API_GROUP,
+                    o.metadata().name
+                )
+            })
+            .collect(),
         Format::Yaml => objects
             .iter()
             .map(|o| serde_yaml_ng::to_string(o).expect("objects serialize"))

@@ -772,3 +772,50 @@ fn version_names_both_ends_and_mistakes_get_a_hint() {
         );
     }
 }
+
+#[test]
+fn get_all_with_a_label_selector_and_names_for_scripts() {
+    let f = Fabric::new(&["p1"]);
+    let gw = f.start("p1");
+    gw.apply(
+        "apiVersion: clusterlink.net/v1alpha1
+kind: Peer
+metadata: {name: p2, labels: {tier: gold}}
+spec: {gateways: [{host: 10.0.0.2, port: 443}]}
+---
+apiVersion: clusterlink.net/v1alpha1
+kind: Export
+metadata: {name: web, labels: {tier: gold}}
+spec: {host: 10.0.0.3, port: 80}
+---
+apiVersion: clusterlink.net/v1alpha1
+kind: Export
+metadata: {name: db, labels: {tier: silver}}
+spec: {host: 10.0.0.4, port: 5432}
+",
+    );
+    assert_eq!(
+        gw.gwctl_ok(&["get", "all", "-A", "-l", "tier=gold", "-o", "name"]),
+        "peer.clusterlink.net/p2\nexport.clusterlink.net/web\n"
+    );
+    assert_eq!(
+        gw.gwctl_ok(&["get", "exports", "-l", "tier!=gold", "-o", "name"]),
+        "export.clusterlink.net/db\n"
+    );
+    // One table per kind that has objects.
+    let tables = gw.gwctl_ok(&["get", "all", "-A"]);
+    let headers = tables.lines().filter(|l| l.ends_with("AGE")).count();
+    assert_eq!(headers, 2, "{tables}");
+    assert!(
+        tables.contains("GATEWAYS") && tables.contains("HOST"),
+        "{tables}"
+    );
+    let out = gw.gwctl(&["get", "exports", "-l", "tier in (gold)"]);
+    assert!(
+        stderr(&out).contains("set-based selectors"),
+        "{}",
+        stderr(&out)
+    );
+    let out = gw.gwctl(&["get", "all", "web"]);
+    assert!(stderr(&out).contains("name a kind"), "{}", stderr(&out));
+}

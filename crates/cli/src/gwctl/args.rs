@@ -57,9 +57,11 @@ pub enum Command {
         ns: NamespaceArg,
     },
     /// List objects, or show one.
-    #[command(after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml")]
+    #[command(
+        after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml\n  gwctl get all -l tier=gold -o name"
+    )]
     Get {
-        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies.
+        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies, or all.
         kind: String,
         name: Option<String>,
         #[command(flatten)]
@@ -67,6 +69,10 @@ pub enum Command {
         /// List across all namespaces.
         #[arg(short = 'A', long, conflicts_with = "namespace")]
         all_namespaces: bool,
+        /// Only objects whose labels match: KEY=VALUE, KEY!=VALUE, KEY (has it) or !KEY (lacks
+        /// it), comma-separated, all of which must hold.
+        #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = super::get::parse_selector)]
+        selector: Option<clusterlink_api::LabelSelector>,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },

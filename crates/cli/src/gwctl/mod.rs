@@ -78,15 +78,24 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             name,
             ns,
             all_namespaces,
+            selector,
             output,
         } => {
-            let kind = parse_kind(&kind)?;
+            let kinds = if kind.eq_ignore_ascii_case("all") {
+                if name.is_some() {
+                    bail!("`gwctl get all` lists every kind; name a kind to show one object");
+                }
+                Kind::ALL.to_vec()
+            } else {
+                vec![parse_kind(&kind)?]
+            };
             get(
                 &mut client,
-                kind,
+                &kinds,
                 name.as_deref(),
                 &default_ns(&ns),
                 all_namespaces,
+                selector.as_ref(),
                 output,
             )
             .await
