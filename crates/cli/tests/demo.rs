@@ -80,3 +80,33 @@ fn the_site_demo_steers_and_denies_across_three_namespaces_and_cleans_up() {
         "left behind:\n{listed}"
     );
 }
+
+#[test]
+fn without_nftables_the_demo_says_what_to_install_and_runs_on_loopback() {
+    if !rustix::process::geteuid().is_root() {
+        // Without root the demo says that first; the site demo's own test covers root.
+        return;
+    }
+    // A PATH with iproute2's `ip` and no `nft`.
+    let bin = tempfile::tempdir().unwrap();
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("iproute2 is installed (scripts/install-test-deps.sh)");
+    std::os::unix::fs::symlink(ip, bin.path().join("ip")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(support::CLUSTERLINK)
+        .arg("demo")
+        .current_dir(dir.path())
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let out = support::stdout(&o);
+    assert!(o.status.success(), "{out}{}", support::stderr(&o));
+    assert!(
+        out.contains("`nft` is not installed: apt-get install nftables"),
+        "{out}"
+    );
+    assert!(out.contains("Running the loopback demo instead"), "{out}");
+    assert!(out.contains("(import reviews) -> ALLOWED"), "{out}");
+}

@@ -49,6 +49,13 @@ pub enum NetnsError {
     },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
+    #[error(
+        "`{program}` is not installed: apt-get install {package} (or your system's {package} package)"
+    )]
+    Missing {
+        program: &'static str,
+        package: &'static str,
+    },
     #[error("site name {0:?}: use 1 to 20 lowercase letters, digits or '-', other than \"wan\"")]
     BadSiteName(String),
     #[error("two sites named {0:?}")]
@@ -64,6 +71,11 @@ pub enum NetnsError {
 pub fn available() -> Result<(), NetnsError> {
     if !rustix::process::geteuid().is_root() {
         return Err(NetnsError::NotRoot);
+    }
+    for (program, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+        if !on_path(program) {
+            return Err(NetnsError::Missing { program, package });
+        }
     }
     let probe = format!(
         "{NAME_PREFIX}{}-{}.probe",
