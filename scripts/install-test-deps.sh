@@ -7,6 +7,8 @@ set -euo pipefail
 needed=()
 want() { command -v "$1" >/dev/null || needed+=("$2"); }
 want openssl openssl
+# The quickstart's test runs the README's block, which serves a directory with python3.
+want python3 python3
 if [ "$(id -u)" -eq 0 ]; then
   want ip iproute2
   want nft nftables

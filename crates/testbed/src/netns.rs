@@ -302,18 +302,23 @@ impl Site {
     /// Drops everything arriving from the WAN but TCP to `open_ports` and replies to connections
     /// the site opened itself.
     fn firewall(&self, open_ports: &[u16]) -> Result<(), NetnsError> {
-        let open_ports = open_ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        let open_ports = match open_ports {
+            [] => String::new(),
+            ports => {
+                let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                format!(
+                    "iifname \"{SITE_INTERFACE}\" tcp dport {{ {} }} accept",
+                    list.join(", ")
+                )
+            }
+        };
         let rules = format!(
             "table inet clusterlink-site {{
   chain input {{
     type filter hook input priority filter; policy drop;
     iifname \"lo\" accept
     ct state established,related accept
-    iifname \"{SITE_INTERFACE}\" tcp dport {{ {open_ports} }} accept
+    {open_ports}
     meta l4proto {{ icmp, ipv6-icmp }} accept
   }}
 }}
