@@ -54,6 +54,13 @@ impl Sites {
         }
     }
 
+    /// Like [`Sites::new`], with every loopback client known (namespace `default`): where a
+    /// policy selects by source attributes, an unknown client would be refused before it.
+    fn with_known_clients(servers: &[&str]) -> Sites {
+        let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
+        Sites::with_client_args(servers, &["--client-attributes", table.to_str().unwrap()])
+    }
+
     /// Imports `svc` from every server on a fresh port, and waits until it listens.
     fn import(&self, scheme: &str) -> u16 {
         let port = free_port();
@@ -236,13 +243,7 @@ fn clients_table(entries: &[&str]) -> std::path::PathBuf {
 
 #[test]
 fn policies_on_peer_names_and_labels_and_export_names() {
-    // The clients are known (policies below select by source attributes, so unknown clients
-    // would be refused before any of them is asked).
-    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
-    let sites = Sites::with_client_args(
-        &["server1"],
-        &["--client-attributes", table.to_str().unwrap()],
-    );
+    let sites = Sites::with_known_clients(&["server1"]);
     let port = sites.import("round-robin");
     let server = &sites.servers[0];
     // Egress: only towards peers labelled env=prod.
@@ -1219,11 +1220,7 @@ fn a_client_with_unknown_attributes_is_refused_on_either_side_while_policies_sel
 
 #[test]
 fn an_egress_policy_selects_imports_by_their_labels_as_export_labels() {
-    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
-    let sites = Sites::with_client_args(
-        &["server1"],
-        &["--client-attributes", table.to_str().unwrap()],
-    );
+    let sites = Sites::with_known_clients(&["server1"]);
     let port = sites.import("round-robin");
     sites.servers[0].apply(&allow_all("allow-all"));
     sites.client.apply(&policy(
@@ -1251,11 +1248,7 @@ fn an_egress_policy_selects_imports_by_their_labels_as_export_labels() {
 
 #[test]
 fn names_follow_kubernetes_rules_per_kind_and_a_dotted_export_carries_traffic() {
-    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);
-    let sites = Sites::with_client_args(
-        &["server1"],
-        &["--client-attributes", table.to_str().unwrap()],
-    );
+    let sites = Sites::with_known_clients(&["server1"]);
     let server = &sites.servers[0];
     let client = &sites.client;
     // A policy name of 74 characters (a DNS subdomain part may be longer than a DNS label) and a

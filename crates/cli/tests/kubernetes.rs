@@ -313,6 +313,20 @@ impl Drop for Controller {
     }
 }
 
+/// A cluster with peer p1 deployed into it by `clusterlink deploy peer`, and p1's fabric.
+fn deployed_p1(root: &Path) -> (TestCluster, Fabric) {
+    let cluster = cluster(root);
+    let fabric = Fabric::new(&["p1"]);
+    let path = fabric.root().to_str().unwrap();
+    let deploy = clusterlink(
+        &cluster,
+        root,
+        &["deploy", "peer", "--name", "p1", "--path", path],
+    );
+    assert!(deploy.status.success(), "{}", stderr(&deploy));
+    (cluster, fabric)
+}
+
 /// An Import of `name` in `default` from peer p2, applied by the admin with kubectl.
 fn apply_import(cluster: &TestCluster, name: &str, port: u16) {
     let import = format!(
@@ -326,15 +340,7 @@ fn apply_import(cluster: &TestCluster, name: &str, port: u16) {
 #[test]
 fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac() {
     let root = tempfile::tempdir().unwrap();
-    let cluster = cluster(root.path());
-    let fabric = Fabric::new(&["p1"]);
-    let path = fabric.root().to_str().unwrap();
-    let deploy = clusterlink(
-        &cluster,
-        root.path(),
-        &["deploy", "peer", "--name", "p1", "--path", path],
-    );
-    assert!(deploy.status.success(), "{}", stderr(&deploy));
+    let (cluster, fabric) = deployed_p1(root.path());
 
     // Its token is its ServiceAccount's, not the admin's: it cannot read the peer's key.
     let own = cluster
@@ -682,15 +688,7 @@ fn the_controller_converges_on_many_imports_among_many_pods() {
     use k8s_openapi::api::core::v1::{Pod, Service};
     let (imports, pods) = scale();
     let root = tempfile::tempdir().unwrap();
-    let cluster = cluster(root.path());
-    let fabric = Fabric::new(&["p1"]);
-    let path = fabric.root().to_str().unwrap();
-    let deploy = clusterlink(
-        &cluster,
-        root.path(),
-        &["deploy", "peer", "--name", "p1", "--path", path],
-    );
-    assert!(deploy.status.success(), "{}", stderr(&deploy));
+    let (cluster, fabric) = deployed_p1(root.path());
     let controller = Controller::start(&cluster, &fabric, "p1");
     let peer = "{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {name: p2, namespace: clusterlink-system}, spec: {gateways: [{host: 10.0.0.2, port: 443}]}}";
     cluster

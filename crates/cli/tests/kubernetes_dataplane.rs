@@ -215,6 +215,37 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
             "the peer port opens with the first snapshot"
         );
         assert_eq!(raw_http(replica.ops_port, "GET", "/readyz", b"").0, 200);
+        // A stranger holding many idle connections to the operations port is cut to its share
+        // at accept, and the kubelet's probe (from another address) still gets its answer.
+        let ops_port = replica.ops_port;
+        // On a thread of its own: `connect_from` runs a runtime of its own.
+        let strangers: Vec<_> = std::thread::spawn(move || {
+            (0..40)
+                .filter_map(|_| connect_from("127.0.0.7", "127.0.0.1", ops_port).ok())
+                .collect()
+        })
+        .join()
+        .unwrap();
+        let closed = strangers
+            .iter()
+            .filter(|stranger| {
+                // Closed at accept: EOF or reset at once. Held: the read times out.
+                stranger
+                    .set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                match std::io::Read::read(&mut &**stranger, &mut [0u8; 1]) {
+                    Ok(0) => true,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    Ok(_) => false,
+                }
+            })
+            .count();
+        assert!(closed >= 20, "only {closed} of 40 were closed");
+        assert_eq!(raw_http(replica.ops_port, "GET", "/healthz", b"").0, 200);
+        drop(strangers);
         let (status, metrics) = raw_http(replica.ops_port, "GET", "/metrics", b"");
         assert_eq!(status, 200);
         assert!(
