@@ -9,6 +9,8 @@ want() { command -v "$1" >/dev/null || needed+=("$2"); }
 want openssl openssl
 # The quickstart's test runs the README's block, which serves a directory with python3.
 want python3 python3
+# The console's test loads it in a real headless browser.
+want chromium chromium
 if [ "$(id -u)" -eq 0 ]; then
   want ip iproute2
   want nft nftables

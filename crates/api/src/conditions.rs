@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-/// The one condition each kind carries (Kubernetes' `metav1.Condition.type`).
+/// The conditions ClusterLink reports (Kubernetes' `metav1.Condition.type`): the one each kind
+/// carries ([`crate::Kind::condition`]), and an Import's [`ConditionType::SourcesReady`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConditionType {
     /// A Peer: whether its gateways answer health probes.
@@ -16,14 +17,17 @@ pub enum ConditionType {
     /// An access policy: whether it is enforced (Kubernetes mode, where the API server accepts
     /// objects before ClusterLink validates them).
     PolicyValid,
+    /// An Import (standalone mode): whether its sources name defined Peers that answer probes.
+    SourcesReady,
 }
 
 impl ConditionType {
-    pub const ALL: [ConditionType; 4] = [
+    pub const ALL: [ConditionType; 5] = [
         ConditionType::PeerReachable,
         ConditionType::ExportValid,
         ConditionType::ImportValid,
         ConditionType::PolicyValid,
+        ConditionType::SourcesReady,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -32,6 +36,7 @@ impl ConditionType {
             ConditionType::ExportValid => "ExportValid",
             ConditionType::ImportValid => "ImportValid",
             ConditionType::PolicyValid => "PolicyValid",
+            ConditionType::SourcesReady => "SourcesReady",
         }
     }
 }
@@ -80,10 +85,16 @@ pub enum ConditionReason {
     TargetPortConflict,
     /// No target port is left to allocate.
     NoFreeTargetPort,
+    /// Every source of an Import names a Peer that answers probes.
+    PeersReachable,
+    /// A source of an Import names a Peer that is not defined.
+    NoSuchPeer,
+    /// No Peer of an Import's sources answers probes.
+    PeersUnreachable,
 }
 
 impl ConditionReason {
-    pub const ALL: [ConditionReason; 17] = [
+    pub const ALL: [ConditionReason; 20] = [
         ConditionReason::Accepted,
         ConditionReason::NotProbed,
         ConditionReason::Probed,
@@ -101,6 +112,9 @@ impl ConditionReason {
         ConditionReason::ServiceConflict,
         ConditionReason::TargetPortConflict,
         ConditionReason::NoFreeTargetPort,
+        ConditionReason::PeersReachable,
+        ConditionReason::NoSuchPeer,
+        ConditionReason::PeersUnreachable,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -122,6 +136,9 @@ impl ConditionReason {
             ConditionReason::ServiceConflict => "ServiceConflict",
             ConditionReason::TargetPortConflict => "TargetPortConflict",
             ConditionReason::NoFreeTargetPort => "NoFreeTargetPort",
+            ConditionReason::PeersReachable => "PeersReachable",
+            ConditionReason::NoSuchPeer => "NoSuchPeer",
+            ConditionReason::PeersUnreachable => "PeersUnreachable",
         }
     }
 }

@@ -8,6 +8,7 @@
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod activity;
 pub mod attributes;
 pub mod clients;
 pub mod conditions;

@@ -6,6 +6,8 @@
 //! | [`API_PREFIX`]`/{resource}` | every object of a kind; cluster- and system-scoped items |
 //! | [`API_PREFIX`]`/namespaces/{ns}/{resource}` | the objects of a kind in one namespace |
 //! | [`HEALTHZ_PATH`], [`METRICS_PATH`], [`VERSION_PATH`] | health, Prometheus metrics, version |
+//! | [`EVENTS_PATH`], [`TRAFFIC_PATH`], [`EXPLAIN_PATH`] | recent tunnels, live counts, a dry-run decision |
+//! | [`CONSOLE_PATH`] | the web console |
 //!
 //! `{resource}` is a kind's plural ([`Kind::plural`]). The builders take path segments as they
 //! are, so the server can build its route patterns from them (`collection_path("{resource}",
@@ -24,6 +26,20 @@ pub const METRICS_PATH: &str = "/metrics";
 
 /// The gateway's version and the API version it serves.
 pub const VERSION_PATH: &str = "/version";
+
+/// The gateway's recent tunnel events, newest first ([`crate::activity::TunnelEvent`]); query
+/// `import=ns/name`, `export=ns/name`, `peer=name`, `limit=n` narrow them.
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
+/// Live counts per import, export and peer ([`crate::activity::Traffic`]).
+pub const TRAFFIC_PATH: &str = "/api/v1/traffic";
+
+/// POST an [`crate::activity::ExplainRequest`]: the decision a new connection would get now, on
+/// both sides ([`crate::activity::Explanation`]).
+pub const EXPLAIN_PATH: &str = "/api/v1/explain";
+
+/// The web console's page.
+pub const CONSOLE_PATH: &str = "/console";
 
 /// Response header carrying what a write did: `created`, `configured`, `unchanged`, `deleted`.
 pub const RESULT_HEADER: &str = "x-clusterlink-result";

@@ -10,6 +10,8 @@ use time::format_description::well_known::Rfc3339;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Table,
+    /// The table, with each condition's message.
+    Wide,
     Yaml,
     Json,
     /// `kind.clusterlink.net/name` per line, as `kubectl get -o name` prints, for scripts.
@@ -25,7 +27,8 @@ pub fn render(
     all_namespaces: bool,
 ) -> String {
     match format {
-        Format::Table => table(objects, kind, all_namespaces),
+        Format::Table => table(objects, kind, all_namespaces, false),
+        Format::Wide => table(objects, kind, all_namespaces, true),
         Format::Name => objects
             .iter()
             .map(|o| {
@@ -52,7 +55,18 @@ pub fn render(
     }
 }
 
-fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
+/// The condition a table's REASON (and, wide, MESSAGE) column shows: the first that is not
+/// `True`, so what is wrong shows, else the kind's own.
+fn telling_condition(obj: &Object) -> Option<&clusterlink_api::Condition> {
+    let status = obj.status()?;
+    status
+        .conditions
+        .iter()
+        .find(|c| c.status != clusterlink_api::ConditionStatus::True)
+        .or_else(|| status.condition(obj.kind().condition()))
+}
+
+fn table(objects: &[Object], kind: Kind, all_namespaces: bool, wide: bool) -> String {
     let namespaced = kind.scope() == Scope::Namespaced && all_namespaces;
     let mut header: Vec<&str> = Vec::new();
     if namespaced {
@@ -65,7 +79,14 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
         Kind::Import => &["PORT", "TARGET-PORT", "LB", "SOURCES", "VALID"][..],
         Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => &["ACTION", "FROM", "TO"][..],
     });
+    let conditioned = !matches!(kind, Kind::AccessPolicy | Kind::PrivilegedAccessPolicy);
+    if conditioned {
+        header.push("REASON");
+    }
     header.push("AGE");
+    if wide && conditioned {
+        header.push("MESSAGE");
+    }
     let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
     let now = OffsetDateTime::now_utc();
     for obj in objects {
@@ -132,7 +153,14 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool) -> String {
                 &p.spec.0.to,
             ),
         }
+        let telling = telling_condition(obj);
+        if conditioned {
+            row.push(telling.map_or("-".into(), |c| c.reason.clone()));
+        }
         row.push(age(meta.creation_timestamp.as_deref(), now));
+        if wide && conditioned {
+            row.push(telling.map_or(String::new(), |c| c.message.clone()));
+        }
         rows.push(row);
     }
     align(&rows)
@@ -190,7 +218,7 @@ fn age(created: Option<&str>, now: OffsetDateTime) -> String {
     }
 }
 
-fn align(rows: &[Vec<String>]) -> String {
+pub(crate) fn align(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use support::manifests::{allow_all, export, import, peer};
 use support::{
     Backend, CL_GATEWAY, CLUSTERLINK, Exchange, Fabric, GWCTL, GatewayProcess, connect_from,
-    eventually, exchange, free_port, http_request, metric, reachable, run, stderr,
+    eventually, exchange, free_port, http_request, metric, metric_with, reachable, run, stderr,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -348,9 +348,16 @@ fn a_forwarding_loop_ends_at_the_hop_limit() {
     assert_ne!(exchange(x, b"round and round"), served());
     let count = |series: &str| metric(&a, series) + metric(&b, series);
     assert!(
-        eventually(CONVERGE, || count(
-            "clusterlink_connections_refused_total{side=\"ingress\",reason=\"LoopDetected\"}"
-        ) >= 1.0),
+        eventually(CONVERGE, || {
+            let refused = |gw| {
+                metric_with(
+                    gw,
+                    "clusterlink_connections_refused_total",
+                    &[("side", "ingress"), ("reason", "LoopDetected")],
+                )
+            };
+            refused(&a) + refused(&b) >= 1.0
+        }),
         "{}\n{}",
         a.log(),
         b.log()

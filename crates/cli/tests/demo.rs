@@ -11,7 +11,7 @@ fn the_loopback_demo_shows_an_allowed_and_a_denied_connection_and_cleans_up() {
     for expected in [
         "(import reviews) -> ALLOWED, server1 answered: \"hello from the reviews service on server1\"",
         "(import ratings) -> DENIED, the client saw: connection reset",
-        "client1 logged why: refused (PolicyDenied): ingress at server1: denied by AccessPolicy default/deny-ratings\n",
+        "client1 logged why: ingress at server1: denied by AccessPolicy default/deny-ratings\n",
         "server1   127.0.0.1:",
         "400 Bad Request: spec.sources[1].peer: required",
         "Done: gateways stopped and the demo directory removed.",
@@ -53,7 +53,7 @@ fn the_site_demo_steers_and_denies_across_three_namespaces_and_cleans_up() {
     assert!(!after.contains("(west)"), "{out}");
     for expected in [
         "details v1 (east)    reviews v1 (east)    DENIED (connection reset)",
-        "shop's gateway logged why: refused (PolicyDenied): ingress at west: denied by AccessPolicy default/no-ratings-for-shop",
+        "shop's gateway logged why: ingress at west: denied by AccessPolicy default/no-ratings-for-shop",
         " Gbit/s",
         "Done: 3 gateways stopped, 4 namespaces removed, and the demo directory removed.",
     ] {

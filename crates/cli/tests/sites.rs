@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use clusterlink_testbed::netns::{Site, Wan};
 use support::manifests::{allow_all, export, import, peer};
 use support::sites::{Conversation, EchoService, PEER_PORT, SiteBed, can_run, reaches, talk};
-use support::{Exchange, GatewayProcess, eventually, metric, reachable, stdout};
+use support::{Exchange, GatewayProcess, eventually, metric, metric_with, reachable, stdout};
 
 /// Convergence that should take well under this; generous for a loaded 2-core machine.
 const CONVERGE: Duration = Duration::from_secs(15);
@@ -683,23 +683,23 @@ fn removing_an_export_or_a_peer_refuses_new_connections_with_the_reason_and_dist
     );
 
     // The export goes: its import is refused for the reason east gave.
-    let refused = |gw: &GatewayProcess, side: &str, reason: &str| {
-        metric(
+    // Counted by each gateway under its own side, naming who refused.
+    let refused = |gw: &GatewayProcess, side: &str, by: &str, reason: &str| {
+        metric_with(
             gw,
-            &format!(
-                "clusterlink_connections_refused_total{{side=\"{side}\",reason=\"{reason}\"}}"
-            ),
+            "clusterlink_connections_refused_total",
+            &[("side", side), ("refused_by", by), ("reason", reason)],
         )
     };
-    let no_such_export = refused(&office, "ingress", "NoSuchExport");
+    let no_such_export = refused(&office, "egress", "peer", "NoSuchExport");
     east.gwctl_ok(&["delete", "export", "one"]);
     assert!(eventually(CONVERGE, || talk(
         office_site,
         one_port,
         b"ping"
     ) == Exchange::Reset));
-    assert!(refused(&office, "ingress", "NoSuchExport") > no_such_export);
-    assert!(refused(east, "ingress", "NoSuchExport") >= 1.0);
+    assert!(refused(&office, "egress", "peer", "NoSuchExport") > no_such_export);
+    assert!(refused(east, "ingress", "local", "NoSuchExport") >= 1.0);
     assert!(
         office.log().contains("has no export default/one"),
         "{}",
@@ -721,8 +721,12 @@ fn removing_an_export_or_a_peer_refuses_new_connections_with_the_reason_and_dist
         two_port,
         b"ping"
     ) == Exchange::Reset));
-    assert!(office.log().contains("no such Peer"), "{}", office.log());
-    assert!(refused(&office, "egress", "AllSourcesFailed") >= 1.0);
+    assert!(
+        office.log().contains("no Peer \"east\" is defined"),
+        "{}",
+        office.log()
+    );
+    assert!(refused(&office, "egress", "local", "AllSourcesFailed") >= 1.0);
     assert!(open_three.echoes(b"still here"));
     assert_eq!(
         talk(office_site, three_port, b"ping"),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use std::time::Duration;
 
+use clusterlink_api::activity::Traffic;
 use clusterlink_api::{
     Condition, ConditionReason, ConditionStatus, ConditionType, Kind, ObjectKey, SYSTEM_NAMESPACE,
 };
@@ -37,6 +38,16 @@ const PEER_REACHABLE: ConditionType = ConditionType::PeerReachable;
 pub struct PeerHealth {
     reachable: Arc<RwLock<HashMap<String, bool>>>,
     labels: Arc<RwLock<HashMap<String, BTreeMap<String, String>>>>,
+    probes: Arc<RwLock<HashMap<String, ProbeRecord>>>,
+}
+
+/// What the probes of one peer last found, for operators (`describe`, `check`, the console).
+#[derive(Debug, Clone, Default)]
+struct ProbeRecord {
+    /// Round trip of the last probe that answered.
+    latency: Option<Duration>,
+    /// The last failure, however long ago.
+    last_error: Option<String>,
 }
 
 impl PeerHealth {
@@ -48,6 +59,28 @@ impl PeerHealth {
     /// The labels `peer` reported in its last answer to a probe (none before the first).
     pub fn reported_labels(&self, peer: &str) -> BTreeMap<String, String> {
         self.labels.read().get(peer).cloned().unwrap_or_default()
+    }
+
+    /// Adds each probed peer's reachability, latency and last error to `traffic`.
+    pub fn add_to(&self, traffic: &mut Traffic) {
+        let reachable = self.reachable.read();
+        for (peer, record) in self.probes.read().iter() {
+            let entry = traffic.peers.entry(peer.clone()).or_default();
+            entry.reachable = reachable.get(peer).copied();
+            entry.latency_ms = record.latency.map(|l| l.as_secs_f64() * 1e3);
+            entry.last_error.clone_from(&record.last_error);
+        }
+    }
+
+    fn record_probe(&self, peer: &str, result: Option<Result<Duration, String>>) {
+        let mut probes = self.probes.write();
+        match result {
+            None => {
+                probes.remove(peer);
+            }
+            Some(Ok(took)) => probes.entry(peer.to_string()).or_default().latency = Some(took),
+            Some(Err(e)) => probes.entry(peer.to_string()).or_default().last_error = Some(e),
+        }
     }
 
     fn set(&self, peer: &str, reachable: Option<bool>) {
@@ -147,6 +180,7 @@ pub(crate) async fn run_probers(
             let _ = prober.task.await;
             health.set(&name, None);
             health.set_labels(&name, None);
+            health.record_probe(&name, None);
             metrics.peer_reachable(&name, None);
             conditions.set(&peer_key(&name), PEER_REACHABLE, None);
             conditions.set_reported_labels(&peer_key(&name), None);
@@ -195,7 +229,13 @@ async fn probe_forever(
     let mut tracker = Tracker::default();
     loop {
         let connector = TlsConnector::from(tls.borrow().client.clone());
+        let started = std::time::Instant::now();
         let result = probe_any(&connector, &name, &gateways).await;
+        let took = started.elapsed();
+        health.record_probe(
+            &name,
+            Some(result.as_ref().map(|_| took).map_err(Clone::clone)),
+        );
         if let Ok((_, labels)) = &result
             && health.set_labels(&name, Some(labels.clone()))
         {

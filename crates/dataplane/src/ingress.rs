@@ -25,7 +25,9 @@ use crate::hops::{Relayed, RelayedConnections};
 use crate::limits::Limits;
 use crate::listener::{PerSource, SourceSlot};
 use crate::live::LiveTunnels;
-use crate::metrics::{Listener, Metrics, Refusal, Side, Unserved};
+use crate::metrics::{
+    Listener, Metrics, Refusal, Refused, RefusedBy, Side, TunnelEnding, TunnelRef, Unserved,
+};
 use clusterlink_api::attributes::Attributes;
 
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
@@ -285,7 +287,6 @@ async fn serve_request(
         relayed,
         shutdown: _,
     } = port;
-    let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
     let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
         Ok(PeerRequest::Health) => {
@@ -297,18 +298,48 @@ async fn serve_request(
             return Ok(Served::Close);
         }
         Err(e) => {
-            metrics.refused(Side::Ingress, Refusal::Tunnel(RefusalReason::BadRequest));
-            let _ = tls
-                .write_all(&refuse(RefusalReason::BadRequest, e.to_string()).encode())
-                .await;
+            let tunnel = ingress_tunnel(&snapshots.borrow(), peer, None);
+            let refusal = Refused {
+                by: RefusedBy::Local,
+                refusal: Refusal::Tunnel(RefusalReason::BadRequest),
+                policy: None,
+                message: e.to_string(),
+            };
+            metrics.refused(&tunnel, refusal);
+            let answer = TunnelResponse::Refused {
+                reason: RefusalReason::BadRequest,
+                message: e.to_string(),
+                policy: None,
+            };
+            let _ = tls.write_all(&answer.encode()).await;
             let _ = tls.shutdown().await;
             return Err(e.into());
         }
     };
-    let _active = metrics.accepted(Side::Ingress);
-    let decision_started = std::time::Instant::now();
     // One snapshot for the whole decision.
     let snapshot = snapshots.borrow().clone();
+    let tunnel = ingress_tunnel(&snapshot, peer, Some(&request.export));
+    if request.dry_run {
+        // A question, not a connection: answered, and neither counted nor dialed.
+        let answer = match decide(
+            &snapshot,
+            peer,
+            &request.peer_labels,
+            &request.client,
+            &request.export,
+        ) {
+            Ok(target) => TunnelResponse::WouldAllow {
+                policy: target.policy,
+            },
+            Err(refusal) => refusal,
+        };
+        tracing::debug!(%peer, export = %request.export, ?answer, "dry run answered");
+        let _ = tls.write_all(&answer.encode()).await;
+        let _ = tls.shutdown().await;
+        return Ok(Served::Close);
+    }
+    let _active = metrics.accepted(Side::Ingress);
+    let decision_started = std::time::Instant::now();
     let outcome = decide(
         &snapshot,
         peer,
@@ -317,46 +348,40 @@ async fn serve_request(
         &request.export,
     );
     metrics.authorized(Side::Ingress, decision_started.elapsed());
-    let (host, port) = match outcome {
+    let Target { host, port, .. } = match outcome {
         Ok(target) => target,
-        Err(refusal) => {
-            if let TunnelResponse::Refused { reason, .. } = &refusal {
-                metrics.refused(Side::Ingress, Refusal::Tunnel(*reason));
-            }
-            tracing::info!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
-            let _ = tls.write_all(&refusal.encode()).await;
-            let _ = tls.shutdown().await;
-            return Ok(Served::Close);
-        }
+        Err(refusal) => return refuse(tls, metrics, &tunnel, refusal).await,
     };
     if request.hops >= MAX_HOPS {
-        let refusal = TunnelResponse::Refused {
+        return refuse(tls, metrics, &tunnel, TunnelResponse::Refused {
             reason: RefusalReason::LoopDetected,
             message: format!(
                 "the connection already went through {} tunnels: export {} leads back into an import that leads to it",
                 request.hops, request.export
             ),
-        };
-        metrics.refused(Side::Ingress, Refusal::Tunnel(RefusalReason::LoopDetected));
-        tracing::warn!(%peer, export = %request.export, response = ?refusal, "tunnel refused");
-        let _ = tls.write_all(&refusal.encode()).await;
-        let _ = tls.shutdown().await;
-        return Ok(Served::Close);
+            policy: None,
+        })
+        .await;
     }
+    let unreachable = |error: String| TunnelResponse::Refused {
+        reason: RefusalReason::BackendUnreachable,
+        message: format!("backend {host}:{port} unreachable: {error}"),
+        policy: None,
+    };
     let dialed = timeout(
         Limits::DEFAULT.connect,
         dial_backend(&host, port, relayed, request.hops),
     );
     let (mut backend, _relayed) = match dialed.await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse_backend(tls, &host, port, e.to_string(), metrics).await,
-        Err(_) => return refuse_backend(tls, &host, port, "timed out".into(), metrics).await,
+        Ok(Err(e)) => return refuse(tls, metrics, &tunnel, unreachable(e.to_string())).await,
+        Err(_) => return refuse(tls, metrics, &tunnel, unreachable("timed out".into())).await,
     };
     if reaches_own_listener(&backend, protected) {
         // An export naming this gateway's management API (or peer port) would hand remote peers
         // what only local admins may use.
         let reason = "it is one of this gateway's own listeners".to_string();
-        return refuse_backend(tls, &host, port, reason, metrics).await;
+        return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
     }
     // An address that cannot be read is taken for loopback: refusing is the safe side.
     let loopback = backend
@@ -366,7 +391,7 @@ async fn serve_request(
         // A loopback service trusts every local process: another gateway's management API, a
         // database bound to localhost. Exporting one hands that trust to remote peers.
         let reason = "it is on a loopback address; start the gateway with --allow-loopback-backends to export local services".to_string();
-        return refuse_backend(tls, &host, port, reason, metrics).await;
+        return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
     }
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
     tls.write_all(&TunnelResponse::Established.encode())
@@ -375,7 +400,7 @@ async fn serve_request(
     tls.flush()
         .await
         .map_err(PeerConnectionError::io("answering the tunnel request"))?;
-    tracing::debug!(%peer, export = %request.export, "tunnel established");
+    let meter = metrics.tunnel_opened(tunnel.clone());
     let registered = live.register(IngressTunnel {
         peer: peer.to_string(),
         peer_labels: request.peer_labels.clone(),
@@ -396,13 +421,14 @@ async fn serve_request(
         revoked.notify_one();
     }
     let relayed = tokio::select! {
-        moved = relay(&mut backend, tls, leftover) => match moved {
+        moved = relay(&mut backend, tls, leftover, &meter, false) => match moved {
             Ok(relayed) => relayed,
             Err(e) => {
                 // The tunnel broke (the importing gateway died or reset): the backend must not
                 // take the truncated request for a complete one.
                 let _ = backend.set_zero_linger();
-                tracing::info!(%peer, export = %request.export, "tunnel broken: {e}; resetting the backend");
+                let why = format!("{e}; the backend was reset");
+                metrics.tunnel_ended(meter, TunnelEnding::Broken(why));
                 return Ok(Served::Close);
             }
         },
@@ -410,22 +436,65 @@ async fn serve_request(
             // Closing the connection ends the tunnel; the importing side resets its client, and
             // the backend is reset too, so neither end takes the cut for a complete exchange.
             let _ = backend.set_zero_linger();
-            metrics.refused(Side::Ingress, Refusal::Revoked);
-            tracing::info!(%peer, export = %request.export, "tunnel closed: access revoked");
+            metrics.tunnel_ended(meter, TunnelEnding::Revoked(RefusedBy::Local));
             return Ok(Served::Close);
         }
     };
-    metrics.export_tunnel_done(
-        &request.export.to_string(),
-        peer,
-        relayed.received,
-        relayed.sent,
-    );
+    metrics.tunnel_ended(meter, TunnelEnding::Closed);
     Ok(if relayed.reusable {
         Served::Reuse
     } else {
         Served::Close
     })
+}
+
+/// Answers with a refusal, reports it, and closes the connection.
+async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    metrics: &Metrics,
+    tunnel: &TunnelRef,
+    response: TunnelResponse,
+) -> Result<Served, PeerConnectionError> {
+    if let TunnelResponse::Refused {
+        reason,
+        message,
+        policy,
+    } = &response
+    {
+        let refusal = Refused {
+            by: RefusedBy::Local,
+            refusal: Refusal::Tunnel(*reason),
+            policy: policy.clone(),
+            message: message.clone(),
+        };
+        metrics.refused(tunnel, refusal);
+    }
+    let _ = tls.write_all(&response.encode()).await;
+    let _ = tls.shutdown().await;
+    Ok(Served::Close)
+}
+
+/// How an ingress tunnel is reported. A name the request carries is kept only when an export
+/// has it, so a peer cannot grow the metrics' label sets; peer names come from certificates the
+/// fabric issued.
+fn ingress_tunnel(snapshot: &Snapshot, peer: &str, export: Option<&ExportRef>) -> TunnelRef {
+    TunnelRef {
+        side: Side::Ingress,
+        import: None,
+        export: export
+            .filter(|e| snapshot.exports.contains_key(*e))
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        peer: peer.to_string(),
+        client: None,
+    }
+}
+
+/// Where an allowed tunnel goes, and the policy that allowed it.
+struct Target {
+    host: String,
+    port: u16,
+    policy: String,
 }
 
 /// The ingress decision for `peer` asking for `export` on behalf of a client with `client`
@@ -436,14 +505,14 @@ fn decide(
     reported_labels: &BTreeMap<String, String>,
     client: &Attributes,
     export: &ExportRef,
-) -> Result<(String, u16), TunnelResponse> {
+) -> Result<Target, TunnelResponse> {
     let local = &snapshot.local_peer;
-    let refuse = |reason, message: String| TunnelResponse::Refused { reason, message };
     let Some(entry) = snapshot.exports.get(export) else {
-        return Err(refuse(
-            RefusalReason::NoSuchExport,
-            format!("peer {local} has no export {export}"),
-        ));
+        return Err(TunnelResponse::Refused {
+            reason: RefusalReason::NoSuchExport,
+            message: format!("peer {local} has no export {export}"),
+            policy: None,
+        });
     };
     let mut src: Attributes = client.clone();
     let administered = snapshot
@@ -456,13 +525,19 @@ fn decide(
     peer_attributes(&mut dst, local, &snapshot.local_labels);
     export_attributes(&mut dst, &export.name, &export.namespace, &entry.labels);
     let decision = snapshot.policy.decide(&export.namespace, &src, &dst);
+    let policy = decision.decided_by.reference();
     if decision.allowed {
-        Ok((entry.host.clone(), entry.port))
+        Ok(Target {
+            host: entry.host.clone(),
+            port: entry.port,
+            policy,
+        })
     } else {
-        Err(refuse(
-            RefusalReason::PolicyDenied,
-            format!("ingress at {local}: {decision}"),
-        ))
+        Err(TunnelResponse::Refused {
+            reason: RefusalReason::PolicyDenied,
+            message: format!("ingress at {local}: {decision}"),
+            policy: Some(policy),
+        })
     }
 }
 
@@ -516,30 +591,4 @@ fn reaches_own_listener(backend: &TcpStream, protected: &[SocketAddr]) -> bool {
             l.port() == peer.port()
                 && (l.ip().is_unspecified() || l.ip() == peer.ip() || l.ip().is_loopback())
         })
-}
-
-async fn refuse_backend<S: tokio::io::AsyncWrite + Unpin>(
-    tls: &mut S,
-    host: &str,
-    port: u16,
-    error: String,
-    metrics: &Metrics,
-) -> Result<Served, PeerConnectionError> {
-    metrics.refused(
-        Side::Ingress,
-        Refusal::Tunnel(RefusalReason::BackendUnreachable),
-    );
-    let message = format!("backend {host}:{port} unreachable: {error}");
-    tracing::warn!("{message}");
-    let _ = tls
-        .write_all(
-            &TunnelResponse::Refused {
-                reason: RefusalReason::BackendUnreachable,
-                message,
-            }
-            .encode(),
-        )
-        .await;
-    let _ = tls.shutdown().await;
-    Ok(Served::Close)
 }

@@ -25,6 +25,7 @@ pub mod cmd;
 pub mod conditions;
 mod connections;
 mod egress;
+pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod health;
@@ -47,6 +48,7 @@ pub mod tunnel;
 mod workers;
 
 pub use conditions::{RuntimeConditions, Unreported};
+pub use egress::ExplainError;
 pub use limits::Limits;
 pub use snapshot::Snapshot;
-pub use tasks::{DataPlaneConfig, probe_peers, run};
+pub use tasks::{DataPlane, DataPlaneConfig, probe_peers, run};

@@ -1,7 +1,14 @@
-//! Prometheus metrics, served as text at `/metrics` on the management listener.
+//! Prometheus metrics, served as text at `/metrics` on the management listener, and the report
+//! of each tunnel: counted, kept among the recent events ([`crate::events`]) and logged in one
+//! line, all from one call ([`Metrics::tunnel_ended`], [`Metrics::refused`]).
 //!
-//! Byte counts are added when a tunnel ends (from the relay's totals), so the data path does no
-//! per-read bookkeeping.
+//! Bytes are counted as they move (a relay adds each write to its tunnel's [`TunnelMeter`]), so
+//! a day-long tunnel shows its traffic while it lasts.
+//!
+//! Label values come only from the configuration (imports, exports, peers and policies that
+//! exist here) or from closed sets (sides, reasons), so a peer cannot grow the label sets: an
+//! export or peer name a request carries is labelled only when it is configured.
+//! `docs/METRICS.md` describes every metric; a test keeps it in step with [`Metrics::encode`].
 
 use std::time::{Duration, Instant};
 
@@ -12,23 +19,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use std::collections::HashMap;
+
+use clusterlink_api::activity::{ObjectTraffic, Traffic, TunnelEvent};
+
+use crate::events::EventLog;
 use crate::tunnel::RefusalReason;
 
 /// Which end of a tunnel a gateway is: the importing side (egress) or the exporting side (ingress).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Egress,
-    Ingress,
-}
-
-impl Side {
-    fn as_str(self) -> &'static str {
-        match self {
-            Side::Egress => "egress",
-            Side::Ingress => "ingress",
-        }
-    }
-}
+pub use clusterlink_api::activity::TunnelSide as Side;
+pub use clusterlink_api::activity::{Outcome, RefusedBy};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SideLabels {
@@ -38,7 +38,12 @@ struct SideLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
     side: String,
+    refused_by: String,
     reason: String,
+    import: String,
+    export: String,
+    peer: String,
+    policy: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +115,8 @@ pub enum Refusal {
     NoSuchImport,
     /// No gateway of a source's peer could take the tunnel.
     PeerUnreachable,
+    /// A source names a Peer that is not defined.
+    NoSuchPeer,
     /// Every source of the import was denied or failed.
     AllSourcesFailed,
     /// An open tunnel was cut because policy or configuration no longer allows it.
@@ -122,6 +129,7 @@ impl Refusal {
             Refusal::Tunnel(reason) => reason.as_str(),
             Refusal::NoSuchImport => "NoSuchImport",
             Refusal::PeerUnreachable => "PeerUnreachable",
+            Refusal::NoSuchPeer => "NoSuchPeer",
             Refusal::AllSourcesFailed => "AllSourcesFailed",
             Refusal::Revoked => "Revoked",
         }
@@ -139,6 +147,117 @@ struct PeerLabels {
     peer: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameLabels {
+    name: String,
+}
+
+/// The counters of one import, export or peer, shared with their metric families so the traffic
+/// view ([`Metrics::traffic`]) reads what the exposition shows.
+#[derive(Clone, Default)]
+struct ObjectCounters {
+    active: Gauge,
+    sent: Counter,
+    received: Counter,
+}
+
+/// What identifies a tunnel (or a refused attempt at one) in metrics, events and logs. Names
+/// are `namespace/name` for imports and exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelRef {
+    pub side: Side,
+    /// The import, on the importing side.
+    pub import: Option<String>,
+    /// The export; empty when not known (a refusal before any source was tried, or a name no
+    /// export here has).
+    pub export: String,
+    /// The peer at the other end; empty when not known or not configured.
+    pub peer: String,
+    /// The client, on the importing side.
+    pub client: Option<std::net::SocketAddr>,
+}
+
+/// A refusal, as [`Metrics::refused`] reports it.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub by: RefusedBy,
+    pub refusal: Refusal,
+    /// The policy (or rule) that decided, as [`clusterlink_api::activity::PolicyRef`] spells it.
+    pub policy: Option<String>,
+    pub message: String,
+}
+
+/// How an allowed tunnel ended.
+#[derive(Debug, Clone)]
+pub enum TunnelEnding {
+    Closed,
+    /// Broken mid-stream: why.
+    Broken(String),
+    /// Cut when access ended, by this gateway or (seen from the importing side) by the peer.
+    Revoked(RefusedBy),
+}
+
+/// An open tunnel's counters: a relay adds each write, and the tunnel counts as open until the
+/// meter is dropped (in [`Metrics::tunnel_ended`], or with the connection).
+pub struct TunnelMeter {
+    started: Instant,
+    tunnel: TunnelRef,
+    object: ObjectCounters,
+    peer: ObjectCounters,
+    /// This tunnel's own totals: towards the far end, and back.
+    moved: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl TunnelMeter {
+    /// Bytes moved towards the tunnel's far end (the backend).
+    pub(crate) fn sent(&self, n: u64) {
+        self.object.sent.inc_by(n);
+        self.peer.sent.inc_by(n);
+        self.moved[0].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Bytes moved back towards the client.
+    pub(crate) fn received(&self, n: u64) {
+        self.object.received.inc_by(n);
+        self.peer.received.inc_by(n);
+        self.moved[1].fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What this tunnel moved so far: (sent, received).
+    pub fn moved(&self) -> (u64, u64) {
+        let load = |i: usize| self.moved[i].load(std::sync::atomic::Ordering::Relaxed);
+        (load(0), load(1))
+    }
+
+    pub fn tunnel(&self) -> &TunnelRef {
+        &self.tunnel
+    }
+}
+
+impl Drop for TunnelMeter {
+    fn drop(&mut self) {
+        self.object.active.dec();
+    }
+}
+
+/// A client address for a log line: `-` on the exporting side, which does not see it.
+struct Client(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 pub struct Metrics {
     registry: Registry,
     accepted: Family<SideLabels, Counter>,
@@ -152,8 +271,22 @@ pub struct Metrics {
     idle_peer_connections: Family<SideLabels, Gauge>,
     runtime_tasks: Gauge,
     unserved: Family<ListenerLabels, Counter>,
+    import_tunnels: Family<NameLabels, Gauge>,
+    export_tunnels: Family<NameLabels, Gauge>,
+    /// Handles on the counters above, by object, for [`Metrics::traffic`].
+    objects: parking_lot::RwLock<HashMap<(Role, String), ObjectCounters>>,
+    /// The recent tunnels and refusals.
+    pub events: EventLog,
     /// One warning per listener and reason per [`WARN_EVERY`], however many connections.
-    warned: parking_lot::Mutex<std::collections::HashMap<(Listener, Unserved), LastWarning>>,
+    warned: parking_lot::Mutex<HashMap<(Listener, Unserved), LastWarning>>,
+}
+
+/// What a name in [`Metrics::objects`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Role {
+    Import,
+    Export,
+    Peer,
 }
 
 /// When a kind of warning was last logged, and how many were left out since.
@@ -195,22 +328,34 @@ impl Default for Metrics {
         );
         registry.register(
             "connections_refused",
-            "Connections refused, by side and reason",
+            "Connections refused or tunnels cut: by this gateway's side, who refused (local, peer), reason, and the import, export, peer and policy involved",
             refused.clone(),
+        );
+        let import_tunnels = Family::<NameLabels, Gauge>::default();
+        registry.register(
+            "import_tunnels_active",
+            "Tunnels open now, per import",
+            import_tunnels.clone(),
+        );
+        let export_tunnels = Family::<NameLabels, Gauge>::default();
+        registry.register(
+            "export_tunnels_active",
+            "Tunnels open now, per export",
+            export_tunnels.clone(),
         );
         registry.register(
             "import_bytes",
-            "Bytes carried per import (sent: to the remote side)",
+            "Bytes carried per import, counted as they move (sent: to the remote side)",
             import_bytes.clone(),
         );
         registry.register(
             "export_bytes",
-            "Bytes carried per export (sent: to the backend)",
+            "Bytes carried per export, counted as they move (sent: to the backend)",
             export_bytes.clone(),
         );
         registry.register(
             "peer_bytes",
-            "Bytes exchanged with each peer",
+            "Bytes exchanged with each peer's gateways through tunnels, counted as they move",
             peer_bytes.clone(),
         );
         registry.register(
@@ -244,6 +389,10 @@ impl Default for Metrics {
         Metrics {
             registry,
             unserved,
+            import_tunnels,
+            export_tunnels,
+            objects: Default::default(),
+            events: EventLog::default(),
             warned: Default::default(),
             runtime_tasks,
             accepted,
@@ -319,15 +468,6 @@ impl Metrics {
             .set(count as i64);
     }
 
-    pub fn refused(&self, s: Side, refusal: Refusal) {
-        self.refused
-            .get_or_create(&RefusedLabels {
-                side: s.as_str().into(),
-                reason: refusal.as_str().into(),
-            })
-            .inc();
-    }
-
     /// Counts a connection closed unserved, and warns about it at most once per [`WARN_EVERY`]
     /// for each listener and reason, saying how many were not logged in between.
     pub fn unserved(
@@ -373,28 +513,202 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    fn bytes(family: &Family<ObjectBytes, Counter>, name: &str, sent: u64, received: u64) {
-        for (direction, n) in [("sent", sent), ("received", received)] {
+    /// The counters of `name` in `role`, made on first use.
+    fn counters(&self, role: Role, name: &str) -> ObjectCounters {
+        if let Some(found) = self.objects.read().get(&(role, name.to_string())) {
+            return found.clone();
+        }
+        let bytes = |family: &Family<ObjectBytes, Counter>, direction: &str| {
             family
                 .get_or_create(&ObjectBytes {
                     name: name.into(),
                     direction: direction.into(),
                 })
-                .inc_by(n);
+                .clone()
+        };
+        let labels = NameLabels { name: name.into() };
+        let counters = match role {
+            Role::Import => ObjectCounters {
+                active: self.import_tunnels.get_or_create(&labels).clone(),
+                sent: bytes(&self.import_bytes, "sent"),
+                received: bytes(&self.import_bytes, "received"),
+            },
+            Role::Export => ObjectCounters {
+                active: self.export_tunnels.get_or_create(&labels).clone(),
+                sent: bytes(&self.export_bytes, "sent"),
+                received: bytes(&self.export_bytes, "received"),
+            },
+            Role::Peer => ObjectCounters {
+                active: Gauge::default(),
+                sent: bytes(&self.peer_bytes, "sent"),
+                received: bytes(&self.peer_bytes, "received"),
+            },
+        };
+        self.objects
+            .write()
+            .entry((role, name.to_string()))
+            .or_insert(counters)
+            .clone()
+    }
+
+    /// Starts counting an allowed tunnel of `tunnel`: open until the meter drops, its bytes
+    /// counted as the relay moves them.
+    pub fn tunnel_opened(&self, tunnel: TunnelRef) -> TunnelMeter {
+        let object = match (&tunnel.import, tunnel.side) {
+            (Some(import), Side::Egress) => self.counters(Role::Import, import),
+            _ => self.counters(Role::Export, &tunnel.export),
+        };
+        object.active.inc();
+        let mut peer = self.counters(Role::Peer, &tunnel.peer);
+        if tunnel.side == Side::Ingress {
+            // A peer's "sent" is what went to it: on ingress, what comes back from the backend.
+            std::mem::swap(&mut peer.sent, &mut peer.received);
+        }
+        TunnelMeter {
+            started: Instant::now(),
+            tunnel,
+            object,
+            peer,
+            moved: Default::default(),
         }
     }
 
-    /// A finished egress tunnel: `sent` went from the client towards the peer.
-    pub fn import_tunnel_done(&self, import: &str, peer: &str, sent: u64, received: u64) {
-        Self::bytes(&self.import_bytes, import, sent, received);
-        Self::bytes(&self.peer_bytes, peer, sent, received);
+    /// Reports a tunnel that ended: counted if it was cut, kept among the recent events and
+    /// logged in one line.
+    pub fn tunnel_ended(&self, meter: TunnelMeter, ending: TunnelEnding) {
+        let (sent, received) = meter.moved();
+        let duration = meter.started.elapsed();
+        let (outcome, refused_by, reason, message) = match ending {
+            TunnelEnding::Closed => (Outcome::Closed, None, None, String::new()),
+            TunnelEnding::Broken(message) => (Outcome::Broken, None, None, message),
+            TunnelEnding::Revoked(by) => {
+                self.count_refusal(&meter.tunnel, by, Refusal::Revoked, None);
+                let message = "access revoked: policy or configuration no longer allows it";
+                (
+                    Outcome::Revoked,
+                    Some(by),
+                    Some(Refusal::Revoked),
+                    message.to_string(),
+                )
+            }
+        };
+        let tunnel = &meter.tunnel;
+        tracing::info!(
+            side = tunnel.side.as_str(),
+            import = tunnel.import.as_deref().unwrap_or("-"),
+            export = %tunnel.export,
+            peer = %tunnel.peer,
+            client = %Client(tunnel.client),
+            outcome = outcome.as_str(),
+            sent,
+            received,
+            duration_ms = duration.as_millis() as u64,
+            "tunnel {}{}{message}",
+            outcome.as_str().to_lowercase(),
+            if message.is_empty() { "" } else { ": " },
+        );
+        self.events.record(TunnelEvent {
+            time_ms: now_ms(),
+            side: tunnel.side,
+            outcome,
+            refused_by,
+            reason: reason.map(|r| r.as_str().to_string()),
+            policy: None,
+            import: tunnel.import.clone(),
+            export: tunnel.export.clone(),
+            peer: tunnel.peer.clone(),
+            client: tunnel.client.map(|c| c.to_string()),
+            message,
+            sent,
+            received,
+            duration_ms: duration.as_millis() as u64,
+        });
     }
 
-    /// A finished ingress tunnel: `sent` went from the peer towards the backend.
-    pub fn export_tunnel_done(&self, export: &str, peer: &str, sent: u64, received: u64) {
-        Self::bytes(&self.export_bytes, export, sent, received);
-        // Seen from this gateway, what went to the backend was received from the peer.
-        Self::bytes(&self.peer_bytes, peer, received, sent);
+    /// Reports a connection refused before its tunnel opened: counted with its labels, kept
+    /// among the recent events and logged in one line.
+    pub fn refused(&self, tunnel: &TunnelRef, refusal: Refused) {
+        let Refused {
+            by,
+            refusal: why,
+            policy,
+            message,
+        } = refusal;
+        self.count_refusal(tunnel, by, why, policy.as_deref());
+        tracing::info!(
+            side = tunnel.side.as_str(),
+            import = tunnel.import.as_deref().unwrap_or("-"),
+            export = %tunnel.export,
+            peer = %tunnel.peer,
+            client = %Client(tunnel.client),
+            refused_by = by.as_str(),
+            reason = why.as_str(),
+            policy = policy.as_deref().unwrap_or("-"),
+            "connection refused: {message}"
+        );
+        self.events.record(TunnelEvent {
+            time_ms: now_ms(),
+            side: tunnel.side,
+            outcome: Outcome::Refused,
+            refused_by: Some(by),
+            reason: Some(why.as_str().to_string()),
+            policy,
+            import: tunnel.import.clone(),
+            export: tunnel.export.clone(),
+            peer: tunnel.peer.clone(),
+            client: tunnel.client.map(|c| c.to_string()),
+            message,
+            sent: 0,
+            received: 0,
+            duration_ms: 0,
+        });
+    }
+
+    /// Counts a refusal; a policy is labelled only when this gateway decided (a peer's policy
+    /// names are its own, and unbounded here).
+    fn count_refusal(&self, tunnel: &TunnelRef, by: RefusedBy, why: Refusal, policy: Option<&str>) {
+        let policy = match by {
+            RefusedBy::Local => policy.unwrap_or_default(),
+            RefusedBy::Peer => "",
+        };
+        self.refused
+            .get_or_create(&RefusedLabels {
+                side: tunnel.side.as_str().into(),
+                refused_by: by.as_str().into(),
+                reason: why.as_str().into(),
+                import: tunnel.import.clone().unwrap_or_default(),
+                export: tunnel.export.clone(),
+                peer: tunnel.peer.clone(),
+                policy: policy.into(),
+            })
+            .inc();
+    }
+
+    /// The live counts of every import, export and peer that carried a tunnel (peers'
+    /// reachability is [`crate::health::PeerHealth`]'s to add).
+    pub fn traffic(&self) -> Traffic {
+        let mut traffic = Traffic::default();
+        for ((role, name), c) in self.objects.read().iter() {
+            let counts = ObjectTraffic {
+                active_tunnels: c.active.get().max(0) as u64,
+                sent: c.sent.get(),
+                received: c.received.get(),
+            };
+            match role {
+                Role::Import => {
+                    traffic.imports.insert(name.clone(), counts);
+                }
+                Role::Export => {
+                    traffic.exports.insert(name.clone(), counts);
+                }
+                Role::Peer => {
+                    let peer = traffic.peers.entry(name.clone()).or_default();
+                    peer.sent = counts.sent;
+                    peer.received = counts.received;
+                }
+            }
+        }
+        traffic
     }
 
     pub fn peer_reachable(&self, peer: &str, reachable: Option<bool>) {
@@ -437,14 +751,46 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn tunnel(side: Side) -> TunnelRef {
+        TunnelRef {
+            side,
+            import: (side == Side::Egress).then(|| "default/svc".to_string()),
+            export: "default/svc".into(),
+            peer: "p1".into(),
+            client: None,
+        }
+    }
+
     #[test]
     fn text_exposition() {
         let m = Metrics::default();
         {
             let _guard = m.accepted(Side::Egress);
-            m.refused(Side::Egress, Refusal::Tunnel(RefusalReason::PolicyDenied));
+            m.refused(
+                &tunnel(Side::Egress),
+                Refused {
+                    by: RefusedBy::Peer,
+                    refusal: Refusal::Tunnel(RefusalReason::PolicyDenied),
+                    policy: Some("the peer's own".into()),
+                    message: "denied".into(),
+                },
+            );
             m.authorized(Side::Egress, Duration::from_micros(300));
-            m.import_tunnel_done("default/svc", "p1", 10, 20);
+            let meter = m.tunnel_opened(tunnel(Side::Egress));
+            meter.sent(10);
+            meter.received(20);
+            // Counted while the tunnel is open, not when it ends.
+            let open = m.encode();
+            for line in [
+                "clusterlink_import_bytes_total{name=\"default/svc\",direction=\"sent\"} 10",
+                "clusterlink_import_tunnels_active{name=\"default/svc\"} 1",
+            ] {
+                assert!(open.contains(line), "missing {line} in\n{open}");
+            }
+            let traffic = m.traffic();
+            assert_eq!(traffic.imports["default/svc"].active_tunnels, 1);
+            assert_eq!(traffic.peers["p1"].received, 20);
+            m.tunnel_ended(meter, TunnelEnding::Closed);
             m.peer_reachable("p1", Some(true));
             m.set_idle(Side::Egress, 3);
             let _waiting = m.idle(Side::Ingress);
@@ -458,13 +804,20 @@ mod tests {
                 "{text}"
             );
         }
+        // The exporting side counts the peer's bytes the other way round.
+        let ingress = m.tunnel_opened(tunnel(Side::Ingress));
+        ingress.sent(5);
+        m.tunnel_ended(ingress, TunnelEnding::Revoked(RefusedBy::Local));
         let text = m.encode();
         for line in [
             "clusterlink_connections_accepted_total{side=\"egress\"} 1",
             "clusterlink_connections_active{side=\"egress\"} 0",
-            "clusterlink_connections_refused_total{side=\"egress\",reason=\"PolicyDenied\"} 1",
-            "clusterlink_import_bytes_total{name=\"default/svc\",direction=\"sent\"} 10",
-            "clusterlink_peer_bytes_total{name=\"p1\",direction=\"received\"} 20",
+            // A peer's policy names are not labels here: they are the peer's to choose.
+            "clusterlink_connections_refused_total{side=\"egress\",refused_by=\"peer\",reason=\"PolicyDenied\",import=\"default/svc\",export=\"default/svc\",peer=\"p1\",policy=\"\"} 1",
+            "clusterlink_connections_refused_total{side=\"ingress\",refused_by=\"local\",reason=\"Revoked\",import=\"\",export=\"default/svc\",peer=\"p1\",policy=\"\"} 1",
+            "clusterlink_import_tunnels_active{name=\"default/svc\"} 0",
+            "clusterlink_peer_bytes_total{name=\"p1\",direction=\"received\"} 25",
+            "clusterlink_export_bytes_total{name=\"default/svc\",direction=\"sent\"} 5",
             "clusterlink_peer_reachable{peer=\"p1\"} 1",
             "clusterlink_authorization_duration_seconds_count{side=\"egress\"} 1",
             "clusterlink_peer_connections_idle{side=\"egress\"} 3",
@@ -472,5 +825,9 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        let events = m.events.recent(&Default::default(), 10);
+        let outcomes: Vec<Outcome> = events.iter().map(|e| e.outcome).collect();
+        assert_eq!(outcomes.len(), 3, "{events:?}");
+        assert!(outcomes.contains(&Outcome::Revoked) && outcomes.contains(&Outcome::Refused));
     }
 }

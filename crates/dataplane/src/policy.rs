@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use clusterlink_api::activity::PolicyRef;
 use clusterlink_api::selector::AttributeLookup;
 use clusterlink_api::{AccessPolicySpec, LabelSelector, Object, PolicyAction, attributes};
 
@@ -41,6 +42,26 @@ pub enum Decider {
     /// The client's attributes are unknown while policies select clients by attribute.
     ClientAttributesUnknown,
     DefaultDeny,
+}
+
+impl Decider {
+    /// How events, explanations and metric labels name it ([`PolicyRef`]).
+    pub fn reference(&self) -> String {
+        match self {
+            Decider::Policy {
+                tier: Tier::Privileged,
+                name,
+                ..
+            } => PolicyRef::privileged(name),
+            Decider::Policy {
+                tier: Tier::Namespaced,
+                namespace,
+                name,
+            } => PolicyRef::namespaced(namespace, name),
+            Decider::ClientAttributesUnknown => PolicyRef::UNKNOWN_CLIENT.into(),
+            Decider::DefaultDeny => PolicyRef::DEFAULT_DENY.into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,6 +19,8 @@ use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::metrics::TunnelMeter;
+
 /// Bytes of a frame's length prefix.
 const HEADER: usize = 4;
 /// A direction's first buffer, header included: a request or a reply fits, and a tunnel that
@@ -52,12 +54,15 @@ enum PeerEnd {
     Closed,
 }
 
-/// Relays between `plain` and the peer connection `tunnel` until both directions have ended.
-/// `leftover` is what was read from `tunnel` past the tunnel's head: the start of its frames.
+/// Relays between `plain` and the peer connection `tunnel` until both directions have ended,
+/// adding what moves to `meter` as it moves. `leftover` is what was read from `tunnel` past the
+/// tunnel's head: the start of its frames.
 pub(crate) async fn relay<T>(
     plain: &mut TcpStream,
     tunnel: &mut T,
     leftover: Vec<u8>,
+    meter: &TunnelMeter,
+    plain_is_client: bool,
 ) -> io::Result<Relayed>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -65,9 +70,16 @@ where
     let (mut plain_read, mut plain_write) = plain.split();
     let (tunnel_read, mut tunnel_write) = tokio::io::split(tunnel);
     let mut tunnel_read = io::Cursor::new(leftover).chain(tunnel_read);
+    // The meter counts towards the far end (the backend) and back, whichever side this is.
+    let (into_tunnel, out_of_tunnel): (&(dyn Fn(u64) + Sync), &(dyn Fn(u64) + Sync)) =
+        if plain_is_client {
+            (&|n| meter.sent(n), &|n| meter.received(n))
+        } else {
+            (&|n| meter.received(n), &|n| meter.sent(n))
+        };
     let (sent, (received, end)) = tokio::try_join!(
-        to_frames(&mut plain_read, &mut tunnel_write),
-        from_frames(&mut tunnel_read, &mut plain_write),
+        to_frames(&mut plain_read, &mut tunnel_write, into_tunnel),
+        from_frames(&mut tunnel_read, &mut plain_write, out_of_tunnel),
     )?;
     let reusable = end == PeerEnd::Frame;
     if !reusable {
@@ -81,7 +93,11 @@ where
 }
 
 /// Frames what `plain` sends until it half-closes, then sends the end frame.
-async fn to_frames<R, W>(plain: &mut R, tunnel: &mut W) -> io::Result<u64>
+async fn to_frames<R, W>(
+    plain: &mut R,
+    tunnel: &mut W,
+    moved: &(dyn Fn(u64) + Sync),
+) -> io::Result<u64>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -100,6 +116,7 @@ where
             return Ok(total);
         }
         total += n as u64;
+        moved(n as u64);
         grow_if_filled(&mut buf, HEADER + n);
     }
 }
@@ -123,14 +140,18 @@ pub(crate) fn complete<F: Future>(future: F) -> F::Output {
 #[cfg(feature = "fuzzing")]
 pub(crate) fn decode_frames(mut input: &[u8]) -> io::Result<(Vec<u8>, bool)> {
     let mut plain = Vec::new();
-    let decoding = from_frames(&mut input, &mut plain);
+    let decoding = from_frames(&mut input, &mut plain, &|_| ());
     let (_, end) = complete(decoding)?;
     Ok((plain, end == PeerEnd::Frame))
 }
 
 /// Writes the bytes of the frames from `tunnel` to `plain` until the direction ends, then
 /// half-closes `plain`.
-async fn from_frames<R, W>(tunnel: &mut R, plain: &mut W) -> io::Result<(u64, PeerEnd)>
+async fn from_frames<R, W>(
+    tunnel: &mut R,
+    plain: &mut W,
+    moved: &(dyn Fn(u64) + Sync),
+) -> io::Result<(u64, PeerEnd)>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -167,6 +188,7 @@ where
             plain.write_all(&buf[..n]).await?;
             remaining -= n;
             total += n as u64;
+            moved(n as u64);
             grow_if_filled(&mut buf, n);
         }
     }
@@ -228,6 +250,16 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    fn meter() -> TunnelMeter {
+        crate::metrics::Metrics::default().tunnel_opened(crate::metrics::TunnelRef {
+            side: crate::metrics::Side::Egress,
+            import: Some("default/web".into()),
+            export: "default/web".into(),
+            peer: "p1".into(),
+            client: None,
+        })
+    }
+
     fn frame(bytes: &[u8]) -> Vec<u8> {
         let mut f = (bytes.len() as u32).to_be_bytes().to_vec();
         f.extend_from_slice(bytes);
@@ -241,8 +273,9 @@ mod tests {
         let relay = tokio::spawn(async move {
             let mut tunnel = tunnel;
             // The peer's first frame arrived with the tunnel's head.
-            let relayed = relay(&mut plain, &mut tunnel, frame(b"hello ")).await;
-            (relayed, tunnel)
+            let meter = meter();
+            let relayed = relay(&mut plain, &mut tunnel, frame(b"hello "), &meter, true).await;
+            (relayed, tunnel, meter.moved())
         });
         // A bulk write crosses buffer growth; the far side sees it framed, then the end frame.
         let bulk: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
@@ -269,7 +302,7 @@ mod tests {
         let mut reply = Vec::new();
         app.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"hello world");
-        let (relayed, mut tunnel) = relay.await.unwrap();
+        let (relayed, mut tunnel, metered) = relay.await.unwrap();
         assert_eq!(
             relayed.unwrap(),
             Relayed {
@@ -278,6 +311,7 @@ mod tests {
                 reusable: true
             }
         );
+        assert_eq!(metered, (bulk.len() as u64, 11));
         // Bytes after the end frame belong to the next tunnel and were not consumed.
         let mut next = [0u8; 4];
         tunnel.read_exact(&mut next).await.unwrap();
@@ -290,7 +324,7 @@ mod tests {
         let (mut tunnel, mut peer) = tokio::io::duplex(1024);
         peer.write_all(&[0, 0, 0, 10, b'a']).await.unwrap();
         drop(peer);
-        let err = relay(&mut plain, &mut tunnel, Vec::new())
+        let err = relay(&mut plain, &mut tunnel, Vec::new(), &meter(), true)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
@@ -308,7 +342,9 @@ mod tests {
             rest
         });
         app.shutdown().await.unwrap();
-        let relayed = relay(&mut plain, &mut tunnel, Vec::new()).await.unwrap();
+        let relayed = relay(&mut plain, &mut tunnel, Vec::new(), &meter(), false)
+            .await
+            .unwrap();
         assert!(!relayed.reusable);
         drop(tunnel);
         assert_eq!(peer_side.await.unwrap(), frame(b""));

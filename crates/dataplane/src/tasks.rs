@@ -1,5 +1,5 @@
 //! Running the data plane: its tasks (peer port, import listeners, peer probes, connection
-//! pool upkeep) and their supervision.
+//! pool upkeep), their supervision, and what operators ask of it while it runs.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -10,7 +10,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use clusterlink_api::activity::{ExplainRequest, Explanation, Traffic};
+
 use crate::conditions::RuntimeConditions;
+use crate::egress::ExplainError;
+use crate::events::EventLog;
 use crate::health::{self, PeerHealth};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -32,98 +36,152 @@ pub struct DataPlaneConfig {
     pub loopback_backends: bool,
 }
 
-/// Runs the data plane until `shutdown` flips: the peer port on `peer_listener` and a listener per
-/// import, serving what `snapshots` holds and reporting what only it knows to `conditions`.
-/// Returns when every task has stopped.
+/// A data plane: what its tasks share, and what operators may ask of it while it runs (live
+/// counts, recent events, a dry-run decision).
+pub struct DataPlane {
+    config: DataPlaneConfig,
+    egress: Arc<egress::Egress>,
+}
+
+impl DataPlane {
+    pub fn new(config: DataPlaneConfig, tls: watch::Receiver<Arc<GatewayTls>>) -> Arc<DataPlane> {
+        let egress = Arc::new(egress::Egress {
+            dialer: egress::Dialer {
+                tls,
+                health: PeerHealth::default(),
+                pool: Default::default(),
+                handshakes: tokio::sync::Semaphore::new(Limits::DEFAULT.handshakes_at_once),
+                metrics: config.metrics.clone(),
+            },
+            clients: config.clients.clone(),
+            metrics: config.metrics.clone(),
+            live: Default::default(),
+            relayed: Arc::new(hops::RelayedConnections::default()),
+        });
+        Arc::new(DataPlane { config, egress })
+    }
+
+    /// The gateway's TLS set, as current as the data plane's.
+    pub fn tls(&self) -> watch::Receiver<Arc<GatewayTls>> {
+        self.egress.dialer.tls.clone()
+    }
+
+    /// Live counts per import, export and peer, with each peer's probe results.
+    pub fn traffic(&self) -> Traffic {
+        let mut traffic = self.config.metrics.traffic();
+        self.egress.dialer.health.add_to(&mut traffic);
+        traffic
+    }
+
+    /// The recent tunnels and refusals.
+    pub fn events(&self) -> &EventLog {
+        &self.config.metrics.events
+    }
+
+    /// The decision a new connection would get now, on both sides, from `snapshot`: egress
+    /// decided here, ingress asked of each exporting gateway as a dry run.
+    pub async fn explain(
+        &self,
+        snapshot: &Snapshot,
+        request: &ExplainRequest,
+    ) -> Result<Explanation, ExplainError> {
+        self.egress.explain(snapshot, request).await
+    }
+
+    /// Runs the data plane until `shutdown` flips: the peer port on `peer_listener` and a
+    /// listener per import, serving what `snapshots` holds and reporting what only it knows to
+    /// `conditions`. Returns when every task has stopped.
+    pub async fn run(
+        self: Arc<Self>,
+        peer_listener: TcpListener,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        conditions: Arc<dyn RuntimeConditions>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let config = &self.config;
+        let egress = self.egress.clone();
+        let tls = egress.dialer.tls.clone();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(health::run_probers(
+            tls.clone(),
+            egress.dialer.health.clone(),
+            snapshots.clone(),
+            conditions.clone(),
+            config.metrics.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(ingress::serve(
+            peer_listener,
+            tls,
+            snapshots.clone(),
+            ingress::PeerPortConfig {
+                metrics: config.metrics.clone(),
+                protected: config.protected.clone().into(),
+                loopback_backends: config.loopback_backends,
+                relayed: egress.relayed.clone(),
+            },
+            shutdown.clone(),
+        ));
+        tasks.spawn({
+            let (egress, mut snapshots, mut shutdown) =
+                (egress.clone(), snapshots.clone(), shutdown.clone());
+            let mut credentials = egress.dialer.tls.clone();
+            async move {
+                // Idle peer connections expire even when nothing else happens.
+                let mut sweep = tokio::time::interval(Limits::DEFAULT.pool_idle / 2);
+                loop {
+                    tokio::select! {
+                        changed = snapshots.changed() => {
+                            if changed.is_err() { break }
+                            let snapshot = snapshots.borrow_and_update().clone();
+                            egress.revalidate(&snapshot);
+                        }
+                        _ = sweep.tick() => egress.dialer.sweep_pool(&snapshots.borrow()),
+                        // Connections authenticated with replaced certificates are not reused.
+                        changed = credentials.changed() => {
+                            if changed.is_err() { break }
+                            egress.dialer.empty_pool();
+                        }
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            }
+        });
+        tasks.spawn(egress::run_import_listeners(
+            config.import_address,
+            egress,
+            snapshots,
+            conditions,
+            shutdown.clone(),
+        ));
+        // Every task runs until shutdown: one that ends sooner leaves a data plane that looks up
+        // but is not, so the data plane ends too and the process above it sees that.
+        tokio::select! {
+            // Tasks end when they see the shutdown, so it is checked first: a task that ended
+            // because of it is no failure.
+            biased;
+            () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {}
+            Some(ended) = tasks.join_next() => if !*shutdown.borrow() {
+                tracing::error!(?ended, "a data-plane task ended unexpectedly; stopping the data plane");
+                return;
+            },
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs a data plane (see [`DataPlane::run`]) that nothing else asks about.
 pub async fn run(
     config: DataPlaneConfig,
     peer_listener: TcpListener,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     conditions: Arc<dyn RuntimeConditions>,
     tls: watch::Receiver<Arc<GatewayTls>>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let health = PeerHealth::default();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(health::run_probers(
-        tls.clone(),
-        health.clone(),
-        snapshots.clone(),
-        conditions.clone(),
-        config.metrics.clone(),
-        shutdown.clone(),
-    ));
-    let relayed = Arc::new(hops::RelayedConnections::default());
-    tasks.spawn(ingress::serve(
-        peer_listener,
-        tls.clone(),
-        snapshots.clone(),
-        ingress::PeerPortConfig {
-            metrics: config.metrics.clone(),
-            protected: config.protected.clone().into(),
-            loopback_backends: config.loopback_backends,
-            relayed: relayed.clone(),
-        },
-        shutdown.clone(),
-    ));
-    let egress = Arc::new(egress::Egress {
-        dialer: egress::Dialer {
-            tls,
-            health,
-            pool: Default::default(),
-            handshakes: tokio::sync::Semaphore::new(Limits::DEFAULT.handshakes_at_once),
-            metrics: config.metrics.clone(),
-        },
-        clients: config.clients,
-        metrics: config.metrics,
-        live: Default::default(),
-        relayed,
-    });
-    tasks.spawn({
-        let (egress, mut snapshots, mut shutdown) =
-            (egress.clone(), snapshots.clone(), shutdown.clone());
-        let mut credentials = egress.dialer.tls.clone();
-        async move {
-            // Idle peer connections expire even when nothing else happens.
-            let mut sweep = tokio::time::interval(Limits::DEFAULT.pool_idle / 2);
-            loop {
-                tokio::select! {
-                    changed = snapshots.changed() => {
-                        if changed.is_err() { break }
-                        let snapshot = snapshots.borrow_and_update().clone();
-                        egress.revalidate(&snapshot);
-                    }
-                    _ = sweep.tick() => egress.dialer.sweep_pool(&snapshots.borrow()),
-                    // Connections authenticated with replaced certificates are not reused.
-                    changed = credentials.changed() => {
-                        if changed.is_err() { break }
-                        egress.dialer.empty_pool();
-                    }
-                    _ = shutdown.changed() => break,
-                }
-            }
-        }
-    });
-    tasks.spawn(egress::run_import_listeners(
-        config.import_address,
-        egress,
-        snapshots,
-        conditions,
-        shutdown.clone(),
-    ));
-    // Every task runs until shutdown: one that ends sooner leaves a data plane that looks up
-    // but is not, so the data plane ends too and the process above it sees that.
-    tokio::select! {
-        // Tasks end when they see the shutdown, so it is checked first: a task that ended
-        // because of it is no failure.
-        biased;
-        () = async { drop(shutdown.wait_for(|stop| *stop).await) } => {}
-        Some(ended) = tasks.join_next() => if !*shutdown.borrow() {
-            tracing::error!(?ended, "a data-plane task ended unexpectedly; stopping the data plane");
-            return;
-        },
-    }
-    while tasks.join_next().await.is_some() {}
+    DataPlane::new(config, tls)
+        .run(peer_listener, snapshots, conditions, shutdown)
+        .await
 }
 
 /// Probes every Peer of `snapshots` and reports `PeerReachable` to `conditions`, without serving

@@ -10,6 +10,10 @@
 //! HTTP/1.1 200 OK                               then framed bytes both ways
 //! ```
 //!
+//! With `x-clusterlink-dry-run: 1` the request only asks for the decision (`gwctl explain`,
+//! `gwctl check`): the answer is a refusal as usual, or `200` with `x-clusterlink-policy` naming
+//! the policy that allows it, and no backend is dialed. Either way the connection then closes.
+//!
 //! After `200`, each direction is a run of length-prefixed frames ending with an empty frame
 //! (see `dataplane::relay`). A connection whose tunnel ended that way in both directions carries
 //! the next CONNECT, so gateways keep warm connections to each other and open most tunnels
@@ -55,6 +59,8 @@ const CLIENT_HEADER: &str = "x-clusterlink-client";
 const HOPS_HEADER: &str = "x-clusterlink-hops";
 const PEER_LABELS_HEADER: &str = "x-clusterlink-peer-labels";
 const REASON_HEADER: &str = "x-clusterlink-reason";
+const DRY_RUN_HEADER: &str = "x-clusterlink-dry-run";
+const POLICY_HEADER: &str = "x-clusterlink-policy";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
@@ -106,6 +112,8 @@ pub struct TunnelRequest {
     pub hops: u8,
     /// The requesting gateway's own labels (`--label`).
     pub peer_labels: BTreeMap<String, String>,
+    /// Only the decision is asked: nothing is dialed, nothing is relayed.
+    pub dry_run: bool,
 }
 
 /// `{"key":"value",...}` of valid Kubernetes label keys and values: a peer's labels.
@@ -139,8 +147,13 @@ impl TunnelRequest {
         let client = serde_json::to_string(&self.client).unwrap_or_else(|_| "{}".into());
         let hops = self.hops;
         let labels = peer_labels_line(&self.peer_labels);
+        let dry_run = if self.dry_run {
+            format!("{DRY_RUN_HEADER}: 1\r\n")
+        } else {
+            String::new()
+        };
         format!(
-            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{labels}{HOPS_HEADER}: {hops}\r\n\r\n"
+            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{labels}{dry_run}{HOPS_HEADER}: {hops}\r\n\r\n"
         )
         .into_bytes()
     }
@@ -176,6 +189,7 @@ impl TunnelRequest {
         let mut client = Attributes::new();
         let mut peer_labels = BTreeMap::new();
         let mut hops = 0;
+        let mut dry_run = false;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case(HOPS_HEADER) {
                 hops = std::str::from_utf8(h.value)
@@ -195,6 +209,16 @@ impl TunnelRequest {
                 client = parsed;
             } else if h.name.eq_ignore_ascii_case(PEER_LABELS_HEADER) {
                 peer_labels = parse_peer_labels(h.value)?;
+            } else if h.name.eq_ignore_ascii_case(DRY_RUN_HEADER) {
+                dry_run = match h.value {
+                    b"1" => true,
+                    b"0" => false,
+                    _ => {
+                        return Err(ProtocolError::Malformed(format!(
+                            "{DRY_RUN_HEADER} must be 0 or 1"
+                        )));
+                    }
+                };
             }
         }
         Ok(TunnelRequest {
@@ -205,6 +229,7 @@ impl TunnelRequest {
             client,
             hops,
             peer_labels,
+            dry_run,
         })
     }
 }
@@ -311,9 +336,15 @@ impl RefusalReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TunnelResponse {
     Established,
+    /// The answer to a dry run that policy allows: which policy.
+    WouldAllow {
+        policy: String,
+    },
     Refused {
         reason: RefusalReason,
         message: String,
+        /// The policy (or rule) that denied, for a [`RefusalReason::PolicyDenied`].
+        policy: Option<String>,
     },
 }
 
@@ -321,10 +352,23 @@ impl TunnelResponse {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             TunnelResponse::Established => b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
-            TunnelResponse::Refused { reason, message } => {
+            TunnelResponse::WouldAllow { policy } => {
+                // A policy reference is names and punctuation: nothing a header cannot carry.
+                format!("HTTP/1.1 200 OK\r\n{POLICY_HEADER}: {policy}\r\nconnection: close\r\n\r\n")
+                    .into_bytes()
+            }
+            TunnelResponse::Refused {
+                reason,
+                message,
+                policy,
+            } => {
                 let (code, text) = reason.status();
-                let body =
-                    serde_json::json!({"reason": reason.as_str(), "message": message}).to_string();
+                let body = serde_json::json!({
+                    "reason": reason.as_str(),
+                    "message": message,
+                    "policy": policy,
+                })
+                .to_string();
                 format!(
                     "HTTP/1.1 {code} {text}\r\n{REASON_HEADER}: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     reason.as_str(),
@@ -345,7 +389,16 @@ impl TunnelResponse {
             Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
         }
         if resp.code == Some(200) {
-            return Ok(TunnelResponse::Established);
+            let policy = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(POLICY_HEADER));
+            return Ok(match policy {
+                Some(h) => TunnelResponse::WouldAllow {
+                    policy: String::from_utf8_lossy(h.value).into_owned(),
+                },
+                None => TunnelResponse::Established,
+            });
         }
         let reason = resp
             .headers
@@ -359,11 +412,13 @@ impl TunnelResponse {
                     resp.code
                 ))
             })?;
-        let message = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        Ok(TunnelResponse::Refused { reason, message })
+        let body = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+        let text = |field: &str| body[field].as_str().map(str::to_string);
+        Ok(TunnelResponse::Refused {
+            reason,
+            message: text("message").unwrap_or_default(),
+            policy: text("policy"),
+        })
     }
 }
 
@@ -413,6 +468,7 @@ mod tests {
             .into(),
             hops: 2,
             peer_labels: [("env".to_string(), "prod".to_string())].into(),
+            dry_run: false,
         }
     }
 
@@ -433,6 +489,14 @@ mod tests {
         let bytes = r.encode();
         assert!(bytes.starts_with(b"CONNECT reviews.default:443 HTTP/1.1\r\n"));
         assert_eq!(TunnelRequest::decode(&bytes).unwrap(), r);
+        let dry = TunnelRequest {
+            dry_run: true,
+            ..request()
+        };
+        assert_eq!(TunnelRequest::decode(&dry.encode()).unwrap(), dry);
+        let bad = b"CONNECT a.b:443 HTTP/1.1\r\nx-clusterlink-dry-run: yes\r\n\r\n";
+        let e = TunnelRequest::decode(bad).unwrap_err();
+        assert!(e.to_string().contains("x-clusterlink-dry-run"), "{e}");
     }
 
     #[test]
@@ -470,6 +534,7 @@ mod tests {
         let refused = TunnelResponse::Refused {
             reason: RefusalReason::PolicyDenied,
             message: "denied by AccessPolicy default/x".into(),
+            policy: Some("default/x".into()),
         };
         let bytes = refused.encode();
         let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
@@ -477,6 +542,13 @@ mod tests {
         assert_eq!(
             TunnelResponse::decode(&bytes[..split], &bytes[split..]).unwrap(),
             refused
+        );
+        let allowed = TunnelResponse::WouldAllow {
+            policy: "privileged:allow-all".into(),
+        };
+        assert_eq!(
+            TunnelResponse::decode(&allowed.encode(), b"").unwrap(),
+            allowed
         );
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use clusterlink_dataplane::metrics::Metrics;
-use clusterlink_dataplane::{DataPlaneConfig, snapshot};
+use clusterlink_dataplane::{DataPlane, DataPlaneConfig, snapshot};
 use clusterlink_pki::reload::{GatewayTls, watch_files};
 
 use crate::management;
@@ -159,12 +159,16 @@ impl Gateway {
             protected: vec![management_addr, peer_addr],
             loopback_backends: config.loopback_backends,
         };
-        tasks.spawn(clusterlink_dataplane::run(
-            dataplane,
+        let dataplane = DataPlane::new(dataplane, tls.clone());
+        let observed = management::activity::Observed {
+            dataplane: dataplane.clone(),
+            snapshots: snapshots.clone(),
+            peer_addresses: management::activity::advertised_peer_addresses(peer_addr),
+        };
+        tasks.spawn(dataplane.run(
             peer,
             snapshots,
             Arc::new(control_plane.clone()),
-            tls.clone(),
             shutdown_rx.clone(),
         ));
         let management_tls = match config.management_security {
@@ -178,7 +182,7 @@ impl Gateway {
         tasks.spawn(management::server::serve(
             management,
             management_tls,
-            management::router(control_plane.clone(), metrics.clone(), names),
+            management::router(control_plane.clone(), metrics.clone(), names, observed),
             metrics.clone(),
             shutdown_rx,
         ));

@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 use clusterlink_api::{
     Condition, ConditionReason, ConditionStatus, ConditionType, FieldError, FieldErrors, Kind,
-    Object, ObjectKey, Scope, ServiceNaming, Status,
+    Object, ObjectKey, Objects, SYSTEM_NAMESPACE, Scope, ServiceNaming, Status,
 };
 use clusterlink_store::{Store, StoreError, Write};
 use time::OffsetDateTime;
@@ -85,8 +85,6 @@ struct Request {
     change: Change,
     reply: oneshot::Sender<Reply>,
 }
-
-use clusterlink_api::Objects;
 
 /// Conditions the running gateway reports about objects (a listener that could not bind, a peer
 /// found unreachable). Kept in memory only: they describe this process, not desired state.
@@ -174,7 +172,13 @@ impl ControlPlane {
     fn with_status(&self, obj: Object) -> Object {
         let runtime = self.runtime.read();
         let key = obj.key();
-        let conditions = runtime.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let mut derived;
+        let mut conditions = runtime.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        if let Object::Import(import) = &obj {
+            derived = conditions.to_vec();
+            derived.push(sources_ready(&import.spec, &self.snapshot(), &runtime));
+            conditions = &derived;
+        }
         let labels = self
             .reported_labels
             .read()
@@ -491,6 +495,84 @@ fn with_status(
     };
     obj.set_status((status != Status::default()).then_some(status));
     obj
+}
+
+/// An Import's `SourcesReady`: whether its sources name defined Peers, and whether they answer
+/// probes, from the Peers' own `PeerReachable`.
+fn sources_ready(
+    spec: &clusterlink_api::ImportSpec,
+    objects: &Objects,
+    runtime: &RuntimeConditions,
+) -> Condition {
+    let condition = |status, reason, message: String| {
+        Condition::new(ConditionType::SourcesReady, status, reason, message)
+    };
+    let mut peers: Vec<&str> = spec.sources.iter().map(|s| s.peer.as_str()).collect();
+    peers.sort_unstable();
+    peers.dedup();
+    let missing: Vec<String> = peers
+        .iter()
+        .filter(|p| !objects.contains_key(&ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, **p)))
+        .map(|p| format!("{p:?}"))
+        .collect();
+    if !missing.is_empty() {
+        return condition(
+            ConditionStatus::False,
+            ConditionReason::NoSuchPeer,
+            format!(
+                "source peer {} is not defined: create the Peer, or fix the source",
+                missing.join(", ")
+            ),
+        );
+    }
+    let reachable = |peer: &str| {
+        runtime
+            .get(&ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, peer))
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.type_ == ConditionType::PeerReachable.as_str())
+            })
+            .map(|c| c.status)
+    };
+    let unreachable: Vec<&str> = peers
+        .iter()
+        .copied()
+        .filter(|p| reachable(p) == Some(ConditionStatus::False))
+        .collect();
+    let unprobed = peers.iter().any(|p| reachable(p).is_none());
+    if !peers.is_empty() && unreachable.len() == peers.len() {
+        condition(
+            ConditionStatus::False,
+            ConditionReason::PeersUnreachable,
+            format!(
+                "no source's peer answers probes ({}); see `gwctl describe peer`",
+                unreachable.join(", ")
+            ),
+        )
+    } else if unprobed {
+        condition(
+            ConditionStatus::Unknown,
+            ConditionReason::NotProbed,
+            "waiting for the first health probe of a source's peer".into(),
+        )
+    } else if !unreachable.is_empty() {
+        condition(
+            ConditionStatus::True,
+            ConditionReason::PeersReachable,
+            format!(
+                "{} of {} source peers answer probes; not {}",
+                peers.len() - unreachable.len(),
+                peers.len(),
+                unreachable.join(", ")
+            ),
+        )
+    } else {
+        condition(
+            ConditionStatus::True,
+            ConditionReason::PeersReachable,
+            format!("every source's peer answers probes ({})", peers.join(", ")),
+        )
+    }
 }
 
 /// Namespaces an object of `kind` may be addressed in, for REST paths.

@@ -45,3 +45,10 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Result<Identity, PkiError> {
         ))),
     }
 }
+
+/// When `cert` expires, in seconds since the Unix epoch.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, PkiError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| PkiError::Identity(format!("unparseable certificate: {e}")))?;
+    Ok(x509.validity().not_after.timestamp())
+}

@@ -23,6 +23,9 @@ pub struct GatewayTls {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
     pub management: Arc<ServerConfig>,
+    /// When the gateway's own certificate expires, in seconds since the Unix epoch (`None` if
+    /// it cannot be read, which the handshake would have refused first).
+    pub certificate_expires: Option<i64>,
 }
 
 impl GatewayTls {
@@ -36,6 +39,10 @@ impl GatewayTls {
             client: Arc::new(client),
             // The management API speaks plain HTTP/1.1 inside TLS: no tunnel ALPN.
             management: Arc::new(mutual_server_config(credentials)?),
+            certificate_expires: credentials
+                .chain
+                .first()
+                .and_then(|c| crate::identity::not_after(c).ok()),
         })
     }
 }

@@ -36,9 +36,14 @@ pub(super) fn last_refusal(log: &Path) -> Option<String> {
         .unwrap_or_default()
         .lines()
         .rev()
-        .find_map(|l| l.split_once("source failed: ").map(|(_, r)| r.to_string()))
+        // The policy's refusal, not the client's reset that follows it.
+        .filter(|l| l.contains("reason=\"PolicyDenied\""))
+        .find_map(|l| {
+            l.split_once("connection refused: ")
+                .map(|(_, r)| r.to_string())
+        })
         // The log line goes on with its structured fields; the reason is what comes first.
-        .map(|r| r.split(" import=").next().unwrap_or_default().to_string())
+        .map(|r| r.split(" side=").next().unwrap_or_default().to_string())
 }
 
 /// How a failed connection reads in the demo's output.

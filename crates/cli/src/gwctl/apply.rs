@@ -21,7 +21,7 @@ const PIPELINE_CONNECTIONS: usize = 8;
 const _: () =
     assert!(PIPELINE_CONNECTIONS <= clusterlink_dataplane::Limits::DEFAULT.management.per_source);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BulkOp {
     Apply,
     Delete,
@@ -46,9 +46,14 @@ pub(super) async fn bulk(
     let (done, mut results) =
         tokio::sync::mpsc::unbounded_channel::<(usize, Result<String, String>)>();
     let mut queues: Vec<Vec<(usize, Object)>> = vec![Vec::new(); PIPELINE_CONNECTIONS];
+    // What was applied, for the warnings about what is not working.
+    let mut applied: BTreeMap<usize, Object> = BTreeMap::new();
     for (i, item) in items.into_iter().enumerate() {
         match item {
             Ok(obj) => {
+                if op == BulkOp::Apply {
+                    applied.insert(i, obj.clone());
+                }
                 let mut h = DefaultHasher::new();
                 obj.key().hash(&mut h);
                 queues[h.finish() as usize % PIPELINE_CONNECTIONS].push((i, obj));
@@ -98,8 +103,15 @@ pub(super) async fn bulk(
     let mut pending = BTreeMap::new();
     let mut next = 0;
     let mut failed = 0;
-    let mut report = |r: Result<String, String>| match r {
-        Ok(line) => println!("{line}"),
+    let mut written = Vec::new();
+    let mut report = |i: usize, r: Result<String, String>| match r {
+        Ok(line) => {
+            println!("{line}");
+            if let Some(obj) = applied.remove(&i) {
+                let did = line.rsplit(' ').next().unwrap_or("configured").to_string();
+                written.push((obj, did));
+            }
+        }
         Err(line) => {
             eprintln!("{line}");
             failed += 1;
@@ -108,18 +120,24 @@ pub(super) async fn bulk(
     while let Some((i, result)) = results.recv().await {
         pending.insert(i, result);
         while let Some(r) = pending.remove(&next) {
-            report(r);
+            report(next, r);
             next += 1;
         }
     }
     // A lost connection leaves gaps; report what did complete, in order, then the cause.
     let answered = next + pending.len();
-    pending.into_values().for_each(&mut report);
+    pending.into_iter().for_each(|(i, r)| report(i, r));
     while let Some(joined) = workers.join_next().await {
         joined.map_err(|e| anyhow!("request task failed: {e}"))??;
     }
     if answered < total {
         bail!("{} of {total} objects were not sent", total - answered);
+    }
+    if !written.is_empty() {
+        let mut client = Client::new(ctx)?.with_timeout(timeout);
+        for warning in super::warn::after_writes(&mut client, &written).await {
+            eprintln!("warning: {warning}");
+        }
     }
     if failed > 0 {
         bail!("{failed} of {total} objects failed");

@@ -56,12 +56,13 @@ pub enum Command {
         #[command(flatten)]
         ns: NamespaceArg,
     },
-    /// List objects, or show one.
+    /// List objects, or show one; or the gateway's recent tunnel events.
     #[command(
-        after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml\n  gwctl get all -l tier=gold -o name"
+        after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml\n  gwctl get all -l tier=gold -o name\n  gwctl get events --import web --problems"
     )]
     Get {
-        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies, or all.
+        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies, all, or
+        /// events (recent tunnels and refusals, newest first).
         kind: String,
         name: Option<String>,
         #[command(flatten)]
@@ -75,6 +76,82 @@ pub enum Command {
         selector: Option<clusterlink_api::LabelSelector>,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
+        #[command(flatten)]
+        events: EventArgs,
+    },
+    /// Show an object with its conditions, its live tunnels and traffic, its sources'
+    /// reachability, and the latest refusals that concern it.
+    #[command(
+        after_help = "Examples:\n  gwctl describe import web\n  gwctl describe peer server1\n  gwctl describe policy deny-web -n shop"
+    )]
+    Describe {
+        /// peer, export, import, policy or privilegedaccesspolicy.
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        ns: NamespaceArg,
+    },
+    /// Show the decision a new connection to an import would get now, on both sides: egress
+    /// here, ingress asked of each exporting gateway as a dry run (no backend is dialed).
+    /// Exits 1 if the connection would be refused.
+    #[command(
+        after_help = "Examples:\n  gwctl explain web --client 127.0.0.1\n  gwctl explain web --client-attribute client.clusterlink.net/labels.app=web"
+    )]
+    Explain {
+        /// The import.
+        import: String,
+        /// The client's address: its attributes are found as for a real connection.
+        #[arg(
+            long,
+            value_name = "ADDRESS",
+            required_unless_present = "client_attributes"
+        )]
+        client: Option<std::net::IpAddr>,
+        /// A client attribute, KEY=VALUE (client.clusterlink.net/namespace,
+        /// client.clusterlink.net/service-account, client.clusterlink.net/labels.<key>);
+        /// repeatable.
+        #[arg(
+            long = "client-attribute",
+            value_name = "KEY=VALUE",
+            conflicts_with = "client"
+        )]
+        client_attributes: Vec<String>,
+        #[command(flatten)]
+        ns: NamespaceArg,
+        #[arg(short, long, value_enum, default_value_t = Report::Text)]
+        output: Report,
+    },
+    /// Change single fields of an object: PATH=VALUE sets one (a YAML value), PATH- removes it.
+    #[command(after_help = "Examples:\n  gwctl update import web spec.port=9001\n  \
+        gwctl update peer server1 metadata.labels.env=prod\n  \
+        gwctl update import web spec.sources.1='{peer: server2, exportName: web, exportNamespace: default}'\n  \
+        gwctl update export web metadata.labels.tier-")]
+    Update {
+        kind: String,
+        name: String,
+        /// spec.port=9001, metadata.labels.env=prod, spec.sources.0.peer=p2, or PATH- to remove.
+        #[arg(required = true, value_name = "PATH=VALUE|PATH-")]
+        changes: Vec<String>,
+        #[command(flatten)]
+        ns: NamespaceArg,
+    },
+    /// Edit an object as YAML in $VISUAL or $EDITOR (default vi), and apply it when saved.
+    #[command(
+        after_help = "Examples:\n  gwctl edit import web\n  EDITOR=nano gwctl edit peer server1"
+    )]
+    Edit {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        ns: NamespaceArg,
+    },
+    /// Check the gateway and everything it was told to do: its version and certificate, each
+    /// Peer's reachability, each Import's port, sources and remote exports, each policy's
+    /// attribute keys, and port clashes. Exits 1 if any check failed.
+    #[command(after_help = "Examples:\n  gwctl check\n  gwctl --context p1 check -o json")]
+    Check {
+        #[arg(short, long, value_enum, default_value_t = Report::Text)]
+        output: Report,
     },
     /// Delete an object by kind and name, or every object a manifest names.
     #[command(
@@ -105,9 +182,61 @@ pub enum Command {
         #[arg(value_enum)]
         shell: Shell,
     },
+    /// Print the Peer manifest another site applies to reach this gateway: its name, the
+    /// addresses its peer port is reachable at, and the port.
+    #[command(
+        after_help = "Examples:\n  gwctl --context server1 link > server1-peer.yaml\n  \
+        gwctl --context client1 apply -f server1-peer.yaml\n  \
+        gwctl link --address gw.example.com --address 203.0.113.7 --label env=prod"
+    )]
+    Link {
+        /// An address other sites reach this gateway at (a NAT's or load balancer's), instead of
+        /// the ones the gateway finds; repeatable. HOST or HOST:PORT (default: the peer port).
+        #[arg(long = "address", value_name = "HOST[:PORT]")]
+        addresses: Vec<String>,
+        #[command(flatten)]
+        labels: LabelArgs,
+    },
     /// Print gwctl's version, and the gateway's version and peer name.
     #[command(after_help = "Example:\n  gwctl version\n  gwctl --context p1 version")]
     Version,
+}
+
+/// How `explain` and `check` print their report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Report {
+    Text,
+    Json,
+}
+
+/// Filters of `gwctl get events`.
+#[derive(Debug, Args)]
+pub struct EventArgs {
+    /// Events of this import (get events only).
+    #[arg(long, value_name = "NAME")]
+    pub import: Option<String>,
+    /// Events of this export (get events only).
+    #[arg(long, value_name = "NAME")]
+    pub export: Option<String>,
+    /// Events with this peer (get events only).
+    #[arg(long, value_name = "PEER")]
+    pub peer: Option<String>,
+    /// Only refusals, cuts and broken tunnels (get events only).
+    #[arg(long)]
+    pub problems: bool,
+    /// At most this many events (get events only; the gateway keeps a few hundred).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+impl EventArgs {
+    pub fn any(&self) -> bool {
+        self.import.is_some()
+            || self.export.is_some()
+            || self.peer.is_some()
+            || self.problems
+            || self.limit.is_some()
+    }
 }
 
 /// The shells `gwctl completion` writes scripts for.

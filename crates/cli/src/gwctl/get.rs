@@ -31,7 +31,7 @@ pub(super) async fn get(
         }
     }
     if shown.is_empty() {
-        if format == Format::Table {
+        if matches!(format, Format::Table | Format::Wide) {
             let what = match kinds {
                 [kind] => kind.plural().to_string(),
                 _ => "objects".to_string(),
@@ -58,7 +58,7 @@ pub(super) async fn get(
             );
         }
         // A table per kind, as `kubectl get all` prints them.
-        Format::Table => {
+        Format::Table | Format::Wide => {
             let tables: Vec<String> = shown
                 .iter()
                 .map(|(kind, objects)| render(objects, *kind, format, name.is_some(), all))
@@ -69,7 +69,7 @@ pub(super) async fn get(
     Ok(())
 }
 
-async fn fetch(
+pub(super) async fn fetch(
     client: &mut Client,
     kind: Kind,
     name: Option<&str>,

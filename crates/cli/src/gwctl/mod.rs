@@ -2,13 +2,19 @@
 //!
 //! This module runs each command; `args` holds the arguments, `apply` reads manifests and applies or
 //! deletes their objects in bulk, `build` makes the object `create` describes, `get` lists and
-//! shows, `config` manages saved contexts ([`crate::context`]).
+//! shows, `observe` shows the running gateway (`get events`, `describe`, `explain`), `check` checks
+//! it, `config` manages saved contexts ([`crate::context`]).
 
 mod apply;
 mod args;
 mod build;
+mod check;
 mod config;
+mod edit;
 mod get;
+mod link;
+mod observe;
+mod warn;
 
 use std::time::Duration;
 
@@ -18,7 +24,7 @@ use clusterlink_api::{Kind, ObjectKey};
 use http::{Method, StatusCode};
 
 pub use self::args::{
-    Command, ConfigCommand, CreateCommand, Gwctl, LabelArgs, NamespaceArg, Shell,
+    Command, ConfigCommand, CreateCommand, EventArgs, Gwctl, LabelArgs, NamespaceArg, Report, Shell,
 };
 
 use self::apply::{BulkOp, bulk};
@@ -27,6 +33,7 @@ use self::config::run_config;
 use self::get::get;
 use crate::client::Client;
 use crate::context::{Config, Context, default_config_path};
+use crate::output::Format;
 
 /// Runs gwctl; the returned error is printed by `main` and makes the exit status non-zero.
 pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
@@ -80,7 +87,36 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             all_namespaces,
             selector,
             output,
+            events,
         } => {
+            if kind.eq_ignore_ascii_case("events") || kind.eq_ignore_ascii_case("event") {
+                let json = match output {
+                    Format::Table | Format::Wide => false,
+                    Format::Json => true,
+                    other => bail!("events print as a table or JSON, not {other:?}"),
+                };
+                let namespace = default_ns(&ns);
+                let qualified = |name: String| {
+                    if name.contains('/') {
+                        name
+                    } else {
+                        format!("{namespace}/{name}")
+                    }
+                };
+                let query = observe::EventQuery {
+                    import: events.import.map(qualified),
+                    export: events.export.map(qualified),
+                    peer: events.peer,
+                    problems: events.problems,
+                    limit: events.limit,
+                };
+                return observe::events(&mut client, &query, json).await;
+            }
+            if events.any() {
+                bail!(
+                    "--import, --export, --peer, --problems and --limit filter `gwctl get events` only"
+                );
+            }
             let kinds = if kind.eq_ignore_ascii_case("all") {
                 if name.is_some() {
                     bail!("`gwctl get all` lists every kind; name a kind to show one object");
@@ -138,6 +174,53 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             }
             reply.ensure_ok()?;
             println!("{key} created");
+            for warning in warn::after_writes(&mut client, &[(obj, "created".into())]).await {
+                eprintln!("warning: {warning}");
+            }
+            Ok(())
+        }
+        Command::Describe { kind, name, ns } => {
+            let key = observe::key_of(parse_kind(&kind)?, &default_ns(&ns), &name);
+            observe::describe(&mut client, &key).await
+        }
+        Command::Explain {
+            import,
+            client: address,
+            client_attributes,
+            ns,
+            output,
+        } => {
+            let request = clusterlink_api::activity::ExplainRequest {
+                namespace: default_ns(&ns),
+                import,
+                client_address: address,
+                client_attributes: if client_attributes.is_empty() {
+                    None
+                } else {
+                    Some(observe::attributes(&client_attributes)?)
+                },
+            };
+            observe::explain(&mut client, &request, output == Report::Json).await
+        }
+        Command::Check { output } => check::check(&mut client, output == Report::Json).await,
+        Command::Update {
+            kind,
+            name,
+            changes,
+            ns,
+        } => {
+            let key = observe::key_of(parse_kind(&kind)?, &default_ns(&ns), &name);
+            edit::update(&mut client, &key, &changes).await
+        }
+        Command::Edit { kind, name, ns } => {
+            let key = observe::key_of(parse_kind(&kind)?, &default_ns(&ns), &name);
+            edit::edit(&mut client, &key).await
+        }
+        Command::Link { addresses, labels } => {
+            print!(
+                "{}",
+                link::peer_manifest(&mut client, &addresses, &labels.labels).await?
+            );
             Ok(())
         }
         Command::Version => version(&mut client).await,

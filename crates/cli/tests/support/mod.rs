@@ -275,6 +275,24 @@ pub fn metric(gw: &GatewayProcess, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The sum of the samples of metric `name` (`_total` included) whose labels include every one of
+/// `labels`: a count over the labels a test does not care about.
+pub fn metric_with(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (code, body) = gw.in_site(|| raw_http(gw.port(), "GET", "/metrics", b""));
+    assert_eq!(code, 200);
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (set, value) = rest.rsplit_once("} ")?;
+            let pairs: Vec<&str> = set.split(',').collect();
+            labels
+                .iter()
+                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// The status of `peer`'s `PeerReachable` condition as `client` reports it.
 pub fn reachable(client: &GatewayProcess, peer: &str) -> String {
     let json: serde_json::Value =

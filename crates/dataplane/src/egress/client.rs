@@ -14,7 +14,7 @@ use super::sources::{EgressRefusal, egress_decision, source_order};
 use crate::connections::tune_socket;
 use crate::hops::RelayedConnections;
 use crate::live::LiveTunnels;
-use crate::metrics::{Metrics, Refusal, Side};
+use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, Side, TunnelEnding, TunnelRef};
 use crate::relay::relay;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest};
@@ -73,8 +73,26 @@ impl Egress {
         let accepted_at = std::time::Instant::now();
         let _active = self.metrics.accepted(Side::Egress);
         let _ = tune_socket(&client);
+        let import_name = format!("{}/{}", key.namespace, key.name);
+        let tunnel = |source: Option<&ImportSource>| TunnelRef {
+            side: Side::Egress,
+            import: Some(import_name.clone()),
+            export: source.map_or_else(String::new, |s| {
+                format!("{}/{}", s.export_namespace, s.export_name)
+            }),
+            peer: source.map_or_else(String::new, |s| s.peer.clone()),
+            client: Some(remote),
+        };
+        let local = |refusal, policy, message| Refused {
+            by: RefusedBy::Local,
+            refusal,
+            policy,
+            message,
+        };
         let Some(import) = snapshot.imports.get(key) else {
-            self.metrics.refused(Side::Egress, Refusal::NoSuchImport);
+            let message = "the import was deleted while the connection was accepted".into();
+            let refusal = local(Refusal::NoSuchImport, None, message);
+            self.metrics.refused(&tunnel(None), refusal);
             reset(client);
             return;
         };
@@ -95,15 +113,20 @@ impl Egress {
                 &self.dialer.health,
             );
             let peer = match decision {
-                Ok(peer) => peer,
+                Ok((peer, _)) => peer,
                 Err(EgressRefusal::NoSuchPeer) => {
-                    tracing::warn!(import = %key, peer = %source.peer, "source skipped: no such Peer");
+                    let message = format!("source skipped: no Peer {:?} is defined", source.peer);
+                    let refusal = local(Refusal::NoSuchPeer, None, message);
+                    self.metrics.refused(&tunnel(Some(source)), refusal);
                     continue;
                 }
                 Err(EgressRefusal::Denied(decision)) => {
-                    let denied = Refusal::Tunnel(RefusalReason::PolicyDenied);
-                    self.metrics.refused(Side::Egress, denied);
-                    tracing::info!(import = %key, %remote, peer = %source.peer, "egress {decision}");
+                    let refusal = local(
+                        Refusal::Tunnel(RefusalReason::PolicyDenied),
+                        Some(decision.decided_by.reference()),
+                        format!("egress {decision}"),
+                    );
+                    self.metrics.refused(&tunnel(Some(source)), refusal);
                     continue;
                 }
             };
@@ -112,6 +135,7 @@ impl Egress {
                 client: client_attributes.clone(),
                 hops: self.relayed.hops_from(remote.port()),
                 peer_labels: snapshot.local_labels.clone(),
+                dry_run: false,
             };
             match self
                 .dialer
@@ -122,29 +146,30 @@ impl Egress {
                     mut connection,
                     leftover,
                     gateway,
+                    would_allow: _,
                 }) => {
                     self.metrics.authorized(Side::Egress, accepted_at.elapsed());
-                    tracing::debug!(import = %key, %remote, peer = %source.peer, "tunnel open");
+                    let meter = self.metrics.tunnel_opened(tunnel(Some(source)));
                     let registered = self.live.register(EgressTunnel {
                         import: key.clone(),
                         client: client_attributes.clone(),
                         source: source.clone(),
                     });
                     let relayed = tokio::select! {
-                        moved = relay(&mut client, &mut connection, leftover) => match moved {
+                        moved = relay(&mut client, &mut connection, leftover, &meter, true) => match moved {
                             Ok(relayed) => relayed,
                             Err(e) => {
                                 // One end broke mid-stream (a reset, or TCP closed without
                                 // close_notify): the client must not take it for a clean end.
-                                // (Bytes of a broken tunnel are not counted.)
-                                tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel broken: {e}; resetting the client");
+                                let why = format!("{e}; the client was reset");
+                                self.metrics.tunnel_ended(meter, TunnelEnding::Broken(why));
                                 reset(client);
                                 return;
                             }
                         },
                         _ = registered.revoked.notified() => {
-                            self.metrics.refused(Side::Egress, Refusal::Revoked);
-                            tracing::info!(import = %key, %remote, peer = %source.peer, "tunnel closed: access revoked");
+                            let cut = TunnelEnding::Revoked(RefusedBy::Local);
+                            self.metrics.tunnel_ended(meter, cut);
                             reset(client);
                             return;
                         }
@@ -152,25 +177,17 @@ impl Egress {
                     if relayed.reusable {
                         self.dialer.keep_warm(gateway, connection);
                     }
-                    let import_name = format!("{}/{}", key.namespace, key.name);
-                    self.metrics.import_tunnel_done(
-                        &import_name,
-                        &source.peer,
-                        relayed.sent,
-                        relayed.received,
-                    );
+                    self.metrics.tunnel_ended(meter, TunnelEnding::Closed);
                     return;
                 }
-                Err(failure) => {
-                    let (side, refusal) = failure.refusal();
-                    self.metrics.refused(side, refusal);
-                    tracing::info!(import = %key, %remote, peer = %source.peer, "source failed: {failure}")
-                }
+                Err(failure) => self
+                    .metrics
+                    .refused(&tunnel(Some(source)), failure.refusal()),
             }
         }
-        tracing::info!(import = %key, %remote, "every source failed; resetting the client");
-        self.metrics
-            .refused(Side::Egress, Refusal::AllSourcesFailed);
+        let message = "every source was refused or failed; the client was reset".into();
+        let refusal = local(Refusal::AllSourcesFailed, None, message);
+        self.metrics.refused(&tunnel(None), refusal);
         reset(client);
     }
 }

@@ -17,7 +17,7 @@ use tokio_rustls::client::TlsStream;
 use crate::connections::tune_socket;
 use crate::health::PeerHealth;
 use crate::limits::Limits;
-use crate::metrics::{Metrics, Refusal, Side};
+use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, Side};
 use crate::pool::{ConnectionPool, GatewayKey};
 use crate::read_ahead::ReadAhead;
 use crate::relay::TLS_SEND_BUFFER;
@@ -122,6 +122,7 @@ pub(super) enum TunnelFailure {
     Refused {
         reason: RefusalReason,
         message: String,
+        policy: Option<String>,
     },
     /// No gateway of the peer could take the tunnel: why, for each.
     #[error("{}", Unreachable(.0))]
@@ -132,14 +133,26 @@ pub(super) enum TunnelFailure {
 }
 
 impl TunnelFailure {
-    /// The side that refused, and the reason it is counted under: a refusal by the peer is
-    /// counted as its ingress refusal with its reason; anything else as this side's.
-    pub(super) fn refusal(&self) -> (Side, Refusal) {
+    /// The failure as reported: a refusal by the peer is the peer's, with its reason and policy;
+    /// anything else is this side's `PeerUnreachable`.
+    pub(super) fn refusal(&self) -> Refused {
         match self {
-            TunnelFailure::Refused { reason, .. } => (Side::Ingress, Refusal::Tunnel(*reason)),
-            TunnelFailure::Unreachable(_) | TunnelFailure::BadPeerName(_) => {
-                (Side::Egress, Refusal::PeerUnreachable)
-            }
+            TunnelFailure::Refused {
+                reason,
+                message,
+                policy,
+            } => Refused {
+                by: RefusedBy::Peer,
+                refusal: Refusal::Tunnel(*reason),
+                policy: policy.clone(),
+                message: message.clone(),
+            },
+            TunnelFailure::Unreachable(_) | TunnelFailure::BadPeerName(_) => Refused {
+                by: RefusedBy::Local,
+                refusal: Refusal::PeerUnreachable,
+                policy: None,
+                message: self.to_string(),
+            },
         }
     }
 }
@@ -169,6 +182,8 @@ pub(super) struct OpenTunnel {
     pub leftover: Vec<u8>,
     /// Where `connection` goes, to keep it for another tunnel when this one ends cleanly.
     pub gateway: GatewayKey,
+    /// For a dry run: the peer's allowing policy. The connection then carries nothing more.
+    pub would_allow: Option<String>,
 }
 
 impl Dialer {
@@ -223,15 +238,39 @@ impl Dialer {
                 },
             };
             let (connection, head, rest) = answer;
-            return match TunnelResponse::decode(&head, &rest) {
+            let decoded = TunnelResponse::decode(&head, &rest).and_then(|response| {
+                // A dry run must not be answered with an open tunnel, nor a tunnel with a verdict.
+                let dry_answer = matches!(response, TunnelResponse::WouldAllow { .. });
+                let tunnel_answer = matches!(response, TunnelResponse::Established);
+                if (request.dry_run && tunnel_answer) || (!request.dry_run && dry_answer) {
+                    return Err(ProtocolError::Malformed(
+                        "the answer does not match the request (dry run or tunnel)".into(),
+                    ));
+                }
+                Ok(response)
+            });
+            return match decoded {
                 Ok(TunnelResponse::Established) => Ok(OpenTunnel {
                     connection,
                     leftover: rest,
                     gateway,
+                    would_allow: None,
                 }),
-                Ok(TunnelResponse::Refused { reason, message }) => {
-                    Err(TunnelFailure::Refused { reason, message })
-                }
+                Ok(TunnelResponse::WouldAllow { policy }) => Ok(OpenTunnel {
+                    connection,
+                    leftover: rest,
+                    gateway,
+                    would_allow: Some(policy),
+                }),
+                Ok(TunnelResponse::Refused {
+                    reason,
+                    message,
+                    policy,
+                }) => Err(TunnelFailure::Refused {
+                    reason,
+                    message,
+                    policy,
+                }),
                 Err(e) => Err(TunnelFailure::Unreachable(vec![(
                     format!("{host}:{port}"),
                     DialError::BadAnswer(e),

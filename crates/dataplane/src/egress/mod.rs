@@ -5,12 +5,15 @@
 //! - [`client`]: serving one client connection: decide, open a tunnel, relay, revoke.
 //! - [`sources`]: which sources to try in which order, and whether egress policy allows each.
 //! - [`dial`]: reaching a peer's gateways, warm or new, and asking for the tunnel.
+//! - [`explain`]: the decision a connection would get, on both sides, without making one.
 
 mod client;
 mod dial;
+mod explain;
 mod listeners;
 mod sources;
 
 pub(crate) use client::Egress;
 pub(crate) use dial::Dialer;
+pub use explain::ExplainError;
 pub(crate) use listeners::run_import_listeners;

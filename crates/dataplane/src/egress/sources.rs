@@ -48,14 +48,14 @@ pub(super) enum EgressRefusal {
 }
 
 /// The egress decision for one source of an import, for a client with `client` attributes:
-/// the source's peer, or why not.
+/// the source's peer and the decision that allows it, or why not.
 pub(super) fn egress_decision<'a>(
     snapshot: &'a Snapshot,
     import: &ObjectKey,
     client: &Attributes,
     source: &ImportSource,
     health: &PeerHealth,
-) -> Result<&'a PeerEntry, EgressRefusal> {
+) -> Result<(&'a PeerEntry, PolicyDecision), EgressRefusal> {
     let peer = snapshot
         .peers
         .get(&source.peer)
@@ -80,7 +80,7 @@ pub(super) fn egress_decision<'a>(
     );
     let decision = snapshot.policy.decide(&import.namespace, &src, &dst);
     if decision.allowed {
-        Ok(peer)
+        Ok((peer, decision))
     } else {
         Err(EgressRefusal::Denied(decision))
     }

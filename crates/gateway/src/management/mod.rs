@@ -7,6 +7,9 @@
 //! | `/apis/clusterlink.net/v1alpha1/namespaces/{ns}/{resource}` | GET (list), POST (create) |
 //! | `/apis/clusterlink.net/v1alpha1/namespaces/{ns}/{resource}/{name}` | GET, PUT (apply), DELETE |
 //!
+//! Beside them, the running data plane's events, live counts and dry-run decisions
+//! ([`activity`]), the web console, health, metrics and version.
+//!
 //! `{resource}` is `peers`, `exports`, `imports`, `accesspolicies` or `privilegedaccesspolicies`;
 //! the paths and headers are defined in [`clusterlink_api::rest`].
 //! Bodies are JSON or YAML, one object, at most [`MAX_OBJECT_BYTES`]. PUT answers 201 when it
@@ -16,6 +19,8 @@
 //!
 //! Requests from web pages are refused ([`guard`]) and connections are bounded ([`server`]).
 
+pub mod activity;
+mod console;
 mod error;
 pub mod guard;
 pub mod server;
@@ -44,8 +49,17 @@ pub fn router(
     control_plane: ControlPlane,
     metrics: Arc<Metrics>,
     names: guard::ServedNames,
+    observed: activity::Observed,
 ) -> Router {
+    let tls = observed.dataplane.tls();
+    let peer_addresses: Vec<String> = observed
+        .peer_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Router::new()
+        .merge(activity::routes(observed))
+        .merge(console::routes())
         .route(
             METRICS_PATH,
             get(move || {
@@ -84,10 +98,13 @@ pub fn router(
         .route(VERSION_PATH, {
             let peer = names.peer.clone();
             get(|| async move {
+                let expires = tls.borrow().certificate_expires;
                 Json(json!({
                     "version": env!("CARGO_PKG_VERSION"),
                     "apiVersion": API_VERSION,
                     "peer": peer,
+                    "certificateExpires": expires,
+                    "peerAddresses": peer_addresses,
                 }))
             })
         })

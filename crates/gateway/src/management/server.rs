@@ -281,7 +281,8 @@ mod tests {
             peer: "server1".into(),
             any: false,
         };
-        let router = super::super::router(control_plane, metrics.clone(), names);
+        let observed = super::super::activity::tests::observed(metrics.clone());
+        let router = super::super::router(control_plane, metrics.clone(), names, observed);
         // Room for the request, not for the answer.
         let (mut client, server) = tokio::io::duplex(64);
         client
