@@ -13,6 +13,22 @@ use parking_lot::Mutex;
 /// refusals even when a misconfigured client retries several times a second.
 pub const EVENTS_KEPT: usize = 256;
 
+/// Longest message or policy name kept with an event: a peer's refusal message is its own text
+/// (up to a whole answer head), and the ring must stay small whatever peers send.
+pub const MAX_EVENT_TEXT: usize = 512;
+
+/// `text` cut to [`MAX_EVENT_TEXT`] bytes at a character boundary, saying it was cut.
+fn bounded(text: &mut String) {
+    if text.len() > MAX_EVENT_TEXT {
+        let mut end = MAX_EVENT_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+}
+
 /// What a query of the events keeps.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -48,7 +64,11 @@ struct Rings {
 }
 
 impl EventLog {
-    pub(crate) fn record(&self, event: TunnelEvent) {
+    pub(crate) fn record(&self, mut event: TunnelEvent) {
+        bounded(&mut event.message);
+        if let Some(policy) = &mut event.policy {
+            bounded(policy);
+        }
         let mut rings = self.rings.lock();
         let ring = if event.outcome == Outcome::Closed {
             &mut rings.closed
@@ -124,5 +144,18 @@ mod tests {
         };
         assert_eq!(log.recent(&by_peer, 10).len(), 1);
         assert_eq!(log.recent(&EventFilter::default(), 3).len(), 3);
+    }
+
+    #[test]
+    fn a_peers_long_message_is_cut() {
+        let log = EventLog::default();
+        let mut long = event(1, Outcome::Refused, "p1");
+        long.message = "é".repeat(MAX_EVENT_TEXT);
+        long.policy = Some("x".repeat(10 * MAX_EVENT_TEXT));
+        log.record(long);
+        let kept = &log.recent(&EventFilter::default(), 1)[0];
+        assert!(kept.message.len() <= MAX_EVENT_TEXT + "…".len());
+        assert!(kept.message.ends_with('…'));
+        assert!(kept.policy.as_ref().unwrap().len() <= MAX_EVENT_TEXT + "…".len());
     }
 }

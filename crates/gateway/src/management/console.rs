@@ -50,3 +50,34 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the page shows comes partly from peers: the script sets text, never markup, and
+    /// the page has no inline script for the policy to have to allow.
+    #[test]
+    fn the_script_never_writes_markup_and_the_page_has_no_inline_code() {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+            "Function(",
+        ] {
+            assert!(!SCRIPT.contains(sink), "console.js uses {sink}");
+        }
+        assert!(!PAGE.contains("<script>"), "inline script in the page");
+        let handler = PAGE.split(" on").skip(1).any(|rest| {
+            let name: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
+            !name.is_empty() && rest[name.len()..].starts_with('=')
+        });
+        assert!(
+            !handler,
+            "an inline event handler (onclick=...) in the page"
+        );
+        assert!(PAGE.contains("lang=\"en\""));
+    }
+}
