@@ -98,6 +98,7 @@ impl fmt::Display for PolicyDecision {
     }
 }
 
+#[derive(Debug)]
 struct CompiledPolicy {
     namespace: String,
     name: String,
@@ -130,29 +131,185 @@ impl CompiledPolicy {
     }
 }
 
-/// Deny and allow policies of one tier or namespace, each list in name order so that which
-/// policy is reported as the decider is stable.
+/// Which side of a connection a policy's required attribute is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    From,
+    To,
+}
+
+/// An attribute a policy cannot match without: a key that every selector of one side requires
+/// with `matchLabels`, and the values they require (one per selector, deduplicated).
+struct Anchor {
+    side: Side,
+    key: String,
+    values: Vec<String>,
+}
+
+impl CompiledPolicy {
+    /// Every attribute the policy cannot match without: for each side, each key that all its
+    /// selectors require with `matchLabels`.
+    fn anchors(&self) -> Vec<Anchor> {
+        let mut anchors = Vec::new();
+        for (side, selectors) in [(Side::To, &self.to), (Side::From, &self.from)] {
+            let Some((first, rest)) = selectors.split_first() else {
+                continue;
+            };
+            for key in first.match_labels.keys() {
+                if !rest.iter().all(|s| s.match_labels.contains_key(key)) {
+                    continue;
+                }
+                let mut values: Vec<String> = selectors
+                    .iter()
+                    .map(|s| s.match_labels[key].clone())
+                    .collect();
+                values.sort();
+                values.dedup();
+                anchors.push(Anchor {
+                    side,
+                    key: key.clone(),
+                    values,
+                });
+            }
+        }
+        anchors
+    }
+}
+
+/// One list of policies (a tier's denies, or its allows) in decision order, and an index of the
+/// ones a connection can match.
+///
+/// Most policies require an exact attribute (`export.clusterlink.net/name: reviews` in every
+/// `to` selector), so only those whose required value the connection has are checked, with the
+/// few that require none, in the same order a scan would take: 1,000 policies about other
+/// exports cost a hash lookup, not 1,000 selector checks. Of the attributes a policy requires,
+/// it is filed under the one the fewest policies share, so policies that all name one export
+/// but different clients are told apart by client.
+#[derive(Default)]
+struct Ordered {
+    /// In name order, so which policy is reported as the decider is stable.
+    policies: Vec<CompiledPolicy>,
+    /// Positions of policies without an anchor: candidates for every connection.
+    unanchored: Vec<u32>,
+    /// For each anchored side and key: value → positions of the policies requiring it, ascending.
+    anchored: Vec<(Side, String, HashMap<String, Vec<u32>>)>,
+}
+
+impl Ordered {
+    /// Sorts the policies and builds the index.
+    fn build(&mut self) {
+        self.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        self.unanchored.clear();
+        self.anchored.clear();
+        let candidates: Vec<Vec<Anchor>> = self.policies.iter().map(|p| p.anchors()).collect();
+        let mut sharing: HashMap<(Side, &str, &str), usize> = HashMap::new();
+        for anchor in candidates.iter().flatten() {
+            for value in &anchor.values {
+                *sharing
+                    .entry((anchor.side, &anchor.key, value))
+                    .or_default() += 1;
+            }
+        }
+        // The candidates a connection with that anchor's values would have to check.
+        let cost = |anchor: &Anchor| -> usize {
+            anchor
+                .values
+                .iter()
+                .map(|v| sharing[&(anchor.side, anchor.key.as_str(), v.as_str())])
+                .max()
+                .unwrap_or(0)
+        };
+        let chosen: Vec<Option<&Anchor>> = candidates
+            .iter()
+            .map(|anchors| anchors.iter().min_by_key(|a| cost(a)))
+            .collect();
+        for (position, anchor) in chosen.into_iter().enumerate() {
+            // Positions fit: a store holds far fewer than 4 billion policies.
+            let position = u32::try_from(position).unwrap_or(u32::MAX);
+            let Some(anchor) = anchor else {
+                self.unanchored.push(position);
+                continue;
+            };
+            let at = match self
+                .anchored
+                .iter()
+                .position(|(side, key, _)| *side == anchor.side && *key == anchor.key)
+            {
+                Some(at) => at,
+                None => {
+                    self.anchored
+                        .push((anchor.side, anchor.key.clone(), HashMap::new()));
+                    self.anchored.len() - 1
+                }
+            };
+            for value in &anchor.values {
+                self.anchored[at]
+                    .2
+                    .entry(value.clone())
+                    .or_default()
+                    .push(position);
+            }
+        }
+    }
+
+    /// The first policy, in order, that matches `src` to `dst`.
+    fn first_match(
+        &self,
+        src: &impl AttributeLookup,
+        dst: &impl AttributeLookup,
+    ) -> Option<&CompiledPolicy> {
+        if self.anchored.is_empty() {
+            return self.policies.iter().find(|p| p.matches(src, dst));
+        }
+        let mut lists: Vec<&[u32]> = Vec::with_capacity(self.anchored.len() + 1);
+        lists.push(&self.unanchored);
+        for (side, key, by_value) in &self.anchored {
+            let value = match side {
+                Side::From => src.attribute(key),
+                Side::To => dst.attribute(key),
+            };
+            if let Some(positions) = value.and_then(|v| by_value.get(v)) {
+                lists.push(positions);
+            }
+        }
+        // The candidates in order: a merge of a few ascending lists (each policy is in one).
+        loop {
+            let (list, &position) = lists
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| l.first().map(|p| (i, p)))
+                .min_by_key(|(_, p)| **p)?;
+            lists[list] = &lists[list][1..];
+            let policy = &self.policies[position as usize];
+            if policy.matches(src, dst) {
+                return Some(policy);
+            }
+        }
+    }
+}
+
+/// Deny and allow policies of one tier or namespace.
 #[derive(Default)]
 struct Layer {
-    deny: Vec<CompiledPolicy>,
-    allow: Vec<CompiledPolicy>,
+    deny: Ordered,
+    allow: Ordered,
 }
 
 impl Layer {
     fn policies(&self) -> impl Iterator<Item = &CompiledPolicy> {
-        self.deny.iter().chain(&self.allow)
+        self.deny.policies.iter().chain(&self.allow.policies)
     }
 
     fn add(&mut self, action: PolicyAction, policy: CompiledPolicy) {
         match action {
-            PolicyAction::Deny => self.deny.push(policy),
-            PolicyAction::Allow => self.allow.push(policy),
+            PolicyAction::Deny => self.deny.policies.push(policy),
+            PolicyAction::Allow => self.allow.policies.push(policy),
         }
     }
 
-    fn sort(&mut self) {
-        self.deny.sort_by(|a, b| a.name.cmp(&b.name));
-        self.allow.sort_by(|a, b| a.name.cmp(&b.name));
+    fn build(&mut self) {
+        self.deny.build();
+        self.allow.build();
     }
 }
 
@@ -185,8 +342,8 @@ impl PolicyEngine {
                 _ => {}
             }
         }
-        engine.privileged.sort();
-        engine.namespaces.values_mut().for_each(Layer::sort);
+        engine.privileged.build();
+        engine.namespaces.values_mut().for_each(Layer::build);
         engine.selects_clients = std::iter::once(&engine.privileged)
             .chain(engine.namespaces.values())
             .flat_map(Layer::policies)
@@ -226,7 +383,7 @@ impl PolicyEngine {
             (Tier::Namespaced, &local.allow, true),
         ];
         for (tier, policies, allowed) in order {
-            if let Some(p) = policies.iter().find(|p| p.matches(src, dst)) {
+            if let Some(p) = policies.first_match(src, dst) {
                 return decided(tier, p, allowed);
             }
         }
@@ -445,5 +602,98 @@ mod tests {
         assert_eq!(a["export.clusterlink.net/name"], "reviews");
         assert_eq!(a["export.clusterlink.net/namespace"], "default");
         assert_eq!(a["export.clusterlink.net/labels.env"], "prod");
+    }
+
+    mod indexed {
+        //! The index decides exactly as a scan of every policy in order would.
+        use super::*;
+        use clusterlink_api::{LabelSelectorRequirement, SelectorOperator};
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 4] = [
+            attributes::EXPORT_NAME,
+            attributes::CLIENT_NAMESPACE,
+            attributes::PEER_NAME,
+            "client.clusterlink.net/labels.app",
+        ];
+
+        fn selector() -> impl Strategy<Value = LabelSelector> {
+            let labels = proptest::collection::btree_map(
+                prop::sample::select(KEYS.to_vec()).prop_map(String::from),
+                prop::sample::select(vec!["a", "b"]).prop_map(String::from),
+                0..3,
+            );
+            let expression = (
+                prop::sample::select(KEYS.to_vec()),
+                prop::sample::select(vec![
+                    SelectorOperator::In,
+                    SelectorOperator::NotIn,
+                    SelectorOperator::Exists,
+                    SelectorOperator::DoesNotExist,
+                ]),
+            )
+                .prop_map(|(key, operator)| LabelSelectorRequirement {
+                    key: key.into(),
+                    operator,
+                    values: match operator {
+                        SelectorOperator::In | SelectorOperator::NotIn => vec!["a".into()],
+                        _ => vec![],
+                    },
+                });
+            (labels, proptest::collection::vec(expression, 0..2)).prop_map(|(l, e)| LabelSelector {
+                match_labels: l,
+                match_expressions: e,
+            })
+        }
+
+        fn compiled() -> impl Strategy<Value = (bool, CompiledPolicy)> {
+            (
+                any::<bool>(),
+                proptest::collection::vec(selector(), 0..3),
+                proptest::collection::vec(selector(), 0..3),
+                0u32..1000,
+            )
+                .prop_map(|(allow, from, to, n)| {
+                    let policy = CompiledPolicy {
+                        namespace: "default".into(),
+                        name: format!("p{n:04}"),
+                        from,
+                        to,
+                    };
+                    (allow, policy)
+                })
+        }
+
+        fn side_attributes() -> impl Strategy<Value = Attributes> {
+            proptest::collection::btree_map(
+                prop::sample::select(KEYS.to_vec()).prop_map(String::from),
+                prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from),
+                0..4,
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn decides_as_a_scan_would(
+                policies in proptest::collection::vec(compiled(), 0..24),
+                src in side_attributes(),
+                dst in side_attributes(),
+            ) {
+                let mut layer = Layer::default();
+                for (allow, policy) in policies {
+                    let action = if allow { PolicyAction::Allow } else { PolicyAction::Deny };
+                    layer.add(action, policy);
+                }
+                layer.build();
+                for list in [&layer.deny, &layer.allow] {
+                    let scanned = list.policies.iter().find(|p| p.matches(&src, &dst));
+                    let indexed = list.first_match(&src, &dst);
+                    prop_assert_eq!(
+                        scanned.map(|p| p.name.as_str()),
+                        indexed.map(|p| p.name.as_str())
+                    );
+                }
+            }
+        }
     }
 }
