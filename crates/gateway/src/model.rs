@@ -353,15 +353,20 @@ async fn writer(
         };
         match committed {
             Ok(()) => {
+                // Changed in place: the objects are copied only while a reader still holds the
+                // previous version (a list being answered), so a write costs its own changes,
+                // not the size of the store.
+                drop(current);
                 if !overlay.is_empty() {
-                    let mut next = (*current).clone();
-                    for (key, obj) in overlay {
-                        match obj {
-                            Some(o) => next.insert(key, o),
-                            None => next.remove(&key),
-                        };
-                    }
-                    objects.send_replace(Arc::new(next));
+                    objects.send_modify(|shared| {
+                        let next = Arc::make_mut(shared);
+                        for (key, obj) in overlay {
+                            match obj {
+                                Some(o) => next.insert(key, o),
+                                None => next.remove(&key),
+                            };
+                        }
+                    });
                 }
                 for (reply, result) in replies {
                     let _ = reply.send(result);
