@@ -166,3 +166,25 @@ async fn the_management_api_is_not_served_on_the_peer_port() {
     let _ = plain.read_to_end(&mut answer).await;
     assert!(!String::from_utf8_lossy(&answer).contains("PeerList"));
 }
+
+#[tokio::test]
+async fn health_probes_are_answered_one_after_another_on_one_connection() {
+    use clusterlink_dataplane::tunnel::{HEALTH_REQUEST, read_head};
+    let (f, server) = setup();
+    let mut config = mutual_client_config(&credentials(&f, "client1")).unwrap();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&server.peer_address)
+        .await
+        .unwrap();
+    let name = ServerName::try_from("server1").unwrap();
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        tls.write_all(HEALTH_REQUEST).await.unwrap();
+        let (head, rest) = read_head(&mut tls).await.unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
+        assert!(rest.is_empty());
+    }
+}

@@ -976,3 +976,55 @@ fn an_interrupted_test_bed_leaves_nothing_behind() {
         listed()
     );
 }
+
+#[test]
+fn an_export_keeps_serving_after_more_new_connections_than_its_site_has_ports() {
+    if !can_run(
+        "an_export_keeps_serving_after_more_new_connections_than_its_site_has_ports",
+        &[],
+    ) {
+        return;
+    }
+    let bed = SiteBed::new(&["busy", "caller"]);
+    // 64 ephemeral ports in the exporting site. The gateway closes each backend connection
+    // first, so each leaves a TIME_WAIT for a minute. A port bound before connecting cannot be
+    // bound again in that time; a connect that picks its own port may reuse one whose TIME_WAIT
+    // is over a second old (the kernel's `tcp_tw_reuse` on loopback).
+    // A network sysctl opened from inside the site is the site's own.
+    bed.site("busy")
+        .enter(|| std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40063"))
+        .unwrap()
+        .unwrap();
+    let range = bed
+        .site("busy")
+        .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        range.split_whitespace().collect::<Vec<_>>(),
+        ["40000", "40063"]
+    );
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    assert_ne!(host, range, "the host's own range must not change");
+    let (servers, caller) = start_linked(&bed, &["busy"], "caller");
+    let echo = EchoService::start(bed.site("busy"), "busy");
+    let port = export_and_import(
+        &[("busy", &servers[0])],
+        &caller,
+        "echo",
+        echo.port,
+        "round-robin",
+        0,
+    );
+    for burst in 0..3 {
+        for i in 0..50 {
+            let answer = talk(bed.site("caller"), port, b"hello");
+            assert_eq!(answer, served_by("busy"), "burst {burst}, connection {i}");
+        }
+        // Not a wait for readiness: the age a TIME_WAIT needs before its port is reused.
+        std::thread::sleep(TIME_WAIT_REUSE);
+    }
+}
+
+/// Longer than the kernel's `net.ipv4.tcp_tw_reuse_delay` (1 s by default).
+const TIME_WAIT_REUSE: Duration = Duration::from_millis(1500);

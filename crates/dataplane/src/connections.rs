@@ -13,6 +13,18 @@ pub(crate) fn tune_socket(stream: &tokio::net::TcpStream) -> std::io::Result<()>
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
+/// Whether nothing, not even an end of stream, waits to be read on `stream`. An idle
+/// connection with something waiting was closed or reset by the other side (a `close_notify`, a
+/// restarted gateway), so it is not used again.
+pub(crate) fn nothing_to_read(stream: &tokio::net::TcpStream) -> bool {
+    let mut probe = [std::mem::MaybeUninit::uninit()];
+    // The socket is non-blocking: nothing waiting is `WouldBlock`, an end of stream is `Ok(0)`.
+    matches!(
+        socket2::SockRef::from(stream).peek(&mut probe),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
+
 /// Waits for `connections` to end, for at most [`Limits::drain`]; then closes the rest.
 pub(crate) async fn drain(mut connections: JoinSet<()>, what: &str) {
     if connections.is_empty() {

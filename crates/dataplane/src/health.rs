@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clusterlink_api::activity::Traffic;
 use clusterlink_api::{
@@ -18,10 +18,13 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::ClientConfig;
 
 use clusterlink_pki::reload::GatewayTls;
 
 use crate::conditions::RuntimeConditions;
+use crate::connections::nothing_to_read;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -227,18 +230,18 @@ async fn probe_forever(
     metrics: Arc<Metrics>,
 ) {
     let mut tracker = Tracker::default();
+    let mut kept = KeptProbes::default();
     loop {
-        let connector = TlsConnector::from(tls.borrow().client.clone());
-        let started = std::time::Instant::now();
-        let result = probe_any(&connector, &name, &gateways).await;
-        let took = started.elapsed();
+        let client = tls.borrow().client.clone();
+        let result = probe_any(&client, &name, &gateways, &mut kept).await;
         health.record_probe(
             &name,
-            Some(result.as_ref().map(|_| took).map_err(Clone::clone)),
+            Some(result.as_ref().map(|a| a.took).map_err(Clone::clone)),
         );
-        if let Ok((_, labels)) = &result
-            && health.set_labels(&name, Some(labels.clone()))
+        if let Ok(answer) = &result
+            && health.set_labels(&name, Some(answer.labels.clone()))
         {
+            let labels = &answer.labels;
             tracing::info!(peer = %name, ?labels, "peer reports its labels");
             conditions.set_reported_labels(&peer_key(&name), Some(labels.clone()));
         }
@@ -246,11 +249,11 @@ async fn probe_forever(
             health.set(&name, Some(reachable));
             metrics.peer_reachable(&name, Some(reachable));
             let condition = match &result {
-                Ok((addr, _)) => Condition::new(
+                Ok(answer) => Condition::new(
                     PEER_REACHABLE,
                     ConditionStatus::True,
                     ConditionReason::Probed,
-                    format!("gateway {addr} answered"),
+                    format!("gateway {} answered", answer.gateway),
                 ),
                 Err(e) => Condition::new(
                     PEER_REACHABLE,
@@ -270,59 +273,154 @@ async fn probe_forever(
     }
 }
 
-/// Probes every gateway of the peer at once; reachable if any answers. The first answer's
-/// address and the labels the peer reported in it.
+/// A mutual-TLS connection that carries health probes.
+type ProbeConnection = TlsStream<TcpStream>;
+
+/// A probe connection kept between probes of one gateway address.
+struct KeptProbe {
+    connection: ProbeConnection,
+    opened: Instant,
+    /// The TLS configuration it was opened with: after a rotation, probes use the new one.
+    client: Arc<ClientConfig>,
+}
+
+/// The probe connections of one peer's gateways, by address. A probe on a kept connection is one
+/// small request and answer: a gateway that many peers probe spends its idle time on
+/// handshakes otherwise.
+#[derive(Default)]
+struct KeptProbes(HashMap<(String, u16), KeptProbe>);
+
+impl KeptProbes {
+    /// The connection kept for `gateway`, if it is still good for a probe: opened with the
+    /// current TLS configuration, younger than [`Limits::probe_connection_life`], and not closed
+    /// by the other side since the last probe.
+    fn take(&mut self, gateway: &(String, u16), client: &Arc<ClientConfig>) -> Option<KeptProbe> {
+        self.0.remove(gateway).filter(|k| {
+            Arc::ptr_eq(&k.client, client)
+                && k.opened.elapsed() < L.probe_connection_life
+                && nothing_to_read(k.connection.get_ref().0)
+        })
+    }
+}
+
+/// A gateway of the peer that answered a probe.
+struct ProbeAnswer {
+    gateway: String,
+    labels: BTreeMap<String, String>,
+    took: Duration,
+}
+
+/// Probes every gateway of the peer at once; reachable if any answers. The first answer, with
+/// the labels the peer reported in it. Every probe is waited for (each within the probe timeout),
+/// so each gateway's connection can be kept for the next probe.
 async fn probe_any(
-    connector: &TlsConnector,
+    client: &Arc<ClientConfig>,
     peer: &str,
     gateways: &[(String, u16)],
-) -> Result<(String, BTreeMap<String, String>), String> {
+    kept: &mut KeptProbes,
+) -> Result<ProbeAnswer, String> {
     let name = ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
     let mut probes = JoinSet::new();
-    for (host, port) in gateways.iter().cloned() {
-        let (connector, name) = (connector.clone(), name.clone());
+    for gateway in gateways.iter().cloned() {
+        let warm = kept.take(&gateway, client);
+        let (client, name) = (client.clone(), name.clone());
         probes.spawn(async move {
+            let (host, port) = &gateway;
             let addr = format!("{host}:{port}");
-            match timeout(L.probe_timeout, probe(&connector, name, &host, port)).await {
-                Ok(Ok(labels)) => Ok((addr, labels)),
-                Ok(Err(e)) => Err(format!("{addr}: {e}")),
-                Err(_) => Err(format!("{addr}: no answer within {:?}", L.probe_timeout)),
+            let started = Instant::now();
+            let probed = timeout(L.probe_timeout, probe(&client, name, host, *port, warm)).await;
+            let took = started.elapsed();
+            match probed {
+                Ok((Ok(labels), connection)) => (gateway, Ok((labels, took)), connection),
+                Ok((Err(e), _)) => (gateway, Err(format!("{addr}: {e}")), None),
+                Err(_) => {
+                    let e = format!("{addr}: no answer within {:?}", L.probe_timeout);
+                    (gateway, Err(e), None)
+                }
             }
         });
     }
+    let mut answer: Option<ProbeAnswer> = None;
     let mut errors = Vec::new();
     while let Some(joined) = probes.join_next().await {
-        match joined {
-            Ok(Ok(answer)) => return Ok(answer),
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(e.to_string()),
+        let (gateway, result, connection) = match joined {
+            Ok(probed) => probed,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        match result {
+            Ok((labels, took)) => {
+                if answer.is_none() {
+                    let gateway = format!("{}:{}", gateway.0, gateway.1);
+                    answer = Some(ProbeAnswer {
+                        gateway,
+                        labels,
+                        took,
+                    });
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        if let Some(k) = connection {
+            kept.0.insert(gateway, k);
         }
     }
-    Err(if errors.is_empty() {
-        "the peer lists no gateway".into()
-    } else {
-        errors.join("; ")
-    })
+    match answer {
+        Some(answer) => Ok(answer),
+        None if errors.is_empty() => Err("the peer lists no gateway".into()),
+        None => Err(errors.join("; ")),
+    }
 }
 
+/// One probe of one gateway: on `kept` if given, else on a new connection. The connection, if
+/// it can carry the next probe.
 async fn probe(
-    connector: &TlsConnector,
+    client: &Arc<ClientConfig>,
     name: ServerName<'static>,
     host: &str,
     port: u16,
-) -> Result<BTreeMap<String, String>, String> {
+    kept: Option<KeptProbe>,
+) -> (Result<BTreeMap<String, String>, String>, Option<KeptProbe>) {
+    let mut kept = match kept {
+        Some(kept) => kept,
+        None => match connect(client, name, host, port).await {
+            Ok(connection) => KeptProbe {
+                connection,
+                opened: Instant::now(),
+                client: client.clone(),
+            },
+            Err(e) => return (Err(e), None),
+        },
+    };
+    if let Err(e) = kept.connection.write_all(HEALTH_REQUEST).await {
+        return (Err(e.to_string()), None);
+    }
+    let (head, rest) = match read_head(&mut kept.connection).await {
+        Ok(read) => read,
+        Err(e) => return (Err(e.to_string()), None),
+    };
+    let labels =
+        labels_of_health_response(&head).map_err(|e| format!("unexpected health answer: {e}"));
+    // Anything after the answer is not a health answer: the connection is not used again.
+    let reusable = labels.is_ok() && rest.is_empty();
+    (labels, reusable.then_some(kept))
+}
+
+async fn connect(
+    client: &Arc<ClientConfig>,
+    name: ServerName<'static>,
+    host: &str,
+    port: u16,
+) -> Result<ProbeConnection, String> {
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut tls = connector
+    TlsConnector::from(client.clone())
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    tls.write_all(HEALTH_REQUEST)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (head, _) = read_head(&mut tls).await.map_err(|e| e.to_string())?;
-    labels_of_health_response(&head).map_err(|e| format!("unexpected health answer: {e}"))
+        .map_err(|e| format!("TLS: {e}"))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -294,8 +294,12 @@ async fn serve_request(
             tls.write_all(&health_response(&labels))
                 .await
                 .map_err(PeerConnectionError::io("answering a health probe"))?;
-            let _ = tls.shutdown().await;
-            return Ok(Served::Close);
+            tls.flush()
+                .await
+                .map_err(PeerConnectionError::io("answering a health probe"))?;
+            // Kept for the next probe: a gateway probed by many peers would otherwise spend its
+            // idle time on handshakes.
+            return Ok(Served::Reuse);
         }
         Err(e) => {
             let tunnel = ingress_tunnel(&snapshots.borrow(), peer, None);
@@ -394,6 +398,8 @@ async fn serve_request(
         return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
     }
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
+    // Nothing reaches the backend before this answer: a requesting gateway relies on it to send
+    // a client's first bytes (which may already be in `leftover`) elsewhere after a refusal.
     tls.write_all(&TunnelResponse::Established.encode())
         .await
         .map_err(PeerConnectionError::io("answering the tunnel request"))?;
@@ -564,15 +570,14 @@ async fn dial_backend(
         } else {
             TcpSocket::new_v6()?
         };
-        let unspecified: IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        } else {
-            std::net::Ipv6Addr::UNSPECIFIED.into()
-        };
-        socket.bind(SocketAddr::new(unspecified, 0))?;
-        let guard = relayed.record(socket.local_addr()?.port(), hops);
+        // No bind first: the kernel then picks the port knowing the destination (see `hops`).
+        let dialing = relayed.dialing(addr, hops);
         match socket.connect(addr).await {
-            Ok(stream) => return Ok((stream, guard)),
+            Ok(stream) => {
+                let guard = relayed.record(stream.local_addr()?.port(), hops);
+                drop(dialing);
+                return Ok((stream, guard));
+            }
             Err(e) => last = Some(e),
         }
     }

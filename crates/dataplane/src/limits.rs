@@ -55,6 +55,10 @@ pub struct Limits {
     pub probe_unreachable_every: Duration,
     /// A probe (connect, handshake, answer) slower than this counts as a failure.
     pub probe_timeout: Duration,
+    /// A probe connection is kept between probes (a probe is then one small request and answer,
+    /// not a handshake) for this long, then replaced by a new handshake: a gateway probed by
+    /// many peers stays idle, and a peer whose certificate stops verifying is still found out.
+    pub probe_connection_life: Duration,
     /// Consecutive failures that mark a reachable peer unreachable: one lost probe does not flap.
     pub failures_to_unreachable: u32,
     /// Consecutive successes that mark an unreachable peer reachable again.
@@ -131,6 +135,7 @@ impl Limits {
         probe_reachable_every: Duration::from_millis(500),
         probe_unreachable_every: Duration::from_secs(1),
         probe_timeout: Duration::from_millis(700),
+        probe_connection_life: Duration::from_secs(20),
         failures_to_unreachable: 2,
         successes_to_reachable: 2,
 
@@ -201,6 +206,8 @@ mod tests {
     #[test]
     fn a_pooled_connection_is_dropped_before_the_other_side_closes_it() {
         assert!(L.pool_idle < L.between_tunnels);
+        // A kept probe connection is used again long before the other side would close it.
+        assert!(L.probe_unreachable_every < L.between_tunnels);
     }
 
     #[test]

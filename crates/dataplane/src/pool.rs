@@ -4,9 +4,14 @@
 //! authenticated and idle; the next tunnel to the same gateway takes it and needs neither a TCP
 //! nor a TLS handshake, only the CONNECT round trip. Connections are kept per peer *and* gateway
 //! address, so a changed Peer never reuses a connection to an address it no longer lists.
+//!
+//! They are also kept per thread. A socket wakes the data-path thread it was opened on
+//! (`dataplane::workers`); a tunnel served on another thread would have both threads woken for
+//! each of its reads and writes. So a thread takes only connections it opened.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::limits::Limits;
@@ -29,9 +34,13 @@ struct Idle<C> {
     since: Instant,
 }
 
+/// One thread's idle connections, by where they go.
+type ByGateway<C> = HashMap<GatewayKey, Vec<Idle<C>>>;
+
 /// Idle connections of type `C` (a TLS stream; anything in tests).
 pub(crate) struct ConnectionPool<C> {
-    idle: Mutex<HashMap<GatewayKey, Vec<Idle<C>>>>,
+    /// By the thread that opened them.
+    idle: Mutex<HashMap<ThreadId, ByGateway<C>>>,
 }
 
 impl<C> Default for ConnectionPool<C> {
@@ -43,27 +52,40 @@ impl<C> Default for ConnectionPool<C> {
 }
 
 impl<C> ConnectionPool<C> {
-    /// The most recently used idle connection to `gateway` (the likeliest to be alive).
+    /// The most recently used idle connection to `gateway` that this thread opened (the
+    /// likeliest to be alive).
     pub fn take(&self, gateway: &GatewayKey) -> Option<C> {
         self.take_at(gateway, Instant::now())
     }
 
     fn take_at(&self, gateway: &GatewayKey, now: Instant) -> Option<C> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(gateway)?;
+        let mine = idle.get_mut(&std::thread::current().id())?;
+        let list = mine.get_mut(gateway)?;
         list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
         let taken = list.pop().map(|c| c.connection);
         if list.is_empty() {
-            idle.remove(gateway);
+            mine.remove(gateway);
         }
         taken
     }
 
-    /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
+    /// Keeps a connection whose tunnel ended cleanly for this thread's next tunnel to `gateway`.
+    /// Called on the thread that opened it.
     pub fn put(&self, gateway: GatewayKey, connection: C) {
         let mut idle = self.idle.lock();
-        let list = idle.entry(gateway).or_default();
-        if list.len() < MAX_IDLE_PER_GATEWAY {
+        // The bound is per gateway, whichever threads hold its connections.
+        let kept: usize = idle
+            .values()
+            .filter_map(|mine| mine.get(&gateway))
+            .map(Vec::len)
+            .sum();
+        if kept < MAX_IDLE_PER_GATEWAY {
+            let list = idle
+                .entry(std::thread::current().id())
+                .or_default()
+                .entry(gateway)
+                .or_default();
             list.push(Idle {
                 connection,
                 since: Instant::now(),
@@ -76,15 +98,18 @@ impl<C> ConnectionPool<C> {
     pub fn sweep(&self, keep: impl Fn(&GatewayKey) -> bool) {
         let now = Instant::now();
         let mut idle = self.idle.lock();
-        idle.retain(|gateway, list| {
-            list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
-            !list.is_empty() && keep(gateway)
-        });
+        for mine in idle.values_mut() {
+            mine.retain(|gateway, list| {
+                list.retain(|c| now.duration_since(c.since) < IDLE_LIMIT);
+                !list.is_empty() && keep(gateway)
+            });
+        }
     }
 
     /// How many idle connections are kept.
     pub fn len(&self) -> usize {
-        self.idle.lock().values().map(Vec::len).sum()
+        let idle = self.idle.lock();
+        idle.values().flat_map(|m| m.values()).map(Vec::len).sum()
     }
 }
 
@@ -126,6 +151,30 @@ mod tests {
         assert_eq!(pool.len(), MAX_IDLE_PER_GATEWAY);
         let later = Instant::now() + IDLE_LIMIT;
         assert_eq!(pool.take_at(&gateway("a"), later), None);
+        assert_eq!(pool.len(), 0);
+    }
+
+    #[test]
+    fn a_thread_takes_only_the_connections_it_put() {
+        let pool = std::sync::Arc::new(ConnectionPool::default());
+        pool.put(gateway("a"), 1);
+        let other = pool.clone();
+        std::thread::spawn(move || {
+            assert_eq!(other.take(&gateway("a")), None);
+            other.put(gateway("a"), 2);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pool.take(&gateway("a")), Some(1));
+        assert_eq!(pool.take(&gateway("a")), None);
+        assert_eq!(pool.len(), 1);
+        // The bound counts every thread's connections to the gateway.
+        for i in 0..MAX_IDLE_PER_GATEWAY {
+            pool.put(gateway("a"), 10 + i);
+        }
+        assert_eq!(pool.len(), MAX_IDLE_PER_GATEWAY);
+        // Forgetting a gateway closes every thread's connections to it.
+        pool.sweep(|g| g.peer != "a");
         assert_eq!(pool.len(), 0);
     }
 

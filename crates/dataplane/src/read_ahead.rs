@@ -36,6 +36,14 @@ impl<S> ReadAhead<S> {
     }
 }
 
+impl ReadAhead<tokio::net::TcpStream> {
+    /// Whether nothing has arrived since the last read: none held ahead, and none waiting in the
+    /// socket ([`crate::connections::nothing_to_read`]).
+    pub fn is_quiet(&self) -> bool {
+        self.start == self.end && crate::connections::nothing_to_read(&self.inner)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -34,6 +34,21 @@ const MAX_BUFFER: usize = 256 * 1024;
 pub(crate) const TLS_SEND_BUFFER: usize = MAX_BUFFER + 4 * 1024;
 /// How much a buffer grows when a read fills it.
 const GROWTH: usize = 4;
+/// The most of a client's first bytes that travel with the tunnel request: what the first read
+/// of a direction would have framed anyway.
+pub(crate) const MAX_FIRST_FRAME: usize = INITIAL_BUFFER - HEADER;
+
+/// Appends `bytes` to `out` as one frame, as [`relay`] would have sent them. Empty `bytes`
+/// append nothing: an empty frame would end the direction.
+pub(crate) fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    // At most MAX_FIRST_FRAME bytes are ever pushed, far below 4 GiB.
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+}
 
 /// What a finished tunnel moved, and whether its peer connection may carry another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

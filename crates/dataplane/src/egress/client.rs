@@ -9,7 +9,7 @@ use clusterlink_api::clients::ClientTable;
 use clusterlink_api::{ImportSource, ObjectKey};
 use tokio::net::TcpStream;
 
-use super::dial::{Dialer, OpenTunnel};
+use super::dial::{Dialer, FirstBytes, OpenTunnel, TunnelFailure};
 use super::sources::{EgressRefusal, egress_decision, source_order};
 use crate::connections::tune_socket;
 use crate::hops::RelayedConnections;
@@ -73,6 +73,10 @@ impl Egress {
         let accepted_at = std::time::Instant::now();
         let _active = self.metrics.accepted(Side::Egress);
         let _ = tune_socket(&client);
+        // Unknown only if the socket already failed; the relay then meets the error.
+        let listening_on = client
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let import_name = format!("{}/{}", key.namespace, key.name);
         let tunnel = |source: Option<&ImportSource>| TunnelRef {
             side: Side::Egress,
@@ -100,6 +104,8 @@ impl Egress {
             Some(pod) => pod.clone(),
             None => self.clients.attributes_of(remote.ip()),
         };
+        // Read only through `first` until a tunnel is open, so no byte is lost or sent twice.
+        let mut first = FirstBytes::of(&client);
         for source in source_order(import, next, |peer| self.dialer.health.is_unreachable(peer)) {
             let export = ExportRef {
                 namespace: source.export_namespace.clone(),
@@ -133,13 +139,13 @@ impl Egress {
             let request = TunnelRequest {
                 export: export.clone(),
                 client: client_attributes.clone(),
-                hops: self.relayed.hops_from(remote.port()),
+                hops: self.relayed.hops_from(remote, listening_on),
                 peer_labels: snapshot.local_labels.clone(),
                 dry_run: false,
             };
             match self
                 .dialer
-                .open_tunnel(&source.peer, &peer.gateways, &request)
+                .open_tunnel(&source.peer, &peer.gateways, &request, &mut first)
                 .await
             {
                 Ok(OpenTunnel {
@@ -150,6 +156,7 @@ impl Egress {
                 }) => {
                     self.metrics.authorized(Side::Egress, accepted_at.elapsed());
                     let meter = self.metrics.tunnel_opened(tunnel(Some(source)));
+                    meter.sent(first.taken() as u64);
                     let registered = self.live.register(EgressTunnel {
                         import: key.clone(),
                         client: client_attributes.clone(),
@@ -178,6 +185,12 @@ impl Egress {
                         self.dialer.keep_warm(gateway, connection);
                     }
                     self.metrics.tunnel_ended(meter, TunnelEnding::Closed);
+                    return;
+                }
+                Err(failure @ TunnelFailure::Interrupted { .. }) => {
+                    self.metrics
+                        .refused(&tunnel(Some(source)), failure.refusal());
+                    reset(client);
                     return;
                 }
                 Err(failure) => self

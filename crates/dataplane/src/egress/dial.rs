@@ -20,7 +20,7 @@ use crate::limits::Limits;
 use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, Side};
 use crate::pool::{ConnectionPool, GatewayKey};
 use crate::read_ahead::ReadAhead;
-use crate::relay::TLS_SEND_BUFFER;
+use crate::relay::{MAX_FIRST_FRAME, TLS_SEND_BUFFER, push_frame};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, read_head};
 
@@ -130,6 +130,12 @@ pub(super) enum TunnelFailure {
     /// The peer's name cannot be checked against a certificate.
     #[error("peer name {0:?} is not a DNS name")]
     BadPeerName(String),
+    /// The request went out with the client's first bytes and no answer came back. The peer may
+    /// have passed them on, so no other source is tried: they must not arrive twice.
+    #[error(
+        "{gateway}: {error}, after the client's first bytes went out with the request; not tried elsewhere, so they cannot arrive twice"
+    )]
+    Interrupted { gateway: String, error: DialError },
 }
 
 impl TunnelFailure {
@@ -147,7 +153,9 @@ impl TunnelFailure {
                 policy: policy.clone(),
                 message: message.clone(),
             },
-            TunnelFailure::Unreachable(_) | TunnelFailure::BadPeerName(_) => Refused {
+            TunnelFailure::Unreachable(_)
+            | TunnelFailure::BadPeerName(_)
+            | TunnelFailure::Interrupted { .. } => Refused {
                 by: RefusedBy::Local,
                 refusal: Refusal::PeerUnreachable,
                 policy: None,
@@ -186,6 +194,58 @@ pub(super) struct OpenTunnel {
     pub would_allow: Option<String>,
 }
 
+/// The client's first bytes, sent in the same write (and TLS record) as the tunnel request when
+/// the client has already sent them, so the backend gets them one round trip sooner.
+///
+/// They are read without waiting, just before a request goes out, and kept: a request refused by
+/// one source's gateway carries the same bytes to the next. A refusal proves they went nowhere,
+/// since a gateway writes nothing to a backend before it answers `200`. A request that carried
+/// them and got no answer at all is the one case that cannot be retried
+/// ([`TunnelFailure::Interrupted`]).
+pub(super) struct FirstBytes<'c> {
+    client: Option<&'c TcpStream>,
+    bytes: Vec<u8>,
+}
+
+impl<'c> FirstBytes<'c> {
+    /// Bytes that `client` has sent by the time each request goes out.
+    pub fn of(client: &'c TcpStream) -> Self {
+        FirstBytes {
+            client: Some(client),
+            bytes: Vec::new(),
+        }
+    }
+
+    /// No client bytes: a dry run.
+    pub fn none() -> Self {
+        FirstBytes {
+            client: None,
+            bytes: Vec::new(),
+        }
+    }
+
+    /// What was taken from the client: the tunnel's relay goes on after these.
+    pub fn taken(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// `head`, followed by a frame of what the client has sent so far (if anything).
+    fn with_request(&mut self, head: &[u8]) -> Vec<u8> {
+        if let (Some(client), true) = (self.client, self.bytes.is_empty()) {
+            let mut buf = vec![0; MAX_FIRST_FRAME];
+            // Nothing yet (`WouldBlock`), an end of stream, or an error: the relay meets them.
+            if let Ok(n) = client.try_read(&mut buf) {
+                buf.truncate(n);
+                self.bytes = buf;
+            }
+        }
+        let mut message = Vec::with_capacity(head.len() + 4 + self.bytes.len());
+        message.extend_from_slice(head);
+        push_frame(&mut message, &self.bytes);
+        message
+    }
+}
+
 impl Dialer {
     /// Asks each gateway of the peer in turn, on a warm connection if one is kept, else on a new
     /// one. A refusal from a gateway ends the attempt on this peer (its other gateways share its
@@ -195,6 +255,7 @@ impl Dialer {
         peer: &str,
         gateways: &[(String, u16)],
         request: &TunnelRequest,
+        first: &mut FirstBytes<'_>,
     ) -> Result<OpenTunnel, TunnelFailure> {
         let name = ServerName::try_from(peer.to_string())
             .map_err(|_| TunnelFailure::BadPeerName(peer.to_string()))?;
@@ -211,31 +272,52 @@ impl Dialer {
             if self.health.is_unreachable(peer) {
                 self.forget(&gateway);
             }
-            // A warm connection the far end has closed fails before any client byte went out,
-            // so a new connection can take the tunnel instead. Its siblings are likely as stale
-            // (the gateway restarted), so they go too.
+            let address = format!("{host}:{port}");
+            // A warm connection the far end has closed (the gateway restarted) is seen before
+            // anything is sent on it; its siblings are likely as stale, so they go too.
+            let mut warm = self.take_warm(&gateway);
+            if warm.as_ref().is_some_and(|c| !c.get_ref().0.is_quiet()) {
+                warm = None;
+                self.forget(&gateway);
+            }
             let mut answered = None;
-            if let Some(connection) = self.take_warm(&gateway) {
-                match ask(connection, &head).await {
+            if let Some(connection) = warm {
+                match ask(connection, &first.with_request(&head)).await {
                     Ok(answer) => answered = Some(answer),
+                    Err(error) if first.taken() > 0 => {
+                        return Err(TunnelFailure::Interrupted {
+                            gateway: address,
+                            error,
+                        });
+                    }
+                    // Nothing of the client's went out: a new connection can take the tunnel.
                     Err(_) => self.forget(&gateway),
                 }
             }
             let answer = match answered {
                 Some(answer) => answer,
-                None => match self.connect(&name, host, *port).await {
-                    Ok((connection, _handshake)) => match ask(connection, &head).await {
-                        Ok(answer) => answer,
+                None => {
+                    let connection = match self.connect(&name, host, *port).await {
+                        Ok((connection, _handshake)) => connection,
                         Err(e) => {
-                            errors.push((format!("{host}:{port}"), e));
+                            errors.push((address, e));
                             continue;
                         }
-                    },
-                    Err(e) => {
-                        errors.push((format!("{host}:{port}"), e));
-                        continue;
+                    };
+                    match ask(connection, &first.with_request(&head)).await {
+                        Ok(answer) => answer,
+                        Err(error) if first.taken() > 0 => {
+                            return Err(TunnelFailure::Interrupted {
+                                gateway: address,
+                                error,
+                            });
+                        }
+                        Err(e) => {
+                            errors.push((address, e));
+                            continue;
+                        }
                     }
-                },
+                }
             };
             let (connection, head, rest) = answer;
             let decoded = TunnelResponse::decode(&head, &rest).and_then(|response| {
@@ -271,8 +353,13 @@ impl Dialer {
                     message,
                     policy,
                 }),
+                // An answer this gateway cannot read may hide a tunnel the peer opened.
+                Err(e) if first.taken() > 0 => Err(TunnelFailure::Interrupted {
+                    gateway: address,
+                    error: DialError::BadAnswer(e),
+                }),
                 Err(e) => Err(TunnelFailure::Unreachable(vec![(
-                    format!("{host}:{port}"),
+                    address,
                     DialError::BadAnswer(e),
                 )])),
             };

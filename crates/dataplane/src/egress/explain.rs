@@ -9,7 +9,7 @@ use clusterlink_api::attributes::{Attributes, is_client_attribute};
 use clusterlink_api::{Kind, ObjectKey};
 
 use super::client::Egress;
-use super::dial::OpenTunnel;
+use super::dial::{FirstBytes, OpenTunnel};
 use super::sources::{EgressRefusal, egress_decision, source_order};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ExportRef, TunnelRequest};
@@ -83,7 +83,12 @@ impl Egress {
                     };
                     let answer = self
                         .dialer
-                        .open_tunnel(&source.peer, &peer.gateways, &question)
+                        .open_tunnel(
+                            &source.peer,
+                            &peer.gateways,
+                            &question,
+                            &mut FirstBytes::none(),
+                        )
                         .await;
                     Some(match answer {
                         Ok(OpenTunnel { would_allow, .. }) => Verdict {
