@@ -2,11 +2,13 @@
 //! CONNECT pairs, and two ClusterLink gateways with the full two-sided policy path, measured side
 //! by side in rotating order on one machine. Run it with `scripts/bench`; see BENCHMARKS.md.
 
+pub mod fabric;
 pub mod loadgen;
 pub mod measure;
 pub mod paths;
 pub mod proxies;
 pub mod report;
+pub mod scale;
 pub mod setup;
 
 use std::path::PathBuf;
@@ -56,6 +58,20 @@ pub struct Args {
     /// The envoy binary.
     #[arg(long, env = "ENVOY", default_value = "envoy")]
     pub envoy: PathBuf,
+    /// Sizes of the many-site fabric, comma-separated: N sites (network namespaces on one WAN),
+    /// each importing from the next 3. Needs root.
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40")]
+    pub fabric_sites: Vec<usize>,
+    /// Measure only the many-site fabric, not the data paths.
+    #[arg(long, conflicts_with = "no_fabric")]
+    pub fabric_only: bool,
+    /// Measure only the data paths, not the many-site fabric.
+    #[arg(long)]
+    pub no_fabric: bool,
+    /// Where the policy-decision and configuration-write benchmarks wrote their figures
+    /// (`policy.json`, `writes.json`; `scripts/bench` runs them first), to show beside the rest.
+    #[arg(long, default_value = "target/bench")]
+    pub scale_figures: PathBuf,
 }
 
 fn parse_path(s: &str) -> Result<PathKind, String> {
@@ -71,6 +87,11 @@ const SPARE_FILES: u64 = 256;
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.rounds == 0 || args.paths.is_empty() {
         bail!("--rounds and --paths must not be empty");
+    }
+    if !args.no_fabric {
+        clusterlink_testbed::netns::available().context(
+            "the many-site fabric needs network namespaces (run as root, or pass --no-fabric)",
+        )?;
     }
     // A proxy side holds two descriptors per idle tunnel (as does this benchmark: the client and
     // the backend's end), so the descriptor limit bounds how many tunnels a side can hold.
@@ -96,6 +117,82 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     work.disable_cleanup(true);
     let setup = Setup::create(work.path(), &bin_dir, args.envoy.clone())?;
 
+    let mut json = serde_json::json!({
+        "machine": machine(&args),
+        "settings": {
+            "rounds": args.rounds,
+            "iperf_seconds": args.iperf_seconds,
+            "conn_seconds": args.conn_seconds,
+            "idle_tunnels": idle_tunnels,
+            "fabric_sites": args.fabric_sites,
+        },
+    });
+    if !args.fabric_only {
+        let rounds = measure_paths(&args, &setup, work.path(), idle_tunnels).await?;
+        let mut shown = args.paths.clone();
+        shown.sort();
+        println!(
+            "\nMedians of {} rounds (min–max); ratios are taken within each round. Side A is the \
+client (importing) side, B the server (exporting) side.\n",
+            args.rounds
+        );
+        print!("{}", report::table(&rounds, &shown));
+        let targets = report::targets(&rounds);
+        println!("\nTargets (ClusterLink):\n{}", report::verdicts(&targets));
+        json["summary"] = serde_json::to_value(report::summarise(&rounds))?;
+        json["targets"] = serde_json::to_value(targets)?;
+        json["rounds"] = serde_json::to_value(rounds)?;
+    }
+    if !args.no_fabric {
+        let mut figures = Vec::new();
+        for &n in &args.fabric_sites {
+            eprintln!("fabric of {n} sites");
+            // On this (the runtime's main) thread: the sites' processes live as long as it does.
+            figures.push(fabric::measure(n, &bin_dir, work.path())?);
+        }
+        println!(
+            "\nA fabric of N sites, each importing from the next {} (see BENCHMARKS.md):\n",
+            fabric::SOURCES
+        );
+        print!("{}", fabric::table(&figures));
+        let targets = fabric::targets(&figures);
+        println!("\nTargets (a fabric):\n{}", report::verdicts(&targets));
+        json["fabric"] = serde_json::to_value(figures)?;
+        json["fabric_targets"] = serde_json::to_value(targets)?;
+    }
+    let scale = scale::Scale::read(&args.scale_figures)?;
+    if scale.policy.is_some() || scale.writes.is_some() {
+        println!(
+            "\nInside one gateway (criterion benchmarks, from {}):\n",
+            args.scale_figures.display()
+        );
+        print!("{}", scale.table());
+        let targets = scale.targets();
+        println!("\nTargets (scale):\n{}", report::verdicts(&targets));
+        json["scale"] = scale.to_json();
+        json["scale_targets"] = serde_json::to_value(targets)?;
+    } else {
+        println!(
+            "\nNo policy-decision or configuration-write figures in {} (scripts/bench makes them).",
+            args.scale_figures.display()
+        );
+    }
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&json)?)?;
+    println!("JSON written to {}", args.json.display());
+    work.disable_cleanup(false);
+    Ok(())
+}
+
+/// Every data path, round after round, in rotating order.
+async fn measure_paths(
+    args: &Args,
+    setup: &Setup,
+    work: &std::path::Path,
+    idle_tunnels: usize,
+) -> anyhow::Result<Vec<Round>> {
     let iperf_port = setup::free_address()?;
     let mut iperf = Command::new("iperf3");
     iperf.args([
@@ -105,7 +202,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "-p",
         &iperf_port.port().to_string(),
     ]);
-    let _iperf_server = Process::spawn(iperf, &work.path().join("iperf3.log"))?;
+    let _iperf_server = Process::spawn(iperf, &work.join("iperf3.log"))?;
     let hold = loadgen::HoldBackend::start().await?;
     let backends = Backends {
         iperf: iperf_port,
@@ -133,8 +230,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 args.rounds,
                 kind.label()
             );
-            let mut path = paths::start(kind, &setup, &backends).await?;
-            let figures = match measure_path(&path, &hold, &args, idle_tunnels).await {
+            let mut path = paths::start(kind, setup, &backends).await?;
+            let figures = match measure_path(&path, &hold, args, idle_tunnels).await {
                 Ok(figures) => figures,
                 Err(e) => {
                     let logs = path.keep_logs();
@@ -150,35 +247,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rounds.push(round);
     }
 
-    let mut shown = args.paths.clone();
-    shown.sort();
-    println!(
-        "\nMedians of {} rounds (min–max); ratios are taken within each round. Side A is the \
-client (importing) side, B the server (exporting) side.\n",
-        args.rounds
-    );
-    print!("{}", report::table(&rounds, &shown));
-    let targets = report::targets(&rounds);
-    println!("\nTargets (ClusterLink):\n{}", report::verdicts(&targets));
-    let json = serde_json::json!({
-        "machine": machine(&args),
-        "settings": {
-            "rounds": args.rounds,
-            "iperf_seconds": args.iperf_seconds,
-            "conn_seconds": args.conn_seconds,
-            "idle_tunnels": idle_tunnels,
-        },
-        "rounds": rounds,
-        "summary": report::summarise(&rounds),
-        "targets": targets,
-    });
-    if let Some(parent) = args.json.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(&args.json, serde_json::to_string_pretty(&json)?)?;
-    println!("JSON written to {}", args.json.display());
-    work.disable_cleanup(false);
-    Ok(())
+    Ok(rounds)
 }
 
 async fn measure_path(
@@ -227,8 +296,14 @@ async fn measure_path(
 }
 
 fn check_programs(args: &Args, bin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut needed: Vec<(String, &str)> = vec![("iperf3".into(), "-v")];
-    for kind in &args.paths {
+    let mut needed: Vec<(String, &str)> = Vec::new();
+    let paths: &[PathKind] = if args.fabric_only {
+        &[PathKind::Clusterlink]
+    } else {
+        needed.push(("iperf3".into(), "-v"));
+        &args.paths
+    };
+    for kind in paths {
         match kind {
             PathKind::Nginx => needed.push(("nginx".into(), "-v")),
             PathKind::Haproxy => needed.push(("haproxy".into(), "-v")),

@@ -155,19 +155,29 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+impl Target {
+    pub fn at_least(goal: &str, measured: Option<f64>, bound: f64) -> Target {
+        Target {
+            goal: goal.into(),
+            measured,
+            met: measured.map(|v| v >= bound),
+        }
+    }
+
+    pub fn at_most(goal: &str, measured: Option<f64>, bound: f64) -> Target {
+        Target {
+            goal: goal.into(),
+            measured,
+            met: measured.map(|v| v <= bound),
+        }
+    }
+}
+
 pub fn targets(rounds: &[Round]) -> Vec<Target> {
     let cl = PathKind::Clusterlink;
     let median = |s: Option<Stats>| s.map(|s| s.median);
-    let at_least = |goal: &str, v: Option<f64>, bound: f64| Target {
-        goal: goal.into(),
-        measured: v,
-        met: v.map(|v| v >= bound),
-    };
-    let at_most = |goal: &str, v: Option<f64>, bound: f64| Target {
-        goal: goal.into(),
-        measured: v,
-        met: v.map(|v| v <= bound),
-    };
+    let at_least = Target::at_least;
+    let at_most = Target::at_most;
     vec![
         at_least(
             "throughput, 1 stream >= 1.1 x Envoy HTTP/1.1",
@@ -190,9 +200,9 @@ pub fn targets(rounds: &[Round]) -> Vec<Target> {
             1.5,
         ),
         at_most(
-            "connect p50 at c=1 <= 0.5 ms",
+            "connect p50 at c=1 <= 0.4 ms",
             median(stats(rounds, cl, P50_C1)),
-            0.5,
+            0.4,
         ),
         at_most(
             "KiB per idle tunnel, side A <= 48",

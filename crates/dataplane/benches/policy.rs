@@ -10,7 +10,9 @@
 //! it reaches an allow; an engine that indexes them does not.
 //!
 //! `cargo bench -p clusterlink-dataplane --bench policy` prints criterion's estimate and, first,
-//! the p50 and p99 of single decisions (criterion reports means and medians, not tails).
+//! the p50 and p99 of single decisions (criterion reports means and medians, not tails). With
+//! `CLUSTERLINK_BENCH_OUT=DIR` it also writes those to `DIR/policy.json`, for `clusterlink-bench`'s
+//! table (`crates/bench/src/scale.rs` reads it).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -93,8 +95,9 @@ fn connection() -> (Attributes, Attributes) {
     (src, dst)
 }
 
-/// p50 and p99 of single decisions, each timed on its own.
-fn tails(shape: Shape) {
+/// p50 and p99 of single decisions, each timed on its own, by policy count.
+fn tails(shape: Shape) -> serde_json::Value {
+    let mut sizes = Vec::new();
     let (src, dst) = connection();
     println!("{shape:?}: policies   p50        p99        (single decisions, {SAMPLES} each)");
     for n in SIZES {
@@ -110,7 +113,12 @@ fn tails(shape: Shape) {
         took.sort_unstable();
         let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
         println!("{n:>20}   {:>8.2?}   {:>8.2?}", at(0.50), at(0.99));
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        sizes.push(serde_json::json!({
+            "policies": n, "p50_us": us(at(0.50)), "p99_us": us(at(0.99)),
+        }));
     }
+    serde_json::Value::from(sizes)
 }
 
 /// Decisions timed per size for the percentiles: enough for a stable p99.
@@ -132,7 +140,17 @@ fn main() {
     let shapes = [Shape::ManyExports, Shape::OneExport];
     // `cargo bench` passes --bench; `cargo test --all-targets` runs each benchmark once only.
     if std::env::args().any(|a| a == "--bench") {
-        shapes.into_iter().for_each(tails);
+        let all: serde_json::Map<_, _> = shapes
+            .into_iter()
+            .map(|shape| (format!("{shape:?}"), tails(shape)))
+            .collect();
+        if let Some(dir) = std::env::var_os("CLUSTERLINK_BENCH_OUT") {
+            let path = std::path::Path::new(&dir).join("policy.json");
+            std::fs::create_dir_all(&dir).expect("the output directory");
+            std::fs::write(&path, serde_json::to_string_pretty(&all).expect("JSON"))
+                .expect("the results file");
+            println!("written to {}", path.display());
+        }
     }
     let mut criterion = Criterion::default()
         .warm_up_time(Duration::from_millis(500))

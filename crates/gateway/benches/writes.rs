@@ -3,10 +3,12 @@
 //! fsync per commit), alone and with a data plane's snapshot following the model as in a
 //! gateway; and the data-plane snapshot built from the objects after a write.
 //!
-//! `cargo bench -p clusterlink-gateway --bench writes`.
+//! `cargo bench -p clusterlink-gateway --bench writes`. With `CLUSTERLINK_BENCH_OUT=DIR` it also
+//! times [`TIMED_PUTS`] single PUTs at each size on its own clock and writes their median and
+//! mean to `DIR/writes.json`, for `clusterlink-bench`'s table (`crates/bench/src/scale.rs`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clusterlink_api::{Object, Objects};
 use clusterlink_dataplane::Snapshot;
@@ -15,6 +17,8 @@ use clusterlink_store::RedbStore;
 use criterion::{BenchmarkId, Criterion};
 
 const SIZES: [usize; 3] = [100, 10_000, 100_000];
+/// Single PUTs timed per size for the JSON summary: enough for a steady median.
+const TIMED_PUTS: usize = 200;
 
 /// The sizes to run: all under `cargo bench` (which passes --bench); under `cargo test
 /// --all-targets`, which runs each benchmark once to see it works, the smallest only.
@@ -35,8 +39,13 @@ fn import(i: usize, port: u16) -> Object {
 }
 
 /// Single PUTs in a row; with `follower`, a data plane's snapshot follows the model as in a
-/// gateway (on the runtime's other thread).
-fn writes(c: &mut Criterion, follower: bool) {
+/// gateway (on the runtime's other thread). With `summary`, also [`TIMED_PUTS`] timed one by one
+/// at each size, into it.
+fn writes(
+    c: &mut Criterion,
+    follower: bool,
+    summary: Option<&mut serde_json::Map<String, serde_json::Value>>,
+) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -49,6 +58,7 @@ fn writes(c: &mut Criterion, follower: bool) {
     };
     let mut group = c.benchmark_group(name);
     group.sample_size(30);
+    let mut timed = Vec::new();
     for &n in sizes() {
         let dir = tempfile::tempdir().expect("a directory");
         let store = Arc::new(RedbStore::open(dir.path()).expect("a store"));
@@ -70,16 +80,32 @@ fn writes(c: &mut Criterion, follower: bool) {
             )
         });
         let mut port = 1024u16;
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter(|| {
-                port = if port == 65_000 { 1024 } else { port + 1 };
-                runtime
-                    .block_on(model.apply(import(0, port)))
-                    .expect("applied")
-            })
-        });
+        let mut put = || {
+            port = if port == 65_000 { 1024 } else { port + 1 };
+            runtime
+                .block_on(model.apply(import(0, port)))
+                .expect("applied")
+        };
+        group.bench_function(BenchmarkId::from_parameter(n), |b| b.iter(&mut put));
+        if summary.is_some() {
+            let mut took: Vec<f64> = (0..TIMED_PUTS)
+                .map(|_| {
+                    let started = Instant::now();
+                    put();
+                    started.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            took.sort_by(f64::total_cmp);
+            let mean = took.iter().sum::<f64>() / took.len() as f64;
+            timed.push(serde_json::json!({
+                "objects": n, "p50_ms": took[took.len() / 2], "mean_ms": mean,
+            }));
+        }
     }
     group.finish();
+    if let Some(summary) = summary {
+        summary.insert(name.to_string(), timed.into());
+    }
 }
 
 fn snapshots(c: &mut Criterion) {
@@ -104,8 +130,18 @@ fn main() {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    writes(&mut criterion, false);
-    writes(&mut criterion, true);
+    let out = std::env::var_os("CLUSTERLINK_BENCH_OUT")
+        .filter(|_| std::env::args().any(|a| a == "--bench"));
+    let mut summary = out.as_ref().map(|_| serde_json::Map::new());
+    writes(&mut criterion, false, summary.as_mut());
+    writes(&mut criterion, true, summary.as_mut());
     snapshots(&mut criterion);
     criterion.final_summary();
+    if let (Some(dir), Some(summary)) = (out, summary) {
+        let path = std::path::Path::new(&dir).join("writes.json");
+        std::fs::create_dir_all(&dir).expect("the output directory");
+        std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("JSON"))
+            .expect("the results file");
+        println!("written to {}", path.display());
+    }
 }
