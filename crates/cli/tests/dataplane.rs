@@ -1357,3 +1357,50 @@ fn a_gateways_own_labels_reach_policies_on_the_other_side_and_the_administrator_
         client.log()
     );
 }
+
+/// The environment variable `name` of a running process, as it was when the process started
+/// (what glibc read).
+fn environment_of(pid: u32, name: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let prefix = format!("{name}=");
+    environ
+        .split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
+/// On an AMD processor with fast short `rep movsb` a gateway runs itself again with glibc's
+/// memory copies tuned (`memory_copies`) and serves as started; an operator's own threshold is
+/// kept. Elsewhere it runs as started.
+#[test]
+fn a_gateway_runs_with_memory_copies_tuned_for_its_processor() {
+    use clusterlink_dataplane::memory_copies::{Processor, TUNABLES, tuned};
+    let f = Fabric::new(&["p1", "p2"]);
+    let processor = Processor::from_cpuinfo(&std::fs::read_to_string("/proc/cpuinfo").unwrap());
+    let ours = std::env::var(TUNABLES).ok();
+    let gateway = f.start("p1");
+    assert_eq!(
+        environment_of(gateway.child.id(), TUNABLES),
+        tuned(ours.as_deref(), processor).or(ours),
+        "on {processor:?}"
+    );
+    // Restarted with its arguments: it answers on the addresses it was told.
+    gateway.gwctl_ok(&["get", "peers"]);
+
+    let operator = "glibc.cpu.x86_rep_movsb_threshold=8192";
+    let mut command = std::process::Command::new(support::CL_GATEWAY);
+    command
+        .args(["--peer", "p2", "--allow-loopback-backends"])
+        .args([
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ])
+        .env(TUNABLES, operator);
+    let gateway = GatewayProcess::spawn_command(None, f.root(), command);
+    assert_eq!(
+        environment_of(gateway.child.id(), TUNABLES).as_deref(),
+        Some(operator)
+    );
+}

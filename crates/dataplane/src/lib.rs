@@ -34,6 +34,7 @@ mod ingress;
 pub mod limits;
 pub mod listener;
 mod live;
+pub mod memory_copies;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

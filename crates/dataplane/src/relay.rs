@@ -334,6 +334,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn frames_split_anywhere_are_reassembled() {
+        let (mut plain, mut app) = pair().await;
+        // Three bytes at a time: headers and bytes arrive in pieces, and the first header is
+        // split between what came with the tunnel's head and the connection.
+        let (mut tunnel, mut peer) = tokio::io::duplex(3);
+        let frames = [frame(b"ab").as_slice(), &frame(b"cdefgh"), &frame(b"")].concat();
+        let (leftover, rest) = frames.split_at(2);
+        let peer_side = tokio::spawn({
+            let rest = rest.to_vec();
+            async move {
+                peer.write_all(&rest).await.unwrap();
+                let mut ours = Vec::new();
+                peer.read_to_end(&mut ours).await.unwrap();
+                ours
+            }
+        });
+        app.shutdown().await.unwrap();
+        let relayed = relay(&mut plain, &mut tunnel, leftover.to_vec(), &meter(), true)
+            .await
+            .unwrap();
+        assert!(relayed.reusable);
+        assert_eq!(relayed.received, 8);
+        drop(tunnel);
+        assert_eq!(peer_side.await.unwrap(), frame(b""));
+        let mut got = Vec::new();
+        app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"abcdefgh");
+    }
+
+    #[tokio::test]
     async fn a_peer_that_stops_mid_frame_breaks_the_tunnel() {
         let (mut plain, _app) = pair().await;
         let (mut tunnel, mut peer) = tokio::io::duplex(1024);
