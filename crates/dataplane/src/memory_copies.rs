@@ -1,26 +1,24 @@
 //! Memory copies on AMD processors with "fast short `rep movsb`" (FSRM, Zen 3 and later).
 //!
 //! glibc (before its fix, as in Debian 12's 2.36) copies blocks of 8 KiB and more with
-//! `rep movsb` when the processor reports FSRM. On these AMD processors that instruction runs up to
-//! twenty times slower when the destination sits a few bytes past the source modulo the 4 KiB page
-//! (1-2 GB/s instead of 40-90 GB/s, measured on this project's benchmark machine). Where a copy
-//! lands is up to the allocator, and a tunnel repeats the same copy for every 16 KiB TLS record:
-//! once a connection's buffers land that way, decrypting cost the exporting gateway 1.5 CPU-s per
-//! GB instead of 0.6 (see BENCHMARKS.md).
+//! `rep movsb` when the processor reports FSRM. On these AMD processors that instruction runs 20 to
+//! 70 times slower when the destination sits a few bytes past the source modulo the 4 KiB page
+//! (1.3-2.6 GB/s instead of 40-100 GB/s, measured on this project's benchmark machine). Where a
+//! copy lands is up to the allocator, and a tunnel repeats the same copy for every 16 KiB TLS
+//! record: decrypting cost the exporting gateway 1.2-1.5 CPU-s per GB instead of 0.5-0.6 (see
+//! BENCHMARKS.md).
 //!
 //! glibc takes its tunables only from the environment at start, so a data-plane process that finds
 //! itself on such a processor runs itself again at once, with `rep movsb` kept for copies of at
 //! least [`REP_MOVSB_THRESHOLD`]; every copy it makes takes glibc's vector loop instead. An
 //! operator who sets `x86_rep_movsb_threshold` in `GLIBC_TUNABLES` themselves keeps their value.
 
-use std::ffi::OsString;
-
 /// The variable glibc reads its tunables from, once, at process start.
 pub const TUNABLES: &str = "GLIBC_TUNABLES";
 /// The tunable that picks which copies use `rep movsb`.
 const THRESHOLD_TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold";
-/// Copies below this many bytes take the vector loop: all of them (glibc's largest value), since
-/// the slow case is not limited to any size.
+/// Copies below this many bytes take the vector loop: all a gateway makes (4 GiB less a byte),
+/// since the slow case is not limited to any size.
 const REP_MOVSB_THRESHOLD: u64 = u32::MAX as u64;
 
 /// The processor, as `/proc/cpuinfo` describes it.
@@ -89,7 +87,7 @@ pub fn run_tuned() {
     };
     use std::os::unix::process::CommandExt;
     let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| OsString::from("cl-gateway"));
+    let arg0 = args.next().unwrap_or_default();
     // The running executable itself, even if its file was replaced or removed since it started.
     let error = std::process::Command::new("/proc/self/exe")
         .arg0(arg0)
