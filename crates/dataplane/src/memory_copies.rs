@@ -99,6 +99,19 @@ pub fn run_tuned() {
     );
 }
 
+/// The `main` of a data-plane process: [`run_tuned`] first, then `run` (which parses the
+/// arguments) on a multi-threaded runtime, its result as the exit code.
+pub fn main<F>(run: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    run_tuned();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    crate::process::exit_code(result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
