@@ -68,9 +68,9 @@ pub fn tuned(current: Option<&str>, processor: Processor) -> Option<String> {
 }
 
 /// Runs this program again with [`tuned`] tunables if it needs them; returns only if it does not
-/// (or if it cannot, which it reports on stderr: the process then runs untuned). Call first thing
-/// in `main`, before any thread starts.
-pub fn run_tuned() {
+/// (or if it cannot, which it reports on stderr: the process then runs untuned). First thing in
+/// [`main`], before any thread starts.
+fn run_tuned() {
     if !cfg!(all(
         target_arch = "x86_64",
         target_os = "linux",
