@@ -45,36 +45,22 @@ impl Scale {
 
     /// One table per benchmark found.
     pub fn table(&self) -> String {
-        let mut out = String::new();
-        if let Some(policy) = self.policy.as_ref().and_then(Value::as_object) {
-            out.push_str("| policy decision | policies | p50, µs | p99, µs |\n|---|---|---|---|\n");
-            for (shape, sizes) in policy {
-                for size in sizes.as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "| {shape} | {} | {:.2} | {:.2} |\n",
-                        size["policies"],
-                        number(&size["p50_us"]),
-                        number(&size["p99_us"]),
-                    ));
-                }
-            }
+        let policy = (
+            "| policy decision | policies | p50, µs | p99, µs |",
+            "policies",
+        );
+        let writes = (
+            "| configuration write | objects stored | p50, ms | mean, ms |",
+            "objects",
+        );
+        let mut tables = Vec::new();
+        if let Some(figures) = self.policy.as_ref().and_then(Value::as_object) {
+            tables.push(table_of(figures, policy, ["p50_us", "p99_us"]));
         }
-        if let Some(writes) = self.writes.as_ref().and_then(Value::as_object) {
-            out.push_str(
-                "\n| configuration write | objects stored | p50, ms | mean, ms |\n|---|---|---|---|\n",
-            );
-            for (kind, sizes) in writes {
-                for size in sizes.as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "| {kind} | {} | {:.2} | {:.2} |\n",
-                        size["objects"],
-                        number(&size["p50_ms"]),
-                        number(&size["mean_ms"]),
-                    ));
-                }
-            }
+        if let Some(figures) = self.writes.as_ref().and_then(Value::as_object) {
+            tables.push(table_of(figures, writes, ["p50_ms", "mean_ms"]));
         }
-        out
+        tables.join("\n")
     }
 
     /// The goals: a decision among 1,000 policies within 5 µs at p99 (the slower shape),
@@ -108,6 +94,27 @@ impl Scale {
             ),
         ]
     }
+}
+
+/// A markdown table of a benchmark's figures: one row per case and size, named by `size_key`,
+/// with the two `columns`.
+fn table_of(
+    figures: &serde_json::Map<String, Value>,
+    (header, size_key): (&str, &str),
+    columns: [&str; 2],
+) -> String {
+    let mut out = format!("{header}\n|---|---|---|---|\n");
+    for (case, sizes) in figures {
+        for size in sizes.as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "| {case} | {} | {:.2} | {:.2} |\n",
+                size[size_key],
+                number(&size[columns[0]]),
+                number(&size[columns[1]]),
+            ));
+        }
+    }
+    out
 }
 
 fn number(v: &Value) -> f64 {
@@ -146,7 +153,19 @@ mod tests {
         assert_eq!(targets[0].met, Some(false));
         assert!((targets[1].measured.unwrap() - 1.2).abs() < 1e-9);
         assert_eq!(targets[1].met, Some(true));
-        assert!(scale.table().contains("| OneExport | 1000 | 0.30 | 6.00 |"));
+        let table = scale.table();
+        assert!(
+            table.contains("| OneExport | 1000 | 0.30 | 6.00 |\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("|\n\n| configuration write | objects stored | p50, ms | mean, ms |\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| one_put_with_data_plane | 100000 | 0.50 | 0.60 |\n"),
+            "{table}"
+        );
         let none = Scale {
             policy: None,
             writes: None,
