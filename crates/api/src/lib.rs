@@ -18,6 +18,7 @@ pub mod meta;
 pub mod resources;
 pub mod rest;
 pub mod selector;
+pub mod shared_map;
 pub mod validation;
 
 pub use conditions::{ConditionReason, ConditionType};
@@ -31,6 +32,7 @@ pub use resources::{
     WorkloadSelectorEntry,
 };
 pub use selector::{LabelSelector, LabelSelectorRequirement, SelectorOperator};
+pub use shared_map::SharedMap;
 pub use validation::{FieldError, FieldErrors};
 
 /// The five kinds as Kubernetes custom resources. The definitions are generated from the same

@@ -350,7 +350,7 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         }
     });
     // The peers are all that is probed; labels and client hosts do not matter here.
-    let snapshots = snapshot::rebuild_on_change(
+    let snapshots = snapshot::follow_changes(
         &name,
         BTreeMap::new(),
         control_plane.subscribe(),

@@ -100,7 +100,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
     let peer_address = peer_listener.local_addr()?;
-    let snapshots = crate::snapshot::rebuild_on_change(&name, labels, objects, hosts);
+    let snapshots = crate::snapshot::follow_changes(&name, labels, objects, hosts);
     let config = DataPlaneConfig {
         import_address: args.import_address,
         clients: Default::default(),

@@ -227,9 +227,15 @@ async fn feed_replica(
     is_peer(identity, peer)?;
     tracing::info!("replica connected");
     loop {
+        // The versions are taken out of the watches before they are copied, so the model's
+        // writer never waits for a copy of the whole configuration.
+        let (latest, latest_hosts) = (
+            objects.borrow_and_update().clone(),
+            hosts.borrow_and_update().clone(),
+        );
         let snapshot = ReplicaSnapshot {
-            objects: objects.borrow_and_update().values().cloned().collect(),
-            client_hosts: hosts.borrow_and_update().as_ref().clone(),
+            objects: latest.values().cloned().collect(),
+            client_hosts: latest_hosts.as_ref().clone(),
         };
         write_snapshot(&mut stream, &snapshot).await?;
         loop {

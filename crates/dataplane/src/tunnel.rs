@@ -94,7 +94,7 @@ impl PartialEq for ProtocolError {
 impl Eq for ProtocolError {}
 
 /// Which export a tunnel is for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ExportRef {
     pub namespace: String,
     pub name: String,

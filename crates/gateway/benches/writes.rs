@@ -1,7 +1,7 @@
 //! What one configuration write costs as the store grows: a single PUT (an Import whose port
 //! changes) into a model holding 100, 10,000 or 100,000 objects on the embedded store (redb,
 //! fsync per commit), alone and with a data plane's snapshot following the model as in a
-//! gateway; and the data-plane snapshot built from the objects after a write.
+//! gateway; and the data plane's snapshot brought up to date after a write, and built whole.
 //!
 //! `cargo bench -p clusterlink-gateway --bench writes`. With `CLUSTERLINK_BENCH_OUT=DIR` it also
 //! times [`TIMED_PUTS`] single PUTs at each size on its own clock and writes their median and
@@ -72,7 +72,7 @@ fn writes(
         });
         let _snapshots = follower.then(|| {
             let _entered = runtime.enter();
-            clusterlink_dataplane::snapshot::rebuild_on_change(
+            clusterlink_dataplane::snapshot::follow_changes(
                 "bench",
                 Default::default(),
                 model.subscribe(),
@@ -95,11 +95,7 @@ fn writes(
                     started.elapsed().as_secs_f64() * 1e3
                 })
                 .collect();
-            took.sort_by(f64::total_cmp);
-            let mean = took.iter().sum::<f64>() / took.len() as f64;
-            timed.push(serde_json::json!({
-                "objects": n, "p50_ms": took[took.len() / 2], "mean_ms": mean,
-            }));
+            timed.push(summary_of(n, &mut took));
         }
     }
     group.finish();
@@ -108,9 +104,11 @@ fn writes(
     }
 }
 
-fn snapshots(c: &mut Criterion) {
-    let mut group = c.benchmark_group("snapshot_after_a_write");
-    group.sample_size(20);
+/// The data plane's snapshot brought up to date after one write ([`Snapshot::follow`]), and, for
+/// comparison, built whole (as at start-up). With `summary`, also [`TIMED_PUTS`] follows timed
+/// one by one at each size, into it.
+fn snapshots(c: &mut Criterion, summary: Option<&mut serde_json::Map<String, serde_json::Value>>) {
+    let mut timed = Vec::new();
     for &n in sizes() {
         let objects: Objects = (0..n)
             .map(|i| {
@@ -118,11 +116,43 @@ fn snapshots(c: &mut Criterion) {
                 (o.key(), o)
             })
             .collect();
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter(|| Snapshot::build("bench", &Default::default(), &objects, Default::default()))
-        });
+        let snapshot = Snapshot::build("bench", &Default::default(), &objects, Default::default());
+        let mut after = objects.clone();
+        let changed = import(n / 2, 65_001);
+        after.insert(changed.key(), changed);
+        c.benchmark_group("snapshot_after_a_write")
+            .sample_size(30)
+            .bench_function(BenchmarkId::from_parameter(n), |b| {
+                b.iter(|| snapshot.follow(&objects, &after))
+            });
+        c.benchmark_group("snapshot_built_whole")
+            .sample_size(10)
+            .bench_function(BenchmarkId::from_parameter(n), |b| {
+                b.iter(|| {
+                    Snapshot::build("bench", &Default::default(), &objects, Default::default())
+                })
+            });
+        if summary.is_some() {
+            let mut took: Vec<f64> = (0..TIMED_PUTS)
+                .map(|_| {
+                    let started = Instant::now();
+                    std::hint::black_box(snapshot.follow(&objects, &after));
+                    started.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            timed.push(summary_of(n, &mut took));
+        }
     }
-    group.finish();
+    if let Some(summary) = summary {
+        summary.insert("snapshot_after_a_write".to_string(), timed.into());
+    }
+}
+
+/// One size's timings (ms) as the JSON summary holds them: median and mean.
+fn summary_of(objects: usize, took: &mut [f64]) -> serde_json::Value {
+    took.sort_by(f64::total_cmp);
+    let mean = took.iter().sum::<f64>() / took.len() as f64;
+    serde_json::json!({ "objects": objects, "p50_ms": took[took.len() / 2], "mean_ms": mean })
 }
 
 fn main() {
@@ -135,7 +165,7 @@ fn main() {
     let mut summary = out.as_ref().map(|_| serde_json::Map::new());
     writes(&mut criterion, false, summary.as_mut());
     writes(&mut criterion, true, summary.as_mut());
-    snapshots(&mut criterion);
+    snapshots(&mut criterion, summary.as_mut());
     criterion.final_summary();
     if let (Some(dir), Some(summary)) = (out, summary) {
         let path = std::path::Path::new(&dir).join("writes.json");

@@ -145,7 +145,7 @@ impl Gateway {
             tls_tx,
             shutdown_rx.clone(),
         ));
-        let snapshots = snapshot::rebuild_on_change(
+        let snapshots = snapshot::follow_changes(
             &name,
             config.labels.clone(),
             control_plane.subscribe(),

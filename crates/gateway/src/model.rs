@@ -199,7 +199,7 @@ impl ControlPlane {
         let snapshot = self.snapshot();
         let start = ObjectKey::new(kind, namespace.unwrap_or(""), "");
         snapshot
-            .range(start..)
+            .range_from(&start)
             .take_while(|(k, _)| k.kind == kind && namespace.is_none_or(|ns| k.namespace == ns))
             .map(|(_, o)| self.with_status(o.clone()))
             .collect()
@@ -353,9 +353,10 @@ async fn writer(
         };
         match committed {
             Ok(()) => {
-                // Changed in place: the objects are copied only while a reader still holds the
-                // previous version (a list being answered), so a write costs its own changes,
-                // not the size of the store.
+                // Changed in place. While a reader holds the previous version (the data plane's
+                // snapshot follower, a list being answered), a change copies only the pieces of
+                // the shared map it touches, so a write costs its own changes, not the size of
+                // the store.
                 drop(current);
                 if !overlay.is_empty() {
                     objects.send_modify(|shared| {
