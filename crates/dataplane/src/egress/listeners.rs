@@ -7,7 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use clusterlink_api::{Condition, ConditionReason, ConditionStatus, ConditionType, ObjectKey};
+use clusterlink_api::{
+    Condition, ConditionReason, ConditionStatus, ConditionType, ObjectKey, SharedMap,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -38,30 +40,43 @@ pub(crate) async fn run_import_listeners(
     let mut running: HashMap<ObjectKey, RunningListener> = HashMap::new();
     // Imports whose port could not be bound; retried every `Limits::bind_retry`, and on every change.
     let mut failed: HashSet<ObjectKey> = HashSet::new();
+    // The imports the listeners were last brought in step with. Only those that changed since,
+    // and those still waiting for their port, need a look: each pass costs the change, not the
+    // number of imports.
+    let mut seen = SharedMap::new();
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        failed.retain(|key| {
-            let exists = snapshot.imports.contains_key(key);
-            if !exists {
+        let mut touched: Vec<ObjectKey> = seen
+            .differences(&snapshot.imports)
+            .into_iter()
+            .map(|d| d.key.clone())
+            .chain(failed.iter().cloned())
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        // Every listener that goes is closed before any is bound, so that two imports trading
+        // ports both get theirs.
+        for key in &touched {
+            let import = snapshot.imports.get(key);
+            if import.is_none() && failed.remove(key) {
                 conditions.set(key, IMPORT_VALID, None);
             }
-            exists
-        });
-        let stale: Vec<ObjectKey> = running
-            .iter()
-            .filter(|(key, l)| snapshot.imports.get(*key).is_none_or(|i| i.port != l.port))
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in stale {
-            let Some(listener) = running.remove(&key) else {
+            if running
+                .get(key)
+                .is_some_and(|l| import.is_none_or(|i| i.port != l.port))
+                && let Some(listener) = running.remove(key)
+            {
+                listener.task.abort();
+                // Awaiting the aborted task guarantees its socket is closed before the port is
+                // reused.
+                let _ = listener.task.await;
+                conditions.set(key, IMPORT_VALID, None);
+            }
+        }
+        for key in &touched {
+            let Some(import) = snapshot.imports.get(key) else {
                 continue;
             };
-            listener.task.abort();
-            // Awaiting the aborted task guarantees its socket is closed before the port is reused.
-            let _ = listener.task.await;
-            conditions.set(&key, IMPORT_VALID, None);
-        }
-        for (key, import) in &snapshot.imports {
             if running.contains_key(key) {
                 continue;
             }
@@ -112,6 +127,7 @@ pub(crate) async fn run_import_listeners(
                 }
             }
         }
+        seen = snapshot.imports.clone();
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { break },
             // A port held by something outside ClusterLink frees up without any change here.
