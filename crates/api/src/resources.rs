@@ -743,7 +743,7 @@ pub type PrivilegedAccessPolicy = Resource<PrivilegedAccessPolicySpec>;
 /// Every object of a configuration, by key: what a control plane holds and a data plane's
 /// snapshot is built from. Versions share what did not change, so a write costs the same at 100
 /// and at 100,000 objects, and a snapshot follows by the differences.
-pub type Objects = crate::SharedMap<ObjectKey, Object>;
+pub type Objects = crate::shared_map::SharedMap<ObjectKey, Object>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
