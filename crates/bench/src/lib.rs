@@ -29,8 +29,8 @@ use setup::{Backends, PathKind, Process, Setup};
     long_about = "Measure ClusterLink's data path beside direct TCP, nginx, haproxy and Envoy on this machine.\n\n\
 Each round starts every path fresh, in an order that rotates from round to round, and measures: \
 iperf3 throughput with 1 and 4 streams, CPU seconds per GB of each side's process(es) during the \
-1-stream run, new connections per second at concurrency 1 and 8 with connect-to-echo latency, and \
-the resident memory each side adds per idle tunnel. It prints medians with their min–max and \
+1-stream run, new connections per second at concurrency 1 and 8 with connect-to-echo latency, \
+each side's CPU milliseconds per 1,000 connections at concurrency 8, and the resident memory each side adds per idle tunnel. It prints medians with their min–max and \
 ratios computed within each round, and writes the same as JSON.\n\n\
 Needs iperf3, nginx (with the stream module), haproxy and envoy: scripts/install-bench-deps.sh \
 installs them, and scripts/bench runs both."
@@ -278,7 +278,18 @@ async fn measure_path(
     f.insert(report::CONNS_C1, c1.per_second);
     f.insert(report::P50_C1, c1.percentile(50.0));
     f.insert(report::P99_C1, c1.percentile(99.0));
+    // What each side spends per connection: unlike the rate, it holds still when the shared
+    // machine lends the run less of its cores.
+    let before: Vec<f64> = pids.iter().map(|p| measure::cpu_seconds(*p)).collect();
     let c8 = loadgen::connections(path.fronts.echo, 8, duration).await?;
+    let conn_cpu_keys = [report::CONN_CPU_A, report::CONN_CPU_B];
+    for (i, pid) in pids.iter().enumerate() {
+        let used = measure::cpu_seconds(*pid) - before[i];
+        f.insert(
+            conn_cpu_keys[i],
+            used * 1e6 / c8.latencies_ms.len().max(1) as f64,
+        );
+    }
     f.insert(report::CONNS_C8, c8.per_second);
     f.insert(report::P50_C8, c8.percentile(50.0));
     f.insert(report::P99_C8, c8.percentile(99.0));

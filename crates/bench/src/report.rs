@@ -36,6 +36,8 @@ pub const P50_C1: &str = "p50_ms_c1";
 pub const P99_C1: &str = "p99_ms_c1";
 pub const P50_C8: &str = "p50_ms_c8";
 pub const P99_C8: &str = "p99_ms_c8";
+pub const CONN_CPU_A: &str = "cpu_ms_per_1000_conns_c8_a";
+pub const CONN_CPU_B: &str = "cpu_ms_per_1000_conns_c8_b";
 pub const IDLE_A: &str = "kib_per_idle_tunnel_a";
 pub const IDLE_B: &str = "kib_per_idle_tunnel_b";
 
@@ -50,6 +52,8 @@ pub const METRICS: &[Metric] = &[
     metric(P99_C1, "connect p99 ms, c=1", 3),
     metric(P50_C8, "connect p50 ms, c=8", 3),
     metric(P99_C8, "connect p99 ms, c=8", 3),
+    metric(CONN_CPU_A, "CPU-ms per 1,000 conns c=8, A", 0),
+    metric(CONN_CPU_B, "CPU-ms per 1,000 conns c=8, B", 0),
     metric(IDLE_A, "KiB per idle tunnel, A", 1),
     metric(IDLE_B, "KiB per idle tunnel, B", 1),
 ];
