@@ -427,6 +427,26 @@ fn an_import_of_a_missing_export_resets_and_a_deleted_import_frees_its_port() {
 }
 
 #[test]
+fn an_import_moved_to_another_port_listens_there_and_frees_the_old_one() {
+    let sites = Sites::new(&["server1"]);
+    sites.allow_everywhere();
+    let old_port = sites.import("round-robin");
+    assert!(eventually(CONVERGE, || exchange(old_port, b"hi")
+        == served_by("server1")));
+    let new_port = free_port();
+    sites
+        .client
+        .apply(&import("svc", new_port, &["server1"], "round-robin"));
+    assert!(eventually(CONVERGE, || exchange(new_port, b"hi")
+        == served_by("server1")));
+    assert!(eventually(CONVERGE, || std::net::TcpListener::bind((
+        "127.0.0.1",
+        old_port
+    ))
+    .is_ok()));
+}
+
+#[test]
 fn two_imports_on_one_port_the_second_is_refused_in_its_status() {
     let sites = Sites::new(&["server1"]);
     let port = sites.import("round-robin");

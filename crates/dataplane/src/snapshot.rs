@@ -125,9 +125,15 @@ impl Snapshot {
             }
         }
         if policies_changed {
-            // Policies sort after every other kind, so they are read without the rest.
-            let first_policy = ObjectKey::new(Kind::AccessPolicy, "", "");
-            let policies = after.range_from(&first_policy).map(|(_, o)| o);
+            // Objects sort by kind first, so each policy kind is one range, read without the rest.
+            let policies = [Kind::PrivilegedAccessPolicy, Kind::AccessPolicy]
+                .into_iter()
+                .flat_map(|kind| {
+                    after
+                        .range_from(&ObjectKey::new(kind, "", ""))
+                        .take_while(move |(k, _)| k.kind == kind)
+                        .map(|(_, o)| o)
+                });
             next.policy = Arc::new(PolicyEngine::compile(policies));
         }
         next
@@ -236,6 +242,13 @@ mod tests {
         );
         let labels = BTreeMap::from([("site".to_string(), "eu".to_string())]);
         let first = Snapshot::build("me", &labels, &objects, Arc::default());
+        let db = ExportRef {
+            namespace: "default".into(),
+            name: "db".into(),
+        };
+        let export = first.exports.get(&db).unwrap();
+        assert_eq!((export.host.as_str(), export.port), ("db.local", 5432));
+        assert_eq!(first.peers.get("p1").unwrap().gateways, [("a".into(), 443)]);
 
         let steps: [fn(&mut Objects); 3] = [
             // An import changes its port, another goes, a third comes.
@@ -304,7 +317,16 @@ mod tests {
             assert_eq!(followed.local_labels, labels, "step {n}");
             (before, snapshot) = (after, followed);
         }
-        assert!(!snapshot.peers.contains_key("p1") && snapshot.peers.contains_key("p2"));
+        let moved = snapshot
+            .imports
+            .get(&ObjectKey::new(Kind::Import, "default", "svc-7"))
+            .unwrap();
+        assert_eq!((moved.port, moved.sources[0].peer.as_str()), (9999, "p2"));
+        assert_eq!(
+            snapshot.peers.get("p2").unwrap().gateways,
+            [("c".into(), 443)]
+        );
+        assert!(!snapshot.peers.contains_key("p1"));
         assert_eq!(snapshot.imports.len(), 300);
         assert!(
             snapshot.exports.is_empty(),
@@ -337,11 +359,11 @@ mod tests {
         put(
             &mut denied,
             object(
-                "kind: AccessPolicy\nmetadata: {name: none}\n\
+                "kind: PrivilegedAccessPolicy\nmetadata: {name: none}\n\
                  spec: {action: deny, from: [{workloadSelector: {}}], to: [{workloadSelector: {}}]}",
             ),
         );
         let followed = followed.follow(&after, &denied);
-        assert!(!allows(&followed), "the deny policy was compiled in");
+        assert!(!allows(&followed), "the privileged deny was compiled in");
     }
 }
