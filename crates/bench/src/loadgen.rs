@@ -65,16 +65,18 @@ impl HoldBackend {
     }
 }
 
-/// One short-lived connection through `front`.
-pub async fn exchange(front: SocketAddr) -> anyhow::Result<()> {
+/// One short-lived connection through `front`; returns how long its TCP connect took.
+pub async fn exchange(front: SocketAddr) -> anyhow::Result<Duration> {
     let attempt = async {
+        let started = Instant::now();
         let mut conn = TcpStream::connect(front).await?;
+        let connected = started.elapsed();
         conn.set_nodelay(true)?;
         conn.write_all(MESSAGE).await?;
         let mut echoed = [0u8; MESSAGE.len()];
         conn.read_exact(&mut echoed).await?;
         anyhow::ensure!(echoed == MESSAGE, "the echo differs from what was sent");
-        anyhow::Ok(())
+        anyhow::Ok(connected)
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, attempt)
         .await
@@ -87,9 +89,19 @@ pub struct ConnectionRun {
     pub per_second: f64,
     /// Each exchange's latency in milliseconds, sorted.
     pub latencies_ms: Vec<f64>,
+    /// The exchanges' TCP connects together, in milliseconds: the part no proxy's work is in.
+    pub connecting_ms: f64,
 }
 
 impl ConnectionRun {
+    pub fn mean_ms(&self) -> f64 {
+        self.latencies_ms.iter().sum::<f64>() / self.latencies_ms.len() as f64
+    }
+
+    pub fn connect_mean_ms(&self) -> f64 {
+        self.connecting_ms / self.latencies_ms.len() as f64
+    }
+
     pub fn percentile(&self, p: f64) -> f64 {
         percentile(&self.latencies_ms, p)
     }
@@ -115,24 +127,29 @@ pub async fn connections(
         .map(|_| {
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut connecting = Duration::ZERO;
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    exchange(front).await?;
+                    connecting += exchange(front).await?;
                     latencies.push(t.elapsed().as_secs_f64() * 1e3);
                 }
-                anyhow::Ok(latencies)
+                anyhow::Ok((latencies, connecting))
             })
         })
         .collect();
     let mut latencies_ms = Vec::new();
+    let mut connecting = Duration::ZERO;
     for client in clients {
-        latencies_ms.extend(client.await??);
+        let (latencies, connects) = client.await??;
+        latencies_ms.extend(latencies);
+        connecting += connects;
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies_ms.sort_by(f64::total_cmp);
     Ok(ConnectionRun {
         per_second: latencies_ms.len() as f64 / elapsed,
         latencies_ms,
+        connecting_ms: connecting.as_secs_f64() * 1e3,
     })
 }
 
@@ -194,6 +211,7 @@ mod tests {
             .await
             .unwrap();
         assert!(run.per_second > 0.0 && !run.latencies_ms.is_empty());
+        assert!(run.connect_mean_ms() > 0.0 && run.connect_mean_ms() < run.mean_ms());
 
         let hold = HoldBackend::start().await.unwrap();
         let open = idle_connections(hold.addr, &hold, 50).await.unwrap();

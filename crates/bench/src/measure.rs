@@ -1,5 +1,5 @@
 //! What the benchmark reads off the machine: a process tree's CPU time and resident memory (from
-//! `/proc`), and iperf3's own report.
+//! `/proc`), iperf3's own report, and the gateways' own timing of each tunnel's setup.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -119,6 +119,32 @@ pub fn iperf3(front: SocketAddr, streams: usize, seconds: u64) -> anyhow::Result
 }
 
 /// The first line a command prints of its version (on stdout or stderr), for the record.
+/// The setup stages the gateways time (`clusterlink_tunnel_setup_stage_seconds`), as
+/// `(side, stage)`, in the order a tunnel goes through them.
+pub const SETUP_STAGES: [(&str, &str); 6] = [
+    ("egress", "decision"),
+    ("egress", "peer_connection"),
+    ("egress", "peer_answer"),
+    ("ingress", "decision"),
+    ("ingress", "backend_connect"),
+    ("ingress", "answer"),
+];
+
+/// Seconds spent in each of [`SETUP_STAGES`] and how many tunnels were timed, from one gateway's
+/// `/metrics` text; a stage the gateway does not show counts as (0, 0).
+pub fn setup_stage_totals(metrics: &str) -> [(f64, f64); 6] {
+    let sample = |suffix: &str, side: &str, stage: &str| {
+        let name = format!(
+            "clusterlink_tunnel_setup_stage_seconds_{suffix}{{side=\"{side}\",stage=\"{stage}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name.as_str())?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    SETUP_STAGES.map(|(side, stage)| (sample("sum", side, stage), sample("count", side, stage)))
+}
+
 pub fn version_of(program: &Path, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
@@ -154,5 +180,19 @@ mod tests {
         assert!(cpu_seconds(me) > 0.0);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn setup_stages_are_read_by_side_and_stage() {
+        let text = "\
+clusterlink_tunnel_setup_stage_seconds_sum{side=\"egress\",stage=\"decision\"} 0.5
+clusterlink_tunnel_setup_stage_seconds_count{side=\"egress\",stage=\"decision\"} 4
+clusterlink_tunnel_setup_stage_seconds_sum{side=\"ingress\",stage=\"answer\"} 0.25
+clusterlink_tunnel_setup_stage_seconds_count{side=\"ingress\",stage=\"answer\"} 2
+";
+        let totals = setup_stage_totals(text);
+        assert_eq!(totals[0], (0.5, 4.0));
+        assert_eq!(totals[5], (0.25, 2.0));
+        assert_eq!(totals[1], (0.0, 0.0));
     }
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use clusterlink::client::Client;
+use clusterlink::context::Context;
 use clusterlink_testbed::launcher::LocalGateway;
+use http::Method;
 
 use crate::loadgen;
 use crate::proxies;
@@ -32,6 +35,27 @@ pub struct RunningPath {
 }
 
 impl RunningPath {
+    /// Each gateway's Prometheus text (`/metrics`), side A first; none for other paths.
+    pub async fn gateway_metrics(&self) -> anyhow::Result<Vec<String>> {
+        let mut pages = Vec::new();
+        for gateway in &self._gateways {
+            let mut api = Client::new(&Context {
+                server: gateway.management().to_string(),
+                ..Default::default()
+            })?;
+            let reply = api.request(Method::GET, "/metrics", None).await?;
+            match reply.body {
+                serde_json::Value::String(text) if reply.status.is_success() => pages.push(text),
+                other => bail!(
+                    "{}'s /metrics answered {}: {other}",
+                    gateway.peer(),
+                    reply.status
+                ),
+            }
+        }
+        Ok(pages)
+    }
+
     /// Leaves the path's configuration and logs on disk when it stops; returns where.
     pub fn keep_logs(&mut self) -> PathBuf {
         self._dir.disable_cleanup(true);
@@ -94,7 +118,7 @@ async fn wait_ready(path: &mut RunningPath) -> anyhow::Result<()> {
         let attempt =
             tokio::time::timeout(Duration::from_secs(2), loadgen::exchange(path.fronts.echo)).await;
         match attempt {
-            Ok(Ok(())) => return Ok(()),
+            Ok(Ok(_)) => return Ok(()),
             _ if Instant::now() > deadline => bail!(
                 "{} did not carry a connection within {READY_TIMEOUT:?}; its logs are in {}",
                 path.kind.label(),

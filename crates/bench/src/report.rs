@@ -36,6 +36,17 @@ pub const P50_C1: &str = "p50_ms_c1";
 pub const P99_C1: &str = "p99_ms_c1";
 pub const P50_C8: &str = "p50_ms_c8";
 pub const P99_C8: &str = "p99_ms_c8";
+pub const MEAN_C1: &str = "mean_us_c1";
+pub const CONNECT_C1: &str = "client_connect_us_c1";
+/// The gateways' setup stages at c=1, in [`crate::measure::SETUP_STAGES`]' order.
+pub const STAGES_C1: [&str; 6] = [
+    "stage_us_c1_a_decision",
+    "stage_us_c1_a_peer_connection",
+    "stage_us_c1_a_peer_answer",
+    "stage_us_c1_b_decision",
+    "stage_us_c1_b_backend_connect",
+    "stage_us_c1_b_answer",
+];
 pub const CONN_CPU_A: &str = "cpu_ms_per_1000_conns_c8_a";
 pub const CONN_CPU_B: &str = "cpu_ms_per_1000_conns_c8_b";
 pub const IDLE_A: &str = "kib_per_idle_tunnel_a";
@@ -50,6 +61,14 @@ pub const METRICS: &[Metric] = &[
     metric(CONNS_C8, "new conns/s, c=8", 0),
     metric(P50_C1, "connect p50 ms, c=1", 3),
     metric(P99_C1, "connect p99 ms, c=1", 3),
+    metric(MEAN_C1, "c=1 mean µs: whole exchange", 0),
+    metric(CONNECT_C1, "c=1 mean µs: client's TCP connect", 0),
+    metric(STAGES_C1[0], "c=1 mean µs: A decision", 1),
+    metric(STAGES_C1[1], "c=1 mean µs: A peer connection", 1),
+    metric(STAGES_C1[2], "c=1 mean µs: A peer answer", 1),
+    metric(STAGES_C1[3], "c=1 mean µs: B decision", 1),
+    metric(STAGES_C1[4], "c=1 mean µs: B backend connect", 1),
+    metric(STAGES_C1[5], "c=1 mean µs: B answer", 1),
     metric(P50_C8, "connect p50 ms, c=8", 3),
     metric(P99_C8, "connect p99 ms, c=8", 3),
     metric(CONN_CPU_A, "CPU-ms per 1,000 conns c=8, A", 0),

@@ -132,6 +132,42 @@ fn an_allowed_connection_carries_bytes_both_ways_with_half_close() {
         served_by("server1"),
         "an empty request still gets its answer"
     );
+    // Each opened tunnel times every stage of its setup, once, on both sides.
+    let stage = |gw, side: &str, stage: &str, sample: &str| {
+        let labels = format!("{{side=\"{side}\",stage=\"{stage}\"}}");
+        metric(
+            gw,
+            &format!("clusterlink_tunnel_setup_stage_seconds_{sample}{labels}"),
+        )
+    };
+    let egress = ["decision", "peer_connection", "peer_answer"];
+    let ingress = ["decision", "backend_connect", "answer"];
+    let opened = stage(&sites.client, "egress", "decision", "count");
+    assert!(opened >= 3.0, "{opened} tunnels timed");
+    for name in egress {
+        assert_eq!(
+            stage(&sites.client, "egress", name, "count"),
+            opened,
+            "{name}"
+        );
+    }
+    for name in ingress {
+        assert_eq!(
+            stage(&sites.servers[0], "ingress", name, "count"),
+            opened,
+            "{name}"
+        );
+    }
+    // The peer's answer holds the exporting side's stages: it cannot take less time than they do.
+    let answering: f64 = ingress
+        .iter()
+        .map(|name| stage(&sites.servers[0], "ingress", name, "sum"))
+        .sum();
+    let answer = stage(&sites.client, "egress", "peer_answer", "sum");
+    assert!(
+        answer > answering,
+        "answer {answer} s, the exporting side's stages {answering} s"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
@@ -26,7 +26,8 @@ use crate::limits::Limits;
 use crate::listener::{PerSource, SourceSlot};
 use crate::live::LiveTunnels;
 use crate::metrics::{
-    Listener, Metrics, Refusal, Refused, RefusedBy, Side, TunnelEnding, TunnelRef, Unserved,
+    Listener, Metrics, Refusal, Refused, RefusedBy, SetupStage, Side, TunnelEnding, TunnelRef,
+    Unserved,
 };
 use clusterlink_api::attributes::Attributes;
 
@@ -343,7 +344,7 @@ async fn serve_request(
         return Ok(Served::Close);
     }
     let _active = metrics.accepted(Side::Ingress);
-    let decision_started = std::time::Instant::now();
+    let decision_started = Instant::now();
     let outcome = decide(
         &snapshot,
         peer,
@@ -351,7 +352,9 @@ async fn serve_request(
         &request.client,
         &request.export,
     );
-    metrics.authorized(Side::Ingress, decision_started.elapsed());
+    let decided = Instant::now();
+    metrics.authorized(Side::Ingress, decided - decision_started);
+    metrics.stage_took(SetupStage::IngressDecision, decided - decision_started);
     let Target { host, port, .. } = match outcome {
         Ok(target) => target,
         Err(refusal) => return refuse(tls, metrics, &tunnel, refusal).await,
@@ -398,6 +401,8 @@ async fn serve_request(
         return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
     }
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
+    let connected = Instant::now();
+    metrics.stage_took(SetupStage::BackendConnect, connected - decided);
     // Nothing reaches the backend before this answer: a requesting gateway relies on it to send
     // a client's first bytes (which may already be in `leftover`) elsewhere after a refusal.
     tls.write_all(&TunnelResponse::Established.encode())
@@ -406,6 +411,7 @@ async fn serve_request(
     tls.flush()
         .await
         .map_err(PeerConnectionError::io("answering the tunnel request"))?;
+    metrics.stage_took(SetupStage::Answer, connected.elapsed());
     let meter = metrics.tunnel_opened(tunnel.clone());
     let registered = live.register(IngressTunnel {
         peer: peer.to_string(),

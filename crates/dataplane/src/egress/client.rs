@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
 
 use clusterlink_api::clients::ClientTable;
 use clusterlink_api::{ImportSource, ObjectKey};
@@ -14,7 +15,9 @@ use super::sources::{EgressRefusal, egress_decision, source_order};
 use crate::connections::tune_socket;
 use crate::hops::RelayedConnections;
 use crate::live::LiveTunnels;
-use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, Side, TunnelEnding, TunnelRef};
+use crate::metrics::{
+    Metrics, Refusal, Refused, RefusedBy, SetupStage, Side, TunnelEnding, TunnelRef,
+};
 use crate::relay::relay;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest};
@@ -70,7 +73,7 @@ impl Egress {
         snapshot: &Snapshot,
         next: &AtomicUsize,
     ) {
-        let accepted_at = std::time::Instant::now();
+        let accepted_at = Instant::now();
         let _active = self.metrics.accepted(Side::Egress);
         let _ = tune_socket(&client);
         // Unknown only if the socket already failed; the relay then meets the error.
@@ -106,7 +109,10 @@ impl Egress {
         };
         // Read only through `first` until a tunnel is open, so no byte is lost or sent twice.
         let mut first = FirstBytes::of(&client);
+        // The first source's decision is timed from the accept; a later one's from its own start.
+        let mut accepted = Some(accepted_at);
         for source in source_order(import, next, |peer| self.dialer.health.is_unreachable(peer)) {
+            let deciding = accepted.take().unwrap_or_else(Instant::now);
             let export = ExportRef {
                 namespace: source.export_namespace.clone(),
                 name: source.export_name.clone(),
@@ -119,7 +125,11 @@ impl Egress {
                 &self.dialer.health,
             );
             let peer = match decision {
-                Ok((peer, _)) => peer,
+                Ok((peer, _)) => {
+                    let stage = SetupStage::EgressDecision;
+                    self.metrics.stage_took(stage, deciding.elapsed());
+                    peer
+                }
                 Err(EgressRefusal::NoSuchPeer) => {
                     let message = format!("source skipped: no Peer {:?} is defined", source.peer);
                     let refusal = local(Refusal::NoSuchPeer, None, message);

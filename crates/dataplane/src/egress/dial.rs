@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 use clusterlink_pki::reload::GatewayTls;
 use rustls_pki_types::ServerName;
@@ -17,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use crate::connections::tune_socket;
 use crate::health::PeerHealth;
 use crate::limits::Limits;
-use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, Side};
+use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, SetupStage, Side};
 use crate::pool::{ConnectionPool, GatewayKey};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{MAX_FIRST_FRAME, TLS_SEND_BUFFER, push_frame};
@@ -262,6 +263,7 @@ impl Dialer {
         let head = request.encode();
         let mut errors = Vec::new();
         for (host, port) in gateways {
+            let attempt_started = Instant::now();
             let gateway = GatewayKey {
                 peer: peer.to_string(),
                 host: host.clone(),
@@ -280,10 +282,12 @@ impl Dialer {
                 warm = None;
                 self.forget(&gateway);
             }
+            // Timed for the tunnel that opens: reaching the peer, then its answer.
             let mut answered = None;
             if let Some(connection) = warm {
+                let ready = Instant::now();
                 match ask(connection, &first.with_request(&head)).await {
-                    Ok(answer) => answered = Some(answer),
+                    Ok(answer) => answered = Some((ready, answer)),
                     Err(error) if first.taken() > 0 => {
                         return Err(TunnelFailure::Interrupted {
                             gateway: address,
@@ -304,8 +308,9 @@ impl Dialer {
                             continue;
                         }
                     };
+                    let ready = Instant::now();
                     match ask(connection, &first.with_request(&head)).await {
-                        Ok(answer) => answer,
+                        Ok(answer) => (ready, answer),
                         Err(error) if first.taken() > 0 => {
                             return Err(TunnelFailure::Interrupted {
                                 gateway: address,
@@ -319,7 +324,7 @@ impl Dialer {
                     }
                 }
             };
-            let (connection, head, rest) = answer;
+            let ((ready, (connection, head, rest)), answered_at) = (answer, Instant::now());
             let decoded = TunnelResponse::decode(&head, &rest).and_then(|response| {
                 // A dry run must not be answered with an open tunnel, nor a tunnel with a verdict.
                 let dry_answer = matches!(response, TunnelResponse::WouldAllow { .. });
@@ -332,12 +337,17 @@ impl Dialer {
                 Ok(response)
             });
             return match decoded {
-                Ok(TunnelResponse::Established) => Ok(OpenTunnel {
-                    connection,
-                    leftover: rest,
-                    gateway,
-                    would_allow: None,
-                }),
+                Ok(TunnelResponse::Established) => {
+                    let metrics = &self.metrics;
+                    metrics.stage_took(SetupStage::PeerConnection, ready - attempt_started);
+                    metrics.stage_took(SetupStage::PeerAnswer, answered_at - ready);
+                    Ok(OpenTunnel {
+                        connection,
+                        leftover: rest,
+                        gateway,
+                        would_allow: None,
+                    })
+                }
                 Ok(TunnelResponse::WouldAllow { policy }) => Ok(OpenTunnel {
                     connection,
                     leftover: rest,
