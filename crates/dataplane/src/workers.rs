@@ -52,6 +52,11 @@ fn start_worker(index: usize) -> std::io::Result<Handle> {
 }
 
 impl Workers {
+    /// Every data-path thread (none if they could not be started).
+    pub fn all(&self) -> &[Handle] {
+        &self.handles
+    }
+
     /// The thread for the next connection, in turn (none if they could not be started).
     pub fn next(&self) -> Option<&Handle> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);

@@ -19,13 +19,23 @@ use crate::conditions::RuntimeConditions;
 use crate::connections::drain;
 use crate::limits::Limits;
 use crate::snapshot::Snapshot;
-use crate::workers::serve_on_worker;
+use crate::workers::workers;
 
 const IMPORT_VALID: ConditionType = ConditionType::ImportValid;
 
 struct RunningListener {
     port: u16,
+    /// Set to close the listener and its connections (the import went or moved).
+    close: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+impl RunningListener {
+    /// Closes the listener and its connections; its port is free once this returns.
+    async fn close(self) {
+        self.close.send_replace(true);
+        let _ = self.task.await;
+    }
 }
 
 /// Keeps one listener per import in step with the snapshots: binds new ones, closes deleted ones
@@ -66,10 +76,7 @@ pub(crate) async fn run_import_listeners(
                 .is_some_and(|l| import.is_none_or(|i| i.port != l.port))
                 && let Some(listener) = running.remove(key)
             {
-                listener.task.abort();
-                // Awaiting the aborted task guarantees its socket is closed before the port is
-                // reused.
-                let _ = listener.task.await;
+                listener.close().await;
                 conditions.set(key, IMPORT_VALID, None);
             }
         }
@@ -81,7 +88,12 @@ pub(crate) async fn run_import_listeners(
                 continue;
             }
             let addr = SocketAddr::new(address, import.port);
-            match TcpListener::bind(addr).await {
+            // Taken off this runtime at once: the data-path threads accept from it.
+            let bound = match TcpListener::bind(addr).await {
+                Ok(listener) => listener.into_std(),
+                Err(e) => Err(e),
+            };
+            match bound {
                 Ok(listener) => {
                     failed.remove(key);
                     tracing::info!(import = %key, %addr, "import listening");
@@ -95,17 +107,21 @@ pub(crate) async fn run_import_listeners(
                             format!("listening on {addr}"),
                         )),
                     );
-                    let task = tokio::spawn(accept_loop(
-                        listener,
-                        key.clone(),
-                        egress.clone(),
-                        snapshots.clone(),
-                        shutdown.clone(),
-                    ));
+                    let (close, closing) = watch::channel(false);
+                    let accepting = Accepting {
+                        key: key.clone(),
+                        egress: egress.clone(),
+                        snapshots: snapshots.clone(),
+                        next: Arc::default(),
+                        close: closing,
+                        shutdown: shutdown.clone(),
+                    };
+                    let task = tokio::spawn(accept_on_every_thread(listener, accepting));
                     running.insert(
                         key.clone(),
                         RunningListener {
                             port: import.port,
+                            close,
                             task,
                         },
                     );
@@ -141,24 +157,72 @@ pub(crate) async fn run_import_listeners(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every accept loop of one import shares.
+#[derive(Clone)]
+struct Accepting {
     key: ObjectKey,
     egress: Arc<Egress>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    // Round-robin position survives changes of the import's sources.
-    let next = Arc::new(AtomicUsize::new(0));
+    /// Round-robin position over the import's sources; survives changes of the sources.
+    next: Arc<AtomicUsize>,
+    /// Set when the import goes or moves: the listener and its connections close at once.
+    close: watch::Receiver<bool>,
+    /// Set when the gateway stops: the listener closes and its connections drain.
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts on every data-path thread from the one listening socket, each thread serving what it
+/// accepted: no connection is handed from one thread to another. The kernel wakes the threads
+/// that wait and the first to accept takes the connection, so a busy thread takes fewer.
+/// Returns once every thread's loop has ended and closed its copy of the socket.
+async fn accept_on_every_thread(listener: std::net::TcpListener, accepting: Accepting) {
+    let mut loops = JoinSet::new();
+    for thread in workers().all() {
+        match listener.try_clone() {
+            Ok(copy) => {
+                loops.spawn_on(accept_from(copy, accepting.clone()), thread);
+            }
+            Err(e) => {
+                tracing::warn!(import = %accepting.key, error = %e, "cannot share the import's listener with a data-path thread");
+            }
+        }
+    }
+    if loops.is_empty() {
+        // No data-path thread to accept on: this runtime serves.
+        return accept_from(listener, accepting).await;
+    }
+    drop(listener);
+    while loops.join_next().await.is_some() {}
+}
+
+/// Accepts from `listener` on the runtime this runs on, so only its own readiness wakes it.
+async fn accept_from(listener: std::net::TcpListener, accepting: Accepting) {
+    match TcpListener::from_std(listener) {
+        Ok(listener) => accept_loop(listener, accepting).await,
+        Err(e) => {
+            tracing::warn!(import = %accepting.key, error = %e, "cannot accept on a data-path thread");
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, accepting: Accepting) {
+    let Accepting {
+        key,
+        egress,
+        snapshots,
+        next,
+        mut close,
+        mut shutdown,
+    } = accepting;
     // Owned here so that closing the listener (import deleted) closes its connections too.
     let mut connections = JoinSet::new();
-    loop {
+    let closed = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, remote)) => {
                     let snapshot = snapshots.borrow().clone();
                     let (key, next, egress) = (key.clone(), next.clone(), egress.clone());
-                    serve_on_worker(&mut connections, client, move |client| async move {
+                    connections.spawn(async move {
                         egress.serve_client(client, remote, &key, &snapshot, &next).await;
                     });
                 }
@@ -168,10 +232,16 @@ async fn accept_loop(
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            // The guard wait_for returns is not Send: drop it inside the branch's future.
-            () = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
+            // The guards wait_for returns are not Send: drop them inside the branch's future.
+            // A dropped sender closes too: nothing is left to keep the import.
+            () = async { drop(close.wait_for(|close| *close).await) } => break true,
+            () = async { drop(shutdown.wait_for(|stop| *stop).await) } => break false,
         }
-    }
+    };
     drop(listener);
-    drain(connections, &format!("connections of import {key}")).await;
+    if closed {
+        connections.shutdown().await;
+    } else {
+        drain(connections, &format!("connections of import {key}")).await;
+    }
 }
