@@ -33,7 +33,7 @@ use clusterlink_api::attributes::Attributes;
 
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
 use crate::read_ahead::ReadAhead;
-use crate::relay::{TLS_SEND_BUFFER, relay};
+use crate::relay::{TLS_SEND_BUFFER, relay, take_first_frame};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
     ExportRef, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason, TunnelResponse,
@@ -275,7 +275,7 @@ enum Served {
 async fn serve_request(
     tls: &mut TlsStream<ReadAhead<TcpStream>>,
     head: &[u8],
-    leftover: Vec<u8>,
+    mut leftover: Vec<u8>,
     peer: &str,
     port: &PeerPort,
 ) -> Result<Served, PeerConnectionError> {
@@ -403,8 +403,20 @@ async fn serve_request(
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
     let connected = Instant::now();
     metrics.stage_took(SetupStage::BackendConnect, connected - decided);
-    // Nothing reaches the backend before this answer: a requesting gateway relies on it to send
-    // a client's first bytes (which may already be in `leftover`) elsewhere after a refusal.
+    // Every refusal is decided above: a requesting gateway relies on a refusal meaning nothing
+    // reached the backend, to send a client's first bytes elsewhere. The first bytes that came
+    // with the request go to the backend now, so it works on them while the answer travels. If
+    // that write fails, the connection closes unanswered, and the requesting gateway does not
+    // try elsewhere (some of the bytes may have arrived).
+    let first = take_first_frame(&mut leftover);
+    if !first.is_empty() {
+        backend
+            .write_all(&first)
+            .await
+            .map_err(PeerConnectionError::io(
+                "writing the client's first bytes to the backend",
+            ))?;
+    }
     tls.write_all(&TunnelResponse::Established.encode())
         .await
         .map_err(PeerConnectionError::io("answering the tunnel request"))?;
@@ -413,6 +425,7 @@ async fn serve_request(
         .map_err(PeerConnectionError::io("answering the tunnel request"))?;
     metrics.stage_took(SetupStage::Answer, connected.elapsed());
     let meter = metrics.tunnel_opened(tunnel.clone());
+    meter.sent(first.len() as u64);
     let registered = live.register(IngressTunnel {
         peer: peer.to_string(),
         peer_labels: request.peer_labels.clone(),

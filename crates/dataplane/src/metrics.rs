@@ -69,7 +69,8 @@ pub enum SetupStage {
     IngressDecision,
     /// Exporting side: the backend connected and checked.
     BackendConnect,
-    /// Exporting side: the answer (`200`) written to the peer.
+    /// Exporting side: the client's first bytes written to the backend (when they came with the
+    /// request) and the answer (`200`) written to the peer.
     Answer,
 }
 

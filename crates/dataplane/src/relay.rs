@@ -50,6 +50,25 @@ pub(crate) fn push_frame(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// Takes the first frame off `frames` and returns its bytes, when it is all there and not the
+/// end frame: the client's first bytes, when they came with a tunnel request ([`push_frame`]).
+/// Otherwise returns nothing and leaves `frames` as it was, for [`relay`] to read.
+pub(crate) fn take_first_frame(frames: &mut Vec<u8>) -> Vec<u8> {
+    let complete = frames
+        .split_first_chunk::<HEADER>()
+        .and_then(|(header, rest)| {
+            let len = usize::try_from(u32::from_be_bytes(*header)).ok()?;
+            (len > 0 && len <= rest.len()).then_some(len)
+        });
+    let Some(len) = complete else {
+        return Vec::new();
+    };
+    let rest = frames.split_off(HEADER + len);
+    let mut first = std::mem::replace(frames, rest);
+    first.drain(..HEADER);
+    first
+}
+
 /// What a finished tunnel moved, and whether its peer connection may carry another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Relayed {
@@ -331,6 +350,25 @@ mod tests {
         let mut next = [0u8; 4];
         tunnel.read_exact(&mut next).await.unwrap();
         assert_eq!(&next, b"NEXT");
+    }
+
+    #[test]
+    fn a_complete_first_frame_is_taken_and_anything_else_left() {
+        let mut frames = Vec::new();
+        push_frame(&mut frames, b"hello");
+        push_frame(&mut frames, b"more");
+        assert_eq!(take_first_frame(&mut frames), b"hello");
+        assert_eq!(frames, frame(b"more"));
+        for left in [
+            frame(b"hello")[..6].to_vec(),
+            vec![0, 0, 0, 0],
+            vec![0, 0],
+            Vec::new(),
+        ] {
+            let mut frames = left.clone();
+            assert!(take_first_frame(&mut frames).is_empty());
+            assert_eq!(frames, left);
+        }
     }
 
     #[tokio::test]

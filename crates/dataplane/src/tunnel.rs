@@ -18,10 +18,11 @@
 //! (see `dataplane::relay`). The requesting gateway may send the client's first frame right
 //! behind the request, in the same write, when the client has already sent it: a client that
 //! speaks first then saves a round trip. The answering gateway writes nothing to a backend before
-//! it has answered `200`, so after a refusal those bytes went nowhere and may go to another
-//! source; after no answer at all they may have, and are not sent again. A connection whose tunnel ended that way in both directions carries
-//! the next CONNECT, so gateways keep warm connections to each other and open most tunnels
-//! without a handshake. A refusal closes the connection.
+//! it has ruled out every refusal (the first bytes go to the backend just before the `200`), so
+//! after a refusal those bytes went nowhere and may go to another source; after no answer at all
+//! they may have, and are not sent again. A connection whose tunnel ended that way in both
+//! directions carries the next CONNECT, so gateways keep warm connections to each other and open
+//! most tunnels without a handshake. A refusal closes the connection.
 //!
 //! A refusal is a non-200 status with `x-clusterlink-reason` (machine-readable) and a short JSON
 //! body. The requesting peer's identity is never part of the request: the answering gateway takes

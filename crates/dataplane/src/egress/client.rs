@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 
 use super::dial::{Dialer, FirstBytes, OpenTunnel, TunnelFailure};
 use super::sources::{EgressRefusal, egress_decision, source_order};
-use crate::connections::tune_socket;
 use crate::hops::RelayedConnections;
 use crate::live::LiveTunnels;
 use crate::metrics::{
@@ -75,7 +74,6 @@ impl Egress {
     ) {
         let accepted_at = Instant::now();
         let _active = self.metrics.accepted(Side::Egress);
-        let _ = tune_socket(&client);
         // Unknown only if the socket already failed; the relay then meets the error.
         let listening_on = client
             .local_addr()

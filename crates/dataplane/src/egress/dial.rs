@@ -200,7 +200,8 @@ pub(super) struct OpenTunnel {
 ///
 /// They are read without waiting, just before a request goes out, and kept: a request refused by
 /// one source's gateway carries the same bytes to the next. A refusal proves they went nowhere,
-/// since a gateway writes nothing to a backend before it answers `200`. A request that carried
+/// since a gateway writes nothing to a backend before every refusal is ruled out (it writes them
+/// just before it answers `200`). A request that carried
 /// them and got no answer at all is the one case that cannot be retried
 /// ([`TunnelFailure::Interrupted`]).
 pub(super) struct FirstBytes<'c> {

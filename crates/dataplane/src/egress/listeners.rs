@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::client::Egress;
 use crate::conditions::RuntimeConditions;
-use crate::connections::drain;
+use crate::connections::{drain, tune_listener};
 use crate::limits::Limits;
 use crate::snapshot::Snapshot;
 use crate::workers::workers;
@@ -89,10 +89,11 @@ pub(crate) async fn run_import_listeners(
             }
             let addr = SocketAddr::new(address, import.port);
             // Taken off this runtime at once: the data-path threads accept from it.
-            let bound = match TcpListener::bind(addr).await {
-                Ok(listener) => listener.into_std(),
-                Err(e) => Err(e),
-            };
+            let bound = TcpListener::bind(addr).await.and_then(|listener| {
+                let listener = listener.into_std()?;
+                tune_listener(&listener)?;
+                Ok(listener)
+            });
             match bound {
                 Ok(listener) => {
                     failed.remove(key);
