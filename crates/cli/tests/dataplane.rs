@@ -1347,6 +1347,49 @@ fn names_follow_kubernetes_rules_per_kind_and_a_dotted_export_carries_traffic() 
 }
 
 #[test]
+fn an_export_named_by_dns_carries_traffic_once_its_backend_is_up() {
+    let sites = Sites::with_known_clients(&["server1"]);
+    let (server, client) = (&sites.servers[0], &sites.client);
+    server.apply(&allow_all("allow-all"));
+    client.apply(&allow_all("allow-all"));
+    // Nothing listens on the backend's port yet: the name is looked up, its address refuses.
+    let backend_port = free_port();
+    server.apply(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: named}}\nspec: {{host: localhost, port: {backend_port}}}\n"
+    ));
+    let port = free_port();
+    client.apply(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Import\nmetadata: {{name: named}}\nspec: {{port: {port}, sources: [{{peer: server1, exportName: named, exportNamespace: default}}]}}\n"
+    ));
+    client.wait_listening("named");
+    assert!(eventually(CONVERGE, || exchange(port, b"x") == Exchange::Reset));
+    assert!(
+        eventually(CONVERGE, || server.log().contains("BackendUnreachable")),
+        "{}",
+        server.log()
+    );
+    // The backend comes up at once after the refusal: the address looked up for the refused
+    // tunnel serves the next one.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", backend_port)).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut conn in listener.incoming().flatten() {
+            let mut data = Vec::new();
+            if conn.read_to_end(&mut data).is_ok() {
+                let _ = conn.write_all(format!("named {}\n", data.len()).as_bytes());
+                let _ = conn.write_all(&data);
+            }
+        }
+    });
+    assert_eq!(
+        exchange(port, b"hello"),
+        served_by("named"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn a_gateways_own_labels_reach_policies_on_the_other_side_and_the_administrator_wins() {
     let f = Fabric::new(&["server1", "client1"]);
     let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: default}"]);

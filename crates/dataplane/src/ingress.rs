@@ -20,6 +20,7 @@ use tokio_rustls::server::TlsStream;
 use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::tls::PEER_ALPN;
 
+use crate::backend_addresses::BackendAddresses;
 use crate::connections::{drain, tune_socket};
 use crate::hops::{Relayed, RelayedConnections};
 use crate::limits::Limits;
@@ -58,6 +59,8 @@ struct PeerPort {
     live: LiveTunnels<IngressTunnel>,
     /// Backend connections in flight, for loop detection.
     relayed: Arc<RelayedConnections>,
+    /// Backends' DNS answers, kept for a few seconds.
+    addresses: BackendAddresses,
     /// Flips on shutdown: connections waiting between tunnels close, tunnels finish.
     shutdown: watch::Receiver<bool>,
 }
@@ -85,6 +88,7 @@ pub(crate) async fn serve(
         loopback_backends: config.loopback_backends,
         live: LiveTunnels::default(),
         relayed: config.relayed,
+        addresses: BackendAddresses::default(),
         shutdown: shutdown.clone(),
     });
     let revalidator = tokio::spawn({
@@ -286,6 +290,7 @@ async fn serve_request(
         loopback_backends,
         live,
         relayed,
+        addresses,
         shutdown: _,
     } = port;
     let request = match PeerRequest::decode(head) {
@@ -377,7 +382,7 @@ async fn serve_request(
     };
     let dialed = timeout(
         Limits::DEFAULT.connect,
-        dial_backend(&host, port, relayed, request.hops),
+        dial_backend(&host, port, addresses, relayed, request.hops),
     );
     let (mut backend, _relayed) = match dialed.await {
         Ok(Ok(s)) => s,
@@ -579,11 +584,31 @@ pub(crate) struct IngressTunnel {
 async fn dial_backend(
     host: &str,
     port: u16,
+    addresses: &BackendAddresses,
+    relayed: &Arc<RelayedConnections>,
+    hops: u8,
+) -> std::io::Result<(TcpStream, Relayed)> {
+    let found = addresses.of(host, port).await?;
+    match connect_to_any(&found.addresses, relayed, hops).await {
+        // Kept addresses that no longer take connections (a Service recreated elsewhere): the
+        // name is looked up again at once.
+        Err(_) if found.kept => {
+            addresses.forget(host, port);
+            let fresh = addresses.of(host, port).await?;
+            connect_to_any(&fresh.addresses, relayed, hops).await
+        }
+        dialed => dialed,
+    }
+}
+
+/// Connects to the first of `addresses` that takes the connection.
+async fn connect_to_any(
+    addresses: &[SocketAddr],
     relayed: &Arc<RelayedConnections>,
     hops: u8,
 ) -> std::io::Result<(TcpStream, Relayed)> {
     let mut last = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
+    for &addr in addresses {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -600,7 +625,8 @@ async fn dial_backend(
             Err(e) => last = Some(e),
         }
     }
-    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{host} has no address"))))
+    // `BackendAddresses` never gives an empty list.
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address to connect to")))
 }
 
 /// Whether `backend` is connected to one of this gateway's own listeners.

@@ -21,6 +21,7 @@
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod backend_addresses;
 pub mod cmd;
 pub mod conditions;
 mod connections;

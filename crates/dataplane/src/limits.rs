@@ -24,6 +24,10 @@ pub struct Limits {
     pub keepalive_idle: Duration,
     /// Between keepalive probes once they start.
     pub keepalive_interval: Duration,
+    /// How long an export backend's DNS answer is used for new tunnels: CoreDNS's own default
+    /// TTL for cluster names, so a Service is seen as its DNS shows it; an address that refuses
+    /// connections is dropped sooner (`backend_addresses`).
+    pub backend_addresses: Duration,
     /// How long shutdown lets open tunnels finish before closing them: longer than most
     /// exchanges, shorter than the 30 s a service manager or Kubernetes waits before killing.
     pub drain: Duration,
@@ -120,6 +124,7 @@ impl Limits {
         handshake: Duration::from_secs(10),
         keepalive_idle: Duration::from_secs(30),
         keepalive_interval: Duration::from_secs(10),
+        backend_addresses: Duration::from_secs(5),
         drain: Duration::from_secs(20),
 
         peer_connections: 32 * 1024,
