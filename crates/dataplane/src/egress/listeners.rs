@@ -19,7 +19,7 @@ use crate::conditions::RuntimeConditions;
 use crate::connections::{drain, tune_listener};
 use crate::limits::Limits;
 use crate::snapshot::Snapshot;
-use crate::workers::workers;
+use crate::workers::{serve_accepted, workers};
 
 const IMPORT_VALID: ConditionType = ConditionType::ImportValid;
 
@@ -88,7 +88,7 @@ pub(crate) async fn run_import_listeners(
                 continue;
             }
             let addr = SocketAddr::new(address, import.port);
-            // Taken off this runtime at once: the data-path threads accept from it.
+            // Taken off this runtime at once: a data-path thread accepts from it.
             let bound = TcpListener::bind(addr).await.and_then(|listener| {
                 let listener = listener.into_std()?;
                 tune_listener(&listener)?;
@@ -117,7 +117,7 @@ pub(crate) async fn run_import_listeners(
                         close: closing,
                         shutdown: shutdown.clone(),
                     };
-                    let task = tokio::spawn(accept_on_every_thread(listener, accepting));
+                    let task = accept_on_a_thread(listener, accepting);
                     running.insert(
                         key.clone(),
                         RunningListener {
@@ -158,8 +158,7 @@ pub(crate) async fn run_import_listeners(
     }
 }
 
-/// What every accept loop of one import shares.
-#[derive(Clone)]
+/// What an import's accept loop needs.
 struct Accepting {
     key: ObjectKey,
     egress: Arc<Egress>,
@@ -172,41 +171,32 @@ struct Accepting {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Accepts on every data-path thread from the one listening socket, each thread serving what it
-/// accepted: no connection is handed from one thread to another. The kernel wakes the threads
-/// that wait and the first to accept takes the connection, so a busy thread takes fewer.
-/// Returns once every thread's loop has ended and closed its copy of the socket.
-async fn accept_on_every_thread(listener: std::net::TcpListener, accepting: Accepting) {
-    let mut loops = JoinSet::new();
-    for thread in workers().all() {
-        match listener.try_clone() {
-            Ok(copy) => {
-                loops.spawn_on(accept_from(copy, accepting.clone()), thread);
-            }
-            Err(e) => {
-                tracing::warn!(import = %accepting.key, error = %e, "cannot share the import's listener with a data-path thread");
-            }
-        }
+/// Accepts on one data-path thread (imports take the threads in turn), which serves what it
+/// accepts while it is not busier than the others ([`serve_accepted`]): one thread waits on the
+/// listener, so a client's connect wakes one thread, and no connection changes thread until the
+/// load calls for it. With no data-path threads, accepts on this runtime.
+fn accept_on_a_thread(listener: std::net::TcpListener, accepting: Accepting) -> JoinHandle<()> {
+    let workers = workers();
+    match workers.next() {
+        Some(me) => workers
+            .handle(me)
+            .spawn(accept_from(listener, accepting, Some(me))),
+        None => tokio::spawn(accept_from(listener, accepting, None)),
     }
-    if loops.is_empty() {
-        // No data-path thread to accept on: this runtime serves.
-        return accept_from(listener, accepting).await;
-    }
-    drop(listener);
-    while loops.join_next().await.is_some() {}
 }
 
-/// Accepts from `listener` on the runtime this runs on, so only its own readiness wakes it.
-async fn accept_from(listener: std::net::TcpListener, accepting: Accepting) {
+/// Accepts from `listener` on the runtime this runs on (data-path thread `me`, if any), so only
+/// its own readiness wakes it.
+async fn accept_from(listener: std::net::TcpListener, accepting: Accepting, me: Option<usize>) {
     match TcpListener::from_std(listener) {
-        Ok(listener) => accept_loop(listener, accepting).await,
+        Ok(listener) => accept_loop(listener, accepting, me).await,
         Err(e) => {
             tracing::warn!(import = %accepting.key, error = %e, "cannot accept on a data-path thread");
         }
     }
 }
 
-async fn accept_loop(listener: TcpListener, accepting: Accepting) {
+async fn accept_loop(listener: TcpListener, accepting: Accepting, me: Option<usize>) {
     let Accepting {
         key,
         egress,
@@ -223,7 +213,7 @@ async fn accept_loop(listener: TcpListener, accepting: Accepting) {
                 Ok((client, remote)) => {
                     let snapshot = snapshots.borrow().clone();
                     let (key, next, egress) = (key.clone(), next.clone(), egress.clone());
-                    connections.spawn(async move {
+                    serve_accepted(&mut connections, me, client, move |client| async move {
                         egress.serve_client(client, remote, &key, &snapshot, &next).await;
                     });
                 }
