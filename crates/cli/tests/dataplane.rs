@@ -158,16 +158,16 @@ fn an_allowed_connection_carries_bytes_both_ways_with_half_close() {
             "{name}"
         );
     }
-    // The peer's answer holds the exporting side's stages: it cannot take less time than they do.
-    let answering: f64 = ingress
-        .iter()
-        .map(|name| stage(&sites.servers[0], "ingress", name, "sum"))
-        .sum();
-    let answer = stage(&sites.client, "egress", "peer_answer", "sum");
-    assert!(
-        answer > answering,
-        "answer {answer} s, the exporting side's stages {answering} s"
-    );
+    // Each was timed (not merely counted). How the times compare across the two processes is
+    // not asserted: a loaded machine may pause a gateway between its write and its clock read.
+    for (gw, side, names) in [
+        (&sites.client, "egress", egress),
+        (&sites.servers[0], "ingress", ingress),
+    ] {
+        for name in names {
+            assert!(stage(gw, side, name, "sum") > 0.0, "{side} {name}");
+        }
+    }
 }
 
 #[test]
@@ -207,6 +207,16 @@ fn default_deny_holds_on_each_side_independently() {
     assert!(refused(&sites.client, "egress", "local") >= 1.0);
     assert!(refused(&sites.client, "egress", "peer") >= 1.0);
     assert!(refused(&sites.servers[0], "ingress", "local") >= 1.0);
+    // A refused tunnel never opened: none of its setup stages are timed, on either side.
+    let timed = |gw, side| {
+        let labels = format!("{{side=\"{side}\",stage=\"decision\"}}");
+        metric(
+            gw,
+            &format!("clusterlink_tunnel_setup_stage_seconds_count{labels}"),
+        )
+    };
+    assert_eq!(timed(&sites.client, "egress"), 0.0);
+    assert_eq!(timed(&sites.servers[0], "ingress"), 0.0);
 
     // Ingress allowed, egress not: a new egress denial, not the earlier ingress one.
     sites.client.gwctl_ok(&["delete", "policy", "allow-all"]);

@@ -359,7 +359,6 @@ async fn serve_request(
     );
     let decided = Instant::now();
     metrics.authorized(Side::Ingress, decided - decision_started);
-    metrics.stage_took(SetupStage::IngressDecision, decided - decision_started);
     let Target { host, port, .. } = match outcome {
         Ok(target) => target,
         Err(refusal) => return refuse(tls, metrics, &tunnel, refusal).await,
@@ -406,7 +405,9 @@ async fn serve_request(
         return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
     }
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
+    // Timed only now: the stages are those of tunnels that open.
     let connected = Instant::now();
+    metrics.stage_took(SetupStage::IngressDecision, decided - decision_started);
     metrics.stage_took(SetupStage::BackendConnect, connected - decided);
     // Every refusal is decided above: a requesting gateway relies on a refusal meaning nothing
     // reached the backend, to send a client's first bytes elsewhere. The first bytes that came

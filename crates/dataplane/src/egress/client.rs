@@ -122,12 +122,8 @@ impl Egress {
                 source,
                 &self.dialer.health,
             );
-            let peer = match decision {
-                Ok((peer, _)) => {
-                    let stage = SetupStage::EgressDecision;
-                    self.metrics.stage_took(stage, deciding.elapsed());
-                    peer
-                }
+            let (peer, decided) = match decision {
+                Ok((peer, _)) => (peer, deciding.elapsed()),
                 Err(EgressRefusal::NoSuchPeer) => {
                     let message = format!("source skipped: no Peer {:?} is defined", source.peer);
                     let refusal = local(Refusal::NoSuchPeer, None, message);
@@ -162,6 +158,8 @@ impl Egress {
                     gateway,
                     would_allow: _,
                 }) => {
+                    // Timed only now: the stages are those of tunnels that open.
+                    self.metrics.stage_took(SetupStage::EgressDecision, decided);
                     self.metrics.authorized(Side::Egress, accepted_at.elapsed());
                     let meter = self.metrics.tunnel_opened(tunnel(Some(source)));
                     meter.sent(first.taken() as u64);
