@@ -20,7 +20,8 @@ pub(crate) struct Workers {
     serving: Vec<AtomicUsize>,
 }
 
-/// A thread serves a connection it accepted itself unless another thread serves this many fewer.
+/// A thread serves a connection it accepted itself unless another thread serves more than this
+/// many fewer.
 /// Handing a connection over wakes the other thread, and a second thread waiting on a listener
 /// is woken by every connection (from inside the client's `connect`, measured at 35–40 µs here);
 /// so at low concurrency each connection stays where it was accepted, and under load they spread.
@@ -73,7 +74,7 @@ impl Workers {
     }
 
     /// Where a connection accepted on thread `me` is served: `me`, unless another thread serves
-    /// [`HAND_OFF_MARGIN`] fewer connections.
+    /// more than [`HAND_OFF_MARGIN`] fewer connections.
     fn to_serve(&self, me: usize) -> usize {
         thread_to_serve(me, self.serving.len(), |i| {
             self.serving[i].load(Ordering::Relaxed)
