@@ -268,6 +268,10 @@ fn management_connections_are_bounded_in_number_and_time() {
     // The peer port is unaffected.
     assert_eq!(exchange(port, b"hi"), served());
     drop(silent);
+    // The server lets go of the dropped connections as it reads their ends; until then this
+    // address is still at its bound and new connections are closed unserved.
+    let served_again = || http_request(management, "GET", "/healthz", &[], b"").0 == 200;
+    assert!(eventually(Duration::from_secs(10), || (0..3).all(|_| served_again())));
 
     // A silent connection and a stalled body end on their own: the first idle, the second with
     // 408 once the request took too long.
