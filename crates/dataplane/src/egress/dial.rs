@@ -325,7 +325,8 @@ impl Dialer {
                     }
                 }
             };
-            let ((ready, (connection, head, rest)), answered_at) = (answer, Instant::now());
+            let answered_at = Instant::now();
+            let (ready, (connection, head, rest)) = answer;
             let decoded = TunnelResponse::decode(&head, &rest).and_then(|response| {
                 // A dry run must not be answered with an open tunnel, nor a tunnel with a verdict.
                 let dry_answer = matches!(response, TunnelResponse::WouldAllow { .. });
