@@ -54,6 +54,9 @@ pub enum Outcome {
     Revoked,
     /// Never opened: denied by policy, or no gateway or backend could take it.
     Refused,
+    /// Not a tunnel: a peer asked what a tunnel would get (`explain`, `check`), and nothing
+    /// was opened. Kept as a sample: its message says how many it stands for.
+    DryRun,
 }
 
 impl Outcome {
@@ -63,6 +66,7 @@ impl Outcome {
             Outcome::Broken => "Broken",
             Outcome::Revoked => "Revoked",
             Outcome::Refused => "Refused",
+            Outcome::DryRun => "DryRun",
         }
     }
 }

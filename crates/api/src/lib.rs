@@ -19,6 +19,7 @@ pub mod resources;
 pub mod rest;
 pub mod selector;
 pub mod shared_map;
+pub mod text;
 pub mod validation;
 
 pub use conditions::{ConditionReason, ConditionType};

@@ -22,6 +22,15 @@ pub struct ObjectMeta {
     /// RFC 3339, set by the server when the object is first created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// Set by the server at every change of the object. A write that carries it is applied only
+    /// while the object is still at that version (else `409 Conflict`), so two clients that
+    /// read, change and write the same object cannot lose each other's change. Opaque, as in
+    /// Kubernetes: compare it, never order it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    /// Set by the server: 1 when the object is created, one more at each change of its spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// Longest annotation value accepted; annotations are notes, not payloads.

@@ -817,6 +817,20 @@ impl Object {
         }
     }
 
+    /// True when `other` has the same spec (what `metadata.generation` counts changes of).
+    pub fn same_spec(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Peer(a), Object::Peer(b)) => a.spec == b.spec,
+            (Object::Export(a), Object::Export(b)) => a.spec == b.spec,
+            (Object::Import(a), Object::Import(b)) => a.spec == b.spec,
+            (Object::AccessPolicy(a), Object::AccessPolicy(b)) => a.spec == b.spec,
+            (Object::PrivilegedAccessPolicy(a), Object::PrivilegedAccessPolicy(b)) => {
+                a.spec == b.spec
+            }
+            _ => false,
+        }
+    }
+
     /// Fills in the namespace when the manifest names none: `default_namespace` for namespaced
     /// kinds, the system namespace for Peers. Validation then checks what was given.
     pub fn default_namespace(&mut self, default_namespace: &str) {

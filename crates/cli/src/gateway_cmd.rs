@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use clusterlink_api::clients::ClientTable;
 use clusterlink_dataplane::process::{
-    BackendArgs, parse_labels, raise_open_file_limit, wait_for_signal,
+    BackendArgs, TunnelArgs, parse_labels, raise_open_file_limit, wait_for_signal,
 };
 use clusterlink_gateway::{Gateway, GatewayConfig, ManagementSecurity};
 use clusterlink_pki::tls::TlsFiles;
@@ -70,6 +70,8 @@ pub struct GatewayArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub backends: BackendArgs,
+    #[command(flatten)]
+    pub tunnels: TunnelArgs,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -153,6 +155,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         data_dir,
         management_security: security,
         loopback_backends: args.backends.allow_loopback_backends,
+        limits: args.tunnels.limits(),
+        access_log: args.tunnels.access_log,
     };
     let mut gateway = Gateway::start(config, listener, peer_listener).await?;
     let scheme = match gateway.management_security() {

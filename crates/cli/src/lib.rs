@@ -21,5 +21,6 @@ pub mod kubernetes_cmd;
 mod manifests;
 pub mod output;
 pub mod policy_cmd;
+mod terminal;
 
 pub use clusterlink_dataplane::process::{error_report, exit_code, init_logging};

@@ -12,7 +12,8 @@ use crate::conditions::Unreported;
 use crate::metrics::Metrics;
 use crate::ops::ProcessHealth;
 use crate::process::{
-    BackendArgs, TlsArgs, init_logging, parse_labels, raise_open_file_limit, wait_for_signal,
+    BackendArgs, TlsArgs, TunnelArgs, init_logging, parse_labels, raise_open_file_limit,
+    wait_for_signal,
 };
 use crate::tasks::DataPlaneConfig;
 
@@ -51,6 +52,8 @@ pub struct DataPlaneArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub backends: BackendArgs,
+    #[command(flatten)]
+    pub tunnels: TunnelArgs,
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }
@@ -62,7 +65,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
     let (name, tls) = args.tls.load(&shutdown)?;
     let labels = parse_labels(&args.labels)?;
     raise_open_file_limit();
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::default().with_access_log(args.tunnels.access_log));
     let health = ProcessHealth::new();
     let ops_listener = crate::ops::bind(args.ops_address).await?;
     let ops_address = ops_listener.local_addr()?;
@@ -107,6 +110,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         metrics,
         protected: vec![peer_address, ops_address],
         loopback_backends: args.backends.allow_loopback_backends,
+        limits: args.tunnels.limits(),
     };
     let mut dataplane = tokio::spawn(crate::tasks::run(
         config,

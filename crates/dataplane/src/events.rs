@@ -17,8 +17,12 @@ pub const EVENTS_KEPT: usize = 256;
 /// (up to a whole answer head), and the ring must stay small whatever peers send.
 pub const MAX_EVENT_TEXT: usize = 512;
 
-/// `text` cut to [`MAX_EVENT_TEXT`] bytes at a character boundary, saying it was cut.
+/// `text` cut to [`MAX_EVENT_TEXT`] bytes at a character boundary, saying it was cut, with its
+/// control characters escaped: events reach terminals (`gwctl get events`) and the console.
 fn bounded(text: &mut String) {
+    if text.contains(clusterlink_api::text::is_unsafe_char) {
+        *text = clusterlink_api::text::escaped(text).into_owned();
+    }
     if text.len() > MAX_EVENT_TEXT {
         let mut end = MAX_EVENT_TEXT;
         while !text.is_char_boundary(end) {
@@ -157,5 +161,17 @@ mod tests {
         assert!(kept.message.len() <= MAX_EVENT_TEXT + "…".len());
         assert!(kept.message.ends_with('…'));
         assert!(kept.policy.as_ref().unwrap().len() <= MAX_EVENT_TEXT + "…".len());
+    }
+
+    #[test]
+    fn control_characters_are_kept_escaped() {
+        let log = EventLog::default();
+        let mut forged = event(1, Outcome::Refused, "p1");
+        forged.message = "denied\n\x1b]0;pwned\x07".into();
+        forged.policy = Some("default/x\r".into());
+        log.record(forged);
+        let kept = &log.recent(&EventFilter::default(), 1)[0];
+        assert_eq!(kept.message, "denied\\u{a}\\u{1b}]0;pwned\\u{7}");
+        assert_eq!(kept.policy.as_deref(), Some("default/x\\u{d}"));
     }
 }

@@ -1,75 +1,117 @@
-//! Loop detection within one gateway: when its ingress dials a backend that turns out to be one
-//! of its own import listeners, the new client connection carries the tunnel's hop count into
-//! the next tunnel ([`crate::tunnel::MAX_HOPS`] ends the loop).
+//! Loop detection: a connection that a gateway's ingress made to a backend, and that turns out to
+//! be the client of an import (this gateway's, or the requesting peer's), carries its tunnel's
+//! hop count into the next tunnel; at [`crate::tunnel::MAX_HOPS`] the request is refused.
 //!
-//! Once connected, the ingress records its backend socket's local port. While it connects, it
-//! records where it is connecting, since the kernel picks the port only then (binding a port
-//! first would keep it from being reused while an earlier connection's TIME_WAIT holds it: a few
-//! hundred new backend connections a second would run out of ports). So an import listener that
-//! accepts before the port is recorded still finds the count, by its own address. Ports are unique
-//! among this host's live outgoing connections to one address; a stranger's connection from a
-//! port of the same number (on another host) only starts one hop further along.
+//! Backend connections are known by both ends' addresses, which no other live connection shares:
+//! an import that accepts a connection from this host finds it by the same pair, reversed. A
+//! peer's tunnel request says (`x-clusterlink-via`) which connection its client came on when that
+//! client came from this gateway's own address, so a loop through another gateway's import is
+//! found too. A peer can only make its own tunnel count longer this way: the lookup never changes
+//! what other connections count, and a hop count a peer claims applies to its own backend
+//! connection alone. A loop no gateway can see (through a NAT, or a third gateway) still ends,
+//! at the tunnel bounds of [`crate::capacity`].
+//!
+//! The ingress records a backend connection as soon as it is connected. While it connects, it
+//! records only where it is connecting: the kernel picks the local port then (binding a port first
+//! would keep it from being reused while an earlier connection's TIME_WAIT holds it: a few hundred
+//! new backend connections a second would run out of ports). An import that accepts a connection
+//! from this host while a backend connection to it is still being made waits, briefly, for that
+//! connection to be recorded or to fail, rather than guess.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Both ends of a connection, from the side that opened it: (local, remote).
+type Ends = (SocketAddr, SocketAddr);
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
 
 #[derive(Default)]
 pub(crate) struct RelayedConnections {
-    hops_by_port: Mutex<HashMap<u16, u8>>,
-    /// Backend connections still connecting: their destination, with their hop counts.
-    dialing: Mutex<HashMap<SocketAddr, Vec<u8>>>,
+    /// Connected backend connections and the hop counts of their tunnels.
+    hops_by_ends: Mutex<HashMap<Ends, u8>>,
+    /// Backend connections still connecting, by destination: how many.
+    dialing: Mutex<HashMap<SocketAddr, usize>>,
+    /// Told whenever a connection stops being "still connecting".
+    settled: Notify,
 }
 
 impl RelayedConnections {
-    /// Records that a backend connection carrying a tunnel that had `hops` is being made to `to`,
-    /// until the returned guard drops (once [`RelayedConnections::record`] took over).
-    pub fn dialing(self: &Arc<Self>, to: SocketAddr, hops: u8) -> Dialing {
-        self.dialing.lock().entry(to).or_default().push(hops);
+    /// Records that a backend connection is being made to `to`, until the returned guard drops
+    /// (once [`RelayedConnections::record`] took over).
+    pub fn dialing(self: &Arc<Self>, to: SocketAddr) -> Dialing {
+        let to = canonical(to);
+        *self.dialing.lock().entry(to).or_default() += 1;
         Dialing {
             connections: self.clone(),
             to,
-            hops,
         }
     }
 
-    /// Records that the backend connection from local `port` carries a tunnel that had `hops`,
-    /// until the returned guard drops.
-    pub fn record(self: &Arc<Self>, port: u16, hops: u8) -> Relayed {
-        self.lock().insert(port, hops);
+    /// Records that the backend connection from `local` to `remote` carries a tunnel that had
+    /// `hops`, until the returned guard drops.
+    pub fn record(self: &Arc<Self>, local: SocketAddr, remote: SocketAddr, hops: u8) -> Relayed {
+        let ends = (canonical(local), canonical(remote));
+        self.hops_by_ends.lock().insert(ends, hops);
         Relayed {
             connections: self.clone(),
-            port,
+            ends,
         }
     }
 
-    /// The hop count a new client connection from `remote` to this gateway's `local` address
-    /// starts with. A connection to `local` still being made counts too, with the highest count
-    /// among them: erring long only matters to a chain of relays near the hop limit.
-    pub fn hops_from(&self, remote: SocketAddr, local: SocketAddr) -> u8 {
-        let recorded = self.lock().get(&remote.port()).copied();
-        let connecting = || self.dialing.lock().get(&local)?.iter().copied().max();
-        recorded
-            .or_else(connecting)
-            .map_or(0, |hops| hops.saturating_add(1))
+    /// The hop count of the tunnel whose backend connection goes from `local` to `remote`, if
+    /// this gateway made it.
+    pub fn hops_of(&self, local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+        let ends = (canonical(local), canonical(remote));
+        self.hops_by_ends.lock().get(&ends).copied()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u16, u8>> {
-        self.hops_by_port.lock()
+    /// The hop count a client connection from `remote` to this gateway's `local` address starts
+    /// with: one more than the tunnel whose backend connection it is, or 0. A connection from
+    /// this host to an address a backend connection is still being made to waits (at most
+    /// `patience`) until it is known whether that is this one.
+    pub async fn hops_from(&self, remote: SocketAddr, local: SocketAddr, patience: Duration) -> u8 {
+        let (remote, local) = (canonical(remote), canonical(local));
+        // Only a connection from this host can be one of its backend connections.
+        let from_this_host = remote.ip() == local.ip() || remote.ip().is_loopback();
+        let known = async {
+            loop {
+                let settled = self.settled.notified();
+                tokio::pin!(settled);
+                settled.as_mut().enable();
+                if let Some(hops) = self.hops_of(remote, local) {
+                    return Some(hops);
+                }
+                if !from_this_host || !self.dialing.lock().contains_key(&local) {
+                    return None;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(patience, known)
+            .await
+            .ok()
+            .flatten()
+            .map_or(0, |hops| hops.saturating_add(1))
     }
 }
 
 /// A recorded backend connection; forgotten when dropped.
 pub(crate) struct Relayed {
     connections: Arc<RelayedConnections>,
-    port: u16,
+    ends: Ends,
 }
 
 impl Drop for Relayed {
     fn drop(&mut self) {
-        self.connections.lock().remove(&self.port);
+        self.connections.hops_by_ends.lock().remove(&self.ends);
     }
 }
 
@@ -77,20 +119,20 @@ impl Drop for Relayed {
 pub(crate) struct Dialing {
     connections: Arc<RelayedConnections>,
     to: SocketAddr,
-    hops: u8,
 }
 
 impl Drop for Dialing {
     fn drop(&mut self) {
-        let mut dialing = self.connections.dialing.lock();
-        if let Some(all) = dialing.get_mut(&self.to) {
-            if let Some(i) = all.iter().position(|h| *h == self.hops) {
-                all.swap_remove(i);
-            }
-            if all.is_empty() {
-                dialing.remove(&self.to);
+        {
+            let mut dialing = self.connections.dialing.lock();
+            if let Some(count) = dialing.get_mut(&self.to) {
+                *count -= 1;
+                if *count == 0 {
+                    dialing.remove(&self.to);
+                }
             }
         }
+        self.connections.settled.notify_waiters();
     }
 }
 
@@ -98,38 +140,69 @@ impl Drop for Dialing {
 mod tests {
     use super::*;
 
+    const PATIENCE: Duration = Duration::from_secs(5);
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    #[test]
-    fn a_relayed_connection_starts_one_hop_further() {
+    #[tokio::test]
+    async fn a_relayed_connection_starts_one_hop_further() {
         let relayed = Arc::new(RelayedConnections::default());
         let import = addr(7000);
-        assert_eq!(relayed.hops_from(addr(40000), import), 0);
-        let guard = relayed.record(40000, 3);
-        assert_eq!(relayed.hops_from(addr(40000), import), 4);
-        assert_eq!(relayed.hops_from(addr(40001), import), 0);
+        assert_eq!(relayed.hops_from(addr(40000), import, PATIENCE).await, 0);
+        let guard = relayed.record(addr(40000), import, 3);
+        assert_eq!(relayed.hops_from(addr(40000), import, PATIENCE).await, 4);
+        assert_eq!(relayed.hops_from(addr(40001), import, PATIENCE).await, 0);
         drop(guard);
-        assert_eq!(relayed.hops_from(addr(40000), import), 0);
-        let _max = relayed.record(1, u8::MAX);
-        assert_eq!(relayed.hops_from(addr(1), import), u8::MAX);
+        assert_eq!(relayed.hops_from(addr(40000), import, PATIENCE).await, 0);
+        let _max = relayed.record(addr(1), import, u8::MAX);
+        assert_eq!(relayed.hops_from(addr(1), import, PATIENCE).await, u8::MAX);
     }
 
-    #[test]
-    fn a_connection_accepted_before_its_port_is_recorded_counts_by_destination() {
+    #[tokio::test]
+    async fn the_same_port_on_another_host_or_to_another_import_is_another_connection() {
+        let relayed = Arc::new(RelayedConnections::default());
+        // A peer's tunnel claimed 7 hops; its backend connection went from port 40000 to 7000.
+        let _forged = relayed.record(addr(40000), addr(7000), 7);
+        // Another host's client from a port of the same number, and this host's client of
+        // another import from that port, start at 0.
+        let elsewhere = SocketAddr::from(([10, 0, 0, 9], 40000));
+        let local = SocketAddr::from(([10, 0, 0, 1], 7000));
+        assert_eq!(relayed.hops_from(elsewhere, local, PATIENCE).await, 0);
+        assert_eq!(
+            relayed.hops_from(addr(40000), addr(7001), PATIENCE).await,
+            0
+        );
+        // An IPv4 connection seen on a dual-stack socket is the same connection.
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert_eq!(relayed.hops_from(mapped, addr(7000), PATIENCE).await, 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_accepted_before_it_is_recorded_waits_for_the_record() {
         let relayed = Arc::new(RelayedConnections::default());
         let import = addr(7000);
-        let first = relayed.dialing(import, 2);
-        let second = relayed.dialing(import, 5);
-        assert_eq!(relayed.hops_from(addr(40000), import), 6);
-        assert_eq!(relayed.hops_from(addr(40000), addr(7001)), 0);
-        drop(second);
-        assert_eq!(relayed.hops_from(addr(40000), import), 3);
-        // Once connected, the port decides.
-        let _connected = relayed.record(40000, 2);
-        drop(first);
-        assert_eq!(relayed.hops_from(addr(40000), import), 3);
-        assert_eq!(relayed.hops_from(addr(40002), import), 0);
+        let dialing = relayed.dialing(import);
+        let asked = tokio::spawn({
+            let relayed = relayed.clone();
+            async move { relayed.hops_from(addr(40000), import, PATIENCE).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!asked.is_finished(), "answered before the dial settled");
+        let _connected = relayed.record(addr(40000), import, 2);
+        drop(dialing);
+        assert_eq!(asked.await.unwrap(), 3);
+        // Another connection accepted while a dial is pending is not that dial's, once it
+        // settles elsewhere; and no one waits longer than its patience.
+        let _pending = relayed.dialing(import);
+        let started = tokio::time::Instant::now();
+        assert_eq!(relayed.hops_from(addr(40001), import, PATIENCE).await, 0);
+        assert_eq!(started.elapsed(), PATIENCE);
+        // A stranger's connection never waits.
+        let stranger = SocketAddr::from(([10, 0, 0, 9], 40001));
+        let started = tokio::time::Instant::now();
+        assert_eq!(relayed.hops_from(stranger, import, PATIENCE).await, 0);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -3,17 +3,18 @@
 //! The requesting peer is who its certificate names, never what the request claims. The ingress
 //! policy of the export's namespace decides, then the backend is dialed and `200` answered.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+
+use tokio::time::Instant;
 
 use clusterlink_pki::{Identity, identity_of};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::timeout;
+use tokio::time::{timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -21,15 +22,17 @@ use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::tls::PEER_ALPN;
 
 use crate::backend_addresses::BackendAddresses;
+use crate::capacity::{Descriptors, HeldDescriptors, TunnelCounts};
 use crate::connections::{drain, tune_socket};
 use crate::hops::{Relayed, RelayedConnections};
 use crate::limits::Limits;
-use crate::listener::{PerSource, SourceSlot};
+use crate::listener::{Admission, Admitted};
 use crate::live::LiveTunnels;
 use crate::metrics::{
     Listener, Metrics, Refusal, Refused, RefusedBy, SetupStage, Side, TunnelEnding, TunnelRef,
     Unserved,
 };
+use crate::rate::RateLimited;
 use clusterlink_api::attributes::Attributes;
 
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
@@ -42,14 +45,17 @@ use crate::tunnel::{
 };
 use crate::workers::serve_on_worker;
 
-// The peer port's bounds and timeouts, with their reasons, are in [`Limits`].
-const MAX_PEER_CONNECTIONS: usize = Limits::DEFAULT.peer_connections;
-const MAX_UNAUTHENTICATED: usize = Limits::DEFAULT.unauthenticated.total;
-const MAX_UNAUTHENTICATED_PER_SOURCE: usize = Limits::DEFAULT.unauthenticated.per_source;
-const BETWEEN_TUNNELS: Duration = Limits::DEFAULT.between_tunnels;
-
 /// What every peer connection shares.
 struct PeerPort {
+    /// Bounds and timeouts, with their reasons.
+    limits: Limits,
+    /// The data path's descriptors: each connection holds one, and a tunnel's backend another.
+    descriptors: Arc<Descriptors>,
+    /// Open tunnels per requesting peer and per export.
+    peer_tunnels: TunnelCounts,
+    export_tunnels: TunnelCounts,
+    /// Dry runs per peer.
+    dry_runs: RateLimited<String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     /// This gateway's own listeners, never dialed as backends.
@@ -67,6 +73,8 @@ struct PeerPort {
 
 /// What the peer port needs besides its listener.
 pub(crate) struct PeerPortConfig {
+    pub limits: Limits,
+    pub descriptors: Arc<Descriptors>,
     pub metrics: Arc<Metrics>,
     pub protected: Arc<[SocketAddr]>,
     pub loopback_backends: bool,
@@ -80,10 +88,16 @@ pub(crate) async fn serve(
     config: PeerPortConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limits = config.limits;
     let mut connections = JoinSet::new();
     let port = Arc::new(PeerPort {
+        limits,
+        descriptors: config.descriptors,
+        peer_tunnels: TunnelCounts::new(limits.tunnels_per_peer),
+        export_tunnels: TunnelCounts::new(limits.tunnels_per_export),
+        dry_runs: RateLimited::new(limits.dry_runs),
         snapshots: snapshots.clone(),
-        metrics: config.metrics,
+        metrics: config.metrics.clone(),
         protected: config.protected,
         loopback_backends: config.loopback_backends,
         live: LiveTunnels::default(),
@@ -91,8 +105,17 @@ pub(crate) async fn serve(
         addresses: BackendAddresses::default(),
         shutdown: shutdown.clone(),
     });
+    let admission = Arc::new(
+        Admission::new(
+            Listener::Peer,
+            limits.unauthenticated,
+            &limits,
+            config.metrics,
+        )
+        .with_reserved(limits.unauthenticated_from_peers),
+    );
     let revalidator = tokio::spawn({
-        let (port, mut snapshots) = (port.clone(), snapshots);
+        let (port, mut snapshots) = (port.clone(), snapshots.clone());
         async move {
             while snapshots.changed().await.is_ok() {
                 let snapshot = snapshots.borrow_and_update().clone();
@@ -102,52 +125,36 @@ pub(crate) async fn serve(
             }
         }
     });
-    let open = Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
-    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
-    let sources = PerSource::new(MAX_UNAUTHENTICATED_PER_SOURCE);
+    let reserving = tokio::spawn(reserve_for_gateways(admission.clone(), snapshots, limits));
     loop {
-        // With MAX_UNAUTHENTICATED handshakes under way, further connections wait in the kernel's
-        // backlog: a peer opening thousands of tunnels at once is slowed, not refused, and a
-        // flood of strangers holds no more than that many descriptors.
-        let pending = tokio::select! {
-            permit = unauthenticated.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                // Only a closed semaphore fails, and this one is never closed.
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    // Beyond the total, or its source's share, a connection is closed at once:
-                    // before TLS, so a refusal costs only the accept.
-                    let Ok(open_permit) = open.clone().try_acquire_owned() else {
-                        let detail = format!("{MAX_PEER_CONNECTIONS} peer connections are open");
+                    // Closed at once when the data path is out of descriptors or every place is
+                    // held: before TLS, so a refusal costs only the accept.
+                    let Some(descriptor) = port.descriptors.take(1) else {
+                        let detail = format!("the data path holds all of its {} descriptors", port.descriptors.total());
                         port.metrics.unserved(Listener::Peer, Unserved::ListenerLimit, remote, &detail);
                         continue;
                     };
-                    let Some(source) = sources.enter(remote.ip()) else {
-                        let detail = format!("{MAX_UNAUTHENTICATED_PER_SOURCE} unauthenticated connections from {} are open", remote.ip());
-                        port.metrics.unserved(Listener::Peer, Unserved::SourceLimit, remote, &detail);
+                    let Some(admitted) = admission.admit(remote) else {
                         continue;
                     };
-                    let pending = Pending { _total: pending, _source: source };
                     // The configuration current now: rotated certificates apply to new connections.
                     // Marked seen: a later change of the certificates ends this connection's reuse.
                     let mut credentials = tls.clone();
                     let acceptor = TlsAcceptor::from(credentials.borrow_and_update().server.clone());
                     let port = port.clone();
                     serve_on_worker(&mut connections, stream, move |stream| async move {
-                        let _open = open_permit;
-                        if let Err(e) = handle(stream, remote, acceptor, credentials, pending, &port).await {
+                        let _descriptor: HeldDescriptors = descriptor;
+                        if let Err(e) = handle(stream, remote, acceptor, credentials, admitted, &port).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "peer port accept failed");
-                    tokio::time::sleep(Limits::DEFAULT.accept_retry).await;
+                    port.metrics.accept_failed(Listener::Peer, &e);
+                    tokio::time::sleep(limits.accept_retry).await;
                 }
             },
             // Reap finished connections so the set does not grow with every tunnel ever served.
@@ -157,8 +164,39 @@ pub(crate) async fn serve(
     }
     // No new connections; open tunnels finish (and are still revoked if access ends).
     drop(listener);
+    reserving.abort();
     drain(connections, "peer connections").await;
     revalidator.abort();
+}
+
+/// Keeps the peer port's reserved places for the addresses of every configured peer's gateways,
+/// in step with the snapshots: addresses as given, and names as they resolve (a name that does
+/// not resolve reserves nothing; connections from it compete with strangers).
+async fn reserve_for_gateways(
+    admission: Arc<Admission>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    limits: Limits,
+) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let mut addresses = HashSet::new();
+        for (host, port) in snapshot.peers.values().flat_map(|p| p.gateways.iter()) {
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                addresses.insert(ip);
+            } else if let Ok(Ok(found)) = timeout(
+                limits.connect,
+                tokio::net::lookup_host((host.as_str(), *port)),
+            )
+            .await
+            {
+                addresses.extend(found.map(|a| a.ip()));
+            }
+        }
+        admission.reserve_for(addresses);
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Why a peer connection ended before the peer closed it; logged with the connection.
@@ -182,18 +220,12 @@ impl PeerConnectionError {
     }
 }
 
-/// What an unauthenticated connection holds: a place among all of them and among its source's.
-struct Pending {
-    _total: OwnedSemaphorePermit,
-    _source: SourceSlot,
-}
-
 async fn handle(
     stream: TcpStream,
     remote: SocketAddr,
     acceptor: TlsAcceptor,
     credentials: watch::Receiver<Arc<GatewayTls>>,
-    pending: Pending,
+    admitted: Admitted,
     port: &PeerPort,
 ) -> Result<(), PeerConnectionError> {
     tune_socket(&stream).map_err(PeerConnectionError::io("socket options"))?;
@@ -202,18 +234,29 @@ async fn handle(
             .unserved(Listener::Peer, reason, remote, &detail);
         PeerConnectionError::Unserved { reason, detail }
     };
-    let mut tls = timeout(
-        Limits::DEFAULT.handshake,
-        acceptor.accept(ReadAhead::new(stream)),
-    )
-    .await
-    .map_err(|_| unserved(Unserved::HandshakeTimeout, "TLS handshake timed out".into()))?
-    .map_err(|e| {
-        unserved(
-            Unserved::HandshakeRefused,
-            format!("TLS handshake refused: {e}"),
-        )
-    })?;
+    // Until it is authenticated and has sent its first request, the connection may be closed
+    // to make room for a newcomer (counted then), and has until its deadline.
+    let shed = || PeerConnectionError::Unserved {
+        reason: Unserved::ListenerLimit,
+        detail: "closed to make room".into(),
+    };
+    match admitted.first_bytes(&stream).await {
+        Ok(()) => {}
+        Err(Some(reason)) => return Err(unserved(reason, reason.detail().into())),
+        Err(None) => return Err(shed()),
+    }
+    let handshake = timeout_at(admitted.deadline(), acceptor.accept(ReadAhead::new(stream)));
+    let mut tls = tokio::select! {
+        done = handshake => done
+            .map_err(|_| unserved(Unserved::HandshakeTimeout, "TLS handshake timed out".into()))?
+            .map_err(|e| {
+                unserved(
+                    Unserved::HandshakeRefused,
+                    format!("TLS handshake refused: {e}"),
+                )
+            })?,
+        () = admitted.shed() => return Err(shed()),
+    };
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() != Some(PEER_ALPN) {
@@ -231,35 +274,38 @@ async fn handle(
             return Err(unserved(Unserved::WrongIdentity, detail));
         }
     };
-    // The first request comes right after the handshake; later ones whenever the peer has
-    // another tunnel to open.
-    let mut pending = Some(pending);
-    let mut wait = Limits::DEFAULT.handshake;
+    // Authenticated: no longer closed for a newcomer. Its first request comes right after the
+    // handshake; later ones whenever the peer has another tunnel to open.
+    admitted.proven();
+    let mut admitted = Some(admitted);
     let mut stopping = port.shutdown.clone();
     loop {
-        let waiting = pending.is_none().then(|| port.metrics.idle(Side::Ingress));
+        let waiting = admitted.is_none().then(|| port.metrics.idle(Side::Ingress));
+        let deadline = admitted.as_ref().map_or_else(
+            || Instant::now() + port.limits.between_tunnels,
+            Admitted::deadline,
+        );
         let read = tokio::select! {
-            read = timeout(wait, read_head(&mut tls)) => read,
+            read = timeout_at(deadline, read_head(&mut tls)) => read,
             // Between tunnels at shutdown: the peer opens its next tunnel elsewhere.
-            _ = stopping.wait_for(|stop| *stop), if pending.is_none() => return Ok(()),
+            _ = stopping.wait_for(|stop| *stop), if admitted.is_none() => return Ok(()),
         };
         drop(waiting);
         let (head, leftover) = match read {
             Ok(read) => read?,
-            Err(_) if pending.is_none() => return Ok(()),
+            Err(_) if admitted.is_none() => return Ok(()),
             Err(_) => {
                 let detail = "authenticated, but no request came in time".into();
                 return Err(unserved(Unserved::HandshakeTimeout, detail));
             }
         };
-        if pending.is_none() && credentials.has_changed().unwrap_or(true) {
+        if admitted.is_none() && credentials.has_changed().unwrap_or(true) {
             // Authenticated under certificates since replaced (a rotation, or a move to another
             // fabric): later tunnels need a new handshake.
             return Ok(());
         }
         // Authenticated, and its request read: no longer counted against strangers.
-        pending = None;
-        wait = BETWEEN_TUNNELS;
+        admitted = None;
         let served = serve_request(&mut tls, &head, leftover, &peer, port).await?;
         if served == Served::Close {
             return Ok(());
@@ -284,6 +330,11 @@ async fn serve_request(
     port: &PeerPort,
 ) -> Result<Served, PeerConnectionError> {
     let PeerPort {
+        limits,
+        descriptors,
+        peer_tunnels,
+        export_tunnels,
+        dry_runs,
         snapshots,
         metrics,
         protected,
@@ -330,20 +381,32 @@ async fn serve_request(
     let snapshot = snapshots.borrow().clone();
     let tunnel = ingress_tunnel(&snapshot, peer, Some(&request.export));
     if request.dry_run {
-        // A question, not a connection: answered, and neither counted nor dialed.
-        let answer = match decide(
-            &snapshot,
-            peer,
-            &request.peer_labels,
-            &request.client,
-            &request.export,
-        ) {
-            Ok(target) => TunnelResponse::WouldAllow {
-                policy: target.policy,
-            },
-            Err(refusal) => refusal,
+        // A question, not a connection: nothing is dialed. A peer asking faster than anyone
+        // checking its imports would is enumerating what this gateway exports: slowed down.
+        let answer = if dry_runs.pass(peer.to_string()).is_none() {
+            TunnelResponse::Refused {
+                reason: RefusalReason::TooManyRequests,
+                message: format!(
+                    "peer {peer} asks more dry runs than {} at once and one per {:?}",
+                    limits.dry_runs.burst, limits.dry_runs.every
+                ),
+                policy: None,
+            }
+        } else {
+            match decide(
+                &snapshot,
+                peer,
+                &request.peer_labels,
+                &request.client,
+                &request.export,
+            ) {
+                Ok(target) => TunnelResponse::WouldAllow {
+                    policy: target.policy,
+                },
+                Err(refusal) => refusal,
+            }
         };
-        tracing::debug!(%peer, export = %request.export, ?answer, "dry run answered");
+        metrics.dry_run(&tunnel, &answer);
         let _ = tls.write_all(&answer.encode()).await;
         let _ = tls.shutdown().await;
         return Ok(Served::Close);
@@ -363,25 +426,66 @@ async fn serve_request(
         Ok(target) => target,
         Err(refusal) => return refuse(tls, metrics, &tunnel, refusal).await,
     };
-    if request.hops >= MAX_HOPS {
+    // A client that came from this gateway's own address may be a connection this gateway's
+    // ingress made: then this tunnel continues that one's (a loop through the peer's import).
+    let looped = request.via.and_then(|via| {
+        let here = tls.get_ref().0.get_ref().local_addr().ok()?;
+        let backend_end = SocketAddr::new(here.ip(), via.client_port);
+        relayed.hops_of(backend_end, via.import)
+    });
+    let hops = request.hops.max(looped.map_or(0, |h| h.saturating_add(1)));
+    if hops >= MAX_HOPS {
         return refuse(tls, metrics, &tunnel, TunnelResponse::Refused {
             reason: RefusalReason::LoopDetected,
             message: format!(
-                "the connection already went through {} tunnels: export {} leads back into an import that leads to it",
-                request.hops, request.export
+                "the connection already went through {hops} tunnels: export {} leads back into an import that leads to it",
+                request.export
             ),
             policy: None,
         })
         .await;
     }
+    // Bounded per peer, per export, and by the data path's descriptors (the backend's).
+    let at_limit = |what: String| TunnelResponse::Refused {
+        reason: RefusalReason::TunnelLimit,
+        message: format!("{what}; try again later"),
+        policy: None,
+    };
+    let Some(_peer_slot) = peer_tunnels.enter(peer) else {
+        let what = format!(
+            "peer {peer} holds {} tunnels through {}, as many as one peer may",
+            peer_tunnels.limit(),
+            snapshot.local_peer
+        );
+        return refuse(tls, metrics, &tunnel, at_limit(what)).await;
+    };
+    let Some(_export_slot) = export_tunnels.enter(&tunnel.export) else {
+        let what = format!(
+            "export {} carries {} tunnels, as many as one export may",
+            request.export,
+            export_tunnels.limit()
+        );
+        return refuse(tls, metrics, &tunnel, at_limit(what)).await;
+    };
+    let Some(_backend_descriptor) = descriptors.take(1) else {
+        let what = format!(
+            "gateway {} is out of descriptors for new tunnels",
+            snapshot.local_peer
+        );
+        return refuse(tls, metrics, &tunnel, at_limit(what)).await;
+    };
     let unreachable = |error: String| TunnelResponse::Refused {
         reason: RefusalReason::BackendUnreachable,
         message: format!("backend {host}:{port} unreachable: {error}"),
         policy: None,
     };
+    let allowed = Destinations {
+        protected,
+        loopback: *loopback_backends,
+    };
     let dialed = timeout(
-        Limits::DEFAULT.connect,
-        dial_backend(&host, port, addresses, relayed, request.hops),
+        limits.connect,
+        dial_backend(&host, port, addresses, &allowed, relayed, hops),
     );
     let (mut backend, _relayed) = match dialed.await {
         Ok(Ok(s)) => s,
@@ -389,19 +493,9 @@ async fn serve_request(
         Err(_) => return refuse(tls, metrics, &tunnel, unreachable("timed out".into())).await,
     };
     if reaches_own_listener(&backend, protected) {
-        // An export naming this gateway's management API (or peer port) would hand remote peers
-        // what only local admins may use.
+        // An export naming this gateway's management API (or peer port) by one of the host's
+        // other addresses would hand remote peers what only local admins may use.
         let reason = "it is one of this gateway's own listeners".to_string();
-        return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
-    }
-    // An address that cannot be read is taken for loopback: refusing is the safe side.
-    let loopback = backend
-        .peer_addr()
-        .map_or(true, |a| a.ip().to_canonical().is_loopback());
-    if !loopback_backends && loopback {
-        // A loopback service trusts every local process: another gateway's management API, a
-        // database bound to localhost. Exporting one hands that trust to remote peers.
-        let reason = "it is on a loopback address; start the gateway with --allow-loopback-backends to export local services".to_string();
         return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
     }
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
@@ -580,46 +674,85 @@ pub(crate) struct IngressTunnel {
     export: ExportRef,
 }
 
-/// Connects to the first address of `host` that answers, from a socket whose local port is
-/// recorded (with the tunnel's `hops`) before it connects, for as long as the returned guard lives.
+/// Where an export's backend may not be, decided before connecting: a refusal then says the
+/// same whether or not anything listens there.
+struct Destinations<'a> {
+    /// This gateway's own listeners.
+    protected: &'a [SocketAddr],
+    /// Whether loopback addresses are allowed.
+    loopback: bool,
+}
+
+impl Destinations<'_> {
+    /// Why `addr` may not be dialed, if it may not.
+    fn refusal(&self, addr: SocketAddr) -> Option<String> {
+        let ip = addr.ip().to_canonical();
+        if !self.loopback && (ip.is_loopback() || ip.is_unspecified()) {
+            // A loopback service trusts every local process: another gateway's management API,
+            // a database bound to localhost. Exporting one hands that trust to remote peers.
+            return Some("it is on a loopback address; start the gateway with --allow-loopback-backends to export local services".into());
+        }
+        let this_host = ip.is_loopback() || ip.is_unspecified();
+        let own = self.protected.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip().to_canonical() == ip
+                    || (this_host && (l.ip().is_unspecified() || l.ip().is_loopback())))
+        });
+        // An export naming this gateway's management API (or peer port) would hand remote peers
+        // what only local admins may use.
+        own.then(|| "it is one of this gateway's own listeners".into())
+    }
+}
+
+/// Connects to the first address of `host` that answers and may be dialed, recording the
+/// connection (with the tunnel's `hops`) for as long as the returned guard lives.
 async fn dial_backend(
     host: &str,
     port: u16,
     addresses: &BackendAddresses,
+    allowed: &Destinations<'_>,
     relayed: &Arc<RelayedConnections>,
     hops: u8,
 ) -> std::io::Result<(TcpStream, Relayed)> {
     let found = addresses.of(host, port).await?;
-    match connect_to_any(&found.addresses, relayed, hops).await {
+    match connect_to_any(&found.addresses, allowed, relayed, hops).await {
         // Kept addresses that no longer take connections (a Service recreated elsewhere): the
         // name is looked up again at once.
-        Err(_) if found.kept => {
+        Err(e) if found.kept && e.kind() != std::io::ErrorKind::PermissionDenied => {
             addresses.forget(host, port);
             let fresh = addresses.of(host, port).await?;
-            connect_to_any(&fresh.addresses, relayed, hops).await
+            connect_to_any(&fresh.addresses, allowed, relayed, hops).await
         }
         dialed => dialed,
     }
 }
 
-/// Connects to the first of `addresses` that takes the connection.
+/// Connects to the first of `addresses` that may be dialed and takes the connection.
 async fn connect_to_any(
     addresses: &[SocketAddr],
+    allowed: &Destinations<'_>,
     relayed: &Arc<RelayedConnections>,
     hops: u8,
 ) -> std::io::Result<(TcpStream, Relayed)> {
     let mut last = None;
     for &addr in addresses {
+        if let Some(why) = allowed.refusal(addr) {
+            last = Some(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                why,
+            ));
+            continue;
+        }
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
         // No bind first: the kernel then picks the port knowing the destination (see `hops`).
-        let dialing = relayed.dialing(addr, hops);
+        let dialing = relayed.dialing(addr);
         match socket.connect(addr).await {
             Ok(stream) => {
-                let guard = relayed.record(stream.local_addr()?.port(), hops);
+                let guard = relayed.record(stream.local_addr()?, stream.peer_addr()?, hops);
                 drop(dialing);
                 return Ok((stream, guard));
             }

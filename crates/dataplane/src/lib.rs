@@ -11,9 +11,9 @@
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
 //! - [`limits`]: the gateway's network timeouts and connection limits, each with its reason.
-//! - [`listener`]: bounded accepting from strangers, for the management API and the replica
-//!   stream (the peer port bounds its own, before the TLS handshake, with the same per-source
-//!   table).
+//! - [`listener`]: admitting strangers' connections (the peer port before its TLS handshake,
+//!   the management API, the replica stream, the operations endpoint): bounded in total and per
+//!   source network, the least proven closed first under pressure.
 //! - [`replica`]: the snapshot stream from a control plane to its data-plane replicas.
 //! - [`cmd`]: the `cl-dataplane` process; [`process`]: what every gateway process shares
 //!   (logging, signals, exit codes, the open-file limit, certificate and label arguments).
@@ -22,6 +22,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod backend_addresses;
+mod capacity;
 pub mod cmd;
 pub mod conditions;
 mod connections;
@@ -41,6 +42,7 @@ pub mod ops;
 pub mod policy;
 mod pool;
 pub mod process;
+mod rate;
 mod read_ahead;
 mod relay;
 pub mod replica;

@@ -11,6 +11,13 @@ pub struct Bounds {
     pub per_source: usize,
 }
 
+/// So many at once, then one more every so often (`dataplane::rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub burst: u32,
+    pub every: Duration,
+}
+
 /// A gateway's timeouts and connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -32,14 +39,31 @@ pub struct Limits {
     /// exchanges, shorter than the 30 s a service manager or Kubernetes waits before killing.
     pub drain: Duration,
 
-    /// Connections the peer port holds at once (tunnels included): well above the thousands of
-    /// concurrent tunnels a site runs, well below the process's descriptor limit.
-    pub peer_connections: usize,
-    /// Peer-port connections still in the handshake or before their request; legitimate ones
-    /// leave this state within milliseconds. Per source: a gateway opens at most
-    /// [`Limits::handshakes_at_once`], and several gateways may share an address (NAT, one
-    /// host), while one stranger cannot take more than a small share of the total.
+    /// Peer-port connections still in the handshake or before their first request; legitimate
+    /// ones leave this state within milliseconds. Per source network (a /24 or a /64, since one
+    /// attacker holds many addresses of one network): a gateway opens at most
+    /// [`Limits::handshakes_at_once`], and several gateways may share an address (NAT, one host).
+    /// Past either bound the oldest connection that has sent nothing is closed to make room
+    /// ([`crate::listener::Admission`]), so strangers cannot keep a peer out by holding places.
     pub unauthenticated: Bounds,
+    /// The same, apart, for connections from the addresses of configured peers' gateways: the
+    /// strangers' places never crowd them out. Several gateways of a site may share an address.
+    pub unauthenticated_from_peers: Bounds,
+    /// A listener more than half full gives new connections less time to prove themselves (the
+    /// TLS handshake and first request, or a first byte), down to this when it is full: a
+    /// gateway's handshake takes milliseconds, a stranger's silence costs a place.
+    pub handshake_under_pressure: Duration,
+    /// Tunnels one peer holds at once through this gateway (those it asks for, and those this
+    /// gateway opens to it): far above a site's real concurrency, and low enough that a loop
+    /// between gateways that no hop count sees collapses long before descriptors run out.
+    pub tunnels_per_peer: usize,
+    /// Tunnels one export carries at once, from every peer: one export in a loop, or one flooded,
+    /// leaves room for the others.
+    pub tunnels_per_export: usize,
+    /// Descriptors the data path leaves to what must answer when it is at its limit: the
+    /// management API, the operations endpoint, the snapshot stream, peer probes, files and logs.
+    /// The data path uses the open-file limit less these.
+    pub descriptor_reserve: usize,
     /// How long a peer connection may wait idle for its next tunnel. The requesting gateway stops
     /// reusing a connection well before ([`Limits::pool_idle`]), so it never sends a request on
     /// one this side is closing.
@@ -116,6 +140,16 @@ pub struct Limits {
     /// Shortest time between two warnings of the same kind of refused connection: a flood of
     /// strangers must not become a flood of log lines.
     pub warn_every: Duration,
+    /// Lines logged about refused, broken or cut tunnels, per side, peer and reason: the few a
+    /// misconfiguration causes are all there, and a peer refused a thousand times a second
+    /// writes two lines a second, each saying how many it stands for (the metrics count all).
+    pub problem_log: Rate,
+    /// Dry runs (`explain`, `check`) one peer may ask: a `check` of every import at once passes,
+    /// a peer enumerating export names is slowed to ten a second (and counted).
+    pub dry_runs: Rate,
+    /// Dry runs of one peer kept among the recent events (each says how many it stands for):
+    /// enough for an operator to see who asks, not enough to push out the refusals.
+    pub dry_run_events: Rate,
 }
 
 impl Limits {
@@ -127,11 +161,18 @@ impl Limits {
         backend_addresses: Duration::from_secs(5),
         drain: Duration::from_secs(20),
 
-        peer_connections: 32 * 1024,
         unauthenticated: Bounds {
             total: 1024,
             per_source: 128,
         },
+        unauthenticated_from_peers: Bounds {
+            total: 256,
+            per_source: 64,
+        },
+        handshake_under_pressure: Duration::from_secs(2),
+        tunnels_per_peer: 4096,
+        tunnels_per_export: 4096,
+        descriptor_reserve: 1024,
         between_tunnels: Duration::from_secs(60),
         handshakes_at_once: 32,
         pool_idle: Duration::from_secs(20),
@@ -172,6 +213,18 @@ impl Limits {
         },
 
         warn_every: Duration::from_secs(10),
+        problem_log: Rate {
+            burst: 20,
+            every: Duration::from_millis(500),
+        },
+        dry_runs: Rate {
+            burst: 100,
+            every: Duration::from_millis(100),
+        },
+        dry_run_events: Rate {
+            burst: 3,
+            every: Duration::from_secs(10),
+        },
     };
 }
 
@@ -183,8 +236,16 @@ const _: () = {
         "a gateway's own burst of handshakes must fit another gateway's per-source bound"
     );
     assert!(
-        l.unauthenticated.total < l.peer_connections,
-        "strangers must not be able to take every peer-port connection"
+        l.handshakes_at_once <= l.unauthenticated_from_peers.per_source,
+        "a gateway's own burst of handshakes must fit its reserved places"
+    );
+    assert!(
+        l.management.total + l.ops.total + l.replicas.total + 256 <= l.descriptor_reserve,
+        "the reserve must hold every management, operations and replica connection, and probes"
+    );
+    assert!(
+        l.handshake_under_pressure.as_millis() >= 2 * l.probe_timeout.as_millis(),
+        "a handshake fast enough for a probe must fit the shortest deadline with room to spare"
     );
 };
 
@@ -217,7 +278,13 @@ mod tests {
 
     #[test]
     fn per_source_bounds_leave_room_for_other_sources() {
-        for bounds in [L.unauthenticated, L.management, L.replicas, L.ops] {
+        for bounds in [
+            L.unauthenticated,
+            L.unauthenticated_from_peers,
+            L.management,
+            L.replicas,
+            L.ops,
+        ] {
             assert!(bounds.per_source < bounds.total, "{bounds:?}");
         }
     }

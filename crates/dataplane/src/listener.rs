@@ -1,45 +1,70 @@
-//! Accepting from strangers: every listener that takes connections before they authenticate
-//! bounds them in total and per source address, and closes the excess at accept, counted and
-//! logged (with a rate limit) in [`Metrics::unserved`].
+//! Accepting from strangers. Every listener that takes connections before they prove anything
+//! (the peer port before its TLS handshake, the management API, the snapshot stream, the
+//! operations endpoint) admits them through an [`Admission`], which bounds them in total and per
+//! source network, and under pressure closes the connections that have shown the least:
+//!
+//! - A listener never stops accepting to enforce a bound: connections waiting in the kernel's
+//!   backlog would wait for everyone, a peer's handshake among them, until a place freed up.
+//! - Past a bound, the oldest connection that has sent nothing is closed to make room; then the
+//!   oldest that has sent something but not proven itself (a stalled TLS handshake, half a
+//!   request). A connection that proved itself (authenticated, or with a request in progress) is
+//!   never closed for a newcomer: then the newcomer is. A real client speaks at once, so a
+//!   stranger's silent sockets go first and a peer behind the same NAT as an attacker still gets
+//!   in.
+//! - Sources are counted by network, a /24 or a /64: one attacker holds many addresses of one
+//!   network, and a per-address bound alone is a bound times the addresses.
+//! - A listener more than half full gives new connections less time to show something
+//!   ([`Limits::handshake_under_pressure`]), as Envoy's overload manager shortens its timeouts.
+//! - The peer port keeps places apart for the addresses of configured peers' gateways, which
+//!   strangers' connections never take or close.
+//!
+//! Every connection closed unserved is counted and logged (with a rate limit) by
+//! [`Metrics::unserved`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use crate::limits::Bounds;
+use crate::limits::{Bounds, Limits};
 use crate::metrics::{Listener, Metrics, Unserved};
 
-/// Accepts on `listener` until `shutdown` flips, within `bounds`, serving each connection with
-/// `serve` as a task of the returned set (for the caller to drain or abort). The listener is
-/// closed on return.
+/// Accepts on `listener` until `shutdown` flips, admitting connections through an [`Admission`]
+/// of `bounds`, and serving each with `serve` as a task of the returned set (for the caller to
+/// drain or abort) once it has sent its first byte. `serve` tells its connection's [`Standing`]
+/// when the connection proves itself. The listener is closed on return.
 pub async fn accept_bounded<F, Fut>(
     listener: TcpListener,
     bounds: Bounds,
     kind: Listener,
-    metrics: &Metrics,
+    limits: &Limits,
+    metrics: &Arc<Metrics>,
     shutdown: &mut watch::Receiver<bool>,
-    mut serve: F,
+    serve: F,
 ) -> JoinSet<()>
 where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Standing) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
+    let admission = Admission::new(kind, bounds, limits, metrics.clone());
     let mut connections = JoinSet::new();
-    let total = Arc::new(Semaphore::new(bounds.total));
-    let sources = PerSource::new(bounds.per_source);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(listener = ?kind, error = %e, "accept failed");
-                    tokio::time::sleep(crate::limits::Limits::DEFAULT.accept_retry).await;
+                    metrics.accept_failed(kind, &e);
+                    tokio::time::sleep(limits.accept_retry).await;
                     continue;
                 }
             },
@@ -47,73 +72,389 @@ where
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
-        let Ok(place) = total.clone().try_acquire_owned() else {
-            let detail = format!("{} connections are open", bounds.total);
-            metrics.unserved(kind, Unserved::ListenerLimit, remote, &detail);
+        let Some(admitted) = admission.admit(remote) else {
             continue;
         };
-        let Some(source) = sources.enter(remote.ip()) else {
-            let detail = format!(
-                "{} connections from {} are open",
-                bounds.per_source,
-                remote.ip()
-            );
-            metrics.unserved(kind, Unserved::SourceLimit, remote, &detail);
-            continue;
-        };
-        let served = serve(stream, remote);
+        let (serve, metrics) = (serve.clone(), metrics.clone());
         connections.spawn(async move {
-            let _held = (place, source);
-            served.await
+            match admitted.first_bytes(&stream).await {
+                Ok(()) => {}
+                Err(Some(unserved)) => {
+                    return metrics.unserved(kind, unserved, remote, unserved.detail());
+                }
+                // Counted when it was chosen.
+                Err(None) => return,
+            }
+            let served = serve(stream, remote, admitted.standing());
+            // Shed: counted when it was chosen; dropping the future closes the connection.
+            tokio::select! {
+                () = served => {}
+                () = admitted.shed() => {}
+            }
         });
     }
     connections
 }
 
-/// Connections by source address, each source up to a limit.
-pub(crate) struct PerSource {
-    limit: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+/// The network a source address belongs to for fairness: its /24 (IPv4) or /64 (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceNetwork {
+    V4([u8; 3]),
+    V6([u8; 8]),
 }
 
-impl PerSource {
-    pub fn new(limit: usize) -> Arc<PerSource> {
-        Arc::new(PerSource {
-            limit,
-            open: Mutex::default(),
-        })
-    }
-
-    /// A place for one more connection from `ip`, unless it holds its share.
-    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let mut open = self.open.lock();
-        let count = open.entry(ip).or_default();
-        if *count >= self.limit {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            sources: self.clone(),
-            ip,
-        })
-    }
-}
-
-/// One connection's place among its source's; given back when dropped.
-pub(crate) struct SourceSlot {
-    sources: Arc<PerSource>,
-    ip: IpAddr,
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.sources.open.lock();
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
+impl From<IpAddr> for SourceNetwork {
+    fn from(ip: IpAddr) -> SourceNetwork {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                SourceNetwork::V4([a, b, c])
+            }
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                SourceNetwork::V6([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
             }
         }
+    }
+}
+
+impl fmt::Display for SourceNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SourceNetwork::V4([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
+            SourceNetwork::V6(o) => {
+                let mut full = [0u8; 16];
+                full[..8].copy_from_slice(&o);
+                write!(f, "{}/64", std::net::Ipv6Addr::from(full))
+            }
+        }
+    }
+}
+
+/// What a connection has shown so far. Connections are closed to make room in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Shown {
+    Nothing = 0,
+    /// Some bytes, not yet proof (a TLS handshake under way, part of a request).
+    Something = 1,
+    /// Authenticated, or otherwise proven: never closed for a newcomer.
+    Proof = 2,
+}
+
+/// One admitted connection's state, shared by its admission ticket and its pool.
+struct Place {
+    shown: AtomicU8,
+    /// Requests in progress on the connection: while any is, it is not closed for a newcomer.
+    busy: AtomicUsize,
+    shed: Notify,
+}
+
+impl Place {
+    fn shown(&self) -> Shown {
+        match self.shown.load(Ordering::Acquire) {
+            0 => Shown::Nothing,
+            1 => Shown::Something,
+            _ => Shown::Proof,
+        }
+    }
+
+    /// Raises what the connection has shown (never lowers it).
+    fn show(&self, shown: Shown) {
+        self.shown.fetch_max(shown as u8, Ordering::AcqRel);
+    }
+
+    /// Whether the connection may be closed for a newcomer, and how early: the lower the sooner.
+    fn shed_order(&self) -> Option<Shown> {
+        let shown = self.shown();
+        (shown != Shown::Proof && self.busy.load(Ordering::Acquire) == 0).then_some(shown)
+    }
+}
+
+struct Entry {
+    network: SourceNetwork,
+    remote: SocketAddr,
+    place: Arc<Place>,
+}
+
+/// The admitted connections of one kind of source, oldest first.
+struct Pool {
+    bounds: Bounds,
+    next: u64,
+    open: BTreeMap<u64, Entry>,
+    per_network: HashMap<SourceNetwork, usize>,
+}
+
+impl Pool {
+    fn new(bounds: Bounds) -> Pool {
+        Pool {
+            bounds,
+            next: 0,
+            open: BTreeMap::new(),
+            per_network: HashMap::new(),
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.open.remove(&id)?;
+        if let Some(count) = self.per_network.get_mut(&entry.network) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_network.remove(&entry.network);
+            }
+        }
+        Some(entry)
+    }
+
+    /// The connection to close first for a newcomer (of `network` only, if given): the oldest
+    /// that has sent nothing, else the oldest that has not proven itself.
+    fn first_to_shed(&self, network: Option<SourceNetwork>) -> Option<u64> {
+        let candidates = || {
+            self.open
+                .iter()
+                .filter(move |(_, e)| network.is_none_or(|n| e.network == n))
+        };
+        [Shown::Nothing, Shown::Something]
+            .into_iter()
+            .find_map(|order| {
+                candidates()
+                    .find(|(_, e)| e.place.shed_order() == Some(order))
+                    .map(|(id, _)| *id)
+            })
+    }
+
+    /// Makes room for a connection from `network`, closing at most one other: the one closed,
+    /// with why, or why the newcomer is refused.
+    fn make_room(&mut self, network: SourceNetwork) -> Result<Option<(Entry, Unserved)>, Unserved> {
+        let from_network = self.per_network.get(&network).copied().unwrap_or(0);
+        let (scope, why) = if from_network >= self.bounds.per_source {
+            (Some(network), Unserved::SourceLimit)
+        } else if self.open.len() >= self.bounds.total {
+            (None, Unserved::ListenerLimit)
+        } else {
+            return Ok(None);
+        };
+        // Closing one of the network's own also frees a place in the total.
+        let id = self.first_to_shed(scope).ok_or(why)?;
+        Ok(self.remove(id).map(|entry| (entry, why)))
+    }
+}
+
+/// Admits the connections of one listener: see the module's documentation.
+pub struct Admission {
+    kind: Listener,
+    handshake: Duration,
+    under_pressure: Duration,
+    metrics: Arc<Metrics>,
+    strangers: Arc<Mutex<Pool>>,
+    /// Places kept apart for `reserved_for` (the peer port's configured gateways).
+    reserved: Option<Arc<Mutex<Pool>>>,
+    reserved_for: RwLock<Arc<HashSet<IpAddr>>>,
+}
+
+impl Admission {
+    pub fn new(kind: Listener, bounds: Bounds, limits: &Limits, metrics: Arc<Metrics>) -> Self {
+        Admission {
+            kind,
+            handshake: limits.handshake,
+            under_pressure: limits.handshake_under_pressure,
+            metrics,
+            strangers: Arc::new(Mutex::new(Pool::new(bounds))),
+            reserved: None,
+            reserved_for: RwLock::default(),
+        }
+    }
+
+    /// Keeps `bounds` places apart for the addresses given to [`Admission::reserve_for`].
+    pub fn with_reserved(mut self, bounds: Bounds) -> Self {
+        self.reserved = Some(Arc::new(Mutex::new(Pool::new(bounds))));
+        self
+    }
+
+    /// The addresses whose connections take the reserved places from now on.
+    pub fn reserve_for(&self, addresses: HashSet<IpAddr>) {
+        let addresses = addresses.into_iter().map(|a| a.to_canonical()).collect();
+        *self.reserved_for.write() = Arc::new(addresses);
+    }
+
+    /// A place for a new connection from `remote`, made by closing another if need be; none
+    /// (the newcomer is counted and should be closed) when every place is held by connections
+    /// that proved themselves.
+    pub fn admit(&self, remote: SocketAddr) -> Option<Admitted> {
+        let ip = remote.ip().to_canonical();
+        let pool = match &self.reserved {
+            Some(reserved) if self.reserved_for.read().contains(&ip) => reserved,
+            _ => &self.strangers,
+        };
+        let network = SourceNetwork::from(ip);
+        let (admitted, shed) = {
+            let mut open = pool.lock();
+            let shed = match open.make_room(network) {
+                Ok(shed) => shed,
+                Err(why) => {
+                    drop(open);
+                    let detail = format!(
+                        "every place is held by a connection that proved itself ({} from {network})",
+                        why.bound_name()
+                    );
+                    self.metrics.unserved(self.kind, why, remote, &detail);
+                    return None;
+                }
+            };
+            let place = Arc::new(Place {
+                shown: AtomicU8::new(Shown::Nothing as u8),
+                busy: AtomicUsize::new(0),
+                shed: Notify::new(),
+            });
+            let id = open.next;
+            open.next += 1;
+            open.open.insert(
+                id,
+                Entry {
+                    network,
+                    remote,
+                    place: place.clone(),
+                },
+            );
+            *open.per_network.entry(network).or_default() += 1;
+            let deadline = Instant::now() + self.deadline(open.open.len(), open.bounds.total);
+            let admitted = Admitted {
+                pool: pool.clone(),
+                id,
+                place,
+                deadline,
+            };
+            (admitted, shed)
+        };
+        if let Some((entry, why)) = shed {
+            entry.place.shed.notify_one();
+            let what = match entry.place.shown() {
+                Shown::Nothing => "had sent nothing",
+                _ => "had not proven itself",
+            };
+            let detail = format!(
+                "closed to make room ({} from {}): the oldest connection that {what}",
+                why.bound_name(),
+                entry.network
+            );
+            self.metrics.unserved(self.kind, why, entry.remote, &detail);
+        }
+        Some(admitted)
+    }
+
+    /// The time a connection admitted as the `open`th of `total` places has to show itself:
+    /// the full handshake time up to half full, then less, down to the time under pressure.
+    fn deadline(&self, open: usize, total: usize) -> Duration {
+        let half = total / 2;
+        if open <= half || total == 0 {
+            return self.handshake;
+        }
+        let pressure = (open - half) as f64 / (total - half).max(1) as f64;
+        let shortened = self.handshake.saturating_sub(
+            (self.handshake.saturating_sub(self.under_pressure)).mul_f64(pressure.min(1.0)),
+        );
+        shortened.max(self.under_pressure)
+    }
+}
+
+impl Unserved {
+    /// How a bound is named when a connection is closed at it.
+    fn bound_name(self) -> &'static str {
+        match self {
+            Unserved::SourceLimit => "its network's share",
+            _ => "the listener's places",
+        }
+    }
+
+    /// What to log for a connection that ended this way before it was served.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Unserved::HandshakeTimeout => "nothing was sent in time",
+            Unserved::HandshakeRefused => "closed before it sent anything",
+            _ => "closed before it was served",
+        }
+    }
+}
+
+/// An admitted connection's place: given back when dropped (or taken away, when the connection
+/// is closed to make room: [`Admitted::shed`] then completes).
+pub struct Admitted {
+    pool: Arc<Mutex<Pool>>,
+    id: u64,
+    place: Arc<Place>,
+    deadline: Instant,
+}
+
+impl Admitted {
+    /// By when the connection must have proven itself (its handshake and first request done).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Completes when the connection is closed to make room for another.
+    pub async fn shed(&self) {
+        self.place.shed.notified().await
+    }
+
+    /// The connection has proven itself: it is no longer closed for a newcomer.
+    pub fn proven(&self) {
+        self.place.show(Shown::Proof);
+    }
+
+    /// Waits for `stream`'s first byte (or its end), by the deadline and unless shed: why not,
+    /// or none when it was shed (then counted already).
+    pub async fn first_bytes(&self, stream: &TcpStream) -> Result<(), Option<Unserved>> {
+        // A peek, not readiness alone: readiness may be reported with nothing to read.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            peeked = tokio::time::timeout_at(self.deadline, stream.peek(&mut first)) => match peeked {
+                Ok(Ok(_)) => {
+                    self.place.show(Shown::Something);
+                    Ok(())
+                }
+                Ok(Err(_)) => Err(Some(Unserved::HandshakeRefused)),
+                Err(_) => Err(Some(Unserved::HandshakeTimeout)),
+            },
+            () = self.shed() => Err(None),
+        }
+    }
+
+    /// A handle for the code serving the connection, to say when it proves itself.
+    pub fn standing(&self) -> Standing {
+        Standing(self.place.clone())
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.pool.lock().remove(self.id);
+    }
+}
+
+/// What the code serving an admitted connection tells its admission.
+#[derive(Clone)]
+pub struct Standing(Arc<Place>);
+
+impl Standing {
+    /// The connection has proven itself (authenticated): it is no longer closed for a newcomer.
+    pub fn proven(&self) {
+        self.0.show(Shown::Proof);
+    }
+
+    /// A request is in progress: until the guard drops, the connection is not closed for a
+    /// newcomer.
+    pub fn busy(&self) -> Busy {
+        self.0.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.0.clone())
+    }
+}
+
+/// A request in progress on an admitted connection.
+pub struct Busy(Arc<Place>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -121,16 +462,154 @@ impl Drop for SourceSlot {
 mod tests {
     use super::*;
 
+    const L: Limits = Limits::DEFAULT;
+
+    fn addr(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().unwrap(), 40000)
+    }
+
+    fn admission(total: usize, per_source: usize) -> Admission {
+        let bounds = Bounds { total, per_source };
+        Admission::new(Listener::Peer, bounds, &L, Arc::new(Metrics::default()))
+    }
+
+    /// Whether `a` was closed to make room.
+    fn is_shed(a: &Admitted) -> bool {
+        let shed = std::pin::pin!(a.shed());
+        futures_ready(shed)
+    }
+
+    fn futures_ready<F: Future>(f: std::pin::Pin<&mut F>) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        f.poll(&mut cx).is_ready()
+    }
+
+    fn unserved(a: &Admission, reason: &str) -> u64 {
+        let text = a.metrics.encode();
+        let series = format!(
+            "clusterlink_connections_unserved_total{{listener=\"peer\",reason=\"{reason}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |v| v.parse().unwrap())
+    }
+
     #[test]
-    fn each_source_has_its_share_and_gets_it_back() {
-        let sources = PerSource::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = sources.enter(a).unwrap();
-        let _second = sources.enter(a).unwrap();
-        assert!(sources.enter(a).is_none());
-        assert!(sources.enter(b).is_some());
-        drop(first);
-        assert!(sources.enter(a).is_some());
+    fn networks_are_slash_24_and_slash_64() {
+        let net = |ip: &str| SourceNetwork::from(ip.parse::<IpAddr>().unwrap());
+        assert_eq!(net("10.1.2.3"), net("10.1.2.200"));
+        assert_ne!(net("10.1.2.3"), net("10.1.3.3"));
+        assert_eq!(net("::ffff:10.1.2.3"), net("10.1.2.9"));
+        assert_eq!(net("2001:db8:1:2::1"), net("2001:db8:1:2:ffff::9"));
+        assert_ne!(net("2001:db8:1:2::1"), net("2001:db8:1:3::1"));
+        assert_eq!(net("10.1.2.3").to_string(), "10.1.2.0/24");
+        assert_eq!(net("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+    }
+
+    #[tokio::test]
+    async fn a_network_at_its_share_gives_up_its_oldest_silent_connection() {
+        let a = admission(100, 2);
+        let first = a.admit(addr("10.0.0.1")).unwrap();
+        let second = a.admit(addr("10.0.0.2")).unwrap();
+        first.place.show(Shown::Something);
+        // Another address of the same /24: the oldest silent one makes room, not the one that
+        // is talking, and not another network's.
+        let other = a.admit(addr("10.0.1.1")).unwrap();
+        let third = a.admit(addr("10.0.0.3")).unwrap();
+        assert!(is_shed(&second) && !is_shed(&first) && !is_shed(&other) && !is_shed(&third));
+        assert_eq!(unserved(&a, "SourceLimit"), 1);
+        // With nothing silent left, the oldest that has not proven itself goes.
+        third.place.show(Shown::Something);
+        let _fourth = a.admit(addr("10.0.0.4")).unwrap();
+        assert!(is_shed(&first));
+    }
+
+    #[tokio::test]
+    async fn proven_connections_are_never_closed_for_a_newcomer() {
+        let a = admission(2, 2);
+        let held: Vec<_> = (1..=2)
+            .map(|i| a.admit(addr(&format!("10.0.{i}.1"))).unwrap())
+            .collect();
+        held[0].proven();
+        let _busy = held[1].standing().busy();
+        assert!(a.admit(addr("10.9.9.9")).is_none());
+        assert_eq!(unserved(&a, "ListenerLimit"), 1);
+        assert!(held.iter().all(|h| !is_shed(h)));
+        // A place given back is free again.
+        drop(held);
+        assert!(a.admit(addr("10.9.9.9")).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_listener_closes_the_oldest_silent_connection_of_any_network() {
+        let a = admission(3, 3);
+        let old = a.admit(addr("10.0.1.1")).unwrap();
+        let talking = a.admit(addr("10.0.2.1")).unwrap();
+        talking.place.show(Shown::Something);
+        let _young = a.admit(addr("10.0.3.1")).unwrap();
+        let _new = a.admit(addr("10.0.4.1")).unwrap();
+        assert!(is_shed(&old) && !is_shed(&talking));
+        assert_eq!(unserved(&a, "ListenerLimit"), 1);
+        // A shed connection's place is gone at once: dropping its ticket frees nothing twice.
+        drop(old);
+        assert_eq!(a.strangers.lock().open.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn strangers_never_take_or_close_a_configured_gateways_places() {
+        let a = admission(4, 4).with_reserved(Bounds {
+            total: 2,
+            per_source: 2,
+        });
+        let gateway: IpAddr = "192.0.2.10".parse().unwrap();
+        a.reserve_for([gateway].into());
+        let peer = a.admit(SocketAddr::new(gateway, 1)).unwrap();
+        let strangers: Vec<_> = (0..100)
+            .filter_map(|i| a.admit(addr(&format!("10.{i}.0.1"))))
+            .collect();
+        assert_eq!(strangers.len(), 100, "strangers displace each other");
+        assert!(!is_shed(&peer));
+        // Even a stranger on the gateway's own network (a NAT) shares only the strangers' pool;
+        // on the gateway's very address it competes only with that address.
+        let _neighbour = a.admit(addr("192.0.2.11")).unwrap();
+        assert!(!is_shed(&peer));
+        let _second = a.admit(SocketAddr::new(gateway, 2)).unwrap();
+        assert!(!is_shed(&peer));
+    }
+
+    #[test]
+    fn deadlines_shorten_as_the_listener_fills() {
+        let a = admission(100, 100);
+        assert_eq!(a.deadline(1, 100), L.handshake);
+        assert_eq!(a.deadline(50, 100), L.handshake);
+        let three_quarters = a.deadline(75, 100);
+        assert!(three_quarters < L.handshake && three_quarters > L.handshake_under_pressure);
+        assert_eq!(a.deadline(100, 100), L.handshake_under_pressure);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_dropped_at_its_deadline_and_a_talking_one_is_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let a = admission(10, 10);
+        let _silent = TcpStream::connect(at).await.unwrap();
+        let (accepted, remote) = listener.accept().await.unwrap();
+        let admitted = a.admit(remote).unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            admitted.first_bytes(&accepted).await,
+            Err(Some(Unserved::HandshakeTimeout))
+        );
+        assert_eq!(started.elapsed(), L.handshake);
+
+        let mut talking = TcpStream::connect(at).await.unwrap();
+        let (accepted, remote) = listener.accept().await.unwrap();
+        let admitted = a.admit(remote).unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut talking, b"\x16")
+            .await
+            .unwrap();
+        assert_eq!(admitted.first_bytes(&accepted).await, Ok(()));
+        assert_eq!(admitted.place.shown(), Shown::Something);
     }
 }

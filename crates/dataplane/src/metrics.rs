@@ -23,8 +23,42 @@ use std::collections::HashMap;
 
 use clusterlink_api::activity::{ObjectTraffic, Traffic, TunnelEvent};
 
-use crate::events::EventLog;
-use crate::tunnel::RefusalReason;
+use clusterlink_api::text::Escaped;
+
+use crate::events::{EventLog, MAX_EVENT_TEXT};
+use crate::limits::Limits;
+use crate::rate::RateLimited;
+use crate::tunnel::{RefusalReason, TunnelResponse};
+
+/// Which tunnels get a log line of their own. Every tunnel is counted in the metrics and kept
+/// among the recent events either way; refused, broken and cut tunnels are always logged, at
+/// most [`Limits::problem_log`] lines per side, peer and reason (a line says how many it stands
+/// for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccessLog {
+    /// Only the problems: a busy gateway's log grows with its problems, not its traffic.
+    #[default]
+    Problems,
+    /// Every tunnel that ends, one INFO line each (about 200 bytes a tunnel).
+    All,
+}
+
+/// A peer's or an error's text as a log line shows it: escaped, and cut to a bounded length.
+struct LogText<'a>(&'a str);
+
+impl std::fmt::Display for LogText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut end = self.0.len().min(MAX_EVENT_TEXT);
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        Escaped(&self.0[..end]).fmt(f)?;
+        if end < self.0.len() {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
 
 /// Which end of a tunnel a gateway is: the importing side (egress) or the exporting side (ingress).
 pub use clusterlink_api::activity::TunnelSide as Side;
@@ -122,6 +156,8 @@ pub enum Listener {
     Replica,
     /// Health probes and metrics scrapes (Kubernetes mode).
     Ops,
+    /// An import's listener, for local clients.
+    Import,
 }
 
 impl Listener {
@@ -131,6 +167,7 @@ impl Listener {
             Listener::Management => "management",
             Listener::Replica => "replica",
             Listener::Ops => "ops",
+            Listener::Import => "import",
         }
     }
 }
@@ -341,7 +378,19 @@ pub struct Metrics {
     /// The recent tunnels and refusals.
     pub events: EventLog,
     /// One warning per listener and reason per [`WARN_EVERY`], however many connections.
-    warned: parking_lot::Mutex<HashMap<(Listener, Unserved), LastWarning>>,
+    warned: parking_lot::Mutex<HashMap<(Listener, &'static str), LastWarning>>,
+    access_log: AccessLog,
+    /// Log lines about problems, by side, peer and reason.
+    problem_lines: RateLimited<(Side, String, &'static str)>,
+    dry_runs: Family<DryRunLabels, Counter>,
+    /// Dry runs kept among the events and logged, by peer.
+    dry_run_samples: RateLimited<String>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DryRunLabels {
+    peer: String,
+    answer: String,
 }
 
 /// What a name in [`Metrics::objects`] is.
@@ -472,8 +521,18 @@ impl Default for Metrics {
             "Connections closed before they were authenticated or served, by listener and reason",
             unserved.clone(),
         );
+        let dry_runs = Family::<DryRunLabels, Counter>::default();
+        registry.register(
+            "dry_runs",
+            "Dry-run tunnel requests (explain, check) peers asked of this gateway, by peer and answer (allowed, a refusal reason, or TooManyRequests when past the rate limit)",
+            dry_runs.clone(),
+        );
         Metrics {
             registry,
+            access_log: AccessLog::default(),
+            problem_lines: RateLimited::new(Limits::DEFAULT.problem_log),
+            dry_runs,
+            dry_run_samples: RateLimited::new(Limits::DEFAULT.dry_run_events),
             unserved,
             import_tunnels,
             export_tunnels,
@@ -530,6 +589,73 @@ impl Drop for IdleGuard<'_> {
 }
 
 impl Metrics {
+    /// These metrics, logging tunnels as `access_log` says.
+    pub fn with_access_log(mut self, access_log: AccessLog) -> Metrics {
+        self.access_log = access_log;
+        self
+    }
+
+    /// Reports a dry run a peer asked for `tunnel` (`explain`, `check`), answered with
+    /// `answer`: counted by peer and answer; a sample is kept among the events and logged, each
+    /// saying how many dry runs of the peer it stands for.
+    pub fn dry_run(&self, tunnel: &TunnelRef, answer: &TunnelResponse) {
+        let (verdict, reason, policy) = match answer {
+            TunnelResponse::WouldAllow { policy } => ("allowed", None, Some(policy.clone())),
+            TunnelResponse::Refused { reason, policy, .. } => (
+                reason.as_str(),
+                Some(reason.as_str().to_string()),
+                policy.clone(),
+            ),
+            TunnelResponse::Established => ("allowed", None, None),
+        };
+        self.dry_runs
+            .get_or_create(&DryRunLabels {
+                peer: tunnel.peer.clone(),
+                answer: verdict.into(),
+            })
+            .inc();
+        let Some(left_out) = self.dry_run_samples.pass(tunnel.peer.clone()) else {
+            return;
+        };
+        let message = format!(
+            "dry run answered {verdict}{}",
+            if left_out > 0 {
+                format!("; {left_out} more dry runs of this peer since the last one shown")
+            } else {
+                String::new()
+            }
+        );
+        tracing::info!(
+            side = tunnel.side.as_str(),
+            export = %tunnel.export,
+            peer = %tunnel.peer,
+            policy = %LogText(policy.as_deref().unwrap_or("-")),
+            "{message}"
+        );
+        self.events.record(TunnelEvent {
+            time_ms: now_ms(),
+            side: tunnel.side,
+            outcome: Outcome::DryRun,
+            refused_by: reason.is_some().then_some(RefusedBy::Local),
+            reason,
+            policy,
+            import: tunnel.import.clone(),
+            export: tunnel.export.clone(),
+            peer: tunnel.peer.clone(),
+            client: tunnel.client.map(|c| c.to_string()),
+            message,
+            sent: 0,
+            received: 0,
+            duration_ms: 0,
+        });
+    }
+
+    /// Whether a problem of `reason` on side `side` with `peer` may be logged now: then how many
+    /// such lines were left out since.
+    fn problem_line(&self, side: Side, peer: &str, reason: &'static str) -> Option<u64> {
+        self.problem_lines.pass((side, peer.to_string(), reason))
+    }
+
     pub fn accepted(&self, s: Side) -> ActiveGuard<'_> {
         self.accepted.get_or_create(&side(s)).inc();
         self.active.get_or_create(&side(s)).inc();
@@ -570,20 +696,8 @@ impl Metrics {
                 reason: reason.as_str().into(),
             })
             .inc();
-        let now = Instant::now();
-        let suppressed = {
-            let mut warned = self.warned.lock();
-            let entry = warned.entry((listener, reason)).or_insert((None, 0));
-            if entry
-                .0
-                .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
-            {
-                entry.1 += 1;
-                return;
-            }
-            let suppressed = entry.1;
-            *entry = (Some(now), 0);
-            suppressed
+        let Some(suppressed) = self.may_warn(listener, reason.as_str()) else {
+            return;
         };
         tracing::warn!(
             listener = listener.as_str(),
@@ -592,6 +706,37 @@ impl Metrics {
             suppressed,
             "connection closed unserved: {detail}"
         );
+    }
+
+    /// Warns that `listener` could not accept (out of descriptors, say: the connection waits in
+    /// the kernel's backlog), at most once per [`WARN_EVERY`], saying how many were not logged.
+    pub fn accept_failed(&self, listener: Listener, error: &std::io::Error) {
+        if let Some(suppressed) = self.may_warn(listener, "accept") {
+            tracing::warn!(
+                listener = listener.as_str(),
+                error = %error,
+                suppressed,
+                "accept failed; trying again shortly"
+            );
+        }
+    }
+
+    /// Whether a warning of `what` about `listener` may be logged now: then how many were left
+    /// out since the last one.
+    fn may_warn(&self, listener: Listener, what: &'static str) -> Option<u64> {
+        let now = Instant::now();
+        let mut warned = self.warned.lock();
+        let entry = warned.entry((listener, what)).or_insert((None, 0));
+        if entry
+            .0
+            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+        {
+            entry.1 += 1;
+            return None;
+        }
+        let suppressed = entry.1;
+        *entry = (Some(now), 0);
+        Some(suppressed)
     }
 
     pub fn authorized(&self, s: Side, took: Duration) {
@@ -686,20 +831,29 @@ impl Metrics {
             }
         };
         let tunnel = &meter.tunnel;
-        tracing::info!(
-            side = tunnel.side.as_str(),
-            import = tunnel.import.as_deref().unwrap_or("-"),
-            export = %tunnel.export,
-            peer = %tunnel.peer,
-            client = %Client(tunnel.client),
-            outcome = outcome.as_str(),
-            sent,
-            received,
-            duration_ms = duration.as_millis() as u64,
-            "tunnel {}{}{message}",
-            outcome.as_str().to_lowercase(),
-            if message.is_empty() { "" } else { ": " },
-        );
+        let logged = match (outcome, self.access_log) {
+            (Outcome::Closed, AccessLog::Problems) => None,
+            (Outcome::Closed, AccessLog::All) => Some(0),
+            _ => self.problem_line(tunnel.side, &tunnel.peer, outcome.as_str()),
+        };
+        if let Some(suppressed) = logged {
+            tracing::info!(
+                side = tunnel.side.as_str(),
+                import = tunnel.import.as_deref().unwrap_or("-"),
+                export = %tunnel.export,
+                peer = %tunnel.peer,
+                client = %Client(tunnel.client),
+                outcome = outcome.as_str(),
+                sent,
+                received,
+                duration_ms = duration.as_millis() as u64,
+                suppressed,
+                "tunnel {}{}{}",
+                outcome.as_str().to_lowercase(),
+                if message.is_empty() { "" } else { ": " },
+                LogText(&message),
+            );
+        }
         self.events.record(TunnelEvent {
             time_ms: now_ms(),
             side: tunnel.side,
@@ -728,17 +882,21 @@ impl Metrics {
             message,
         } = refusal;
         self.count_refusal(tunnel, by, why, policy.as_deref());
-        tracing::info!(
-            side = tunnel.side.as_str(),
-            import = tunnel.import.as_deref().unwrap_or("-"),
-            export = %tunnel.export,
-            peer = %tunnel.peer,
-            client = %Client(tunnel.client),
-            refused_by = by.as_str(),
-            reason = why.as_str(),
-            policy = policy.as_deref().unwrap_or("-"),
-            "connection refused: {message}"
-        );
+        if let Some(suppressed) = self.problem_line(tunnel.side, &tunnel.peer, why.as_str()) {
+            tracing::info!(
+                side = tunnel.side.as_str(),
+                import = tunnel.import.as_deref().unwrap_or("-"),
+                export = %tunnel.export,
+                peer = %tunnel.peer,
+                client = %Client(tunnel.client),
+                refused_by = by.as_str(),
+                reason = why.as_str(),
+                policy = %LogText(policy.as_deref().unwrap_or("-")),
+                suppressed,
+                "connection refused: {}",
+                LogText(&message),
+            );
+        }
         self.events.record(TunnelEvent {
             time_ms: now_ms(),
             side: tunnel.side,

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::limits::Limits;
-use crate::listener::accept_bounded;
+use crate::listener::{Standing, accept_bounded};
 use crate::metrics::{Listener, Metrics, Unserved};
 use crate::tunnel::read_head;
 
@@ -117,7 +117,7 @@ pub async fn serve(
         tracing::info!(%address, "operations endpoint: {HEALTHZ_PATH}, {READYZ_PATH}, {METRICS_PATH}");
     }
     let counted = metrics.clone();
-    let serve_one = |stream, remote: SocketAddr| {
+    let serve_one = move |stream, remote: SocketAddr, _: Standing| {
         let (health, metrics) = (health.clone(), metrics.clone());
         async move {
             if let Err(unserved) = answer(stream, &health, &metrics).await {
@@ -125,10 +125,12 @@ pub async fn serve(
             }
         }
     };
+    let limits = Limits::DEFAULT;
     let mut open = accept_bounded(
         listener,
-        Limits::DEFAULT.ops,
+        limits.ops,
         Listener::Ops,
+        &limits,
         &counted,
         &mut shutdown,
         serve_one,

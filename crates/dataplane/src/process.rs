@@ -12,6 +12,9 @@ use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
 use tokio::sync::watch;
 
+use crate::limits::Limits;
+use crate::metrics::AccessLog;
+
 /// An error and its causes on one line, each said once: a cause whose text the message before it
 /// already contains (an error that embeds its source) is not repeated.
 pub fn error_report(error: &anyhow::Error) -> String {
@@ -34,7 +37,10 @@ pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_report(&e));
+            // An error may quote what a server or peer sent: shown escaped, line by line.
+            let report = error_report(&e);
+            let lines: Vec<_> = report.lines().map(clusterlink_api::text::escaped).collect();
+            eprintln!("error: {}", lines.join("\n"));
             std::process::ExitCode::FAILURE
         }
     }
@@ -104,6 +110,45 @@ pub struct BackendArgs {
     /// API, a database bound to localhost), and an export would hand that trust to remote peers.
     #[arg(long)]
     pub allow_loopback_backends: bool,
+}
+
+/// How many tunnels the data path carries, and which it logs; shared by every process that
+/// serves tunnels.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TunnelArgs {
+    /// The most tunnels one peer may hold through this gateway at once (those it opens here, and
+    /// apart, those this gateway opens to it). Past it, its new tunnels are refused with
+    /// TunnelLimit while its open ones go on; a loop between gateways ends there too.
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT.tunnels_per_peer, value_parser = at_least_one)]
+    pub max_tunnels_per_peer: usize,
+    /// The most tunnels one export may carry at once, from every peer together.
+    #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT.tunnels_per_export, value_parser = at_least_one)]
+    pub max_tunnels_per_export: usize,
+    /// Which tunnels get a log line: `problems` (refused, broken and cut tunnels, at most a few
+    /// lines a second per peer and reason, each saying how many it stands for) or `all` (also
+    /// one line per tunnel that closes cleanly). The metrics count every tunnel either way.
+    #[arg(long, value_enum, default_value_t = AccessLog::Problems)]
+    pub access_log: AccessLog,
+}
+
+/// A count of one or more.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(e) => Err(format!("must be a whole number ({e})")),
+    }
+}
+
+impl TunnelArgs {
+    /// The default limits with these bounds.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            tunnels_per_peer: self.max_tunnels_per_peer,
+            tunnels_per_export: self.max_tunnels_per_export,
+            ..Limits::DEFAULT
+        }
+    }
 }
 
 /// Where a deployment on Kubernetes mounts the peer's certificate Secret.

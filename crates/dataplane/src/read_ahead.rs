@@ -36,6 +36,12 @@ impl<S> ReadAhead<S> {
     }
 }
 
+impl<S> ReadAhead<S> {
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
 impl ReadAhead<tokio::net::TcpStream> {
     /// Whether nothing has arrived since the last read: none held ahead, and none waiting in the
     /// socket ([`crate::connections::nothing_to_read`]).

@@ -34,8 +34,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::limits::Limits;
-use crate::listener::accept_bounded;
-use crate::metrics::{Listener, Metrics};
+use crate::listener::{Standing, accept_bounded};
+use crate::metrics::{Listener, Metrics, Unserved};
 
 // The stream's bounds and timeouts, with their reasons, are in [`Limits`].
 pub const MAX_SNAPSHOT_BYTES: u32 = Limits::DEFAULT.snapshot_bytes;
@@ -82,6 +82,17 @@ pub enum StreamError {
     WrongIdentity(String),
     #[error("snapshot holds an invalid object: {0}")]
     Invalid(#[from] FieldErrors),
+}
+
+impl StreamError {
+    /// How a connection that failed this way before it proved itself is counted.
+    fn unserved(&self) -> Unserved {
+        match self {
+            StreamError::HandshakeTimeout => Unserved::HandshakeTimeout,
+            StreamError::WrongIdentity(_) => Unserved::WrongIdentity,
+            _ => Unserved::HandshakeRefused,
+        }
+    }
 }
 
 async fn write_snapshot<W: AsyncWrite + Unpin>(
@@ -176,25 +187,39 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let streaming = shutdown.clone();
-    let feed = |stream, remote: SocketAddr| {
+    let counted = metrics.clone();
+    let feed = move |stream, remote: SocketAddr, standing: Standing| {
         let acceptor = TlsAcceptor::from(tls.borrow().management.clone());
-        let (peer, objects, hosts, shutdown) = (
+        let (peer, objects, hosts, shutdown, metrics) = (
             local_peer.clone(),
             objects.clone(),
             hosts.clone(),
             streaming.clone(),
+            counted.clone(),
         );
         async move {
-            match feed_replica(stream, acceptor, &peer, objects, hosts, shutdown).await {
+            let stream = match accept_replica(stream, acceptor, &peer).await {
+                Ok(stream) => stream,
+                // A stranger: counted, and logged with a rate limit, however many there are.
+                Err(e) => {
+                    let detail = e.to_string();
+                    return metrics.unserved(Listener::Replica, e.unserved(), remote, &detail);
+                }
+            };
+            standing.proven();
+            tracing::info!(%remote, "replica connected");
+            match feed_replica(stream, objects, hosts, shutdown).await {
                 Ok(()) => tracing::info!(%remote, "replica disconnected"),
                 Err(e) => tracing::warn!(%remote, error = %e, "replica stream ended"),
             }
         }
     };
+    let limits = Limits::DEFAULT;
     let mut replicas = accept_bounded(
         listener,
-        Limits::DEFAULT.replicas,
+        limits.replicas,
         Listener::Replica,
+        &limits,
         &metrics,
         &mut shutdown,
         feed,
@@ -203,19 +228,17 @@ pub async fn serve(
     replicas.abort_all();
 }
 
-async fn feed_replica(
+/// The TLS handshake of a replica, which must present this peer's own certificate.
+async fn accept_replica(
     stream: TcpStream,
     acceptor: TlsAcceptor,
     peer: &str,
-    mut objects: watch::Receiver<Arc<Objects>>,
-    mut hosts: watch::Receiver<Arc<ClientHosts>>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), StreamError> {
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, StreamError> {
     // Heartbeats unacknowledged this long mean the replica is gone: the kernel then fails the
     // next write, where it would otherwise retransmit for many minutes.
     socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(SILENCE))?;
     stream.set_nodelay(true)?;
-    let mut stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
         .await
         .map_err(|_| StreamError::HandshakeTimeout)??;
     let identity = stream
@@ -225,7 +248,15 @@ async fn feed_replica(
         .and_then(|c| c.first())
         .map(identity_of);
     is_peer(identity, peer)?;
-    tracing::info!("replica connected");
+    Ok(stream)
+}
+
+async fn feed_replica(
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+    mut objects: watch::Receiver<Arc<Objects>>,
+    mut hosts: watch::Receiver<Arc<ClientHosts>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), StreamError> {
     loop {
         // The versions are taken out of the watches before they are copied, so the model's
         // writer never waits for a copy of the whole configuration.

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use clusterlink_api::activity::{ExplainRequest, Explanation, Traffic};
 
+use crate::capacity::{Descriptors, TunnelCounts};
 use crate::conditions::RuntimeConditions;
 use crate::egress::ExplainError;
 use crate::events::EventLog;
@@ -34,6 +35,8 @@ pub struct DataPlaneConfig {
     /// Whether exports may name services on loopback addresses (off by default: a loopback
     /// service trusts every local process, and an export hands that trust to remote peers).
     pub loopback_backends: bool,
+    /// Timeouts and bounds.
+    pub limits: Limits,
 }
 
 /// A data plane: what its tasks share, and what operators may ask of it while it runs (live
@@ -45,12 +48,16 @@ pub struct DataPlane {
 
 impl DataPlane {
     pub fn new(config: DataPlaneConfig, tls: watch::Receiver<Arc<GatewayTls>>) -> Arc<DataPlane> {
+        let limits = config.limits;
         let egress = Arc::new(egress::Egress {
+            limits,
+            descriptors: Arc::new(Descriptors::of_this_process(&limits)),
+            peer_tunnels: TunnelCounts::new(limits.tunnels_per_peer),
             dialer: egress::Dialer {
                 tls,
                 health: PeerHealth::default(),
                 pool: Default::default(),
-                handshakes: tokio::sync::Semaphore::new(Limits::DEFAULT.handshakes_at_once),
+                handshakes: tokio::sync::Semaphore::new(limits.handshakes_at_once),
                 metrics: config.metrics.clone(),
             },
             clients: config.clients.clone(),
@@ -115,6 +122,8 @@ impl DataPlane {
             tls,
             snapshots.clone(),
             ingress::PeerPortConfig {
+                limits: config.limits,
+                descriptors: egress.descriptors.clone(),
                 metrics: config.metrics.clone(),
                 protected: config.protected.clone().into(),
                 loopback_backends: config.loopback_backends,
@@ -126,9 +135,10 @@ impl DataPlane {
             let (egress, mut snapshots, mut shutdown) =
                 (egress.clone(), snapshots.clone(), shutdown.clone());
             let mut credentials = egress.dialer.tls.clone();
+            let sweep_every = config.limits.pool_idle / 2;
             async move {
                 // Idle peer connections expire even when nothing else happens.
-                let mut sweep = tokio::time::interval(Limits::DEFAULT.pool_idle / 2);
+                let mut sweep = tokio::time::interval(sweep_every);
                 loop {
                     tokio::select! {
                         changed = snapshots.changed() => {

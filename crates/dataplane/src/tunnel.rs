@@ -33,9 +33,16 @@
 //! `peer.clusterlink.net/labels.*`, except where the receiving side's administrator labelled the
 //! Peer object, whose labels win.
 //!
-//! A gateway whose export leads to one of its own imports passes the count on, plus one; at
-//! [`MAX_HOPS`] the request is refused, so a forwarding loop ends after a few tunnels instead of
-//! multiplying until both gateways run out of descriptors.
+//! A gateway whose export leads to an import passes the count on, plus one; at [`MAX_HOPS`] the
+//! request is refused, so a forwarding loop ends after a few tunnels instead of multiplying until
+//! both gateways run out of descriptors. An import whose client connected from the very address
+//! the request goes to says which connection that was (`x-clusterlink-via: <client port>
+//! <import address>`), so that a gateway whose export leads into another gateway's import finds
+//! its own backend connection there (`dataplane::hops`).
+//!
+//! Text a peer sends (a refusal's message, a policy's name) is escaped as it is read
+//! ([`clusterlink_api::text`]): it reaches logs, events and terminals, where a line break or an
+//! escape sequence would forge a line or take over the screen.
 //!
 //! Parsing is bounded ([`MAX_HEAD_BYTES`], [`MAX_HEADERS`]) and never panics.
 
@@ -43,6 +50,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use clusterlink_api::attributes::is_client_attribute;
+use clusterlink_api::text::escaped;
 use clusterlink_api::validation::{check_label_key, check_label_value};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -66,6 +74,7 @@ const PEER_LABELS_HEADER: &str = "x-clusterlink-peer-labels";
 const REASON_HEADER: &str = "x-clusterlink-reason";
 const DRY_RUN_HEADER: &str = "x-clusterlink-dry-run";
 const POLICY_HEADER: &str = "x-clusterlink-policy";
+const VIA_HEADER: &str = "x-clusterlink-via";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
@@ -119,6 +128,27 @@ pub struct TunnelRequest {
     pub peer_labels: BTreeMap<String, String>,
     /// Only the decision is asked: nothing is dialed, nothing is relayed.
     pub dry_run: bool,
+    /// The client's connection, when it came from the address this request goes to.
+    pub via: Option<Via>,
+}
+
+/// A client connection that came from the address of the gateway a tunnel request goes to: its
+/// port there, and the import's address it reached. If that gateway made the connection (its
+/// export leads into this import), the tunnel is part of a loop through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Via {
+    pub client_port: u16,
+    pub import: std::net::SocketAddr,
+}
+
+impl Via {
+    fn parse(value: &[u8]) -> Option<Via> {
+        let (port, import) = std::str::from_utf8(value).ok()?.split_once(' ')?;
+        Some(Via {
+            client_port: port.parse().ok()?,
+            import: import.parse().ok()?,
+        })
+    }
 }
 
 /// `{"key":"value",...}` of valid Kubernetes label keys and values: a peer's labels.
@@ -157,8 +187,15 @@ impl TunnelRequest {
         } else {
             String::new()
         };
+        let via = match self.via {
+            Some(Via {
+                client_port,
+                import,
+            }) => format!("{VIA_HEADER}: {client_port} {import}\r\n"),
+            None => String::new(),
+        };
         format!(
-            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{labels}{dry_run}{HOPS_HEADER}: {hops}\r\n\r\n"
+            "CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n{CLIENT_HEADER}: {client}\r\n{labels}{dry_run}{via}{HOPS_HEADER}: {hops}\r\n\r\n"
         )
         .into_bytes()
     }
@@ -195,6 +232,7 @@ impl TunnelRequest {
         let mut peer_labels = BTreeMap::new();
         let mut hops = 0;
         let mut dry_run = false;
+        let mut via = None;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case(HOPS_HEADER) {
                 hops = std::str::from_utf8(h.value)
@@ -214,6 +252,12 @@ impl TunnelRequest {
                 client = parsed;
             } else if h.name.eq_ignore_ascii_case(PEER_LABELS_HEADER) {
                 peer_labels = parse_peer_labels(h.value)?;
+            } else if h.name.eq_ignore_ascii_case(VIA_HEADER) {
+                via = Some(Via::parse(h.value).ok_or_else(|| {
+                    ProtocolError::Malformed(format!(
+                        "{VIA_HEADER} must be <client port> <import address>"
+                    ))
+                })?);
             } else if h.name.eq_ignore_ascii_case(DRY_RUN_HEADER) {
                 dry_run = match h.value {
                     b"1" => true,
@@ -235,6 +279,7 @@ impl TunnelRequest {
             hops,
             peer_labels,
             dry_run,
+            via,
         })
     }
 }
@@ -301,6 +346,10 @@ pub enum RefusalReason {
     /// The request went through [`MAX_HOPS`] tunnels already: an export leads back into an
     /// import that leads to it.
     LoopDetected,
+    /// The peer, the export or the gateway's descriptors hold as many tunnels as they may.
+    TunnelLimit,
+    /// The peer asked more dry runs than it may for now.
+    TooManyRequests,
 }
 
 impl RefusalReason {
@@ -311,6 +360,8 @@ impl RefusalReason {
             RefusalReason::BackendUnreachable => "BackendUnreachable",
             RefusalReason::BadRequest => "BadRequest",
             RefusalReason::LoopDetected => "LoopDetected",
+            RefusalReason::TunnelLimit => "TunnelLimit",
+            RefusalReason::TooManyRequests => "TooManyRequests",
         }
     }
 
@@ -321,6 +372,8 @@ impl RefusalReason {
             RefusalReason::BackendUnreachable => (502, "Bad Gateway"),
             RefusalReason::BadRequest => (400, "Bad Request"),
             RefusalReason::LoopDetected => (508, "Loop Detected"),
+            RefusalReason::TunnelLimit => (503, "Service Unavailable"),
+            RefusalReason::TooManyRequests => (429, "Too Many Requests"),
         }
     }
 
@@ -331,6 +384,8 @@ impl RefusalReason {
             Self::BackendUnreachable,
             Self::BadRequest,
             Self::LoopDetected,
+            Self::TunnelLimit,
+            Self::TooManyRequests,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -400,7 +455,7 @@ impl TunnelResponse {
                 .find(|h| h.name.eq_ignore_ascii_case(POLICY_HEADER));
             return Ok(match policy {
                 Some(h) => TunnelResponse::WouldAllow {
-                    policy: String::from_utf8_lossy(h.value).into_owned(),
+                    policy: escaped(&String::from_utf8_lossy(h.value)).into_owned(),
                 },
                 None => TunnelResponse::Established,
             });
@@ -418,7 +473,7 @@ impl TunnelResponse {
                 ))
             })?;
         let body = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
-        let text = |field: &str| body[field].as_str().map(str::to_string);
+        let text = |field: &str| body[field].as_str().map(|t| escaped(t).into_owned());
         Ok(TunnelResponse::Refused {
             reason,
             message: text("message").unwrap_or_default(),
@@ -474,6 +529,7 @@ mod tests {
             hops: 2,
             peer_labels: [("env".to_string(), "prod".to_string())].into(),
             dry_run: false,
+            via: None,
         }
     }
 
@@ -502,6 +558,43 @@ mod tests {
         let bad = b"CONNECT a.b:443 HTTP/1.1\r\nx-clusterlink-dry-run: yes\r\n\r\n";
         let e = TunnelRequest::decode(bad).unwrap_err();
         assert!(e.to_string().contains("x-clusterlink-dry-run"), "{e}");
+    }
+
+    #[test]
+    fn the_client_connection_of_a_relayed_request_round_trips() {
+        let relayed = TunnelRequest {
+            via: Some(Via {
+                client_port: 40123,
+                import: "[2001:db8::1]:7000".parse().unwrap(),
+            }),
+            ..request()
+        };
+        assert_eq!(TunnelRequest::decode(&relayed.encode()).unwrap(), relayed);
+        for bad in ["40123", "x 127.0.0.1:1", "1 nowhere", "70000 127.0.0.1:1"] {
+            let head = format!("CONNECT a.b:443 HTTP/1.1\r\nx-clusterlink-via: {bad}\r\n\r\n");
+            let e = TunnelRequest::decode(head.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("x-clusterlink-via"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_peers_text_is_read_escaped() {
+        let body = r#"{"reason":"PolicyDenied","message":"denied\n2026-12-06T00:00:00Z INFO forged \u001b]0;pwned\u0007","policy":"default/x\r\u001b[2J"}"#;
+        let head = format!(
+            "HTTP/1.1 403 Forbidden\r\nx-clusterlink-reason: PolicyDenied\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let TunnelResponse::Refused {
+            message, policy, ..
+        } = TunnelResponse::decode(head.as_bytes(), body.as_bytes()).unwrap()
+        else {
+            panic!("not a refusal");
+        };
+        assert_eq!(
+            message,
+            "denied\\u{a}2026-12-06T00:00:00Z INFO forged \\u{1b}]0;pwned\\u{7}"
+        );
+        assert_eq!(policy.as_deref(), Some("default/x\\u{d}\\u{1b}[2J"));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use clusterlink_dataplane::metrics::Metrics;
-use clusterlink_dataplane::{DataPlane, DataPlaneConfig, snapshot};
+use clusterlink_dataplane::metrics::{AccessLog, Metrics};
+use clusterlink_dataplane::{DataPlane, DataPlaneConfig, Limits, snapshot};
 use clusterlink_pki::reload::{GatewayTls, watch_files};
 
 use crate::management;
@@ -75,6 +75,10 @@ pub struct GatewayConfig {
     pub management_security: ManagementSecurity,
     /// Whether exports may name services on loopback addresses.
     pub loopback_backends: bool,
+    /// The data path's timeouts and bounds.
+    pub limits: Limits,
+    /// Which tunnels get a log line.
+    pub access_log: AccessLog,
 }
 
 /// Loads the fabric CA, this peer's certificate and key, and checks them: the certificate must
@@ -130,7 +134,7 @@ impl Gateway {
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
         let control_plane = ControlPlane::open(Arc::new(store))?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::default().with_access_log(config.access_log));
 
         // One watched set of TLS configurations: rotated certificates reach the peer port and the
         // management listener alike, without a restart.
@@ -158,6 +162,7 @@ impl Gateway {
             metrics: metrics.clone(),
             protected: vec![management_addr, peer_addr],
             loopback_backends: config.loopback_backends,
+            limits: config.limits,
         };
         let dataplane = DataPlane::new(dataplane, tls.clone());
         let observed = management::activity::Observed {

@@ -5,6 +5,14 @@
 //! current state (plus the batch's earlier requests), commits the whole batch to the store in one
 //! transaction (one fsync), and only then publishes it and answers. Readers see a consistent
 //! snapshot without waiting on disk.
+//!
+//! Every change of an object gives it a new `metadata.resourceVersion`, from one counter that
+//! only grows (kept in the store beside the objects, so a version is never given twice, even
+//! after a restart or a delete). A write that carries a version is applied only while the object
+//! is still at it: concurrent read-modify-write clients get `409 Conflict` rather than losing
+//! each other's change. `metadata.generation` counts changes of the spec. Objects that another
+//! source owns (the Kubernetes API server, through [`ControlPlane::replace_all`]) keep that
+//! source's versions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,10 +34,22 @@ const MAX_BATCH: usize = 512;
 /// Requests queued for the writer before callers wait; bounds memory under a flood.
 const WRITE_QUEUE: usize = 4096;
 
+/// The store entry that holds the last resource version given (the objects' keys all hold a
+/// `/`, so it cannot be one of theirs).
+pub const REVISION_KEY: &str = "revision";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{0} not found")]
     NotFound(ObjectKey),
+    #[error(
+        "{key} has been changed since it was read (resourceVersion {given}, now {current}): read it again, apply your change to the latest version and try again"
+    )]
+    Conflict {
+        key: ObjectKey,
+        given: String,
+        current: String,
+    },
     #[error("{0} already exists")]
     AlreadyExists(ObjectKey),
     #[error("{0}")]
@@ -66,8 +86,11 @@ impl WriteOutcome {
 enum Mutation {
     /// Fails if the object exists.
     Create(Object),
-    /// Create or replace.
+    /// Create or replace; a `metadata.resourceVersion` the object carries must be the stored
+    /// object's.
     Apply(Object),
+    /// Create or replace, keeping the versions the object carries: another source owns it.
+    Adopt(Object),
     Delete(ObjectKey),
 }
 
@@ -106,20 +129,51 @@ impl ControlPlane {
     /// rather than serving a model that silently lost objects.
     pub fn open(store: Arc<dyn Store>) -> Result<ControlPlane, ModelError> {
         let mut objects = Objects::new();
+        let mut revision = Revision::default();
         for (key, value) in store.load_all()? {
             let corrupt = |reason: String| ModelError::Corrupt {
                 key: key.clone(),
                 reason,
             };
+            if key == REVISION_KEY {
+                revision.last = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| corrupt("not a number".into()))?;
+                continue;
+            }
             let value: serde_json::Value =
                 serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
             let obj = clusterlink_api::manifest::object_from_value(value)
                 .map_err(|e| corrupt(e.to_string()))?;
             objects.insert(obj.key(), obj);
         }
+        // Objects stored before versions were kept get theirs now, once.
+        let mut writes = Vec::new();
+        for (key, obj) in objects.iter() {
+            if obj.metadata().resource_version.is_none() {
+                let mut versioned = obj.clone();
+                revision.stamp(&mut versioned, None);
+                writes.push((key.clone(), versioned));
+            }
+        }
+        if !writes.is_empty() {
+            let mut commit = Vec::new();
+            for (key, obj) in &writes {
+                commit.push(Write::Put {
+                    key: store_key(key),
+                    value: serialized(obj)?,
+                });
+            }
+            commit.push(revision.write());
+            store.commit(&commit)?;
+            for (key, obj) in writes {
+                objects.insert(key, obj);
+            }
+        }
         let objects = watch::Sender::new(Arc::new(objects));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(writer(store.clone(), objects.clone(), rx));
+        tokio::spawn(writer(store.clone(), objects.clone(), rx, revision));
         Ok(ControlPlane {
             objects,
             runtime: Arc::default(),
@@ -278,6 +332,46 @@ fn store_key(key: &ObjectKey) -> String {
     format!("{}/{}/{}", key.kind.plural(), key.namespace, key.name)
 }
 
+fn serialized(obj: &Object) -> Result<Vec<u8>, ModelError> {
+    serde_json::to_vec(obj).map_err(|e| {
+        ModelError::Store(StoreError::Backend(format!(
+            "cannot serialize {}: {e}",
+            obj.key()
+        )))
+    })
+}
+
+/// The last resource version given.
+#[derive(Debug, Clone, Copy, Default)]
+struct Revision {
+    last: u64,
+}
+
+impl Revision {
+    /// Gives `obj` the next version, and the generation that follows `old`'s (1 when new, one
+    /// more when the spec changed).
+    fn stamp(&mut self, obj: &mut Object, old: Option<&Object>) {
+        self.last += 1;
+        let generation = match old {
+            None => 1,
+            Some(old) => {
+                let was = old.metadata().generation.unwrap_or(1);
+                if old.same_spec(obj) { was } else { was + 1 }
+            }
+        };
+        let meta = obj.metadata_mut();
+        meta.resource_version = Some(self.last.to_string());
+        meta.generation = Some(generation);
+    }
+
+    fn write(self) -> Write {
+        Write::Put {
+            key: REVISION_KEY.into(),
+            value: self.last.to_string().into_bytes(),
+        }
+    }
+}
+
 fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -290,6 +384,7 @@ async fn writer(
     store: Arc<dyn Store>,
     objects: watch::Sender<Arc<Objects>>,
     mut rx: mpsc::Receiver<Request>,
+    mut revision: Revision,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -297,6 +392,8 @@ async fn writer(
         let mut overlay: HashMap<ObjectKey, Option<Object>> = HashMap::new();
         let mut writes = Vec::new();
         let mut replies = Vec::new();
+        // Versions given in this batch count only once it is committed.
+        let mut batch_revision = revision;
         for Request { change, reply } in batch.drain(..) {
             // A replace-all is decided on a copy of the overlay, so that one that fails part way
             // leaves no trace; a single mutation that fails changes nothing anyway.
@@ -306,11 +403,12 @@ async fn writer(
             } else {
                 std::mem::take(&mut overlay)
             };
+            let mut trial_revision = batch_revision;
             let mut trial_writes = Vec::new();
             let result = mutations(&current, &trial, change)
                 .into_iter()
                 .map(|mutation| {
-                    let (outcome, obj) = decide(&current, &trial, mutation)?;
+                    let (outcome, obj) = decide(&current, &trial, mutation, &mut trial_revision)?;
                     let key = obj.key();
                     match outcome {
                         WriteOutcome::Unchanged => {}
@@ -321,14 +419,9 @@ async fn writer(
                             trial.insert(key, None);
                         }
                         WriteOutcome::Created | WriteOutcome::Configured => {
-                            let value = serde_json::to_vec(&obj).map_err(|e| {
-                                ModelError::Store(StoreError::Backend(format!(
-                                    "cannot serialize {key}: {e}"
-                                )))
-                            })?;
                             trial_writes.push(Write::Put {
                                 key: store_key(&key),
-                                value,
+                                value: serialized(&obj)?,
                             });
                             trial.insert(key, Some(obj.clone()));
                         }
@@ -339,8 +432,12 @@ async fn writer(
             if result.is_ok() || !atomic {
                 overlay = trial;
                 writes.append(&mut trial_writes);
+                batch_revision = trial_revision;
             }
             replies.push((reply, result));
+        }
+        if batch_revision.last != revision.last {
+            writes.push(batch_revision.write());
         }
         let committed = if writes.is_empty() {
             Ok(())
@@ -353,6 +450,7 @@ async fn writer(
         };
         match committed {
             Ok(()) => {
+                revision = batch_revision;
                 // Changed in place. While a reader holds the previous version (the data plane's
                 // snapshot follower, a list being answered), a change copies only the pieces of
                 // the shared map it touches, so a write costs its own changes, not the size of
@@ -402,18 +500,20 @@ fn mutations(
                 present.filter(|k| !wanted.contains(*k)).cloned().collect();
             objects
                 .into_iter()
-                .map(Mutation::Apply)
+                .map(Mutation::Adopt)
                 .chain(gone.into_iter().map(Mutation::Delete))
                 .collect()
         }
     }
 }
 
-/// Decides one mutation against the committed state plus the batch so far.
+/// Decides one mutation against the committed state plus the batch so far, giving what it
+/// writes the next version from `revision`.
 fn decide(
     current: &Objects,
     overlay: &HashMap<ObjectKey, Option<Object>>,
     mutation: Mutation,
+    revision: &mut Revision,
 ) -> Result<(WriteOutcome, Object), ModelError> {
     let existing = |key: &ObjectKey| match overlay.get(key) {
         Some(o) => o.clone(),
@@ -422,26 +522,60 @@ fn decide(
     match mutation {
         Mutation::Create(mut obj) => {
             let key = obj.key();
+            if obj.metadata().resource_version.is_some() {
+                return Err(ModelError::Invalid(FieldErrors(vec![FieldError::new(
+                    "metadata.resourceVersion",
+                    "must not be set when creating an object: the server sets it",
+                )])));
+            }
             if existing(&key).is_some() {
                 return Err(ModelError::AlreadyExists(key));
             }
             obj.set_status(None);
             obj.metadata_mut().creation_timestamp = Some(now_rfc3339());
+            revision.stamp(&mut obj, None);
             Ok((WriteOutcome::Created, obj))
         }
         Mutation::Apply(mut obj) => {
             obj.set_status(None);
-            match existing(&obj.key()) {
+            let key = obj.key();
+            let old = existing(&key);
+            if let Some(given) = obj.metadata().resource_version.clone() {
+                let Some(old) = &old else {
+                    return Err(ModelError::NotFound(key));
+                };
+                let current = old.metadata().resource_version.clone().unwrap_or_default();
+                if given != current {
+                    return Err(ModelError::Conflict {
+                        key,
+                        given,
+                        current,
+                    });
+                }
+            }
+            match old {
                 None => {
                     obj.metadata_mut().creation_timestamp = Some(now_rfc3339());
+                    revision.stamp(&mut obj, None);
                     Ok((WriteOutcome::Created, obj))
                 }
                 Some(old) if old.same_desired_state(&obj) => Ok((WriteOutcome::Unchanged, old)),
                 Some(old) => {
                     obj.metadata_mut().creation_timestamp =
                         old.metadata().creation_timestamp.clone();
+                    revision.stamp(&mut obj, Some(&old));
                     Ok((WriteOutcome::Configured, obj))
                 }
+            }
+        }
+        Mutation::Adopt(mut obj) => {
+            obj.set_status(None);
+            match existing(&obj.key()) {
+                None => Ok((WriteOutcome::Created, obj)),
+                // A new version with the same desired state (a status written back) changes
+                // nothing here: the model holds the version of the last change that matters.
+                Some(old) if old.same_desired_state(&obj) => Ok((WriteOutcome::Unchanged, old)),
+                Some(_) => Ok((WriteOutcome::Configured, obj)),
             }
         }
         Mutation::Delete(key) => match existing(&key) {
@@ -635,7 +769,112 @@ mod tests {
             WriteOutcome::Deleted
         );
         assert!(matches!(cp.delete(key).await, Err(ModelError::NotFound(_))));
-        assert!(store.load_all().unwrap().is_empty());
+        let stored: Vec<_> = store.load_all().unwrap();
+        assert!(stored.iter().all(|(k, _)| k == REVISION_KEY), "{stored:?}");
+    }
+
+    #[tokio::test]
+    async fn a_write_from_a_stale_read_is_refused_and_versions_never_repeat() {
+        let store = Arc::new(MemoryStore::default());
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        let (_, first) = cp.create(export("a", 80)).await.unwrap();
+        let v1 = first.metadata().resource_version.clone().unwrap();
+        assert_eq!(first.metadata().generation, Some(1));
+        // Two clients read v1; the first to write wins.
+        let mut mine = export("a", 81);
+        mine.metadata_mut().resource_version = Some(v1.clone());
+        let (_, written) = cp.apply(mine).await.unwrap();
+        let v2 = written.metadata().resource_version.clone().unwrap();
+        assert_ne!(v1, v2);
+        assert_eq!(written.metadata().generation, Some(2));
+        let mut theirs = export("a", 82);
+        theirs.metadata_mut().resource_version = Some(v1.clone());
+        let refused = cp.apply(theirs).await.unwrap_err();
+        assert!(
+            matches!(&refused, ModelError::Conflict { given, current, .. } if *given == v1 && *current == v2),
+            "{refused}"
+        );
+        assert_eq!(
+            cp.snapshot()
+                .values()
+                .next()
+                .unwrap()
+                .metadata()
+                .resource_version,
+            Some(v2.clone())
+        );
+        // A label is no change of spec: the generation stays.
+        let mut labelled = export("a", 81);
+        labelled
+            .metadata_mut()
+            .labels
+            .insert("env".into(), "prod".into());
+        let (_, labelled) = cp.apply(labelled).await.unwrap();
+        assert_eq!(labelled.metadata().generation, Some(2));
+        // A version names an object that exists; none may be given on create.
+        let mut gone = export("b", 80);
+        gone.metadata_mut().resource_version = Some(v2.clone());
+        assert!(matches!(
+            cp.apply(gone.clone()).await,
+            Err(ModelError::NotFound(_))
+        ));
+        assert!(matches!(cp.create(gone).await, Err(ModelError::Invalid(_))));
+        // Deleted and created again, after a restart: a version never seen before.
+        let key = ObjectKey::new(Kind::Export, "default", "a");
+        cp.delete(key.clone()).await.unwrap();
+        let again = ControlPlane::open(store).unwrap();
+        let (_, recreated) = again.create(export("a", 80)).await.unwrap();
+        let seen = [
+            v1,
+            v2,
+            labelled.metadata().resource_version.clone().unwrap(),
+        ];
+        let v4 = recreated.metadata().resource_version.clone().unwrap();
+        assert!(!seen.contains(&v4), "{v4} was given before: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn objects_stored_without_versions_get_them_once() {
+        let store = Arc::new(MemoryStore::default());
+        let legacy = serde_json::to_vec(&export("old", 80)).unwrap();
+        store
+            .commit(&[Write::Put {
+                key: "exports/default/old".into(),
+                value: legacy,
+            }])
+            .unwrap();
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        let version = cp
+            .snapshot()
+            .values()
+            .next()
+            .unwrap()
+            .metadata()
+            .resource_version
+            .clone();
+        assert!(version.is_some());
+        let reopened = ControlPlane::open(store).unwrap();
+        let kept = reopened
+            .snapshot()
+            .values()
+            .next()
+            .unwrap()
+            .metadata()
+            .resource_version
+            .clone();
+        assert_eq!(kept, version, "given once, and kept");
+    }
+
+    #[tokio::test]
+    async fn another_sources_versions_are_kept() {
+        let cp = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+        let mut owned = export("a", 80);
+        owned.metadata_mut().resource_version = Some("73920".into());
+        owned.metadata_mut().generation = Some(4);
+        cp.replace_all(vec![owned]).await.unwrap();
+        let meta = cp.snapshot().values().next().unwrap().metadata().clone();
+        assert_eq!(meta.resource_version.as_deref(), Some("73920"));
+        assert_eq!(meta.generation, Some(4));
     }
 
     #[tokio::test]

@@ -22,6 +22,9 @@ fn metadata(meta: &KubeMeta, namespace: Option<&str>) -> ObjectMeta {
         // exceed the model's limit); the model has no use for them.
         annotations: Default::default(),
         creation_timestamp: meta.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        // The API server's own versions: the model keeps them as they are.
+        resource_version: meta.resource_version.clone(),
+        generation: meta.generation,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `gwctl apply -f` and `gwctl delete -f`: reading manifest files and sending their objects over
 //! several connections.
 
+use crate::terminal::{errln, outln};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -106,14 +107,14 @@ pub(super) async fn bulk(
     let mut written = Vec::new();
     let mut report = |i: usize, r: Result<String, String>| match r {
         Ok(line) => {
-            println!("{line}");
+            outln!("{line}");
             if let Some(obj) = applied.remove(&i) {
                 let did = line.rsplit(' ').next().unwrap_or("configured").to_string();
                 written.push((obj, did));
             }
         }
         Err(line) => {
-            eprintln!("{line}");
+            errln!("{line}");
             failed += 1;
         }
     };
@@ -136,7 +137,7 @@ pub(super) async fn bulk(
     if !written.is_empty() {
         let mut client = Client::new(ctx)?.with_timeout(timeout);
         for warning in super::warn::after_writes(&mut client, &written).await {
-            eprintln!("warning: {warning}");
+            errln!("warning: {warning}");
         }
     }
     if failed > 0 {

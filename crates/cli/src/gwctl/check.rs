@@ -1,5 +1,6 @@
 //! `gwctl check`: is this gateway working, and is what it was told to do working?
 
+use crate::terminal::{out, outln};
 use std::collections::BTreeMap;
 
 use anyhow::bail;
@@ -43,7 +44,7 @@ fn finding(check: impl Into<String>, result: Outcome, detail: impl Into<String>)
 pub(super) async fn check(client: &mut Client, json: bool) -> anyhow::Result<()> {
     let findings = run_checks(client).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&findings)?);
+        outln!("{}", serde_json::to_string_pretty(&findings)?);
     } else {
         let mut rows = vec![vec!["CHECK".into(), "RESULT".into(), "DETAIL".into()]];
         for f in &findings {
@@ -54,7 +55,7 @@ pub(super) async fn check(client: &mut Client, json: bool) -> anyhow::Result<()>
             };
             rows.push(vec![f.check.clone(), result.into(), f.detail.clone()]);
         }
-        print!("{}", align(&rows));
+        out!("{}", align(&rows));
     }
     let failed = findings
         .iter()

@@ -1,5 +1,6 @@
 //! `gwctl config`: save, choose, list and remove contexts.
 
+use crate::terminal::outln;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -44,13 +45,13 @@ pub(super) fn run_config(path: &Path, cmd: ConfigCommand) -> anyhow::Result<()> 
             } else {
                 ""
             };
-            println!("context {name} saved{current}");
+            outln!("context {name} saved{current}");
         }
         ConfigCommand::UseContext { name } => {
             config.resolve(Some(&name))?;
             config.current_context = Some(name.clone());
             config.save(path)?;
-            println!("switched to context {name}");
+            outln!("switched to context {name}");
         }
         ConfigCommand::GetContexts => {
             for (name, ctx) in &config.contexts {
@@ -59,11 +60,11 @@ pub(super) fn run_config(path: &Path, cmd: ConfigCommand) -> anyhow::Result<()> 
                 } else {
                     " "
                 };
-                println!("{marker} {name}\t{}", ctx.server);
+                outln!("{marker} {name}\t{}", ctx.server);
             }
         }
         ConfigCommand::CurrentContext => {
-            println!(
+            outln!(
                 "{}",
                 config
                     .current_context
@@ -79,7 +80,7 @@ pub(super) fn run_config(path: &Path, cmd: ConfigCommand) -> anyhow::Result<()> 
                 config.current_context = None;
             }
             config.save(path)?;
-            println!("context {name} deleted");
+            outln!("context {name} deleted");
         }
     }
     Ok(())

@@ -1,53 +1,93 @@
 //! `gwctl update` (single fields from the command line) and `gwctl edit` (the object in an
-//! editor): read the object, change it, and apply it whole, as `kubectl edit` does.
+//! editor): read the object, change it, and write it whole, as `kubectl edit` does.
+//!
+//! The write carries the `metadata.resourceVersion` that was read, so the gateway applies it only
+//! if nobody changed the object in between (else `409 Conflict`). `update` then reads the object
+//! again and makes its change anew, a few times, as kubectl's own read-modify-write commands do;
+//! `edit` reports the conflict and keeps the edited file, since a person decided what it holds.
 
+use crate::terminal::{errln, outln};
 use std::io::IsTerminal as _;
 
 use anyhow::{Context as _, anyhow, bail};
 use clusterlink_api::manifest::parse_manifests_as_applied;
 use clusterlink_api::rest::object_path;
 use clusterlink_api::{Object, ObjectKey};
-use http::Method;
+use http::{Method, StatusCode};
 use serde_json::Value;
 
 use super::warn;
 use crate::client::Client;
 
-/// Reads `key` as a JSON value, without what the server owns (it is not the writer's to set).
-async fn read(client: &mut Client, key: &ObjectKey) -> anyhow::Result<Value> {
+/// Times `gwctl update` reads and writes again when the object changed under it: each conflict
+/// means another writer landed, so a few tries outlast any real contention.
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// Reads `key` as a JSON value without what the server owns (it is not the writer's to set),
+/// and the version read.
+async fn read(client: &mut Client, key: &ObjectKey) -> anyhow::Result<(Value, Option<String>)> {
     let reply = client.request(Method::GET, &object_path(key), None).await?;
     reply.ensure_ok()?;
     let mut value = reply.body;
+    let mut version = None;
     if let Value::Object(object) = &mut value {
         object.remove("status");
         if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+            version = meta
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             for field in clusterlink_api::manifest::SERVER_OWNED_METADATA {
                 meta.remove(field);
             }
             meta.remove("creationTimestamp");
         }
     }
-    Ok(value)
+    Ok((value, version))
 }
 
-/// Applies `object` in place of `key`, printing what the gateway did and any warning.
-async fn write(client: &mut Client, key: &ObjectKey, object: Object) -> anyhow::Result<()> {
+/// Why a write was not applied.
+enum WriteError {
+    /// The object changed since `version` was read.
+    Conflict(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for WriteError {
+    fn from(e: anyhow::Error) -> Self {
+        WriteError::Other(e)
+    }
+}
+
+/// Writes `object` in place of `key` if it is still at `version`, printing what the gateway
+/// did and any warning.
+async fn write(
+    client: &mut Client,
+    key: &ObjectKey,
+    mut object: Object,
+    version: Option<String>,
+) -> Result<(), WriteError> {
     if object.key() != *key {
-        bail!(
+        return Err(WriteError::Other(anyhow!(
             "the edit renamed {key} to {}: a name cannot change; create the new object and \
              delete the old one",
             object.key()
-        );
+        )));
     }
-    let body = serde_json::to_vec(&object)?;
+    object.metadata_mut().resource_version = version;
+    let body = serde_json::to_vec(&object).map_err(anyhow::Error::from)?;
     let reply = client
         .request(Method::PUT, &object_path(key), Some(body))
         .await?;
+    if reply.status == StatusCode::CONFLICT {
+        return Err(WriteError::Conflict(anyhow!(reply.error_message())));
+    }
     reply.ensure_ok()?;
+    object.metadata_mut().resource_version = None;
     let did = reply.result.unwrap_or_else(|| "configured".into());
-    println!("{key} {did}");
+    outln!("{key} {did}");
     for warning in warn::after_writes(client, &[(object, did)]).await {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     Ok(())
 }
@@ -60,13 +100,24 @@ pub(super) async fn update(
     key: &ObjectKey,
     changes: &[String],
 ) -> anyhow::Result<()> {
-    let mut value = read(client, key).await?;
-    for change in changes {
-        apply_change(&mut value, change)?;
+    let mut conflict = None;
+    for _ in 0..UPDATE_ATTEMPTS {
+        let (mut value, version) = read(client, key).await?;
+        for change in changes {
+            apply_change(&mut value, change)?;
+        }
+        let object = clusterlink_api::manifest::object_from_value(value)
+            .map_err(|e| anyhow!("{key} would be invalid: {e}"))?;
+        match write(client, key, object, version).await {
+            Ok(()) => return Ok(()),
+            Err(WriteError::Conflict(e)) => conflict = Some(e),
+            Err(WriteError::Other(e)) => return Err(e),
+        }
     }
-    let object = clusterlink_api::manifest::object_from_value(value)
-        .map_err(|e| anyhow!("{key} would be invalid: {e}"))?;
-    write(client, key, object).await
+    let last = conflict.map(|e| e.to_string()).unwrap_or_default();
+    bail!(
+        "{key} kept changing under this update ({UPDATE_ATTEMPTS} tries); nothing was changed: {last}"
+    )
 }
 
 fn apply_change(value: &mut Value, change: &str) -> anyhow::Result<()> {
@@ -162,7 +213,7 @@ fn walk<'v, 'p>(
 /// saved changed. If the gateway refuses it, the edited file is kept and named, so nothing typed
 /// is lost.
 pub(super) async fn edit(client: &mut Client, key: &ObjectKey) -> anyhow::Result<()> {
-    let value = read(client, key).await?;
+    let (value, version) = read(client, key).await?;
     let original = serde_yaml_ng::to_string(&value)?;
     let dir = tempfile::Builder::new().prefix("gwctl-edit-").tempdir()?;
     let path = dir
@@ -195,7 +246,7 @@ pub(super) async fn edit(client: &mut Client, key: &ObjectKey) -> anyhow::Result
         .collect::<Vec<_>>()
         .join("\n");
     if body.trim().is_empty() || body.trim() == original.trim() {
-        eprintln!("Edit cancelled, no changes made.");
+        errln!("Edit cancelled, no changes made.");
         return Ok(());
     }
     let (mut parsed, _) = parse_manifests_as_applied(&body);
@@ -205,14 +256,18 @@ pub(super) async fn edit(client: &mut Client, key: &ObjectKey) -> anyhow::Result
         (n, _) => Err(anyhow!("the file must hold one object, it holds {n}")),
     };
     let result = match object {
-        Ok(object) => write(client, key, object).await,
-        Err(e) => Err(e),
+        Ok(object) => write(client, key, object, version).await,
+        Err(e) => Err(WriteError::Other(e)),
     };
-    if let Err(e) = result {
-        let kept = dir.keep().join(path.file_name().expect("a file name"));
-        bail!("{e:#}; your edit is kept in {}", kept.display());
+    let kept = |dir: tempfile::TempDir| dir.keep().join(path.file_name().expect("a file name"));
+    match result {
+        Ok(()) => Ok(()),
+        Err(WriteError::Conflict(e)) => bail!(
+            "{e}; nothing was changed. Your edit is kept in {}: run `gwctl edit` again and make it on the latest version",
+            kept(dir).display()
+        ),
+        Err(WriteError::Other(e)) => bail!("{e:#}; your edit is kept in {}", kept(dir).display()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! `gwctl get`: list objects, or show one.
 
+use crate::terminal::{errln, out};
 use anyhow::{anyhow, bail};
 use clusterlink_api::rest::{kind_collection_path, object_path};
 use clusterlink_api::{
@@ -39,12 +40,12 @@ pub(super) async fn get(
             let scoped = kinds.iter().any(|k| k.scope() == Scope::Namespaced);
             if scoped && !all {
                 let namespace = namespace.to_string();
-                eprintln!("No {what} found in namespace {namespace}.");
+                errln!("No {what} found in namespace {namespace}.");
             } else {
-                eprintln!("No {what} found.");
+                errln!("No {what} found.");
             }
         } else if format == Format::Json {
-            print!("{}", render(&[], kinds[0], format, false, all));
+            out!("{}", render(&[], kinds[0], format, false, all));
         }
         return Ok(());
     }
@@ -52,7 +53,7 @@ pub(super) async fn get(
         // One document stream or list across kinds, as scripts expect.
         Format::Yaml | Format::Json | Format::Name => {
             let objects: Vec<Object> = shown.iter().flat_map(|(_, o)| o.clone()).collect();
-            print!(
+            out!(
                 "{}",
                 render(&objects, shown[0].0, format, name.is_some(), all)
             );
@@ -63,7 +64,7 @@ pub(super) async fn get(
                 .iter()
                 .map(|(kind, objects)| render(objects, *kind, format, name.is_some(), all))
                 .collect();
-            print!("{}", tables.join("\n"));
+            out!("{}", tables.join("\n"));
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ mod link;
 mod observe;
 mod warn;
 
+use crate::terminal::{errln, out, outln};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -155,7 +156,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
                 .request(Method::DELETE, &object_path(&obj_key), None)
                 .await?;
             reply.ensure_ok()?;
-            println!("{obj_key} deleted");
+            outln!("{obj_key} deleted");
             Ok(())
         }
         Command::Create(cmd) => {
@@ -173,9 +174,9 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
                 bail!("{key} already exists; change it with `gwctl apply -f` or delete it first");
             }
             reply.ensure_ok()?;
-            println!("{key} created");
+            outln!("{key} created");
             for warning in warn::after_writes(&mut client, &[(obj, "created".into())]).await {
-                eprintln!("warning: {warning}");
+                errln!("warning: {warning}");
             }
             Ok(())
         }
@@ -217,7 +218,7 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
             edit::edit(&mut client, &key).await
         }
         Command::Link { addresses, labels } => {
-            print!(
+            out!(
                 "{}",
                 link::peer_manifest(&mut client, &addresses, &labels.labels).await?
             );
@@ -230,14 +231,14 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
 
 /// gwctl's version, then the gateway's version, API version and peer name.
 async fn version(client: &mut Client) -> anyhow::Result<()> {
-    println!("client: gwctl {}", env!("CARGO_PKG_VERSION"));
+    outln!("client: gwctl {}", env!("CARGO_PKG_VERSION"));
     let reply = client
         .request(Method::GET, clusterlink_api::rest::VERSION_PATH, None)
         .await?;
     reply.ensure_ok()?;
     let server = &reply.body;
     let field = |name: &str| server[name].as_str().unwrap_or("?").to_string();
-    println!(
+    outln!(
         "server: {} (API {}), peer {}",
         field("version"),
         field("apiVersion"),

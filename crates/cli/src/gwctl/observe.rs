@@ -1,5 +1,6 @@
 //! What gwctl shows of a running gateway: `get events`, `describe`, `explain` and `check`.
 
+use crate::terminal::{errln, out, outln};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -80,11 +81,11 @@ pub(super) async fn events(
 ) -> anyhow::Result<()> {
     let events: Vec<TunnelEvent> = get_json(client, &query.path()).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&events)?);
+        outln!("{}", serde_json::to_string_pretty(&events)?);
     } else if events.is_empty() {
-        eprintln!("No events.");
+        errln!("No events.");
     } else {
-        print!("{}", events_table(&events, now_ms()));
+        out!("{}", events_table(&events, now_ms()));
     }
     Ok(())
 }
@@ -195,7 +196,7 @@ pub(super) async fn describe(client: &mut Client, key: &ObjectKey) -> anyhow::Re
         refusals.retain(|e| e.policy.as_ref() == Some(policy));
     }
     refusals.truncate(REFUSALS_SHOWN);
-    print!("{}", describe_text(&object, &traffic, &refusals, now_ms()));
+    out!("{}", describe_text(&object, &traffic, &refusals, now_ms()));
     Ok(())
 }
 
@@ -404,9 +405,9 @@ pub(super) async fn explain(
     let explanation: Explanation = serde_json::from_value(reply.body)
         .context("the gateway's explanation is not what gwctl reads")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
+        outln!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", explanation_text(&explanation));
+        out!("{}", explanation_text(&explanation));
     }
     if explanation.allowed() {
         Ok(())

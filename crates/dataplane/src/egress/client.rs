@@ -4,15 +4,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
-use std::time::Instant;
 
 use clusterlink_api::clients::ClientTable;
 use clusterlink_api::{ImportSource, ObjectKey};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::dial::{Dialer, FirstBytes, OpenTunnel, TunnelFailure};
 use super::sources::{EgressRefusal, egress_decision, source_order};
+use crate::capacity::{Descriptors, TunnelCounts};
 use crate::hops::RelayedConnections;
+use crate::limits::Limits;
 use crate::live::LiveTunnels;
 use crate::metrics::{
     Metrics, Refusal, Refused, RefusedBy, SetupStage, Side, TunnelEnding, TunnelRef,
@@ -24,6 +26,11 @@ use clusterlink_api::attributes::Attributes;
 
 /// What every import connection shares: how to reach peers, who clients are, the open tunnels.
 pub(crate) struct Egress {
+    pub limits: Limits,
+    /// The data path's descriptors: a client connection holds two, for itself and its tunnel.
+    pub descriptors: Arc<Descriptors>,
+    /// Open tunnels per peer they go to.
+    pub peer_tunnels: TunnelCounts,
     pub dialer: Dialer,
     pub clients: ClientTable,
     pub metrics: Arc<Metrics>,
@@ -59,6 +66,29 @@ impl Egress {
                 .is_ok()
         });
         self.dialer.sweep_pool(snapshot);
+    }
+
+    /// Refuses a client of import `key` for want of descriptors: reset at once, and reported.
+    pub(super) fn refuse_unserved(&self, client: TcpStream, remote: SocketAddr, key: &ObjectKey) {
+        let message = format!(
+            "the data path holds all of its {} descriptors; the client was reset",
+            self.descriptors.total()
+        );
+        let tunnel = TunnelRef {
+            side: Side::Egress,
+            import: Some(format!("{}/{}", key.namespace, key.name)),
+            export: String::new(),
+            peer: String::new(),
+            client: Some(remote),
+        };
+        let refusal = Refused {
+            by: RefusedBy::Local,
+            refusal: Refusal::Tunnel(RefusalReason::TunnelLimit),
+            policy: None,
+            message,
+        };
+        self.metrics.refused(&tunnel, refusal);
+        reset(client);
     }
 
     /// Serves one client connection of import `key` from `snapshot`: the first source that
@@ -109,6 +139,8 @@ impl Egress {
         let mut first = FirstBytes::of(&client);
         // The first source's decision is timed from the accept; a later one's from its own start.
         let mut accepted = Some(accepted_at);
+        // Looked up once, for the first source policy allows.
+        let mut hops = None;
         for source in source_order(import, next, |peer| self.dialer.health.is_unreachable(peer)) {
             let deciding = accepted.take().unwrap_or_else(Instant::now);
             let export = ExportRef {
@@ -140,16 +172,41 @@ impl Egress {
                     continue;
                 }
             };
+            let Some(peer_slot) = self.peer_tunnels.enter(&source.peer) else {
+                let message = format!(
+                    "{} tunnels to peer {} are open, as many as may be; try again later",
+                    self.peer_tunnels.limit(),
+                    source.peer
+                );
+                let refusal = local(Refusal::Tunnel(RefusalReason::TunnelLimit), None, message);
+                self.metrics.refused(&tunnel(Some(source)), refusal);
+                continue;
+            };
+            let hops = match hops {
+                Some(hops) => hops,
+                None => {
+                    let patience = self.limits.connect;
+                    *hops.insert(self.relayed.hops_from(remote, listening_on, patience).await)
+                }
+            };
             let request = TunnelRequest {
                 export: export.clone(),
                 client: client_attributes.clone(),
-                hops: self.relayed.hops_from(remote, listening_on),
+                hops,
                 peer_labels: snapshot.local_labels.clone(),
                 dry_run: false,
+                via: None,
             };
+            let client_ends = (remote, listening_on);
             match self
                 .dialer
-                .open_tunnel(&source.peer, &peer.gateways, &request, &mut first)
+                .open_tunnel(
+                    &source.peer,
+                    &peer.gateways,
+                    &request,
+                    Some(client_ends),
+                    &mut first,
+                )
                 .await
             {
                 Ok(OpenTunnel {
@@ -163,6 +220,7 @@ impl Egress {
                     self.metrics.authorized(Side::Egress, accepted_at.elapsed());
                     let meter = self.metrics.tunnel_opened(tunnel(Some(source)));
                     meter.sent(first.taken() as u64);
+                    let _peer_slot = peer_slot;
                     let registered = self.live.register(EgressTunnel {
                         import: key.clone(),
                         client: client_attributes.clone(),
@@ -212,7 +270,7 @@ impl Egress {
 }
 
 /// Ends the client's connection with RST, so it sees a failure rather than a clean, empty close.
-fn reset(client: TcpStream) {
+pub(super) fn reset(client: TcpStream) {
     let _ = client.set_zero_linger();
     drop(client);
 }

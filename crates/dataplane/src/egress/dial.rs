@@ -2,16 +2,17 @@
 //! connection, and the tunnel request on it. Failures keep their `io::ErrorKind`, so logs tell a
 //! refused connection from a reset or a timeout.
 
+use std::borrow::Cow;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clusterlink_pki::reload::GatewayTls;
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -23,7 +24,7 @@ use crate::pool::{ConnectionPool, GatewayKey};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{MAX_FIRST_FRAME, TLS_SEND_BUFFER, push_frame};
 use crate::snapshot::Snapshot;
-use crate::tunnel::{ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, read_head};
+use crate::tunnel::{ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, Via, read_head};
 
 /// A mutual-TLS connection to a peer gateway.
 pub(super) type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
@@ -257,11 +258,33 @@ impl Dialer {
         peer: &str,
         gateways: &[(String, u16)],
         request: &TunnelRequest,
+        client_ends: Option<(SocketAddr, SocketAddr)>,
         first: &mut FirstBytes<'_>,
     ) -> Result<OpenTunnel, TunnelFailure> {
         let name = ServerName::try_from(peer.to_string())
             .map_err(|_| TunnelFailure::BadPeerName(peer.to_string()))?;
         let head = request.encode();
+        // A client that came from the address of the gateway asked may be a connection that
+        // gateway made to this import: it is told which, to find a loop through it (`hops`).
+        let head_for = |connection: &PeerConnection| -> Cow<'_, [u8]> {
+            let there = connection.get_ref().0.get_ref().peer_addr();
+            match client_ends {
+                Some((client, import))
+                    if there.is_ok_and(|t| t.ip().to_canonical() == client.ip().to_canonical()) =>
+                {
+                    let via = Via {
+                        client_port: client.port(),
+                        import,
+                    };
+                    let relayed = TunnelRequest {
+                        via: Some(via),
+                        ..request.clone()
+                    };
+                    Cow::Owned(relayed.encode())
+                }
+                _ => Cow::Borrowed(&head),
+            }
+        };
         let mut errors = Vec::new();
         for (host, port) in gateways {
             let attempt_started = Instant::now();
@@ -287,6 +310,7 @@ impl Dialer {
             let mut answered = None;
             if let Some(connection) = warm {
                 let ready = Instant::now();
+                let head = head_for(&connection);
                 match ask(connection, &first.with_request(&head)).await {
                     Ok(answer) => answered = Some((ready, answer)),
                     Err(error) if first.taken() > 0 => {
@@ -310,6 +334,7 @@ impl Dialer {
                         }
                     };
                     let ready = Instant::now();
+                    let head = head_for(&connection);
                     match ask(connection, &first.with_request(&head)).await {
                         Ok(answer) => (ready, answer),
                         Err(error) if first.taken() > 0 => {

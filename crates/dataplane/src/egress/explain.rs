@@ -80,6 +80,7 @@ impl Egress {
                         hops: 0,
                         peer_labels: snapshot.local_labels.clone(),
                         dry_run: true,
+                        via: None,
                     };
                     let answer = self
                         .dialer
@@ -87,6 +88,7 @@ impl Egress {
                             &source.peer,
                             &peer.gateways,
                             &question,
+                            None,
                             &mut FirstBytes::none(),
                         )
                         .await;

@@ -17,7 +17,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::client::Egress;
 use crate::conditions::RuntimeConditions;
 use crate::connections::{drain, tune_listener};
-use crate::limits::Limits;
+use crate::metrics::Listener;
 use crate::snapshot::Snapshot;
 use crate::workers::{serve_accepted, workers};
 
@@ -148,7 +148,7 @@ pub(crate) async fn run_import_listeners(
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { break },
             // A port held by something outside ClusterLink frees up without any change here.
-            _ = tokio::time::sleep(Limits::DEFAULT.bind_retry), if !failed.is_empty() => {}
+            _ = tokio::time::sleep(egress.limits.bind_retry), if !failed.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
@@ -211,15 +211,22 @@ async fn accept_loop(listener: TcpListener, accepting: Accepting, me: Option<usi
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, remote)) => {
+                    // Out of descriptors: reset at once rather than left to wait (a loop's chain
+                    // of tunnels then unwinds), leaving the reserve to the rest of the gateway.
+                    let Some(descriptors) = egress.descriptors.take(2) else {
+                        egress.refuse_unserved(client, remote, &key);
+                        continue;
+                    };
                     let snapshot = snapshots.borrow().clone();
                     let (key, next, egress) = (key.clone(), next.clone(), egress.clone());
                     serve_accepted(&mut connections, me, client, move |client| async move {
+                        let _descriptors = descriptors;
                         egress.serve_client(client, remote, &key, &snapshot, &next).await;
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(import = %key, error = %e, "import accept failed");
-                    tokio::time::sleep(Limits::DEFAULT.accept_retry).await;
+                    egress.metrics.accept_failed(Listener::Import, &e);
+                    tokio::time::sleep(egress.limits.accept_retry).await;
                 }
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -149,6 +149,7 @@ pub(crate) mod tests {
             metrics,
             protected: vec![],
             loopback_backends: false,
+            limits: clusterlink_dataplane::Limits::DEFAULT,
         };
         Observed {
             dataplane: DataPlane::new(config, tls),

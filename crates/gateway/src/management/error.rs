@@ -74,6 +74,9 @@ impl From<ModelError> for ApiError {
             ModelError::AlreadyExists(_) => {
                 ApiError::new(StatusCode::CONFLICT, "AlreadyExists", e.to_string())
             }
+            ModelError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+            }
             ModelError::Invalid(errors) => ApiError::invalid(errors.0),
             ModelError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -28,7 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::error::ApiError;
 use clusterlink_dataplane::Limits;
-use clusterlink_dataplane::listener::accept_bounded;
+use clusterlink_dataplane::listener::{Standing, accept_bounded};
 use clusterlink_dataplane::metrics::{Listener, Metrics, Unserved};
 use clusterlink_pki::reload::GatewayTls;
 
@@ -61,23 +61,28 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let bounds = Limits::DEFAULT.management;
+    let limits = Limits::DEFAULT;
     let accepting = shutdown.clone();
-    let serve = |stream, remote| {
+    let counted = metrics.clone();
+    let serve = move |stream, remote, standing| {
         // The configuration current now: a rotated certificate applies to new connections.
         let acceptor = tls
             .as_ref()
             .map(|t| TlsAcceptor::from(t.borrow().management.clone()));
         let (router, shutdown, metrics) = (router.clone(), accepting.clone(), metrics.clone());
         async move {
-            serve_client(stream, remote, acceptor, router, &metrics, shutdown).await;
+            serve_client(
+                stream, remote, standing, acceptor, router, &metrics, shutdown,
+            )
+            .await;
         }
     };
     let mut connections = accept_bounded(
         listener,
-        bounds,
+        limits.management,
         Listener::Management,
-        &metrics,
+        &limits,
+        &counted,
         &mut shutdown,
         serve,
     )
@@ -93,12 +98,16 @@ pub async fn serve(
 async fn serve_client(
     stream: TcpStream,
     remote: SocketAddr,
+    standing: Standing,
     acceptor: Option<TlsAcceptor>,
     router: Router,
     metrics: &Metrics,
     shutdown: watch::Receiver<bool>,
 ) {
-    let service = TowerToHyperService::new(router);
+    let service = Busy {
+        inner: TowerToHyperService::new(router),
+        standing: standing.clone(),
+    };
     let activity = Activity::default();
     let stream = Watched {
         io: stream,
@@ -139,6 +148,7 @@ async fn serve_client(
         .map(identity_of);
     match identity {
         Some(Ok(Identity::Admin(admin))) => {
+            standing.proven();
             tracing::debug!(%remote, %admin, "management connection");
             serve_connection(stream, service, activity, remote, metrics, shutdown).await;
         }
@@ -155,9 +165,37 @@ async fn serve_client(
     }
 }
 
+/// The API's service, marking its connection busy while a request is in progress: a request
+/// under way is never closed to make room for a newcomer.
+#[derive(Clone)]
+struct Busy<S> {
+    inner: S,
+    standing: Standing,
+}
+
+impl<S, R> hyper::service::Service<R> for Busy<S>
+where
+    S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: R) -> Self::Future {
+        let busy = self.standing.busy();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await;
+            drop(busy);
+            answered
+        })
+    }
+}
+
 async fn serve_connection<I>(
     io: I,
-    service: TowerToHyperService<Router>,
+    service: Busy<TowerToHyperService<Router>>,
     activity: Activity,
     remote: SocketAddr,
     metrics: &Metrics,
@@ -296,7 +334,17 @@ mod tests {
         };
         let (_stop, shutdown) = watch::channel(false);
         let remote = SocketAddr::from(([127, 0, 0, 1], 1));
-        let service = TowerToHyperService::new(router);
+        let admission = clusterlink_dataplane::listener::Admission::new(
+            Listener::Management,
+            Limits::DEFAULT.management,
+            &Limits::DEFAULT,
+            metrics.clone(),
+        );
+        let admitted = admission.admit(remote).unwrap();
+        let service = Busy {
+            inner: TowerToHyperService::new(router),
+            standing: admitted.standing(),
+        };
         let started = Instant::now();
         let served = serve_connection(stream, service, activity, remote, &metrics, shutdown);
         let ended = tokio::time::timeout(2 * IDLE_TIMEOUT, served).await;
