@@ -6,13 +6,17 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use support::hostile;
 use support::manifests::{allow_all, export, import, peer};
 use support::{
     Backend, CL_GATEWAY, CLUSTERLINK, Exchange, Fabric, GWCTL, GatewayProcess, connect_from,
     eventually, exchange, free_port, http_request, metric, metric_with, reachable, run, stderr,
+    stdout,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -489,6 +493,18 @@ fn unusable_certificates_are_refused_before_anything_is_bound_or_created() {
     std::fs::create_dir(root.join("expired")).unwrap();
     std::fs::write(root.join("expired/cert.pem"), expired.cert_pem).unwrap();
     std::fs::write(root.join("expired/key.pem"), expired.key_pem).unwrap();
+    // server1's certificate with another peer's key.
+    std::fs::create_dir(root.join("mixed")).unwrap();
+    std::fs::copy(
+        root.join("default_fabric/server1/cert.pem"),
+        root.join("mixed/cert.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("other/server1/key.pem"),
+        root.join("mixed/key.pem"),
+    )
+    .unwrap();
     // A port held here: a gateway that bound before checking would fail on it instead.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let management = held.local_addr().unwrap().to_string();
@@ -500,6 +516,7 @@ fn unusable_certificates_are_refused_before_anything_is_bound_or_created() {
             "cannot be used with the fabric CA",
         ),
         ("expired", "server1", "certificate is not valid after"),
+        ("mixed", "server1", "is not the private key of"),
         ("default_fabric/server1", "client1", "names \"server1\""),
     ] {
         let data = root.join(format!("data-{}", dir.replace('/', "-")));
@@ -639,5 +656,712 @@ fn a_full_disk_fails_writes_only_until_space_is_freed() {
     assert!(
         names.contains("after") && !names.contains("kept"),
         "{names}"
+    );
+}
+
+/// A stranger who keeps `keep` silent connections open to `target` from `sources`, opening new
+/// ones (at most `per_second`) as the gateway closes them, until dropped.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    opened: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(sources: Vec<String>, target: SocketAddr, keep: usize, per_second: usize) -> Flood {
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicUsize::new(0));
+        let thread = std::thread::spawn({
+            let (stop, opened) = (stop.clone(), opened.clone());
+            move || {
+                let mut held: Vec<TcpStream> = Vec::new();
+                let mut next = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let round = std::time::Instant::now();
+                    let mut budget = per_second / 10;
+                    while held.len() < keep && budget > 0 {
+                        let source = &sources[next % sources.len()];
+                        next += 1;
+                        budget -= 1;
+                        if let Ok(s) = hostile::silent_connection(source, target) {
+                            held.push(s);
+                            opened.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    held.retain(|s| !hostile::is_closed(s));
+                    std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
+                }
+            }
+        });
+        Flood {
+            stop,
+            opened,
+            thread: Some(thread),
+        }
+    }
+
+    fn opened(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn strangers_on_many_networks_and_on_the_peers_own_address_never_keep_a_configured_peer_out() {
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let server = fabric.start("server1");
+    let backend = Backend::start("server1").port;
+    server.apply(&format!("{}{}", export("svc", backend), allow_all("allow")));
+    clusterlink_dataplane::process::raise_open_file_limit();
+    // 3,000 silent sockets from 32 networks and from the peer's own address (an attacker behind
+    // the same NAT), reopened as the gateway closes them.
+    let mut sources = hostile::networks(32);
+    sources.push("127.0.0.1".into());
+    let target: SocketAddr = server.peer_address.parse().unwrap();
+    let flood = Flood::start(sources, target, 3000, 3000);
+    assert!(
+        eventually(Duration::from_secs(30), || flood.opened() >= 3000),
+        "only {} opened",
+        flood.opened()
+    );
+    // A gateway that starts now has no warm connection: its probes and its first tunnels need
+    // handshakes on the flooded port.
+    let client = fabric.start("client1");
+    let port = import_from_server1(&client, &server, "svc");
+    assert!(eventually(UNDER_ATTACK, || reachable(&client, "server1") == "True"));
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        // 16 at once: more than the warm connections, so new ones are set up under the flood.
+        let round: Vec<_> = (0..16)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let started = std::time::Instant::now();
+                    (exchange(port, b"hi"), started.elapsed())
+                })
+            })
+            .collect();
+        for e in round {
+            let (seen, t) = e.join().unwrap();
+            assert_eq!(seen, served(), "{}", client.log());
+            took.push(t);
+        }
+    }
+    took.sort();
+    let p99 = took[took.len() * 99 / 100 - 1];
+    eprintln!(
+        "{} tunnels under {} silent connections: p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        flood.opened(),
+        took[took.len() / 2],
+        p99,
+        took[took.len() - 1]
+    );
+    assert!(took[took.len() - 1] < UNDER_ATTACK, "{took:?}");
+    // The peer was never taken for unreachable, and the strangers were closed to make room.
+    assert!(
+        !client.log().contains("peer unreachable"),
+        "{}",
+        client.log()
+    );
+    let shed = metric(
+        &server,
+        "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"ListenerLimit\"}",
+    ) + metric(
+        &server,
+        "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"SourceLimit\"}",
+    );
+    assert!(shed >= 1000.0, "{shed}");
+    let lines = server
+        .log()
+        .lines()
+        .filter(|l| l.contains("connection closed unserved"))
+        .count();
+    assert!(lines <= 10, "{lines} log lines:\n{}", server.log());
+    drop(flood);
+}
+
+/// Tunnels open now on `gw`, both sides.
+fn open_tunnels(gw: &GatewayProcess) -> f64 {
+    metric(gw, "clusterlink_connections_active{side=\"egress\"}")
+        + metric(gw, "clusterlink_connections_active{side=\"ingress\"}")
+}
+
+/// Whether `gw` serves again: `client` (a gateway importing from it, or itself) carries a fresh
+/// tunnel to a backend it exports.
+fn serves_again(server: &GatewayProcess, client: &GatewayProcess, name: &str) -> bool {
+    let backend = Backend::start("server1").port;
+    server.apply(&format!("{}{}", export(name, backend), allow_all("allow")));
+    let port = free_port();
+    client.apply(&import(name, port, &["server1"], "static"));
+    client.wait_listening(name);
+    eventually(CONVERGE, || exchange(port, b"hi") == served())
+}
+
+#[test]
+fn a_loop_through_another_gateways_import_is_detected_and_both_serve_again() {
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let (a, b) = (fabric.start("server1"), fabric.start("client1"));
+    // b imports x from a; a's export x is b's import itself. Neither gateway's own imports are
+    // in the loop: each sees a client of its import come from the other.
+    let x = free_port();
+    a.apply(&format!(
+        "{}{}{}",
+        peer("client1", &b),
+        allow_all("allow"),
+        export("x", x)
+    ));
+    b.apply(&format!(
+        "{}{}{}",
+        peer("server1", &a),
+        allow_all("allow"),
+        import("x", x, &["server1"], "static")
+    ));
+    b.wait_listening("x");
+    assert_ne!(exchange(x, b"round and round"), served());
+    let refused = metric_with(
+        &a,
+        "clusterlink_connections_refused_total",
+        &[("side", "ingress"), ("reason", "LoopDetected")],
+    );
+    assert!(refused >= 1.0, "{}\n{}", a.log(), b.log());
+    let tunnels = metric(
+        &a,
+        "clusterlink_connections_accepted_total{side=\"ingress\"}",
+    );
+    assert!(tunnels <= 8.0 + 1.0, "{tunnels} tunnels for one connection");
+    // Nothing left behind: every tunnel of the loop closed, and both gateways serve.
+    assert!(eventually(CONVERGE, || open_tunnels(&a) + open_tunnels(&b) == 0.0));
+    assert!(serves_again(&a, &b, "after"), "{}", b.log());
+}
+
+#[test]
+fn a_loop_no_gateway_can_see_collapses_at_the_tunnel_bounds_and_every_gateway_serves_again() {
+    let fabric = Fabric::new(&["server1", "east", "west", "north"]);
+    let bounded = [
+        "--management-address",
+        "127.0.0.1:0",
+        "--peer-address",
+        "127.0.0.1:0",
+        "--max-tunnels-per-peer",
+        "40",
+    ];
+    let [east, west, north] = ["east", "west", "north"].map(|p| fabric.start_with(p, &bounded));
+    let [e, w, n] = [free_port(), free_port(), free_port()];
+    // A ring of three: each export leads into the next gateway's import, and each import comes
+    // from the gateway after. A gateway's ingress never dials its own import, and no tunnel
+    // goes back to the gateway that dialed its client: no hop count sees it.
+    let ring = |me: &GatewayProcess, from: (&str, &GatewayProcess), import_port, export_port| {
+        me.apply(&format!(
+            "{}{}{}{}",
+            peer(from.0, from.1),
+            allow_all("allow"),
+            import("ring", import_port, &[from.0], "static"),
+            export("ring", export_port)
+        ));
+    };
+    ring(&east, ("west", &west), e, w);
+    ring(&west, ("north", &north), w, n);
+    ring(&north, ("east", &east), n, e);
+    for gw in [&east, &west, &north] {
+        gw.wait_listening("ring");
+    }
+    let started = std::time::Instant::now();
+    assert_ne!(exchange(e, b"round and round"), served());
+    let limited: f64 = [&east, &west, &north]
+        .iter()
+        .map(|gw| {
+            metric_with(
+                gw,
+                "clusterlink_connections_refused_total",
+                &[("reason", "TunnelLimit")],
+            )
+        })
+        .sum();
+    assert!(limited >= 1.0, "{}", east.log());
+    // The chain unwinds from where it was refused: within seconds every tunnel is gone.
+    assert!(
+        eventually(CONVERGE, || [&east, &west, &north]
+            .iter()
+            .all(|gw| open_tunnels(gw) == 0.0)),
+        "{}",
+        east.log()
+    );
+    eprintln!("the loop grew and unwound in {:?}", started.elapsed());
+    // No restart: each gateway carries a fresh tunnel.
+    let server = fabric.start("server1");
+    for gw in [&east, &west, &north] {
+        gw.apply(&peer("server1", &server));
+    }
+    for (gw, name) in [(&east, "e2"), (&west, "w2"), (&north, "n2")] {
+        assert!(serves_again(&server, gw, name), "{}", gw.log());
+    }
+}
+
+#[test]
+fn a_peers_forged_hop_count_never_turns_against_other_clients() {
+    let fabric = Fabric::new(&["server1", "server2", "client1"]);
+    // server1 exports svc, and imports other from server2 for its own local clients.
+    let server = fabric.start("server1");
+    let other = fabric.start("server2");
+    let backend = Backend::start("server1").port;
+    server.apply(&format!("{}{}", export("svc", backend), allow_all("allow")));
+    other.apply(&format!(
+        "{}{}",
+        export("other", Backend::start("server1").port),
+        allow_all("allow")
+    ));
+    let port = free_port();
+    server.apply(&format!(
+        "{}{}",
+        peer("server2", &other),
+        import("other", port, &["server2"], "static")
+    ));
+    server.wait_listening("other");
+    // client1, played by hand, holds 1,500 tunnels that claim 7 hops: each holds a backend
+    // connection from a port of this host that other clients' connections may reuse.
+    let attacker = hostile::HandPlayedPeer::new(&fabric, "client1");
+    let forged = b"CONNECT svc.default:443 HTTP/1.1\r\nhost: svc.default:443\r\nx-clusterlink-hops: 7\r\n\r\n";
+    let held: Vec<_> = (0..1500)
+        .map(|_| {
+            let (stream, answer) = attacker.ask(&server.peer_address, "server1", forged);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            stream
+        })
+        .collect();
+    // 300 clients of server1's import, from ports of the same host: none is taken for a loop.
+    for _ in 0..300 {
+        assert_eq!(exchange(port, b"hi"), served(), "{}", server.log());
+    }
+    let loops = metric_with(
+        &other,
+        "clusterlink_connections_refused_total",
+        &[("reason", "LoopDetected")],
+    );
+    assert_eq!(loops, 0.0, "{}", other.log());
+    drop(held);
+}
+
+/// Characters that change what a terminal shows or forge a line: none may reach an operator raw.
+fn has_control_characters(text: &str) -> bool {
+    text.chars()
+        .any(|c| c != '\n' && c != '\t' && clusterlink_api::text::is_unsafe_char(c))
+}
+
+#[test]
+fn a_peers_text_cannot_forge_log_lines_or_take_over_the_operators_terminal() {
+    use clusterlink_dataplane::tunnel::{RefusalReason, TunnelResponse};
+    let fabric = Fabric::new(&["client1", "evil"]);
+    let forged_line = "2026-12-06T00:00:00.000000Z  INFO clusterlink: all tunnels healthy";
+    let message = format!("denied\n{forged_line}\r\x1b]0;pwned\x07\x1b[2J\u{9b}31m");
+    let evil = hostile::HostileExporter::start(&fabric, "evil", move |_| {
+        TunnelResponse::Refused {
+            reason: RefusalReason::PolicyDenied,
+            message: message.clone(),
+            policy: Some("default/x\n\x1b[8mhidden".into()),
+        }
+        .encode()
+    });
+    let client = fabric.start("client1");
+    let port = free_port();
+    client.apply(&format!(
+        "{}{}{}",
+        evil.peer_manifest("evil"),
+        allow_all("allow"),
+        import("svc", port, &["evil"], "static")
+    ));
+    client.wait_listening("svc");
+    assert!(eventually(CONVERGE, || reachable(&client, "evil") == "True"));
+    assert_eq!(exchange(port, b"hi"), Exchange::Reset);
+    assert!(eventually(CONVERGE, || client
+        .log()
+        .contains("all tunnels healthy")));
+    // The log: the peer's words are in the refusal's line, escaped; no line of their own.
+    let log = client.log();
+    assert!(!has_control_characters(&log), "{log:?}");
+    for line in log.lines().filter(|l| l.contains("all tunnels healthy")) {
+        assert!(line.contains("connection refused"), "forged line: {line:?}");
+    }
+    // gwctl's views of the refusal: no raw escape sequence reaches the terminal.
+    for args in [
+        &["get", "events"][..],
+        &["get", "events", "-o", "json"],
+        &["describe", "import", "svc"],
+        &["explain", "svc", "--client", "127.0.0.1"],
+        &["check"],
+    ] {
+        let o = client.gwctl(args);
+        let shown = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(!has_control_characters(&shown), "{args:?}: {shown:?}");
+        assert!(
+            shown.contains("pwned") || args[0] == "check",
+            "{args:?}: {shown}"
+        );
+    }
+    // JSON stays JSON, and still says what was sent (escaped once, at the gateway).
+    let events: serde_json::Value =
+        serde_json::from_str(&client.gwctl_ok(&["get", "events", "-o", "json"])).unwrap();
+    let text = events.to_string();
+    assert!(text.contains("\\\\u{1b}]0;pwned"), "{text}");
+}
+
+#[test]
+fn a_peer_cannot_flood_the_log_and_dry_runs_are_counted_limited_and_sampled() {
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let server = fabric.start("server1");
+    server.apply(&format!(
+        "{}{}",
+        export("svc", Backend::start("server1").port),
+        allow_all("allow")
+    ));
+    let attacker = hostile::HandPlayedPeer::new(&fabric, "client1");
+    // Refused requests naming a 15 KB export: each refusal quotes the name.
+    let long = "x".repeat(15_000);
+    let refused = format!("CONNECT {long}.default:443 HTTP/1.1\r\n\r\n");
+    let started = std::time::Instant::now();
+    for _ in 0..400 {
+        let (_, answer) = attacker.ask(&server.peer_address, "server1", refused.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    }
+    let elapsed = started.elapsed();
+    let counted = metric_with(
+        &server,
+        "clusterlink_connections_refused_total",
+        &[("reason", "NoSuchExport")],
+    );
+    assert_eq!(counted, 400.0, "every refusal is counted");
+    let log = server.log();
+    let lines: Vec<_> = log.lines().filter(|l| l.contains("NoSuchExport")).collect();
+    // A burst of 20, then one line every 500 ms, each saying how many it stands for.
+    let allowed = 20 + (elapsed.as_millis() / 500) as usize + 1;
+    assert!(
+        lines.len() <= allowed,
+        "{} lines in {elapsed:?}",
+        lines.len()
+    );
+    assert!(lines.iter().all(|l| l.len() < 2048), "a line too long");
+    assert!(lines.iter().any(|l| l.contains("suppressed=")), "{log}");
+
+    // Dry runs asking for export names one by one: each counted, the excess refused, and a
+    // few of them shown.
+    let started = std::time::Instant::now();
+    let mut limited: u32 = 0;
+    for i in 0..700 {
+        let ask =
+            format!("CONNECT name{i}.default:443 HTTP/1.1\r\nx-clusterlink-dry-run: 1\r\n\r\n");
+        let (_, answer) = attacker.ask(&server.peer_address, "server1", ask.as_bytes());
+        if answer.starts_with("HTTP/1.1 429") {
+            limited += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        }
+    }
+    let elapsed = started.elapsed();
+    let allowed = 500 + (elapsed.as_millis() / 20) as usize + 1;
+    assert!(
+        700 - limited as usize <= allowed,
+        "{limited} limited in {elapsed:?}"
+    );
+    // Faster than the rate refills the burst: some must have been refused.
+    if elapsed < Duration::from_millis(199 * 20) {
+        assert!(limited > 0, "none limited in {elapsed:?}");
+    }
+    let dry = |answer: &str| {
+        metric_with(
+            &server,
+            "clusterlink_dry_runs_total",
+            &[("peer", "client1"), ("answer", answer)],
+        )
+    };
+    assert_eq!(dry("TooManyRequests"), f64::from(limited));
+    assert_eq!(dry("NoSuchExport") + dry("TooManyRequests"), 700.0);
+    let events: serde_json::Value =
+        serde_json::from_str(&server.gwctl_ok(&["get", "events", "-o", "json"])).unwrap();
+    let samples: Vec<_> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["outcome"] == "DryRun")
+        .collect();
+    assert!(!samples.is_empty() && samples.len() <= 4, "{samples:?}");
+    assert!(
+        server.log().contains("dry run answered"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn concurrent_updates_never_lose_a_write_and_a_stale_one_is_refused() {
+    let f = Fabric::new(&["server1"]);
+    let gw = f.start("server1");
+    gw.apply(&export("svc", 8080));
+    for round in 0..20 {
+        // Four administrators change four labels of one object at once.
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let (url, root) = (gw.url.clone(), f.root().to_path_buf());
+                std::thread::spawn(move || {
+                    let label = format!("metadata.labels.k{i}=r{round}");
+                    run(
+                        GWCTL,
+                        &["--server", &url, "update", "export", "svc", &label],
+                        &root,
+                    )
+                })
+            })
+            .collect();
+        for w in writers {
+            let o = w.join().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        let now: serde_json::Value =
+            serde_json::from_str(&gw.gwctl_ok(&["get", "export", "svc", "-o", "json"])).unwrap();
+        for i in 0..4 {
+            assert_eq!(
+                now["metadata"]["labels"][format!("k{i}")],
+                format!("r{round}"),
+                "round {round} lost a write: {now}"
+            );
+        }
+    }
+    // A write from a stale read is refused as Kubernetes refuses it; a current one goes through.
+    let path = format!("{EXPORTS}/svc");
+    let current: serde_json::Value =
+        serde_json::from_str(&gw.gwctl_ok(&["get", "export", "svc", "-o", "json"])).unwrap();
+    let version = current["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = |port: u16, version: &str| {
+        format!(
+            r#"{{"apiVersion":"clusterlink.net/v1alpha1","kind":"Export","metadata":{{"name":"svc","namespace":"default","resourceVersion":"{version}"}},"spec":{{"host":"127.0.0.1","port":{port}}}}}"#
+        )
+    };
+    let json = ("Content-Type", "application/json");
+    let (code, answer) = request(gw.port(), "PUT", &path, &[json], &body(8081, &version));
+    assert_eq!(code, 200, "{answer}");
+    let (code, answer) = request(gw.port(), "PUT", &path, &[json], &body(8082, &version));
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer.contains("has been changed since it was read"),
+        "{answer}"
+    );
+    let kept = gw.gwctl_ok(&["get", "export", "svc", "-o", "json"]);
+    assert!(kept.contains("8081"), "{kept}");
+}
+
+/// Runs `command`, killing it after `limit`: its output, or none if it had to be killed.
+fn run_within(mut command: std::process::Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn a_gateway_restarts_for_its_memory_copies_once_and_never_with_file_capabilities() {
+    if !as_root("a_gateway_restarts_for_its_memory_copies_once_and_never_with_file_capabilities") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gateway = dir.path().join("cl-gateway");
+    std::fs::copy(CL_GATEWAY, &gateway).unwrap();
+    // Told to tune on any processor, so the branch runs on this machine whatever it is.
+    let tuned = |program: &str, args: &[&str]| {
+        let mut command = std::process::Command::new(program);
+        command.args(args).env("CLUSTERLINK_MEMORY_COPIES", "on");
+        command
+    };
+    // Plainly started: one restart, said once.
+    let o = run_within(
+        tuned(gateway.to_str().unwrap(), &["--version"]),
+        Duration::from_secs(30),
+    )
+    .expect("the gateway never started");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("restarting once").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    // With the capability to bind port 443, run by an ordinary user: glibc would drop the
+    // tunable at every start, so the gateway must not restart at all.
+    let set = run(
+        "setcap",
+        &["cap_net_bind_service+ep", gateway.to_str().unwrap()],
+        dir.path(),
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    let o = run_within(
+        tuned(
+            "setpriv",
+            &[
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                gateway.to_str().unwrap(),
+                "--version",
+            ],
+        ),
+        Duration::from_secs(30),
+    )
+    .expect("the gateway restarted itself forever");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("raised privileges"), "{err}");
+    assert!(!err.contains("restarting"), "{err}");
+    assert!(stdout(&o).contains("cl-gateway"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_descriptor_flood_leaves_management_answering_and_ends_without_a_restart() {
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let server = fabric.start("server1");
+    // The importing gateway with 1,536 descriptors: the data path gets half, the rest stays for
+    // management, probes and files.
+    let mut command = std::process::Command::new("prlimit");
+    command.args([
+        "--nofile=1536:1536",
+        CL_GATEWAY,
+        "--peer",
+        "client1",
+        "--management-address",
+        "127.0.0.1:0",
+        "--peer-address",
+        "127.0.0.1:0",
+    ]);
+    let client = GatewayProcess::spawn_command(None, fabric.root(), command);
+    let port = import_from_server1(&client, &server, "svc");
+    let backend = Backend::start("server1").port;
+    server.apply(&format!("{}{}", export("svc", backend), allow_all("allow")));
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served()));
+    clusterlink_dataplane::process::raise_open_file_limit();
+    // 1,200 clients that each open a tunnel and hold it.
+    let flood: Vec<TcpStream> = (0..1200)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"held").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(flood.len() >= 1100, "only {} connected", flood.len());
+    // Past the data path's share, clients are reset at once, never left waiting.
+    let reset = || flood.iter().filter(|s| hostile::is_closed(s)).count();
+    assert!(
+        eventually(CONVERGE, || reset() >= 600),
+        "only {} of {} reset",
+        reset(),
+        flood.len()
+    );
+    assert!(
+        metric_with(
+            &client,
+            "clusterlink_connections_refused_total",
+            &[("reason", "TunnelLimit")]
+        ) >= 600.0
+    );
+    // The reserve: the management API answers, and the peer stays reachable.
+    for _ in 0..5 {
+        assert_eq!(
+            http_request(client.port(), "GET", "/healthz", &[], b"").0,
+            200
+        );
+    }
+    assert_eq!(reachable(&client, "server1"), "True");
+    let log = client.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    // The flood ends: tunnels flow again at once, no restart.
+    drop(flood);
+    assert!(
+        eventually(CONVERGE, || exchange(port, b"hi") == served()),
+        "{}",
+        client.log()
+    );
+}
+
+#[test]
+fn a_loopback_export_is_refused_before_any_connection_and_says_nothing_of_the_port() {
+    let fabric = Fabric::new(&["server1", "client1"]);
+    // server1 runs as shipped: no --allow-loopback-backends.
+    let server = GatewayProcess::spawn_exactly(
+        None,
+        fabric.root(),
+        &[
+            "--peer",
+            "server1",
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+    );
+    let client = fabric.start("client1");
+    // A port something listens on, and one nothing does.
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    open.set_nonblocking(true).unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let closed_port = free_port();
+    server.apply(&format!(
+        "{}{}{}",
+        export("open", open_port),
+        export("closed", closed_port),
+        allow_all("allow")
+    ));
+    for name in ["open", "closed"] {
+        let port = import_from_server1(&client, &server, name);
+        assert_eq!(exchange(port, b"probe"), Exchange::Reset);
+    }
+    let refusal = |name: &str, port: u16| {
+        let events: serde_json::Value =
+            serde_json::from_str(&server.gwctl_ok(&["get", "events", "-o", "json"])).unwrap();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["export"] == format!("default/{name}"))
+            .map(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .replace(&port.to_string(), "PORT")
+            })
+    };
+    assert!(eventually(CONVERGE, || refusal("closed", closed_port).is_some()));
+    let (seen_open, seen_closed) = (refusal("open", open_port), refusal("closed", closed_port));
+    assert!(
+        seen_open
+            .as_deref()
+            .unwrap()
+            .contains("--allow-loopback-backends"),
+        "{seen_open:?}"
+    );
+    assert_eq!(seen_open, seen_closed, "the refusal tells the ports apart");
+    let accepted = open.accept().map_err(|e| e.kind());
+    assert_eq!(
+        accepted.err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "the gateway connected to the loopback service"
     );
 }

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -296,4 +297,109 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
             }
         );
     }
+}
+
+/// Everything this test binary logs, for a test to count lines in.
+fn captured_log() -> Arc<parking_lot::Mutex<Vec<u8>>> {
+    static LOG: std::sync::OnceLock<Arc<parking_lot::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Captured(writer.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        log
+    })
+    .clone()
+}
+
+struct Captured(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_snapshot_stream_and_the_operations_port_never_keep_a_replica_out() {
+    let log = captured_log();
+    let f = Fabric::new(&["client"]);
+    let fabric = f.fabric_dir();
+    let credentials =
+        Credentials::load(&TlsFiles::in_fabric(&fabric, &fabric.join("client"))).unwrap();
+    let tls = watch::channel(Arc::new(GatewayTls::new(&credentials).unwrap())).1;
+    let model = ControlPlane::open(Arc::new(MemoryStore::default())).unwrap();
+    model
+        .replace_all(objects(clusterlink_testbed::manifests::ALLOW_ALL))
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let metrics = Arc::new(clusterlink_dataplane::metrics::Metrics::default());
+    let (_stop, shutdown) = watch::channel(false);
+    tokio::spawn(clusterlink_dataplane::replica::serve(
+        listener,
+        "client".into(),
+        tls,
+        model.subscribe(),
+        watch::channel(Arc::default()).1,
+        metrics.clone(),
+        shutdown,
+    ));
+    // Every place of the stream taken by silent strangers from 32 networks, and some that
+    // start a TLS handshake and give up: then a new replica starts.
+    let stream_flood = tokio::task::spawn_blocking(move || {
+        hostile::silent_flood(&hostile::networks(32), address, 300)
+    })
+    .await
+    .unwrap();
+    for source in hostile::networks(32) {
+        let mut s = hostile::silent_connection(&source, address).unwrap();
+        let _ = std::io::Write::write_all(&mut s, b"\x16\x03\x01 not a handshake");
+    }
+    let started = std::time::Instant::now();
+    let replica = Replica::start(f.root(), &fabric, &address.to_string(), "127.0.0.2");
+    replica.wait_for("peer port open");
+    eprintln!(
+        "a new replica got its snapshot in {:?} past {} silent connections",
+        started.elapsed(),
+        stream_flood.len()
+    );
+    // Its operations port, flooded the same way, still answers the kubelet every time.
+    replica.wait_for("operations endpoint");
+    let ops = SocketAddr::from(([127, 0, 0, 1], replica.ops_port));
+    let ops_flood = tokio::task::spawn_blocking(move || {
+        hostile::silent_flood(&hostile::networks(32), ops, 100)
+    })
+    .await
+    .unwrap();
+    assert!(ops_flood.len() >= 90);
+    let ops_port = replica.ops_port;
+    let probes = tokio::task::spawn_blocking(move || {
+        (0..10)
+            .map(|_| raw_http(ops_port, "GET", "/healthz", b"").0)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(probes.iter().all(|code| *code == 200), "{probes:?}");
+    assert_eq!(raw_http(ops_port, "GET", "/readyz", b"").0, 200);
+    // The strangers are counted, and cost a line or two, not one each.
+    let unserved = metrics.encode();
+    assert!(
+        unserved.contains("listener=\"replica\",reason=\"ListenerLimit\"")
+            || unserved.contains("listener=\"replica\",reason=\"SourceLimit\""),
+        "{unserved}"
+    );
+    let text = String::from_utf8_lossy(&log.lock()).into_owned();
+    let lines = text.lines().filter(|l| l.contains("replica")).count();
+    assert!(lines <= 10, "{lines} lines:\n{text}");
+    drop((stream_flood, ops_flood));
 }

@@ -14,6 +14,9 @@
 //! `CLUSTERLINK_BENCH_OUT=DIR` it also writes those to `DIR/policy.json`, for `clusterlink-bench`'s
 //! table (`crates/bench/src/scale.rs` reads it).
 
+// A benchmark times the real clock, which the data plane's own code never reads.
+#![allow(clippy::disallowed_types)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

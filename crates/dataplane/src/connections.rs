@@ -35,12 +35,12 @@ pub(crate) fn nothing_to_read(stream: &tokio::net::TcpStream) -> bool {
     )
 }
 
-/// Waits for `connections` to end, for at most [`Limits::drain`]; then closes the rest.
-pub(crate) async fn drain(mut connections: JoinSet<()>, what: &str) {
+/// Waits for `connections` to end, for at most `limit` ([`Limits::drain`]); then closes the
+/// rest.
+pub(crate) async fn drain(mut connections: JoinSet<()>, limit: std::time::Duration, what: &str) {
     if connections.is_empty() {
         return;
     }
-    let limit = Limits::DEFAULT.drain;
     tracing::info!(open = connections.len(), "draining {what}");
     let all_done = async { while connections.join_next().await.is_some() {} };
     if tokio::time::timeout(limit, all_done).await.is_err() {

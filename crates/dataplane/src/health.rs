@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use clusterlink_api::activity::Traffic;
 use clusterlink_api::{
@@ -29,9 +30,6 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{HEALTH_REQUEST, labels_of_health_response, read_head};
-
-/// The probe periods, timeout and counts (with their reasons) are in [`Limits`].
-const L: Limits = Limits::DEFAULT;
 
 const PEER_REACHABLE: ConditionType = ConditionType::PeerReachable;
 
@@ -109,14 +107,25 @@ impl PeerHealth {
 }
 
 /// Turns probe results into reachability with hysteresis, so one lost probe does not flap a peer.
-#[derive(Debug, Default)]
+/// The probe periods and counts, with their reasons, are in [`Limits`].
+#[derive(Debug)]
 struct Tracker {
+    limits: Limits,
     reachable: Option<bool>,
     successes: u32,
     failures: u32,
 }
 
 impl Tracker {
+    fn new(limits: Limits) -> Tracker {
+        Tracker {
+            limits,
+            reachable: None,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
     /// Records one probe; returns the new state when it changed.
     fn observe(&mut self, ok: bool) -> Option<bool> {
         if ok {
@@ -129,8 +138,8 @@ impl Tracker {
         let next = match self.reachable {
             // The first probe decides: a peer that is down at start must not wait for a streak.
             None => ok,
-            Some(true) => self.failures < L.failures_to_unreachable,
-            Some(false) => self.successes >= L.successes_to_reachable,
+            Some(true) => self.failures < self.limits.failures_to_unreachable,
+            Some(false) => self.successes >= self.limits.successes_to_reachable,
         };
         (self.reachable != Some(next)).then(|| {
             self.reachable = Some(next);
@@ -140,9 +149,9 @@ impl Tracker {
 
     fn interval(&self) -> Duration {
         if self.reachable == Some(false) {
-            L.probe_unreachable_every
+            self.limits.probe_unreachable_every
         } else {
-            L.probe_reachable_every
+            self.limits.probe_reachable_every
         }
     }
 }
@@ -159,6 +168,7 @@ pub(crate) async fn run_probers(
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     conditions: Arc<dyn RuntimeConditions>,
     metrics: Arc<Metrics>,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut probers: HashMap<String, Prober> = HashMap::new();
@@ -197,6 +207,7 @@ pub(crate) async fn run_probers(
                     health.clone(),
                     conditions.clone(),
                     metrics.clone(),
+                    limits,
                 ));
                 probers.insert(
                     name.clone(),
@@ -228,12 +239,13 @@ async fn probe_forever(
     health: PeerHealth,
     conditions: Arc<dyn RuntimeConditions>,
     metrics: Arc<Metrics>,
+    limits: Limits,
 ) {
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker::new(limits);
     let mut kept = KeptProbes::default();
     loop {
         let client = tls.borrow().client.clone();
-        let result = probe_any(&client, &name, &gateways, &mut kept).await;
+        let result = probe_any(&client, &name, &gateways, &mut kept, &limits).await;
         health.record_probe(
             &name,
             Some(result.as_ref().map(|a| a.took).map_err(Clone::clone)),
@@ -294,10 +306,15 @@ impl KeptProbes {
     /// The connection kept for `gateway`, if it is still good for a probe: opened with the
     /// current TLS configuration, younger than [`Limits::probe_connection_life`], and not closed
     /// by the other side since the last probe.
-    fn take(&mut self, gateway: &(String, u16), client: &Arc<ClientConfig>) -> Option<KeptProbe> {
+    fn take(
+        &mut self,
+        gateway: &(String, u16),
+        client: &Arc<ClientConfig>,
+        life: Duration,
+    ) -> Option<KeptProbe> {
         self.0.remove(gateway).filter(|k| {
             Arc::ptr_eq(&k.client, client)
-                && k.opened.elapsed() < L.probe_connection_life
+                && k.opened.elapsed() < life
                 && nothing_to_read(k.connection.get_ref().0)
         })
     }
@@ -318,23 +335,25 @@ async fn probe_any(
     peer: &str,
     gateways: &[(String, u16)],
     kept: &mut KeptProbes,
+    limits: &Limits,
 ) -> Result<ProbeAnswer, String> {
     let name = ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
     let mut probes = JoinSet::new();
+    let within = limits.probe_timeout;
     for gateway in gateways.iter().cloned() {
-        let warm = kept.take(&gateway, client);
+        let warm = kept.take(&gateway, client, limits.probe_connection_life);
         let (client, name) = (client.clone(), name.clone());
         probes.spawn(async move {
             let (host, port) = &gateway;
             let addr = format!("{host}:{port}");
             let started = Instant::now();
-            let probed = timeout(L.probe_timeout, probe(&client, name, host, *port, warm)).await;
+            let probed = timeout(within, probe(&client, name, host, *port, warm)).await;
             let took = started.elapsed();
             match probed {
                 Ok((Ok(labels), connection)) => (gateway, Ok((labels, took)), connection),
                 Ok((Err(e), _)) => (gateway, Err(format!("{addr}: {e}")), None),
                 Err(_) => {
-                    let e = format!("{addr}: no answer within {:?}", L.probe_timeout);
+                    let e = format!("{addr}: no answer within {within:?}");
                     (gateway, Err(e), None)
                 }
             }
@@ -427,9 +446,11 @@ async fn connect(
 mod tests {
     use super::*;
 
+    const L: Limits = Limits::DEFAULT;
+
     #[test]
     fn first_probe_decides_then_hysteresis() {
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(L);
         assert_eq!(t.observe(true), Some(true));
         assert_eq!(t.observe(false), None, "one lost probe does not flap");
         assert_eq!(t.observe(true), None);
@@ -441,7 +462,7 @@ mod tests {
         assert_eq!(t.observe(true), None);
         assert_eq!(t.observe(true), Some(true));
         assert_eq!(t.interval(), L.probe_reachable_every);
-        let mut down = Tracker::default();
+        let mut down = Tracker::new(L);
         assert_eq!(down.observe(false), Some(false));
     }
 

@@ -165,7 +165,7 @@ pub(crate) async fn serve(
     // No new connections; open tunnels finish (and are still revoked if access ends).
     drop(listener);
     reserving.abort();
-    drain(connections, "peer connections").await;
+    drain(connections, limits.drain, "peer connections").await;
     revalidator.abort();
 }
 

@@ -113,9 +113,9 @@ pub struct Limits {
     /// How long shutdown waits for in-flight management requests before dropping them.
     pub management_shutdown: Duration,
 
-    /// Replicas connected to the snapshot stream: a Deployment's replicas and their reconnects,
-    /// each from its own pod address; far fewer than one stranger would need to exhaust
-    /// descriptors.
+    /// Replicas connected to the snapshot stream: a Deployment's replicas and their reconnects;
+    /// far fewer than one stranger would need to exhaust descriptors. Per source network (a
+    /// node's pod range is often one /24): as many replicas as a node runs.
     pub replicas: Bounds,
     /// A snapshot larger than this is refused: a bound on what a broken or hostile peer can make
     /// the other side allocate, far above any real configuration.
@@ -144,8 +144,9 @@ pub struct Limits {
     /// misconfiguration causes are all there, and a peer refused a thousand times a second
     /// writes two lines a second, each saying how many it stands for (the metrics count all).
     pub problem_log: Rate,
-    /// Dry runs (`explain`, `check`) one peer may ask: a `check` of every import at once passes,
-    /// a peer enumerating export names is slowed to ten a second (and counted).
+    /// Dry runs (`explain`, `check`) one peer may ask: a `check` of hundreds of imports at once
+    /// passes, a peer enumerating export names is slowed to fifty a second (and counted). A dry
+    /// run tells no more than a real tunnel request would; unlike one, it costs no backend.
     pub dry_runs: Rate,
     /// Dry runs of one peer kept among the recent events (each says how many it stands for):
     /// enough for an operator to see who asks, not enough to push out the refusals.
@@ -199,7 +200,7 @@ impl Limits {
 
         replicas: Bounds {
             total: 256,
-            per_source: 8,
+            per_source: 64,
         },
         snapshot_bytes: 64 << 20,
         replica_reconnect_first: Duration::from_millis(200),
@@ -218,8 +219,8 @@ impl Limits {
             every: Duration::from_millis(500),
         },
         dry_runs: Rate {
-            burst: 100,
-            every: Duration::from_millis(100),
+            burst: 500,
+            every: Duration::from_millis(20),
         },
         dry_run_events: Rate {
             burst: 3,

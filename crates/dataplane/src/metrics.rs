@@ -10,7 +10,8 @@
 //! export or peer name a request carries is labelled only when it is configured.
 //! `docs/METRICS.md` describes every metric; a test keeps it in step with [`Metrics::encode`].
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

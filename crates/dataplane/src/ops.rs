@@ -9,7 +9,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use clusterlink_api::rest::{HEALTHZ_PATH, METRICS_PATH};
 use parking_lot::Mutex;

@@ -12,7 +12,8 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::limits::Limits;
 

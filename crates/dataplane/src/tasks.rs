@@ -59,6 +59,7 @@ impl DataPlane {
                 pool: Default::default(),
                 handshakes: tokio::sync::Semaphore::new(limits.handshakes_at_once),
                 metrics: config.metrics.clone(),
+                limits,
             },
             clients: config.clients.clone(),
             metrics: config.metrics.clone(),
@@ -115,6 +116,7 @@ impl DataPlane {
             snapshots.clone(),
             conditions.clone(),
             config.metrics.clone(),
+            config.limits,
             shutdown.clone(),
         ));
         tasks.spawn(ingress::serve(
@@ -205,5 +207,9 @@ pub async fn probe_peers(
     shutdown: watch::Receiver<bool>,
 ) {
     let health = PeerHealth::default();
-    health::run_probers(tls, health, snapshots, conditions, metrics, shutdown).await
+    let limits = Limits::DEFAULT;
+    health::run_probers(
+        tls, health, snapshots, conditions, metrics, limits, shutdown,
+    )
+    .await
 }

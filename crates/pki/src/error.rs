@@ -22,6 +22,10 @@ pub enum PkiError {
     },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    #[error(
+        "{key} is not the private key of {cert}: the two files come from different peers or different issues; use the pair `clusterlink create` wrote together"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]

@@ -64,11 +64,25 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Loads the files, and checks that the key is the certificate's: a mismatched pair fails
+    /// here, before a gateway binds or creates anything, not in its first handshake.
     pub fn load(files: &TlsFiles) -> Result<Credentials, PkiError> {
+        let chain = load_certs(&files.cert)?;
+        let key = load_key(&files.key)?;
+        match rustls::sign::CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()) {
+            Ok(_) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(PkiError::KeyMismatch {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                });
+            }
+            Err(e) => return Err(bad(&files.key, format!("not a usable private key: {e}"))),
+        }
         Ok(Credentials {
             roots: load_roots(&files.ca)?,
-            chain: load_certs(&files.cert)?,
-            key: Arc::new(load_key(&files.key)?),
+            chain,
+            key: Arc::new(key),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Test harness: real binaries, real certificates, listeners on port 0.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod hostile;
 pub mod manifests;
 pub mod sites;
 

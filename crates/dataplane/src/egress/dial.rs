@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clusterlink_pki::reload::GatewayTls;
 use rustls_pki_types::ServerName;
@@ -40,6 +41,8 @@ pub(crate) struct Dialer {
     /// the first answer. A burst beyond them waits for a place (or a connection coming back warm).
     pub handshakes: Semaphore,
     pub metrics: Arc<Metrics>,
+    /// Connect and handshake timeouts.
+    pub limits: Limits,
 }
 
 impl Dialer {
@@ -311,7 +314,13 @@ impl Dialer {
             if let Some(connection) = warm {
                 let ready = Instant::now();
                 let head = head_for(&connection);
-                match ask(connection, &first.with_request(&head)).await {
+                match ask(
+                    connection,
+                    &first.with_request(&head),
+                    self.limits.handshake,
+                )
+                .await
+                {
                     Ok(answer) => answered = Some((ready, answer)),
                     Err(error) if first.taken() > 0 => {
                         return Err(TunnelFailure::Interrupted {
@@ -335,7 +344,13 @@ impl Dialer {
                     };
                     let ready = Instant::now();
                     let head = head_for(&connection);
-                    match ask(connection, &first.with_request(&head)).await {
+                    match ask(
+                        connection,
+                        &first.with_request(&head),
+                        self.limits.handshake,
+                    )
+                    .await
+                    {
                         Ok(answer) => (ready, answer),
                         Err(error) if first.taken() > 0 => {
                             return Err(TunnelFailure::Interrupted {
@@ -411,11 +426,12 @@ impl Dialer {
         host: &str,
         port: u16,
     ) -> Result<(PeerConnection, SemaphorePermit<'_>), DialError> {
-        let place = timeout(Limits::DEFAULT.connect, self.handshakes.acquire())
+        let limits = &self.limits;
+        let place = timeout(limits.connect, self.handshakes.acquire())
             .await
-            .map_err(|_| DialError::Busy(Limits::DEFAULT.handshakes_at_once))?
+            .map_err(|_| DialError::Busy(limits.handshakes_at_once))?
             .map_err(|_| DialError::ShuttingDown)?;
-        let tcp = timeout(Limits::DEFAULT.connect, TcpStream::connect((host, port)))
+        let tcp = timeout(limits.connect, TcpStream::connect((host, port)))
             .await
             .map_err(|_| DialError::ConnectTimeout)?
             .map_err(DialError::Connect)?;
@@ -423,7 +439,7 @@ impl Dialer {
         // The configuration current now: rotated certificates apply to new connections.
         let connector = TlsConnector::from(self.tls.borrow().client.clone());
         let mut connection = timeout(
-            Limits::DEFAULT.handshake,
+            limits.handshake,
             connector.connect(name.clone(), ReadAhead::new(tcp)),
         )
         .await
@@ -441,13 +457,14 @@ impl Dialer {
 async fn ask(
     mut connection: PeerConnection,
     request: &[u8],
+    within: Duration,
 ) -> Result<(PeerConnection, Vec<u8>, Vec<u8>), DialError> {
     connection
         .write_all(request)
         .await
         .map_err(DialError::Send)?;
     connection.flush().await.map_err(DialError::Send)?;
-    let (head, rest) = timeout(Limits::DEFAULT.handshake, read_head(&mut connection))
+    let (head, rest) = timeout(within, read_head(&mut connection))
         .await
         .map_err(|_| DialError::NoAnswer)?
         .map_err(DialError::Read)?;

@@ -240,6 +240,7 @@ async fn accept_loop(listener: TcpListener, accepting: Accepting, me: Option<usi
     if closed {
         connections.shutdown().await;
     } else {
-        drain(connections, &format!("connections of import {key}")).await;
+        let limit = egress.limits.drain;
+        drain(connections, limit, &format!("connections of import {key}")).await;
     }
 }
