@@ -1365,3 +1365,43 @@ fn a_loopback_export_is_refused_before_any_connection_and_says_nothing_of_the_po
         "the gateway connected to the loopback service"
     );
 }
+
+#[test]
+fn an_authenticated_peer_cannot_hold_more_connections_than_its_share() {
+    let fabric = Fabric::new(&["server1", "client1", "client2"]);
+    // 10 tunnels per peer: with the idle connections its gateways may keep, 1,034 connections.
+    let server = fabric.start_with(
+        "server1",
+        &[
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+            "--max-tunnels-per-peer",
+            "10",
+        ],
+    );
+    server.apply(&format!(
+        "{}{}",
+        export("svc", Backend::start("server1").port),
+        allow_all("allow")
+    ));
+    clusterlink_dataplane::process::raise_open_file_limit();
+    // client1, played by hand, authenticates 1,100 connections and asks nothing on them.
+    let attacker = hostile::HandPlayedPeer::new(&fabric, "client1");
+    let held: Vec<_> = (0..1100)
+        .map(|_| attacker.connect(&server.peer_address, "server1"))
+        .collect();
+    let over = || {
+        metric(
+            &server,
+            "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"SourceLimit\"}",
+        )
+    };
+    assert!(eventually(CONVERGE, || over() >= 60.0), "{}", over());
+    // Another peer is served meanwhile.
+    let client = fabric.start("client2");
+    let port = import_from_server1(&client, &server, "svc");
+    assert!(eventually(CONVERGE, || exchange(port, b"hi") == served()));
+    drop(held);
+}

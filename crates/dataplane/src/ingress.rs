@@ -51,7 +51,8 @@ struct PeerPort {
     limits: Limits,
     /// The data path's descriptors: each connection holds one, and a tunnel's backend another.
     descriptors: Arc<Descriptors>,
-    /// Open tunnels per requesting peer and per export.
+    /// Authenticated connections per peer, and open tunnels per peer and per export.
+    peer_connections: TunnelCounts,
     peer_tunnels: TunnelCounts,
     export_tunnels: TunnelCounts,
     /// Dry runs per peer.
@@ -93,6 +94,7 @@ pub(crate) async fn serve(
     let port = Arc::new(PeerPort {
         limits,
         descriptors: config.descriptors,
+        peer_connections: TunnelCounts::new(limits.connections_per_peer()),
         peer_tunnels: TunnelCounts::new(limits.tunnels_per_peer),
         export_tunnels: TunnelCounts::new(limits.tunnels_per_export),
         dry_runs: RateLimited::new(limits.dry_runs),
@@ -274,38 +276,42 @@ async fn handle(
             return Err(unserved(Unserved::WrongIdentity, detail));
         }
     };
-    // Authenticated: no longer closed for a newcomer. Its first request comes right after the
-    // handshake; later ones whenever the peer has another tunnel to open.
-    admitted.proven();
-    let mut admitted = Some(admitted);
+    // Authenticated: from here the connection counts against its peer, not against strangers.
+    let Some(_counted) = port.peer_connections.enter(&peer) else {
+        let detail = format!(
+            "peer {peer} holds {} connections here, as many as one peer may",
+            port.peer_connections.limit()
+        );
+        return Err(unserved(Unserved::SourceLimit, detail));
+    };
+    // Its first request comes right after the handshake, by the admission's deadline; later
+    // ones whenever the peer has another tunnel to open.
+    let mut first = Some(admitted.deadline());
+    drop(admitted);
     let mut stopping = port.shutdown.clone();
     loop {
-        let waiting = admitted.is_none().then(|| port.metrics.idle(Side::Ingress));
-        let deadline = admitted.as_ref().map_or_else(
-            || Instant::now() + port.limits.between_tunnels,
-            Admitted::deadline,
-        );
+        let waiting = first.is_none().then(|| port.metrics.idle(Side::Ingress));
+        let deadline = first.unwrap_or_else(|| Instant::now() + port.limits.between_tunnels);
         let read = tokio::select! {
             read = timeout_at(deadline, read_head(&mut tls)) => read,
             // Between tunnels at shutdown: the peer opens its next tunnel elsewhere.
-            _ = stopping.wait_for(|stop| *stop), if admitted.is_none() => return Ok(()),
+            _ = stopping.wait_for(|stop| *stop), if first.is_none() => return Ok(()),
         };
         drop(waiting);
         let (head, leftover) = match read {
             Ok(read) => read?,
-            Err(_) if admitted.is_none() => return Ok(()),
+            Err(_) if first.is_none() => return Ok(()),
             Err(_) => {
                 let detail = "authenticated, but no request came in time".into();
                 return Err(unserved(Unserved::HandshakeTimeout, detail));
             }
         };
-        if admitted.is_none() && credentials.has_changed().unwrap_or(true) {
+        if first.is_none() && credentials.has_changed().unwrap_or(true) {
             // Authenticated under certificates since replaced (a rotation, or a move to another
             // fabric): later tunnels need a new handshake.
             return Ok(());
         }
-        // Authenticated, and its request read: no longer counted against strangers.
-        admitted = None;
+        first = None;
         let served = serve_request(&mut tls, &head, leftover, &peer, port).await?;
         if served == Served::Close {
             return Ok(());
@@ -332,6 +338,7 @@ async fn serve_request(
     let PeerPort {
         limits,
         descriptors,
+        peer_connections: _,
         peer_tunnels,
         export_tunnels,
         dry_runs,

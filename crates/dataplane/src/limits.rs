@@ -250,6 +250,14 @@ const _: () = {
     );
 };
 
+impl Limits {
+    /// Authenticated connections one peer may hold on the peer port: one per tunnel, and those
+    /// each of its gateways (up to 16: replicas, a Deployment) keeps idle for its next tunnels.
+    pub fn connections_per_peer(&self) -> usize {
+        self.tunnels_per_peer + 16 * self.pool_idle_per_gateway
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits::DEFAULT

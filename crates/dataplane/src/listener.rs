@@ -396,11 +396,6 @@ impl Admitted {
         self.place.shed.notified().await
     }
 
-    /// The connection has proven itself: it is no longer closed for a newcomer.
-    pub fn proven(&self) {
-        self.place.show(Shown::Proof);
-    }
-
     /// Waits for `stream`'s first byte (or its end), by the deadline and unless shed: why not,
     /// or none when it was shed (then counted already).
     pub async fn first_bytes(&self, stream: &TcpStream) -> Result<(), Option<Unserved>> {
@@ -531,7 +526,7 @@ mod tests {
         let held: Vec<_> = (1..=2)
             .map(|i| a.admit(addr(&format!("10.0.{i}.1"))).unwrap())
             .collect();
-        held[0].proven();
+        held[0].standing().proven();
         let _busy = held[1].standing().busy();
         assert!(a.admit(addr("10.9.9.9")).is_none());
         assert_eq!(unserved(&a, "ListenerLimit"), 1);
