@@ -2,8 +2,8 @@
 //! which may pass on what other peers sent: a control character there would clear the screen,
 //! retitle the window or forge a line of output. As kubectl does, every such character is
 //! written as an escape, except the line breaks and tabs of gwctl's own layout. The escape is
-//! `\uXXXX`, which JSON and YAML strings read as the same character, so `-o json` and `-o yaml`
-//! stay valid and mean what the gateway sent.
+//! `\uXXXX`, which a JSON string reads as the same character, so `-o json` stays valid and
+//! means what the gateway sent. YAML is escaped only on a terminal (see [`yaml`]).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -26,6 +26,17 @@ pub fn safe(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// YAML as it should reach stdout: [safe](safe) on a terminal; exact when piped (into
+/// `gwctl apply`, say), since a YAML plain scalar would read an escape as text.
+pub fn yaml(text: &str) -> Cow<'_, str> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        safe(text)
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// `print!`, made [safe](safe) for a terminal.

@@ -659,8 +659,9 @@ fn a_full_disk_fails_writes_only_until_space_is_freed() {
     );
 }
 
-/// A stranger who keeps `keep` silent connections open to `target` from `sources`, opening new
-/// ones (at most `per_second`) as the gateway closes them, until dropped.
+/// A stranger who keeps `keep` connections open to `target` from `sources`, opening new ones (at
+/// most `per_second`) as the gateway closes them, until dropped. Half say nothing; half send the
+/// first byte of a TLS handshake and nothing more.
 struct Flood {
     stop: Arc<AtomicBool>,
     opened: Arc<AtomicUsize>,
@@ -683,7 +684,10 @@ impl Flood {
                         let source = &sources[next % sources.len()];
                         next += 1;
                         budget -= 1;
-                        if let Ok(s) = hostile::silent_connection(source, target) {
+                        if let Ok(mut s) = hostile::silent_connection(source, target) {
+                            if next % 2 == 0 {
+                                let _ = s.write_all(b"\x16");
+                            }
                             held.push(s);
                             opened.fetch_add(1, Ordering::Relaxed);
                         }
@@ -721,8 +725,9 @@ fn strangers_on_many_networks_and_on_the_peers_own_address_never_keep_a_configur
     let backend = Backend::start("server1").port;
     server.apply(&format!("{}{}", export("svc", backend), allow_all("allow")));
     clusterlink_dataplane::process::raise_open_file_limit();
-    // 3,000 silent sockets from 32 networks and from the peer's own address (an attacker behind
-    // the same NAT), reopened as the gateway closes them.
+    let started = std::time::Instant::now();
+    // 3,000 sockets from 32 networks and from the peer's own address (an attacker behind the
+    // same NAT), reopened as the gateway closes them.
     let mut sources = hostile::networks(32);
     sources.push("127.0.0.1".into());
     let target: SocketAddr = server.peer_address.parse().unwrap();
@@ -735,6 +740,8 @@ fn strangers_on_many_networks_and_on_the_peers_own_address_never_keep_a_configur
     // A gateway that starts now has no warm connection: its probes and its first tunnels need
     // handshakes on the flooded port.
     let client = fabric.start("client1");
+    // server1 knows client1's gateway: its address has places the strangers cannot take.
+    server.apply(&peer("client1", &client));
     let port = import_from_server1(&client, &server, "svc");
     assert!(eventually(UNDER_ATTACK, || reachable(&client, "server1") == "True"));
     let mut took = Vec::new();
@@ -765,26 +772,27 @@ fn strangers_on_many_networks_and_on_the_peers_own_address_never_keep_a_configur
         took[took.len() - 1]
     );
     assert!(took[took.len() - 1] < UNDER_ATTACK, "{took:?}");
-    // The peer was never taken for unreachable, and the strangers were closed to make room.
+    // The peer was never taken for unreachable, and the strangers were closed: to make room,
+    // or at their (shortened) deadline.
     assert!(
         !client.log().contains("peer unreachable"),
         "{}",
         client.log()
     );
-    let shed = metric(
+    let closed = metric_with(
         &server,
-        "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"ListenerLimit\"}",
-    ) + metric(
-        &server,
-        "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"SourceLimit\"}",
+        "clusterlink_connections_unserved_total",
+        &[("listener", "peer")],
     );
-    assert!(shed >= 1000.0, "{shed}");
+    assert!(closed >= 1000.0, "{closed}");
     let lines = server
         .log()
         .lines()
         .filter(|l| l.contains("connection closed unserved"))
         .count();
-    assert!(lines <= 10, "{lines} log lines:\n{}", server.log());
+    // At most one line per 10 s for each of the reasons a flood meets.
+    let allowed = 4 * (started.elapsed().as_secs() / 10 + 1) as usize;
+    assert!(lines <= allowed, "{lines} log lines:\n{}", server.log());
     drop(flood);
 }
 
@@ -1047,7 +1055,11 @@ fn a_peer_cannot_flood_the_log_and_dry_runs_are_counted_limited_and_sampled() {
         lines.len()
     );
     assert!(lines.iter().all(|l| l.len() < 2048), "a line too long");
-    assert!(lines.iter().any(|l| l.contains("suppressed=")), "{log}");
+    if lines.len() < 400 {
+        // Lines that were left out are counted in the next one.
+        let counted = |l: &&&str| l.contains("suppressed=") && !l.contains("suppressed=0");
+        assert!(lines.iter().any(|l| counted(&l)), "{log}");
+    }
 
     // Dry runs asking for export names one by one: each counted, the excess refused, and a
     // few of them shown.
@@ -1090,7 +1102,12 @@ fn a_peer_cannot_flood_the_log_and_dry_runs_are_counted_limited_and_sampled() {
         .iter()
         .filter(|e| e["outcome"] == "DryRun")
         .collect();
-    assert!(!samples.is_empty() && samples.len() <= 4, "{samples:?}");
+    // A burst of three, then one every 10 s.
+    let allowed = 3 + (started.elapsed().as_secs() / 10) as usize + 1;
+    assert!(
+        !samples.is_empty() && samples.len() <= allowed,
+        "{samples:?}"
+    );
     assert!(
         server.log().contains("dry run answered"),
         "{}",
@@ -1184,6 +1201,12 @@ fn a_gateway_restarts_for_its_memory_copies_once_and_never_with_file_capabilitie
     }
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
+    let mount = rustix::fs::statvfs(dir.path()).unwrap();
+    if mount.f_flag.contains(rustix::fs::StatVfsMountFlags::NOSUID) {
+        // File capabilities are ignored there: nothing to test on this machine.
+        eprintln!("SKIPPED: {} is on a nosuid mount", dir.path().display());
+        return;
+    }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let gateway = dir.path().join("cl-gateway");
     std::fs::copy(CL_GATEWAY, &gateway).unwrap();
@@ -1395,7 +1418,7 @@ fn an_authenticated_peer_cannot_hold_more_connections_than_its_share() {
     let over = || {
         metric(
             &server,
-            "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"SourceLimit\"}",
+            "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"PeerLimit\"}",
         )
     };
     assert!(eventually(CONVERGE, || over() >= 60.0), "{}", over());

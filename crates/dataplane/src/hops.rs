@@ -18,9 +18,10 @@
 //! from this host while a backend connection to it is still being made waits, briefly, for that
 //! connection to be recorded or to fail, rather than guess.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -37,8 +38,9 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 pub(crate) struct RelayedConnections {
     /// Connected backend connections and the hop counts of their tunnels.
     hops_by_ends: Mutex<HashMap<Ends, u8>>,
-    /// Backend connections still connecting, by destination: how many.
-    dialing: Mutex<HashMap<SocketAddr, usize>>,
+    /// Backend connections still connecting, by destination: each by a number of its own.
+    dialing: Mutex<HashMap<SocketAddr, BTreeSet<u64>>>,
+    next_dial: AtomicU64,
     /// Told whenever a connection stops being "still connecting".
     settled: Notify,
 }
@@ -48,10 +50,12 @@ impl RelayedConnections {
     /// (once [`RelayedConnections::record`] took over).
     pub fn dialing(self: &Arc<Self>, to: SocketAddr) -> Dialing {
         let to = canonical(to);
-        *self.dialing.lock().entry(to).or_default() += 1;
+        let number = self.next_dial.fetch_add(1, Ordering::Relaxed);
+        self.dialing.lock().entry(to).or_default().insert(number);
         Dialing {
             connections: self.clone(),
             to,
+            number,
         }
     }
 
@@ -75,12 +79,18 @@ impl RelayedConnections {
 
     /// The hop count a client connection from `remote` to this gateway's `local` address starts
     /// with: one more than the tunnel whose backend connection it is, or 0. A connection from
-    /// this host to an address a backend connection is still being made to waits (at most
-    /// `patience`) until it is known whether that is this one.
+    /// this host to an address backend connections are still being made to waits (at most
+    /// `patience`) until those, and only those, are recorded or failed: one of them may be this
+    /// one, and a stream of later dials cannot keep it waiting.
     pub async fn hops_from(&self, remote: SocketAddr, local: SocketAddr, patience: Duration) -> u8 {
         let (remote, local) = (canonical(remote), canonical(local));
         // Only a connection from this host can be one of its backend connections.
         let from_this_host = remote.ip() == local.ip() || remote.ip().is_loopback();
+        let in_flight = if from_this_host {
+            self.dialing.lock().get(&local).cloned().unwrap_or_default()
+        } else {
+            BTreeSet::new()
+        };
         let known = async {
             loop {
                 let settled = self.settled.notified();
@@ -89,7 +99,12 @@ impl RelayedConnections {
                 if let Some(hops) = self.hops_of(remote, local) {
                     return Some(hops);
                 }
-                if !from_this_host || !self.dialing.lock().contains_key(&local) {
+                let pending = self
+                    .dialing
+                    .lock()
+                    .get(&local)
+                    .is_some_and(|now| now.iter().any(|n| in_flight.contains(n)));
+                if !pending {
                     return None;
                 }
                 settled.await;
@@ -119,15 +134,16 @@ impl Drop for Relayed {
 pub(crate) struct Dialing {
     connections: Arc<RelayedConnections>,
     to: SocketAddr,
+    number: u64,
 }
 
 impl Drop for Dialing {
     fn drop(&mut self) {
         {
             let mut dialing = self.connections.dialing.lock();
-            if let Some(count) = dialing.get_mut(&self.to) {
-                *count -= 1;
-                if *count == 0 {
+            if let Some(numbers) = dialing.get_mut(&self.to) {
+                numbers.remove(&self.number);
+                if numbers.is_empty() {
                     dialing.remove(&self.to);
                 }
             }
@@ -195,10 +211,23 @@ mod tests {
         assert_eq!(asked.await.unwrap(), 3);
         // Another connection accepted while a dial is pending is not that dial's, once it
         // settles elsewhere; and no one waits longer than its patience.
-        let _pending = relayed.dialing(import);
+        let pending = relayed.dialing(import);
         let started = tokio::time::Instant::now();
         assert_eq!(relayed.hops_from(addr(40001), import, PATIENCE).await, 0);
         assert_eq!(started.elapsed(), PATIENCE);
+        // Dials that start after a connection was accepted never keep it waiting.
+        drop(pending);
+        let first = relayed.dialing(import);
+        let asked = tokio::spawn({
+            let relayed = relayed.clone();
+            async move { relayed.hops_from(addr(40002), import, PATIENCE).await }
+        });
+        tokio::task::yield_now().await;
+        let _later = relayed.dialing(import);
+        let started = tokio::time::Instant::now();
+        drop(first);
+        assert_eq!(asked.await.unwrap(), 0);
+        assert_eq!(started.elapsed(), Duration::ZERO);
         // A stranger's connection never waits.
         let stranger = SocketAddr::from(([10, 0, 0, 9], 40001));
         let started = tokio::time::Instant::now();

@@ -22,7 +22,7 @@ use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::tls::PEER_ALPN;
 
 use crate::backend_addresses::BackendAddresses;
-use crate::capacity::{Descriptors, HeldDescriptors, TunnelCounts};
+use crate::capacity::{Descriptors, HeldDescriptors, ServedTunnels, Shares, TunnelCounts};
 use crate::connections::{drain, tune_socket};
 use crate::hops::{Relayed, RelayedConnections};
 use crate::limits::Limits;
@@ -47,14 +47,15 @@ use crate::workers::serve_on_worker;
 
 /// What every peer connection shares.
 struct PeerPort {
+    /// Who may wait for a handshake, and for how long.
+    admission: Arc<Admission>,
     /// Bounds and timeouts, with their reasons.
     limits: Limits,
     /// The data path's descriptors: each connection holds one, and a tunnel's backend another.
     descriptors: Arc<Descriptors>,
     /// Authenticated connections per peer, and open tunnels per peer and per export.
     peer_connections: TunnelCounts,
-    peer_tunnels: TunnelCounts,
-    export_tunnels: TunnelCounts,
+    served: ServedTunnels,
     /// Dry runs per peer.
     dry_runs: RateLimited<String>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -91,12 +92,22 @@ pub(crate) async fn serve(
 ) {
     let limits = config.limits;
     let mut connections = JoinSet::new();
+    let admission = Arc::new(
+        Admission::new(
+            Listener::Peer,
+            limits.unauthenticated,
+            &limits,
+            config.metrics.clone(),
+        )
+        .with_reserved(limits.unauthenticated_from_peers),
+    );
+    let shares = Shares::new(&limits, &config.descriptors);
     let port = Arc::new(PeerPort {
+        admission: admission.clone(),
         limits,
         descriptors: config.descriptors,
-        peer_connections: TunnelCounts::new(limits.connections_per_peer()),
-        peer_tunnels: TunnelCounts::new(limits.tunnels_per_peer),
-        export_tunnels: TunnelCounts::new(limits.tunnels_per_export),
+        peer_connections: TunnelCounts::new(shares.connections_per_peer),
+        served: ServedTunnels::new(&shares),
         dry_runs: RateLimited::new(limits.dry_runs),
         snapshots: snapshots.clone(),
         metrics: config.metrics.clone(),
@@ -107,15 +118,6 @@ pub(crate) async fn serve(
         addresses: BackendAddresses::default(),
         shutdown: shutdown.clone(),
     });
-    let admission = Arc::new(
-        Admission::new(
-            Listener::Peer,
-            limits.unauthenticated,
-            &limits,
-            config.metrics,
-        )
-        .with_reserved(limits.unauthenticated_from_peers),
-    );
     let revalidator = tokio::spawn({
         let (port, mut snapshots) = (port.clone(), snapshots.clone());
         async move {
@@ -171,9 +173,13 @@ pub(crate) async fn serve(
     revalidator.abort();
 }
 
+/// How often gateway names are looked up again for the reserved places: DNS answers move.
+const GATEWAY_NAMES_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Keeps the peer port's reserved places for the addresses of every configured peer's gateways,
 /// in step with the snapshots: addresses as given, and names as they resolve (a name that does
-/// not resolve reserves nothing; connections from it compete with strangers).
+/// not resolve reserves nothing; connections from it compete with strangers, unless its gateway
+/// has authenticated from there: [`Admission::seen_at`]).
 async fn reserve_for_gateways(
     admission: Arc<Admission>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -195,8 +201,9 @@ async fn reserve_for_gateways(
             }
         }
         admission.reserve_for(addresses);
-        if snapshots.changed().await.is_err() {
-            return;
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(GATEWAY_NAMES_REFRESH) => {}
         }
     }
 }
@@ -276,13 +283,17 @@ async fn handle(
             return Err(unserved(Unserved::WrongIdentity, detail));
         }
     };
+    // A configured peer's gateway: its address keeps the reserved places for a while.
+    if port.snapshots.borrow().peers.contains_key(&peer) {
+        port.admission.seen_at(remote.ip());
+    }
     // Authenticated: from here the connection counts against its peer, not against strangers.
     let Some(_counted) = port.peer_connections.enter(&peer) else {
         let detail = format!(
             "peer {peer} holds {} connections here, as many as one peer may",
             port.peer_connections.limit()
         );
-        return Err(unserved(Unserved::SourceLimit, detail));
+        return Err(unserved(Unserved::PeerLimit, detail));
     };
     // Its first request comes right after the handshake, by the admission's deadline; later
     // ones whenever the peer has another tunnel to open.
@@ -336,11 +347,11 @@ async fn serve_request(
     port: &PeerPort,
 ) -> Result<Served, PeerConnectionError> {
     let PeerPort {
+        admission: _,
         limits,
         descriptors,
         peer_connections: _,
-        peer_tunnels,
-        export_tunnels,
+        served,
         dry_runs,
         snapshots,
         metrics,
@@ -458,21 +469,9 @@ async fn serve_request(
         message: format!("{what}; try again later"),
         policy: None,
     };
-    let Some(_peer_slot) = peer_tunnels.enter(peer) else {
-        let what = format!(
-            "peer {peer} holds {} tunnels through {}, as many as one peer may",
-            peer_tunnels.limit(),
-            snapshot.local_peer
-        );
-        return refuse(tls, metrics, &tunnel, at_limit(what)).await;
-    };
-    let Some(_export_slot) = export_tunnels.enter(&tunnel.export) else {
-        let what = format!(
-            "export {} carries {} tunnels, as many as one export may",
-            request.export,
-            export_tunnels.limit()
-        );
-        return refuse(tls, metrics, &tunnel, at_limit(what)).await;
+    let _slots = match served.enter(peer, &tunnel.export) {
+        Ok(slots) => slots,
+        Err(full) => return refuse(tls, metrics, &tunnel, at_limit(full)).await,
     };
     let Some(_backend_descriptor) = descriptors.take(1) else {
         let what = format!(

@@ -49,6 +49,10 @@ pub struct Limits {
     /// The same, apart, for connections from the addresses of configured peers' gateways: the
     /// strangers' places never crowd them out. Several gateways of a site may share an address.
     pub unauthenticated_from_peers: Bounds,
+    /// A configured peer's gateway that authenticated from an address keeps the reserved places
+    /// there this long: across its reconnects, not long enough for a reassigned address to
+    /// carry them to a stranger for good.
+    pub peer_source_remembered: Duration,
     /// A listener more than half full gives new connections less time to prove themselves (the
     /// TLS handshake and first request, or a first byte), down to this when it is full: a
     /// gateway's handshake takes milliseconds, a stranger's silence costs a place.
@@ -58,7 +62,7 @@ pub struct Limits {
     /// between gateways that no hop count sees collapses long before descriptors run out.
     pub tunnels_per_peer: usize,
     /// Tunnels one export carries at once, from every peer: one export in a loop, or one flooded,
-    /// leaves room for the others.
+    /// leaves room for the others. One peer gets at most half of them (`capacity::Shares`).
     pub tunnels_per_export: usize,
     /// Descriptors the data path leaves to what must answer when it is at its limit: the
     /// management API, the operations endpoint, the snapshot stream, peer probes, files and logs.
@@ -170,6 +174,7 @@ impl Limits {
             total: 256,
             per_source: 64,
         },
+        peer_source_remembered: Duration::from_secs(10 * 60),
         handshake_under_pressure: Duration::from_secs(2),
         tunnels_per_peer: 4096,
         tunnels_per_export: 4096,
@@ -249,14 +254,6 @@ const _: () = {
         "a handshake fast enough for a probe must fit the shortest deadline with room to spare"
     );
 };
-
-impl Limits {
-    /// Authenticated connections one peer may hold on the peer port: one per tunnel, and those
-    /// each of its gateways (up to 16: replicas, a Deployment) keeps idle for its next tunnels.
-    pub fn connections_per_peer(&self) -> usize {
-        self.tunnels_per_peer + 16 * self.pool_idle_per_gateway
-    }
-}
 
 impl Default for Limits {
     fn default() -> Limits {

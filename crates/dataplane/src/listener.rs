@@ -21,7 +21,7 @@
 //! Every connection closed unserved is counted and logged (with a rate limit) by
 //! [`Metrics::unserved`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -177,12 +177,12 @@ struct Entry {
     place: Arc<Place>,
 }
 
-/// The admitted connections of one kind of source, oldest first.
+/// The admitted connections of one kind of source, and each network's, oldest first.
 struct Pool {
     bounds: Bounds,
     next: u64,
-    open: BTreeMap<u64, Entry>,
-    per_network: HashMap<SourceNetwork, usize>,
+    open: HashMap<u64, Entry>,
+    networks: HashMap<SourceNetwork, BTreeSet<u64>>,
 }
 
 impl Pool {
@@ -190,52 +190,79 @@ impl Pool {
         Pool {
             bounds,
             next: 0,
-            open: BTreeMap::new(),
-            per_network: HashMap::new(),
+            open: HashMap::new(),
+            networks: HashMap::new(),
         }
+    }
+
+    fn insert(&mut self, entry: Entry) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.networks.entry(entry.network).or_default().insert(id);
+        self.open.insert(id, entry);
+        id
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.open.remove(&id)?;
-        if let Some(count) = self.per_network.get_mut(&entry.network) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_network.remove(&entry.network);
+        if let Some(ids) = self.networks.get_mut(&entry.network) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.networks.remove(&entry.network);
             }
         }
         Some(entry)
     }
 
-    /// The connection to close first for a newcomer (of `network` only, if given): the oldest
-    /// that has sent nothing, else the oldest that has not proven itself.
-    fn first_to_shed(&self, network: Option<SourceNetwork>) -> Option<u64> {
-        let candidates = || {
-            self.open
-                .iter()
-                .filter(move |(_, e)| network.is_none_or(|n| e.network == n))
-        };
+    /// The oldest connection of `ids` that may be closed in `order`'s turn.
+    fn oldest(&self, ids: &BTreeSet<u64>, order: Shown) -> Option<u64> {
+        ids.iter()
+            .copied()
+            .find(|id| self.open.get(id).and_then(|e| e.place.shed_order()) == Some(order))
+    }
+
+    /// The connection of `network` to close first for a newcomer of its own: the oldest that
+    /// has sent nothing, else the oldest that has not proven itself.
+    fn first_to_shed_in(&self, network: SourceNetwork) -> Option<u64> {
+        let ids = self.networks.get(&network)?;
+        [Shown::Nothing, Shown::Something]
+            .into_iter()
+            .find_map(|order| self.oldest(ids, order))
+    }
+
+    /// The connection to close first for a newcomer when the pool is full: one that has sent
+    /// nothing if any network holds one, else one that has not proven itself; of the network
+    /// that holds the most places, its oldest. A lone connection of a quiet network goes last,
+    /// however many networks an attacker spreads over.
+    fn first_to_shed(&self) -> Option<u64> {
         [Shown::Nothing, Shown::Something]
             .into_iter()
             .find_map(|order| {
-                candidates()
-                    .find(|(_, e)| e.place.shed_order() == Some(order))
-                    .map(|(id, _)| *id)
+                self.networks
+                    .values()
+                    .filter_map(|ids| {
+                        let id = self.oldest(ids, order)?;
+                        Some((ids.len(), std::cmp::Reverse(id)))
+                    })
+                    .max()
+                    .map(|(_, std::cmp::Reverse(id))| id)
             })
     }
 
     /// Makes room for a connection from `network`, closing at most one other: the one closed,
     /// with why, or why the newcomer is refused.
     fn make_room(&mut self, network: SourceNetwork) -> Result<Option<(Entry, Unserved)>, Unserved> {
-        let from_network = self.per_network.get(&network).copied().unwrap_or(0);
-        let (scope, why) = if from_network >= self.bounds.per_source {
-            (Some(network), Unserved::SourceLimit)
+        let from_network = self.networks.get(&network).map_or(0, BTreeSet::len);
+        let (id, why) = if from_network >= self.bounds.per_source {
+            let why = Unserved::SourceLimit;
+            (self.first_to_shed_in(network).ok_or(why)?, why)
         } else if self.open.len() >= self.bounds.total {
-            (None, Unserved::ListenerLimit)
+            let why = Unserved::ListenerLimit;
+            (self.first_to_shed().ok_or(why)?, why)
         } else {
             return Ok(None);
         };
         // Closing one of the network's own also frees a place in the total.
-        let id = self.first_to_shed(scope).ok_or(why)?;
         Ok(self.remove(id).map(|entry| (entry, why)))
     }
 }
@@ -247,10 +274,16 @@ pub struct Admission {
     under_pressure: Duration,
     metrics: Arc<Metrics>,
     strangers: Arc<Mutex<Pool>>,
-    /// Places kept apart for `reserved_for` (the peer port's configured gateways).
+    /// Places kept apart for `reserved_for` (the peer port's configured gateways) and the
+    /// addresses they were `seen` authenticating from.
     reserved: Option<Arc<Mutex<Pool>>>,
     reserved_for: RwLock<Arc<HashSet<IpAddr>>>,
+    seen: Mutex<HashMap<IpAddr, Instant>>,
+    seen_for: Duration,
 }
+
+/// Addresses a configured gateway was seen at, kept at once: more than a fabric's gateways.
+const MAX_SEEN: usize = 1024;
 
 impl Admission {
     pub fn new(kind: Listener, bounds: Bounds, limits: &Limits, metrics: Arc<Metrics>) -> Self {
@@ -262,6 +295,8 @@ impl Admission {
             strangers: Arc::new(Mutex::new(Pool::new(bounds))),
             reserved: None,
             reserved_for: RwLock::default(),
+            seen: Mutex::default(),
+            seen_for: limits.peer_source_remembered,
         }
     }
 
@@ -277,13 +312,36 @@ impl Admission {
         *self.reserved_for.write() = Arc::new(addresses);
     }
 
+    /// A configured peer's gateway authenticated from `ip`: its later connections from there
+    /// take the reserved places for a while, though its Peer object lists another address (it
+    /// is behind a NAT, or a cluster's pods connect from their own addresses).
+    pub fn seen_at(&self, ip: IpAddr) {
+        let mut seen = self.seen.lock();
+        if seen.len() >= MAX_SEEN && !seen.contains_key(&ip) {
+            let oldest = seen.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip);
+            if let Some(oldest) = oldest {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert(ip.to_canonical(), Instant::now());
+    }
+
+    fn is_reserved(&self, ip: IpAddr) -> bool {
+        self.reserved_for.read().contains(&ip)
+            || self
+                .seen
+                .lock()
+                .get(&ip)
+                .is_some_and(|at| at.elapsed() < self.seen_for)
+    }
+
     /// A place for a new connection from `remote`, made by closing another if need be; none
     /// (the newcomer is counted and should be closed) when every place is held by connections
     /// that proved themselves.
     pub fn admit(&self, remote: SocketAddr) -> Option<Admitted> {
         let ip = remote.ip().to_canonical();
         let pool = match &self.reserved {
-            Some(reserved) if self.reserved_for.read().contains(&ip) => reserved,
+            Some(reserved) if self.is_reserved(ip) => reserved,
             _ => &self.strangers,
         };
         let network = SourceNetwork::from(ip);
@@ -306,17 +364,11 @@ impl Admission {
                 busy: AtomicUsize::new(0),
                 shed: Notify::new(),
             });
-            let id = open.next;
-            open.next += 1;
-            open.open.insert(
-                id,
-                Entry {
-                    network,
-                    remote,
-                    place: place.clone(),
-                },
-            );
-            *open.per_network.entry(network).or_default() += 1;
+            let id = open.insert(Entry {
+                network,
+                remote,
+                place: place.clone(),
+            });
             let deadline = Instant::now() + self.deadline(open.open.len(), open.bounds.total);
             let admitted = Admitted {
                 pool: pool.clone(),
@@ -537,18 +589,59 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_listener_closes_the_oldest_silent_connection_of_any_network() {
-        let a = admission(3, 3);
-        let old = a.admit(addr("10.0.1.1")).unwrap();
+    async fn a_full_listener_closes_a_silent_connection_of_the_network_holding_the_most() {
+        let a = admission(4, 4);
+        let lone = a.admit(addr("10.0.1.1")).unwrap();
         let talking = a.admit(addr("10.0.2.1")).unwrap();
         talking.place.show(Shown::Something);
-        let _young = a.admit(addr("10.0.3.1")).unwrap();
+        let crowd_old = a.admit(addr("10.0.3.1")).unwrap();
+        let crowd_young = a.admit(addr("10.0.3.2")).unwrap();
         let _new = a.admit(addr("10.0.4.1")).unwrap();
-        assert!(is_shed(&old) && !is_shed(&talking));
+        // Silent ones go first, and of them the crowded network's oldest, though the lone one
+        // is older still.
+        assert!(is_shed(&crowd_old));
+        assert!(!is_shed(&lone) && !is_shed(&talking) && !is_shed(&crowd_young));
         assert_eq!(unserved(&a, "ListenerLimit"), 1);
         // A shed connection's place is gone at once: dropping its ticket frees nothing twice.
-        drop(old);
-        assert_eq!(a.strangers.lock().open.len(), 3);
+        drop(crowd_old);
+        assert_eq!(a.strangers.lock().open.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn one_byte_per_connection_from_many_networks_never_closes_a_lone_handshake() {
+        let a = admission(64, 8);
+        // A peer's handshake under way, the only connection of its network.
+        let peer = a.admit(addr("192.0.2.10")).unwrap();
+        peer.place.show(Shown::Something);
+        // An attacker on 32 networks fills the listener with connections that each sent a
+        // byte, and keeps opening more.
+        let mut held = Vec::new();
+        for round in 0..10 {
+            for n in 0..32 {
+                let conn = a.admit(addr(&format!("10.{n}.0.{}", round + 1))).unwrap();
+                conn.place.show(Shown::Something);
+                held.push(conn);
+            }
+        }
+        assert!(!is_shed(&peer), "a lone handshake was closed for a crowd");
+        assert!(unserved(&a, "ListenerLimit") > 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_configured_gateway_seen_at_another_address_keeps_its_places_there_for_a_while() {
+        let a = admission(2, 2).with_reserved(Bounds {
+            total: 2,
+            per_source: 2,
+        });
+        let nat: IpAddr = "198.51.100.7".parse().unwrap();
+        a.seen_at(nat);
+        let peer = a.admit(SocketAddr::new(nat, 1)).unwrap();
+        let _strangers: Vec<_> = (0..10)
+            .filter_map(|i| a.admit(addr(&format!("10.{i}.0.1"))))
+            .collect();
+        assert!(!is_shed(&peer));
+        tokio::time::advance(L.peer_source_remembered).await;
+        assert!(!a.is_reserved(nat), "remembered forever");
     }
 
     #[tokio::test]

@@ -188,6 +188,8 @@ pub enum Unserved {
     WrongIdentity,
     /// Nothing was sent or received for longer than the listener waits.
     Idle,
+    /// Authenticated, but its peer holds as many connections as one peer may.
+    PeerLimit,
 }
 
 impl Unserved {
@@ -199,6 +201,7 @@ impl Unserved {
             Unserved::HandshakeTimeout => "HandshakeTimeout",
             Unserved::WrongIdentity => "WrongIdentity",
             Unserved::Idle => "Idle",
+            Unserved::PeerLimit => "PeerLimit",
         }
     }
 }

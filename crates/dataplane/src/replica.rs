@@ -84,6 +84,17 @@ pub enum StreamError {
     Invalid(#[from] FieldErrors),
 }
 
+/// `object` as the stream carries it: without the versions the control plane keeps (the API
+/// server's), which a replica has no use for, so replicas of the previous release, which do not
+/// know them, go on reading the stream during a rolling upgrade.
+fn without_versions(object: &Object) -> Object {
+    let mut object = object.clone();
+    let meta = object.metadata_mut();
+    meta.resource_version = None;
+    meta.generation = None;
+    object
+}
+
 impl StreamError {
     /// How a connection that failed this way before it proved itself is counted.
     fn unserved(&self) -> Unserved {
@@ -265,7 +276,7 @@ async fn feed_replica(
             hosts.borrow_and_update().clone(),
         );
         let snapshot = ReplicaSnapshot {
-            objects: latest.values().cloned().collect(),
+            objects: latest.values().map(without_versions).collect(),
             client_hosts: latest_hosts.as_ref().clone(),
         };
         write_snapshot(&mut stream, &snapshot).await?;

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use clusterlink_api::activity::{ExplainRequest, Explanation, Traffic};
 
-use crate::capacity::{Descriptors, TunnelCounts};
+use crate::capacity::{Descriptors, Shares, TunnelCounts};
 use crate::conditions::RuntimeConditions;
 use crate::egress::ExplainError;
 use crate::events::EventLog;
@@ -49,10 +49,12 @@ pub struct DataPlane {
 impl DataPlane {
     pub fn new(config: DataPlaneConfig, tls: watch::Receiver<Arc<GatewayTls>>) -> Arc<DataPlane> {
         let limits = config.limits;
+        let descriptors = Descriptors::of_this_process(&limits);
+        let shares = Shares::new(&limits, &descriptors);
         let egress = Arc::new(egress::Egress {
             limits,
-            descriptors: Arc::new(Descriptors::of_this_process(&limits)),
-            peer_tunnels: TunnelCounts::new(limits.tunnels_per_peer),
+            descriptors: Arc::new(descriptors),
+            peer_tunnels: TunnelCounts::new(shares.tunnels_per_peer),
             dialer: egress::Dialer {
                 tls,
                 health: PeerHealth::default(),

@@ -7,8 +7,9 @@
 //! snapshot without waiting on disk.
 //!
 //! Every change of an object gives it a new `metadata.resourceVersion`, from one counter that
-//! only grows (kept in the store beside the objects, so a version is never given twice, even
-//! after a restart or a delete). A write that carries a version is applied only while the object
+//! only grows (kept in the store, so a version is never given twice, even after a restart or a
+//! delete). Versions are stored beside the objects, not in them, so an earlier release still
+//! reads the store; an object it changed meanwhile gets a new version when this one opens it. A write that carries a version is applied only while the object
 //! is still at it: concurrent read-modify-write clients get `409 Conflict` rather than losing
 //! each other's change. `metadata.generation` counts changes of the spec. Objects that another
 //! source owns (the Kubernetes API server, through [`ControlPlane::replace_all`]) keep that
@@ -34,8 +35,8 @@ const MAX_BATCH: usize = 512;
 /// Requests queued for the writer before callers wait; bounds memory under a flood.
 const WRITE_QUEUE: usize = 4096;
 
-/// The store entry that holds the last resource version given (the objects' keys all hold a
-/// `/`, so it cannot be one of theirs).
+/// The entry beside the objects that holds the last resource version given (the objects' keys
+/// all hold a `/`, so it cannot be one of theirs).
 pub const REVISION_KEY: &str = "revision";
 
 #[derive(Debug, thiserror::Error)]
@@ -130,46 +131,49 @@ impl ControlPlane {
     pub fn open(store: Arc<dyn Store>) -> Result<ControlPlane, ModelError> {
         let mut objects = Objects::new();
         let mut revision = Revision::default();
-        for (key, value) in store.load_all()? {
+        let mut versions: HashMap<String, Vec<u8>> = store.load_meta()?.into_iter().collect();
+        if let Some(last) = versions.remove(REVISION_KEY) {
+            revision.last = std::str::from_utf8(&last)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| ModelError::Corrupt {
+                    key: REVISION_KEY.into(),
+                    reason: "not a number".into(),
+                })?;
+        }
+        // Objects stored before versions were kept, or changed since by an earlier release, get
+        // a version now, once.
+        let mut unversioned = Vec::new();
+        for (key, stored) in store.load_all()? {
             let corrupt = |reason: String| ModelError::Corrupt {
                 key: key.clone(),
                 reason,
             };
-            if key == REVISION_KEY {
-                revision.last = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| corrupt("not a number".into()))?;
-                continue;
-            }
             let value: serde_json::Value =
-                serde_json::from_slice(&value).map_err(|e| corrupt(e.to_string()))?;
-            let obj = clusterlink_api::manifest::object_from_value(value)
+                serde_json::from_slice(&stored).map_err(|e| corrupt(e.to_string()))?;
+            let mut obj = clusterlink_api::manifest::object_from_value(value)
                 .map_err(|e| corrupt(e.to_string()))?;
+            match versions
+                .get(&key)
+                .and_then(|v| VersionRecord::read(v, &stored))
+            {
+                Some(record) => record.apply_to(&mut obj),
+                None => unversioned.push(obj.key()),
+            }
             objects.insert(obj.key(), obj);
         }
-        // Objects stored before versions were kept get theirs now, once.
-        let mut writes = Vec::new();
-        for (key, obj) in objects.iter() {
-            if obj.metadata().resource_version.is_none() {
-                let mut versioned = obj.clone();
-                revision.stamp(&mut versioned, None);
-                writes.push((key.clone(), versioned));
-            }
-        }
-        if !writes.is_empty() {
+        if !unversioned.is_empty() {
             let mut commit = Vec::new();
-            for (key, obj) in &writes {
-                commit.push(Write::Put {
-                    key: store_key(key),
-                    value: serialized(obj)?,
-                });
+            for key in unversioned {
+                if let Some(obj) = objects.get(&key) {
+                    let mut versioned = obj.clone();
+                    revision.stamp(&mut versioned, None);
+                    commit.extend(stored(&versioned)?);
+                    objects.insert(key, versioned);
+                }
             }
             commit.push(revision.write());
             store.commit(&commit)?;
-            for (key, obj) in writes {
-                objects.insert(key, obj);
-            }
         }
         let objects = watch::Sender::new(Arc::new(objects));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -332,12 +336,75 @@ fn store_key(key: &ObjectKey) -> String {
     format!("{}/{}/{}", key.kind.plural(), key.namespace, key.name)
 }
 
-fn serialized(obj: &Object) -> Result<Vec<u8>, ModelError> {
-    serde_json::to_vec(obj).map_err(|e| {
+/// The writes that store `obj`: the object without its versions, and beside it the versions
+/// (or, for an object another source owns and that carries none, no versions).
+fn stored(obj: &Object) -> Result<[Write; 2], ModelError> {
+    let key = store_key(&obj.key());
+    let mut plain = obj.clone();
+    let meta = plain.metadata_mut();
+    let record = VersionRecord {
+        resource_version: meta.resource_version.take(),
+        generation: meta.generation.take(),
+    };
+    let value = serde_json::to_vec(&plain).map_err(|e| {
         ModelError::Store(StoreError::Backend(format!(
             "cannot serialize {}: {e}",
             obj.key()
         )))
+    })?;
+    let versions = match record.resource_version {
+        Some(_) => Write::PutMeta {
+            value: record.write(&value),
+            key: key.clone(),
+        },
+        None => Write::DeleteMeta { key: key.clone() },
+    };
+    Ok([Write::Put { key, value }, versions])
+}
+
+/// An object's versions as stored beside it: `<resourceVersion> <generation> <fingerprint>`. The
+/// fingerprint is of the object as stored: an earlier release that changed the object left
+/// the versions of the object it replaced, and they no longer fit.
+struct VersionRecord {
+    resource_version: Option<String>,
+    generation: Option<i64>,
+}
+
+impl VersionRecord {
+    fn write(&self, stored: &[u8]) -> Vec<u8> {
+        format!(
+            "{} {} {:016x}",
+            self.resource_version.as_deref().unwrap_or_default(),
+            self.generation.unwrap_or(1),
+            fingerprint(stored)
+        )
+        .into_bytes()
+    }
+
+    /// The versions in `record`, if they are of the object stored as `stored`.
+    fn read(record: &[u8], stored: &[u8]) -> Option<VersionRecord> {
+        let text = std::str::from_utf8(record).ok()?;
+        let mut parts = text.split(' ');
+        let (version, generation, print) = (parts.next()?, parts.next()?, parts.next()?);
+        (u64::from_str_radix(print, 16).ok()? == fingerprint(stored) && !version.is_empty()).then(
+            || VersionRecord {
+                resource_version: Some(version.to_string()),
+                generation: generation.parse().ok(),
+            },
+        )
+    }
+
+    fn apply_to(self, obj: &mut Object) {
+        let meta = obj.metadata_mut();
+        meta.resource_version = self.resource_version;
+        meta.generation = self.generation;
+    }
+}
+
+/// FNV-1a: a fingerprint that stays the same across releases and platforms.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
@@ -365,7 +432,7 @@ impl Revision {
     }
 
     fn write(self) -> Write {
-        Write::Put {
+        Write::PutMeta {
             key: REVISION_KEY.into(),
             value: self.last.to_string().into_bytes(),
         }
@@ -413,16 +480,15 @@ async fn writer(
                     match outcome {
                         WriteOutcome::Unchanged => {}
                         WriteOutcome::Deleted => {
+                            let key_in_store = store_key(&key);
                             trial_writes.push(Write::Delete {
-                                key: store_key(&key),
+                                key: key_in_store.clone(),
                             });
+                            trial_writes.push(Write::DeleteMeta { key: key_in_store });
                             trial.insert(key, None);
                         }
                         WriteOutcome::Created | WriteOutcome::Configured => {
-                            trial_writes.push(Write::Put {
-                                key: store_key(&key),
-                                value: serialized(&obj)?,
-                            });
+                            trial_writes.extend(stored(&obj)?);
                             trial.insert(key, Some(obj.clone()));
                         }
                     }
@@ -769,8 +835,9 @@ mod tests {
             WriteOutcome::Deleted
         );
         assert!(matches!(cp.delete(key).await, Err(ModelError::NotFound(_))));
-        let stored: Vec<_> = store.load_all().unwrap();
-        assert!(stored.iter().all(|(k, _)| k == REVISION_KEY), "{stored:?}");
+        assert!(store.load_all().unwrap().is_empty());
+        let meta = store.load_meta().unwrap();
+        assert!(meta.iter().all(|(k, _)| k == REVISION_KEY), "{meta:?}");
     }
 
     #[tokio::test]
@@ -831,6 +898,45 @@ mod tests {
         ];
         let v4 = recreated.metadata().resource_version.clone().unwrap();
         assert!(!seen.contains(&v4), "{v4} was given before: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn an_earlier_release_reads_the_store_and_its_changes_get_new_versions() {
+        let store = Arc::new(MemoryStore::default());
+        let cp = ControlPlane::open(store.clone()).unwrap();
+        let (_, written) = cp.create(export("a", 80)).await.unwrap();
+        let v1 = written.metadata().resource_version.clone().unwrap();
+        // The objects are stored as an earlier release wrote them: no versions in them.
+        let (key, stored) = store.load_all().unwrap().remove(0);
+        let text = String::from_utf8(stored).unwrap();
+        assert!(
+            !text.contains("resourceVersion") && !text.contains("generation"),
+            "{text}"
+        );
+        // That release changes the object (it knows nothing of versions) ...
+        let changed = serde_json::to_vec(&export("a", 81)).unwrap();
+        store
+            .commit(&[Write::Put {
+                key,
+                value: changed,
+            }])
+            .unwrap();
+        // ... and this one, opened again, does not take the old version for the new object's.
+        let reopened = ControlPlane::open(store).unwrap();
+        let now = reopened
+            .snapshot()
+            .values()
+            .next()
+            .unwrap()
+            .metadata()
+            .clone();
+        assert_ne!(now.resource_version, Some(v1.clone()));
+        let mut stale = export("a", 82);
+        stale.metadata_mut().resource_version = Some(v1);
+        assert!(matches!(
+            reopened.apply(stale).await,
+            Err(ModelError::Conflict { .. })
+        ));
     }
 
     #[tokio::test]
@@ -924,6 +1030,9 @@ mod tests {
     impl Store for Counting {
         fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
             self.inner.load_all()
+        }
+        fn load_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            self.inner.load_meta()
         }
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(key)

@@ -18,8 +18,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 
-/// The one table: object key (`kind/namespace/name`) to its serialized form.
+/// Object key (`kind/namespace/name`) to its serialized form.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// What the gateway keeps beside the objects (their resource versions): a table of its own, so
+/// that an earlier release, which reads only the objects, still opens a store this one wrote.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// A table of its own for the write probe, so a probe never shows among the objects.
 const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -60,8 +63,21 @@ fn backend(e: impl Into<redb::Error>) -> StoreError {
 /// One change within a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// The same, in the keyspace beside the objects ([`Store::load_meta`]).
+    PutMeta {
+        key: String,
+        value: Vec<u8>,
+    },
+    DeleteMeta {
+        key: String,
+    },
 }
 
 /// Durable key-value storage for objects. All writes of one [`Store::commit`] land together or
@@ -69,6 +85,8 @@ pub enum Write {
 pub trait Store: Send + Sync + 'static {
     /// Every stored entry, in key order.
     fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Every entry kept beside the objects, in key order.
+    fn load_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Applies `writes` atomically and durably.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
@@ -108,6 +126,7 @@ impl RedbStore {
         // Create the table up front so reads of an empty store need no special case.
         let tx = db.begin_write().map_err(backend)?;
         tx.open_table(OBJECTS).map_err(backend)?;
+        tx.open_table(META).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(RedbStore {
             path,
@@ -141,6 +160,22 @@ impl RedbStore {
 }
 
 impl RedbStore {
+    fn load_table(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let table = tx.open_table(definition).map_err(backend)?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     fn note_write(&self, result: &Result<(), StoreError>) {
         match result {
             Ok(()) => self.write_failed.store(false, Ordering::Relaxed),
@@ -198,16 +233,11 @@ impl Store for RedbStore {
     }
 
     fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.with_db(|db| {
-            let tx = db.begin_read().map_err(backend)?;
-            let table = tx.open_table(OBJECTS).map_err(backend)?;
-            let mut out = Vec::new();
-            for entry in table.iter().map_err(backend)? {
-                let (k, v) = entry.map_err(backend)?;
-                out.push((k.value().to_string(), v.value().to_vec()));
-            }
-            Ok(out)
-        })
+        self.load_table(OBJECTS)
+    }
+
+    fn load_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.load_table(META)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -222,16 +252,24 @@ impl Store for RedbStore {
         let committed = self.with_db(|db| {
             let tx = db.begin_write().map_err(backend)?;
             {
-                let mut table = tx.open_table(OBJECTS).map_err(backend)?;
+                let mut objects = tx.open_table(OBJECTS).map_err(backend)?;
+                let mut meta = tx.open_table(META).map_err(backend)?;
                 for w in writes {
                     match w {
                         Write::Put { key, value } => {
-                            table
+                            objects
                                 .insert(key.as_str(), value.as_slice())
                                 .map_err(backend)?;
                         }
                         Write::Delete { key } => {
-                            table.remove(key.as_str()).map_err(backend)?;
+                            objects.remove(key.as_str()).map_err(backend)?;
+                        }
+                        Write::PutMeta { key, value } => {
+                            meta.insert(key.as_str(), value.as_slice())
+                                .map_err(backend)?;
+                        }
+                        Write::DeleteMeta { key } => {
+                            meta.remove(key.as_str()).map_err(backend)?;
                         }
                     }
                 }
@@ -248,15 +286,24 @@ impl Store for RedbStore {
 #[derive(Default)]
 pub struct MemoryStore {
     entries: Mutex<BTreeMap<String, Vec<u8>>>,
+    meta: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+fn all(entries: &Mutex<BTreeMap<String, Vec<u8>>>) -> Vec<(String, Vec<u8>)> {
+    let entries = entries.lock();
+    entries
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 impl Store for MemoryStore {
     fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let entries = self.entries.lock();
-        Ok(entries
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(all(&self.entries))
+    }
+
+    fn load_meta(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(all(&self.meta))
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -264,7 +311,7 @@ impl Store for MemoryStore {
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut entries = self.entries.lock();
+        let (mut entries, mut meta) = (self.entries.lock(), self.meta.lock());
         for w in writes {
             match w {
                 Write::Put { key, value } => {
@@ -272,6 +319,12 @@ impl Store for MemoryStore {
                 }
                 Write::Delete { key } => {
                     entries.remove(key);
+                }
+                Write::PutMeta { key, value } => {
+                    meta.insert(key.clone(), value.clone());
+                }
+                Write::DeleteMeta { key } => {
+                    meta.remove(key);
                 }
             }
         }
@@ -306,6 +359,21 @@ mod tests {
             vec![("a".to_string(), b"one".to_vec())]
         );
         assert_eq!(store.get("b").unwrap(), None);
+        // The keyspace beside the objects is apart from them.
+        let meta = |k: &str, v: &str| Write::PutMeta {
+            key: k.into(),
+            value: v.as_bytes().to_vec(),
+        };
+        store.commit(&[meta("a", "m"), meta("z", "1")]).unwrap();
+        store
+            .commit(&[Write::DeleteMeta { key: "z".into() }])
+            .unwrap();
+        assert_eq!(
+            store.load_meta().unwrap(),
+            vec![("a".into(), b"m".to_vec())]
+        );
+        assert_eq!(store.load_all().unwrap().len(), 1);
+        assert_eq!(store.get("a").unwrap().as_deref(), Some(&b"one"[..]));
     }
 
     #[test]

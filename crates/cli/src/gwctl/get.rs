@@ -53,10 +53,12 @@ pub(super) async fn get(
         // One document stream or list across kinds, as scripts expect.
         Format::Yaml | Format::Json | Format::Name => {
             let objects: Vec<Object> = shown.iter().flat_map(|(_, o)| o.clone()).collect();
-            out!(
-                "{}",
-                render(&objects, shown[0].0, format, name.is_some(), all)
-            );
+            let text = render(&objects, shown[0].0, format, name.is_some(), all);
+            if format == Format::Yaml {
+                print!("{}", crate::terminal::yaml(&text));
+            } else {
+                out!("{text}");
+            }
         }
         // A table per kind, as `kubectl get all` prints them.
         Format::Table | Format::Wide => {

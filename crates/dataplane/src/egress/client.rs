@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::dial::{Dialer, FirstBytes, OpenTunnel, TunnelFailure};
 use super::sources::{EgressRefusal, egress_decision, source_order};
-use crate::capacity::{Descriptors, TunnelCounts};
+use crate::capacity::{Descriptors, HeldDescriptors, TunnelCounts};
 use crate::hops::RelayedConnections;
 use crate::limits::Limits;
 use crate::live::LiveTunnels;
@@ -101,6 +101,7 @@ impl Egress {
         key: &ObjectKey,
         snapshot: &Snapshot,
         next: &AtomicUsize,
+        mut descriptors: HeldDescriptors,
     ) {
         let accepted_at = Instant::now();
         let _active = self.metrics.accepted(Side::Egress);
@@ -245,8 +246,11 @@ impl Egress {
                             return;
                         }
                     };
-                    if relayed.reusable {
-                        self.dialer.keep_warm(gateway, connection);
+                    // Kept with a descriptor of the client's: the client's own is freed.
+                    if relayed.reusable
+                        && let Some(descriptor) = descriptors.split_one()
+                    {
+                        self.dialer.keep_warm(gateway, connection, descriptor);
                     }
                     self.metrics.tunnel_ended(meter, TunnelEnding::Closed);
                     return;

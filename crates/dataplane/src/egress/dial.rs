@@ -17,6 +17,7 @@ use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::capacity::HeldDescriptors;
 use crate::connections::tune_socket;
 use crate::health::PeerHealth;
 use crate::limits::Limits;
@@ -35,8 +36,8 @@ pub(crate) struct Dialer {
     /// The peer port's TLS, current as of each new connection.
     pub tls: watch::Receiver<Arc<GatewayTls>>,
     pub health: PeerHealth,
-    /// Peer connections between tunnels.
-    pub pool: ConnectionPool<PeerConnection>,
+    /// Peer connections between tunnels, each with the descriptor it holds.
+    pub pool: ConnectionPool<(PeerConnection, HeldDescriptors)>,
     /// Places for new peer connections ([`Limits::handshakes_at_once`]), held from connect until
     /// the first answer. A burst beyond them waits for a place (or a connection coming back warm).
     pub handshakes: Semaphore,
@@ -72,14 +73,20 @@ impl Dialer {
 
     /// The latest idle connection to `gateway`, if one is kept.
     fn take_warm(&self, gateway: &GatewayKey) -> Option<PeerConnection> {
-        let taken = self.pool.take(gateway);
+        // The client that takes it holds a descriptor for it already.
+        let taken = self.pool.take(gateway).map(|(connection, _)| connection);
         self.count_idle();
         taken
     }
 
     /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
-    pub(super) fn keep_warm(&self, gateway: GatewayKey, connection: PeerConnection) {
-        self.pool.put(gateway, connection);
+    pub(super) fn keep_warm(
+        &self,
+        gateway: GatewayKey,
+        connection: PeerConnection,
+        descriptor: HeldDescriptors,
+    ) {
+        self.pool.put(gateway, (connection, descriptor));
         self.count_idle();
     }
 

@@ -220,8 +220,7 @@ async fn accept_loop(listener: TcpListener, accepting: Accepting, me: Option<usi
                     let snapshot = snapshots.borrow().clone();
                     let (key, next, egress) = (key.clone(), next.clone(), egress.clone());
                     serve_accepted(&mut connections, me, client, move |client| async move {
-                        let _descriptors = descriptors;
-                        egress.serve_client(client, remote, &key, &snapshot, &next).await;
+                        egress.serve_client(client, remote, &key, &snapshot, &next, descriptors).await;
                     });
                 }
                 Err(e) => {
