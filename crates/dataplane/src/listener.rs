@@ -5,18 +5,21 @@
 //!
 //! - A listener never stops accepting to enforce a bound: connections waiting in the kernel's
 //!   backlog would wait for everyone, a peer's handshake among them, until a place freed up.
-//! - Past a bound, the oldest connection that has sent nothing is closed to make room; then the
-//!   oldest that has sent something but not proven itself (a stalled TLS handshake, half a
-//!   request). A connection that proved itself (authenticated, or with a request in progress) is
-//!   never closed for a newcomer: then the newcomer is. A real client speaks at once, so a
+//! - Past a bound, a connection that has sent nothing is closed to make room; if none has, one
+//!   that has sent something but not proven itself (a stalled TLS handshake, half a request).
+//!   A connection that proved itself (authenticated, or with a request in progress) is never
+//!   closed for a newcomer: then the newcomer is. A real client speaks at once, so a
 //!   stranger's silent sockets go first and a peer behind the same NAT as an attacker still gets
 //!   in.
 //! - Sources are counted by network, a /24 or a /64: one attacker holds many addresses of one
-//!   network, and a per-address bound alone is a bound times the addresses.
+//!   network, and a per-address bound alone is a bound times the addresses. A network at its
+//!   share gives up its own oldest connection; a full listener takes one from the network that
+//!   holds the most places, so a lone handshake outlasts a crowd spread over many networks.
 //! - A listener more than half full gives new connections less time to show something
 //!   ([`Limits::handshake_under_pressure`]), as Envoy's overload manager shortens its timeouts.
-//! - The peer port keeps places apart for the addresses of configured peers' gateways, which
-//!   strangers' connections never take or close.
+//! - The peer port keeps places apart for the addresses of configured peers' gateways, and for
+//!   the addresses they were seen authenticating from, which strangers' connections never take
+//!   or close.
 //!
 //! Every connection closed unserved is counted and logged (with a rate limit) by
 //! [`Metrics::unserved`].
