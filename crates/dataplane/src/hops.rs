@@ -16,7 +16,8 @@
 //! would keep it from being reused while an earlier connection's TIME_WAIT holds it: a few hundred
 //! new backend connections a second would run out of ports). An import that accepts a connection
 //! from this host while a backend connection to it is still being made waits, briefly, for that
-//! connection to be recorded or to fail, rather than guess.
+//! connection to be recorded or to fail, rather than guess; so does the ingress asked about a
+//! connection a peer's import accepted, which may be quicker than the dial that made it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -71,38 +72,35 @@ impl RelayedConnections {
     }
 
     /// The hop count of the tunnel whose backend connection goes from `local` to `remote`, if
-    /// this gateway made it.
-    pub fn hops_of(&self, local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    /// this gateway made it. While backend connections to `remote` are still being made, waits
+    /// (at most `patience`) until those, and only those, are recorded or failed: one of them may
+    /// be this one (the other end may accept, and even ask its next tunnel, before this side has
+    /// recorded it), and a stream of later dials cannot keep the caller waiting.
+    pub async fn hops_of(
+        &self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        patience: Duration,
+    ) -> Option<u8> {
         let ends = (canonical(local), canonical(remote));
-        self.hops_by_ends.lock().get(&ends).copied()
-    }
-
-    /// The hop count a client connection from `remote` to this gateway's `local` address starts
-    /// with: one more than the tunnel whose backend connection it is, or 0. A connection from
-    /// this host to an address backend connections are still being made to waits (at most
-    /// `patience`) until those, and only those, are recorded or failed: one of them may be this
-    /// one, and a stream of later dials cannot keep it waiting.
-    pub async fn hops_from(&self, remote: SocketAddr, local: SocketAddr, patience: Duration) -> u8 {
-        let (remote, local) = (canonical(remote), canonical(local));
-        // Only a connection from this host can be one of its backend connections.
-        let from_this_host = remote.ip() == local.ip() || remote.ip().is_loopback();
-        let in_flight = if from_this_host {
-            self.dialing.lock().get(&local).cloned().unwrap_or_default()
-        } else {
-            BTreeSet::new()
-        };
+        let in_flight = self
+            .dialing
+            .lock()
+            .get(&ends.1)
+            .cloned()
+            .unwrap_or_default();
         let known = async {
             loop {
                 let settled = self.settled.notified();
                 tokio::pin!(settled);
                 settled.as_mut().enable();
-                if let Some(hops) = self.hops_of(remote, local) {
+                if let Some(hops) = self.hops_by_ends.lock().get(&ends).copied() {
                     return Some(hops);
                 }
                 let pending = self
                     .dialing
                     .lock()
-                    .get(&local)
+                    .get(&ends.1)
                     .is_some_and(|now| now.iter().any(|n| in_flight.contains(n)));
                 if !pending {
                     return None;
@@ -110,10 +108,21 @@ impl RelayedConnections {
                 settled.await;
             }
         };
-        tokio::time::timeout(patience, known)
+        tokio::time::timeout(patience, known).await.ok().flatten()
+    }
+
+    /// The hop count a client connection from `remote` to this gateway's `local` address starts
+    /// with: one more than the tunnel whose backend connection it is (see
+    /// [`RelayedConnections::hops_of`]), or 0.
+    pub async fn hops_from(&self, remote: SocketAddr, local: SocketAddr, patience: Duration) -> u8 {
+        let (remote, local) = (canonical(remote), canonical(local));
+        // Only a connection from this host can be one of its backend connections.
+        let from_this_host = remote.ip() == local.ip() || remote.ip().is_loopback();
+        if !from_this_host {
+            return 0;
+        }
+        self.hops_of(remote, local, patience)
             .await
-            .ok()
-            .flatten()
             .map_or(0, |hops| hops.saturating_add(1))
     }
 }
@@ -193,6 +202,28 @@ mod tests {
         // An IPv4 connection seen on a dual-stack socket is the same connection.
         let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
         assert_eq!(relayed.hops_from(mapped, addr(7000), PATIENCE).await, 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_asks_before_the_record_is_made_gets_the_count() {
+        let relayed = Arc::new(RelayedConnections::default());
+        // This gateway dials the peer's import; the peer accepts and asks its next tunnel of
+        // this gateway before the dial is recorded here.
+        let theirs = SocketAddr::from(([10, 0, 0, 2], 7000));
+        let mine = SocketAddr::from(([10, 0, 0, 1], 40000));
+        let dialing = relayed.dialing(theirs);
+        let asked = tokio::spawn({
+            let relayed = relayed.clone();
+            async move { relayed.hops_of(mine, theirs, PATIENCE).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!asked.is_finished());
+        let _connected = relayed.record(mine, theirs, 5);
+        drop(dialing);
+        assert_eq!(asked.await.unwrap(), Some(5));
+        // Nothing in flight, nothing recorded: no wait, no count.
+        let other = SocketAddr::from(([10, 0, 0, 3], 7000));
+        assert_eq!(relayed.hops_of(mine, other, PATIENCE).await, None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -446,11 +446,16 @@ async fn serve_request(
     };
     // A client that came from this gateway's own address may be a connection this gateway's
     // ingress made: then this tunnel continues that one's (a loop through the peer's import).
-    let looped = request.via.and_then(|via| {
-        let here = tls.get_ref().0.get_ref().local_addr().ok()?;
-        let backend_end = SocketAddr::new(here.ip(), via.client_port);
-        relayed.hops_of(backend_end, via.import)
-    });
+    let here = tls.get_ref().0.get_ref().local_addr();
+    let looped = match (request.via, here) {
+        (Some(via), Ok(here)) => {
+            let backend_end = SocketAddr::new(here.ip(), via.client_port);
+            relayed
+                .hops_of(backend_end, via.import, limits.connect)
+                .await
+        }
+        _ => None,
+    };
     let hops = request.hops.max(looped.map_or(0, |h| h.saturating_add(1)));
     if hops >= MAX_HOPS {
         return refuse(tls, metrics, &tunnel, TunnelResponse::Refused {

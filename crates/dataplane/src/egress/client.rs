@@ -141,7 +141,7 @@ impl Egress {
         // The first source's decision is timed from the accept; a later one's from its own start.
         let mut accepted = Some(accepted_at);
         // Looked up once, for the first source policy allows.
-        let mut hops = None;
+        let mut known_hops = None;
         for source in source_order(import, next, |peer| self.dialer.health.is_unreachable(peer)) {
             let deciding = accepted.take().unwrap_or_else(Instant::now);
             let export = ExportRef {
@@ -183,11 +183,12 @@ impl Egress {
                 self.metrics.refused(&tunnel(Some(source)), refusal);
                 continue;
             };
-            let hops = match hops {
+            let hops = match known_hops {
                 Some(hops) => hops,
                 None => {
                     let patience = self.limits.connect;
-                    *hops.insert(self.relayed.hops_from(remote, listening_on, patience).await)
+                    let hops = self.relayed.hops_from(remote, listening_on, patience).await;
+                    *known_hops.insert(hops)
                 }
             };
             let request = TunnelRequest {
