@@ -76,6 +76,23 @@ fn tunnel() -> (Fabric, GatewayProcess, GatewayProcess, u16) {
     (fabric, server, client, port)
 }
 
+/// The gateway of `peer` as it ships: without `--allow-loopback-backends`, which the harness
+/// gives every other gateway for its loopback test services.
+fn as_shipped(fabric: &Fabric, peer: &str) -> GatewayProcess {
+    GatewayProcess::spawn_exactly(
+        None,
+        fabric.root(),
+        &[
+            "--peer",
+            peer,
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
 fn peer_port(gw: &GatewayProcess) -> u16 {
     gw.peer_address.rsplit_once(':').unwrap().1.parse().unwrap()
 }
@@ -381,19 +398,7 @@ fn a_forwarding_loop_ends_at_the_hop_limit() {
 fn an_export_of_another_gateways_loopback_admin_api_is_refused() {
     let fabric = Fabric::new(&["server1", "client1", "victim"]);
     let victim = fabric.start("victim");
-    // server1 runs as shipped: no --allow-loopback-backends.
-    let server = GatewayProcess::spawn_exactly(
-        None,
-        fabric.root(),
-        &[
-            "--peer",
-            "server1",
-            "--management-address",
-            "127.0.0.1:0",
-            "--peer-address",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = as_shipped(&fabric, "server1");
     let client = fabric.start("client1");
     server.apply(&format!(
         "{}{}",
@@ -1327,19 +1332,7 @@ fn a_descriptor_flood_leaves_management_answering_and_ends_without_a_restart() {
 #[test]
 fn a_loopback_export_is_refused_before_any_connection_and_says_nothing_of_the_port() {
     let fabric = Fabric::new(&["server1", "client1"]);
-    // server1 runs as shipped: no --allow-loopback-backends.
-    let server = GatewayProcess::spawn_exactly(
-        None,
-        fabric.root(),
-        &[
-            "--peer",
-            "server1",
-            "--management-address",
-            "127.0.0.1:0",
-            "--peer-address",
-            "127.0.0.1:0",
-        ],
-    );
+    let server = as_shipped(&fabric, "server1");
     let client = fabric.start("client1");
     // A port something listens on, and one nothing does.
     let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

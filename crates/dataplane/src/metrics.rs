@@ -278,6 +278,29 @@ pub struct TunnelRef {
     pub client: Option<std::net::SocketAddr>,
 }
 
+impl TunnelRef {
+    /// An event of this tunnel, now, with `outcome` and `message`; what else it says is the
+    /// caller's to fill in.
+    fn event(&self, outcome: Outcome, message: String) -> TunnelEvent {
+        TunnelEvent {
+            time_ms: now_ms(),
+            side: self.side,
+            outcome,
+            refused_by: None,
+            reason: None,
+            policy: None,
+            import: self.import.clone(),
+            export: self.export.clone(),
+            peer: self.peer.clone(),
+            client: self.client.map(|c| c.to_string()),
+            message,
+            sent: 0,
+            received: 0,
+            duration_ms: 0,
+        }
+    }
+}
+
 /// A refusal, as [`Metrics::refused`] reports it.
 #[derive(Debug, Clone)]
 pub struct Refused {
@@ -636,22 +659,11 @@ impl Metrics {
             policy = %LogText(policy.as_deref().unwrap_or("-")),
             "{message}"
         );
-        self.events.record(TunnelEvent {
-            time_ms: now_ms(),
-            side: tunnel.side,
-            outcome: Outcome::DryRun,
-            refused_by: reason.is_some().then_some(RefusedBy::Local),
-            reason,
-            policy,
-            import: tunnel.import.clone(),
-            export: tunnel.export.clone(),
-            peer: tunnel.peer.clone(),
-            client: tunnel.client.map(|c| c.to_string()),
-            message,
-            sent: 0,
-            received: 0,
-            duration_ms: 0,
-        });
+        let mut event = tunnel.event(Outcome::DryRun, message);
+        event.refused_by = reason.is_some().then_some(RefusedBy::Local);
+        event.reason = reason;
+        event.policy = policy;
+        self.events.record(event);
     }
 
     /// Whether a problem of `reason` on side `side` with `peer` may be logged now: then how many
@@ -858,22 +870,12 @@ impl Metrics {
                 LogText(&message),
             );
         }
-        self.events.record(TunnelEvent {
-            time_ms: now_ms(),
-            side: tunnel.side,
-            outcome,
-            refused_by,
-            reason: reason.map(|r| r.as_str().to_string()),
-            policy: None,
-            import: tunnel.import.clone(),
-            export: tunnel.export.clone(),
-            peer: tunnel.peer.clone(),
-            client: tunnel.client.map(|c| c.to_string()),
-            message,
-            sent,
-            received,
-            duration_ms: duration.as_millis() as u64,
-        });
+        let mut event = tunnel.event(outcome, message);
+        event.refused_by = refused_by;
+        event.reason = reason.map(|r| r.as_str().to_string());
+        (event.sent, event.received) = (sent, received);
+        event.duration_ms = duration.as_millis() as u64;
+        self.events.record(event);
     }
 
     /// Reports a connection refused before its tunnel opened: counted with its labels, kept
@@ -901,22 +903,11 @@ impl Metrics {
                 LogText(&message),
             );
         }
-        self.events.record(TunnelEvent {
-            time_ms: now_ms(),
-            side: tunnel.side,
-            outcome: Outcome::Refused,
-            refused_by: Some(by),
-            reason: Some(why.as_str().to_string()),
-            policy,
-            import: tunnel.import.clone(),
-            export: tunnel.export.clone(),
-            peer: tunnel.peer.clone(),
-            client: tunnel.client.map(|c| c.to_string()),
-            message,
-            sent: 0,
-            received: 0,
-            duration_ms: 0,
-        });
+        let mut event = tunnel.event(Outcome::Refused, message);
+        event.refused_by = Some(by);
+        event.reason = Some(why.as_str().to_string());
+        event.policy = policy;
+        self.events.record(event);
     }
 
     /// Counts a refusal; a policy is labelled only when this gateway decided (a peer's policy

@@ -6,7 +6,6 @@ use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clusterlink_pki::reload::GatewayTls;
 use rustls_pki_types::ServerName;
@@ -320,14 +319,8 @@ impl Dialer {
             let mut answered = None;
             if let Some(connection) = warm {
                 let ready = Instant::now();
-                let head = head_for(&connection);
-                match ask(
-                    connection,
-                    &first.with_request(&head),
-                    self.limits.handshake,
-                )
-                .await
-                {
+                let request = first.with_request(&head_for(&connection));
+                match self.ask(connection, &request).await {
                     Ok(answer) => answered = Some((ready, answer)),
                     Err(error) if first.taken() > 0 => {
                         return Err(TunnelFailure::Interrupted {
@@ -350,14 +343,8 @@ impl Dialer {
                         }
                     };
                     let ready = Instant::now();
-                    let head = head_for(&connection);
-                    match ask(
-                        connection,
-                        &first.with_request(&head),
-                        self.limits.handshake,
-                    )
-                    .await
-                    {
+                    let request = first.with_request(&head_for(&connection));
+                    match self.ask(connection, &request).await {
                         Ok(answer) => (ready, answer),
                         Err(error) if first.taken() > 0 => {
                             return Err(TunnelFailure::Interrupted {
@@ -460,20 +447,22 @@ impl Dialer {
     }
 }
 
-/// Sends a tunnel request on `connection` and reads the answer's head and what followed it.
-async fn ask(
-    mut connection: PeerConnection,
-    request: &[u8],
-    within: Duration,
-) -> Result<(PeerConnection, Vec<u8>, Vec<u8>), DialError> {
-    connection
-        .write_all(request)
-        .await
-        .map_err(DialError::Send)?;
-    connection.flush().await.map_err(DialError::Send)?;
-    let (head, rest) = timeout(within, read_head(&mut connection))
-        .await
-        .map_err(|_| DialError::NoAnswer)?
-        .map_err(DialError::Read)?;
-    Ok((connection, head, rest))
+impl Dialer {
+    /// Sends a tunnel request on `connection` and reads the answer's head and what followed it.
+    async fn ask(
+        &self,
+        mut connection: PeerConnection,
+        request: &[u8],
+    ) -> Result<(PeerConnection, Vec<u8>, Vec<u8>), DialError> {
+        connection
+            .write_all(request)
+            .await
+            .map_err(DialError::Send)?;
+        connection.flush().await.map_err(DialError::Send)?;
+        let (head, rest) = timeout(self.limits.handshake, read_head(&mut connection))
+            .await
+            .map_err(|_| DialError::NoAnswer)?
+            .map_err(DialError::Read)?;
+        Ok((connection, head, rest))
+    }
 }
