@@ -121,7 +121,9 @@ pub struct TunnelArgs {
     /// TunnelLimit while its open ones go on; a loop between gateways ends there too.
     #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT.tunnels_per_peer, value_parser = at_least_one)]
     pub max_tunnels_per_peer: usize,
-    /// The most tunnels one export may carry at once, from every peer together.
+    /// The most tunnels one export may carry at once, from every peer together; one peer gets
+    /// at most half of them. Both bounds stay below half of what the process's open-file limit
+    /// allows the data path.
     #[arg(long, value_name = "N", default_value_t = Limits::DEFAULT.tunnels_per_export, value_parser = at_least_one)]
     pub max_tunnels_per_export: usize,
     /// Which tunnels get a log line: `problems` (refused, broken and cut tunnels, at most a few
