@@ -1,4 +1,4 @@
-//! Policy attribute keys (DESIGN.md §2). Selectors in access policies match these.
+//! Policy attribute keys (README, "What policies see"). Selectors in access policies match these.
 
 /// Name of a peer: the client's peer on the source side, the exporting peer on the destination.
 pub const PEER_NAME: &str = "peer.clusterlink.net/name";

@@ -14,7 +14,7 @@ use clusterlink_pki::tls::TlsFiles;
 
 /// The management API's default: loopback only, so nothing else on the network can reach it.
 pub const DEFAULT_MANAGEMENT_ADDRESS: &str = "127.0.0.1:8443";
-/// The peer port: the one port other sites reach, on every address (DESIGN.md §1).
+/// The peer port: the one port other sites reach, on every address.
 pub const DEFAULT_PEER_ADDRESS: SocketAddr = SocketAddr::new(
     IpAddr::V4(Ipv4Addr::UNSPECIFIED),
     clusterlink_dataplane::tunnel::PEER_PORT,

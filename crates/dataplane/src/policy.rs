@@ -1,4 +1,4 @@
-//! The access policy engine (DESIGN.md §2).
+//! The access policy engine.
 //!
 //! Each side of a connection decides on its own: the importing side on egress (in the import's
 //! namespace), the exporting side on ingress (in the export's namespace). The order is privileged
@@ -21,7 +21,7 @@ use clusterlink_api::activity::PolicyRef;
 use clusterlink_api::selector::AttributeLookup;
 use clusterlink_api::{AccessPolicySpec, LabelSelector, Object, PolicyAction, attributes};
 
-/// Attribute key/values a selector matches (DESIGN.md §2 lists the keys).
+/// Attribute key/values a selector matches (`clusterlink_api::attributes` lists the keys).
 use clusterlink_api::attributes::Attributes;
 
 /// Which kind of policy decided.
@@ -407,7 +407,7 @@ pub fn peer_labels(
     labels
 }
 
-/// Builds attribute sets with the keys of DESIGN.md §2.
+/// Builds attribute sets with the keys of `clusterlink_api::attributes`.
 pub fn peer_attributes(out: &mut Attributes, name: &str, labels: &BTreeMap<String, String>) {
     out.insert(attributes::PEER_NAME.into(), name.into());
     for (k, v) in labels {

@@ -56,8 +56,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
 
-/// The one port other sites reach, by default: tunnels, probes and authorization all go over it
-/// (DESIGN.md §1), so it is the only one a firewall opens.
+/// The one port other sites reach, by default: tunnels, probes and authorization all go over it,
+/// so it is the only one a firewall opens.
 pub const PEER_PORT: u16 = 443;
 /// A request or response head larger than this is refused: real ones are a few hundred bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;

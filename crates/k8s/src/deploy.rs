@@ -38,7 +38,7 @@ pub const DEFAULT_NAMESPACE: &str = clusterlink_api::SYSTEM_NAMESPACE;
 pub const DEFAULT_REGISTRY: &str = "ghcr.io/clusterlink-rs";
 /// The image holding every ClusterLink binary.
 pub const IMAGE_NAME: &str = "clusterlink";
-/// The port other sites reach unless told otherwise (DESIGN.md §1).
+/// The port other sites reach unless told otherwise: the one port of the peer protocol.
 pub const DEFAULT_INGRESS_PORT: u16 = clusterlink_dataplane::tunnel::PEER_PORT;
 /// The data plane's peer port inside its pod: unprivileged, so the container needs no
 /// capability to bind it; the peer-port Service maps the public port to it.

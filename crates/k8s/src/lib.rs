@@ -1,7 +1,7 @@
 //! ClusterLink on Kubernetes.
 //!
 //! The API server is the configuration store. This crate is the adapter between it and the
-//! gateway (DESIGN.md §3):
+//! gateway, so both configuration sources feed the same model (ARCHITECTURE.md):
 //! - [`convert`]: custom resources to the gateway's model objects, validated by the same rules
 //!   as standalone mode;
 //! - [`reconcile`]: a pure function from what the cluster holds to the changes it needs (import
