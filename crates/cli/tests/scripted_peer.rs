@@ -12,7 +12,7 @@ use std::time::Duration;
 use clusterlink_dataplane::tunnel::{
     PeerRequest, RefusalReason, TunnelResponse, health_response, read_head,
 };
-use clusterlink_pki::tls::{Credentials, PEER_ALPN, TlsFiles, mutual_server_config};
+use support::hostile::scripted_gateway;
 use support::manifests::{allow_all, export, import};
 use support::{Backend, Fabric, GatewayProcess, free_port, metric, metric_with, reachable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,84 +45,68 @@ struct ScriptedPeer {
 
 impl ScriptedPeer {
     fn start(fabric: &Fabric, answer: Answer) -> ScriptedPeer {
-        let dir = fabric.fabric_dir();
-        let creds = Credentials::load(&TlsFiles::in_fabric(&dir, &dir.join("server9"))).unwrap();
-        let mut config = mutual_server_config(&creds).unwrap();
-        config.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap().to_string();
         let (gate, open) = watch::channel(true);
         let (report, requests) = mpsc::channel();
         let probes = Arc::new(AtomicUsize::new(0));
         let probe_connections = Arc::new(AtomicUsize::new(0));
         let counters = (probes.clone(), probe_connections.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let (acceptor, mut open, report) =
-                        (acceptor.clone(), open.clone(), report.clone());
-                    let (probes, probe_connections) = counters.clone();
-                    tokio::spawn(async move {
-                        let _ = open.wait_for(|open| *open).await;
-                        let Ok(mut tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        let Ok((mut head, mut rest)) = read_head(&mut tls).await else {
-                            return;
-                        };
-                        // Health probes come one after another on a connection, as long as it
-                        // is answered: a gateway keeps its probe connections.
-                        if PeerRequest::decode(&head).is_ok_and(|r| r == PeerRequest::Health) {
-                            probe_connections.fetch_add(1, Ordering::Relaxed);
-                            loop {
-                                probes.fetch_add(1, Ordering::Relaxed);
-                                let answer = health_response(&Default::default());
-                                if tls.write_all(&answer).await.is_err() {
-                                    return;
-                                }
-                                match read_head(&mut tls).await {
-                                    Ok((next, more)) => (head, rest) = (next, more),
-                                    Err(_) => return,
-                                }
-                                if PeerRequest::decode(&head).ok() != Some(PeerRequest::Health) {
-                                    break;
-                                }
+        let address = scripted_gateway(fabric, "server9", move |listener, acceptor| async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, mut open, report) = (acceptor.clone(), open.clone(), report.clone());
+                let (probes, probe_connections) = counters.clone();
+                tokio::spawn(async move {
+                    let _ = open.wait_for(|open| *open).await;
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok((mut head, mut rest)) = read_head(&mut tls).await else {
+                        return;
+                    };
+                    // Health probes come one after another on a connection, as long as it
+                    // is answered: a gateway keeps its probe connections.
+                    if PeerRequest::decode(&head).is_ok_and(|r| r == PeerRequest::Health) {
+                        probe_connections.fetch_add(1, Ordering::Relaxed);
+                        loop {
+                            probes.fetch_add(1, Ordering::Relaxed);
+                            let answer = health_response(&Default::default());
+                            if tls.write_all(&answer).await.is_err() {
+                                return;
+                            }
+                            match read_head(&mut tls).await {
+                                Ok((next, more)) => (head, rest) = (next, more),
+                                Err(_) => return,
+                            }
+                            if PeerRequest::decode(&head).ok() != Some(PeerRequest::Health) {
+                                break;
                             }
                         }
-                        match PeerRequest::decode(&head) {
-                            Ok(PeerRequest::Health) => unreachable!("answered above"),
-                            // gwctl asks each source of an import it writes.
-                            Ok(PeerRequest::Tunnel(r)) if r.dry_run => {
-                                let policy = "scripted".to_string();
-                                let verdict = TunnelResponse::WouldAllow { policy };
-                                let _ = tls.write_all(&verdict.encode()).await;
+                    }
+                    match PeerRequest::decode(&head) {
+                        Ok(PeerRequest::Health) => unreachable!("answered above"),
+                        // gwctl asks each source of an import it writes.
+                        Ok(PeerRequest::Tunnel(r)) if r.dry_run => {
+                            let policy = "scripted".to_string();
+                            let verdict = TunnelResponse::WouldAllow { policy };
+                            let _ = tls.write_all(&verdict.encode()).await;
+                            let _ = tls.shutdown().await;
+                        }
+                        Ok(PeerRequest::Tunnel(_)) => {
+                            let frame = first_frame(&mut tls, &mut rest).await;
+                            let _ = report.send(frame);
+                            if let Answer::Refuse = answer {
+                                let refusal = TunnelResponse::Refused {
+                                    reason: RefusalReason::PolicyDenied,
+                                    message: "scripted refusal".into(),
+                                    policy: None,
+                                };
+                                let _ = tls.write_all(&refusal.encode()).await;
                                 let _ = tls.shutdown().await;
                             }
-                            Ok(PeerRequest::Tunnel(_)) => {
-                                let frame = first_frame(&mut tls, &mut rest).await;
-                                let _ = report.send(frame);
-                                if let Answer::Refuse = answer {
-                                    let refusal = TunnelResponse::Refused {
-                                        reason: RefusalReason::PolicyDenied,
-                                        message: "scripted refusal".into(),
-                                        policy: None,
-                                    };
-                                    let _ = tls.write_all(&refusal.encode()).await;
-                                    let _ = tls.shutdown().await;
-                                }
-                            }
-                            Err(_) => {}
                         }
-                    });
-                }
-            });
+                        Err(_) => {}
+                    }
+                });
+            }
         });
         ScriptedPeer {
             address,

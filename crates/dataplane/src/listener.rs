@@ -319,6 +319,7 @@ impl Admission {
     /// take the reserved places for a while, though its Peer object lists another address (it
     /// is behind a NAT, or a cluster's pods connect from their own addresses).
     pub fn seen_at(&self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         let mut seen = self.seen.lock();
         if seen.len() >= MAX_SEEN && !seen.contains_key(&ip) {
             let oldest = seen.iter().min_by_key(|(_, at)| **at).map(|(ip, _)| *ip);
@@ -326,7 +327,7 @@ impl Admission {
                 seen.remove(&oldest);
             }
         }
-        seen.insert(ip.to_canonical(), Instant::now());
+        seen.insert(ip, Instant::now());
     }
 
     fn is_reserved(&self, ip: IpAddr) -> bool {

@@ -104,6 +104,35 @@ impl HandPlayedPeer {
     }
 }
 
+/// A gateway of the fabric's peer `name` played by the test: `serve` runs on a thread of its
+/// own with a loopback listener and a TLS acceptor holding the peer's certificate (and the
+/// tunnel protocol's ALPN). Its address.
+pub fn scripted_gateway<F, Fut>(fabric: &Fabric, name: &str, serve: F) -> String
+where
+    F: FnOnce(tokio::net::TcpListener, tokio_rustls::TlsAcceptor) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let dir = fabric.fabric_dir();
+    let creds = Credentials::load(&TlsFiles::in_fabric(&dir, &dir.join(name))).unwrap();
+    let mut config = mutual_server_config(&creds).unwrap();
+    config.alpn_protocols = vec![PEER_ALPN.to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            serve(listener, acceptor).await
+        });
+    });
+    address
+}
+
 /// A gateway of the fabric's peer `name` that answers health probes as any gateway does, and
 /// every tunnel request (dry runs included) with `answer(request)`, bytes as they go on the
 /// wire: what a hostile exporting gateway says to the gateways that import from it.
@@ -117,47 +146,32 @@ impl HostileExporter {
         name: &str,
         answer: impl Fn(&TunnelRequest) -> Vec<u8> + Send + Sync + 'static,
     ) -> HostileExporter {
-        let dir = fabric.fabric_dir();
-        let creds = Credentials::load(&TlsFiles::in_fabric(&dir, &dir.join(name))).unwrap();
-        let mut config = mutual_server_config(&creds).unwrap();
-        config.alpn_protocols = vec![PEER_ALPN.to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap().to_string();
         let answer = Arc::new(answer);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                while let Ok((tcp, _)) = listener.accept().await {
-                    let (acceptor, answer) = (acceptor.clone(), answer.clone());
-                    tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(tcp).await else {
-                            return;
-                        };
-                        while let Ok((head, _)) = read_head(&mut tls).await {
-                            match PeerRequest::decode(&head) {
-                                Ok(PeerRequest::Health) => {
-                                    let ok = health_response(&Default::default());
-                                    if tls.write_all(&ok).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(PeerRequest::Tunnel(request)) => {
-                                    let _ = tls.write_all(&answer(&request)).await;
-                                    let _ = tls.shutdown().await;
+        let address = scripted_gateway(fabric, name, move |listener, acceptor| async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, answer) = (acceptor.clone(), answer.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    while let Ok((head, _)) = read_head(&mut tls).await {
+                        match PeerRequest::decode(&head) {
+                            Ok(PeerRequest::Health) => {
+                                let ok = health_response(&Default::default());
+                                if tls.write_all(&ok).await.is_err() {
                                     return;
                                 }
-                                Err(_) => return,
                             }
+                            Ok(PeerRequest::Tunnel(request)) => {
+                                let _ = tls.write_all(&answer(&request)).await;
+                                let _ = tls.shutdown().await;
+                                return;
+                            }
+                            Err(_) => return,
                         }
-                    });
-                }
-            });
+                    }
+                });
+            }
         });
         HostileExporter { address }
     }
