@@ -39,6 +39,10 @@ pub const TRAFFIC_PATH: &str = "/api/v1/traffic";
 pub const EXPLAIN_PATH: &str = "/api/v1/explain";
 
 /// The web console's page.
+/// The revocation lists a gateway holds (`GET`), and where an administrator hands it newer ones
+/// (`POST`, PEM), which it then passes on to its peers.
+pub const REVOCATIONS_PATH: &str = "/api/v1/revocations";
+
 pub const CONSOLE_PATH: &str = "/console";
 
 /// Response header carrying what a write did: `created`, `configured`, `unchanged`, `deleted`.

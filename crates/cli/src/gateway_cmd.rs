@@ -10,7 +10,10 @@ use clusterlink_dataplane::process::{
     BackendArgs, TunnelArgs, parse_labels, raise_open_file_limit, wait_for_signal,
 };
 use clusterlink_gateway::{Gateway, GatewayConfig, ManagementSecurity};
+use clusterlink_pki::authority::{Authority, JoinToken};
+use clusterlink_pki::site::{self, Enrollment};
 use clusterlink_pki::tls::TlsFiles;
+use std::sync::Arc;
 
 /// The management API's default: loopback only, so nothing else on the network can reach it.
 pub const DEFAULT_MANAGEMENT_ADDRESS: &str = "127.0.0.1:8443";
@@ -72,6 +75,29 @@ pub struct GatewayArgs {
     pub backends: BackendArgs,
     #[command(flatten)]
     pub tunnels: TunnelArgs,
+    /// Join the fabric with a one-time token (`clusterlink create join-token`): the key is made
+    /// here, the certificate comes from the issuing gateway and renews itself. Kept in the data
+    /// directory (default ./<name>-data), so later starts need neither the token nor --peer.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CLUSTERLINK_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub join: Option<String>,
+    /// Serve joining and renewal on the peer port, signing with the CA key of --fabric (this
+    /// gateway's fabric directory must hold key.pem). Its ledger is <fabric>/authority.
+    #[arg(long)]
+    pub issuer: bool,
+    /// How long the certificates this issuing gateway signs last (s, m, h or d); each gateway
+    /// renews at two thirds of it.
+    #[arg(long, default_value = "24h", value_parser = crate::parse_duration, requires = "issuer")]
+    pub certificate_lifetime: std::time::Duration,
+    /// Admit on the peer port only peers that have a Peer object here. By default any
+    /// certificate of the fabric may ask for a tunnel and policies decide, as in the reference
+    /// ClusterLink; with this, a stranger's certificate is refused right after the handshake.
+    #[arg(long)]
+    pub known_peers_only: bool,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -104,9 +130,76 @@ impl GatewayArgs {
     }
 }
 
+/// How long joining may take at one issuing address.
+const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The gateway's certificate files, joining first if asked to; and where it renews, if it joined.
+async fn identity(
+    args: &GatewayArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(TlsFiles, Option<Enrollment>)> {
+    let joined = site::enrollment(data_dir)?;
+    match (joined, &args.join) {
+        (Some(joined), Some(token)) => {
+            let token = JoinToken::read(token)?;
+            if token.name != joined.name {
+                bail!(
+                    "{} already holds the identity of peer {:?}, and the token is for {:?}: give another --data-dir",
+                    data_dir.display(),
+                    joined.name,
+                    token.name
+                );
+            }
+            tracing::info!(peer = %joined.name, "already joined; the token is not used again");
+            Ok((site::tls_files(data_dir), Some(joined)))
+        }
+        (Some(joined), None) if args.cert.is_none() => {
+            Ok((site::tls_files(data_dir), Some(joined)))
+        }
+        (None, Some(token)) => {
+            let joined = clusterlink_dataplane::enroll::join(token, JOIN_TIMEOUT)
+                .await
+                .context("cannot join the fabric")?;
+            let files = site::write_joined(
+                data_dir,
+                &joined.enrollment,
+                &joined.key_pem,
+                &joined.enrolled,
+            )?;
+            let revocations = data_dir.join(clusterlink_pki::authority::REVOCATIONS_FILE);
+            if !joined.enrolled.revocations.is_empty() {
+                clusterlink_pki::authority::write_atomically(
+                    &revocations,
+                    joined.enrolled.revocations.as_bytes(),
+                )?;
+            }
+            tracing::info!(
+                peer = %joined.enrollment.name,
+                issuer = %joined.enrollment.issuer,
+                "joined the fabric"
+            );
+            Ok((files, Some(joined.enrollment)))
+        }
+        _ => Ok((args.tls_files()?, None)),
+    }
+}
+
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     crate::init_logging(&args.log_level, args.log_json);
-    let tls = args.tls_files()?;
+    let token_name = args
+        .join
+        .as_deref()
+        .map(JoinToken::read)
+        .transpose()?
+        .map(|t| t.name);
+    let data_dir = match (&args.data_dir, &args.peer, &token_name) {
+        (Some(d), _, _) => d.clone(),
+        (None, Some(peer), _) | (None, None, Some(peer)) => PathBuf::from(format!("{peer}-data")),
+        (None, None, None) => {
+            bail!("give --data-dir (or --peer, for the default ./<peer>-data)")
+        }
+    };
+    let (tls, enrollment) = identity(&args, &data_dir).await?;
     // Every argument is checked before anything is bound or opened.
     let labels = parse_labels(&args.labels)?;
     let clients = match &args.client_attributes {
@@ -128,6 +221,18 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             tls.cert.display()
         );
     }
+    let authority = if args.issuer {
+        let authority =
+            Authority::open(&args.fabric, args.certificate_lifetime).with_context(|| {
+                format!(
+                    "--issuer needs the fabric CA's key in {}",
+                    args.fabric.display()
+                )
+            })?;
+        Some(Arc::new(authority))
+    } else {
+        None
+    };
     let open_files = raise_open_file_limit();
     tracing::debug!(open_files, "open-file limit");
     let listener = tokio::net::TcpListener::bind(args.management_address)
@@ -142,11 +247,6 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} for the peer port", args.peer_address))?;
     let security = ManagementSecurity::for_address(listener.local_addr()?, args.management_tls);
-    let data_dir = match (&args.data_dir, &args.peer) {
-        (Some(d), _) => d.clone(),
-        (None, Some(peer)) => PathBuf::from(format!("{peer}-data")),
-        (None, None) => bail!("give --data-dir (or --peer, for the default ./<peer>-data)"),
-    };
     let config = GatewayConfig {
         tls,
         labels,
@@ -157,6 +257,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         loopback_backends: args.backends.allow_loopback_backends,
         limits: args.tunnels.limits(),
         access_log: args.tunnels.access_log,
+        authority,
+        enrollment,
+        known_peers_only: args.known_peers_only,
     };
     let mut gateway = Gateway::start(config, listener, peer_listener).await?;
     let scheme = match gateway.management_security() {

@@ -107,6 +107,7 @@ async fn expired_foreign_and_misnamed_certificates_are_refused_at_the_handshake(
         let cert = ca.issue_peer("client1", validity).unwrap();
         Credentials {
             roots: good.roots.clone(),
+            cas: good.cas.clone(),
             chain: vec![CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()],
             key: Arc::new(PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap()),
         }
@@ -187,4 +188,141 @@ async fn health_probes_are_answered_one_after_another_on_one_connection() {
         assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
         assert!(rest.is_empty());
     }
+}
+
+/// A handshake as `creds` with a client that would resume if offered; whether it resumed.
+async fn handshake_kind(
+    gw: &GatewayProcess,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<rustls::HandshakeKind, String> {
+    let tcp = tokio::net::TcpStream::connect(&gw.peer_address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("server1").unwrap();
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    // A probe, answered: any session ticket the server would send has arrived by then.
+    tls.write_all(clusterlink_dataplane::tunnel::HEALTH_REQUEST)
+        .await
+        .map_err(|e| e.to_string())?;
+    clusterlink_dataplane::tunnel::read_head(&mut tls)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(tls.get_ref().1.handshake_kind().unwrap())
+}
+
+#[tokio::test]
+async fn no_session_is_resumed_so_none_outlives_its_certificate() {
+    let (f, server) = setup();
+    let mut config = mutual_client_config(&credentials(&f, "client1")).unwrap();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    // A client that keeps and offers sessions, as `openssl s_client -sess_out/-sess_in` does.
+    config.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let config = Arc::new(config);
+    for _ in 0..3 {
+        assert_eq!(
+            handshake_kind(&server, &config).await.unwrap(),
+            rustls::HandshakeKind::Full,
+            "a session was resumed: its certificate would not be checked again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_without_a_peer_object_asks_by_default_and_is_refused_with_known_peers_only()
+{
+    let (f, open) = setup();
+    let client1 = credentials(&f, "client1");
+    // By default (as in the reference ClusterLink) a fabric certificate may ask; policies decide.
+    assert_eq!(
+        ask(&open, &client1, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    let strict = f.start_with(
+        "server1",
+        &[
+            "--known-peers-only",
+            "--data-dir",
+            f.root().join("strict-data").to_str().unwrap(),
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+    );
+    let backend = Backend::start("strict");
+    strict.apply(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: svc}}\nspec: {{host: 127.0.0.1, port: {}}}\n---\n\
+         apiVersion: clusterlink.net/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: all}}\n\
+         spec: {{action: allow, from: [{{workloadSelector: {{}}}}], to: [{{workloadSelector: {{}}}}]}}\n",
+        backend.port
+    ));
+    let refused = ask(&strict, &client1, "server1", CONNECT).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("read")) || refused == Ok(String::new()),
+        "{refused:?}"
+    );
+    assert_eq!(
+        support::metric_with(
+            &strict,
+            "clusterlink_connections_unserved_total",
+            &[("reason", "UnknownPeer")]
+        ),
+        1.0
+    );
+    // With its Peer object, the same certificate is served.
+    strict.apply(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: client1}\nspec: {gateways: [{host: 127.0.0.1, port: 9}]}\n",
+    );
+    assert_eq!(
+        ask(&strict, &client1, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+}
+
+#[tokio::test]
+async fn a_revocation_list_handed_to_a_gateway_refuses_the_certificate_at_the_handshake() {
+    let (f, server) = setup();
+    let client1 = credentials(&f, "client1");
+    assert_eq!(
+        ask(&server, &client1, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    let o = support::run(
+        support::CLUSTERLINK,
+        &["revoke", "--cert", "default_fabric/client1/cert.pem"],
+        f.root(),
+    );
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let list = std::fs::read(f.fabric_dir().join("authority/revocations.pem")).unwrap();
+    // A list signed by another CA is refused, and changes nothing.
+    let other = Fabric::new(&["client1"]);
+    support::run(
+        support::CLUSTERLINK,
+        &["revoke", "--peer", "client1"],
+        other.root(),
+    );
+    let foreign = std::fs::read(other.fabric_dir().join("authority/revocations.pem")).unwrap();
+    let (status, body) = support::raw_http(server.port(), "POST", "/api/v1/revocations", &foreign);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("that no CA of this fabric's trust bundle signed"),
+        "{body}"
+    );
+    let (status, body) = support::raw_http(server.port(), "POST", "/api/v1/revocations", &list);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"taken\":true"), "{body}");
+    let err = ask(&server, &client1, "server1", CONNECT)
+        .await
+        .unwrap_err();
+    assert!(err.contains("Revoked"), "{err}");
+    // Another peer of the fabric is untouched.
+    assert_eq!(
+        ask(&server, &credentials(&f, "client2"), "server1", CONNECT)
+            .await
+            .unwrap(),
+        "HTTP/1.1 403 Forbidden"
+    );
 }

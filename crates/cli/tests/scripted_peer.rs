@@ -103,7 +103,8 @@ impl ScriptedPeer {
                                 let _ = tls.shutdown().await;
                             }
                         }
-                        Err(_) => {}
+                        // It holds no revocation lists, and takes none.
+                        Ok(PeerRequest::Revocations { .. }) | Err(_) => {}
                     }
                 });
             }

@@ -111,6 +111,9 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         protected: vec![peer_address, ops_address],
         loopback_backends: args.backends.allow_loopback_backends,
         limits: args.tunnels.limits(),
+        // Replicas do not issue certificates: the issuing gateway is a standalone one.
+        authority: None,
+        known_peers_only: false,
     };
     let mut dataplane = tokio::spawn(crate::tasks::run(
         config,

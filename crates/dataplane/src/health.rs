@@ -29,7 +29,11 @@ use crate::connections::nothing_to_read;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::tunnel::{HEALTH_REQUEST, labels_of_health_response, read_head};
+use crate::tunnel::{
+    body_length, health_request, labels_of_health_response, read_body, read_head, revocations_of,
+    revocations_request,
+};
+use clusterlink_pki::revocation::Summary;
 
 const PEER_REACHABLE: ConditionType = ConditionType::PeerReachable;
 
@@ -243,9 +247,10 @@ async fn probe_forever(
 ) {
     let mut tracker = Tracker::new(limits);
     let mut kept = KeptProbes::default();
+    let mut tls = tls;
     loop {
-        let client = tls.borrow().client.clone();
-        let result = probe_any(&client, &name, &gateways, &mut kept, &limits).await;
+        let current = tls.borrow_and_update().clone();
+        let result = probe_any(&current, &name, &gateways, &mut kept, &limits).await;
         health.record_probe(
             &name,
             Some(result.as_ref().map(|a| a.took).map_err(Clone::clone)),
@@ -281,7 +286,20 @@ async fn probe_forever(
             }
             conditions.set(&peer_key(&name), PEER_REACHABLE, Some(condition));
         }
-        tokio::time::sleep(tracker.interval()).await;
+        // Newer revocation lists are passed on at once, not at the next probe.
+        let held = current.revocations.summary();
+        let sleep = tokio::time::sleep(tracker.interval());
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                changed = tls.changed() => {
+                    if changed.is_err() || tls.borrow().revocations.summary() != held {
+                        break;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -331,7 +349,7 @@ struct ProbeAnswer {
 /// the labels the peer reported in it. Every probe is waited for (each within the probe timeout),
 /// so each gateway's connection can be kept for the next probe.
 async fn probe_any(
-    client: &Arc<ClientConfig>,
+    tls: &Arc<GatewayTls>,
     peer: &str,
     gateways: &[(String, u16)],
     kept: &mut KeptProbes,
@@ -341,13 +359,13 @@ async fn probe_any(
     let mut probes = JoinSet::new();
     let within = limits.probe_timeout;
     for gateway in gateways.iter().cloned() {
-        let warm = kept.take(&gateway, client, limits.probe_connection_life);
-        let (client, name) = (client.clone(), name.clone());
+        let warm = kept.take(&gateway, &tls.client, limits.probe_connection_life);
+        let (tls, name) = (tls.clone(), name.clone());
         probes.spawn(async move {
             let (host, port) = &gateway;
             let addr = format!("{host}:{port}");
             let started = Instant::now();
-            let probed = timeout(within, probe(&client, name, host, *port, warm)).await;
+            let probed = timeout(within, probe(&tls, name, host, *port, warm)).await;
             let took = started.elapsed();
             match probed {
                 Ok((Ok(labels), connection)) => (gateway, Ok((labels, took)), connection),
@@ -396,12 +414,13 @@ async fn probe_any(
 /// One probe of one gateway: on `kept` if given, else on a new connection. The connection, if
 /// it can carry the next probe.
 async fn probe(
-    client: &Arc<ClientConfig>,
+    tls: &GatewayTls,
     name: ServerName<'static>,
     host: &str,
     port: u16,
     kept: Option<KeptProbe>,
 ) -> (Result<BTreeMap<String, String>, String>, Option<KeptProbe>) {
+    let client = &tls.client;
     let mut kept = match kept {
         Some(kept) => kept,
         None => match connect(client, name, host, port).await {
@@ -413,7 +432,8 @@ async fn probe(
             Err(e) => return (Err(e), None),
         },
     };
-    if let Err(e) = kept.connection.write_all(HEALTH_REQUEST).await {
+    let held = tls.revocations.summary();
+    if let Err(e) = kept.connection.write_all(&health_request(&held)).await {
         return (Err(e.to_string()), None);
     }
     let (head, rest) = match read_head(&mut kept.connection).await {
@@ -422,9 +442,64 @@ async fn probe(
     };
     let labels =
         labels_of_health_response(&head).map_err(|e| format!("unexpected health answer: {e}"));
-    // Anything after the answer is not a health answer: the connection is not used again.
-    let reusable = labels.is_ok() && rest.is_empty();
-    (labels, reusable.then_some(kept))
+    if labels.is_err() {
+        return (labels, None);
+    }
+    match exchange_revocations(tls, &mut kept.connection, &head, rest, &held).await {
+        Ok(Kept::Yes) => (labels, Some(kept)),
+        Ok(Kept::No) => (labels, None),
+        // The peer answered: it is reachable, whatever became of the lists.
+        Err(e) => {
+            tracing::debug!(%host, error = %e, "revocation lists not exchanged");
+            (labels, None)
+        }
+    }
+}
+
+/// Whether a probe connection can carry the next probe.
+enum Kept {
+    Yes,
+    /// The answering gateway took our lists: its TLS set changed, and it closes connections
+    /// opened under the old one at their next request.
+    No,
+}
+
+/// After a health answer: takes the lists it carries (the prober was behind), and sends ours if
+/// the answering gateway is behind.
+async fn exchange_revocations(
+    tls: &GatewayTls,
+    connection: &mut ProbeConnection,
+    head: &[u8],
+    rest: Vec<u8>,
+    held: &Summary,
+) -> Result<Kept, String> {
+    let length = body_length(head).map_err(|e| e.to_string())?;
+    if length > 0 {
+        let lists = read_body(connection, rest, length)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.offer_revocations(&lists).map_err(|e| e.to_string())?;
+    } else if !rest.is_empty() {
+        return Err("bytes after the health answer".into());
+    }
+    let Some(theirs) = revocations_of(head) else {
+        return Ok(Kept::Yes);
+    };
+    if held.is_ahead_of(&theirs) {
+        connection
+            .write_all(&revocations_request(&tls.revocations.to_pem()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (answer, rest) = read_head(connection).await.map_err(|e| e.to_string())?;
+        if !answer.starts_with(b"HTTP/1.1 200 ") || !rest.is_empty() {
+            return Err(format!(
+                "the peer did not take the lists: {}",
+                clusterlink_api::text::escaped(&String::from_utf8_lossy(&answer))
+            ));
+        }
+        return Ok(Kept::No);
+    }
+    Ok(Kept::Yes)
 }
 
 async fn connect(

@@ -10,16 +10,19 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use clusterlink_pki::{Identity, identity_of};
+use rustls::server::Acceptor;
+use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use clusterlink_pki::authority::Authority;
 use clusterlink_pki::reload::GatewayTls;
-use clusterlink_pki::tls::PEER_ALPN;
+use clusterlink_pki::tls::{ENROLL_ALPN, PEER_ALPN};
 
 use crate::backend_addresses::BackendAddresses;
 use crate::capacity::{Descriptors, HeldDescriptors, ServedTunnels, Shares, TunnelCounts};
@@ -35,13 +38,14 @@ use crate::metrics::{
 use crate::rate::RateLimited;
 use clusterlink_api::attributes::Attributes;
 
+use crate::enroll;
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{TLS_SEND_BUFFER, relay, take_first_frame};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
     ExportRef, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason, TunnelResponse,
-    health_response, read_head,
+    health_response_with, read_body, read_head, revocations_of,
 };
 use crate::workers::serve_on_worker;
 
@@ -71,6 +75,12 @@ struct PeerPort {
     addresses: BackendAddresses,
     /// Flips on shutdown: connections waiting between tunnels close, tunnels finish.
     shutdown: watch::Receiver<bool>,
+    /// The TLS set in force: revocation lists to answer probes with, and to take from peers.
+    credentials: watch::Receiver<Arc<GatewayTls>>,
+    /// The fabric's issuing authority, on the gateway that serves joining and renewal.
+    authority: Option<Arc<Authority>>,
+    /// Whether a certificate of the fabric is not enough: its peer needs a Peer object here.
+    known_peers_only: bool,
 }
 
 /// What the peer port needs besides its listener.
@@ -81,6 +91,8 @@ pub(crate) struct PeerPortConfig {
     pub protected: Arc<[SocketAddr]>,
     pub loopback_backends: bool,
     pub relayed: Arc<RelayedConnections>,
+    pub authority: Option<Arc<Authority>>,
+    pub known_peers_only: bool,
 }
 
 pub(crate) async fn serve(
@@ -117,15 +129,29 @@ pub(crate) async fn serve(
         relayed: config.relayed,
         addresses: BackendAddresses::default(),
         shutdown: shutdown.clone(),
+        credentials: tls.clone(),
+        authority: config.authority,
+        known_peers_only: config.known_peers_only,
     });
     let revalidator = tokio::spawn({
-        let (port, mut snapshots) = (port.clone(), snapshots.clone());
+        let (port, mut snapshots, mut tls) = (port.clone(), snapshots.clone(), tls.clone());
         async move {
-            while snapshots.changed().await.is_ok() {
-                let snapshot = snapshots.borrow_and_update().clone();
-                port.live.revalidate(|t| {
-                    decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
-                });
+            loop {
+                tokio::select! {
+                    changed = snapshots.changed() => {
+                        if changed.is_err() { return }
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        port.live.revalidate(|t| {
+                            decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
+                        });
+                    }
+                    // A revoked certificate's tunnels are cut, however long ago it authenticated.
+                    changed = tls.changed() => {
+                        if changed.is_err() { return }
+                        let current = tls.borrow_and_update().clone();
+                        port.live.revalidate(|t| !current.revocations.is_revoked(&t.certificate));
+                    }
+                }
             }
         }
     });
@@ -147,11 +173,11 @@ pub(crate) async fn serve(
                     // The configuration current now: rotated certificates apply to new connections.
                     // Marked seen: a later change of the certificates ends this connection's reuse.
                     let mut credentials = tls.clone();
-                    let acceptor = TlsAcceptor::from(credentials.borrow_and_update().server.clone());
+                    let current = credentials.borrow_and_update().clone();
                     let port = port.clone();
                     serve_on_worker(&mut connections, stream, move |stream| async move {
                         let _descriptor: HeldDescriptors = descriptor;
-                        if let Err(e) = handle(stream, remote, acceptor, credentials, admitted, &port).await {
+                        if let Err(e) = handle(stream, remote, current, credentials, admitted, &port).await {
                             tracing::debug!(%remote, error = %e, "peer connection ended");
                         }
                     });
@@ -232,7 +258,7 @@ impl PeerConnectionError {
 async fn handle(
     stream: TcpStream,
     remote: SocketAddr,
-    acceptor: TlsAcceptor,
+    current: Arc<GatewayTls>,
     credentials: watch::Receiver<Arc<GatewayTls>>,
     admitted: Admitted,
     port: &PeerPort,
@@ -254,7 +280,23 @@ async fn handle(
         Err(Some(reason)) => return Err(unserved(reason, reason.detail().into())),
         Err(None) => return Err(shed()),
     }
-    let handshake = timeout_at(admitted.deadline(), acceptor.accept(ReadAhead::new(stream)));
+    // The configuration is chosen from the ClientHello: only a gateway with an authority takes a
+    // handshake without a client certificate, and only for enrollment.
+    let start = LazyConfigAcceptor::new(Acceptor::default(), ReadAhead::new(stream));
+    let handshake = timeout_at(admitted.deadline(), async {
+        let start = start.await?;
+        let enrolling = port.authority.is_some()
+            && start
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == ENROLL_ALPN));
+        let config = if enrolling {
+            current.enrollment.clone()
+        } else {
+            current.server.clone()
+        };
+        start.into_stream(config).await
+    });
     let mut tls = tokio::select! {
         done = handshake => done
             .map_err(|_| unserved(Unserved::HandshakeTimeout, "TLS handshake timed out".into()))?
@@ -268,24 +310,50 @@ async fn handle(
     };
     tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
     let (_, session) = tls.get_ref();
+    if let (Some(authority), Some(ENROLL_ALPN)) = (&port.authority, session.alpn_protocol()) {
+        let identity = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| identity_of(c).ok());
+        let served = tokio::select! {
+            served = timeout_at(admitted.deadline(), enroll::serve(&mut tls, authority, identity)) => served,
+            () = admitted.shed() => return Err(shed()),
+        };
+        match served {
+            Ok(Ok(request)) => tracing::info!(%remote, %request, "certificate issued"),
+            Ok(Err(why)) => tracing::info!(%remote, %why, "certificate request refused"),
+            Err(_) => tracing::debug!(%remote, "enrollment request timed out"),
+        }
+        return Ok(());
+    }
     if session.alpn_protocol() != Some(PEER_ALPN) {
         let detail = "the client does not speak the tunnel protocol (ALPN)".into();
         return Err(unserved(Unserved::HandshakeRefused, detail));
     }
-    let peer = match session
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map(identity_of)
-    {
-        Some(Ok(Identity::Peer(name))) => name,
+    let Some(certificate) = session.peer_certificates().and_then(|c| c.first()) else {
+        let detail = "no client certificate".to_string();
+        return Err(unserved(Unserved::WrongIdentity, detail));
+    };
+    let certificate = Arc::new(certificate.clone().into_owned());
+    let peer = match identity_of(&certificate) {
+        Ok(Identity::Peer(name)) => name,
         other => {
             let detail = format!("not a peer certificate: {other:?}");
             return Err(unserved(Unserved::WrongIdentity, detail));
         }
     };
+    // A connection outlives no certificate: reused past the expiry of the one it was opened
+    // with, it closes (the peer renews, and opens the next one with its new certificate).
+    let expires = clusterlink_pki::identity::not_after(&certificate).unwrap_or(i64::MIN);
     // A configured peer's gateway: its address keeps the reserved places for a while.
-    if port.snapshots.borrow().peers.contains_key(&peer) {
+    let configured = port.snapshots.borrow().peers.contains_key(&peer);
+    if configured {
         port.admission.seen_at(remote.ip());
+    } else if port.known_peers_only {
+        let detail = format!(
+            "peer {peer} has a certificate of the fabric but no Peer object here, and this gateway admits only configured peers"
+        );
+        return Err(unserved(Unserved::UnknownPeer, detail));
     }
     // Authenticated: from here the connection counts against its peer, not against strangers.
     let Some(_counted) = port.peer_connections.enter(&peer) else {
@@ -318,12 +386,15 @@ async fn handle(
             }
         };
         if first.is_none() && credentials.has_changed().unwrap_or(true) {
-            // Authenticated under certificates since replaced (a rotation, or a move to another
-            // fabric): later tunnels need a new handshake.
+            // Authenticated under certificates or revocation lists since replaced (a rotation,
+            // a revocation, a move to another fabric): later tunnels need a new handshake.
+            return Ok(());
+        }
+        if unix_now() >= expires {
             return Ok(());
         }
         first = None;
-        let served = serve_request(&mut tls, &head, leftover, &peer, port).await?;
+        let served = serve_request(&mut tls, &head, leftover, &peer, &certificate, port).await?;
         if served == Served::Close {
             return Ok(());
         }
@@ -344,6 +415,7 @@ async fn serve_request(
     head: &[u8],
     mut leftover: Vec<u8>,
     peer: &str,
+    certificate: &Arc<CertificateDer<'static>>,
     port: &PeerPort,
 ) -> Result<Served, PeerConnectionError> {
     let PeerPort {
@@ -361,14 +433,53 @@ async fn serve_request(
         relayed,
         addresses,
         shutdown: _,
+        credentials,
+        authority: _,
+        known_peers_only: _,
     } = port;
     let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
+        Ok(PeerRequest::Revocations { length }) => {
+            let body = timeout(limits.handshake, read_body(tls, leftover, length))
+                .await
+                .map_err(|_| PeerConnectionError::Io {
+                    step: "reading revocation lists",
+                    error: std::io::ErrorKind::TimedOut.into(),
+                })??;
+            let current = credentials.borrow().clone();
+            let answer = match current.offer_revocations(&body) {
+                Ok(_) => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "revocation lists from a peer not taken");
+                    let message = e.to_string();
+                    format!(
+                        "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\n\r\n{message}",
+                        message.len()
+                    )
+                }
+            };
+            tls.write_all(answer.as_bytes())
+                .await
+                .map_err(PeerConnectionError::io("answering revocation lists"))?;
+            // Taking newer lists replaced the TLS set: the connection's next request finds
+            // that and closes, so the peer opens a new one under the new lists.
+            return Ok(Served::Reuse);
+        }
         Ok(PeerRequest::Health) => {
             let labels = snapshots.borrow().local_labels.clone();
-            tls.write_all(&health_response(&labels))
-                .await
-                .map_err(PeerConnectionError::io("answering a health probe"))?;
+            let current = credentials.borrow().clone();
+            let held = current.revocations.summary();
+            // A prober behind this gateway's lists gets them with the answer.
+            let lists = revocations_of(head)
+                .filter(|theirs| held.is_ahead_of(theirs))
+                .map(|_| current.revocations.to_pem());
+            tls.write_all(&health_response_with(
+                &labels,
+                Some(&held),
+                lists.as_deref(),
+            ))
+            .await
+            .map_err(PeerConnectionError::io("answering a health probe"))?;
             tls.flush()
                 .await
                 .map_err(PeerConnectionError::io("answering a health probe"))?;
@@ -538,6 +649,7 @@ async fn serve_request(
     let meter = metrics.tunnel_opened(tunnel.clone());
     meter.sent(first.len() as u64);
     let registered = live.register(IngressTunnel {
+        certificate: certificate.clone(),
         peer: peer.to_string(),
         peer_labels: request.peer_labels.clone(),
         client: request.client.clone(),
@@ -679,6 +791,8 @@ fn decide(
 
 /// A live ingress tunnel, as much as is needed to decide it again.
 pub(crate) struct IngressTunnel {
+    /// The certificate the peer authenticated with: its revocation cuts the tunnel.
+    certificate: Arc<CertificateDer<'static>>,
     peer: String,
     peer_labels: BTreeMap<String, String>,
     client: Attributes,
@@ -786,4 +900,10 @@ fn reaches_own_listener(backend: &TcpStream, protected: &[SocketAddr]) -> bool {
             l.port() == peer.port()
                 && (l.ip().is_unspecified() || l.ip() == peer.ip() || l.ip().is_loopback())
         })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -27,6 +27,7 @@ pub mod cmd;
 pub mod conditions;
 mod connections;
 mod egress;
+pub mod enroll;
 pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

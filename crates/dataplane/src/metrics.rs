@@ -190,6 +190,8 @@ pub enum Unserved {
     Idle,
     /// Authenticated, but its peer holds as many connections as one peer may.
     PeerLimit,
+    /// Authenticated, but no Peer object names it, and the gateway admits only configured peers.
+    UnknownPeer,
 }
 
 impl Unserved {
@@ -202,6 +204,7 @@ impl Unserved {
             Unserved::WrongIdentity => "WrongIdentity",
             Unserved::Idle => "Idle",
             Unserved::PeerLimit => "PeerLimit",
+            Unserved::UnknownPeer => "UnknownPeer",
         }
     }
 }
@@ -412,6 +415,81 @@ pub struct Metrics {
     dry_runs: Family<DryRunLabels, Counter>,
     /// Dry runs kept among the events and logged, by peer.
     dry_run_samples: RateLimited<String>,
+    /// The gateway's own certificate: its expiry, renewals, and the revocations in force.
+    pub credentials: CredentialMetrics,
+}
+
+/// What the gateway reports about its own certificate and the revocation lists it holds.
+#[derive(Default)]
+pub struct CredentialMetrics {
+    expires: Gauge,
+    renewed: Gauge,
+    renewal_failures: Counter,
+    revoked: Gauge,
+    last: parking_lot::Mutex<RenewalStatus>,
+}
+
+/// The last renewal and the last failure since, for `gwctl check`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenewalStatus {
+    /// The issuing gateway the certificate renews with, if it renews itself.
+    pub renews_from: Option<String>,
+    /// Unix seconds.
+    pub renewed_at: Option<i64>,
+    /// Why the last attempt failed, if it did (cleared by a success).
+    pub failure: Option<String>,
+}
+
+impl CredentialMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the gateway's own certificate expires (Unix seconds)",
+            self.expires.clone(),
+        );
+        registry.register(
+            "certificate_renewed_timestamp_seconds",
+            "When the gateway last renewed its certificate (Unix seconds; 0 if it never did)",
+            self.renewed.clone(),
+        );
+        registry.register(
+            "certificate_renewal_failures",
+            "Failed attempts to renew the gateway's certificate",
+            self.renewal_failures.clone(),
+        );
+        registry.register(
+            "revoked_certificates",
+            "Certificates the revocation lists in force revoke",
+            self.revoked.clone(),
+        );
+    }
+
+    /// A certificate set went into force: its expiry and the revocations it carries.
+    pub fn in_force(&self, expires: Option<i64>, revoked: usize) {
+        self.expires.set(expires.unwrap_or(0));
+        self.revoked.set(i64::try_from(revoked).unwrap_or(i64::MAX));
+    }
+
+    /// The certificate renews itself with `issuer`.
+    pub fn renewing(&self, issuer: &str) {
+        self.last.lock().renews_from = Some(issuer.to_string());
+    }
+
+    pub fn renewed(&self, at: i64) {
+        self.renewed.set(at);
+        let mut last = self.last.lock();
+        last.renewed_at = Some(at);
+        last.failure = None;
+    }
+
+    pub fn renewal_failed(&self, why: String) {
+        self.renewal_failures.inc();
+        self.last.lock().failure = Some(why);
+    }
+
+    pub fn renewal(&self) -> RenewalStatus {
+        self.last.lock().clone()
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -554,8 +632,11 @@ impl Default for Metrics {
             "Dry-run tunnel requests (explain, check) peers asked of this gateway, by peer and answer (allowed, a refusal reason, or TooManyRequests when past the rate limit)",
             dry_runs.clone(),
         );
+        let credentials = CredentialMetrics::default();
+        credentials.register(&mut registry);
         Metrics {
             registry,
+            credentials,
             access_log: AccessLog::default(),
             problem_lines: RateLimited::new(Limits::DEFAULT.problem_log),
             dry_runs,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use clusterlink_pki::reload::{GatewayTls, watch_files};
+use clusterlink_pki::reload::{GatewayTls, TlsSource};
 use clusterlink_pki::tls::{Credentials, TlsFiles};
 use clusterlink_pki::{Identity, identity_of};
 use tokio::sync::watch;
@@ -195,8 +195,9 @@ impl TlsArgs {
                 files.cert.display()
             ),
         };
-        let (tx, rx) = watch::channel(Arc::new(GatewayTls::new(&credentials)?));
-        tokio::spawn(watch_files(files, name.clone(), tx, shutdown.clone()));
+        // A replica keeps no revocation lists of its own yet: they come with each pod's start.
+        let (source, rx) = TlsSource::start(files, name.clone(), credentials, None, Vec::new())?;
+        tokio::spawn(source.watch(shutdown.clone()));
         Ok((name, rx))
     }
 }

@@ -37,6 +37,11 @@ pub struct DataPlaneConfig {
     pub loopback_backends: bool,
     /// Timeouts and bounds.
     pub limits: Limits,
+    /// The fabric's issuing authority, when this gateway serves joining and renewal.
+    pub authority: Option<Arc<clusterlink_pki::authority::Authority>>,
+    /// Admit on the peer port only peers with a Peer object here. Off by default, as in the
+    /// reference ClusterLink: any certificate of the fabric may ask, and policies decide.
+    pub known_peers_only: bool,
 }
 
 /// A data plane: what its tasks share, and what operators may ask of it while it runs (live
@@ -132,6 +137,8 @@ impl DataPlane {
                 protected: config.protected.clone().into(),
                 loopback_backends: config.loopback_backends,
                 relayed: egress.relayed.clone(),
+                authority: config.authority.clone(),
+                known_peers_only: config.known_peers_only,
             },
             shutdown.clone(),
         ));
@@ -140,6 +147,14 @@ impl DataPlane {
                 (egress.clone(), snapshots.clone(), shutdown.clone());
             let mut credentials = egress.dialer.tls.clone();
             let sweep_every = config.limits.pool_idle / 2;
+            let metrics = config.metrics.clone();
+            {
+                let current = credentials.borrow_and_update().clone();
+                metrics.credentials.in_force(
+                    current.certificate_expires,
+                    current.revocations.revoked_count(),
+                );
+            }
             async move {
                 // Idle peer connections expire even when nothing else happens.
                 let mut sweep = tokio::time::interval(sweep_every);
@@ -151,10 +166,17 @@ impl DataPlane {
                             egress.revalidate(&snapshot);
                         }
                         _ = sweep.tick() => egress.dialer.sweep_pool(&snapshots.borrow()),
-                        // Connections authenticated with replaced certificates are not reused.
+                        // Connections authenticated with replaced certificates are not reused, and
+                        // tunnels to a peer whose certificate was revoked are cut.
                         changed = credentials.changed() => {
                             if changed.is_err() { break }
                             egress.dialer.empty_pool();
+                            let current = credentials.borrow_and_update().clone();
+                            egress.revalidate_certificates(&current);
+                            metrics.credentials.in_force(
+                                current.certificate_expires,
+                                current.revocations.revoked_count(),
+                            );
                         }
                         _ = shutdown.changed() => break,
                     }

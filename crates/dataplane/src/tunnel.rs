@@ -52,6 +52,7 @@ use std::fmt;
 use clusterlink_api::attributes::is_client_attribute;
 use clusterlink_api::text::escaped;
 use clusterlink_api::validation::{check_label_key, check_label_value};
+use clusterlink_pki::revocation::{MAX_LIST_BYTES, Summary};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
@@ -284,22 +285,109 @@ impl TunnelRequest {
     }
 }
 
-/// What another gateway asks on the peer port: a tunnel, or whether this gateway is alive.
+/// What another gateway asks on the peer port: a tunnel, whether this gateway is alive, or to
+/// take newer revocation lists (`POST /revocations`, a body of `length` bytes of PEM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerRequest {
     Tunnel(TunnelRequest),
     Health,
+    Revocations { length: usize },
 }
 
 /// The health probe; answered `200` with an empty body by a live gateway.
 pub const HEALTH_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n\r\n";
 /// The answer to [`HEALTH_REQUEST`], carrying the answering gateway's own labels.
 pub fn health_response(labels: &BTreeMap<String, String>) -> Vec<u8> {
+    health_response_with(labels, None, None)
+}
+
+/// Revocation lists travel with the health probes: the prober says which lists it holds
+/// ([`REVOCATIONS_HEADER`], a [`Summary`]); the answer says which the answering gateway holds
+/// and, when the prober is behind, carries them as its body. A prober that finds the answering
+/// gateway behind sends its own with `POST /revocations`. Lists are checked against the
+/// receiver's trust bundle, so no carrier is trusted.
+pub const REVOCATIONS_HEADER: &str = "x-clusterlink-revocations";
+
+/// [`HEALTH_REQUEST`] with the prober's [`Summary`].
+pub fn health_request(held: &Summary) -> Vec<u8> {
+    format!("GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n{REVOCATIONS_HEADER}: {held}\r\n\r\n")
+        .into_bytes()
+}
+
+/// The health answer with this gateway's [`Summary`], and its lists for a prober behind.
+pub fn health_response_with(
+    labels: &BTreeMap<String, String>,
+    held: Option<&Summary>,
+    lists: Option<&str>,
+) -> Vec<u8> {
+    let held = held.map_or(String::new(), |h| format!("{REVOCATIONS_HEADER}: {h}\r\n"));
+    let body = lists.unwrap_or_default();
     format!(
-        "HTTP/1.1 200 OK\r\n{}content-length: 0\r\n\r\n",
-        peer_labels_line(labels)
+        "HTTP/1.1 200 OK\r\n{}{held}content-length: {}\r\n\r\n{body}",
+        peer_labels_line(labels),
+        body.len()
     )
     .into_bytes()
+}
+
+/// `POST /revocations` with `lists` (PEM).
+pub fn revocations_request(lists: &str) -> Vec<u8> {
+    format!(
+        "POST /revocations HTTP/1.1\r\nhost: clusterlink\r\ncontent-length: {}\r\n\r\n{lists}",
+        lists.len()
+    )
+    .into_bytes()
+}
+
+/// The [`Summary`] a head carries, if any and well-formed.
+pub fn revocations_of(head: &[u8]) -> Option<Summary> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case(REVOCATIONS_HEADER)
+            .then(|| Summary::parse(value.trim()))?
+    })
+}
+
+/// The `content-length` of a head (0 if absent); an error past [`MAX_LIST_BYTES`].
+pub fn body_length(head: &[u8]) -> Result<usize, ProtocolError> {
+    let text = std::str::from_utf8(head).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let length = text
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>())
+        })
+        .transpose()
+        .map_err(|e| ProtocolError::Malformed(format!("content-length: {e}")))?
+        .unwrap_or(0);
+    if length > MAX_LIST_BYTES {
+        return Err(ProtocolError::TooLarge);
+    }
+    Ok(length)
+}
+
+/// Reads a body of `length` bytes, of which `leftover` arrived with the head.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    mut leftover: Vec<u8>,
+    length: usize,
+) -> Result<Vec<u8>, ProtocolError> {
+    if leftover.len() > length {
+        return Err(ProtocolError::Malformed(
+            "more bytes than the content-length".into(),
+        ));
+    }
+    let have = leftover.len();
+    leftover.resize(length, 0);
+    stream
+        .read_exact(&mut leftover[have..])
+        .await
+        .map_err(ProtocolError::Io)?;
+    Ok(leftover)
 }
 
 /// The labels a health answer carries; an error if it is not a `200`.
@@ -331,6 +419,11 @@ impl PeerRequest {
     pub fn decode(head: &[u8]) -> Result<PeerRequest, ProtocolError> {
         if head.starts_with(b"GET /healthz ") {
             return Ok(PeerRequest::Health);
+        }
+        if head.starts_with(b"POST /revocations ") {
+            return Ok(PeerRequest::Revocations {
+                length: body_length(head)?,
+            });
         }
         TunnelRequest::decode(head).map(PeerRequest::Tunnel)
     }

@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 
 use clusterlink_dataplane::metrics::{AccessLog, Metrics};
 use clusterlink_dataplane::{DataPlane, DataPlaneConfig, Limits, snapshot};
-use clusterlink_pki::reload::{GatewayTls, watch_files};
+use clusterlink_pki::authority::{Authority, REVOCATIONS_FILE};
+use clusterlink_pki::reload::TlsSource;
+use clusterlink_pki::site::Enrollment;
 
 use crate::management;
 use crate::model::{ControlPlane, ModelError};
@@ -79,6 +81,13 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// Which tunnels get a log line.
     pub access_log: AccessLog,
+    /// The fabric's issuing authority, when this gateway serves joining and renewal.
+    pub authority: Option<Arc<Authority>>,
+    /// Where this gateway renews its certificate, if it joined with a token (its files are then
+    /// those of `clusterlink_pki::site` in `data_dir`).
+    pub enrollment: Option<Enrollment>,
+    /// Admit on the peer port only peers with a Peer object here.
+    pub known_peers_only: bool,
 }
 
 /// Loads the fabric CA, this peer's certificate and key, and checks them: the certificate must
@@ -138,17 +147,34 @@ impl Gateway {
 
         // One watched set of TLS configurations: rotated certificates reach the peer port and the
         // management listener alike, without a restart.
-        let (tls_tx, tls) = watch::channel(Arc::new(GatewayTls::new(&credentials)?));
+        // Revocation lists are kept beside the store, and the issuing gateway follows its
+        // authority's list.
+        let followed = config
+            .authority
+            .as_ref()
+            .map(|a| vec![a.revocations_path()])
+            .unwrap_or_default();
+        let (tls_source, tls) = TlsSource::start(
+            config.tls.clone(),
+            name.clone(),
+            credentials,
+            Some(config.data_dir.join(REVOCATIONS_FILE)),
+            followed,
+        )?;
         let management_addr = management.local_addr()?;
         let peer_addr = peer.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(watch_files(
-            config.tls.clone(),
-            name.clone(),
-            tls_tx,
-            shutdown_rx.clone(),
-        ));
+        if let Some(enrollment) = config.enrollment.clone() {
+            tasks.spawn(clusterlink_dataplane::enroll::keep_renewed(
+                tls_source.clone(),
+                config.data_dir.clone(),
+                enrollment,
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+        tasks.spawn(tls_source.watch(shutdown_rx.clone()));
         let snapshots = snapshot::follow_changes(
             &name,
             config.labels.clone(),
@@ -163,6 +189,8 @@ impl Gateway {
             protected: vec![management_addr, peer_addr],
             loopback_backends: config.loopback_backends,
             limits: config.limits,
+            authority: config.authority.clone(),
+            known_peers_only: config.known_peers_only,
         };
         let dataplane = DataPlane::new(dataplane, tls.clone());
         let observed = management::activity::Observed {

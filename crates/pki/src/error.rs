@@ -32,6 +32,8 @@ pub enum PkiError {
     Tls(#[from] rustls::Error),
     #[error("certificate identity: {0}")]
     Identity(String),
+    #[error("revocation: {0}")]
+    Revocation(String),
     #[error("invalid validity: {0}")]
     Validity(String),
 }

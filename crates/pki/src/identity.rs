@@ -52,3 +52,10 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, PkiError> {
         .map_err(|e| PkiError::Identity(format!("unparseable certificate: {e}")))?;
     Ok(x509.validity().not_after.timestamp())
 }
+
+/// When `cert` becomes valid, in seconds since the Unix epoch.
+pub fn not_before(cert: &CertificateDer<'_>) -> Result<i64, PkiError> {
+    let (_, x509) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| PkiError::Identity(format!("unparseable certificate: {e}")))?;
+    Ok(x509.validity().not_before.timestamp())
+}

@@ -46,6 +46,24 @@ impl Validity {
         })
     }
 
+    /// From now (less a little clock skew) for `lifetime`, at least a minute.
+    pub fn lasting(lifetime: std::time::Duration) -> Result<Validity, PkiError> {
+        let seconds = i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX);
+        if seconds < 60 {
+            return Err(PkiError::Validity("must be at least 1 minute".into()));
+        }
+        if seconds > 100 * 366 * 86_400 {
+            return Err(PkiError::Validity("more than 100 years".into()));
+        }
+        let now = OffsetDateTime::now_utc();
+        // A short lifetime is backdated less, so that two thirds of it still lie ahead.
+        let skew = CLOCK_SKEW.min(Duration::seconds(seconds / 10));
+        Ok(Validity {
+            not_before: now - skew,
+            not_after: now + Duration::seconds(seconds),
+        })
+    }
+
     /// An explicit window, for tests of expired or not-yet-valid certificates.
     pub fn between(
         not_before: OffsetDateTime,
@@ -172,6 +190,23 @@ impl FabricCa {
         self.sign(params, validity)
     }
 
+    /// Signs `params` for a key held elsewhere (a site's own, from its certificate request).
+    pub(crate) fn sign_key(
+        &self,
+        params: &CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, PkiError> {
+        Ok(params.signed_by(public_key, &self.issuer)?.pem())
+    }
+
+    /// Signs a revocation list; returns its DER.
+    pub(crate) fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<Vec<u8>, PkiError> {
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
+    }
+
     fn sign(
         &self,
         mut params: CertificateParams,
@@ -209,7 +244,7 @@ fn check_fabric_name(name: &str) -> Result<(), PkiError> {
     }
 }
 
-fn check_peer_name(name: &str) -> Result<(), PkiError> {
+pub(crate) fn check_peer_name(name: &str) -> Result<(), PkiError> {
     clusterlink_api::validation::check_dns_name(name).map_err(|reason| PkiError::InvalidName {
         name: name.into(),
         reason: format!(
@@ -233,15 +268,19 @@ pub fn create_peer_cert(
     validity: Validity,
 ) -> Result<CertPaths, PkiError> {
     check_peer_name(name)?;
-    if name == ADMINS_DIR {
-        return Err(PkiError::InvalidName {
-            name: name.into(),
-            reason: format!("{ADMINS_DIR:?} is reserved for admin certificates"),
-        });
+    for reserved in [ADMINS_DIR, crate::authority::AUTHORITY_DIR] {
+        if name == reserved {
+            return Err(PkiError::InvalidName {
+                name: name.into(),
+                reason: format!("{reserved:?} is reserved for the fabric's own files"),
+            });
+        }
     }
     let issued = FabricCa::load(fabric_dir)?.issue_peer(name, validity)?;
     let paths = CertPaths::in_dir(fabric_dir.join(name));
     write_pair(&paths.dir, &issued.cert_pem, &issued.key_pem)?;
+    // In the ledger, so that `clusterlink revoke --peer` finds it.
+    crate::authority::record_created(fabric_dir, &issued.cert_pem, name)?;
     Ok(paths)
 }
 

@@ -14,11 +14,14 @@
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod authority;
 mod error;
 mod files;
 pub mod identity;
 pub mod issue;
 pub mod reload;
+pub mod revocation;
+pub mod site;
 pub mod tls;
 
 pub use error::PkiError;

@@ -1,5 +1,9 @@
 //! rustls configurations for the fabric: TLS 1.3 only, aws-lc-rs, certificates verified against
-//! the fabric CA in both directions.
+//! the fabric CA in both directions, and against its revocation lists.
+//!
+//! No session is ever resumed. A resumed handshake skips the certificate check, so a session
+//! would outlive the certificate that opened it (its expiry, its revocation); and gateways keep
+//! their connections to each other warm, so a full handshake is rare and resumption saved little.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,11 +16,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::PkiError;
 use crate::files::read;
+use crate::revocation::Revocations;
 
 /// ALPN of the peer port's tunnel protocol version (2: framed, reusable tunnels); a gateway
 /// refuses a handshake that offers none it speaks, so a mixed-version fabric fails loudly rather
 /// than misreading bytes.
 pub const PEER_ALPN: &[u8] = b"clusterlink/2";
+/// ALPN of joining and renewal on the issuing gateway's peer port (`dataplane::enroll`): the one
+/// handshake the peer port takes without a client certificate, and only where it issues.
+pub const ENROLL_ALPN: &[u8] = b"clusterlink-enroll/1";
 
 /// The one crypto provider the project uses, with TLS 1.3 suites only, AES-128-GCM first.
 ///
@@ -59,6 +67,8 @@ impl TlsFiles {
 #[derive(Debug, Clone)]
 pub struct Credentials {
     pub roots: Arc<RootCertStore>,
+    /// The CA certificates of the trust bundle (one, or two during a CA rollover).
+    pub cas: Vec<CertificateDer<'static>>,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
 }
@@ -79,8 +89,10 @@ impl Credentials {
             }
             Err(e) => return Err(bad(&files.key, format!("not a usable private key: {e}"))),
         }
+        let cas = load_certs(&files.ca)?;
         Ok(Credentials {
-            roots: load_roots(&files.ca)?,
+            roots: roots_of(&files.ca, &cas)?,
+            cas,
             chain,
             key: Arc::new(key),
         })
@@ -121,10 +133,14 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
 }
 
 pub fn load_roots(path: &Path) -> Result<Arc<RootCertStore>, PkiError> {
+    roots_of(path, &load_certs(path)?)
+}
+
+fn roots_of(path: &Path, cas: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, PkiError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
+    for cert in cas {
         roots
-            .add(cert)
+            .add(cert.clone())
             .map_err(|e| bad(path, format!("not a usable CA certificate: {e}")))?;
     }
     Ok(Arc::new(roots))
@@ -139,21 +155,161 @@ fn bad(path: &Path, reason: String) -> PkiError {
 
 /// A server that requires a client certificate issued by the fabric.
 pub fn mutual_server_config(creds: &Credentials) -> Result<ServerConfig, PkiError> {
+    server_config(creds, &Revocations::default(), ClientCertificate::Required)
+}
+
+/// Whether a server asks for a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificate {
+    Required,
+    /// A joining site has none yet; one that renews presents its current one.
+    Optional,
+}
+
+/// A server verifying client certificates against the fabric and `revocations`.
+pub fn server_config(
+    creds: &Credentials,
+    revocations: &Revocations,
+    client: ClientCertificate,
+) -> Result<ServerConfig, PkiError> {
     let provider = provider();
-    let verifier =
+    let mut verifier =
         WebPkiClientVerifier::builder_with_provider(creds.roots.clone(), provider.clone())
-            .build()
-            .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
-    Ok(ServerConfig::builder_with_provider(provider)
+            .with_crls(revocations.lists())
+            // Only leaves are listed, and a CA new in a rollover has no list yet.
+            .only_check_end_entity_revocation()
+            .allow_unknown_revocation_status();
+    if client == ClientCertificate::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.chain.clone(), creds.key.clone_key())?)
+        .with_single_cert(creds.chain.clone(), creds.key.clone_key())?;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
 /// A client that verifies the server against the fabric and presents its own certificate.
 pub fn mutual_client_config(creds: &Credentials) -> Result<ClientConfig, PkiError> {
-    Ok(ClientConfig::builder_with_provider(provider())
+    client_config(creds, &Revocations::default())
+}
+
+/// A client verifying servers against the fabric and `revocations`.
+pub fn client_config(
+    creds: &Credentials,
+    revocations: &Revocations,
+) -> Result<ClientConfig, PkiError> {
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        creds.roots.clone(),
+        provider(),
+    )
+    .with_crls(revocations.lists())
+    .only_check_end_entity_revocation()
+    .allow_unknown_revocation_status()
+    .build()
+    .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(creds.roots.clone())
-        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?)
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
+/// A client for joining: it has no certificate yet, and trusts only a server whose chain ends in
+/// the CA whose SHA-256 is `ca_sha256` (the token's pin). The server sends that CA with its chain
+/// ([`crate::reload::GatewayTls::enrollment`]); the server's name is the one its certificate
+/// carries, which the authority's gateway alone knows.
+pub fn pinned_ca_client_config(ca_sha256: &str) -> Result<ClientConfig, PkiError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedCa {
+            pin: ca_sha256.to_ascii_lowercase(),
+        }))
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| crate::authority::sha256_hex(c.as_ref()) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the gateway at the token's address is not of the fabric the token pins (its CA's fingerprint differs)"
+                        .into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let name = match crate::identity::identity_of(end_entity) {
+            Ok(crate::identity::Identity::Peer(name)) => name,
+            other => {
+                return Err(rustls::Error::General(format!(
+                    "the issuing gateway's certificate is not a peer certificate: {other:?}"
+                )));
+            }
+        };
+        let name = rustls_pki_types::ServerName::try_from(name)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?
+            .verify_server_cert(end_entity, &[], &name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

@@ -85,7 +85,7 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
         ),
     ));
     findings.push(certificate_finding(
-        version["certificateExpires"].as_i64(),
+        &Certificate::of_version(version),
         time::OffsetDateTime::now_utc().unix_timestamp(),
     ));
     let traffic: Traffic = {
@@ -153,8 +153,47 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
     Ok(findings)
 }
 
-fn certificate_finding(expires: Option<i64>, now: i64) -> Finding {
-    let Some(expires) = expires else {
+/// What a gateway says of its own certificate (`/version`).
+#[derive(Debug, Default)]
+struct Certificate {
+    expires: Option<i64>,
+    valid_from: Option<i64>,
+    /// The issuing gateway it renews with, if it renews itself.
+    renews_from: Option<String>,
+    renewed: Option<i64>,
+    renewal_failure: Option<String>,
+}
+
+impl Certificate {
+    fn of_version(version: &serde_json::Value) -> Certificate {
+        let text = |f: &str| {
+            version[f]
+                .as_str()
+                .map(|s| clusterlink_api::text::escaped(s).to_string())
+        };
+        Certificate {
+            expires: version["certificateExpires"].as_i64(),
+            valid_from: version["certificateValidFrom"].as_i64(),
+            renews_from: text("renewsFrom"),
+            renewed: version["certificateRenewed"].as_i64(),
+            renewal_failure: text("renewalFailure"),
+        }
+    }
+}
+
+/// A span of seconds as an operator reads it: `12 days`, `5h 20m`, `40s`.
+fn span(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn certificate_finding(cert: &Certificate, now: i64) -> Finding {
+    let Some(expires) = cert.expires else {
         return finding(
             "certificate",
             Outcome::Warning,
@@ -162,20 +201,53 @@ fn certificate_finding(expires: Option<i64>, now: i64) -> Finding {
         );
     };
     let days = (expires - now).div_euclid(86_400);
-    let date = time::OffsetDateTime::from_unix_timestamp(expires)
-        .map(|t| t.date().to_string())
-        .unwrap_or_default();
+    let date = clusterlink_pki::authority::timestamp(expires);
     if expires <= now {
-        finding(
+        return finding(
             "certificate",
             Outcome::Failed,
-            format!("expired on {date}: peers refuse it; issue a new one"),
-        )
-    } else if days < EXPIRY_WARNING_DAYS {
+            format!("expired at {date}: peers refuse it; issue a new one"),
+        );
+    }
+    let left = span(expires - now);
+    if let Some(issuer) = &cert.renews_from {
+        let renewed = cert.renewed.map_or_else(
+            || "not renewed yet".to_string(),
+            |at| format!("last renewed {} ago", span(now - at)),
+        );
+        if let Some(failure) = &cert.renewal_failure {
+            return finding(
+                "certificate",
+                Outcome::Warning,
+                format!(
+                    "renewal with {issuer} is failing ({failure}); expires in {left} ({date}); {renewed}"
+                ),
+            );
+        }
+        // Renewal starts at two thirds of the lifetime; past three quarters it is late.
+        let overdue = cert
+            .valid_from
+            .is_some_and(|from| now > from + (expires - from) * 3 / 4);
+        return finding(
+            "certificate",
+            if overdue {
+                Outcome::Warning
+            } else {
+                Outcome::Ok
+            },
+            format!(
+                "expires in {left} ({date}); renews itself with {issuer}{}; {renewed}",
+                if overdue { ", but is overdue" } else { "" }
+            ),
+        );
+    }
+    if days < EXPIRY_WARNING_DAYS {
         finding(
             "certificate",
             Outcome::Warning,
-            format!("expires in {days} days ({date}): rotate it soon"),
+            format!(
+                "expires in {left} ({date}): rotate it soon, or join with a token to renew it automatically"
+            ),
         )
     } else {
         finding(
@@ -359,12 +431,49 @@ mod tests {
     #[test]
     fn certificates_near_their_end_warn_and_expired_ones_fail() {
         let day = 86_400;
-        assert_eq!(certificate_finding(Some(365 * day), 0).result, Outcome::Ok);
+        let expiring = |expires| Certificate {
+            expires,
+            ..Certificate::default()
+        };
         assert_eq!(
-            certificate_finding(Some(10 * day), 0).result,
+            certificate_finding(&expiring(Some(365 * day)), 0).result,
+            Outcome::Ok
+        );
+        assert_eq!(
+            certificate_finding(&expiring(Some(10 * day)), 0).result,
             Outcome::Warning
         );
-        assert_eq!(certificate_finding(Some(-day), 0).result, Outcome::Failed);
-        assert_eq!(certificate_finding(None, 0).result, Outcome::Warning);
+        assert_eq!(
+            certificate_finding(&expiring(Some(-day)), 0).result,
+            Outcome::Failed
+        );
+        assert_eq!(
+            certificate_finding(&expiring(None), 0).result,
+            Outcome::Warning
+        );
+    }
+
+    #[test]
+    fn a_renewing_certificate_warns_when_renewal_fails_or_is_late() {
+        let renewing = |failure: Option<&str>| Certificate {
+            expires: Some(120),
+            valid_from: Some(0),
+            renews_from: Some("hub".into()),
+            renewed: None,
+            renewal_failure: failure.map(str::to_string),
+        };
+        // A two-minute certificate is no warning while it renews itself.
+        let fine = certificate_finding(&renewing(None), 10);
+        assert_eq!(fine.result, Outcome::Ok, "{}", fine.detail);
+        assert!(fine.detail.contains("renews itself with hub"));
+        let late = certificate_finding(&renewing(None), 100);
+        assert_eq!(late.result, Outcome::Warning, "{}", late.detail);
+        let failing = certificate_finding(&renewing(Some("no issuing gateway answered")), 10);
+        assert_eq!(failing.result, Outcome::Warning);
+        assert!(failing.detail.contains("no issuing gateway answered"));
+        assert_eq!(
+            certificate_finding(&renewing(None), 121).result,
+            Outcome::Failed
+        );
     }
 }

@@ -167,7 +167,8 @@ impl HostileExporter {
                                 let _ = tls.shutdown().await;
                                 return;
                             }
-                            Err(_) => return,
+                            // It holds no revocation lists, and asks for none.
+                            Ok(PeerRequest::Revocations { .. }) | Err(_) => return,
                         }
                     }
                 });

@@ -42,6 +42,8 @@ pub(crate) struct Egress {
 
 /// A live egress tunnel, as much as is needed to decide it again.
 pub(crate) struct EgressTunnel {
+    /// The certificate the exporting gateway authenticated with: its revocation cuts the tunnel.
+    server_certificate: Option<rustls_pki_types::CertificateDer<'static>>,
     import: ObjectKey,
     client: Attributes,
     source: ImportSource,
@@ -66,6 +68,15 @@ impl Egress {
                 .is_ok()
         });
         self.dialer.sweep_pool(snapshot);
+    }
+
+    /// Closes open tunnels to gateways whose certificate `tls` revokes.
+    pub fn revalidate_certificates(&self, tls: &clusterlink_pki::reload::GatewayTls) {
+        self.live.revalidate(|t| {
+            t.server_certificate
+                .as_ref()
+                .is_none_or(|c| !tls.revocations.is_revoked(c))
+        });
     }
 
     /// Refuses a client of import `key` for want of descriptors: reset at once, and reported.
@@ -223,7 +234,14 @@ impl Egress {
                     let meter = self.metrics.tunnel_opened(tunnel(Some(source)));
                     meter.sent(first.taken() as u64);
                     let _peer_slot = peer_slot;
+                    let server_certificate = connection
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.clone().into_owned());
                     let registered = self.live.register(EgressTunnel {
+                        server_certificate,
                         import: key.clone(),
                         client: client_attributes.clone(),
                         source: source.clone(),

@@ -150,6 +150,8 @@ pub(crate) mod tests {
             protected: vec![],
             loopback_backends: false,
             limits: clusterlink_dataplane::Limits::DEFAULT,
+            authority: None,
+            known_peers_only: false,
         };
         Observed {
             dataplane: DataPlane::new(config, tls),

@@ -36,7 +36,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use clusterlink_api::manifest::{MAX_OBJECT_BYTES, parse_manifests};
 use clusterlink_api::rest::{
-    API_PREFIX, HEALTHZ_PATH, METRICS_PATH, RESULT_HEADER, VERSION_PATH, collection_path, item_path,
+    API_PREFIX, HEALTHZ_PATH, METRICS_PATH, RESULT_HEADER, REVOCATIONS_PATH, VERSION_PATH,
+    collection_path, item_path,
 };
 use clusterlink_api::{API_VERSION, Kind, Object, ObjectKey, Scope};
 use serde_json::json;
@@ -52,6 +53,7 @@ pub fn router(
     observed: activity::Observed,
 ) -> Router {
     let tls = observed.dataplane.tls();
+    let metrics_for_version = metrics.clone();
     let peer_addresses: Vec<String> = observed
         .peer_addresses
         .iter()
@@ -95,15 +97,48 @@ pub fn router(
                 .delete(delete_namespaced),
         )
         .route(HEALTHZ_PATH, get(healthz))
+        .route(REVOCATIONS_PATH, {
+            let (held, offered) = (tls.clone(), tls.clone());
+            get(move || async move {
+                let current = held.borrow().clone();
+                (
+                    [(http::header::CONTENT_TYPE, "application/pkix-crl")],
+                    current.revocations.to_pem(),
+                )
+            })
+            .post(move |body: axum::body::Bytes| async move {
+                let current = offered.borrow().clone();
+                match current.offer_revocations(&body) {
+                    Ok(taken) => {
+                        let taken = taken == clusterlink_pki::revocation::Taken::Newer;
+                        let summary = offered.borrow().revocations.summary().to_string();
+                        Ok(Json(json!({"taken": taken, "lists": summary})))
+                    }
+                    Err(e) => Err(ApiError::new(
+                        http::StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        e.to_string(),
+                    )),
+                }
+            })
+        })
         .route(VERSION_PATH, {
             let peer = names.peer.clone();
+            let metrics = metrics_for_version;
             get(|| async move {
-                let expires = tls.borrow().certificate_expires;
+                let current = tls.borrow().clone();
+                let renewal = metrics.credentials.renewal();
                 Json(json!({
                     "version": env!("CARGO_PKG_VERSION"),
                     "apiVersion": API_VERSION,
                     "peer": peer,
-                    "certificateExpires": expires,
+                    "certificateExpires": current.certificate_expires,
+                    "certificateValidFrom": current.certificate_valid_from,
+                    "renewsFrom": renewal.renews_from,
+                    "certificateRenewed": renewal.renewed_at,
+                    "renewalFailure": renewal.failure,
+                    "revokedCertificates": current.revocations.revoked_count(),
+                    "revocationLists": current.revocations.summary().to_string(),
                     "peerAddresses": peer_addresses,
                 }))
             })

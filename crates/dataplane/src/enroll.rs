@@ -1,0 +1,421 @@
+//! Joining the fabric and renewing certificates, over the issuing gateway's peer port.
+//!
+//! ```text
+//! POST /join HTTP/1.1                  no client certificate: the token is the credential
+//! content-length: 512
+//!
+//! {"token":"cljoin1....","csr":"-----BEGIN CERTIFICATE REQUEST-----..."}
+//!
+//! POST /renew HTTP/1.1                 the current certificate, in the handshake, is the credential
+//! content-length: 400
+//!
+//! {"csr":"-----BEGIN CERTIFICATE REQUEST-----..."}
+//!
+//! HTTP/1.1 200 OK                      {"certificate","trust_bundle","revocations"}
+//! HTTP/1.1 403 Forbidden               x-clusterlink-reason: TokenReused, and why, as text
+//! ```
+//!
+//! Both ride TLS with [`ENROLL_ALPN`], which only a gateway started with an authority accepts
+//! (and only there without a client certificate). A joining site trusts the server only if its
+//! chain ends in the CA its token pins. The site's key is made where it runs and never sent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_pki::authority::{Authority, EnrollError, Enrolled, JoinToken};
+use clusterlink_pki::reload::GatewayTls;
+use clusterlink_pki::site::{self, Enrollment};
+use clusterlink_pki::tls::{ENROLL_ALPN, pinned_ca_client_config};
+use clusterlink_pki::{Identity, identity_of};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+
+use crate::tunnel::{MAX_HEADERS, read_head};
+
+/// A request or answer body larger than this is refused: a CSR and a token are under 2 KiB, an
+/// answer carries a certificate, a bundle and the revocation lists.
+const MAX_BODY_BYTES: usize = clusterlink_pki::revocation::MAX_LIST_BYTES + 64 * 1024;
+/// The name a joining site sends as SNI: it does not know the issuing gateway's name yet.
+const JOIN_SNI: &str = "issuer.clusterlink";
+const REASON_HEADER: &str = "x-clusterlink-reason";
+
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    token: String,
+    csr: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RenewRequest {
+    csr: String,
+}
+
+/// Why joining or renewing failed, as the site sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollClientError {
+    #[error(transparent)]
+    Token(#[from] EnrollError),
+    #[error("the authority refused ({reason}): {message}")]
+    Refused { reason: String, message: String },
+    #[error("no issuing gateway answered: {0}")]
+    Unreachable(String),
+    #[error("the issuing gateway's answer is malformed: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Pki(#[from] clusterlink_pki::PkiError),
+}
+
+/// Serves one enrollment request on an accepted [`ENROLL_ALPN`] connection. `peer` is the
+/// verified client certificate's identity, if one was presented.
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    authority: &Arc<Authority>,
+    peer: Option<Identity>,
+) -> Result<String, String> {
+    let (path, body) = read_message(stream, Message::Request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let authority = authority.clone();
+    let outcome = match (path.as_str(), peer) {
+        ("/join", _) => match serde_json::from_slice::<JoinRequest>(&body) {
+            Ok(request) => {
+                tokio::task::spawn_blocking(move || authority.redeem(&request.token, &request.csr))
+                    .await
+                    .unwrap_or_else(|e| Err(EnrollError::BadRequest(e.to_string())))
+            }
+            Err(e) => Err(EnrollError::BadRequest(format!("not a join request: {e}"))),
+        },
+        ("/renew", Some(Identity::Peer(name))) => {
+            match serde_json::from_slice::<RenewRequest>(&body) {
+                Ok(request) => {
+                    let for_name = name.clone();
+                    tokio::task::spawn_blocking(move || authority.renew(&for_name, &request.csr))
+                        .await
+                        .unwrap_or_else(|e| Err(EnrollError::BadRequest(e.to_string())))
+                }
+                Err(e) => Err(EnrollError::BadRequest(format!("not a renewal: {e}"))),
+            }
+        }
+        ("/renew", _) => Err(EnrollError::BadRequest(
+            "a renewal is authenticated by the current peer certificate, and none was presented"
+                .into(),
+        )),
+        (other, _) => Err(EnrollError::BadRequest(format!(
+            "no such request {other:?}"
+        ))),
+    };
+    let (answer, result) = match outcome {
+        Ok(enrolled) => {
+            let body = serde_json::to_vec(&enrolled).unwrap_or_default();
+            (response("200 OK", None, &body), Ok(path))
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let status = match e {
+                EnrollError::BadRequest(_) => "400 Bad Request",
+                EnrollError::Authority(_) => "500 Internal Server Error",
+                _ => "403 Forbidden",
+            };
+            (
+                response(status, Some(e.reason()), message.as_bytes()),
+                Err(message),
+            )
+        }
+    };
+    let written = async {
+        stream.write_all(&answer).await?;
+        stream.shutdown().await
+    };
+    let _ = written.await;
+    result
+}
+
+fn response(status: &str, reason: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let reason = reason.map_or(String::new(), |r| format!("{REASON_HEADER}: {r}\r\n"));
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\n{reason}content-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Message {
+    Request,
+    Response,
+}
+
+/// Reads a head and its body (by `content-length`, bounded). For a request, the path; for a
+/// response, the status code, and the reason header if any, as `"<code> <reason>"`.
+async fn read_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    kind: Message,
+) -> Result<(String, Vec<u8>), EnrollClientError> {
+    let malformed = |e: String| EnrollClientError::Malformed(e);
+    let (head, mut body) = read_head(stream)
+        .await
+        .map_err(|e| malformed(e.to_string()))?;
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (first, found): (String, &[httparse::Header<'_>]) = match kind {
+        Message::Request => {
+            let mut request = httparse::Request::new(&mut headers);
+            request.parse(&head).map_err(|e| malformed(e.to_string()))?;
+            if request.method != Some("POST") {
+                return Err(malformed("only POST is served".into()));
+            }
+            let path = request.path.unwrap_or_default().to_string();
+            (path, request.headers)
+        }
+        Message::Response => {
+            let mut response = httparse::Response::new(&mut headers);
+            response
+                .parse(&head)
+                .map_err(|e| malformed(e.to_string()))?;
+            let code = response.code.unwrap_or_default();
+            let reason = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(REASON_HEADER))
+                .map(|h| String::from_utf8_lossy(h.value).to_string())
+                .unwrap_or_default();
+            (format!("{code} {reason}"), response.headers)
+        }
+    };
+    let length: usize = found
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+        .ok_or_else(|| malformed("no content-length".into()))?;
+    if length > MAX_BODY_BYTES || body.len() > length {
+        return Err(malformed(format!(
+            "a body of {length} bytes (at most {MAX_BODY_BYTES})"
+        )));
+    }
+    let have = body.len();
+    body.resize(length, 0);
+    stream
+        .read_exact(&mut body[have..])
+        .await
+        .map_err(|e| malformed(format!("body: {e}")))?;
+    Ok((first, body))
+}
+
+/// Sends one request on a new connection to the first of `addresses` that answers, and reads
+/// the answer.
+async fn exchange(
+    config: Arc<ClientConfig>,
+    server: ServerName<'static>,
+    addresses: &[String],
+    path: &str,
+    body: &[u8],
+    within: Duration,
+) -> Result<(Enrolled, String), EnrollClientError> {
+    let mut errors = Vec::new();
+    for address in addresses {
+        let attempt = async {
+            let tcp = TcpStream::connect(address.as_str())
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let mut tls = TlsConnector::from(config.clone())
+                .connect(server.clone(), tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            let issuer = match tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(identity_of)
+            {
+                Some(Ok(Identity::Peer(name))) => name,
+                other => return Err(format!("the server is not a gateway: {other:?}")),
+            };
+            if tls.get_ref().1.alpn_protocol() != Some(ENROLL_ALPN) {
+                return Err("the gateway there does not issue certificates (it was not started with --issuer)".to_string());
+            }
+            let mut request = format!(
+                "POST {path} HTTP/1.1\r\nhost: clusterlink\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            request.extend_from_slice(body);
+            tls.write_all(&request)
+                .await
+                .map_err(|e| format!("send: {e}"))?;
+            let answer = read_message(&mut tls, Message::Response)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((answer, issuer))
+        };
+        match timeout(within, attempt).await {
+            Ok(Ok(((status, body), issuer))) => {
+                let (code, reason) = status.split_once(' ').unwrap_or((status.as_str(), ""));
+                if code != "200" {
+                    return Err(EnrollClientError::Refused {
+                        reason: reason.to_string(),
+                        message: clusterlink_api::text::escaped(&String::from_utf8_lossy(&body))
+                            .to_string(),
+                    });
+                }
+                let enrolled = serde_json::from_slice(&body)
+                    .map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
+                return Ok((enrolled, issuer));
+            }
+            Ok(Err(e)) => errors.push(format!("{address}: {e}")),
+            Err(_) => errors.push(format!("{address}: no answer within {within:?}")),
+        }
+    }
+    Err(EnrollClientError::Unreachable(errors.join("; ")))
+}
+
+/// What joining produced: the site's key (made here) and what the authority returned.
+pub struct Joined {
+    pub enrollment: Enrollment,
+    pub key_pem: String,
+    pub enrolled: Enrolled,
+}
+
+/// Redeems `token`: makes a key, sends a request for it to the token's issuing gateway (trusted
+/// only if its chain ends in the token's pinned CA), and returns the certificate.
+pub async fn join(token: &str, within: Duration) -> Result<Joined, EnrollClientError> {
+    let read = JoinToken::read(token)?;
+    let (key_pem, csr) = site::new_request(&read.name)?;
+    let config = Arc::new(pinned_ca_client_config(&read.ca_sha256)?);
+    let body = serde_json::to_vec(&JoinRequest {
+        token: token.trim().to_string(),
+        csr,
+    })
+    .map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
+    let sni =
+        ServerName::try_from(JOIN_SNI).map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
+    let (enrolled, issuer) = exchange(config, sni, &read.redeem_at, "/join", &body, within).await?;
+    Ok(Joined {
+        enrollment: Enrollment {
+            name: read.name,
+            issuer,
+            issuer_at: read.redeem_at,
+        },
+        key_pem,
+        enrolled,
+    })
+}
+
+/// Renews this gateway's certificate with the issuing gateway, authenticated by the current one:
+/// a new key, and what the authority returned for it.
+pub async fn renew(
+    tls: &GatewayTls,
+    enrollment: &Enrollment,
+    within: Duration,
+) -> Result<(String, Enrolled), EnrollClientError> {
+    let (key_pem, csr) = site::new_request(&enrollment.name)?;
+    let mut config = (*tls.client).clone();
+    config.alpn_protocols = vec![ENROLL_ALPN.to_vec()];
+    let body = serde_json::to_vec(&RenewRequest { csr })
+        .map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
+    let server = ServerName::try_from(enrollment.issuer.clone())
+        .map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
+    let (enrolled, _) = exchange(
+        Arc::new(config),
+        server,
+        &enrollment.issuer_at,
+        "/renew",
+        &body,
+        within,
+    )
+    .await?;
+    Ok((key_pem, enrolled))
+}
+
+/// Renewal starts at this fraction of the lifetime, leaving a third for retries.
+const RENEW_AT: f64 = 2.0 / 3.0;
+/// A failed renewal is tried again after this share of the lifetime (a minute at most): about
+/// twenty tries fit in the remaining third.
+const RETRY_SHARE: f64 = 1.0 / 60.0;
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// One renewal exchange slower than this failed.
+const RENEWAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps a joined site's certificate renewed: at two thirds of each certificate's lifetime, a
+/// new key and certificate, written to `data_dir` and put in force at once; on failure, retried
+/// and reported (a metric, `gwctl check`, a warning each time).
+pub async fn keep_renewed(
+    source: clusterlink_pki::reload::TlsSource,
+    data_dir: std::path::PathBuf,
+    enrollment: Enrollment,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tls = source.subscribe();
+    let mut retry = None::<Duration>;
+    metrics.credentials.renewing(&enrollment.issuer);
+    loop {
+        let current = tls.borrow_and_update().clone();
+        let (Some(from), Some(until)) =
+            (current.certificate_valid_from, current.certificate_expires)
+        else {
+            // Unreadable dates: the handshake refuses such a certificate long before.
+            return std::future::pending().await;
+        };
+        let lifetime = Duration::from_secs(u64::try_from(until - from).unwrap_or(0));
+        let due = from as f64 + lifetime.as_secs_f64() * RENEW_AT;
+        let wait = match retry {
+            Some(wait) => wait,
+            None => Duration::from_secs_f64((due - unix_now() as f64).max(0.0)),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            // Certificates replaced by hand: the renewal follows the new ones.
+            changed = tls.changed() => {
+                if changed.is_err() { return }
+                retry = None;
+                continue;
+            }
+            _ = shutdown.changed() => return,
+        }
+        let renewed = async {
+            let (key_pem, enrolled) = renew(&current, &enrollment, RENEWAL_TIMEOUT).await?;
+            site::write_identity(&data_dir, &key_pem, &enrolled)?;
+            source.reload_now().map_err(|e| {
+                EnrollClientError::Malformed(format!("the renewed certificate: {e}"))
+            })?;
+            if !enrolled.revocations.is_empty() {
+                let _ = source.offer(enrolled.revocations.as_bytes());
+            }
+            Ok::<(), EnrollClientError>(())
+        };
+        match renewed.await {
+            Ok(()) => {
+                retry = None;
+                metrics.credentials.renewed(unix_now());
+                tracing::info!(issuer = %enrollment.issuer, "certificate renewed");
+            }
+            Err(e) => {
+                let left = until - unix_now();
+                let next = lifetime
+                    .mul_f64(RETRY_SHARE)
+                    .clamp(Duration::from_secs(1), MAX_RETRY);
+                tracing::warn!(
+                    error = %e,
+                    expires_in_seconds = left,
+                    retry_in = ?next,
+                    "certificate renewal failed; the gateway stops working when its certificate expires"
+                );
+                metrics.credentials.renewal_failed(e.to_string());
+                retry = Some(next);
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,132 @@
+//! A joined site's identity on disk: the key it made itself, the certificate and trust bundle the
+//! authority returned, and where to renew. It lives in the gateway's data directory:
+//!
+//! ```text
+//! <data-dir>/tls/key.pem      made here, never sent anywhere (owner-only)
+//! <data-dir>/tls/cert.pem     issued by the authority, replaced at each renewal
+//! <data-dir>/tls/ca.pem       the trust bundle, as the authority last gave it
+//! <data-dir>/enrollment.json  the issuing gateway: its name and addresses
+//! ```
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rcgen::{CertificateParams, DnType, KeyPair};
+use serde::{Deserialize, Serialize};
+
+use crate::authority::{Enrolled, write_atomically};
+use crate::error::PkiError;
+use crate::tls::TlsFiles;
+
+const TLS_DIR: &str = "tls";
+const ENROLLMENT_FILE: &str = "enrollment.json";
+const CA_FILE: &str = "ca.pem";
+
+/// Where a joined site renews its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// This site's peer name.
+    pub name: String,
+    /// The issuing gateway's peer name (its certificate's).
+    pub issuer: String,
+    /// The issuing gateway's peer port addresses (host:port).
+    pub issuer_at: Vec<String>,
+}
+
+/// The files of a joined site under `data_dir`.
+pub fn tls_files(data_dir: &Path) -> TlsFiles {
+    let dir = data_dir.join(TLS_DIR);
+    TlsFiles {
+        ca: dir.join(CA_FILE),
+        cert: dir.join(crate::CERT_FILE),
+        key: dir.join(crate::KEY_FILE),
+    }
+}
+
+fn enrollment_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(ENROLLMENT_FILE)
+}
+
+/// The site's enrollment, if it joined.
+pub fn enrollment(data_dir: &Path) -> Result<Option<Enrollment>, PkiError> {
+    let path = enrollment_path(data_dir);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| PkiError::BadFile {
+                path,
+                reason: format!("not an enrollment record: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Read { path, source }),
+    }
+}
+
+/// A new P-256 key and a certificate request for `name` signed with it. The key stays here.
+pub fn new_request(name: &str) -> Result<(String, String), PkiError> {
+    crate::issue::check_peer_name(name)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Writes the identity a join returned, and the enrollment; refuses if the site already has one.
+pub fn write_joined(
+    data_dir: &Path,
+    enrollment: &Enrollment,
+    key_pem: &str,
+    enrolled: &Enrolled,
+) -> Result<TlsFiles, PkiError> {
+    let files = tls_files(data_dir);
+    if files.cert.exists() || enrollment_path(data_dir).exists() {
+        return Err(PkiError::AlreadyExists { path: files.cert });
+    }
+    write_identity(data_dir, key_pem, enrolled)?;
+    let record = serde_json::to_vec_pretty(enrollment)
+        .map_err(|e| PkiError::Identity(format!("cannot encode the enrollment: {e}")))?;
+    write_atomically(&enrollment_path(data_dir), &record)?;
+    Ok(files)
+}
+
+/// Replaces the site's key, certificate and trust bundle (a renewal): each file whole, the key
+/// first, so the watcher never takes a certificate with a key that is not its own for long.
+pub fn write_identity(data_dir: &Path, key_pem: &str, enrolled: &Enrolled) -> Result<(), PkiError> {
+    let files = tls_files(data_dir);
+    let dir = data_dir.join(TLS_DIR);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| PkiError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+    write_key(&files.key, key_pem)?;
+    write_atomically(&files.ca, enrolled.trust_bundle.as_bytes())?;
+    write_atomically(&files.cert, enrolled.certificate.as_bytes())?;
+    Ok(())
+}
+
+fn write_key(path: &Path, key_pem: &str) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(key_pem.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
