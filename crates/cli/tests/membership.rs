@@ -651,3 +651,61 @@ fn the_ca_rolls_over_with_no_tunnel_dropped() {
     let version = a.gwctl_ok(&["version"]);
     assert!(version.contains('a'), "{version}");
 }
+
+/// The figures of joining and of a revocation's spread across ten sites (run by hand:
+/// `cargo test -p clusterlink --test membership ten_sites -- --ignored --nocapture`).
+#[test]
+#[ignore = "measures; prints figures for the notes"]
+fn ten_sites_join_and_revocation_spread_figures() {
+    if !can_run("ten_sites", &[]) {
+        return;
+    }
+    let names = [
+        "hub", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "thief",
+    ];
+    let bed = bed(names[0], &names);
+    let mut gateways = vec![start_issuer(&bed, names[0], "24h")];
+    let mut joins = Vec::new();
+    for name in &names[1..] {
+        let (gw, took) = join(&bed, name, &gateways[0]);
+        joins.push(took);
+        gateways.push(gw);
+    }
+    for (i, gw) in gateways.iter().enumerate() {
+        gw.apply(&allow_all("allow-all"));
+        for (j, other) in gateways.iter().enumerate() {
+            if i != j {
+                link(gw, other, names[j]);
+            }
+        }
+    }
+    // Every link probed once before the revocation.
+    for (i, gw) in gateways.iter().enumerate() {
+        let next = names[(i + 1) % names.len()];
+        assert!(eventually(CONVERGE, || {
+            support::metric_with(gw, "clusterlink_peer_reachable", &[("peer", next)]) > 0.0
+        }));
+    }
+    let started = Instant::now();
+    revoke(&bed, &["--peer", "thief"]);
+    let mut known: Vec<Option<Duration>> = vec![None; names.len() - 1];
+    while known.iter().any(Option::is_none) {
+        assert!(started.elapsed() < CONVERGE, "{known:?}");
+        for (i, gw) in gateways[..names.len() - 1].iter().enumerate() {
+            if known[i].is_none() && revoked_here(gw) {
+                known[i] = Some(started.elapsed());
+            }
+        }
+    }
+    let mut spread: Vec<Duration> = known.into_iter().flatten().collect();
+    spread.sort();
+    joins.sort();
+    eprintln!(
+        "join: p50 {:?}, max {:?}; revocation known: p50 {:?}, max {:?} ({} gateways)",
+        joins[joins.len() / 2],
+        joins[joins.len() - 1],
+        spread[spread.len() / 2],
+        spread[spread.len() - 1],
+        spread.len()
+    );
+}

@@ -43,9 +43,12 @@ async fn ask(
     let mut answer = Vec::new();
     // The server's certificate check of ours completes after the client's handshake ends, so a
     // refusal of our certificate shows up here, as an alert instead of an answer.
-    tls.read_to_end(&mut answer)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    // An answer followed by a close without close_notify is still the answer.
+    if let Err(e) = tls.read_to_end(&mut answer).await
+        && answer.is_empty()
+    {
+        return Err(format!("read: {e}"));
+    }
     let text = String::from_utf8_lossy(&answer).into_owned();
     Ok(text.lines().next().unwrap_or_default().to_string())
 }
@@ -280,6 +283,20 @@ async fn a_certificate_without_a_peer_object_asks_by_default_and_is_refused_with
         ask(&strict, &client1, "server1", CONNECT).await.unwrap(),
         "HTTP/1.1 200 OK"
     );
+    // Its Peer object deleted, it is refused again.
+    strict.gwctl_ok(&["delete", "peer", "client1"]);
+    assert!(support::eventually(
+        std::time::Duration::from_secs(10),
+        || {
+            support::metric_with(
+                &strict,
+                "clusterlink_connections_unserved_total",
+                &[("reason", "UnknownPeer")],
+            ) >= 1.0
+        }
+    ));
+    let refused = ask(&strict, &client1, "server1", CONNECT).await;
+    assert!(refused != Ok("HTTP/1.1 200 OK".to_string()), "{refused:?}");
 }
 
 #[tokio::test]
@@ -324,5 +341,160 @@ async fn a_revocation_list_handed_to_a_gateway_refuses_the_certificate_at_the_ha
             .await
             .unwrap(),
         "HTTP/1.1 403 Forbidden"
+    );
+}
+
+/// A TLS client with no certificate that offers `alpn` and trusts only this fabric's CA.
+fn enrollment_client(f: &Fabric, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let ca = std::fs::read(f.fabric_dir().join("cert.pem")).unwrap();
+    let ca = CertificateDer::from_pem_slice(&ca).unwrap();
+    let pin = clusterlink_pki::authority::sha256_hex(ca.as_ref());
+    let mut config = clusterlink_pki::tls::pinned_ca_client_config(&pin).unwrap();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// Sends `request` over TLS without a client certificate; the whole answer, or the error.
+async fn ask_unauthenticated(
+    gw: &GatewayProcess,
+    config: &Arc<rustls::ClientConfig>,
+    request: &[u8],
+) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect(&gw.peer_address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = TlsConnector::from(config.clone())
+        .connect(ServerName::try_from("issuer.clusterlink").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    tls.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+const ENROLL: &[u8] = b"clusterlink-enroll/1";
+
+#[tokio::test]
+async fn only_an_issuing_gateway_takes_a_handshake_without_a_certificate_and_only_to_enroll() {
+    let (f, plain) = setup();
+    let join = b"POST /join HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+    // A gateway that does not issue requires a certificate whatever the client offers.
+    for alpn in [&[ENROLL][..], &[ALPN, ENROLL][..], &[ALPN][..]] {
+        let refused = ask_unauthenticated(&plain, &enrollment_client(&f, alpn), join).await;
+        assert!(refused.is_err(), "{alpn:?}: {refused:?}");
+    }
+    let issuer = f.start_with(
+        "server1",
+        &[
+            "--issuer",
+            "--data-dir",
+            f.root().join("issuer-data").to_str().unwrap(),
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+    );
+    // Without a certificate, only enrollment is served: no tunnel, no probe.
+    let tunnel = ask_unauthenticated(&issuer, &enrollment_client(&f, &[ALPN, ENROLL]), CONNECT)
+        .await
+        .unwrap();
+    assert!(tunnel.starts_with("HTTP/1.1 400"), "{tunnel}");
+    assert!(
+        ask_unauthenticated(&issuer, &enrollment_client(&f, &[ALPN]), CONNECT)
+            .await
+            .is_err()
+    );
+    let probe = ask_unauthenticated(
+        &issuer,
+        &enrollment_client(&f, &[ENROLL]),
+        clusterlink_dataplane::tunnel::HEALTH_REQUEST,
+    )
+    .await
+    .unwrap();
+    assert!(probe.starts_with("HTTP/1.1 400"), "{probe}");
+    // Renewal needs the certificate it renews.
+    let renew = ask_unauthenticated(
+        &issuer,
+        &enrollment_client(&f, &[ENROLL]),
+        b"POST /renew HTTP/1.1\r\ncontent-length: 11\r\n\r\n{\"csr\":\"x\"}",
+    )
+    .await
+    .unwrap();
+    assert!(renew.contains("none was presented"), "{renew}");
+    // A body larger than a request can be is refused unread.
+    let huge = ask_unauthenticated(
+        &issuer,
+        &enrollment_client(&f, &[ENROLL]),
+        b"POST /join HTTP/1.1\r\ncontent-length: 104857600\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        huge.starts_with("HTTP/1.1 400") && huge.contains("at most"),
+        "{huge}"
+    );
+    // A flood of guessed tokens: each refused as forged, none redeemed, nothing issued.
+    for i in 0..200 {
+        let body = format!("{{\"token\":\"cljoin1.{i}.{i}\",\"csr\":\"x\"}}");
+        let request = format!(
+            "POST /join HTTP/1.1\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = ask_unauthenticated(
+            &issuer,
+            &enrollment_client(&f, &[ENROLL]),
+            request.as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert!(answer.contains("TokenForged"), "{answer}");
+    }
+    let authority = f.fabric_dir().join("authority");
+    assert_eq!(
+        std::fs::read_dir(authority.join("redeemed"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let ledger = std::fs::read_to_string(authority.join("issued.jsonl")).unwrap();
+    assert_eq!(
+        ledger.lines().count(),
+        3,
+        "only the three made by file: {ledger}"
+    );
+}
+
+#[tokio::test]
+async fn a_peer_cannot_push_junk_or_huge_revocation_lists() {
+    let (f, server) = setup();
+    let client1 = credentials(&f, "client1");
+    let huge = ask(
+        &server,
+        &client1,
+        "server1",
+        b"POST /revocations HTTP/1.1\r\ncontent-length: 104857600\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(huge.starts_with("HTTP/1.1 400"), "{huge}");
+    let junk = b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n";
+    let mut request = format!(
+        "POST /revocations HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+        junk.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(junk);
+    let answer = ask(&server, &client1, "server1", &request).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Nothing was taken: the gateway holds no list, and client1 is still served.
+    let (status, lists) = support::raw_http(server.port(), "GET", "/api/v1/revocations", b"");
+    assert_eq!((status, lists.as_str()), (200, ""));
+    assert_eq!(
+        ask(&server, &client1, "server1", CONNECT).await.unwrap(),
+        "HTTP/1.1 200 OK"
     );
 }

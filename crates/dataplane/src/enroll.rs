@@ -37,9 +37,10 @@ use tokio_rustls::TlsConnector;
 
 use crate::tunnel::{MAX_HEADERS, read_head};
 
-/// A request or answer body larger than this is refused: a CSR and a token are under 2 KiB, an
-/// answer carries a certificate, a bundle and the revocation lists.
-const MAX_BODY_BYTES: usize = clusterlink_pki::revocation::MAX_LIST_BYTES + 64 * 1024;
+/// A request body larger than this is refused unread: a token and a CSR are under 2 KiB.
+const MAX_REQUEST_BYTES: usize = 2 * clusterlink_pki::authority::MAX_CSR_BYTES;
+/// An answer carries a certificate, a trust bundle and the revocation lists.
+const MAX_ANSWER_BYTES: usize = clusterlink_pki::revocation::MAX_LIST_BYTES + 64 * 1024;
 /// The name a joining site sends as SNI: it does not know the issuing gateway's name yet.
 const JOIN_SNI: &str = "issuer.clusterlink";
 const REASON_HEADER: &str = "x-clusterlink-reason";
@@ -77,9 +78,16 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     authority: &Arc<Authority>,
     peer: Option<Identity>,
 ) -> Result<String, String> {
-    let (path, body) = read_message(stream, Message::Request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (path, body) = match read_message(stream, Message::Request).await {
+        Ok(read) => read,
+        Err(e) => {
+            let message = e.to_string();
+            let answer = response("400 Bad Request", Some("BadRequest"), message.as_bytes());
+            let _ = stream.write_all(&answer).await;
+            let _ = stream.shutdown().await;
+            return Err(message);
+        }
+    };
     let authority = authority.clone();
     let outcome = match (path.as_str(), peer) {
         ("/join", _) => match serde_json::from_slice::<JoinRequest>(&body) {
@@ -193,9 +201,13 @@ async fn read_message<S: AsyncRead + Unpin>(
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
         .ok_or_else(|| malformed("no content-length".into()))?;
-    if length > MAX_BODY_BYTES || body.len() > length {
+    let most = match kind {
+        Message::Request => MAX_REQUEST_BYTES,
+        Message::Response => MAX_ANSWER_BYTES,
+    };
+    if length > most || body.len() > length {
         return Err(malformed(format!(
-            "a body of {length} bytes (at most {MAX_BODY_BYTES})"
+            "a body of {length} bytes (at most {most})"
         )));
     }
     let have = body.len();

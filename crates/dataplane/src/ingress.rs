@@ -142,7 +142,8 @@ pub(crate) async fn serve(
                         if changed.is_err() { return }
                         let snapshot = snapshots.borrow_and_update().clone();
                         port.live.revalidate(|t| {
-                            decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
+                            port.admits(&snapshot, &t.peer)
+                                && decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
                         });
                     }
                     // A revoked certificate's tunnels are cut, however long ago it authenticated.
@@ -390,7 +391,9 @@ async fn handle(
             // a revocation, a move to another fabric): later tunnels need a new handshake.
             return Ok(());
         }
-        if unix_now() >= expires {
+        // Past the certificate's expiry, or no longer admitted (its Peer object deleted under
+        // --known-peers-only): the connection carries nothing more.
+        if unix_now() >= expires || !port.admits(&port.snapshots.borrow(), &peer) {
             return Ok(());
         }
         first = None;
@@ -398,6 +401,13 @@ async fn handle(
         if served == Served::Close {
             return Ok(());
         }
+    }
+}
+
+impl PeerPort {
+    /// Whether `peer` may ask at all: always, unless only configured peers are admitted.
+    fn admits(&self, snapshot: &Snapshot, peer: &str) -> bool {
+        !self.known_peers_only || snapshot.peers.contains_key(peer)
     }
 }
 
@@ -459,6 +469,9 @@ async fn serve_request(
                 }
             };
             tls.write_all(answer.as_bytes())
+                .await
+                .map_err(PeerConnectionError::io("answering revocation lists"))?;
+            tls.flush()
                 .await
                 .map_err(PeerConnectionError::io("answering revocation lists"))?;
             // Taking newer lists replaced the TLS set: the connection's next request finds

@@ -195,7 +195,7 @@ impl TlsArgs {
                 files.cert.display()
             ),
         };
-        // A replica keeps no revocation lists of its own yet: they come with each pod's start.
+        // A pod stores no revocation lists: it learns them from its peers at its first probes.
         let (source, rx) = TlsSource::start(files, name.clone(), credentials, None, Vec::new())?;
         tokio::spawn(source.watch(shutdown.clone()));
         Ok((name, rx))

@@ -12,7 +12,7 @@
 //! - `revocations.pem`: the fabric's revocation list, signed by the CA, numbered upwards.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,16 +31,15 @@ use crate::files::{CERT_FILE, KEY_FILE, read_string};
 use crate::issue::{FabricCa, Validity, check_peer_name};
 use crate::revocation::{Revocations, pem_of};
 
-/// Where the authority keeps its ledger inside the fabric directory.
-pub const AUTHORITY_DIR: &str = "authority";
+pub use crate::files::AUTHORITY_DIR;
+pub use crate::ledger::{hex, record_created, serial_and_expiry};
+use crate::ledger::{lock, read_issued, record_issued};
 /// The trust bundle handed to joining and renewing sites when present (the old and the new CA
 /// during a rollover); otherwise the fabric's own CA certificate.
 pub const BUNDLE_FILE: &str = "bundle.pem";
 /// The fabric's revocation list, inside [`AUTHORITY_DIR`].
 pub const REVOCATIONS_FILE: &str = "revocations.pem";
-const ISSUED_FILE: &str = "issued.jsonl";
 const REDEEMED_DIR: &str = "redeemed";
-const LOCK_FILE: &str = "lock";
 
 /// Certificates issued by the authority last a day by default: a gateway renews at two thirds
 /// (16 h), so the issuer may be away for 8 h without harm, and a stolen key that revocation
@@ -162,13 +161,6 @@ pub struct Revoked {
     /// The new list's number.
     pub number: u64,
     pub path: PathBuf,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct IssuedLine {
-    serial: String,
-    name: String,
-    not_after: i64,
 }
 
 impl std::fmt::Debug for Authority {
@@ -458,82 +450,13 @@ impl Authority {
         })
     }
 
-    fn issued(&self) -> Result<Vec<IssuedLine>, PkiError> {
+    fn issued(&self) -> Result<Vec<crate::ledger::IssuedLine>, PkiError> {
         read_issued(&self.dir)
     }
 
     fn lock(&self) -> Result<File, PkiError> {
         lock(&self.dir)
     }
-}
-
-/// Adds a certificate made outside the authority (`clusterlink create peer-cert`) to the ledger
-/// of `fabric_dir`, so that `revoke --peer` finds it.
-pub fn record_created(fabric_dir: &Path, cert_pem: &str, name: &str) -> Result<(), PkiError> {
-    let dir = fabric_dir.join(AUTHORITY_DIR);
-    fs::create_dir_all(&dir).map_err(|source| PkiError::Write {
-        path: dir.clone(),
-        source,
-    })?;
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(|e| PkiError::Identity(format!("unreadable certificate: {e}")))?;
-    let (serial, not_after) = serial_and_expiry(&der)?;
-    let _lock = lock(&dir)?;
-    record_issued(&dir, &serial, name, not_after)
-}
-
-fn lock(dir: &Path) -> Result<File, PkiError> {
-    let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| PkiError::Write {
-            path: path.clone(),
-            source,
-        })?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-        PkiError::Write {
-            path,
-            source: e.into(),
-        }
-    })?;
-    Ok(file)
-}
-
-fn record_issued(dir: &Path, serial: &[u8], name: &str, not_after: i64) -> Result<(), PkiError> {
-    let path = dir.join(ISSUED_FILE);
-    let line = serde_json::to_string(&IssuedLine {
-        serial: hex(serial),
-        name: name.to_string(),
-        not_after,
-    })
-    .map_err(|e| PkiError::Identity(e.to_string()))?;
-    let write = || -> std::io::Result<()> {
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        writeln!(file, "{line}")?;
-        file.sync_all()
-    };
-    write().map_err(|source| PkiError::Write {
-        path: path.clone(),
-        source,
-    })
-}
-
-fn read_issued(dir: &Path) -> Result<Vec<IssuedLine>, PkiError> {
-    let path = dir.join(ISSUED_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(PkiError::Read { path, source }),
-    };
-    // A line torn by a crash is skipped: the certificate it names is revocable by serial.
-    Ok(BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect())
 }
 
 fn read_csr(pem: &str) -> Result<CertificateSigningRequestParams, EnrollError> {
@@ -544,16 +467,6 @@ fn read_csr(pem: &str) -> Result<CertificateSigningRequestParams, EnrollError> {
     }
     CertificateSigningRequestParams::from_pem(pem)
         .map_err(|e| EnrollError::BadRequest(format!("not a signed PKCS#10 request: {e}")))
-}
-
-/// The serial number (as encoded) and expiry (Unix seconds) of a certificate.
-pub fn serial_and_expiry(cert: &CertificateDer<'_>) -> Result<(Vec<u8>, i64), PkiError> {
-    let (_, x509) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| PkiError::Identity(format!("unparseable certificate: {e}")))?;
-    Ok((
-        x509.raw_serial().to_vec(),
-        x509.validity().not_after.timestamp(),
-    ))
 }
 
 fn random_serial() -> Result<SerialNumber, PkiError> {
@@ -585,10 +498,6 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Hex digits (colons allowed, as `openssl` prints them) to bytes.

@@ -13,6 +13,8 @@ pub const CERT_FILE: &str = "cert.pem";
 pub const KEY_FILE: &str = "key.pem";
 /// Admin certificates live under `<fabric>/admins/<name>/`, apart from peer directories.
 pub const ADMINS_DIR: &str = "admins";
+/// The issuing authority's ledger, inside the fabric directory (`pki::authority`).
+pub const AUTHORITY_DIR: &str = "authority";
 /// The fabric's directory when none is named, as in the established ClusterLink CLI.
 pub const DEFAULT_FABRIC: &str = "default_fabric";
 

@@ -268,7 +268,7 @@ pub fn create_peer_cert(
     validity: Validity,
 ) -> Result<CertPaths, PkiError> {
     check_peer_name(name)?;
-    for reserved in [ADMINS_DIR, crate::authority::AUTHORITY_DIR] {
+    for reserved in [ADMINS_DIR, crate::files::AUTHORITY_DIR] {
         if name == reserved {
             return Err(PkiError::InvalidName {
                 name: name.into(),
@@ -280,7 +280,7 @@ pub fn create_peer_cert(
     let paths = CertPaths::in_dir(fabric_dir.join(name));
     write_pair(&paths.dir, &issued.cert_pem, &issued.key_pem)?;
     // In the ledger, so that `clusterlink revoke --peer` finds it.
-    crate::authority::record_created(fabric_dir, &issued.cert_pem, name)?;
+    crate::ledger::record_created(fabric_dir, &issued.cert_pem, name)?;
     Ok(paths)
 }
 

@@ -19,6 +19,7 @@ mod error;
 mod files;
 pub mod identity;
 pub mod issue;
+mod ledger;
 pub mod reload;
 pub mod revocation;
 pub mod site;

@@ -94,25 +94,6 @@ impl GatewayTls {
         })
     }
 
-    /// Why a verified certificate chain (a peer's, from a handshake, possibly long ago) must no
-    /// longer be served: expired since, or revoked.
-    pub fn refuses(&self, chain: &[CertificateDer<'_>]) -> Option<String> {
-        let leaf = chain.first()?;
-        match crate::identity::not_after(leaf) {
-            Ok(expires) if expires > unix_now() => {}
-            Ok(expires) => {
-                return Some(format!(
-                    "its certificate expired at {}",
-                    crate::authority::timestamp(expires)
-                ));
-            }
-            Err(e) => return Some(e.to_string()),
-        }
-        self.revocations
-            .is_revoked(leaf)
-            .then(|| "its certificate is revoked".to_string())
-    }
-
     /// Offers revocation lists (PEM) from a peer or an administrator: those signed by a CA of
     /// the trust bundle and newer than the ones held are stored and put in force at once.
     pub fn offer_revocations(&self, pem: &[u8]) -> Result<Taken, PkiError> {
@@ -137,12 +118,6 @@ fn issuer_of(credentials: &Credentials) -> Option<CertificateDer<'static>> {
                 .is_ok_and(|(_, ca)| ca.subject().as_raw() == leaf.issuer().as_raw())
         })
         .cloned()
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// What identifies a version of some files without reading them.
