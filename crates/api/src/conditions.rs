@@ -19,15 +19,19 @@ pub enum ConditionType {
     PolicyValid,
     /// An Import (standalone mode): whether its sources name defined Peers that answer probes.
     SourcesReady,
+    /// The gateway's own certificate (`/version`): whether it is valid, and renewing on time if
+    /// it renews itself.
+    CertificateValid,
 }
 
 impl ConditionType {
-    pub const ALL: [ConditionType; 5] = [
+    pub const ALL: [ConditionType; 6] = [
         ConditionType::PeerReachable,
         ConditionType::ExportValid,
         ConditionType::ImportValid,
         ConditionType::PolicyValid,
         ConditionType::SourcesReady,
+        ConditionType::CertificateValid,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -37,6 +41,7 @@ impl ConditionType {
             ConditionType::ImportValid => "ImportValid",
             ConditionType::PolicyValid => "PolicyValid",
             ConditionType::SourcesReady => "SourcesReady",
+            ConditionType::CertificateValid => "CertificateValid",
         }
     }
 }
@@ -91,10 +96,20 @@ pub enum ConditionReason {
     NoSuchPeer,
     /// No Peer of an Import's sources answers probes.
     PeersUnreachable,
+    /// The gateway's certificate is valid, and not near its end (or renews itself on time).
+    CertificateCurrent,
+    /// The gateway's certificate, which does not renew itself, ends soon.
+    ExpiresSoon,
+    /// The last attempt to renew the gateway's certificate failed.
+    RenewalFailing,
+    /// The gateway's certificate should have been renewed by now.
+    RenewalLate,
+    /// The gateway's certificate has expired: peers refuse it.
+    CertificateExpired,
 }
 
 impl ConditionReason {
-    pub const ALL: [ConditionReason; 20] = [
+    pub const ALL: [ConditionReason; 25] = [
         ConditionReason::Accepted,
         ConditionReason::NotProbed,
         ConditionReason::Probed,
@@ -115,6 +130,11 @@ impl ConditionReason {
         ConditionReason::PeersReachable,
         ConditionReason::NoSuchPeer,
         ConditionReason::PeersUnreachable,
+        ConditionReason::CertificateCurrent,
+        ConditionReason::ExpiresSoon,
+        ConditionReason::RenewalFailing,
+        ConditionReason::RenewalLate,
+        ConditionReason::CertificateExpired,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -139,6 +159,11 @@ impl ConditionReason {
             ConditionReason::PeersReachable => "PeersReachable",
             ConditionReason::NoSuchPeer => "NoSuchPeer",
             ConditionReason::PeersUnreachable => "PeersUnreachable",
+            ConditionReason::CertificateCurrent => "CertificateCurrent",
+            ConditionReason::ExpiresSoon => "ExpiresSoon",
+            ConditionReason::RenewalFailing => "RenewalFailing",
+            ConditionReason::RenewalLate => "RenewalLate",
+            ConditionReason::CertificateExpired => "CertificateExpired",
         }
     }
 }

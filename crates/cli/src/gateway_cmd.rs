@@ -93,11 +93,6 @@ pub struct GatewayArgs {
     /// renews at two thirds of it.
     #[arg(long, default_value = "24h", value_parser = crate::parse_duration, requires = "issuer")]
     pub certificate_lifetime: std::time::Duration,
-    /// Admit on the peer port only peers that have a Peer object here. By default any
-    /// certificate of the fabric may ask for a tunnel and policies decide, as in the reference
-    /// ClusterLink; with this, a stranger's certificate is refused right after the handshake.
-    #[arg(long)]
-    pub known_peers_only: bool,
     /// Require mutual TLS on the management API even on loopback.
     #[arg(long)]
     pub management_tls: bool,
@@ -157,7 +152,7 @@ async fn identity(
             Ok((site::tls_files(data_dir), Some(joined)))
         }
         (None, Some(token)) => {
-            let joined = clusterlink_dataplane::enroll::join(token, JOIN_TIMEOUT)
+            let joined = clusterlink_dataplane::enroll::join(token, data_dir, JOIN_TIMEOUT)
                 .await
                 .context("cannot join the fabric")?;
             let files = site::write_joined(
@@ -233,6 +228,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Some(authority) = &authority {
+        // Tokens made from now on name this gateway as the one to redeem them with.
+        authority.serve_as(&name)?;
+    }
     let open_files = raise_open_file_limit();
     tracing::debug!(open_files, "open-file limit");
     let listener = tokio::net::TcpListener::bind(args.management_address)
@@ -259,7 +258,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         access_log: args.tunnels.access_log,
         authority,
         enrollment,
-        known_peers_only: args.known_peers_only,
+        known_peers_only: args.tunnels.known_peers_only,
     };
     let mut gateway = Gateway::start(config, listener, peer_listener).await?;
     let scheme = match gateway.management_security() {

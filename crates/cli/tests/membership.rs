@@ -29,26 +29,7 @@ fn bed(issuer: &str, sites: &[&str]) -> SiteBed {
 
 /// The issuing gateway of `bed`, in its site, signing certificates that last `lifetime`.
 fn start_issuer(bed: &SiteBed, name: &str, lifetime: &str) -> GatewayProcess {
-    let site = bed.site(name);
-    let peer_address = format!("{}:{PEER_PORT}", site.address);
-    let data_dir = bed.fabric.data_dir(name);
-    GatewayProcess::spawn_in(
-        Some(site),
-        bed.fabric.root(),
-        &[
-            "--peer",
-            name,
-            "--issuer",
-            "--certificate-lifetime",
-            lifetime,
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--peer-address",
-            &peer_address,
-            "--management-address",
-            "127.0.0.1:0",
-        ],
-    )
+    bed.start_with(name, &["--issuer", "--certificate-lifetime", lifetime])
 }
 
 /// `clusterlink create join-token` for `name`, redeemed at `issuer`'s peer port.
@@ -145,7 +126,7 @@ fn a_site_joins_with_one_token_and_each_bad_token_is_refused_its_own_way() {
     assert!(site3.gwctl_ok(&["version"]).contains("site3"));
     // The key was made at the site and stays owner-only; the fabric's ledger has the new
     // certificate, and nothing else of the site.
-    let key = bed.fabric.data_dir("site3").join("tls/key.pem");
+    let key = bed.fabric.data_dir("site3").join("tls/identity.pem");
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -168,20 +149,7 @@ fn a_site_joins_with_one_token_and_each_bad_token_is_refused_its_own_way() {
 
     // Restarted without the token, it is the same site.
     drop(site3);
-    let site = bed.site("site3");
-    let data_dir = bed.fabric.data_dir("site3");
-    let again = GatewayProcess::spawn_in(
-        Some(site),
-        bed.fabric.root(),
-        &[
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--peer-address",
-            &format!("{}:{PEER_PORT}", site.address),
-            "--management-address",
-            "127.0.0.1:0",
-        ],
-    );
+    let again = bed.start("site3");
     assert!(again.gwctl_ok(&["version"]).contains("site3"));
 
     // Reuse, forgery and expiry: each refused with its own message, nothing written.
@@ -271,9 +239,14 @@ fn unix_now() -> i64 {
         .as_secs() as i64
 }
 
-/// How many times a gateway has renewed its certificate, from its log.
+/// How many times a gateway logged `line`.
+fn logged(gw: &GatewayProcess, line: &str) -> usize {
+    gw.log().matches(line).count()
+}
+
+/// How many times a gateway has renewed its certificate.
 fn renewals(gw: &GatewayProcess) -> usize {
-    gw.log().matches("certificate renewed").count()
+    logged(gw, "certificate renewed")
 }
 
 #[test]
@@ -477,20 +450,7 @@ fn revoking_a_peer_cuts_its_tunnels_everywhere_and_an_offline_gateway_learns_it_
     );
 
     // s3 comes back: it learns the list from the first peer it probes, and refuses the thief.
-    let site = mesh.bed.site("s3");
-    let data_dir = mesh.bed.fabric.data_dir("s3");
-    let back = GatewayProcess::spawn_in(
-        Some(site),
-        mesh.bed.fabric.root(),
-        &[
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--peer-address",
-            &format!("{}:{PEER_PORT}", site.address),
-            "--management-address",
-            "127.0.0.1:0",
-        ],
-    );
+    let back = mesh.bed.start("s3");
     assert!(
         eventually(CONVERGE, || revoked_here(&back)),
         "{}",
@@ -522,7 +482,7 @@ fn replace(path: &Path, contents: &[u8]) {
 }
 
 fn reloads(gw: &GatewayProcess) -> usize {
-    gw.log().matches("certificates reloaded").count()
+    logged(gw, "certificates reloaded")
 }
 
 #[test]

@@ -386,6 +386,8 @@ fn the_console_shows_the_fabric_and_the_latest_denial_in_a_real_browser() {
         "Listening",
         "No refusals.",
         "Last update:",
+        // The gateway's CertificateValid condition.
+        "certificate expires in 364 days",
     ] {
         assert!(page.contains(needle), "{needle} missing:\n{page}");
     }

@@ -364,7 +364,7 @@ async fn ask_unauthenticated(
         .await
         .map_err(|e| e.to_string())?;
     let mut tls = TlsConnector::from(config.clone())
-        .connect(ServerName::try_from("issuer.clusterlink").unwrap(), tcp)
+        .connect(ServerName::try_from("server1").unwrap(), tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     tls.write_all(request).await.map_err(|e| e.to_string())?;
@@ -497,4 +497,86 @@ async fn a_peer_cannot_push_junk_or_huge_revocation_lists() {
         ask(&server, &client1, "server1", CONNECT).await.unwrap(),
         "HTTP/1.1 200 OK"
     );
+}
+
+#[test]
+fn a_join_goes_only_to_the_issuing_gateway_the_token_names() {
+    let f = Fabric::new(&["server1", "client1"]);
+    let issuer_args = |peer: &str| {
+        vec![
+            "--issuer".to_string(),
+            "--data-dir".to_string(),
+            f.root().join(format!("{peer}-data")).display().to_string(),
+            "--management-address".to_string(),
+            "127.0.0.1:0".to_string(),
+            "--peer-address".to_string(),
+            "127.0.0.1:0".to_string(),
+        ]
+    };
+    let args = issuer_args("server1");
+    let _issuer = f.start_with(
+        "server1",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // Another gateway of the same fabric, able to sign (a thief of client1's key with the CA
+    // key would be worse off already): the token was made for server1.
+    let args = issuer_args("client1");
+    let impostor = f.start_with(
+        "client1",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let o = support::run(
+        support::CLUSTERLINK,
+        &[
+            "create",
+            "join-token",
+            "--name",
+            "site3",
+            "--at",
+            &impostor.peer_address,
+        ],
+        f.root(),
+    );
+    assert!(o.status.success(), "{}", support::stderr(&o));
+    let token = support::stdout(&o).trim().to_string();
+    let read = clusterlink_pki::authority::JoinToken::read(&token).unwrap();
+    // The issuer file now names client1 (it started last); a token made before would name
+    // server1. Make one that names server1 but points at client1, as a redirected network would.
+    assert_eq!(read.issuer, "client1");
+    std::fs::write(f.fabric_dir().join("authority/issuer"), "server1").unwrap();
+    let o = support::run(
+        support::CLUSTERLINK,
+        &[
+            "create",
+            "join-token",
+            "--name",
+            "site3",
+            "--at",
+            &impostor.peer_address,
+        ],
+        f.root(),
+    );
+    let token = support::stdout(&o).trim().to_string();
+    let data_dir = f.root().join("site3-data");
+    let o = support::run(
+        support::CL_GATEWAY,
+        &[
+            "--join",
+            &token,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--management-address",
+            "127.0.0.1:0",
+            "--peer-address",
+            "127.0.0.1:0",
+        ],
+        f.root(),
+    );
+    assert!(!o.status.success());
+    let err = support::stderr(&o);
+    assert!(
+        err.contains("not valid for name") && err.contains("server1"),
+        "{err}"
+    );
+    assert!(!data_dir.join("tls/identity.pem").exists());
 }

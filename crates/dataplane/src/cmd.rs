@@ -113,7 +113,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
         limits: args.tunnels.limits(),
         // Replicas do not issue certificates: the issuing gateway is a standalone one.
         authority: None,
-        known_peers_only: false,
+        known_peers_only: args.tunnels.known_peers_only,
     };
     let mut dataplane = tokio::spawn(crate::tasks::run(
         config,

@@ -22,6 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterlink_api::text::escaped;
 use clusterlink_pki::authority::{Authority, EnrollError, Enrolled, JoinToken};
 use clusterlink_pki::reload::GatewayTls;
 use clusterlink_pki::site::{self, Enrollment};
@@ -41,8 +42,6 @@ use crate::tunnel::{MAX_HEADERS, read_head};
 const MAX_REQUEST_BYTES: usize = 2 * clusterlink_pki::authority::MAX_CSR_BYTES;
 /// An answer carries a certificate, a trust bundle and the revocation lists.
 const MAX_ANSWER_BYTES: usize = clusterlink_pki::revocation::MAX_LIST_BYTES + 64 * 1024;
-/// The name a joining site sends as SNI: it does not know the issuing gateway's name yet.
-const JOIN_SNI: &str = "issuer.clusterlink";
 const REASON_HEADER: &str = "x-clusterlink-reason";
 
 #[derive(Serialize, Deserialize)]
@@ -76,7 +75,7 @@ pub enum EnrollClientError {
 pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     authority: &Arc<Authority>,
-    peer: Option<Identity>,
+    peer: Option<(Identity, rustls_pki_types::CertificateDer<'static>)>,
 ) -> Result<String, String> {
     let (path, body) = match read_message(stream, Message::Request).await {
         Ok(read) => read,
@@ -98,13 +97,15 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Err(e) => Err(EnrollError::BadRequest(format!("not a join request: {e}"))),
         },
-        ("/renew", Some(Identity::Peer(name))) => {
+        ("/renew", Some((Identity::Peer(name), current))) => {
             match serde_json::from_slice::<RenewRequest>(&body) {
                 Ok(request) => {
                     let for_name = name.clone();
-                    tokio::task::spawn_blocking(move || authority.renew(&for_name, &request.csr))
-                        .await
-                        .unwrap_or_else(|e| Err(EnrollError::BadRequest(e.to_string())))
+                    tokio::task::spawn_blocking(move || {
+                        authority.renew(&for_name, &current, &request.csr)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(EnrollError::BadRequest(e.to_string())))
                 }
                 Err(e) => Err(EnrollError::BadRequest(format!("not a renewal: {e}"))),
             }
@@ -141,6 +142,13 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let _ = written.await;
     result
+}
+
+/// Refuses an enrollment connection before its request is read.
+pub(crate) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, reason: &str, message: &str) {
+    let answer = response("403 Forbidden", Some(reason), message.as_bytes());
+    let _ = stream.write_all(&answer).await;
+    let _ = stream.shutdown().await;
 }
 
 fn response(status: &str, reason: Option<&str>, body: &[u8]) -> Vec<u8> {
@@ -191,7 +199,7 @@ async fn read_message<S: AsyncRead + Unpin>(
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case(REASON_HEADER))
-                .map(|h| String::from_utf8_lossy(h.value).to_string())
+                .map(|h| escaped(&String::from_utf8_lossy(h.value)).to_string())
                 .unwrap_or_default();
             (format!("{code} {reason}"), response.headers)
         }
@@ -272,8 +280,7 @@ async fn exchange(
                 if code != "200" {
                     return Err(EnrollClientError::Refused {
                         reason: reason.to_string(),
-                        message: clusterlink_api::text::escaped(&String::from_utf8_lossy(&body))
-                            .to_string(),
+                        message: escaped(&String::from_utf8_lossy(&body)).to_string(),
                     });
                 }
                 let enrolled = serde_json::from_slice(&body)
@@ -294,29 +301,88 @@ pub struct Joined {
     pub enrolled: Enrolled,
 }
 
-/// Redeems `token`: makes a key, sends a request for it to the token's issuing gateway (trusted
-/// only if its chain ends in the token's pinned CA), and returns the certificate.
-pub async fn join(token: &str, within: Duration) -> Result<Joined, EnrollClientError> {
+/// Redeems `token`: makes a key (or takes the one of an unanswered earlier attempt, kept in
+/// `data_dir`), sends a request for it to the token's issuing gateway (trusted only if its chain
+/// ends in the token's pinned CA and it is the gateway the token names), and checks what comes
+/// back before anything is written: a certificate for the token's name, on this key, from the
+/// pinned CA, and a bundle that holds that CA.
+pub async fn join(
+    token: &str,
+    data_dir: &std::path::Path,
+    within: Duration,
+) -> Result<Joined, EnrollClientError> {
     let read = JoinToken::read(token)?;
-    let (key_pem, csr) = site::new_request(&read.name)?;
+    let (key_pem, csr) = site::join_request(data_dir, &read.name)?;
     let config = Arc::new(pinned_ca_client_config(&read.ca_sha256)?);
     let body = serde_json::to_vec(&JoinRequest {
         token: token.trim().to_string(),
         csr,
     })
     .map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
-    let sni =
-        ServerName::try_from(JOIN_SNI).map_err(|e| EnrollClientError::Malformed(e.to_string()))?;
-    let (enrolled, issuer) = exchange(config, sni, &read.redeem_at, "/join", &body, within).await?;
+    let issuer = ServerName::try_from(read.issuer.clone())
+        .map_err(|e| EnrollClientError::Malformed(format!("the token's issuer: {e}")))?;
+    let (enrolled, _) = exchange(config, issuer, &read.redeem_at, "/join", &body, within).await?;
+    check_answer(&read, &key_pem, &enrolled)?;
     Ok(Joined {
         enrollment: Enrollment {
             name: read.name,
-            issuer,
+            issuer: read.issuer,
             issuer_at: read.redeem_at,
         },
         key_pem,
         enrolled,
     })
+}
+
+/// Whether the answer to a join is what was asked for (see [`join`]).
+fn check_answer(
+    token: &JoinToken,
+    key_pem: &str,
+    enrolled: &Enrolled,
+) -> Result<(), EnrollClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |why: String| EnrollClientError::Malformed(why);
+    let bundle: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(enrolled.trust_bundle.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("the trust bundle: {e}")))?;
+    let pinned = bundle
+        .iter()
+        .find(|ca| clusterlink_pki::authority::sha256_hex(ca.as_ref()) == token.ca_sha256)
+        .ok_or_else(|| bad("the trust bundle does not hold the CA the token pins".into()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(enrolled.certificate.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad(format!("the certificate: {e}")))?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad(format!("the key: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(pinned.clone())
+        .map_err(|e| bad(format!("the pinned CA: {e}")))?;
+    let credentials = clusterlink_pki::tls::Credentials {
+        roots: Arc::new(roots),
+        cas: vec![pinned.clone()],
+        chain: chain.clone(),
+        key: Arc::new(key.clone_key()),
+    };
+    credentials
+        .verify_own_chain()
+        .map_err(|e| bad(format!("the certificate is not from the pinned CA: {e}")))?;
+    rustls::sign::CertifiedKey::from_der(chain.clone(), key, &clusterlink_pki::tls::provider())
+        .map_err(|e| {
+            bad(format!(
+                "the certificate is not for the key this site made: {e}"
+            ))
+        })?;
+    match chain.first().map(identity_of) {
+        Some(Ok(Identity::Peer(name))) if name == token.name => Ok(()),
+        other => Err(bad(format!(
+            "the certificate does not name peer {:?}: {other:?}",
+            token.name
+        ))),
+    }
 }
 
 /// Renews this gateway's certificate with the issuing gateway, authenticated by the current one:
@@ -377,9 +443,15 @@ pub async fn keep_renewed(
         };
         let lifetime = Duration::from_secs(u64::try_from(until - from).unwrap_or(0));
         let due = from as f64 + lifetime.as_secs_f64() * RENEW_AT;
+        // At least a retry's wait even when due: an issuer whose clock is behind would
+        // otherwise be asked again and again at once.
+        let least = lifetime
+            .mul_f64(RETRY_SHARE)
+            .clamp(Duration::from_secs(1), MAX_RETRY);
         let wait = match retry {
             Some(wait) => wait,
-            None => Duration::from_secs_f64((due - unix_now() as f64).max(0.0)),
+            None => Duration::from_secs_f64((due - crate::metrics::unix_seconds() as f64).max(0.0))
+                .max(least),
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -405,14 +477,12 @@ pub async fn keep_renewed(
         match renewed.await {
             Ok(()) => {
                 retry = None;
-                metrics.credentials.renewed(unix_now());
+                metrics.credentials.renewed(crate::metrics::unix_seconds());
                 tracing::info!(issuer = %enrollment.issuer, "certificate renewed");
             }
             Err(e) => {
-                let left = until - unix_now();
-                let next = lifetime
-                    .mul_f64(RETRY_SHARE)
-                    .clamp(Duration::from_secs(1), MAX_RETRY);
+                let left = until - crate::metrics::unix_seconds();
+                let next = least;
                 tracing::warn!(
                     error = %e,
                     expires_in_seconds = left,
@@ -424,10 +494,4 @@ pub async fn keep_renewed(
             }
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -287,14 +287,14 @@ async fn probe_forever(
             conditions.set(&peer_key(&name), PEER_REACHABLE, Some(condition));
         }
         // Newer revocation lists are passed on at once, not at the next probe.
-        let held = current.revocations.summary();
+        let held = current.revocation_summary.clone();
         let sleep = tokio::time::sleep(tracker.interval());
         tokio::pin!(sleep);
         loop {
             tokio::select! {
                 () = &mut sleep => break,
                 changed = tls.changed() => {
-                    if changed.is_err() || tls.borrow().revocations.summary() != held {
+                    if changed.is_err() || tls.borrow().revocation_summary != held {
                         break;
                     }
                 }
@@ -414,7 +414,7 @@ async fn probe_any(
 /// One probe of one gateway: on `kept` if given, else on a new connection. The connection, if
 /// it can carry the next probe.
 async fn probe(
-    tls: &GatewayTls,
+    tls: &Arc<GatewayTls>,
     name: ServerName<'static>,
     host: &str,
     port: u16,
@@ -432,7 +432,7 @@ async fn probe(
             Err(e) => return (Err(e), None),
         },
     };
-    let held = tls.revocations.summary();
+    let held = tls.revocation_summary.clone();
     if let Err(e) = kept.connection.write_all(&health_request(&held)).await {
         return (Err(e.to_string()), None);
     }
@@ -467,7 +467,7 @@ enum Kept {
 /// After a health answer: takes the lists it carries (the prober was behind), and sends ours if
 /// the answering gateway is behind.
 async fn exchange_revocations(
-    tls: &GatewayTls,
+    tls: &Arc<GatewayTls>,
     connection: &mut ProbeConnection,
     head: &[u8],
     rest: Vec<u8>,
@@ -478,7 +478,12 @@ async fn exchange_revocations(
         let lists = read_body(connection, rest, length)
             .await
             .map_err(|e| e.to_string())?;
-        tls.offer_revocations(&lists).map_err(|e| e.to_string())?;
+        // Parsing, signature checks and a write: off the runtime's threads.
+        let tls = tls.clone();
+        tokio::task::spawn_blocking(move || tls.offer_revocations(&lists))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     } else if !rest.is_empty() {
         return Err("bytes after the health answer".into());
     }

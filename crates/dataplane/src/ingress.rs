@@ -315,7 +315,17 @@ async fn handle(
         let identity = session
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| identity_of(c).ok());
+            .and_then(|c| Some((identity_of(c).ok()?, c.clone().into_owned())));
+        // Under --known-peers-only a peer without a Peer object here renews nothing either.
+        if let Some((Identity::Peer(name), _)) = &identity
+            && !port.admits(&port.snapshots.borrow(), name)
+        {
+            let why = format!(
+                "peer {name} has no Peer object at the issuing gateway, which admits only configured peers"
+            );
+            enroll::refuse(&mut tls, "UnknownPeer", &why).await;
+            return Err(unserved(Unserved::UnknownPeer, why));
+        }
         let served = tokio::select! {
             served = timeout_at(admitted.deadline(), enroll::serve(&mut tls, authority, identity)) => served,
             () = admitted.shed() => return Err(shed()),
@@ -393,7 +403,9 @@ async fn handle(
         }
         // Past the certificate's expiry, or no longer admitted (its Peer object deleted under
         // --known-peers-only): the connection carries nothing more.
-        if unix_now() >= expires || !port.admits(&port.snapshots.borrow(), &peer) {
+        if crate::metrics::unix_seconds() >= expires
+            || !port.admits(&port.snapshots.borrow(), &peer)
+        {
             return Ok(());
         }
         first = None;
@@ -457,7 +469,15 @@ async fn serve_request(
                     error: std::io::ErrorKind::TimedOut.into(),
                 })??;
             let current = credentials.borrow().clone();
-            let answer = match current.offer_revocations(&body) {
+            // Parsing, signature checks and a write: off the data path's threads.
+            let offered = tokio::task::spawn_blocking(move || current.offer_revocations(&body))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(clusterlink_pki::PkiError::Revocation(format!(
+                        "checking the lists failed: {e}"
+                    )))
+                });
+            let answer = match offered {
                 Ok(_) => "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string(),
                 Err(e) => {
                     tracing::warn!(%peer, error = %e, "revocation lists from a peer not taken");
@@ -481,7 +501,7 @@ async fn serve_request(
         Ok(PeerRequest::Health) => {
             let labels = snapshots.borrow().local_labels.clone();
             let current = credentials.borrow().clone();
-            let held = current.revocations.summary();
+            let held = current.revocation_summary.clone();
             // A prober behind this gateway's lists gets them with the answer.
             let lists = revocations_of(head)
                 .filter(|theirs| held.is_ahead_of(theirs))
@@ -668,6 +688,10 @@ async fn serve_request(
         client: request.client.clone(),
         export: request.export.clone(),
     });
+    // A list that arrived between the handshake and now was not there to check this tunnel.
+    if credentials.borrow().revocations.is_revoked(certificate) {
+        registered.revoked.notify_one();
+    }
     let revoked = &registered.revoked;
     // The configuration may have changed between the decision and the registration.
     if decide(
@@ -913,10 +937,4 @@ fn reaches_own_listener(backend: &TcpStream, protected: &[SocketAddr]) -> bool {
             l.port() == peer.port()
                 && (l.ip().is_unspecified() || l.ip() == peer.ip() || l.ip().is_loopback())
         })
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

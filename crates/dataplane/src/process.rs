@@ -131,6 +131,12 @@ pub struct TunnelArgs {
     /// one line per tunnel that closes cleanly). The metrics count every tunnel either way.
     #[arg(long, value_enum, default_value_t = AccessLog::Problems)]
     pub access_log: AccessLog,
+    /// Admit on the peer port only peers that have a Peer object here. By default any
+    /// certificate of the fabric may ask for a tunnel and policies decide, as in the reference
+    /// ClusterLink; with this, a stranger's certificate is refused right after the handshake,
+    /// and a peer whose Peer object is deleted is cut off.
+    #[arg(long)]
+    pub known_peers_only: bool,
 }
 
 /// A count of one or more.

@@ -40,6 +40,12 @@ pub const BUNDLE_FILE: &str = "bundle.pem";
 /// The fabric's revocation list, inside [`AUTHORITY_DIR`].
 pub const REVOCATIONS_FILE: &str = "revocations.pem";
 const REDEEMED_DIR: &str = "redeemed";
+/// Which gateway serves this authority (its peer name), written when it starts with `--issuer`.
+const ISSUER_FILE: &str = "issuer";
+/// A peer gets at most this many certificates per lifetime: renewal takes one, and retries after
+/// lost answers a few more; past it a peer (or a thief of its key) is renewing in a loop, and
+/// would grow the ledger and the revocation list without bound.
+const CERTIFICATES_PER_LIFETIME: usize = 8;
 
 /// Certificates issued by the authority last a day by default: a gateway renews at two thirds
 /// (16 h), so the issuer may be away for 8 h without harm, and a stolen key that revocation
@@ -72,6 +78,9 @@ pub struct JoinToken {
     pub expires: i64,
     /// SHA-256 of the fabric CA certificate (DER), hex: the joining site trusts only that CA.
     pub ca_sha256: String,
+    /// The issuing gateway's peer name: the joining site accepts no other server, so that a
+    /// thief of some other gateway's key cannot stand in for it.
+    pub issuer: String,
     /// Where the issuing gateway's peer port is (host:port), tried in order.
     pub redeem_at: Vec<String>,
 }
@@ -116,6 +125,12 @@ pub enum EnrollError {
     Reused { at: String },
     #[error("bad certificate request: {0}")]
     BadRequest(String),
+    #[error("the certificate presented for renewal is revoked; the site needs a new join token")]
+    Revoked,
+    #[error(
+        "{count} certificates were issued to this peer within the last {lifetime} s, the most one peer gets: it is renewing in a loop"
+    )]
+    TooManyRenewals { count: usize, lifetime: u64 },
     #[error("the issuing authority failed: {0}")]
     Authority(#[from] PkiError),
 }
@@ -128,6 +143,8 @@ impl EnrollError {
             EnrollError::Expired { .. } => "TokenExpired",
             EnrollError::Reused { .. } => "TokenReused",
             EnrollError::BadRequest(_) => "BadRequest",
+            EnrollError::Revoked => "Revoked",
+            EnrollError::TooManyRenewals { .. } => "TooManyRenewals",
             EnrollError::Authority(_) => "AuthorityFailed",
         }
     }
@@ -225,6 +242,13 @@ impl Authority {
         })
     }
 
+    /// Records that the gateway of peer `name` serves this authority: tokens name it, and a
+    /// joining site accepts no other server.
+    pub fn serve_as(&self, name: &str) -> Result<(), PkiError> {
+        check_peer_name(name)?;
+        write_atomically(&self.dir.join(ISSUER_FILE), name.as_bytes())
+    }
+
     /// The fabric's revocation list file, which the issuing gateway watches.
     pub fn revocations_path(&self) -> PathBuf {
         self.dir.join(REVOCATIONS_FILE)
@@ -244,6 +268,21 @@ impl Authority {
         redeem_at: Vec<String>,
     ) -> Result<String, PkiError> {
         check_peer_name(name)?;
+        let issuer_file = self.dir.join(ISSUER_FILE);
+        let issuer = match fs::read_to_string(&issuer_file) {
+            Ok(issuer) => issuer.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PkiError::Validity(
+                    "no gateway issues for this fabric yet: start the one at the --at address with `cl-gateway --peer NAME --issuer` first".into(),
+                ));
+            }
+            Err(source) => {
+                return Err(PkiError::Read {
+                    path: issuer_file,
+                    source,
+                });
+            }
+        };
         if life.is_zero() || life > MAX_TOKEN_LIFE {
             return Err(PkiError::Validity(format!(
                 "a token lives between 1 s and {} days",
@@ -264,6 +303,7 @@ impl Authority {
             name: name.to_string(),
             expires: now() + i64::try_from(life.as_secs()).unwrap_or(i64::MAX),
             ca_sha256: self.ca_sha256(),
+            issuer,
             redeem_at,
         };
         let payload = serde_json::to_vec(&token)
@@ -284,14 +324,21 @@ impl Authority {
         aws_lc_rs::hmac::verify(&self.token_key, &payload, &mac)
             .map_err(|_| EnrollError::Forged)?;
         let token: JoinToken = serde_json::from_slice(&payload).map_err(|_| EnrollError::Forged)?;
+        // The id names a file: only the hex the authority writes, even under a valid MAC.
+        if token.id.len() != 32 || !token.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EnrollError::Forged);
+        }
         if token.expires <= now() {
             return Err(EnrollError::Expired {
                 at: timestamp(token.expires),
             });
         }
         let csr = read_csr(csr_pem)?;
+        let key = sha256_hex(rcgen::PublicKeyData::der_bytes(&csr.public_key));
         let _lock = self.lock()?;
-        // Exclusive creation: of two redemptions racing, exactly one creates the file.
+        // Exclusive creation: of two redemptions racing, exactly one creates the file. It names
+        // the key it was redeemed for: the same site asking again for the same key (its answer
+        // was lost) gets a certificate again; anyone else is refused.
         let redeemed = self.dir.join(REDEEMED_DIR).join(&token.id);
         match OpenOptions::new()
             .write(true)
@@ -299,15 +346,17 @@ impl Authority {
             .open(&redeemed)
         {
             Ok(mut file) => {
-                let _ = writeln!(file, "{}", now());
+                let _ = writeln!(file, "{} {key}", now());
                 let _ = file.sync_all();
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let at = fs::read_to_string(&redeemed)
-                    .ok()
-                    .and_then(|t| t.trim().parse().ok())
-                    .map_or_else(|| "an earlier time".into(), timestamp);
-                return Err(EnrollError::Reused { at });
+                let record = fs::read_to_string(&redeemed).unwrap_or_default();
+                let mut fields = record.split_whitespace();
+                let at = fields.next().and_then(|t| t.parse().ok());
+                if fields.next() != Some(key.as_str()) {
+                    let at = at.map_or_else(|| "an earlier time".into(), timestamp);
+                    return Err(EnrollError::Reused { at });
+                }
             }
             Err(source) => {
                 return Err(PkiError::Write {
@@ -320,11 +369,36 @@ impl Authority {
         self.issue(&token.name, &csr)
     }
 
-    /// A new certificate for `name` (already authenticated by its current certificate) on the
-    /// key of `csr_pem`.
-    pub fn renew(&self, name: &str, csr_pem: &str) -> Result<Enrolled, EnrollError> {
+    /// A new certificate for `name`, authenticated by its current certificate `current`, on the
+    /// key of `csr_pem`. Refused if the authority's own list (newer, perhaps, than the one the
+    /// handshake was checked against) revokes `current`, or if `name` was given
+    /// [`CERTIFICATES_PER_LIFETIME`] certificates within the last lifetime.
+    pub fn renew(
+        &self,
+        name: &str,
+        current: &CertificateDer<'_>,
+        csr_pem: &str,
+    ) -> Result<Enrolled, EnrollError> {
         let csr = read_csr(csr_pem)?;
         let _lock = self.lock()?;
+        if let Ok(pem) = fs::read(self.revocations_path())
+            && Revocations::from_pem(&pem, std::slice::from_ref(&self.ca_der))?.is_revoked(current)
+        {
+            return Err(EnrollError::Revoked);
+        }
+        // Issued within the last lifetime is what has not expired yet.
+        let now = now();
+        let recent = self
+            .issued()?
+            .iter()
+            .filter(|l| l.name == name && l.not_after > now)
+            .count();
+        if recent >= CERTIFICATES_PER_LIFETIME {
+            return Err(EnrollError::TooManyRenewals {
+                count: recent,
+                lifetime: self.lifetime.as_secs(),
+            });
+        }
         self.issue(name, &csr)
     }
 
@@ -402,7 +476,10 @@ impl Authority {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Revocations::default(),
             Err(source) => return Err(PkiError::Read { path, source }),
         };
-        let number = held.number_for(&self.ca_der).unwrap_or(0) + 1;
+        // Unix time when it is higher: a list file deleted or restored from a backup never
+        // restarts the numbering below what gateways already hold.
+        let number =
+            (held.number_for(&self.ca_der).unwrap_or(0) + 1).max(u64::try_from(now()).unwrap_or(0));
         // Entries of certificates expired more than a day ago are dropped: expiry refuses them.
         let expired_before = now() - 86_400;
         let gone: std::collections::HashSet<Vec<u8>> = issued
@@ -442,7 +519,15 @@ impl Authority {
             key_identifier_method: KeyIdMethod::Sha256,
         };
         let der = self.ca.sign_crl(&params)?;
-        write_atomically(&path, pem_of(&der).as_bytes())?;
+        let pem = pem_of(&der);
+        if pem.len() > crate::revocation::MAX_LIST_BYTES {
+            return Err(PkiError::Revocation(format!(
+                "the list would hold {} certificates, more than gateways take ({} bytes at most)",
+                serials.len(),
+                crate::revocation::MAX_LIST_BYTES
+            )));
+        }
+        write_atomically(&path, pem.as_bytes())?;
         Ok(Revoked {
             serials: added,
             number,
@@ -540,6 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fabric = create_fabric(dir.path(), "f", Validity::days(1).unwrap()).unwrap();
         let authority = Authority::open(&fabric.dir, DEFAULT_LIFETIME).unwrap();
+        authority.serve_as("hub").unwrap();
         (dir, authority)
     }
 
@@ -563,7 +649,8 @@ mod tests {
         let chain = vec![cert];
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
         rustls::sign::CertifiedKey::from_der(chain, key, &crate::tls::provider()).unwrap();
-        let again = authority.redeem(&token, &csr).unwrap_err();
+        let (_, another_key) = new_request("site3").unwrap();
+        let again = authority.redeem(&token, &another_key).unwrap_err();
         assert!(matches!(again, EnrollError::Reused { .. }), "{again}");
     }
 
@@ -627,14 +714,22 @@ mod tests {
     fn revoking_a_peer_revokes_every_certificate_it_holds_in_a_newer_list() {
         let (_dir, authority) = authority();
         let (_, csr) = new_request("site3").unwrap();
-        let first = authority.renew("site3", &csr).unwrap();
-        let second = authority.renew("site3", &csr).unwrap();
-        let other = authority.renew("site4", &csr).unwrap();
         let der = |e: &Enrolled| CertificateDer::from_pem_slice(e.certificate.as_bytes()).unwrap();
+        let token = authority
+            .create_token("site3", DEFAULT_TOKEN_LIFE, vec!["h:1".into()])
+            .unwrap();
+        let first = authority.redeem(&token, &csr).unwrap();
+        let second = authority.renew("site3", &der(&first), &csr).unwrap();
+        let token = authority
+            .create_token("site4", DEFAULT_TOKEN_LIFE, vec!["h:1".into()])
+            .unwrap();
+        let other = authority.redeem(&token, &csr).unwrap();
         let revoked = authority
             .revoke(&RevokeTarget::Peer("site3".into()))
             .unwrap();
-        assert_eq!((revoked.serials.len(), revoked.number), (2, 1));
+        assert_eq!(revoked.serials.len(), 2);
+        // Numbered at least by the clock: a restored older file never numbers lower.
+        assert!(revoked.number >= u64::try_from(now()).unwrap() - 5);
         let cas = vec![authority.ca_der.clone()];
         let pem = fs::read(&revoked.path).unwrap();
         let mut held = Revocations::from_pem(&pem, &cas).unwrap();
@@ -642,23 +737,57 @@ mod tests {
         assert!(!held.is_revoked(&der(&other)));
         let (serial, _) = serial_and_expiry(&der(&other)).unwrap();
         let again = authority.revoke(&RevokeTarget::Serial(serial)).unwrap();
-        assert_eq!(again.number, 2);
+        assert!(again.number > revoked.number);
         let newer = fs::read(&again.path).unwrap();
-        let before = held.summary();
+        let before = held.summary(&cas);
         assert_eq!(held.take_pem(&newer, &cas).unwrap(), Taken::Newer);
-        assert!(held.summary().is_ahead_of(&before));
+        assert!(held.summary(&cas).is_ahead_of(&before));
         assert!(held.is_revoked(&der(&other)) && held.is_revoked(&der(&first)));
         // An older list changes nothing.
         assert_eq!(held.take_pem(&pem, &cas).unwrap(), Taken::Nothing);
         assert_eq!(
-            Summary::parse(&held.summary().to_string()),
-            Some(held.summary())
+            Summary::parse(&held.summary(&cas).to_string()),
+            Some(held.summary(&cas))
         );
         assert!(Summary::parse("zz:1").is_none());
         assert!(
             authority
                 .revoke(&RevokeTarget::Peer("nobody".into()))
                 .is_err()
+        );
+        // A revoked certificate renews nothing, even before its gateway has the list.
+        assert!(matches!(
+            authority.renew("site3", &der(&second), &csr),
+            Err(EnrollError::Revoked)
+        ));
+    }
+
+    #[test]
+    fn a_peer_renewing_in_a_loop_is_stopped_and_a_lost_answer_is_given_again() {
+        let (_dir, authority) = authority();
+        let (_, csr) = new_request("site3").unwrap();
+        let token = authority
+            .create_token("site3", DEFAULT_TOKEN_LIFE, vec!["h:1".into()])
+            .unwrap();
+        let joined = authority.redeem(&token, &csr).unwrap();
+        // The same key asking again (its answer was lost) is answered again; another is not.
+        assert!(authority.redeem(&token, &csr).is_ok());
+        let (_, other_key) = new_request("site3").unwrap();
+        assert!(matches!(
+            authority.redeem(&token, &other_key),
+            Err(EnrollError::Reused { .. })
+        ));
+        let current = CertificateDer::from_pem_slice(joined.certificate.as_bytes()).unwrap();
+        let mut refused = None;
+        for _ in 0..CERTIFICATES_PER_LIFETIME {
+            if let Err(e) = authority.renew("site3", &current, &csr) {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(
+            matches!(refused, Some(EnrollError::TooManyRenewals { .. })),
+            "{refused:?}"
         );
     }
 }

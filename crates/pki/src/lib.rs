@@ -23,6 +23,7 @@ mod ledger;
 pub mod reload;
 pub mod revocation;
 pub mod site;
+pub mod status;
 pub mod tls;
 
 pub use error::PkiError;

@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::PkiError;
 use crate::identity::{Identity, identity_of};
-use crate::revocation::{Revocations, Taken};
+use crate::revocation::{Revocations, Summary, Taken};
 use crate::tls::{
     ClientCertificate, Credentials, PEER_ALPN, TlsFiles, client_config, server_config,
 };
@@ -49,6 +49,8 @@ pub struct GatewayTls {
     pub certificate_valid_from: Option<i64>,
     /// The revocation lists in force.
     pub revocations: Arc<Revocations>,
+    /// What this gateway tells peers it holds: every CA of its bundle and its list's number.
+    pub revocation_summary: Summary,
     source: Weak<SourceInner>,
 }
 
@@ -89,6 +91,7 @@ impl GatewayTls {
                 .chain
                 .first()
                 .and_then(|c| crate::identity::not_before(c).ok()),
+            revocation_summary: revocations.summary(&credentials.cas),
             revocations,
             source,
         })
@@ -320,7 +323,7 @@ impl SourceInner {
             crate::authority::write_atomically(path, revocations.to_pem().as_bytes())?;
         }
         tracing::info!(
-            lists = %revocations.summary(),
+            lists = %revocations.summary(&state.credentials.cas),
             revoked = revocations.revoked_count(),
             "revocation lists updated"
         );

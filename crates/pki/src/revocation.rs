@@ -14,6 +14,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::prelude::FromDer;
 
 use crate::error::PkiError;
+use clusterlink_api::text::escaped;
 
 /// A revocation list larger than this is refused: a list names about 40 bytes per revoked
 /// certificate, so this holds some 25,000 (short-lived certificates leave lists short).
@@ -88,11 +89,13 @@ impl Summary {
         Some(Summary(entries))
     }
 
-    /// Whether this summary holds a list newer than `other` does for some CA.
+    /// Whether this summary holds a list newer than `other` does for some CA both trust (a
+    /// summary names every CA of its bundle, 0 where it holds no list): lists of a CA the other
+    /// side does not trust would be refused there, so they are never sent.
     pub fn is_ahead_of(&self, other: &Summary) -> bool {
         self.0
             .iter()
-            .any(|(ca, number)| other.0.get(ca).is_none_or(|theirs| number > theirs))
+            .any(|(ca, number)| other.0.get(ca).is_some_and(|theirs| number > theirs))
     }
 }
 
@@ -128,8 +131,9 @@ impl Revocations {
     }
 
     /// Takes every list of `pem` that a CA of `cas` signed and that is newer than the one held
-    /// for that CA. A list that is malformed or signed by no CA of the bundle fails the whole
-    /// call and changes nothing.
+    /// for that CA. Lists of CAs outside the bundle are passed over (during a rollover peers'
+    /// bundles differ); a list that is malformed, or claims a CA of the bundle whose signature
+    /// it does not carry, fails the whole call and changes nothing.
     pub fn take_pem(&mut self, pem: &[u8], cas: &[CertificateDer<'_>]) -> Result<Taken, PkiError> {
         if pem.len() > MAX_LIST_BYTES {
             return Err(PkiError::Revocation(format!(
@@ -138,10 +142,15 @@ impl Revocations {
             )));
         }
         let mut checked = Vec::new();
-        for der in CertificateRevocationListDer::pem_slice_iter(pem) {
+        for (i, der) in CertificateRevocationListDer::pem_slice_iter(pem).enumerate() {
+            if i == MAX_SUMMARY_ENTRIES {
+                return Err(PkiError::Revocation(format!(
+                    "more than {MAX_SUMMARY_ENTRIES} revocation lists at once; a bundle has one or two CAs"
+                )));
+            }
             let der =
                 der.map_err(|e| PkiError::Revocation(format!("not a PEM revocation list: {e}")))?;
-            checked.push(check(der, cas)?);
+            checked.extend(check(der, cas)?);
         }
         let mut taken = Taken::Nothing;
         for (ca, list) in checked {
@@ -175,8 +184,15 @@ impl Revocations {
             .any(|list| list.issuer == issuer && list.serials.contains(x509.raw_serial()))
     }
 
-    pub fn summary(&self) -> Summary {
-        Summary(self.lists.iter().map(|(ca, l)| (*ca, l.number)).collect())
+    /// What a gateway trusting `cas` tells its peers it holds: every CA of its bundle, with the
+    /// number of the list it holds for it (0 for none).
+    pub fn summary(&self, cas: &[CertificateDer<'_>]) -> Summary {
+        Summary(
+            cas.iter()
+                .filter_map(|c| subject_key(c).ok())
+                .map(|ca| (ca, self.lists.get(&ca).map_or(0, |l| l.number)))
+                .collect(),
+        )
     }
 
     /// The number of the list held for the CA that issued `ca_cert`, if any.
@@ -232,25 +248,31 @@ fn subject_key(cert: &CertificateDer<'_>) -> Result<CaKey, PkiError> {
     Ok(CaKey::of_key(x509.public_key().raw))
 }
 
-/// Checks that a CA of `cas` signed `der`, and reads it.
+/// Checks that a CA of `cas` signed `der`, and reads it; `None` if its issuer is no CA of `cas`.
 fn check(
     der: CertificateRevocationListDer<'static>,
     cas: &[CertificateDer<'_>],
-) -> Result<(CaKey, SignedList), PkiError> {
+) -> Result<Option<(CaKey, SignedList)>, PkiError> {
     let bad = |reason: String| PkiError::Revocation(reason);
     let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
         .map_err(|e| bad(format!("unparseable revocation list: {e}")))?;
     let issuer = crl.issuer().as_raw();
     // Every CA of the bundle with the list's issuer name is tried: names are not unique.
-    let signer = cas
+    let named: Vec<_> = cas
         .iter()
         .filter_map(|ca| x509_parser::parse_x509_certificate(ca).ok())
         .filter(|(_, ca)| ca.subject().as_raw() == issuer && ca.is_ca())
+        .collect();
+    if named.is_empty() {
+        return Ok(None);
+    }
+    let signer = named
+        .into_iter()
         .find(|(_, ca)| crl.verify_signature(ca.public_key()).is_ok())
         .ok_or_else(|| {
             bad(format!(
                 "a revocation list from {} that no CA of this fabric's trust bundle signed",
-                crl.issuer()
+                escaped(&crl.issuer().to_string())
             ))
         })?;
     let number = crl
@@ -261,7 +283,7 @@ fn check(
         .iter_revoked_certificates()
         .map(|r| r.raw_serial().to_vec())
         .collect();
-    Ok((
+    Ok(Some((
         CaKey::of_key(signer.1.public_key().raw),
         SignedList {
             issuer: issuer.to_vec(),
@@ -269,5 +291,5 @@ fn check(
             der,
             serials,
         },
-    ))
+    )))
 }

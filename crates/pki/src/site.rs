@@ -2,10 +2,13 @@
 //! authority returned, and where to renew. It lives in the gateway's data directory:
 //!
 //! ```text
-//! <data-dir>/tls/key.pem      made here, never sent anywhere (owner-only)
-//! <data-dir>/tls/cert.pem     issued by the authority, replaced at each renewal
-//! <data-dir>/tls/ca.pem       the trust bundle, as the authority last gave it
-//! <data-dir>/enrollment.json  the issuing gateway: its name and addresses
+//! <data-dir>/tls/identity.pem    the certificate the authority issued and the key made here
+//!                                (never sent anywhere), in one owner-only file replaced whole
+//!                                at each renewal: a crash never leaves a key that does not
+//!                                fit its certificate
+//! <data-dir>/tls/ca.pem          the trust bundle, as the authority last gave it
+//! <data-dir>/tls/pending-key.pem the key of a join not answered yet, reused when it is retried
+//! <data-dir>/enrollment.json     the issuing gateway: its name and addresses
 //! ```
 
 use std::fs;
@@ -22,6 +25,8 @@ use crate::tls::TlsFiles;
 const TLS_DIR: &str = "tls";
 const ENROLLMENT_FILE: &str = "enrollment.json";
 const CA_FILE: &str = "ca.pem";
+const IDENTITY_FILE: &str = "identity.pem";
+const PENDING_KEY_FILE: &str = "pending-key.pem";
 
 /// Where a joined site renews its certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,8 +44,8 @@ pub fn tls_files(data_dir: &Path) -> TlsFiles {
     let dir = data_dir.join(TLS_DIR);
     TlsFiles {
         ca: dir.join(CA_FILE),
-        cert: dir.join(crate::CERT_FILE),
-        key: dir.join(crate::KEY_FILE),
+        cert: dir.join(IDENTITY_FILE),
+        key: dir.join(IDENTITY_FILE),
     }
 }
 
@@ -65,12 +70,43 @@ pub fn enrollment(data_dir: &Path) -> Result<Option<Enrollment>, PkiError> {
 
 /// A new P-256 key and a certificate request for `name` signed with it. The key stays here.
 pub fn new_request(name: &str) -> Result<(String, String), PkiError> {
-    crate::issue::check_peer_name(name)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    request_for(name, key)
+}
+
+fn request_for(name: &str, key: KeyPair) -> Result<(String, String), PkiError> {
+    crate::issue::check_peer_name(name)?;
     let mut params = CertificateParams::new(vec![name.to_string()])?;
     params.distinguished_name.push(DnType::CommonName, name);
     let csr = params.serialize_request(&key)?;
     Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// The key and request of a join: the key of an earlier attempt whose answer never came, if
+/// any (the authority gives that key its certificate again), else a new one, kept until the join
+/// is answered.
+pub fn join_request(data_dir: &Path, name: &str) -> Result<(String, String), PkiError> {
+    let path = data_dir.join(TLS_DIR).join(PENDING_KEY_FILE);
+    if let Ok(pem) = fs::read_to_string(&path)
+        && let Ok(key) = KeyPair::from_pem(&pem)
+    {
+        return request_for(name, key);
+    }
+    let (key_pem, csr) = new_request(name)?;
+    make_dir(&data_dir.join(TLS_DIR))?;
+    write_private(&path, key_pem.as_bytes())?;
+    Ok((key_pem, csr))
+}
+
+fn make_dir(dir: &Path) -> Result<(), PkiError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PkiError::Write {
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// Writes the identity a join returned, and the enrollment; refuses if the site already has one.
@@ -88,29 +124,22 @@ pub fn write_joined(
     let record = serde_json::to_vec_pretty(enrollment)
         .map_err(|e| PkiError::Identity(format!("cannot encode the enrollment: {e}")))?;
     write_atomically(&enrollment_path(data_dir), &record)?;
+    let _ = fs::remove_file(data_dir.join(TLS_DIR).join(PENDING_KEY_FILE));
     Ok(files)
 }
 
-/// Replaces the site's key, certificate and trust bundle (a renewal): each file whole, the key
-/// first, so the watcher never takes a certificate with a key that is not its own for long.
+/// Replaces the site's key, certificate and trust bundle (a renewal): the bundle first, then
+/// the certificate and its key together, each file whole.
 pub fn write_identity(data_dir: &Path, key_pem: &str, enrolled: &Enrolled) -> Result<(), PkiError> {
     let files = tls_files(data_dir);
-    let dir = data_dir.join(TLS_DIR);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| PkiError::Write {
-            path: dir.clone(),
-            source,
-        })?;
-    write_key(&files.key, key_pem)?;
+    make_dir(&data_dir.join(TLS_DIR))?;
     write_atomically(&files.ca, enrolled.trust_bundle.as_bytes())?;
-    write_atomically(&files.cert, enrolled.certificate.as_bytes())?;
-    Ok(())
+    let identity = format!("{}{key_pem}", enrolled.certificate);
+    write_private(&files.cert, identity.as_bytes())
 }
 
-fn write_key(path: &Path, key_pem: &str) -> Result<(), PkiError> {
+/// Writes `path` whole, owner-only from its first byte.
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         use std::io::Write;
@@ -121,12 +150,15 @@ fn write_key(path: &Path, key_pem: &str) -> Result<(), PkiError> {
             .mode(0o600)
             .open(&tmp)?;
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(key_pem.as_bytes())?;
+        file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     };
-    write().map_err(|source| PkiError::Write {
-        path: path.to_owned(),
-        source,
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        PkiError::Write {
+            path: path.to_owned(),
+            source,
+        }
     })
 }

@@ -222,9 +222,10 @@ pub fn client_config(
 }
 
 /// A client for joining: it has no certificate yet, and trusts only a server whose chain ends in
-/// the CA whose SHA-256 is `ca_sha256` (the token's pin). The server sends that CA with its chain
-/// ([`crate::reload::GatewayTls::enrollment`]); the server's name is the one its certificate
-/// carries, which the authority's gateway alone knows.
+/// the CA whose SHA-256 is `ca_sha256` (the token's pin) and whose certificate carries the name
+/// the client connects to (the token's issuing gateway), so that no other gateway of the fabric
+/// can stand in for the issuer. The server sends that CA with its chain
+/// ([`crate::reload::GatewayTls::enrollment`]).
 pub fn pinned_ca_client_config(ca_sha256: &str) -> Result<ClientConfig, PkiError> {
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -248,7 +249,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
+        server_name: &rustls_pki_types::ServerName<'_>,
         ocsp: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
@@ -263,20 +264,10 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let name = match crate::identity::identity_of(end_entity) {
-            Ok(crate::identity::Identity::Peer(name)) => name,
-            other => {
-                return Err(rustls::Error::General(format!(
-                    "the issuing gateway's certificate is not a peer certificate: {other:?}"
-                )));
-            }
-        };
-        let name = rustls_pki_types::ServerName::try_from(name)
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
         rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?
-            .verify_server_cert(end_entity, &[], &name, ocsp, now)
+            .verify_server_cert(end_entity, &[], server_name, ocsp, now)
     }
 
     fn verify_tls12_signature(

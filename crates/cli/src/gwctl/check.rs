@@ -14,9 +14,7 @@ use serde::Serialize;
 use super::get::fetch;
 use crate::client::Client;
 use crate::output::align;
-
-/// A certificate closer to its end than this is a warning: time to rotate.
-const EXPIRY_WARNING_DAYS: i64 = 30;
+use clusterlink_pki::status::CertificateStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,7 +83,7 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
         ),
     ));
     findings.push(certificate_finding(
-        &Certificate::of_version(version),
+        version,
         time::OffsetDateTime::now_utc().unix_timestamp(),
     ));
     let traffic: Traffic = {
@@ -153,109 +151,25 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
     Ok(findings)
 }
 
-/// What a gateway says of its own certificate (`/version`).
-#[derive(Debug, Default)]
-struct Certificate {
-    expires: Option<i64>,
-    valid_from: Option<i64>,
-    /// The issuing gateway it renews with, if it renews itself.
-    renews_from: Option<String>,
-    renewed: Option<i64>,
-    renewal_failure: Option<String>,
-}
-
-impl Certificate {
-    fn of_version(version: &serde_json::Value) -> Certificate {
-        let text = |f: &str| {
-            version[f]
-                .as_str()
-                .map(|s| clusterlink_api::text::escaped(s).to_string())
-        };
-        Certificate {
-            expires: version["certificateExpires"].as_i64(),
-            valid_from: version["certificateValidFrom"].as_i64(),
-            renews_from: text("renewsFrom"),
-            renewed: version["certificateRenewed"].as_i64(),
-            renewal_failure: text("renewalFailure"),
-        }
-    }
-}
-
-/// A span of seconds as an operator reads it: `12 days`, `5h 20m`, `40s`.
-fn span(seconds: i64) -> String {
-    let s = seconds.max(0);
-    match s {
-        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
-        s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        s if s >= 60 => format!("{}m {}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
-}
-
-fn certificate_finding(cert: &Certificate, now: i64) -> Finding {
-    let Some(expires) = cert.expires else {
-        return finding(
-            "certificate",
-            Outcome::Warning,
-            "the gateway does not say when its certificate expires",
-        );
+/// The gateway's own certificate, as `/version` reports it, judged by the same rule the gateway
+/// applies (`clusterlink_pki::status`).
+fn certificate_finding(version: &serde_json::Value, now: i64) -> Finding {
+    let status: CertificateStatus = serde_json::from_value(version["certificate"].clone())
+        .unwrap_or_else(|_| {
+            // A gateway from before self-renewing certificates reports only the expiry.
+            CertificateStatus {
+                expires: version["certificateExpires"].as_i64(),
+                ..CertificateStatus::default()
+            }
+        });
+    let condition = status.condition(now);
+    let result = match condition.reason.as_str() {
+        "CertificateCurrent" if condition.status == ConditionStatus::True => Outcome::Ok,
+        "CertificateExpired" => Outcome::Failed,
+        _ => Outcome::Warning,
     };
-    let days = (expires - now).div_euclid(86_400);
-    let date = clusterlink_pki::authority::timestamp(expires);
-    if expires <= now {
-        return finding(
-            "certificate",
-            Outcome::Failed,
-            format!("expired at {date}: peers refuse it; issue a new one"),
-        );
-    }
-    let left = span(expires - now);
-    if let Some(issuer) = &cert.renews_from {
-        let renewed = cert.renewed.map_or_else(
-            || "not renewed yet".to_string(),
-            |at| format!("last renewed {} ago", span(now - at)),
-        );
-        if let Some(failure) = &cert.renewal_failure {
-            return finding(
-                "certificate",
-                Outcome::Warning,
-                format!(
-                    "renewal with {issuer} is failing ({failure}); expires in {left} ({date}); {renewed}"
-                ),
-            );
-        }
-        // Renewal starts at two thirds of the lifetime; past three quarters it is late.
-        let overdue = cert
-            .valid_from
-            .is_some_and(|from| now > from + (expires - from) * 3 / 4);
-        return finding(
-            "certificate",
-            if overdue {
-                Outcome::Warning
-            } else {
-                Outcome::Ok
-            },
-            format!(
-                "expires in {left} ({date}); renews itself with {issuer}{}; {renewed}",
-                if overdue { ", but is overdue" } else { "" }
-            ),
-        );
-    }
-    if days < EXPIRY_WARNING_DAYS {
-        finding(
-            "certificate",
-            Outcome::Warning,
-            format!(
-                "expires in {left} ({date}): rotate it soon, or join with a token to renew it automatically"
-            ),
-        )
-    } else {
-        finding(
-            "certificate",
-            Outcome::Ok,
-            format!("expires in {days} days ({date})"),
-        )
-    }
+    let message = clusterlink_api::text::escaped(&condition.message).to_string();
+    finding("certificate", result, message)
 }
 
 /// The object's own condition, as a finding.
@@ -429,51 +343,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn certificates_near_their_end_warn_and_expired_ones_fail() {
+    fn the_certificate_finding_follows_the_gateways_condition() {
         let day = 86_400;
-        let expiring = |expires| Certificate {
-            expires,
-            ..Certificate::default()
-        };
+        let old = serde_json::json!({"certificateExpires": 10 * day});
+        assert_eq!(certificate_finding(&old, 0).result, Outcome::Warning);
+        let renewing = serde_json::json!({"certificate": {
+            "expires": 120, "validFrom": 0, "renewsFrom": "hub", "renewed": null, "renewalFailure": null
+        }});
+        assert_eq!(certificate_finding(&renewing, 10).result, Outcome::Ok);
+        assert_eq!(certificate_finding(&renewing, 100).result, Outcome::Warning);
+        assert_eq!(certificate_finding(&renewing, 200).result, Outcome::Failed);
         assert_eq!(
-            certificate_finding(&expiring(Some(365 * day)), 0).result,
-            Outcome::Ok
-        );
-        assert_eq!(
-            certificate_finding(&expiring(Some(10 * day)), 0).result,
+            certificate_finding(&serde_json::json!({}), 0).result,
             Outcome::Warning
-        );
-        assert_eq!(
-            certificate_finding(&expiring(Some(-day)), 0).result,
-            Outcome::Failed
-        );
-        assert_eq!(
-            certificate_finding(&expiring(None), 0).result,
-            Outcome::Warning
-        );
-    }
-
-    #[test]
-    fn a_renewing_certificate_warns_when_renewal_fails_or_is_late() {
-        let renewing = |failure: Option<&str>| Certificate {
-            expires: Some(120),
-            valid_from: Some(0),
-            renews_from: Some("hub".into()),
-            renewed: None,
-            renewal_failure: failure.map(str::to_string),
-        };
-        // A two-minute certificate is no warning while it renews itself.
-        let fine = certificate_finding(&renewing(None), 10);
-        assert_eq!(fine.result, Outcome::Ok, "{}", fine.detail);
-        assert!(fine.detail.contains("renews itself with hub"));
-        let late = certificate_finding(&renewing(None), 100);
-        assert_eq!(late.result, Outcome::Warning, "{}", late.detail);
-        let failing = certificate_finding(&renewing(Some("no issuing gateway answered")), 10);
-        assert_eq!(failing.result, Outcome::Warning);
-        assert!(failing.detail.contains("no issuing gateway answered"));
-        assert_eq!(
-            certificate_finding(&renewing(None), 121).result,
-            Outcome::Failed
         );
     }
 }

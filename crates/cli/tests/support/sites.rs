@@ -69,25 +69,28 @@ impl SiteBed {
     /// The gateway of site `name`: peer port on the site's WAN address, management API and import
     /// listeners on the site's loopback, its store in the fabric directory (so a restart finds it).
     pub fn start(&self, name: &str) -> GatewayProcess {
+        self.start_with(name, &[])
+    }
+
+    /// [`SiteBed::start`] with these further arguments.
+    pub fn start_with(&self, name: &str, extra: &[&str]) -> GatewayProcess {
         let site = self.site(name);
         let peer_address = format!("{}:{PEER_PORT}", site.address);
         let data_dir = self.fabric.data_dir(name);
-        GatewayProcess::spawn_in(
-            Some(site),
-            self.fabric.root(),
-            &[
-                "--peer",
-                name,
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--peer-address",
-                &peer_address,
-                "--management-address",
-                "127.0.0.1:0",
-                "--import-address",
-                "127.0.0.1",
-            ],
-        )
+        let mut args = vec![
+            "--peer",
+            name,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--peer-address",
+            &peer_address,
+            "--management-address",
+            "127.0.0.1:0",
+            "--import-address",
+            "127.0.0.1",
+        ];
+        args.extend_from_slice(extra);
+        GatewayProcess::spawn_in(Some(site), self.fabric.root(), &args)
     }
 }
 

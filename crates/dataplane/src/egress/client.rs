@@ -240,12 +240,19 @@ impl Egress {
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .map(|c| c.clone().into_owned());
+                    // A list that arrived after the handshake was not there to check it.
+                    let revoked = server_certificate
+                        .as_ref()
+                        .is_some_and(|c| self.dialer.tls.borrow().revocations.is_revoked(c));
                     let registered = self.live.register(EgressTunnel {
                         server_certificate,
                         import: key.clone(),
                         client: client_attributes.clone(),
                         source: source.clone(),
                     });
+                    if revoked {
+                        registered.revoked.notify_one();
+                    }
                     let relayed = tokio::select! {
                         moved = relay(&mut client, &mut connection, leftover, &meter, true) => match moved {
                             Ok(relayed) => relayed,

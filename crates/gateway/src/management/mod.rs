@@ -45,6 +45,7 @@ use serde_json::json;
 pub use self::error::ApiError;
 use crate::model::{ControlPlane, WriteOutcome, scope_accepts};
 use clusterlink_dataplane::metrics::Metrics;
+use clusterlink_pki::status::CertificateStatus;
 
 pub fn router(
     control_plane: ControlPlane,
@@ -111,7 +112,7 @@ pub fn router(
                 match current.offer_revocations(&body) {
                     Ok(taken) => {
                         let taken = taken == clusterlink_pki::revocation::Taken::Newer;
-                        let summary = offered.borrow().revocations.summary().to_string();
+                        let summary = offered.borrow().revocation_summary.to_string();
                         Ok(Json(json!({"taken": taken, "lists": summary})))
                     }
                     Err(e) => Err(ApiError::new(
@@ -128,17 +129,26 @@ pub fn router(
             get(|| async move {
                 let current = tls.borrow().clone();
                 let renewal = metrics.credentials.renewal();
+                let certificate = CertificateStatus {
+                    expires: current.certificate_expires,
+                    valid_from: current.certificate_valid_from,
+                    renews_from: renewal.renews_from,
+                    renewed: renewal.renewed_at,
+                    renewal_failure: renewal.failure,
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
                 Json(json!({
                     "version": env!("CARGO_PKG_VERSION"),
                     "apiVersion": API_VERSION,
                     "peer": peer,
+                    // Kept for gwctl from before the certificate object.
                     "certificateExpires": current.certificate_expires,
-                    "certificateValidFrom": current.certificate_valid_from,
-                    "renewsFrom": renewal.renews_from,
-                    "certificateRenewed": renewal.renewed_at,
-                    "renewalFailure": renewal.failure,
+                    "certificate": certificate,
+                    "conditions": [certificate.condition(now)],
                     "revokedCertificates": current.revocations.revoked_count(),
-                    "revocationLists": current.revocations.summary().to_string(),
+                    "revocationLists": current.revocation_summary.to_string(),
                     "peerAddresses": peer_addresses,
                 }))
             })

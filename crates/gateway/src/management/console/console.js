@@ -86,8 +86,11 @@ async function refresh() {
   const now = { at: Date.now(), imports: traffic.imports, exports: traffic.exports, peers: traffic.peers };
   const seconds = previous ? (now.at - previous.at) / 1000 : 0;
   document.getElementById("gateway").textContent = version.peer;
-  const expires = version.certificateExpires
-    ? "; certificate expires " + new Date(version.certificateExpires * 1000).toISOString().slice(0, 10)
+  // The gateway's own judgement of its certificate (the CertificateValid condition).
+  const certificate = (version.conditions || []).find((c) => c.type === "CertificateValid");
+  const expires = certificate
+    ? "; certificate " + (certificate.reason === "CertificateCurrent" ? "" : certificate.reason + ": ") +
+      certificate.message
     : "";
   document.getElementById("summary").textContent =
     "version " + version.version + expires + "; " + peers.items.length + " peers, " +
