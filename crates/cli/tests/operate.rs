@@ -462,7 +462,7 @@ fn every_metric_is_documented_and_the_dashboard_uses_only_real_ones() {
     samples.extend(server_samples);
     families.sort();
     families.dedup();
-    assert_eq!(families.len(), 15, "{families:?}");
+    assert_eq!(families.len(), 19, "{families:?}");
     // By default a tunnel that closes cleanly is counted, not logged: logs grow with problems.
     for gateway in [&pair.client, &pair.server] {
         let log = gateway.log();
