@@ -322,7 +322,7 @@ pub async fn join(
     let issuer = ServerName::try_from(read.issuer.clone())
         .map_err(|e| EnrollClientError::Malformed(format!("the token's issuer: {e}")))?;
     let (enrolled, _) = exchange(config, issuer, &read.redeem_at, "/join", &body, within).await?;
-    check_answer(&read, &key_pem, &enrolled)?;
+    check_answer(&read.name, &key_pem, &enrolled, Some(&read.ca_sha256))?;
     Ok(Joined {
         enrollment: Enrollment {
             name: read.name,
@@ -334,11 +334,14 @@ pub async fn join(
     })
 }
 
-/// Whether the answer to a join is what was asked for (see [`join`]).
+/// Whether an answer is what was asked for, before anything is written: a certificate naming
+/// `name`, on the key of `key_pem`, from a CA of the returned bundle (the pinned one, when
+/// joining).
 fn check_answer(
-    token: &JoinToken,
+    name: &str,
     key_pem: &str,
     enrolled: &Enrolled,
+    pin: Option<&str>,
 ) -> Result<(), EnrollClientError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
@@ -347,10 +350,18 @@ fn check_answer(
         CertificateDer::pem_slice_iter(enrolled.trust_bundle.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| bad(format!("the trust bundle: {e}")))?;
-    let pinned = bundle
-        .iter()
-        .find(|ca| clusterlink_pki::authority::sha256_hex(ca.as_ref()) == token.ca_sha256)
-        .ok_or_else(|| bad("the trust bundle does not hold the CA the token pins".into()))?;
+    let trusted: Vec<CertificateDer<'static>> = match pin {
+        Some(pin) => bundle
+            .into_iter()
+            .filter(|ca| clusterlink_pki::authority::sha256_hex(ca.as_ref()) == pin)
+            .collect(),
+        None => bundle,
+    };
+    if trusted.is_empty() {
+        return Err(bad(
+            "the trust bundle does not hold the CA the token pins".into()
+        ));
+    }
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(enrolled.certificate.as_bytes())
             .collect::<Result<_, _>>()
@@ -358,18 +369,20 @@ fn check_answer(
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
         .map_err(|e| bad(format!("the key: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(pinned.clone())
-        .map_err(|e| bad(format!("the pinned CA: {e}")))?;
+    for ca in &trusted {
+        roots
+            .add(ca.clone())
+            .map_err(|e| bad(format!("a CA of the trust bundle: {e}")))?;
+    }
     let credentials = clusterlink_pki::tls::Credentials {
         roots: Arc::new(roots),
-        cas: vec![pinned.clone()],
+        cas: trusted,
         chain: chain.clone(),
         key: Arc::new(key.clone_key()),
     };
     credentials
         .verify_own_chain()
-        .map_err(|e| bad(format!("the certificate is not from the pinned CA: {e}")))?;
+        .map_err(|e| bad(format!("the certificate is not from a trusted CA: {e}")))?;
     rustls::sign::CertifiedKey::from_der(chain.clone(), key, &clusterlink_pki::tls::provider())
         .map_err(|e| {
             bad(format!(
@@ -377,10 +390,9 @@ fn check_answer(
             ))
         })?;
     match chain.first().map(identity_of) {
-        Some(Ok(Identity::Peer(name))) if name == token.name => Ok(()),
+        Some(Ok(Identity::Peer(named))) if named == name => Ok(()),
         other => Err(bad(format!(
-            "the certificate does not name peer {:?}: {other:?}",
-            token.name
+            "the certificate does not name peer {name:?}: {other:?}"
         ))),
     }
 }
@@ -408,6 +420,7 @@ pub async fn renew(
         within,
     )
     .await?;
+    check_answer(&enrollment.name, &key_pem, &enrolled, None)?;
     Ok((key_pem, enrolled))
 }
 
