@@ -611,9 +611,47 @@ fn the_ca_rolls_over_with_no_tunnel_dropped() {
         replace(&files(name).join("ca.pem"), &new_ca);
     });
     assert!(long.echoes(b"after the old CA left"));
-    // A certificate of the old CA is now refused: a gateway started with one cannot reach a.
-    let version = a.gwctl_ok(&["version"]);
-    assert!(version.contains('a'), "{version}");
+    // The old CA is gone from a's trust: b's old certificate is refused, its new one answered.
+    let probe_as = |fabric: &Path| {
+        let files = clusterlink_pki::tls::TlsFiles::in_fabric(fabric, &fabric.join("b"));
+        let mut credentials = clusterlink_pki::tls::Credentials::load(&files).unwrap();
+        // The client trusts a's new certificate either way: only a's judgement is tested.
+        credentials.roots = clusterlink_pki::tls::load_roots(&new.join("cert.pem")).unwrap();
+        let mut config = clusterlink_pki::tls::mutual_client_config(&credentials).unwrap();
+        config.alpn_protocols = vec![clusterlink_pki::tls::PEER_ALPN.to_vec()];
+        let address = a.peer_address.clone();
+        bed.site("b")
+            .enter(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async move {
+                        use tokio::io::AsyncWriteExt;
+                        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+                        let name = rustls_pki_types::ServerName::try_from("a").unwrap();
+                        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tls.write_all(clusterlink_dataplane::tunnel::HEALTH_REQUEST)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        clusterlink_dataplane::tunnel::read_head(&mut tls)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+            })
+            .unwrap()
+    };
+    assert_eq!(probe_as(&new), Ok(()));
+    let refused = probe_as(&old);
+    let refused = refused.expect_err("a certificate of the old CA was answered");
+    assert!(
+        refused.contains("UnknownCA") || refused.contains("BadCertificate"),
+        "{refused}"
+    );
 }
 
 /// The figures of joining and of a revocation's spread across ten sites (run by hand:
