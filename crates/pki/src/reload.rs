@@ -192,8 +192,9 @@ impl TlsSource {
                 tracing::warn!(path = %path.display(), error = %e, "revocation lists not used");
             }
         }
+        // A placeholder until the set that can take lists (it needs the source) is published.
         let first = GatewayTls::new(&credentials)?;
-        let (tx, rx) = watch::channel(Arc::new(first));
+        let (tx, mut rx) = watch::channel(Arc::new(first));
         let applied = fingerprint([&files.ca, &files.cert, &files.key]);
         let inner = Arc::new(SourceInner {
             files,
@@ -208,6 +209,8 @@ impl TlsSource {
             tx,
         });
         inner.publish(&inner.state())?;
+        // The published set is the first one its readers see, not a change.
+        rx.borrow_and_update();
         Ok((TlsSource { inner }, rx))
     }
 
