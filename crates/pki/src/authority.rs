@@ -565,20 +565,7 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 
 /// Writes `path` whole or not at all: a reader never sees half a list.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        PkiError::Write {
-            path: path.to_owned(),
-            source,
-        }
-    })
+    crate::files::replace_public(path, contents)
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

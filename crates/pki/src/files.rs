@@ -77,6 +77,40 @@ fn write_new(path: &PathBuf, contents: &str, mode: u32) -> Result<(), PkiError> 
     })
 }
 
+/// Replaces `path` whole or not at all (a new file renamed over it), with `mode` from its first
+/// byte: a reader never sees half a file, and a key is never readable by others.
+pub(crate) fn replace_whole(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        PkiError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// [`replace_whole`] for public files (certificates, lists).
+pub(crate) fn replace_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    replace_whole(path, contents, CERT_MODE)
+}
+
+/// [`replace_whole`] for files holding a private key.
+pub(crate) fn replace_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+    replace_whole(path, contents, KEY_MODE)
+}
+
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
     fs::read(path).map_err(|source| PkiError::Read {
         path: path.to_owned(),

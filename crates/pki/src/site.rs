@@ -12,7 +12,7 @@
 //! ```
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{CertificateParams, DnType, KeyPair};
@@ -94,7 +94,7 @@ pub fn join_request(data_dir: &Path, name: &str) -> Result<(String, String), Pki
     }
     let (key_pem, csr) = new_request(name)?;
     make_dir(&data_dir.join(TLS_DIR))?;
-    write_private(&path, key_pem.as_bytes())?;
+    crate::files::replace_private(&path, key_pem.as_bytes())?;
     Ok((key_pem, csr))
 }
 
@@ -135,30 +135,5 @@ pub fn write_identity(data_dir: &Path, key_pem: &str, enrolled: &Enrolled) -> Re
     make_dir(&data_dir.join(TLS_DIR))?;
     write_atomically(&files.ca, enrolled.trust_bundle.as_bytes())?;
     let identity = format!("{}{key_pem}", enrolled.certificate);
-    write_private(&files.cert, identity.as_bytes())
-}
-
-/// Writes `path` whole, owner-only from its first byte.
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        PkiError::Write {
-            path: path.to_owned(),
-            source,
-        }
-    })
+    crate::files::replace_private(&files.cert, identity.as_bytes())
 }
