@@ -132,6 +132,10 @@ pub struct PeerTraffic {
     /// The last probe failure, however long ago.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// How the peer is reached when a link carries its tunnels: which way it was dialed, to or
+    /// from where, since when. `None`: directly, at its gateways' addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
     pub sent: u64,
     pub received: u64,
 }

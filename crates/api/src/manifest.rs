@@ -596,11 +596,11 @@ spec:
     #[test]
     fn several_errors_at_once() {
         let e = err_text(
-            "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: Bad_Name}\nspec: {gateways: []}\n",
+            "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: Bad_Name}\nspec: {gateways: [], dial: true}\n",
         );
         assert!(e.contains("metadata.name: invalid character 'B'"), "{e}");
         assert!(
-            e.contains("spec.gateways: must list at least one gateway"),
+            e.contains("spec.gateways: dial: true needs at least one gateway"),
             "{e}"
         );
     }

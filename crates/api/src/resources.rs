@@ -285,7 +285,7 @@ impl<S: Spec> Resource<S> {
         version = "v1alpha1",
         kind = "Peer",
         root = "KubePeer",
-        doc = "A site of the fabric: its name is its TLS identity; spec.gateways says where its gateway listens.",
+        doc = "A site of the fabric: its name is its TLS identity; spec.gateways says where its gateway listens (none: it dials this site), spec.dial keeps a link dialed to it.",
         namespaced,
         status = "Status",
         crates(kube_core = "::kube_core"),
@@ -309,7 +309,16 @@ impl<S: Spec> Resource<S> {
     )
 )]
 pub struct PeerSpec {
+    /// Where the peer's gateways listen. Empty for a peer that cannot be reached (behind NAT):
+    /// it is then reached only over a link it dials to this gateway (its Peer for this site says
+    /// `dial: true`).
+    #[serde(default)]
     pub gateways: Vec<Endpoint>,
+    /// Keep a link dialed to one of `gateways` (trying them in turn), so that this site needs no
+    /// inbound path: tunnels of both directions ride it, and the peer needs no address for this
+    /// site. Without a link up, tunnels to the peer are dialed directly as usual.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dial: bool,
 }
 
 /// One address of a peer's gateway.
@@ -329,10 +338,10 @@ impl Spec for PeerSpec {
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
-        if self.gateways.is_empty() {
+        if self.dial && self.gateways.is_empty() {
             errors.push(
                 "spec.gateways",
-                "must list at least one gateway {host, port}",
+                "dial: true needs at least one gateway {host, port} to dial",
             );
         }
         for (i, g) in self.gateways.iter().enumerate() {

@@ -13,7 +13,7 @@ use clusterlink_api::{
     Condition, ConditionReason, ConditionStatus, ConditionType, Kind, ObjectKey, SYSTEM_NAMESPACE,
 };
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -27,6 +27,7 @@ use clusterlink_pki::reload::GatewayTls;
 use crate::conditions::RuntimeConditions;
 use crate::connections::nothing_to_read;
 use crate::limits::Limits;
+use crate::link::{Link, Links};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
@@ -166,8 +167,10 @@ struct Prober {
 }
 
 /// Keeps one prober per peer in step with the snapshots.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_probers(
     tls: watch::Receiver<Arc<GatewayTls>>,
+    links: Links,
     health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     conditions: Arc<dyn RuntimeConditions>,
@@ -208,6 +211,7 @@ pub(crate) async fn run_probers(
                     name.clone(),
                     peer.gateways.clone(),
                     tls.clone(),
+                    links.clone(),
                     health.clone(),
                     conditions.clone(),
                     metrics.clone(),
@@ -236,10 +240,12 @@ fn peer_key(name: &str) -> ObjectKey {
     ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, name)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn probe_forever(
     name: String,
     gateways: Vec<(String, u16)>,
     tls: watch::Receiver<Arc<GatewayTls>>,
+    links: Links,
     health: PeerHealth,
     conditions: Arc<dyn RuntimeConditions>,
     metrics: Arc<Metrics>,
@@ -250,7 +256,20 @@ async fn probe_forever(
     let mut tls = tls;
     loop {
         let current = tls.borrow_and_update().clone();
-        let result = probe_any(&current, &name, &gateways, &mut kept, &limits).await;
+        // Over a link when one is up (the peer may have no other way); directly otherwise, or
+        // when the link did not answer and the peer has addresses.
+        let over_link = match links.to(&name) {
+            Some(link) => Some(probe_link(&current, &link, &limits).await),
+            None => None,
+        };
+        let result = match over_link {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) if gateways.is_empty() => Err(e),
+            Some(Err(e)) => probe_any(&current, &name, &gateways, &mut kept, &limits)
+                .await
+                .map_err(|direct| format!("{e}; {direct}")),
+            None => probe_any(&current, &name, &gateways, &mut kept, &limits).await,
+        };
         health.record_probe(
             &name,
             Some(result.as_ref().map(|a| a.took).map_err(Clone::clone)),
@@ -270,7 +289,7 @@ async fn probe_forever(
                     PEER_REACHABLE,
                     ConditionStatus::True,
                     ConditionReason::Probed,
-                    format!("gateway {} answered", answer.gateway),
+                    format!("{} answered", answer.gateway),
                 ),
                 Err(e) => Condition::new(
                     PEER_REACHABLE,
@@ -390,7 +409,7 @@ async fn probe_any(
         match result {
             Ok((labels, took)) => {
                 if answer.is_none() {
-                    let gateway = format!("{}:{}", gateway.0, gateway.1);
+                    let gateway = format!("gateway {}:{}", gateway.0, gateway.1);
                     answer = Some(ProbeAnswer {
                         gateway,
                         labels,
@@ -406,8 +425,46 @@ async fn probe_any(
     }
     match answer {
         Some(answer) => Ok(answer),
-        None if errors.is_empty() => Err("the peer lists no gateway".into()),
+        None if errors.is_empty() => Err(crate::link::NO_ROUTE.into()),
         None => Err(errors.join("; ")),
+    }
+}
+
+/// One probe over a link: a stream of its own, with revocation lists exchanged as on a direct
+/// connection.
+async fn probe_link(
+    tls: &Arc<GatewayTls>,
+    link: &Link,
+    limits: &Limits,
+) -> Result<ProbeAnswer, String> {
+    let started = Instant::now();
+    let within = limits.probe_timeout;
+    let probed = timeout(within, async {
+        let mut stream = link.open(within).await.map_err(|e| e.to_string())?;
+        let held = tls.revocation_summary.clone();
+        stream
+            .write_all(&health_request(&held))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (head, rest) = read_head(&mut stream).await.map_err(|e| e.to_string())?;
+        let labels = labels_of_health_response(&head)
+            .map_err(|e| format!("unexpected health answer: {e}"))?;
+        if let Err(e) = exchange_revocations(tls, &mut stream, &head, rest, &held).await {
+            tracing::debug!(peer = %link.info().peer, error = %e, "revocation lists not exchanged");
+        }
+        let _ = stream.shutdown().await;
+        Ok::<_, String>(labels)
+    })
+    .await;
+    let how = link.info().describe();
+    match probed {
+        Ok(Ok(labels)) => Ok(ProbeAnswer {
+            gateway: format!("the {how}"),
+            labels,
+            took: started.elapsed(),
+        }),
+        Ok(Err(e)) => Err(format!("{how}: {e}")),
+        Err(_) => Err(format!("{how}: no answer within {within:?}")),
     }
 }
 
@@ -466,9 +523,9 @@ enum Kept {
 
 /// After a health answer: takes the lists it carries (the prober was behind), and sends ours if
 /// the answering gateway is behind.
-async fn exchange_revocations(
+async fn exchange_revocations<S: AsyncRead + AsyncWrite + Unpin>(
     tls: &Arc<GatewayTls>,
-    connection: &mut ProbeConnection,
+    connection: &mut S,
     head: &[u8],
     rest: Vec<u8>,
     held: &Summary,

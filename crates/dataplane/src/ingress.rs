@@ -14,15 +14,14 @@ use rustls::server::Acceptor;
 use rustls_pki_types::CertificateDer;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, timeout_at};
 use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use clusterlink_pki::authority::Authority;
 use clusterlink_pki::reload::GatewayTls;
-use clusterlink_pki::tls::{ENROLL_ALPN, PEER_ALPN};
+use clusterlink_pki::tls::{ENROLL_ALPN, LINK_ALPN, PEER_ALPN};
 
 use crate::backend_addresses::BackendAddresses;
 use crate::capacity::{Descriptors, HeldDescriptors, ServedTunnels, Shares, TunnelCounts};
@@ -39,6 +38,7 @@ use crate::rate::RateLimited;
 use clusterlink_api::attributes::Attributes;
 
 use crate::enroll;
+use crate::link::{self, Direction, Inbound, LinkInfo, LinkStream, Links};
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
 use crate::read_ahead::ReadAhead;
 use crate::relay::{TLS_SEND_BUFFER, relay, take_first_frame};
@@ -81,6 +81,9 @@ struct PeerPort {
     authority: Option<Arc<Authority>>,
     /// Whether a certificate of the fabric is not enough: its peer needs a Peer object here.
     known_peers_only: bool,
+    /// Links up now (dialed here or by peers), and where their peers' streams go.
+    links: Links,
+    inbound: mpsc::Sender<Inbound>,
 }
 
 /// What the peer port needs besides its listener.
@@ -93,6 +96,9 @@ pub(crate) struct PeerPortConfig {
     pub relayed: Arc<RelayedConnections>,
     pub authority: Option<Arc<Authority>>,
     pub known_peers_only: bool,
+    pub links: Links,
+    /// Streams peers open on links, dialed here or accepted: served like peer connections.
+    pub inbound: (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>),
 }
 
 pub(crate) async fn serve(
@@ -102,6 +108,7 @@ pub(crate) async fn serve(
     config: PeerPortConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (inbound, mut streams) = config.inbound;
     let limits = config.limits;
     let mut connections = JoinSet::new();
     let admission = Arc::new(
@@ -132,6 +139,8 @@ pub(crate) async fn serve(
         credentials: tls.clone(),
         authority: config.authority,
         known_peers_only: config.known_peers_only,
+        links: config.links,
+        inbound,
     });
     let revalidator = tokio::spawn({
         let (port, mut snapshots, mut tls) = (port.clone(), snapshots.clone(), tls.clone());
@@ -145,12 +154,14 @@ pub(crate) async fn serve(
                             port.admits(&snapshot, &t.peer)
                                 && decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
                         });
+                        port.links.close_unless(|l| port.admits(&snapshot, &l.peer));
                     }
                     // A revoked certificate's tunnels are cut, however long ago it authenticated.
                     changed = tls.changed() => {
                         if changed.is_err() { return }
                         let current = tls.borrow_and_update().clone();
                         port.live.revalidate(|t| !current.revocations.is_revoked(&t.certificate));
+                        port.links.close_unless(|l| !current.revocations.is_revoked(&l.certificate));
                     }
                 }
             }
@@ -188,6 +199,10 @@ pub(crate) async fn serve(
                     tokio::time::sleep(limits.accept_retry).await;
                 }
             },
+            Some(Inbound { stream }) = streams.recv() => {
+                let port = port.clone();
+                connections.spawn(async move { serve_stream(stream, &port).await });
+            }
             // Reap finished connections so the set does not grow with every tunnel ever served.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.changed() => break,
@@ -337,7 +352,8 @@ async fn handle(
         }
         return Ok(());
     }
-    if session.alpn_protocol() != Some(PEER_ALPN) {
+    let linking = session.alpn_protocol() == Some(LINK_ALPN);
+    if session.alpn_protocol() != Some(PEER_ALPN) && !linking {
         let detail = "the client does not speak the tunnel protocol (ALPN)".into();
         return Err(unserved(Unserved::HandshakeRefused, detail));
     }
@@ -374,6 +390,53 @@ async fn handle(
         );
         return Err(unserved(Unserved::PeerLimit, detail));
     };
+    if linking {
+        // A link: the peer's tunnels, and this gateway's to the peer, ride it as streams.
+        drop(admitted);
+        let (local, remote_end) = {
+            let tcp = tls.get_ref().0.get_ref();
+            (tcp.local_addr(), tcp.peer_addr())
+        };
+        let (Ok(local), Ok(remote_end)) = (local, remote_end) else {
+            return Ok(());
+        };
+        let info = LinkInfo {
+            peer: peer.clone(),
+            certificate,
+            local,
+            remote: remote_end,
+            direction: Direction::Accepted,
+            since: crate::metrics::unix_seconds(),
+            expires,
+        };
+        tracing::info!(%peer, %remote, "link up");
+        let mode = yamux::Mode::Server;
+        let (link, task) = link::start(
+            tls,
+            mode,
+            info,
+            &port.links,
+            port.inbound.clone(),
+            port.limits,
+        );
+        tokio::pin!(task);
+        let mut stopping = port.shutdown.clone();
+        let stopped = async { drop(stopping.wait_for(|stop| *stop).await) };
+        let end = tokio::select! {
+            end = &mut task => Some(end),
+            () = stopped => None,
+        };
+        let end = match end {
+            Some(end) => end,
+            // At shutdown the link ends with its last tunnel (or the drain's bound).
+            None => {
+                link.retire();
+                task.await
+            }
+        };
+        tracing::warn!(%peer, %remote, reason = %end, "link down");
+        return Ok(());
+    }
     // Its first request comes right after the handshake, by the admission's deadline; later
     // ones whenever the peer has another tunnel to open.
     let mut first = Some(admitted.deadline());
@@ -409,7 +472,9 @@ async fn handle(
             return Ok(());
         }
         first = None;
-        let served = serve_request(&mut tls, &head, leftover, &peer, &certificate, port).await?;
+        let here = tls.get_ref().0.get_ref().local_addr();
+        let served =
+            serve_request(&mut tls, here, &head, leftover, &peer, &certificate, port).await?;
         if served == Served::Close {
             return Ok(());
         }
@@ -430,10 +495,52 @@ enum Served {
     Close,
 }
 
-/// Answers one request on an authenticated peer connection and, for an accepted tunnel, relays
-/// it until it ends.
-async fn serve_request(
-    tls: &mut TlsStream<ReadAhead<TcpStream>>,
+/// Serves the requests of a stream a peer opened on a link, as if they came on a connection
+/// authenticated as the link was: one after another, each within the handshake timeout.
+async fn serve_stream(mut stream: LinkStream, port: &PeerPort) {
+    let link = stream.link().clone();
+    loop {
+        let (head, leftover) = match timeout(port.limits.handshake, read_head(&mut stream)).await {
+            Ok(Ok(read)) => read,
+            // The far end closed the stream after its last request, or it broke.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(peer = %link.peer, "link stream sent no request in time");
+                return;
+            }
+        };
+        if crate::metrics::unix_seconds() >= link.expires
+            || !port.admits(&port.snapshots.borrow(), &link.peer)
+        {
+            return;
+        }
+        let served = serve_request(
+            &mut stream,
+            Ok(link.local),
+            &head,
+            leftover,
+            &link.peer,
+            &link.certificate,
+            port,
+        )
+        .await;
+        match served {
+            Ok(Served::Reuse) => {}
+            // Dropped: reset, so the far end does not take a broken tunnel for a clean end.
+            Ok(Served::Close) => return,
+            Err(e) => {
+                tracing::debug!(peer = %link.peer, error = %e, "link stream ended");
+                return;
+            }
+        }
+    }
+}
+
+/// Answers one request on an authenticated peer connection (or link stream) and, for an
+/// accepted tunnel, relays it until it ends. `here` is this end's address, for loop detection.
+async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    here: std::io::Result<SocketAddr>,
     head: &[u8],
     mut leftover: Vec<u8>,
     peer: &str,
@@ -458,6 +565,8 @@ async fn serve_request(
         credentials,
         authority: _,
         known_peers_only: _,
+        links: _,
+        inbound: _,
     } = port;
     let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
@@ -590,7 +699,6 @@ async fn serve_request(
     };
     // A client that came from this gateway's own address may be a connection this gateway's
     // ingress made: then this tunnel continues that one's (a loop through the peer's import).
-    let here = tls.get_ref().0.get_ref().local_addr();
     let looped = match (request.via, here) {
         (Some(via), Ok(here)) => {
             let backend_end = SocketAddr::new(here.ip(), via.client_port);

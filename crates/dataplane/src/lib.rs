@@ -9,6 +9,8 @@
 //!
 //! - [`run`]: the data plane's tasks and their supervision; [`snapshot`]: its input.
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
+//! - `link`: dialed links, for sites that cannot be reached: tunnels of both directions
+//!   ride one mutual-TLS connection the unreachable side keeps open (yamux streams).
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
 //! - [`limits`]: the gateway's network timeouts and connection limits, each with its reason.
 //! - [`listener`]: admitting strangers' connections (the peer port before its TLS handshake,
@@ -35,6 +37,7 @@ mod health;
 mod hops;
 mod ingress;
 pub mod limits;
+mod link;
 pub mod listener;
 mod live;
 pub mod memory_copies;

@@ -121,6 +121,19 @@ pub struct Limits {
     /// far fewer than one stranger would need to exhaust descriptors. Per source network (a
     /// node's pod range is often one /24): as many replicas as a node runs.
     pub replicas: Bounds,
+    /// Streams one dialed link carries at once (`dataplane::link`): its tunnels of both
+    /// directions, plus probes. Each stream may hold a 256 KiB receive window, so a link holds at
+    /// most this × 256 KiB (512 MiB) of the far end's unread bytes; tunnels per peer are bounded
+    /// apart, as for direct connections ([`Limits::tunnels_per_peer`]).
+    pub link_streams: usize,
+    /// A dialed link's first retry delay after every gateway of the peer failed; delays double
+    /// up to [`Limits::link_retry_max`], and start again once a link stayed up for
+    /// [`Limits::link_stable`].
+    pub link_retry_first: Duration,
+    /// A site that reconnects within this is back within seconds of its peer's return.
+    pub link_retry_max: Duration,
+    /// A link that stayed up this long was not flapping: the next loss retries at once.
+    pub link_stable: Duration,
     /// A snapshot larger than this is refused: a bound on what a broken or hostile peer can make
     /// the other side allocate, far above any real configuration.
     pub snapshot_bytes: u32,
@@ -207,6 +220,10 @@ impl Limits {
             total: 256,
             per_source: 64,
         },
+        link_streams: 2048,
+        link_retry_first: Duration::from_millis(100),
+        link_retry_max: Duration::from_secs(5),
+        link_stable: Duration::from_secs(10),
         snapshot_bytes: 64 << 20,
         replica_reconnect_first: Duration::from_millis(200),
         replica_reconnect_max: Duration::from_secs(5),
@@ -303,6 +320,9 @@ mod tests {
 
     #[test]
     fn reconnects_back_off_from_the_first_delay_to_the_last() {
+        assert!(L.link_retry_first < L.link_retry_max);
+        // A link has to outlive a few of its keepalive probes to count as stable.
+        assert!(L.link_stable > L.probe_reachable_every * 4);
         assert!(L.replica_reconnect_first < L.replica_reconnect_max);
     }
 

@@ -17,7 +17,10 @@ use crate::tunnel::ExportRef;
 /// A peer as the data plane sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerEntry {
+    /// Empty for a peer reached only over the link it dials here.
     pub gateways: Vec<(String, u16)>,
+    /// Keep a link dialed to the peer (`dataplane::link`).
+    pub dial: bool,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -86,6 +89,7 @@ impl Snapshot {
                                 .iter()
                                 .map(|g| (g.host.clone(), g.port.get()))
                                 .collect(),
+                            dial: p.spec.dial,
                             labels: p.metadata.labels.clone(),
                         }),
                         _ => None,

@@ -18,6 +18,7 @@ use crate::egress::ExplainError;
 use crate::events::EventLog;
 use crate::health::{self, PeerHealth};
 use crate::limits::Limits;
+use crate::link::{self, Links};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::{egress, hops, ingress};
@@ -65,6 +66,7 @@ impl DataPlane {
                 health: PeerHealth::default(),
                 pool: Default::default(),
                 handshakes: tokio::sync::Semaphore::new(limits.handshakes_at_once),
+                links: Links::default(),
                 metrics: config.metrics.clone(),
                 limits,
             },
@@ -85,6 +87,9 @@ impl DataPlane {
     pub fn traffic(&self) -> Traffic {
         let mut traffic = self.config.metrics.traffic();
         self.egress.dialer.health.add_to(&mut traffic);
+        for (peer, link) in self.egress.dialer.links.describe() {
+            traffic.peers.entry(peer).or_default().link = Some(link);
+        }
         traffic
     }
 
@@ -116,9 +121,22 @@ impl DataPlane {
         let config = &self.config;
         let egress = self.egress.clone();
         let tls = egress.dialer.tls.clone();
+        let links = egress.dialer.links.clone();
+        let (inbound, streams) = tokio::sync::mpsc::channel(link::INBOUND_QUEUE);
         let mut tasks = JoinSet::new();
+        tasks.spawn(link::keep_dialed(
+            link::Dialing {
+                tls: tls.clone(),
+                links: links.clone(),
+                inbound: inbound.clone(),
+                limits: config.limits,
+            },
+            snapshots.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(health::run_probers(
             tls.clone(),
+            links.clone(),
             egress.dialer.health.clone(),
             snapshots.clone(),
             conditions.clone(),
@@ -139,6 +157,8 @@ impl DataPlane {
                 relayed: egress.relayed.clone(),
                 authority: config.authority.clone(),
                 known_peers_only: config.known_peers_only,
+                links,
+                inbound: (inbound, streams),
             },
             shutdown.clone(),
         ));
@@ -232,8 +252,10 @@ pub async fn probe_peers(
 ) {
     let health = PeerHealth::default();
     let limits = Limits::DEFAULT;
+    // The control plane holds no links: a peer reached only over one is probed by the replicas.
+    let links = Links::default();
     health::run_probers(
-        tls, health, snapshots, conditions, metrics, limits, shutdown,
+        tls, links, health, snapshots, conditions, metrics, limits, shutdown,
     )
     .await
 }

@@ -20,7 +20,7 @@ use crate::error::PkiError;
 use crate::identity::{Identity, identity_of};
 use crate::revocation::{Revocations, Summary, Taken};
 use crate::tls::{
-    ClientCertificate, Credentials, PEER_ALPN, TlsFiles, client_config, server_config,
+    ClientCertificate, Credentials, LINK_ALPN, PEER_ALPN, TlsFiles, client_config, server_config,
 };
 use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::CertificateDer;
@@ -38,6 +38,8 @@ const LIST_INTERVAL: Duration = Duration::from_millis(200);
 pub struct GatewayTls {
     pub server: Arc<ServerConfig>,
     pub client: Arc<ClientConfig>,
+    /// The peer port's client side for dialing a link (`LINK_ALPN`).
+    pub link_client: Arc<ClientConfig>,
     pub management: Arc<ServerConfig>,
     /// Joining and renewal (`dataplane::enroll`): a client certificate is optional, and the CA
     /// goes with the chain so that a joining site can check it against its token's pin.
@@ -66,9 +68,11 @@ impl GatewayTls {
         source: Weak<SourceInner>,
     ) -> Result<GatewayTls, PkiError> {
         let mut server = server_config(credentials, &revocations, ClientCertificate::Required)?;
-        server.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        server.alpn_protocols = vec![PEER_ALPN.to_vec(), LINK_ALPN.to_vec()];
         let mut client = client_config(credentials, &revocations)?;
+        let mut link_client = client.clone();
         client.alpn_protocols = vec![PEER_ALPN.to_vec()];
+        link_client.alpn_protocols = vec![LINK_ALPN.to_vec()];
         let mut with_ca = credentials.clone();
         with_ca.chain.extend(issuer_of(credentials));
         let mut enrollment = server_config(&with_ca, &revocations, ClientCertificate::Optional)?;
@@ -76,6 +80,7 @@ impl GatewayTls {
         Ok(GatewayTls {
             server: Arc::new(server),
             client: Arc::new(client),
+            link_client: Arc::new(link_client),
             // The management API speaks plain HTTP/1.1 inside TLS: no tunnel ALPN.
             management: Arc::new(server_config(
                 credentials,

@@ -25,6 +25,10 @@ pub const PEER_ALPN: &[u8] = b"clusterlink/2";
 /// ALPN of joining and renewal on the issuing gateway's peer port (`dataplane::enroll`): the one
 /// handshake the peer port takes without a client certificate, and only where it issues.
 pub const ENROLL_ALPN: &[u8] = b"clusterlink-enroll/1";
+/// ALPN of a dialed link (`dataplane::link`): one mutual-TLS connection kept open by a gateway
+/// that others cannot reach, multiplexing tunnels of both directions (yamux). Each stream then
+/// speaks the tunnel protocol of [`PEER_ALPN`].
+pub const LINK_ALPN: &[u8] = b"clusterlink-link/1";
 
 /// The one crypto provider the project uses, with TLS 1.3 suites only, AES-128-GCM first.
 ///

@@ -93,14 +93,20 @@ pub fn available() -> Result<(), NetnsError> {
 pub struct Wan {
     namespace: String,
     sites: Vec<Site>,
+    /// The NAT routers of sites behind NAT.
+    routers: Vec<String>,
 }
 
-/// One site: a namespace with an address on the WAN.
+/// One site: a namespace with an address on the WAN, or behind a NAT router that has one.
 #[derive(Debug, Clone)]
 pub struct Site {
     pub name: String,
     pub namespace: String,
+    /// The site's own address: on the WAN, or private behind its NAT router.
     pub address: Ipv4Addr,
+    /// The address the WAN sees the site's connections come from: [`Site::address`], or its NAT
+    /// router's WAN address.
+    pub public_address: Ipv4Addr,
     /// The site's port on the WAN bridge; down means the site's link is cut.
     bridge_port: String,
     wan_namespace: String,
@@ -110,6 +116,17 @@ impl Wan {
     /// Makes a site per name, each letting in from the WAN only TCP to `open_ports` (a gateway's
     /// peer port; a cluster's data-plane replicas have one each).
     pub fn create(site_names: &[&str], open_ports: &[u16]) -> Result<Wan, NetnsError> {
+        Wan::create_with_nat(site_names, &[], open_ports)
+    }
+
+    /// [`Wan::create`], with the sites named in `behind_nat` behind a masquerading NAT router of
+    /// their own: the router holds the site's WAN address, and lets out the site's connections
+    /// (their replies come back) but nothing in, as a home router or a carrier-grade NAT would.
+    pub fn create_with_nat(
+        site_names: &[&str],
+        behind_nat: &[&str],
+        open_ports: &[u16],
+    ) -> Result<Wan, NetnsError> {
         if site_names.len() > 250 {
             return Err(NetnsError::TooManySites(site_names.len()));
         }
@@ -134,6 +151,7 @@ impl Wan {
         let mut wan = Wan {
             namespace: format!("{tag}.{WAN_NAME}"),
             sites: Vec::new(),
+            routers: Vec::new(),
         };
         ip(&["netns", "add", &wan.namespace])?;
         let n = wan.namespace.clone();
@@ -142,16 +160,30 @@ impl Wan {
         ip(&["-n", &n, "link", "set", "br0", "up"])?;
         for (i, name) in site_names.iter().enumerate() {
             let [a, b, c] = WAN_NET;
+            let on_wan = Ipv4Addr::new(a, b, c, i as u8 + 1);
+            let natted = behind_nat.contains(name);
+            // Behind NAT, the site's own address is private, on its link to the router.
+            let private = Ipv4Addr::new(192, 168, i as u8 + 1, 2);
             let site = Site {
                 name: name.to_string(),
                 namespace: format!("{tag}.{name}"),
-                address: Ipv4Addr::new(a, b, c, i as u8 + 1),
+                address: if natted { private } else { on_wan },
+                public_address: on_wan,
                 bridge_port: format!("s{i}"),
                 wan_namespace: n.clone(),
             };
             ip(&["netns", "add", &site.namespace])?;
             wan.sites.push(site.clone());
             let s = &site.namespace;
+            // What holds the WAN address: the site itself, or its router.
+            let edge = if natted {
+                let router = format!("{tag}.{name}-nat");
+                ip(&["netns", "add", &router])?;
+                wan.routers.push(router.clone());
+                router
+            } else {
+                s.clone()
+            };
             ip(&[
                 "link",
                 "add",
@@ -164,14 +196,69 @@ impl Wan {
                 "name",
                 SITE_INTERFACE,
                 "netns",
-                s,
+                &edge,
             ])?;
             ip(&["-n", &n, "link", "set", &site.bridge_port, "master", "br0"])?;
             ip(&["-n", &n, "link", "set", &site.bridge_port, "up"])?;
-            let cidr = format!("{}/24", site.address);
-            ip(&["-n", s, "addr", "add", &cidr, "dev", SITE_INTERFACE])?;
-            ip(&["-n", s, "link", "set", SITE_INTERFACE, "up"])?;
-            ip(&["-n", s, "link", "set", "lo", "up"])?;
+            ip(&[
+                "-n",
+                &edge,
+                "addr",
+                "add",
+                &format!("{on_wan}/24"),
+                "dev",
+                SITE_INTERFACE,
+            ])?;
+            ip(&["-n", &edge, "link", "set", SITE_INTERFACE, "up"])?;
+            ip(&["-n", &edge, "link", "set", "lo", "up"])?;
+            if natted {
+                let gateway = Ipv4Addr::new(192, 168, i as u8 + 1, 1);
+                ip(&[
+                    "link",
+                    "add",
+                    "lan0",
+                    "netns",
+                    &edge,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    SITE_INTERFACE,
+                    "netns",
+                    s,
+                ])?;
+                ip(&[
+                    "-n",
+                    &edge,
+                    "addr",
+                    "add",
+                    &format!("{gateway}/24"),
+                    "dev",
+                    "lan0",
+                ])?;
+                ip(&["-n", &edge, "link", "set", "lan0", "up"])?;
+                ip(&[
+                    "-n",
+                    s,
+                    "addr",
+                    "add",
+                    &format!("{private}/24"),
+                    "dev",
+                    SITE_INTERFACE,
+                ])?;
+                ip(&["-n", s, "link", "set", SITE_INTERFACE, "up"])?;
+                ip(&["-n", s, "link", "set", "lo", "up"])?;
+                ip(&[
+                    "-n",
+                    s,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gateway.to_string(),
+                ])?;
+                nat_router(&edge)?;
+            }
             site.firewall(open_ports)?;
         }
         Ok(wan)
@@ -191,6 +278,7 @@ impl Wan {
     /// The namespaces this WAN made, the WAN's own first.
     pub fn namespaces(&self) -> Vec<String> {
         std::iter::once(self.namespace.clone())
+            .chain(self.routers.iter().cloned())
             .chain(self.sites.iter().map(|s| s.namespace.clone()))
             .collect()
     }
@@ -324,23 +412,62 @@ impl Site {
 }}
 "
         );
-        let failed = |source| NetnsError::Spawn {
-            program: "nft".into(),
-            source,
-        };
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.namespace, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(failed)?;
-        let mut stdin = child.stdin.take().expect("piped");
-        io::Write::write_all(&mut stdin, rules.as_bytes()).map_err(failed)?;
-        drop(stdin);
-        let output = child.wait_with_output().map_err(failed)?;
-        check(format!("nft -f - (in {})", self.namespace), output)
+        nft(&self.namespace, &rules)
     }
+}
+
+/// Makes `namespace` a masquerading NAT router between its `lan0` (the site) and its WAN leg:
+/// the site's connections go out from the router's address, their replies come back, and
+/// nothing from the WAN gets in.
+fn nat_router(namespace: &str) -> Result<(), NetnsError> {
+    run(Command::new("ip").args([
+        "netns",
+        "exec",
+        namespace,
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/ip_forward",
+    ]))?;
+    let rules = format!(
+        "table ip clusterlink-nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"{SITE_INTERFACE}\" masquerade
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname \"lan0\" accept
+  }}
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname \"lo\" accept
+    ct state established,related accept
+  }}
+}}
+"
+    );
+    nft(namespace, &rules)
+}
+
+/// Loads `rules` into nftables inside `namespace`.
+fn nft(namespace: &str, rules: &str) -> Result<(), NetnsError> {
+    let failed = |source| NetnsError::Spawn {
+        program: "nft".into(),
+        source,
+    };
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", namespace, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    let mut stdin = child.stdin.take().expect("piped");
+    io::Write::write_all(&mut stdin, rules.as_bytes()).map_err(failed)?;
+    drop(stdin);
+    let output = child.wait_with_output().map_err(failed)?;
+    check(format!("nft -f - (in {namespace})"), output)
 }
 
 fn valid_site_name(name: &str) -> bool {

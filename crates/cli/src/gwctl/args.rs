@@ -263,12 +263,20 @@ pub enum CreateCommand {
     Peer {
         #[arg(long)]
         name: String,
-        /// Gateway host; repeat for several gateways.
-        #[arg(long = "host", required = true)]
+        /// Gateway host; repeat for several gateways. None for a peer that cannot be reached
+        /// (behind NAT): it is then reached over the link it dials to this gateway.
+        #[arg(long = "host", required_unless_present = "no_address")]
         hosts: Vec<String>,
         /// Gateway peer port.
         #[arg(long, default_value_t = clusterlink_dataplane::tunnel::PEER_PORT)]
         port: u16,
+        /// Keep a link dialed to the peer's gateways: this site then needs no inbound path, and
+        /// tunnels of both directions ride the link.
+        #[arg(long, requires = "hosts")]
+        dial: bool,
+        /// The peer has no address: it dials this gateway (its Peer for this site has --dial).
+        #[arg(long, conflicts_with_all = ["hosts", "dial"])]
+        no_address: bool,
         #[command(flatten)]
         labels: LabelArgs,
     },

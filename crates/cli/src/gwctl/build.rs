@@ -50,6 +50,8 @@ pub(super) fn build_object(
             name,
             hosts,
             port: p,
+            dial,
+            no_address: _,
             labels,
         } => {
             let gateways = hosts
@@ -65,7 +67,7 @@ pub(super) fn build_object(
                 Resource::new(
                     name,
                     clusterlink_api::SYSTEM_NAMESPACE,
-                    PeerSpec { gateways },
+                    PeerSpec { gateways, dial },
                 ),
                 &labels,
             )?)

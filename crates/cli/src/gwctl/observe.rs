@@ -232,8 +232,22 @@ fn describe_text(
                 .iter()
                 .map(|g| format!("{}:{}", g.host, g.port))
                 .collect();
-            let _ = writeln!(out, "Gateways:   {}", gateways.join(", "));
+            let gateways = if gateways.is_empty() {
+                "none: reached only over the link it dials to this gateway".to_string()
+            } else {
+                gateways.join(", ")
+            };
+            let _ = writeln!(out, "Gateways:   {gateways}");
             let peer = traffic.peers.get(&meta.name).cloned().unwrap_or_default();
+            let reached = match (&peer.link, p.spec.dial) {
+                (Some(link), _) => link.clone(),
+                (None, _) if p.spec.gateways.is_empty() => {
+                    "not reached: no link from it is up".into()
+                }
+                (None, true) => "directly (dial: true, but no link is up yet)".into(),
+                (None, false) => "directly".into(),
+            };
+            let _ = writeln!(out, "Reached:    {reached}");
             let _ = writeln!(out, "Reachable:  {}", reachability(peer.reachable));
             let _ = writeln!(out, "Latency:    {}", latency(peer.latency_ms));
             let _ = writeln!(

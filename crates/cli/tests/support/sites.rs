@@ -62,6 +62,14 @@ impl SiteBed {
         SiteBed { wan, fabric }
     }
 
+    /// [`SiteBed::new`], with the sites in `behind_nat` behind a masquerading NAT router each:
+    /// they reach the others, and nothing reaches them.
+    pub fn with_nat(sites: &[&str], behind_nat: &[&str]) -> SiteBed {
+        let fabric = Fabric::new(sites);
+        let wan = Wan::create_with_nat(sites, behind_nat, &[PEER_PORT]).expect("create the sites");
+        SiteBed { wan, fabric }
+    }
+
     pub fn site(&self, name: &str) -> &Site {
         self.wan.site(name).expect("a site of this bed")
     }

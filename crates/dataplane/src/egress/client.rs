@@ -234,12 +234,7 @@ impl Egress {
                     let meter = self.metrics.tunnel_opened(tunnel(Some(source)));
                     meter.sent(first.taken() as u64);
                     let _peer_slot = peer_slot;
-                    let server_certificate = connection
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|c| c.clone().into_owned());
+                    let server_certificate = connection.peer_certificate();
                     // A list that arrived after the handshake was not there to check it.
                     let revoked = server_certificate
                         .as_ref()
@@ -276,7 +271,7 @@ impl Egress {
                     if relayed.reusable
                         && let Some(descriptor) = descriptors.split_one()
                     {
-                        self.dialer.keep_warm(gateway, connection, descriptor);
+                        self.dialer.keep_warm(gateway, connection, descriptor).await;
                     }
                     self.metrics.tunnel_ended(meter, TunnelEnding::Closed);
                     return;

@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clusterlink_pki::reload::GatewayTls;
-use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tokio::time::{Instant, timeout};
@@ -20,6 +22,7 @@ use crate::capacity::HeldDescriptors;
 use crate::connections::tune_socket;
 use crate::health::PeerHealth;
 use crate::limits::Limits;
+use crate::link::{LinkStream, Links, NO_ROUTE};
 use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, SetupStage, Side};
 use crate::pool::{ConnectionPool, GatewayKey};
 use crate::read_ahead::ReadAhead;
@@ -27,8 +30,77 @@ use crate::relay::{MAX_FIRST_FRAME, TLS_SEND_BUFFER, push_frame};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, Via, read_head};
 
-/// A mutual-TLS connection to a peer gateway.
-pub(super) type PeerConnection = TlsStream<ReadAhead<TcpStream>>;
+/// A mutual-TLS connection of its own to a peer gateway.
+pub(super) type DirectConnection = TlsStream<ReadAhead<TcpStream>>;
+
+/// Where a tunnel to a peer rides: a connection of its own, or a stream of a link.
+pub(super) enum PeerConnection {
+    Direct(Box<DirectConnection>),
+    Linked(LinkStream),
+}
+
+impl PeerConnection {
+    /// The certificate the peer's gateway authenticated with (for a link, when it came up).
+    pub fn peer_certificate(&self) -> Option<CertificateDer<'static>> {
+        match self {
+            PeerConnection::Direct(c) => c
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.clone().into_owned()),
+            PeerConnection::Linked(s) => Some(s.link().certificate.as_ref().clone()),
+        }
+    }
+
+    /// The far end's address, as this side sees it.
+    fn remote(&self) -> io::Result<SocketAddr> {
+        match self {
+            PeerConnection::Direct(c) => c.get_ref().0.get_ref().peer_addr(),
+            PeerConnection::Linked(s) => Ok(s.link().remote),
+        }
+    }
+}
+
+impl AsyncRead for PeerConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerConnection::Direct(c) => Pin::new(c.as_mut()).poll_read(cx, buf),
+            PeerConnection::Linked(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            PeerConnection::Direct(c) => Pin::new(c.as_mut()).poll_write(cx, buf),
+            PeerConnection::Linked(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerConnection::Direct(c) => Pin::new(c.as_mut()).poll_flush(cx),
+            PeerConnection::Linked(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            PeerConnection::Direct(c) => Pin::new(c.as_mut()).poll_shutdown(cx),
+            PeerConnection::Linked(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// How this gateway reaches peers: their TLS, their health, and connections kept between tunnels.
 pub(crate) struct Dialer {
@@ -36,7 +108,9 @@ pub(crate) struct Dialer {
     pub tls: watch::Receiver<Arc<GatewayTls>>,
     pub health: PeerHealth,
     /// Peer connections between tunnels, each with the descriptor it holds.
-    pub pool: ConnectionPool<(PeerConnection, HeldDescriptors)>,
+    pub pool: ConnectionPool<(DirectConnection, HeldDescriptors)>,
+    /// Links up now: a peer with one is reached over it.
+    pub links: Links,
     /// Places for new peer connections ([`Limits::handshakes_at_once`]), held from connect until
     /// the first answer. A burst beyond them waits for a place (or a connection coming back warm).
     pub handshakes: Semaphore,
@@ -71,22 +145,30 @@ impl Dialer {
     }
 
     /// The latest idle connection to `gateway`, if one is kept.
-    fn take_warm(&self, gateway: &GatewayKey) -> Option<PeerConnection> {
+    fn take_warm(&self, gateway: &GatewayKey) -> Option<DirectConnection> {
         // The client that takes it holds a descriptor for it already.
         let taken = self.pool.take(gateway).map(|(connection, _)| connection);
         self.count_idle();
         taken
     }
 
-    /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`.
-    pub(super) fn keep_warm(
+    /// Keeps a connection whose tunnel ended cleanly for the next tunnel to `gateway`; a link's
+    /// stream is closed instead (the next tunnel opens a stream of its own, at no cost).
+    pub(super) async fn keep_warm(
         &self,
         gateway: GatewayKey,
         connection: PeerConnection,
         descriptor: HeldDescriptors,
     ) {
-        self.pool.put(gateway, (connection, descriptor));
-        self.count_idle();
+        match connection {
+            PeerConnection::Direct(connection) => {
+                self.pool.put(gateway, (*connection, descriptor));
+                self.count_idle();
+            }
+            PeerConnection::Linked(mut stream) => {
+                let _ = stream.shutdown().await;
+            }
+        }
     }
 
     /// Every change of the pool goes through a method that calls this, so the gauge follows it.
@@ -115,6 +197,8 @@ pub(super) enum DialError {
     Handshake(io::Error),
     #[error("sending the tunnel request: {0}")]
     Send(io::Error),
+    #[error("opening a stream on the link: {0}")]
+    Link(io::Error),
     #[error("no answer to the tunnel request")]
     NoAnswer,
     /// Reading the answer failed (the connection closed or broke first).
@@ -182,7 +266,7 @@ struct Unreachable<'a>(&'a [(String, DialError)]);
 impl std::fmt::Display for Unreachable<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.0.is_empty() {
-            return f.write_str("the peer lists no gateway");
+            return f.write_str(NO_ROUTE);
         }
         for (i, (gateway, error)) in self.0.iter().enumerate() {
             if i > 0 {
@@ -276,7 +360,7 @@ impl Dialer {
         // A client that came from the address of the gateway asked may be a connection that
         // gateway made to this import: it is told which, to find a loop through it (`hops`).
         let head_for = |connection: &PeerConnection| -> Cow<'_, [u8]> {
-            let there = connection.get_ref().0.get_ref().peer_addr();
+            let there = connection.remote();
             match client_ends {
                 Some((client, import))
                     if there.is_ok_and(|t| t.ip().to_canonical() == client.ip().to_canonical()) =>
@@ -295,6 +379,39 @@ impl Dialer {
             }
         };
         let mut errors = Vec::new();
+        // A link to the peer carries the tunnel if one is up: it is already open.
+        if let Some(link) = self.links.to(peer) {
+            let attempt_started = Instant::now();
+            let address = link.info().describe();
+            let opened = link.open(self.limits.connect).await;
+            match opened {
+                Ok(stream) => {
+                    let connection = PeerConnection::Linked(stream);
+                    let ready = Instant::now();
+                    let message = first.with_request(&head_for(&connection));
+                    match self.ask(connection, &message).await {
+                        Ok(answer) => {
+                            let gateway = GatewayKey {
+                                peer: peer.to_string(),
+                                host: String::new(),
+                                port: 0,
+                            };
+                            let timing = (attempt_started, ready);
+                            let dry_run = request.dry_run;
+                            return self.answered(dry_run, timing, answer, gateway, address, first);
+                        }
+                        Err(error) if first.taken() > 0 => {
+                            return Err(TunnelFailure::Interrupted {
+                                gateway: address,
+                                error,
+                            });
+                        }
+                        Err(e) => errors.push((address, e)),
+                    }
+                }
+                Err(e) => errors.push((address, DialError::Link(e))),
+            }
+        }
         for (host, port) in gateways {
             let attempt_started = Instant::now();
             let gateway = GatewayKey {
@@ -318,6 +435,7 @@ impl Dialer {
             // Timed for the tunnel that opens: reaching the peer, then its answer.
             let mut answered = None;
             if let Some(connection) = warm {
+                let connection = PeerConnection::Direct(Box::new(connection));
                 let ready = Instant::now();
                 let request = first.with_request(&head_for(&connection));
                 match self.ask(connection, &request).await {
@@ -336,7 +454,9 @@ impl Dialer {
                 Some(answer) => answer,
                 None => {
                     let connection = match self.connect(&name, host, *port).await {
-                        Ok((connection, _handshake)) => connection,
+                        Ok((connection, _handshake)) => {
+                            PeerConnection::Direct(Box::new(connection))
+                        }
                         Err(e) => {
                             errors.push((address, e));
                             continue;
@@ -359,58 +479,74 @@ impl Dialer {
                     }
                 }
             };
-            let answered_at = Instant::now();
-            let (ready, (connection, head, rest)) = answer;
-            let decoded = TunnelResponse::decode(&head, &rest).and_then(|response| {
-                // A dry run must not be answered with an open tunnel, nor a tunnel with a verdict.
-                let dry_answer = matches!(response, TunnelResponse::WouldAllow { .. });
-                let tunnel_answer = matches!(response, TunnelResponse::Established);
-                if (request.dry_run && tunnel_answer) || (!request.dry_run && dry_answer) {
-                    return Err(ProtocolError::Malformed(
-                        "the answer does not match the request (dry run or tunnel)".into(),
-                    ));
-                }
-                Ok(response)
-            });
-            return match decoded {
-                Ok(TunnelResponse::Established) => {
-                    let metrics = &self.metrics;
-                    metrics.stage_took(SetupStage::PeerConnection, ready - attempt_started);
-                    metrics.stage_took(SetupStage::PeerAnswer, answered_at - ready);
-                    Ok(OpenTunnel {
-                        connection,
-                        leftover: rest,
-                        gateway,
-                        would_allow: None,
-                    })
-                }
-                Ok(TunnelResponse::WouldAllow { policy }) => Ok(OpenTunnel {
+            let (ready, answer) = answer;
+            let timing = (attempt_started, ready);
+            return self.answered(request.dry_run, timing, answer, gateway, address, first);
+        }
+        Err(TunnelFailure::Unreachable(errors))
+    }
+
+    /// Reads the gateway's answer to a tunnel request: the tunnel, a dry run's verdict, or a
+    /// refusal. `timing` is when the attempt started and when the request could go out.
+    fn answered(
+        &self,
+        dry_run: bool,
+        timing: (Instant, Instant),
+        (connection, head, rest): (PeerConnection, Vec<u8>, Vec<u8>),
+        gateway: GatewayKey,
+        address: String,
+        first: &FirstBytes<'_>,
+    ) -> Result<OpenTunnel, TunnelFailure> {
+        let (attempt_started, ready) = timing;
+        let answered_at = Instant::now();
+        let decoded = TunnelResponse::decode(&head, &rest).and_then(|response| {
+            // A dry run must not be answered with an open tunnel, nor a tunnel with a verdict.
+            let dry_answer = matches!(response, TunnelResponse::WouldAllow { .. });
+            let tunnel_answer = matches!(response, TunnelResponse::Established);
+            if (dry_run && tunnel_answer) || (!dry_run && dry_answer) {
+                return Err(ProtocolError::Malformed(
+                    "the answer does not match the request (dry run or tunnel)".into(),
+                ));
+            }
+            Ok(response)
+        });
+        match decoded {
+            Ok(TunnelResponse::Established) => {
+                let metrics = &self.metrics;
+                metrics.stage_took(SetupStage::PeerConnection, ready - attempt_started);
+                metrics.stage_took(SetupStage::PeerAnswer, answered_at - ready);
+                Ok(OpenTunnel {
                     connection,
                     leftover: rest,
                     gateway,
-                    would_allow: Some(policy),
-                }),
-                Ok(TunnelResponse::Refused {
-                    reason,
-                    message,
-                    policy,
-                }) => Err(TunnelFailure::Refused {
-                    reason,
-                    message,
-                    policy,
-                }),
-                // An answer this gateway cannot read may hide a tunnel the peer opened.
-                Err(e) if first.taken() > 0 => Err(TunnelFailure::Interrupted {
-                    gateway: address,
-                    error: DialError::BadAnswer(e),
-                }),
-                Err(e) => Err(TunnelFailure::Unreachable(vec![(
-                    address,
-                    DialError::BadAnswer(e),
-                )])),
-            };
+                    would_allow: None,
+                })
+            }
+            Ok(TunnelResponse::WouldAllow { policy }) => Ok(OpenTunnel {
+                connection,
+                leftover: rest,
+                gateway,
+                would_allow: Some(policy),
+            }),
+            Ok(TunnelResponse::Refused {
+                reason,
+                message,
+                policy,
+            }) => Err(TunnelFailure::Refused {
+                reason,
+                message,
+                policy,
+            }),
+            // An answer this gateway cannot read may hide a tunnel the peer opened.
+            Err(e) if first.taken() > 0 => Err(TunnelFailure::Interrupted {
+                gateway: address,
+                error: DialError::BadAnswer(e),
+            }),
+            Err(e) => Err(TunnelFailure::Unreachable(vec![(
+                address,
+                DialError::BadAnswer(e),
+            )])),
         }
-        Err(TunnelFailure::Unreachable(errors))
     }
 
     /// A new mutual-TLS connection to a gateway of the peer `name`.
@@ -419,7 +555,7 @@ impl Dialer {
         name: &ServerName<'static>,
         host: &str,
         port: u16,
-    ) -> Result<(PeerConnection, SemaphorePermit<'_>), DialError> {
+    ) -> Result<(DirectConnection, SemaphorePermit<'_>), DialError> {
         let limits = &self.limits;
         let place = timeout(limits.connect, self.handshakes.acquire())
             .await

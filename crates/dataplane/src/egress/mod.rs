@@ -4,7 +4,8 @@
 //! - [`listeners`]: one listener per import, in step with the snapshots.
 //! - [`client`]: serving one client connection: decide, open a tunnel, relay, revoke.
 //! - [`sources`]: which sources to try in which order, and whether egress policy allows each.
-//! - [`dial`]: reaching a peer's gateways, warm or new, and asking for the tunnel.
+//! - [`dial`]: reaching a peer over its link or at its gateways, warm or new, and asking for the
+//!   tunnel.
 //! - [`explain`]: the decision a connection would get, on both sides, without making one.
 
 mod client;
