@@ -49,8 +49,9 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     pub idle_tunnels: usize,
     /// Which paths to run, comma-separated: direct, nginx, haproxy, envoy-h1, envoy-h2,
-    /// clusterlink. Ratios need direct and envoy-h1 in the run.
-    #[arg(long, value_delimiter = ',', default_value = "direct,nginx,haproxy,envoy-h1,envoy-h2,clusterlink", value_parser = parse_path)]
+    /// clusterlink, clusterlink-link (tunnels over a dialed link). Ratios need direct and
+    /// envoy-h1 in the run.
+    #[arg(long, value_delimiter = ',', default_value = "direct,nginx,haproxy,envoy-h1,envoy-h2,clusterlink,clusterlink-link", value_parser = parse_path)]
     pub paths: Vec<PathKind>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
@@ -347,7 +348,7 @@ fn check_programs(args: &Args, bin_dir: &std::path::Path) -> anyhow::Result<()> 
             PathKind::EnvoyH1 | PathKind::EnvoyH2 => {
                 needed.push((args.envoy.display().to_string(), "--version"))
             }
-            PathKind::Clusterlink => needed.push((
+            PathKind::Clusterlink | PathKind::ClusterlinkLink => needed.push((
                 bin_dir.join("cl-gateway").display().to_string(),
                 "--version",
             )),

@@ -88,8 +88,9 @@ pub async fn start(
     let work = path._dir.path().to_path_buf();
     match kind {
         PathKind::Direct => {}
-        PathKind::Clusterlink => {
-            let (gateways, fronts) = start_clusterlink(setup, &work, backends).await?;
+        PathKind::Clusterlink | PathKind::ClusterlinkLink => {
+            let dial = kind == PathKind::ClusterlinkLink;
+            let (gateways, fronts) = start_clusterlink(setup, &work, backends, dial).await?;
             path.sides = gateways.iter().map(LocalGateway::pid).collect();
             path.fronts = fronts;
             path._gateways = gateways;
@@ -140,12 +141,38 @@ async fn wait_ready(path: &mut RunningPath) -> anyhow::Result<()> {
     }
 }
 
+/// Waits until `gateway` reaches `peer` over a link: until then its tunnels go directly.
+async fn wait_for_link(gateway: &LocalGateway, peer: &str) -> anyhow::Result<()> {
+    let mut api = Client::new(&Context {
+        server: gateway.management().to_string(),
+        ..Default::default()
+    })?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let reply = api
+            .request(Method::GET, clusterlink_api::rest::TRAFFIC_PATH, None)
+            .await?;
+        if reply.body["peers"][peer]["link"].is_string() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} kept no link to {peer} within {READY_TIMEOUT:?}",
+                gateway.peer()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Two gateways with the full two-sided policy path: server1 exports the backends and allows
-/// ingress, client1 imports them and allows egress.
+/// ingress, client1 imports them and allows egress. With `dial`, client1 keeps a link to
+/// server1 and its tunnels ride it.
 async fn start_clusterlink(
     setup: &Setup,
     work: &Path,
     backends: &Backends,
+    dial: bool,
 ) -> anyhow::Result<(Vec<LocalGateway>, Fronts)> {
     // Each start gets its own fabric and stores: a restarted gateway must not replay a round.
     clusterlink_testbed::launcher::create_fabric(work, &["server1", "client1"])?;
@@ -172,10 +199,12 @@ async fn start_clusterlink(
     };
     let mut manifests = String::from(allow);
     manifests.push_str("---\n");
-    manifests.push_str(&clusterlink_testbed::manifests::peer(
-        "server1",
-        server.peer_address(),
-    ));
+    let peer = clusterlink_testbed::manifests::peer("server1", server.peer_address());
+    if dial {
+        manifests.push_str(&peer.replace("]}\n", "], dial: true}\n"));
+    } else {
+        manifests.push_str(&peer);
+    }
     for (name, front) in [
         ("iperf", fronts.iperf),
         ("echo", fronts.echo),
@@ -189,6 +218,9 @@ async fn start_clusterlink(
         ));
     }
     clusterlink::demo::apply_to(&client, &manifests).await?;
+    if dial {
+        wait_for_link(&client, "server1").await?;
+    }
     // Side A is the importing gateway, side B the exporting one.
     Ok((vec![client, server], fronts))
 }

@@ -65,7 +65,7 @@ pub fn start(
                 )?,
             )
         }
-        PathKind::Direct | PathKind::Clusterlink => {
+        PathKind::Direct | PathKind::Clusterlink | PathKind::ClusterlinkLink => {
             unreachable!("{} is not a proxy pair", kind.label())
         }
     };

@@ -237,6 +237,16 @@ pub fn targets(rounds: &[Round]) -> Vec<Target> {
             median(stats(rounds, cl, IDLE_B)),
             48.0,
         ),
+        at_least(
+            "throughput, 1 stream over a link >= 0.9 x direct",
+            median(ratio(rounds, PathKind::ClusterlinkLink, cl, GBIT_P1)),
+            0.9,
+        ),
+        at_most(
+            "connect p50 at c=1 over a link <= 1.0 x direct",
+            median(ratio(rounds, PathKind::ClusterlinkLink, cl, P50_C1)),
+            1.0,
+        ),
     ]
 }
 

@@ -18,16 +18,19 @@ pub enum PathKind {
     EnvoyH1,
     EnvoyH2,
     Clusterlink,
+    /// The same two gateways, the importing one keeping a dialed link that carries the tunnels.
+    ClusterlinkLink,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 6] = [
+    pub const ALL: [PathKind; 7] = [
         PathKind::Direct,
         PathKind::Nginx,
         PathKind::Haproxy,
         PathKind::EnvoyH1,
         PathKind::EnvoyH2,
         PathKind::Clusterlink,
+        PathKind::ClusterlinkLink,
     ];
 
     /// The name used on the command line and in the JSON.
@@ -39,6 +42,7 @@ impl PathKind {
             PathKind::EnvoyH1 => "envoy-h1",
             PathKind::EnvoyH2 => "envoy-h2",
             PathKind::Clusterlink => "clusterlink",
+            PathKind::ClusterlinkLink => "clusterlink-link",
         }
     }
 
@@ -51,6 +55,7 @@ impl PathKind {
             PathKind::EnvoyH1 => "Envoy H1 CONNECT",
             PathKind::EnvoyH2 => "Envoy H2 CONNECT",
             PathKind::Clusterlink => "ClusterLink",
+            PathKind::ClusterlinkLink => "ClusterLink link",
         }
     }
 

@@ -358,7 +358,8 @@ impl Drop for Running {
 
 fn nginx(site: &Site, dir: &Path) -> Running {
     let conf = support::sites::nginx_config(dir, WEB_PORT);
-    std::fs::write(dir.join("www/index.html"), "served by nginx in west\n").unwrap();
+    let page = format!("served by nginx in {}\n", site.name);
+    std::fs::write(dir.join("www/index.html"), page).unwrap();
     let child = site
         .command("nginx")
         .arg("-c")
@@ -659,4 +660,127 @@ fn two_clusters_carry_an_import_decided_by_pod_attributes_through_replica_and_co
         percentile(&applied, 50),
     );
     drop(echo);
+}
+
+#[test]
+fn a_cluster_behind_nat_reaches_another_over_links_its_replicas_dial() {
+    let test = "a_cluster_behind_nat_reaches_another_over_links_its_replicas_dial";
+    if !can_run(test, &["nginx", "curl"]) {
+        return;
+    }
+    let bin = testenv_bin().expect("the Kubernetes test environment");
+    let fabric = Fabric::new(&["east", "west"]);
+    // East has no LoadBalancer and no inbound path at all: it sits behind a masquerading NAT.
+    let wan =
+        Wan::create_with_nat(&["east", "west"], &["east"], &REPLICA_PEER_PORTS).expect("the sites");
+    let (east_site, west_site) = (wan.site("east").unwrap(), wan.site("west").unwrap());
+    let east = Cluster::start(&bin, east_site, &fabric, "east", &[]);
+    let west = Cluster::start(&bin, west_site, &fabric, "west", &[]);
+    let gateways: Vec<String> = REPLICA_PEER_PORTS
+        .iter()
+        .map(|port| format!("{{host: {}, port: {port}}}", west_site.address))
+        .collect();
+    east.apply(&format!(
+        "{{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {{name: west, namespace: {SYSTEM}}}, spec: {{gateways: [{}], dial: true}}}}",
+        gateways.join(", ")
+    ));
+    west.apply(&format!(
+        "{{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {{name: east, namespace: {SYSTEM}}}, spec: {{}}}}"
+    ));
+    let _nginx = nginx(west_site, &fabric.root().join("nginx"));
+    west.apply(&format!(
+        "{{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {{name: web, namespace: default}}, spec: {{host: {}, port: {WEB_PORT}}}}}",
+        west_site.address
+    ));
+    west.apply(clusterlink_testbed::manifests::ALLOW_ALL);
+    east.apply(
+        "{apiVersion: v1, kind: ServiceAccount, metadata: {name: frontend, namespace: default}}",
+    );
+    east.pod("default", "frontend", "{app: frontend}", "frontend");
+    east.set_pod_status("default", "frontend", FRONTEND, true);
+    east.apply(&policy("frontend-only", "allow", "frontend"));
+    east.apply(&import("web", 80, None));
+    assert!(
+        eventually(CONVERGE, || east.import_target_port("web").is_some()),
+        "no target port for the import\n{}",
+        east.logs()
+    );
+    let target = east.import_target_port("web").unwrap();
+    // Every replica of east dialed a link of its own, and serves over it.
+    for replica in REPLICA_ADDRESSES {
+        assert!(
+            eventually(CONVERGE, || east.curl(FRONTEND, replica, target).is_ok()),
+            "no page through {replica}: {:?}\n{}{}",
+            east.curl(FRONTEND, replica, target),
+            east.logs(),
+            west.logs()
+        );
+        assert_eq!(
+            east.curl(FRONTEND, replica, target).unwrap(),
+            "served by nginx in west\n"
+        );
+    }
+    for i in 0..2 {
+        let log = std::fs::read_to_string(east.dir.join(format!("replica-{i}.log"))).unwrap();
+        assert!(
+            log.contains("link up"),
+            "replica {i} dialed no link:\n{log}"
+        );
+    }
+
+    // The other way: each replica of east dialed each replica of west (both are listed), so
+    // west's clients reach east's export through either west replica.
+    let _east_nginx = nginx(east_site, &fabric.root().join("east-nginx"));
+    east.apply(&format!(
+        "{{apiVersion: clusterlink.net/v1alpha1, kind: Export, metadata: {{name: shop, namespace: default}}, spec: {{host: {}, port: {WEB_PORT}}}}}",
+        east_site.address
+    ));
+    east.apply(clusterlink_testbed::manifests::ALLOW_ALL);
+    west.apply(
+        "{apiVersion: v1, kind: ServiceAccount, metadata: {name: frontend, namespace: default}}",
+    );
+    west.pod("default", "frontend", "{app: frontend}", "frontend");
+    west.set_pod_status("default", "frontend", FRONTEND, true);
+    west.apply(&policy("frontend-only", "allow", "frontend"));
+    west.apply(
+        "{apiVersion: clusterlink.net/v1alpha1, kind: Import, metadata: {name: shop, namespace: default}, spec: {port: 80, sources: [{peer: east, exportName: shop, exportNamespace: default}]}}",
+    );
+    assert!(
+        eventually(CONVERGE, || west.import_target_port("shop").is_some()),
+        "no target port for west's import\n{}",
+        west.logs()
+    );
+    let target = west.import_target_port("shop").unwrap();
+    for replica in REPLICA_ADDRESSES {
+        assert!(
+            eventually(CONVERGE, || west.curl(FRONTEND, replica, target).is_ok()),
+            "west's client got no page through its replica {replica}: {:?}\n{}{}",
+            west.curl(FRONTEND, replica, target),
+            west.logs(),
+            east.logs()
+        );
+        assert_eq!(
+            west.curl(FRONTEND, replica, target).unwrap(),
+            "served by nginx in east\n"
+        );
+    }
+    // West's control plane holds no link: it does not call a peer it cannot probe unreachable.
+    let reachable = || {
+        west.api
+            .kubectl(&[
+                "get",
+                "peer",
+                "east",
+                "-n",
+                SYSTEM,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"PeerReachable\")].status}",
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(CONVERGE, || reachable() == "Unknown"),
+        "west's Peer east: {:?}",
+        reachable()
+    );
 }

@@ -580,3 +580,160 @@ fn a_join_goes_only_to_the_issuing_gateway_the_token_names() {
     );
     assert!(!data_dir.join("tls/identity.pem").exists());
 }
+
+/// A link to `gw`'s peer port, driven by hand: TLS as `creds` with the link ALPN, then yamux as
+/// its client. Streams the gateway opens (its keepalives) get a health answer.
+struct HandLink {
+    opens: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<yamux::Stream>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HandLink {
+    async fn dial(gw: &GatewayProcess, creds: &Credentials) -> Result<HandLink, String> {
+        use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+        let mut config = mutual_client_config(creds).unwrap();
+        config.alpn_protocols = vec![clusterlink_pki::tls::LINK_ALPN.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(&gw.peer_address)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("server1").unwrap();
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let mut connection =
+            yamux::Connection::new(tls.compat(), yamux::Config::default(), yamux::Mode::Client);
+        let (opens, mut requests) =
+            tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<yamux::Stream>>(16);
+        let task = tokio::spawn(async move {
+            let mut waiting = Vec::new();
+            loop {
+                let inbound = std::future::poll_fn(|cx| {
+                    while let std::task::Poll::Ready(Some(r)) = requests.poll_recv(cx) {
+                        waiting.push(r);
+                    }
+                    while !waiting.is_empty() {
+                        match connection.poll_new_outbound(cx) {
+                            std::task::Poll::Ready(Ok(s)) => {
+                                let _ = waiting.remove(0).send(s);
+                            }
+                            std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(None),
+                            std::task::Poll::Pending => break,
+                        }
+                    }
+                    connection.poll_next_inbound(cx)
+                })
+                .await;
+                let Some(Ok(stream)) = inbound else { return };
+                tokio::spawn(async move {
+                    let mut stream = stream.compat();
+                    let mut head = [0u8; 256];
+                    let _ = stream.read(&mut head).await;
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Ok(HandLink { opens, task })
+    }
+
+    /// Sends `request` on a new stream and returns the answer's first line ("" if none came).
+    async fn ask(&self, request: &[u8]) -> String {
+        use tokio_util::compat::FuturesAsyncReadCompatExt;
+        let (reply, stream) = tokio::sync::oneshot::channel();
+        if self.opens.send(reply).await.is_err() {
+            return String::new();
+        }
+        let Ok(stream) = stream.await else {
+            return String::new();
+        };
+        let mut stream = stream.compat();
+        if stream.write_all(request).await.is_err() {
+            return String::new();
+        }
+        let mut answer = Vec::new();
+        let mut byte = [0u8];
+        while !answer.ends_with(b"\r\n") {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut byte))
+                .await
+            {
+                Ok(Ok(1)) => answer.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&answer).trim().to_string()
+    }
+}
+
+impl Drop for HandLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn over_a_link_the_peer_is_still_who_its_certificate_names() {
+    let (f, server) = setup();
+    let client1 = HandLink::dial(&server, &credentials(&f, "client1"))
+        .await
+        .unwrap();
+    let client2 = HandLink::dial(&server, &credentials(&f, "client2"))
+        .await
+        .unwrap();
+    assert_eq!(client1.ask(CONNECT).await, "HTTP/1.1 200 OK");
+    assert_eq!(client2.ask(CONNECT).await, "HTTP/1.1 403 Forbidden");
+    let forged = b"CONNECT svc.default:443 HTTP/1.1\r\nx-clusterlink-client: {\"peer.clusterlink.net/name\":\"client1\"}\r\n\r\n";
+    assert_eq!(client2.ask(forged).await, "HTTP/1.1 400 Bad Request");
+    // Garbage on one stream costs that stream, not the link.
+    assert_eq!(
+        client1.ask(b"\x16\x03\x01 not a request\r\n\r\n").await,
+        "HTTP/1.1 400 Bad Request"
+    );
+    assert_eq!(client1.ask(CONNECT).await, "HTTP/1.1 200 OK");
+}
+
+#[tokio::test]
+async fn a_peer_holds_at_most_four_links() {
+    let (f, server) = setup();
+    let creds = credentials(&f, "client1");
+    let mut links = Vec::new();
+    for _ in 0..4 {
+        let link = HandLink::dial(&server, &creds).await.unwrap();
+        assert_eq!(link.ask(CONNECT).await, "HTTP/1.1 200 OK");
+        links.push(link);
+    }
+    // The fifth is closed after the handshake, and counted.
+    let fifth = HandLink::dial(&server, &creds).await.unwrap();
+    assert_eq!(fifth.ask(CONNECT).await, "");
+    assert!(support::eventually(
+        std::time::Duration::from_secs(10),
+        || support::metric_with(
+            &server,
+            "clusterlink_connections_unserved_total",
+            &[("reason", "PeerLimit")]
+        ) == 1.0
+    ));
+    // Another peer still links; a link closed makes room.
+    let other = HandLink::dial(&server, &credentials(&f, "client2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.ask(b"GET /healthz HTTP/1.1\r\n\r\n").await,
+        "HTTP/1.1 200 OK"
+    );
+    drop(links.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let link = HandLink::dial(&server, &creds).await.unwrap();
+        if link.ask(CONNECT).await == "HTTP/1.1 200 OK" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a closed link made no room"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

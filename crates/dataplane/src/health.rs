@@ -167,10 +167,12 @@ struct Prober {
 }
 
 /// Keeps one prober per peer in step with the snapshots.
+/// `links` is `None` where no link is ever held (the Kubernetes control plane): a peer without an
+/// address is then not probed at all, rather than reported unreachable.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_probers(
     tls: watch::Receiver<Arc<GatewayTls>>,
-    links: Links,
+    links: Option<Links>,
     health: PeerHealth,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     conditions: Arc<dyn RuntimeConditions>,
@@ -245,12 +247,26 @@ async fn probe_forever(
     name: String,
     gateways: Vec<(String, u16)>,
     tls: watch::Receiver<Arc<GatewayTls>>,
-    links: Links,
+    links: Option<Links>,
     health: PeerHealth,
     conditions: Arc<dyn RuntimeConditions>,
     metrics: Arc<Metrics>,
     limits: Limits,
 ) {
+    let links = match links {
+        Some(links) => links,
+        None if gateways.is_empty() => {
+            let condition = Condition::new(
+                PEER_REACHABLE,
+                ConditionStatus::Unknown,
+                ConditionReason::NotProbed,
+                "the peer has no address: it is reached over the links it dials to this site's data-plane replicas, which probe it over them",
+            );
+            conditions.set(&peer_key(&name), PEER_REACHABLE, Some(condition));
+            return std::future::pending().await;
+        }
+        None => Links::default(),
+    };
     let mut tracker = Tracker::new(limits);
     let mut kept = KeptProbes::default();
     let mut tls = tls;

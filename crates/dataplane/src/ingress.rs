@@ -409,16 +409,16 @@ async fn handle(
             since: crate::metrics::unix_seconds(),
             expires,
         };
-        tracing::info!(%peer, %remote, "link up");
         let mode = yamux::Mode::Server;
-        let (link, task) = link::start(
-            tls,
-            mode,
-            info,
-            &port.links,
-            port.inbound.clone(),
-            port.limits,
-        );
+        let inbound = port.inbound.clone();
+        let Some((link, task)) = link::start(tls, mode, info, &port.links, inbound, port.limits)
+        else {
+            let detail = format!(
+                "peer {peer} holds {} links here, as many as one peer may",
+                port.limits.links_per_peer
+            );
+            return Err(unserved(Unserved::PeerLimit, detail));
+        };
         tokio::pin!(task);
         let mut stopping = port.shutdown.clone();
         let stopped = async { drop(stopping.wait_for(|stop| *stop).await) };

@@ -126,6 +126,11 @@ pub struct Limits {
     /// most this × 256 KiB (512 MiB) of the far end's unread bytes; tunnels per peer are bounded
     /// apart, as for direct connections ([`Limits::tunnels_per_peer`]).
     pub link_streams: usize,
+    /// Links one peer holds here at once: a site dials one per gateway process (a replicated
+    /// site, one per replica), and a renewal makes a new one before the old closes. Each may
+    /// hold [`Limits::link_streams`] × 256 KiB of unread bytes, so this bounds what one peer's
+    /// links hold.
+    pub links_per_peer: usize,
     /// A dialed link's first retry delay after every gateway of the peer failed; delays double
     /// up to [`Limits::link_retry_max`], and start again once a link stayed up for
     /// [`Limits::link_stable`].
@@ -221,6 +226,7 @@ impl Limits {
             per_source: 64,
         },
         link_streams: 2048,
+        links_per_peer: 4,
         link_retry_first: Duration::from_millis(100),
         link_retry_max: Duration::from_secs(5),
         link_stable: Duration::from_secs(10),

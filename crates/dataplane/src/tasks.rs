@@ -136,7 +136,7 @@ impl DataPlane {
         ));
         tasks.spawn(health::run_probers(
             tls.clone(),
-            links.clone(),
+            Some(links.clone()),
             egress.dialer.health.clone(),
             snapshots.clone(),
             conditions.clone(),
@@ -253,9 +253,8 @@ pub async fn probe_peers(
     let health = PeerHealth::default();
     let limits = Limits::DEFAULT;
     // The control plane holds no links: a peer reached only over one is probed by the replicas.
-    let links = Links::default();
     health::run_probers(
-        tls, links, health, snapshots, conditions, metrics, limits, shutdown,
+        tls, None, health, snapshots, conditions, metrics, limits, shutdown,
     )
     .await
 }
