@@ -6,9 +6,10 @@
 //! because it is symmetric: either end opens streams, so the reachable side opens one for each of
 //! its clients that goes to the dialing side's exports, and the dialing side one for each of its
 //! own. HTTP/2 lets only its client open streams. Each stream speaks the tunnel protocol of a
-//! direct peer connection (`tunnel`) and carries one request: a tunnel, a probe, or revocation
-//! lists. Streams are served by the same code as direct connections (`ingress` for requests,
-//! `egress::dial` for tunnels), with the identity the link authenticated.
+//! direct peer connection (`tunnel`) and carries one exchange: a tunnel, or a probe (with the
+//! revocation lists it may pass on). Streams are served by the same code as direct connections
+//! (`ingress` for requests, `egress::dial` for tunnels), with the identity the link
+//! authenticated.
 //!
 //! A link keeps itself honest: each end asks the other for a health answer every
 //! [`Limits::probe_reachable_every`] and closes the link after
