@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest::{Context, SHA256};
 use clusterlink_testbed::netns::Site;
 use support::manifests::{allow_all, export, import, policy};
-use support::sites::{Conversation, EchoService, PEER_PORT, SiteBed, can_run, reaches, talk};
+use support::sites::{
+    Conversation, EchoService, PEER_PORT, SiteBed, can_run, open_echoing, open_fds, reaches, talk,
+};
 use support::{Exchange, GatewayProcess, eventually, metric, metric_with, reachable};
 
 /// Convergence that should take well under this; generous for a loaded 2-core machine.
@@ -278,45 +280,13 @@ fn a_thousand_tunnels_over_one_link_leave_no_descriptors_or_tasks_behind() {
 
     // The hub's clients, to the branch's export: every tunnel a stream the hub opens on the link
     // the branch dialed.
-    let conns = linked
-        .hub_site()
-        .enter(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTING));
-                let mut opening = tokio::task::JoinSet::new();
-                for i in 0..CONNECTIONS {
-                    let gate = gate.clone();
-                    opening.spawn(async move {
-                        let _turn = gate.acquire().await.unwrap();
-                        let mut conn =
-                            tokio::net::TcpStream::connect(("127.0.0.1", TO_BRANCH)).await?;
-                        let mut greeting = [0u8; 7];
-                        conn.read_exact(&mut greeting).await?;
-                        let message = format!("connection {i:04}");
-                        conn.write_all(message.as_bytes()).await?;
-                        let mut echo = vec![0u8; message.len()];
-                        conn.read_exact(&mut echo).await?;
-                        assert_eq!(
-                            (&greeting[..], echo),
-                            (&b"branch\n"[..], message.into_bytes())
-                        );
-                        conn.into_std()
-                    });
-                }
-                opening
-                    .join_all()
-                    .await
-                    .into_iter()
-                    .collect::<std::io::Result<Vec<_>>>()
-            })
-        })
-        .unwrap()
-        .unwrap();
+    let conns = open_echoing(
+        linked.hub_site(),
+        TO_BRANCH,
+        CONNECTIONS,
+        CONNECTING,
+        "branch",
+    );
     assert_eq!(conns.len(), CONNECTIONS);
     let peak = [active(hub, "egress"), active(branch, "ingress")];
     let peak_fds = [open_fds(hub), open_fds(branch)];
@@ -424,13 +394,6 @@ fn a_cut_link_is_found_and_healed_and_either_side_survives_kill_9() {
         "branch killed: traffic both ways {:?} after its restart",
         restarted.elapsed()
     );
-}
-
-/// Open descriptors of a process (it is root's, like the test).
-fn open_fds(gw: &GatewayProcess) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
-        .unwrap()
-        .count()
 }
 
 const GIB: u64 = 1 << 30;

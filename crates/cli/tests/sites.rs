@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use clusterlink_testbed::netns::{Site, Wan};
 use support::manifests::{allow_all, export, import, peer};
-use support::sites::{Conversation, EchoService, PEER_PORT, SiteBed, can_run, reaches, talk};
+use support::sites::{
+    Conversation, EchoService, PEER_PORT, SiteBed, can_run, open_echoing, open_fds, reaches, talk,
+};
 use support::{Exchange, GatewayProcess, eventually, metric, metric_with, reachable, stdout};
 
 /// Convergence that should take well under this; generous for a loaded 2-core machine.
@@ -738,13 +740,6 @@ fn removing_an_export_or_a_peer_refuses_new_connections_with_the_reason_and_dist
     );
 }
 
-/// Open descriptors of a process (it is root's, like the test).
-fn open_fds(gw: &GatewayProcess) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
-        .unwrap()
-        .count()
-}
-
 #[test]
 fn a_thousand_concurrent_connections_leave_no_descriptors_or_tasks_behind() {
     if !can_run(
@@ -820,43 +815,7 @@ fn a_thousand_concurrent_connections_leave_no_descriptors_or_tasks_behind() {
     );
 
     // All open at once, each greeted and echoing, from inside the office site.
-    let conns = office_site
-        .enter(|| {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(CONNECTING));
-                let mut opening = tokio::task::JoinSet::new();
-                for i in 0..CONNECTIONS {
-                    let gate = gate.clone();
-                    opening.spawn(async move {
-                        let _turn = gate.acquire().await.unwrap();
-                        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                        let mut greeting = [0u8; 5];
-                        conn.read_exact(&mut greeting).await?;
-                        let message = format!("connection {i:04}");
-                        conn.write_all(message.as_bytes()).await?;
-                        let mut echo = vec![0u8; message.len()];
-                        conn.read_exact(&mut echo).await?;
-                        assert_eq!(
-                            (&greeting[..], echo),
-                            (&b"east\n"[..], message.into_bytes())
-                        );
-                        conn.into_std()
-                    });
-                }
-                opening
-                    .join_all()
-                    .await
-                    .into_iter()
-                    .collect::<std::io::Result<Vec<_>>>()
-            })
-        })
-        .unwrap()
-        .unwrap();
+    let conns = open_echoing(office_site, port, CONNECTIONS, CONNECTING, "east");
     assert_eq!(conns.len(), CONNECTIONS);
     let peak = [active(&office, "egress"), active(east, "ingress")];
     let peak_fds = [open_fds(&office), open_fds(east)];

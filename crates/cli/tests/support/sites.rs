@@ -271,3 +271,56 @@ http {{
     .unwrap();
     conf
 }
+
+/// `count` connections from inside `site` to `port` on its loopback (an import), all open at once
+/// (at most `at_once` being set up together), each greeted by `backend` ([`EchoService`]) and
+/// echoing a message of its own. Returned open, so their tunnels stay up until dropped.
+pub fn open_echoing(
+    site: &Site,
+    port: u16,
+    count: usize,
+    at_once: usize,
+    backend: &str,
+) -> Vec<TcpStream> {
+    let greeting = format!("{backend}\n").into_bytes();
+    site.enter(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once));
+            let mut opening = tokio::task::JoinSet::new();
+            for i in 0..count {
+                let (gate, expected) = (gate.clone(), greeting.clone());
+                opening.spawn(async move {
+                    let _turn = gate.acquire().await.unwrap();
+                    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                    let mut greeting = vec![0u8; expected.len()];
+                    conn.read_exact(&mut greeting).await?;
+                    let message = format!("connection {i:04}");
+                    conn.write_all(message.as_bytes()).await?;
+                    let mut echo = vec![0u8; message.len()];
+                    conn.read_exact(&mut echo).await?;
+                    assert_eq!((greeting, echo), (expected, message.into_bytes()));
+                    conn.into_std()
+                });
+            }
+            opening
+                .join_all()
+                .await
+                .into_iter()
+                .collect::<std::io::Result<Vec<_>>>()
+        })
+    })
+    .unwrap()
+    .unwrap()
+}
+
+/// Open descriptors of a gateway process (it is root's, like the test).
+pub fn open_fds(gw: &GatewayProcess) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
+        .unwrap()
+        .count()
+}
