@@ -184,49 +184,13 @@ impl Wan {
             } else {
                 s.clone()
             };
-            ip(&[
-                "link",
-                "add",
-                &site.bridge_port,
-                "netns",
-                &n,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                SITE_INTERFACE,
-                "netns",
-                &edge,
-            ])?;
+            veth((&site.bridge_port, &n), (SITE_INTERFACE, &edge))?;
             ip(&["-n", &n, "link", "set", &site.bridge_port, "master", "br0"])?;
             ip(&["-n", &n, "link", "set", &site.bridge_port, "up"])?;
-            ip(&[
-                "-n",
-                &edge,
-                "addr",
-                "add",
-                &format!("{on_wan}/24"),
-                "dev",
-                SITE_INTERFACE,
-            ])?;
-            ip(&["-n", &edge, "link", "set", SITE_INTERFACE, "up"])?;
-            ip(&["-n", &edge, "link", "set", "lo", "up"])?;
+            up(&edge, &format!("{on_wan}/24"))?;
             if natted {
                 let gateway = Ipv4Addr::new(192, 168, i as u8 + 1, 1);
-                ip(&[
-                    "link",
-                    "add",
-                    "lan0",
-                    "netns",
-                    &edge,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    SITE_INTERFACE,
-                    "netns",
-                    s,
-                ])?;
+                veth(("lan0", &edge), (SITE_INTERFACE, s))?;
                 ip(&[
                     "-n",
                     &edge,
@@ -237,17 +201,7 @@ impl Wan {
                     "lan0",
                 ])?;
                 ip(&["-n", &edge, "link", "set", "lan0", "up"])?;
-                ip(&[
-                    "-n",
-                    s,
-                    "addr",
-                    "add",
-                    &format!("{private}/24"),
-                    "dev",
-                    SITE_INTERFACE,
-                ])?;
-                ip(&["-n", s, "link", "set", SITE_INTERFACE, "up"])?;
-                ip(&["-n", s, "link", "set", "lo", "up"])?;
+                up(s, &format!("{private}/24"))?;
                 ip(&[
                     "-n",
                     s,
@@ -414,6 +368,39 @@ impl Site {
         );
         nft(&self.namespace, &rules)
     }
+}
+
+/// A veth pair: `a` in its namespace, `b` in its, each end named as given.
+fn veth((a, a_namespace): (&str, &str), (b, b_namespace): (&str, &str)) -> Result<(), NetnsError> {
+    ip(&[
+        "link",
+        "add",
+        a,
+        "netns",
+        a_namespace,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b,
+        "netns",
+        b_namespace,
+    ])
+}
+
+/// Gives `namespace`'s leg ([`SITE_INTERFACE`]) `address` (CIDR) and brings it and loopback up.
+fn up(namespace: &str, address: &str) -> Result<(), NetnsError> {
+    ip(&[
+        "-n",
+        namespace,
+        "addr",
+        "add",
+        address,
+        "dev",
+        SITE_INTERFACE,
+    ])?;
+    ip(&["-n", namespace, "link", "set", SITE_INTERFACE, "up"])?;
+    ip(&["-n", namespace, "link", "set", "lo", "up"])
 }
 
 /// Makes `namespace` a masquerading NAT router between its `lan0` (the site) and its WAN leg:
