@@ -10,6 +10,7 @@
 
 pub mod activity;
 pub mod attributes;
+pub mod catalog;
 pub mod clients;
 pub mod conditions;
 mod group;

@@ -319,6 +319,11 @@ pub struct PeerSpec {
     /// site. Without a link up, tunnels to the peer are dialed directly as usual.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dial: bool,
+    /// Import what the peer offers: each offered export the rule selects becomes an Import of
+    /// the same name in the same namespace, kept in step with the offers. Without it, nothing
+    /// the peer offers is imported on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<crate::catalog::MirrorRule>,
 }
 
 /// One address of a peer's gateway.
@@ -348,6 +353,9 @@ impl Spec for PeerSpec {
             if let Err(e) = check_host(&g.host) {
                 errors.push(format!("spec.gateways[{i}].host"), e);
             }
+        }
+        if let Some(rule) = &self.mirror {
+            rule.exports.validate("spec.mirror.exports", errors);
         }
     }
 }

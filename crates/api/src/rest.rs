@@ -34,6 +34,10 @@ pub const EVENTS_PATH: &str = "/api/v1/events";
 /// Live counts per import, export and peer ([`crate::activity::Traffic`]).
 pub const TRAFFIC_PATH: &str = "/api/v1/traffic";
 
+/// What each peer offers this gateway and what became of each offer
+/// ([`crate::catalog::OffersView`]).
+pub const OFFERS_PATH: &str = "/api/v1/offers";
+
 /// POST an [`crate::activity::ExplainRequest`]: the decision a new connection would get now, on
 /// both sides ([`crate::activity::Explanation`]).
 pub const EXPLAIN_PATH: &str = "/api/v1/explain";

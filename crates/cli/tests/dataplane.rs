@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use support::manifests::{allow_all, export, import, peer, policy};
 use support::{
-    Backend, Exchange, Fabric, GatewayProcess, eventually, exchange, exchange_from, free_port,
-    metric, metric_with, reachable,
+    Backend, Exchange, Fabric, GatewayProcess, clients_table, eventually, exchange, exchange_from,
+    free_port, metric, metric_with, reachable,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -277,12 +277,6 @@ fn ingress_tiers_decide_in_order() {
 }
 
 /// A client-attributes table of `entries` (`{cidr: ..., namespace: ...}` flow mappings).
-fn clients_table(entries: &[&str]) -> std::path::PathBuf {
-    let table = std::env::temp_dir().join(format!("clients-{}.yaml", support::rand_u64()));
-    let lines: Vec<String> = entries.iter().map(|e| format!("  - {e}\n")).collect();
-    std::fs::write(&table, format!("clients:\n{}", lines.concat())).unwrap();
-    table
-}
 
 #[test]
 fn policies_on_peer_names_and_labels_and_export_names() {

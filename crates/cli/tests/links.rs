@@ -151,6 +151,13 @@ fn tunnels_of_both_directions_ride_the_link_a_site_behind_nat_dials() {
     assert!(on_branch.contains(&dialed_to), "{on_branch}");
     assert!(eventually(CONVERGE, || reachable(hub, "branch") == "True"
         && reachable(branch, "hub") == "True"));
+    // Catalogs travel over the link too: the hub learns what the address-less branch offers.
+    assert!(eventually(CONVERGE, || hub
+        .gwctl_ok(&["get", "offers", "--peer", "branch"])
+        .contains("default/branch-svc")
+        && branch
+            .gwctl_ok(&["get", "offers", "--peer", "hub"])
+            .contains("default/hub-svc")));
 
     // 1 GiB each way in each direction of tunnel, every byte checked.
     let hub_bulk = BulkService::start(hub_site);

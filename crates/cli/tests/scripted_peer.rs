@@ -104,7 +104,7 @@ impl ScriptedPeer {
                             }
                         }
                         // It holds no revocation lists, and takes none.
-                        Ok(PeerRequest::Revocations { .. }) | Err(_) => {}
+                        Ok(PeerRequest::Revocations { .. } | PeerRequest::Catalog) | Err(_) => {}
                     }
                 });
             }

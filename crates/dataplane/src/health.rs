@@ -24,6 +24,7 @@ use tokio_rustls::rustls::ClientConfig;
 
 use clusterlink_pki::reload::GatewayTls;
 
+use crate::catalog::Received;
 use crate::conditions::RuntimeConditions;
 use crate::connections::nothing_to_read;
 use crate::limits::Limits;
@@ -31,9 +32,11 @@ use crate::link::{Link, Links};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
-    body_length, health_request, labels_of_health_response, read_body, read_head, revocations_of,
+    ProtocolError, body_length, body_length_within, catalog_digest_of, catalog_request,
+    health_request, labels_of_health_response, read_body, read_head, revocations_of,
     revocations_request,
 };
+use clusterlink_api::catalog::{Catalog, MAX_CATALOG_BYTES};
 use clusterlink_pki::revocation::Summary;
 
 const PEER_REACHABLE: ConditionType = ConditionType::PeerReachable;
@@ -45,6 +48,8 @@ pub struct PeerHealth {
     reachable: Arc<RwLock<HashMap<String, bool>>>,
     labels: Arc<RwLock<HashMap<String, BTreeMap<String, String>>>>,
     probes: Arc<RwLock<HashMap<String, ProbeRecord>>>,
+    /// What each peer offers, fetched when its health answer names a catalog not held.
+    catalogs: Received,
 }
 
 /// What the probes of one peer last found, for operators (`describe`, `check`, the console).
@@ -65,6 +70,11 @@ impl PeerHealth {
     /// The labels `peer` reported in its last answer to a probe (none before the first).
     pub fn reported_labels(&self, peer: &str) -> BTreeMap<String, String> {
         self.labels.read().get(peer).cloned().unwrap_or_default()
+    }
+
+    /// The catalogs peers offered, as they change.
+    pub fn catalogs(&self) -> &Received {
+        &self.catalogs
     }
 
     /// Adds each probed peer's reachability, latency and last error to `traffic`.
@@ -203,6 +213,7 @@ pub(crate) async fn run_probers(
             health.set(&name, None);
             health.set_labels(&name, None);
             health.record_probe(&name, None);
+            health.catalogs.remove(&name);
             metrics.peer_reachable(&name, None);
             conditions.set(&peer_key(&name), PEER_REACHABLE, None);
             conditions.set_reported_labels(&peer_key(&name), None);
@@ -212,6 +223,7 @@ pub(crate) async fn run_probers(
                 let task = tokio::spawn(probe_forever(
                     name.clone(),
                     peer.gateways.clone(),
+                    snapshots.clone(),
                     tls.clone(),
                     links.clone(),
                     health.clone(),
@@ -246,6 +258,7 @@ fn peer_key(name: &str) -> ObjectKey {
 async fn probe_forever(
     name: String,
     gateways: Vec<(String, u16)>,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
     tls: watch::Receiver<Arc<GatewayTls>>,
     links: Option<Links>,
     health: PeerHealth,
@@ -269,22 +282,24 @@ async fn probe_forever(
     };
     let mut tracker = Tracker::new(limits);
     let mut kept = KeptProbes::default();
+    let mut catalog_fetched: Option<Instant> = None;
     let mut tls = tls;
     loop {
         let current = tls.borrow_and_update().clone();
+        let labels = snapshots.borrow().local_labels.clone();
         // Over a link when one is up (the peer may have no other way); directly otherwise, or
         // when the link did not answer and the peer has addresses.
         let over_link = match links.to(&name) {
-            Some(link) => Some(probe_link(&current, &link, &limits).await),
+            Some(link) => Some(probe_link(&current, &link, &labels, &limits).await),
             None => None,
         };
         let result = match over_link {
             Some(Ok(answer)) => Ok(answer),
             Some(Err(e)) if gateways.is_empty() => Err(e),
-            Some(Err(e)) => probe_any(&current, &name, &gateways, &mut kept, &limits)
+            Some(Err(e)) => probe_any(&current, &name, &gateways, &labels, &mut kept, &limits)
                 .await
                 .map_err(|direct| format!("{e}; {direct}")),
-            None => probe_any(&current, &name, &gateways, &mut kept, &limits).await,
+            None => probe_any(&current, &name, &gateways, &labels, &mut kept, &limits).await,
         };
         health.record_probe(
             &name,
@@ -320,6 +335,34 @@ async fn probe_forever(
                 tracing::warn!(peer = %name, error = %condition.message, "peer unreachable");
             }
             conditions.set(&peer_key(&name), PEER_REACHABLE, Some(condition));
+        }
+        if let Ok(answer) = &result
+            && let Some(digest) = &answer.catalog
+            && health.catalogs.is_stale(&name, digest)
+            && catalog_fetched.is_none_or(|at| at.elapsed() >= limits.catalog_refetch_after)
+        {
+            catalog_fetched = Some(Instant::now());
+            let fetched = timeout(
+                limits.catalog_fetch,
+                fetch_catalog(
+                    &current,
+                    &name,
+                    &links,
+                    answer.address.as_ref(),
+                    &labels,
+                    limits.catalog_fetch,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no catalog within {:?}", limits.catalog_fetch)));
+            match fetched {
+                Ok(catalog) => {
+                    tracing::info!(peer = %name, offers = catalog.offers.len(), "peer offers its exports");
+                    health.catalogs.set(&name, digest.clone(), catalog);
+                }
+                // Asked again at the next probe, which still names a digest not held.
+                Err(e) => tracing::warn!(peer = %name, error = %e, "peer's catalog not fetched"),
+            }
         }
         // Newer revocation lists are passed on at once, not at the next probe.
         let held = current.revocation_summary.clone();
@@ -376,7 +419,11 @@ impl KeptProbes {
 /// A gateway of the peer that answered a probe.
 struct ProbeAnswer {
     gateway: String,
+    /// The address that answered; none when a link did.
+    address: Option<(String, u16)>,
     labels: BTreeMap<String, String>,
+    /// The digest of the catalog the peer offers this gateway.
+    catalog: Option<String>,
     took: Duration,
 }
 
@@ -387,6 +434,7 @@ async fn probe_any(
     tls: &Arc<GatewayTls>,
     peer: &str,
     gateways: &[(String, u16)],
+    labels: &BTreeMap<String, String>,
     kept: &mut KeptProbes,
     limits: &Limits,
 ) -> Result<ProbeAnswer, String> {
@@ -395,15 +443,15 @@ async fn probe_any(
     let within = limits.probe_timeout;
     for gateway in gateways.iter().cloned() {
         let warm = kept.take(&gateway, &tls.client, limits.probe_connection_life);
-        let (tls, name) = (tls.clone(), name.clone());
+        let (tls, name, labels) = (tls.clone(), name.clone(), labels.clone());
         probes.spawn(async move {
             let (host, port) = &gateway;
             let addr = format!("{host}:{port}");
             let started = Instant::now();
-            let probed = timeout(within, probe(&tls, name, host, *port, warm)).await;
+            let probed = timeout(within, probe(&tls, name, host, *port, &labels, warm)).await;
             let took = started.elapsed();
             match probed {
-                Ok((Ok(labels), connection)) => (gateway, Ok((labels, took)), connection),
+                Ok((Ok(answered), connection)) => (gateway, Ok((answered, took)), connection),
                 Ok((Err(e), _)) => (gateway, Err(format!("{addr}: {e}")), None),
                 Err(_) => {
                     let e = format!("{addr}: no answer within {within:?}");
@@ -423,12 +471,13 @@ async fn probe_any(
             }
         };
         match result {
-            Ok((labels, took)) => {
+            Ok(((labels, catalog), took)) => {
                 if answer.is_none() {
-                    let gateway = format!("gateway {}:{}", gateway.0, gateway.1);
                     answer = Some(ProbeAnswer {
-                        gateway,
+                        gateway: format!("gateway {}:{}", gateway.0, gateway.1),
+                        address: Some(gateway.clone()),
                         labels,
+                        catalog,
                         took,
                     });
                 }
@@ -451,6 +500,7 @@ async fn probe_any(
 async fn probe_link(
     tls: &Arc<GatewayTls>,
     link: &Link,
+    labels: &BTreeMap<String, String>,
     limits: &Limits,
 ) -> Result<ProbeAnswer, String> {
     let started = Instant::now();
@@ -459,24 +509,27 @@ async fn probe_link(
         let mut stream = link.open(within).await.map_err(|e| e.to_string())?;
         let held = tls.revocation_summary.clone();
         stream
-            .write_all(&health_request(&held))
+            .write_all(&health_request(&held, labels))
             .await
             .map_err(|e| e.to_string())?;
         let (head, rest) = read_head(&mut stream).await.map_err(|e| e.to_string())?;
         let labels = labels_of_health_response(&head)
             .map_err(|e| format!("unexpected health answer: {e}"))?;
+        let catalog = catalog_digest_of(&head).map(str::to_string);
         if let Err(e) = exchange_revocations(tls, &mut stream, &head, rest, &held).await {
             tracing::debug!(peer = %link.info().peer, error = %e, "revocation lists not exchanged");
         }
         let _ = stream.shutdown().await;
-        Ok::<_, String>(labels)
+        Ok::<_, String>((labels, catalog))
     })
     .await;
     let how = link.info().describe();
     match probed {
-        Ok(Ok(labels)) => Ok(ProbeAnswer {
+        Ok(Ok((labels, catalog))) => Ok(ProbeAnswer {
             gateway: format!("the {how}"),
+            address: None,
             labels,
+            catalog,
             took: started.elapsed(),
         }),
         Ok(Err(e)) => Err(format!("{how}: {e}")),
@@ -491,8 +544,9 @@ async fn probe(
     name: ServerName<'static>,
     host: &str,
     port: u16,
+    labels: &BTreeMap<String, String>,
     kept: Option<KeptProbe>,
-) -> (Result<BTreeMap<String, String>, String>, Option<KeptProbe>) {
+) -> (Result<Answered, String>, Option<KeptProbe>) {
     let client = &tls.client;
     let mut kept = match kept {
         Some(kept) => kept,
@@ -506,27 +560,90 @@ async fn probe(
         },
     };
     let held = tls.revocation_summary.clone();
-    if let Err(e) = kept.connection.write_all(&health_request(&held)).await {
+    if let Err(e) = kept
+        .connection
+        .write_all(&health_request(&held, labels))
+        .await
+    {
         return (Err(e.to_string()), None);
     }
     let (head, rest) = match read_head(&mut kept.connection).await {
         Ok(read) => read,
         Err(e) => return (Err(e.to_string()), None),
     };
-    let labels =
-        labels_of_health_response(&head).map_err(|e| format!("unexpected health answer: {e}"));
-    if labels.is_err() {
-        return (labels, None);
-    }
+    let labels = match labels_of_health_response(&head) {
+        Ok(labels) => labels,
+        Err(e) => return (Err(format!("unexpected health answer: {e}")), None),
+    };
+    let answered = Ok((labels, catalog_digest_of(&head).map(str::to_string)));
     match exchange_revocations(tls, &mut kept.connection, &head, rest, &held).await {
-        Ok(Kept::Yes) => (labels, Some(kept)),
-        Ok(Kept::No) => (labels, None),
+        Ok(Kept::Yes) => (answered, Some(kept)),
+        Ok(Kept::No) => (answered, None),
         // The peer answered: it is reachable, whatever became of the lists.
         Err(e) => {
             tracing::debug!(%host, error = %e, "revocation lists not exchanged");
-            (labels, None)
+            (answered, None)
         }
     }
+}
+
+/// What a health answer says: the peer's labels and the digest of its catalog for this gateway.
+type Answered = (BTreeMap<String, String>, Option<String>);
+
+/// Fetches the catalog `peer` offers this gateway: over its link when one is up, else on a new
+/// connection to the gateway that answered the probe (`address`).
+async fn fetch_catalog(
+    tls: &Arc<GatewayTls>,
+    peer: &str,
+    links: &Links,
+    address: Option<&(String, u16)>,
+    labels: &BTreeMap<String, String>,
+    within: Duration,
+) -> Result<Catalog, String> {
+    match (links.to(peer), address) {
+        (Some(link), _) => {
+            let mut stream = link.open(within).await.map_err(|e| e.to_string())?;
+            let catalog = ask_catalog(&mut stream, labels).await;
+            let _ = stream.shutdown().await;
+            catalog
+        }
+        (None, Some((host, port))) => {
+            let name = ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
+            let mut connection = connect(&tls.client, name, host, *port).await?;
+            let catalog = ask_catalog(&mut connection, labels).await;
+            let _ = connection.shutdown().await;
+            catalog
+        }
+        (None, None) => Err(crate::link::NO_ROUTE.into()),
+    }
+}
+
+/// `GET /catalog` on `connection`, and the catalog it answers, checked.
+async fn ask_catalog<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut S,
+    labels: &BTreeMap<String, String>,
+) -> Result<Catalog, String> {
+    connection
+        .write_all(&catalog_request(labels))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (head, rest) = read_head(connection).await.map_err(|e| e.to_string())?;
+    if !head.starts_with(b"HTTP/1.1 200 ") {
+        return Err(format!(
+            "catalog answer: {}",
+            clusterlink_api::text::escaped(&String::from_utf8_lossy(&head))
+        ));
+    }
+    let length = body_length_within(&head, MAX_CATALOG_BYTES).map_err(|e| match e {
+        ProtocolError::TooLarge => {
+            format!("the catalog is larger than the {MAX_CATALOG_BYTES} bytes taken from a peer")
+        }
+        e => e.to_string(),
+    })?;
+    let body = read_body(connection, rest, length)
+        .await
+        .map_err(|e| e.to_string())?;
+    Catalog::parse(&body).map_err(|e| e.to_string())
 }
 
 /// Whether a probe connection can carry the next probe.
@@ -600,6 +717,45 @@ mod tests {
     use super::*;
 
     const L: Limits = Limits::DEFAULT;
+
+    /// What `ask_catalog` makes of an answer: a hostile or broken peer's answer is an error,
+    /// and a body past the bound is refused before it is read.
+    async fn catalog_from(answer: Vec<u8>) -> Result<Catalog, String> {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let peer = tokio::spawn(async move {
+            let _ = read_head(&mut theirs).await;
+            let _ = theirs.write_all(&answer).await;
+            // Held open: a reader waiting for a body it was promised would hang, not fail.
+            std::future::pending::<()>().await;
+        });
+        let result = ask_catalog(&mut ours, &BTreeMap::new()).await;
+        peer.abort();
+        result
+    }
+
+    #[tokio::test]
+    async fn a_catalog_answer_is_bounded_and_checked() {
+        let offers = br#"{"offers":[{"namespace":"default","name":"web","port":80}]}"#;
+        let catalog = catalog_from(crate::tunnel::catalog_response(offers))
+            .await
+            .unwrap();
+        assert_eq!(catalog.offers[0].name, "web");
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            MAX_CATALOG_BYTES + 1
+        );
+        let e = catalog_from(huge.into_bytes()).await.unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        let refused = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec();
+        assert!(catalog_from(refused).await.unwrap_err().contains("404"));
+        let garbage = crate::tunnel::catalog_response(b"{\"offers\": [{\"name\": 1}]}");
+        assert!(
+            catalog_from(garbage)
+                .await
+                .unwrap_err()
+                .contains("not valid")
+        );
+    }
 
     #[test]
     fn first_probe_decides_then_hysteresis() {

@@ -37,6 +37,7 @@ use crate::metrics::{
 use crate::rate::RateLimited;
 use clusterlink_api::attributes::Attributes;
 
+use crate::catalog::CatalogCache;
 use crate::enroll;
 use crate::link::{self, Direction, Inbound, LinkInfo, LinkStream, Links};
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
@@ -45,7 +46,8 @@ use crate::relay::{TLS_SEND_BUFFER, relay, take_first_frame};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
     ExportRef, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason, TunnelResponse,
-    health_response_with, read_body, read_head, revocations_of,
+    catalog_response, health_response_with, labels_of_request, read_body, read_head,
+    revocations_of,
 };
 use crate::workers::serve_on_worker;
 
@@ -84,6 +86,8 @@ struct PeerPort {
     /// Links up now (dialed here or by peers), and where their peers' streams go.
     links: Links,
     inbound: mpsc::Sender<Inbound>,
+    /// What each peer is offered, computed once per snapshot.
+    catalogs: CatalogCache,
 }
 
 /// What the peer port needs besides its listener.
@@ -141,6 +145,7 @@ pub(crate) async fn serve(
         known_peers_only: config.known_peers_only,
         links: config.links,
         inbound,
+        catalogs: CatalogCache::default(),
     });
     let revalidator = tokio::spawn({
         let (port, mut snapshots, mut tls) = (port.clone(), snapshots.clone(), tls.clone());
@@ -567,6 +572,7 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         known_peers_only: _,
         links: _,
         inbound: _,
+        catalogs,
     } = port;
     let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
@@ -607,18 +613,36 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             // that and closes, so the peer opens a new one under the new lists.
             return Ok(Served::Reuse);
         }
+        Ok(PeerRequest::Catalog) => {
+            // Labels that do not parse are the prober's problem: it is offered what a peer
+            // reporting none would be, as its tunnels would be decided.
+            let reported = labels_of_request(head).unwrap_or_default();
+            let snapshot = snapshots.borrow().clone();
+            let offered = catalogs.offered(&snapshot, peer, &reported);
+            tls.write_all(&catalog_response(&offered.body))
+                .await
+                .map_err(PeerConnectionError::io("answering a catalog request"))?;
+            tls.flush()
+                .await
+                .map_err(PeerConnectionError::io("answering a catalog request"))?;
+            return Ok(Served::Reuse);
+        }
         Ok(PeerRequest::Health) => {
-            let labels = snapshots.borrow().local_labels.clone();
+            let snapshot = snapshots.borrow().clone();
+            let labels = snapshot.local_labels.clone();
             let current = credentials.borrow().clone();
             let held = current.revocation_summary.clone();
             // A prober behind this gateway's lists gets them with the answer.
             let lists = revocations_of(head)
                 .filter(|theirs| held.is_ahead_of(theirs))
                 .map(|_| current.revocations.to_pem());
+            let reported = labels_of_request(head).unwrap_or_default();
+            let offered = catalogs.offered(&snapshot, peer, &reported);
             tls.write_all(&health_response_with(
                 &labels,
                 Some(&held),
                 lists.as_deref(),
+                Some(&offered.digest),
             ))
             .await
             .map_err(PeerConnectionError::io("answering a health probe"))?;

@@ -11,6 +11,7 @@
 //! - [`tunnel`]: the CONNECT-based tunnel protocol spoken between gateways on the peer port.
 //! - `link`: dialed links, for sites that cannot be reached: tunnels of both directions
 //!   ride one mutual-TLS connection the unreachable side keeps open (yamux streams).
+//! - [`catalog`]: what this gateway offers each peer, and what peers offer it.
 //! - [`policy`]: the access policy engine (tiers, order, what decided).
 //! - [`limits`]: the gateway's network timeouts and connection limits, each with its reason.
 //! - [`listener`]: admitting strangers' connections (the peer port before its TLS handshake,
@@ -25,6 +26,7 @@
 
 mod backend_addresses;
 mod capacity;
+pub mod catalog;
 pub mod cmd;
 pub mod conditions;
 mod connections;

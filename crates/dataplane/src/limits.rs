@@ -87,6 +87,13 @@ pub struct Limits {
     pub probe_unreachable_every: Duration,
     /// A probe (connect, handshake, answer) slower than this counts as a failure.
     pub probe_timeout: Duration,
+    /// How long fetching a peer's catalog may take, apart from the probe that found it changed:
+    /// a large catalog on a slow path must not make the peer look unreachable.
+    pub catalog_fetch: Duration,
+    /// A peer's catalog is fetched at most this often: a peer whose digest changes at every
+    /// probe costs one fetch per this period, not one per probe. A real change still lands
+    /// within a few seconds.
+    pub catalog_refetch_after: Duration,
     /// A probe connection is kept between probes (a probe is then one small request and answer,
     /// not a handshake) for this long, then replaced by a new handshake: a gateway probed by
     /// many peers stays idle, and a peer whose certificate stops verifying is still found out.
@@ -205,6 +212,8 @@ impl Limits {
         probe_reachable_every: Duration::from_millis(500),
         probe_unreachable_every: Duration::from_secs(1),
         probe_timeout: Duration::from_millis(700),
+        catalog_fetch: Duration::from_secs(10),
+        catalog_refetch_after: Duration::from_secs(2),
         probe_connection_life: Duration::from_secs(20),
         failures_to_unreachable: 2,
         successes_to_reachable: 2,

@@ -394,6 +394,81 @@ impl PolicyEngine {
     }
 }
 
+impl PolicyEngine {
+    /// Whether some client of the peer whose attributes are `peer` would be allowed to `dst`:
+    /// what a catalog offers. Each `from` selector of each allow policy that could decide
+    /// (privileged, then `namespace`'s) that matches `dst` gives one client that selector
+    /// matches, and the engine decides it as a real connection: an offer is always backed by a
+    /// client that would get through. A client that only slips between several policies' denies
+    /// is not looked for, so an export may be left out that an unusual client could reach.
+    pub fn allows_some_client(
+        &self,
+        namespace: &str,
+        peer: &Attributes,
+        dst: &impl AttributeLookup,
+    ) -> bool {
+        if !self.selects_clients && self.decide(namespace, peer, dst).allowed {
+            return true;
+        }
+        let empty = Layer::default();
+        let local = self.namespaces.get(namespace).unwrap_or(&empty);
+        self.privileged
+            .allow
+            .policies
+            .iter()
+            .chain(&local.allow.policies)
+            .filter(|p| p.to.iter().any(|s| s.matches(dst)))
+            .flat_map(|p| &p.from)
+            .any(|from| {
+                let mut src = peer.clone();
+                add_client_matching(from, &mut src);
+                self.decide(namespace, &src, dst).allowed
+            })
+    }
+}
+
+/// Adds to `src` the client attributes of a client `selector` matches (as far as the client's
+/// side of it goes), with at least one client attribute, so the client is not unknown.
+fn add_client_matching(selector: &LabelSelector, src: &mut Attributes) {
+    use clusterlink_api::SelectorOperator;
+    for (k, v) in &selector.match_labels {
+        if attributes::is_client_attribute(k) {
+            src.insert(k.clone(), v.clone());
+        }
+    }
+    for r in &selector.match_expressions {
+        if !attributes::is_client_attribute(&r.key) || src.contains_key(&r.key) {
+            continue;
+        }
+        let value = match r.operator {
+            SelectorOperator::In => r.values.first().cloned(),
+            SelectorOperator::Exists => Some("any".to_string()),
+            SelectorOperator::NotIn => (0..=r.values.len())
+                .map(|i| format!("other-{i}"))
+                .find(|v| !r.values.contains(v)),
+            SelectorOperator::DoesNotExist => None,
+        };
+        if let Some(value) = value {
+            src.insert(r.key.clone(), value);
+        }
+    }
+    if !src.keys().any(|k| attributes::is_client_attribute(k)) {
+        let mentioned = |key: &str| {
+            selector.match_labels.contains_key(key)
+                || selector.match_expressions.iter().any(|r| r.key == key)
+        };
+        if let Some(key) = [
+            attributes::CLIENT_NAMESPACE,
+            attributes::CLIENT_SERVICE_ACCOUNT,
+        ]
+        .into_iter()
+        .find(|k| !mentioned(k))
+        {
+            src.insert(key.to_string(), "any".to_string());
+        }
+    }
+}
+
 /// The labels policies see for a remote peer: what it reports about itself (over the peer port,
 /// authenticated as that peer) with the local administrator's labels on its Peer object laid
 /// over them. The administrator's own assertion wins a clash; a label only the peer reports
@@ -459,6 +534,68 @@ mod tests {
     }
 
     const ALL: &str = "{}";
+
+    #[test]
+    fn some_client_is_allowed_only_when_a_real_decision_would_allow_one() {
+        let peer = attrs(&[("peer.clusterlink.net/name", "east")]);
+        let export = |name: &str| attrs(&[("export.clusterlink.net/name", name)]);
+        let engine = PolicyEngine::compile(&[
+            // Only clients labelled app=web, of any peer, to "web".
+            policy(
+                "AccessPolicy",
+                "default",
+                "web-clients",
+                "allow",
+                "{matchLabels: {client.clusterlink.net/labels.app: web}}",
+                "{matchLabels: {export.clusterlink.net/name: web}}",
+            ),
+            // Anything to "db", but east is denied it outright.
+            policy(
+                "AccessPolicy",
+                "default",
+                "db",
+                "allow",
+                ALL,
+                "{matchLabels: {export.clusterlink.net/name: db}}",
+            ),
+            policy(
+                "AccessPolicy",
+                "default",
+                "no-east-db",
+                "deny",
+                "{matchLabels: {peer.clusterlink.net/name: east}}",
+                "{matchLabels: {export.clusterlink.net/name: db}}",
+            ),
+            // Clients not in the frontend namespace may reach "api"; a deny covers one client.
+            policy(
+                "AccessPolicy",
+                "default",
+                "api",
+                "allow",
+                "{matchExpressions: [{key: client.clusterlink.net/namespace, operator: NotIn, values: [frontend]}]}",
+                "{matchLabels: {export.clusterlink.net/name: api}}",
+            ),
+            policy(
+                "AccessPolicy",
+                "default",
+                "api-not-batch",
+                "deny",
+                "{matchLabels: {client.clusterlink.net/labels.app: batch}}",
+                "{matchLabels: {export.clusterlink.net/name: api}}",
+            ),
+        ]);
+        let reachable = |name: &str| engine.allows_some_client("default", &peer, &export(name));
+        assert!(reachable("web"));
+        assert!(!reachable("db"), "denied to east for every client");
+        assert!(reachable("api"));
+        assert!(!reachable("cache"), "no policy allows it");
+        assert!(
+            !engine.allows_some_client("other", &peer, &export("web")),
+            "policies of another namespace do not decide"
+        );
+        let west = attrs(&[("peer.clusterlink.net/name", "west")]);
+        assert!(engine.allows_some_client("default", &west, &export("db")));
+    }
 
     #[test]
     fn no_policy_means_default_deny() {

@@ -93,6 +93,11 @@ impl DataPlane {
         traffic
     }
 
+    /// What peers offer this gateway (their catalogs), as it changes.
+    pub fn catalogs(&self) -> watch::Receiver<Arc<crate::catalog::Catalogs>> {
+        self.egress.dialer.health.catalogs().watch()
+    }
+
     /// The recent tunnels and refusals.
     pub fn events(&self) -> &EventLog {
         &self.config.metrics.events

@@ -53,6 +53,8 @@ use clusterlink_api::attributes::is_client_attribute;
 use clusterlink_api::text::escaped;
 use clusterlink_api::validation::{check_label_key, check_label_value};
 use clusterlink_pki::revocation::{MAX_LIST_BYTES, Summary};
+
+use crate::catalog::CATALOG_HEADER;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
@@ -291,14 +293,18 @@ impl TunnelRequest {
 pub enum PeerRequest {
     Tunnel(TunnelRequest),
     Health,
-    Revocations { length: usize },
+    Revocations {
+        length: usize,
+    },
+    /// The exports this gateway offers the asking peer (`GET /catalog`).
+    Catalog,
 }
 
 /// The health probe; answered `200` with an empty body by a live gateway.
 pub const HEALTH_REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n\r\n";
 /// The answer to [`HEALTH_REQUEST`], carrying the answering gateway's own labels.
 pub fn health_response(labels: &BTreeMap<String, String>) -> Vec<u8> {
-    health_response_with(labels, None, None)
+    health_response_with(labels, None, None, None)
 }
 
 /// Revocation lists travel with the health probes: the prober says which lists it holds
@@ -308,26 +314,76 @@ pub fn health_response(labels: &BTreeMap<String, String>) -> Vec<u8> {
 /// receiver's trust bundle, so no carrier is trusted.
 pub const REVOCATIONS_HEADER: &str = "x-clusterlink-revocations";
 
-/// [`HEALTH_REQUEST`] with the prober's [`Summary`].
-pub fn health_request(held: &Summary) -> Vec<u8> {
-    format!("GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n{REVOCATIONS_HEADER}: {held}\r\n\r\n")
-        .into_bytes()
+/// [`HEALTH_REQUEST`] with the prober's [`Summary`] and its own labels (which its catalog
+/// depends on, as the tunnels' decisions do).
+pub fn health_request(held: &Summary, labels: &BTreeMap<String, String>) -> Vec<u8> {
+    format!(
+        "GET /healthz HTTP/1.1\r\nhost: clusterlink\r\n{REVOCATIONS_HEADER}: {held}\r\n{}\r\n",
+        peer_labels_line(labels)
+    )
+    .into_bytes()
 }
 
-/// The health answer with this gateway's [`Summary`], and its lists for a prober behind.
+/// The health answer with this gateway's [`Summary`], its lists for a prober behind, and the
+/// digest of the prober's catalog.
 pub fn health_response_with(
     labels: &BTreeMap<String, String>,
     held: Option<&Summary>,
     lists: Option<&str>,
+    catalog: Option<&str>,
 ) -> Vec<u8> {
     let held = held.map_or(String::new(), |h| format!("{REVOCATIONS_HEADER}: {h}\r\n"));
+    let catalog = catalog.map_or(String::new(), |d| format!("{CATALOG_HEADER}: {d}\r\n"));
     let body = lists.unwrap_or_default();
     format!(
-        "HTTP/1.1 200 OK\r\n{}{held}content-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 200 OK\r\n{}{held}{catalog}content-length: {}\r\n\r\n{body}",
         peer_labels_line(labels),
         body.len()
     )
     .into_bytes()
+}
+
+/// `GET /catalog`, with the asking gateway's labels.
+pub fn catalog_request(labels: &BTreeMap<String, String>) -> Vec<u8> {
+    format!(
+        "GET /catalog HTTP/1.1\r\nhost: clusterlink\r\n{}\r\n",
+        peer_labels_line(labels)
+    )
+    .into_bytes()
+}
+
+/// The answer to [`catalog_request`]: the catalog as JSON.
+pub fn catalog_response(body: &[u8]) -> Vec<u8> {
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    answer.extend_from_slice(body);
+    answer
+}
+
+/// The value of header `name` in `head`, if present.
+fn header_value<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (n, value) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then_some(value.trim())
+    })
+}
+
+/// The catalog digest a health answer names, if any and well-formed (hex, as computed).
+pub fn catalog_digest_of(head: &[u8]) -> Option<&str> {
+    header_value(head, CATALOG_HEADER)
+        .filter(|d| d.len() <= 128 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The labels the asking gateway reports about itself in a request head (none if absent).
+pub fn labels_of_request(head: &[u8]) -> Result<BTreeMap<String, String>, ProtocolError> {
+    match header_value(head, PEER_LABELS_HEADER) {
+        Some(value) => parse_peer_labels(value.as_bytes()),
+        None => Ok(BTreeMap::new()),
+    }
 }
 
 /// `POST /revocations` with `lists` (PEM).
@@ -352,6 +408,11 @@ pub fn revocations_of(head: &[u8]) -> Option<Summary> {
 
 /// The `content-length` of a head (0 if absent); an error past [`MAX_LIST_BYTES`].
 pub fn body_length(head: &[u8]) -> Result<usize, ProtocolError> {
+    body_length_within(head, MAX_LIST_BYTES)
+}
+
+/// The `content-length` of a head (0 if absent); an error past `max`.
+pub fn body_length_within(head: &[u8], max: usize) -> Result<usize, ProtocolError> {
     let text = std::str::from_utf8(head).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     let length = text
         .lines()
@@ -364,7 +425,7 @@ pub fn body_length(head: &[u8]) -> Result<usize, ProtocolError> {
         .transpose()
         .map_err(|e| ProtocolError::Malformed(format!("content-length: {e}")))?
         .unwrap_or(0);
-    if length > MAX_LIST_BYTES {
+    if length > max {
         return Err(ProtocolError::TooLarge);
     }
     Ok(length)
@@ -419,6 +480,9 @@ impl PeerRequest {
     pub fn decode(head: &[u8]) -> Result<PeerRequest, ProtocolError> {
         if head.starts_with(b"GET /healthz ") {
             return Ok(PeerRequest::Health);
+        }
+        if head.starts_with(b"GET /catalog ") {
+            return Ok(PeerRequest::Catalog);
         }
         if head.starts_with(b"POST /revocations ") {
             return Ok(PeerRequest::Revocations {

@@ -197,7 +197,13 @@ impl Gateway {
             dataplane: dataplane.clone(),
             snapshots: snapshots.clone(),
             peer_addresses: management::activity::advertised_peer_addresses(peer_addr),
+            objects: control_plane.subscribe(),
         };
+        tasks.spawn(crate::mirror::run(
+            control_plane.clone(),
+            dataplane.catalogs(),
+            shutdown_rx.clone(),
+        ));
         tasks.spawn(dataplane.run(
             peer,
             snapshots,

@@ -6,6 +6,7 @@
 //! - [`management`]: the management REST API over that model.
 //! - [`gateway`]: a running standalone gateway tying identity, store, the management listener
 //!   and the data plane (`clusterlink-dataplane`, fed the model's snapshots) together.
+//! - `mirror`: the Imports Peers' mirror rules ask for, kept in step with the peers' offers.
 
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -14,6 +15,7 @@
 pub mod fuzzing;
 pub mod gateway;
 pub mod management;
+mod mirror;
 pub mod model;
 
 pub use gateway::{Gateway, GatewayConfig, GatewayError, ManagementSecurity};

@@ -58,11 +58,12 @@ pub enum Command {
     },
     /// List objects, or show one; or the gateway's recent tunnel events.
     #[command(
-        after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml\n  gwctl get all -l tier=gold -o name\n  gwctl get events --import web --problems"
+        after_help = "Examples:\n  gwctl get imports -A\n  gwctl get peer server1 -o yaml\n  gwctl get all -l tier=gold -o name\n  gwctl get events --import web --problems\n  gwctl get offers --peer server2"
     )]
     Get {
-        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies, all, or
-        /// events (recent tunnels and refusals, newest first).
+        /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies, all,
+        /// events (recent tunnels and refusals, newest first), or offers (the exports peers
+        /// offer this gateway, and whether each is imported).
         kind: String,
         name: Option<String>,
         #[command(flatten)]
@@ -218,7 +219,7 @@ pub struct EventArgs {
     /// Events of this export (get events only).
     #[arg(long, value_name = "NAME")]
     pub export: Option<String>,
-    /// Events with this peer (get events only).
+    /// Events with this peer (get events), or offers of this peer (get offers).
     #[arg(long, value_name = "PEER")]
     pub peer: Option<String>,
     /// Only refusals, cuts and broken tunnels (get events only).
@@ -277,6 +278,15 @@ pub enum CreateCommand {
         /// The peer has no address: it dials this gateway (its Peer for this site has --dial).
         #[arg(long, conflicts_with_all = ["hosts", "dial"])]
         no_address: bool,
+        /// Import what the peer offers: each export it offers whose labels match SELECTOR
+        /// (KEY=VALUE,…; every offer when left out) becomes an Import of the same name and
+        /// namespace here, kept in step with the offers. Policies still decide every connection.
+        #[arg(long, value_name = "SELECTOR", num_args = 0..=1, default_missing_value = "", value_parser = super::get::parse_mirror_selector)]
+        mirror: Option<clusterlink_api::LabelSelector>,
+        /// Added to each offered port to make its Import's port (with --mirror), for a site
+        /// whose own services use the same ports on the same host.
+        #[arg(long, requires = "mirror", default_value_t = 0)]
+        mirror_port_offset: u16,
         #[command(flatten)]
         labels: LabelArgs,
     },

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::anyhow;
+use clusterlink_api::catalog::MirrorRule;
 use clusterlink_api::{
     AccessPolicySpec, Endpoint, ExportSpec, ImportSource, ImportSpec, LabelSelector, Object,
     PeerSpec, PolicyAction, Port, PrivilegedAccessPolicySpec, Resource, WorkloadSelectorEntry,
@@ -52,6 +53,8 @@ pub(super) fn build_object(
             port: p,
             dial,
             no_address: _,
+            mirror,
+            mirror_port_offset,
             labels,
         } => {
             let gateways = hosts
@@ -67,7 +70,14 @@ pub(super) fn build_object(
                 Resource::new(
                     name,
                     clusterlink_api::SYSTEM_NAMESPACE,
-                    PeerSpec { gateways, dial },
+                    PeerSpec {
+                        gateways,
+                        dial,
+                        mirror: mirror.map(|exports| MirrorRule {
+                            exports,
+                            port_offset: mirror_port_offset,
+                        }),
+                    },
                 ),
                 &labels,
             )?)

@@ -102,6 +102,14 @@ pub(super) async fn fetch(
 }
 
 /// `-l`: `KEY=VALUE`, `KEY==VALUE`, `KEY!=VALUE`, `KEY` or `!KEY`, comma-separated.
+/// `--mirror`'s selector: as `-l`, and nothing (every offer) when left empty.
+pub(super) fn parse_mirror_selector(text: &str) -> Result<LabelSelector, String> {
+    if text.trim().is_empty() {
+        return Ok(LabelSelector::everything());
+    }
+    parse_selector(text)
+}
+
 pub(super) fn parse_selector(text: &str) -> Result<LabelSelector, String> {
     let mut selector = LabelSelector::everything();
     let requirement = |key: &str, operator, values: Vec<String>| LabelSelectorRequirement {

@@ -113,6 +113,17 @@ pub async fn run(cli: Gwctl) -> anyhow::Result<()> {
                 };
                 return observe::events(&mut client, &query, json).await;
             }
+            if kind.eq_ignore_ascii_case("offers") || kind.eq_ignore_ascii_case("offer") {
+                let json = match output {
+                    Format::Table | Format::Wide => false,
+                    Format::Json => true,
+                    other => bail!("offers print as a table or JSON, not {other:?}"),
+                };
+                if name.is_some() {
+                    bail!("name the peer with --peer: `gwctl get offers --peer NAME`");
+                }
+                return observe::offers(&mut client, events.peer.as_deref(), json).await;
+            }
             if events.any() {
                 bail!(
                     "--import, --export, --peer, --problems and --limit filter `gwctl get events` only"

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, anyhow, bail};
 use clusterlink_api::activity::{ExplainRequest, Explanation, Traffic, TunnelEvent, Verdict};
-use clusterlink_api::rest::{EVENTS_PATH, EXPLAIN_PATH, TRAFFIC_PATH, object_path};
+use clusterlink_api::catalog::{OfferState, OffersView};
+use clusterlink_api::rest::{EVENTS_PATH, EXPLAIN_PATH, OFFERS_PATH, TRAFFIC_PATH, object_path};
 use clusterlink_api::{Condition, Kind, Object, ObjectKey};
 use http::Method;
 use serde::de::DeserializeOwned;
@@ -127,6 +128,74 @@ fn events_table(events: &[TunnelEvent], now_ms: u64) -> String {
     align(&rows)
 }
 
+/// `gwctl get offers`: what peers offer this gateway, and what became of each offer.
+pub(super) async fn offers(
+    client: &mut Client,
+    peer: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut view: OffersView = get_json(client, OFFERS_PATH).await?;
+    if let Some(peer) = peer {
+        view.retain(|p, _| p == peer);
+    }
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&view)?);
+    } else if view.values().all(Vec::is_empty) {
+        match peer {
+            Some(peer) => errln!(
+                "No offers from {peer}: it offers nothing its policies let this site reach, or it has not answered a probe yet."
+            ),
+            None => errln!(
+                "No offers: no peer offers anything this site may reach (or none answered a probe yet)."
+            ),
+        }
+    } else {
+        out!("{}", offers_table(&view));
+    }
+    Ok(())
+}
+
+fn offers_table(view: &OffersView) -> String {
+    let mut rows = vec![
+        ["PEER", "EXPORT", "PORT", "LABELS", "STATE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for (peer, offers) in view {
+        for status in offers {
+            rows.push(vec![
+                peer.clone(),
+                status.offer.key_text(),
+                status.offer.port.to_string(),
+                labels_text(&status.offer.labels),
+                offer_state(&status.state),
+            ]);
+        }
+    }
+    align(&rows)
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn offer_state(state: &OfferState) -> String {
+    match state {
+        OfferState::Imported(import) => format!("imported as {import}"),
+        OfferState::NotSelected => {
+            "not imported (the Peer's spec.mirror does not select it)".into()
+        }
+        OfferState::NotImported(why) => format!("not imported: {why}"),
+    }
+}
+
 fn ago(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -196,8 +265,35 @@ pub(super) async fn describe(client: &mut Client, key: &ObjectKey) -> anyhow::Re
         refusals.retain(|e| e.policy.as_ref() == Some(policy));
     }
     refusals.truncate(REFUSALS_SHOWN);
-    out!("{}", describe_text(&object, &traffic, &refusals, now_ms()));
+    let mut text = describe_text(&object, &traffic, &refusals, now_ms());
+    if let Object::Peer(_) = &object {
+        let offers: OffersView = get_json(client, OFFERS_PATH).await?;
+        text.push_str(&peer_offers_text(offers.get(&key.name)));
+    }
+    out!("{text}");
     Ok(())
+}
+
+/// The `Offers:` section of `describe peer`.
+fn peer_offers_text(offers: Option<&Vec<clusterlink_api::catalog::OfferStatus>>) -> String {
+    let Some(offers) = offers else {
+        return "Offers:     not known yet (the peer has not answered a probe since this gateway started)\n".into();
+    };
+    if offers.is_empty() {
+        return "Offers:     none (nothing its policies let this site reach)\n".into();
+    }
+    let mut out = String::from("Offers:\n");
+    for status in offers {
+        let _ = writeln!(
+            out,
+            "  {} port {} [{}]: {}",
+            status.offer.key_text(),
+            status.offer.port,
+            labels_text(&status.offer.labels),
+            offer_state(&status.state)
+        );
+    }
+    out
 }
 
 /// Refusals `describe` lists: the latest few, enough to see a pattern.

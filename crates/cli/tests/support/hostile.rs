@@ -168,7 +168,9 @@ impl HostileExporter {
                                 return;
                             }
                             // It holds no revocation lists, and asks for none.
-                            Ok(PeerRequest::Revocations { .. }) | Err(_) => return,
+                            Ok(PeerRequest::Revocations { .. } | PeerRequest::Catalog) | Err(_) => {
+                                return;
+                            }
                         }
                     }
                 });

@@ -386,6 +386,14 @@ pub fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// A `--client-attributes` table with these entries (`{cidr: …, namespace: …}`).
+pub fn clients_table(entries: &[&str]) -> std::path::PathBuf {
+    let table = std::env::temp_dir().join(format!("clients-{}.yaml", rand_u64()));
+    let lines: Vec<String> = entries.iter().map(|e| format!("  - {e}\n")).collect();
+    std::fs::write(&table, format!("clients:\n{}", lines.concat())).unwrap();
+    table
+}
+
 /// A port that was free a moment ago, for specs that need a concrete port (an import's `port`).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

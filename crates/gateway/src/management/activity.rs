@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clusterlink_api::activity::ExplainRequest;
-use clusterlink_api::rest::{EVENTS_PATH, EXPLAIN_PATH, TRAFFIC_PATH};
+use clusterlink_api::rest::{EVENTS_PATH, EXPLAIN_PATH, OFFERS_PATH, TRAFFIC_PATH};
 use clusterlink_dataplane::events::{EVENTS_KEPT, EventFilter};
 use clusterlink_dataplane::{DataPlane, ExplainError, Snapshot};
 use serde::Deserialize;
@@ -26,6 +26,8 @@ pub struct Observed {
     /// Where other sites reach this gateway's peer port, as far as it can tell
     /// ([`advertised_peer_addresses`]); `gwctl link` writes them into a Peer manifest.
     pub peer_addresses: Vec<std::net::SocketAddr>,
+    /// The configuration, for what mirroring made of the offers.
+    pub objects: watch::Receiver<Arc<clusterlink_api::Objects>>,
 }
 
 /// The addresses other sites may reach a peer port bound to `bound` at: that address itself, or,
@@ -64,6 +66,7 @@ pub(super) fn routes<S>(observed: Observed) -> Router<S> {
     Router::new()
         .route(EVENTS_PATH, get(events))
         .route(TRAFFIC_PATH, get(traffic))
+        .route(OFFERS_PATH, get(offers))
         .route(EXPLAIN_PATH, post(explain))
         .with_state(observed)
 }
@@ -110,6 +113,12 @@ async fn events(
 
 async fn traffic(State(observed): State<Observed>) -> Response {
     Json(observed.dataplane.traffic()).into_response()
+}
+
+async fn offers(State(observed): State<Observed>) -> Response {
+    let objects = observed.objects.borrow().clone();
+    let catalogs = observed.dataplane.catalogs().borrow().clone();
+    Json(clusterlink_api::catalog::plan(&objects, &catalogs).view()).into_response()
 }
 
 async fn explain(
@@ -163,6 +172,7 @@ pub(crate) mod tests {
             )))
             .1,
             peer_addresses: vec![],
+            objects: watch::channel(Arc::default()).1,
         }
     }
 
