@@ -25,6 +25,10 @@ pub const MAX_OFFERS: usize = 10_000;
 /// The largest catalog body read from a peer: `MAX_OFFERS` offers with a few labels each.
 pub const MAX_CATALOG_BYTES: usize = 4 << 20;
 
+/// On Kubernetes, a Service labelled `clusterlink.net/export: "true"` is exported with its
+/// ports (one Export per port), and taking the label off withdraws it.
+pub const EXPORT_LABEL: &str = "clusterlink.net/export";
+
 /// The label on an Import that mirroring manages: it is created, changed and deleted with the
 /// offers. An Import without it is never touched by mirroring.
 pub const MIRRORED_LABEL: &str = "clusterlink.net/mirrored";
@@ -135,6 +139,9 @@ pub enum OfferState {
     NotImported(String),
 }
 
+/// What peers offer this gateway, by peer, as last fetched.
+pub type Catalogs = BTreeMap<String, Catalog>;
+
 /// One offer and what became of it, as views show it (`GET /api/v1/offers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -190,7 +197,7 @@ pub fn is_mirrored(import: &Import) -> bool {
 /// Decides the mirrored Imports from the Peers' rules in `objects` and the catalogs peers
 /// offered (`catalogs`, by peer). An offer of a peer whose catalog is not known (never fetched)
 /// is not withdrawn: only what a peer says changes its Imports.
-pub fn plan(objects: &Objects, catalogs: &BTreeMap<String, Catalog>) -> MirrorPlan {
+pub fn plan(objects: &Objects, catalogs: &Catalogs) -> MirrorPlan {
     let mut result = MirrorPlan::default();
     // (namespace, name) → (port, peers offering it), in peer order.
     let mut wanted: BTreeMap<(String, String), (Port, Vec<String>)> = BTreeMap::new();

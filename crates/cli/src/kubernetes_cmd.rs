@@ -349,24 +349,28 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             }
         }
     });
-    // The peers are all that is probed; labels and client hosts do not matter here.
+    // The peers are all that is probed, and what they offer fetched for mirroring; labels and
+    // client hosts do not matter here.
     let snapshots = snapshot::follow_changes(
         &name,
         BTreeMap::new(),
         control_plane.subscribe(),
         watch::channel(Arc::default()).1,
     );
+    let catalogs = clusterlink_dataplane::catalog::Received::default();
     tasks.spawn(clusterlink_dataplane::probe_peers(
         snapshots,
         Arc::new(control_plane.clone()),
         tls,
         metrics,
+        catalogs.clone(),
         shutdown.clone(),
     ));
     let config = clusterlink_k8s::ControllerConfig {
         system_namespace: args.namespace,
         dataplane_labels: selector,
         reserved_ports: vec![args.dataplane_peer_port],
+        catalogs: catalogs.watch(),
     };
     tasks.spawn(clusterlink_k8s::controller::run(
         client,

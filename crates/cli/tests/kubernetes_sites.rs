@@ -784,3 +784,197 @@ fn a_cluster_behind_nat_reaches_another_over_links_its_replicas_dial() {
         reachable()
     );
 }
+
+/// Names of Services in a site resolve to the site's own address, as cluster DNS would resolve
+/// them to the Service: `ip netns exec` puts `/etc/netns/<namespace>/hosts` in place of the
+/// site's `/etc/hosts`. Removed when dropped.
+struct ServiceNames(PathBuf);
+
+impl ServiceNames {
+    fn new(site: &Site, names: &[String]) -> ServiceNames {
+        let dir = PathBuf::from("/etc/netns").join(&site.namespace);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for name in names {
+            hosts.push_str(&format!("{} {name}.default.svc\n", site.address));
+        }
+        std::fs::write(dir.join("hosts"), hosts).unwrap();
+        ServiceNames(dir)
+    }
+}
+
+impl Drop for ServiceNames {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Service without pods (no kubelet runs them) on `port`, labelled `labels`.
+fn service(name: &str, port: u16, labels: &str) -> String {
+    format!(
+        "{{apiVersion: v1, kind: Service, metadata: {{name: {name}, namespace: default, labels: {labels}}}, spec: {{ports: [{{port: {port}}}]}}}}"
+    )
+}
+
+const EXPORTED: &str = "{clusterlink.net/export: \"true\"}";
+
+/// Who greets a client at `FRONTEND` connecting to `to` in `site` (an echo service's name).
+fn greeted_by(site: &Site, to: SocketAddr) -> Option<String> {
+    let conn = connect_from(site, FRONTEND, to).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut greeting = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut greeting).ok()?;
+    let name = greeting.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+#[test]
+fn labelled_services_in_two_clusters_are_mirrored_into_a_third_and_follow_their_labels() {
+    let test =
+        "labelled_services_in_two_clusters_are_mirrored_into_a_third_and_follow_their_labels";
+    if !can_run(test, &[]) {
+        return;
+    }
+    let bin = testenv_bin().expect("the Kubernetes test environment");
+    let fabric = Fabric::new(&["east", "west1", "west2"]);
+    let wan = Wan::create(&["east", "west1", "west2"], &REPLICA_PEER_PORTS).expect("the sites");
+    let (east_site, west1_site, west2_site) = (
+        wan.site("east").unwrap(),
+        wan.site("west1").unwrap(),
+        wan.site("west2").unwrap(),
+    );
+    // West1 runs MEASURED_IMPORTS services and a copy of `shared`; west2 another copy.
+    let services: Vec<String> = (1..=MEASURED_IMPORTS)
+        .map(|i| format!("svc-{i:02}"))
+        .collect();
+    let echoes: Vec<EchoService> = services
+        .iter()
+        .map(|name| EchoService::start(west1_site, name))
+        .collect();
+    let shared1 = EchoService::start(west1_site, "west1");
+    let shared2 = EchoService::start(west2_site, "west2");
+    let mut west1_names = services.clone();
+    west1_names.push("shared".into());
+    let _west1_names = ServiceNames::new(west1_site, &west1_names);
+    let _west2_names = ServiceNames::new(west2_site, &["shared".to_string()]);
+    let east = Cluster::start(&bin, east_site, &fabric, "east", &[]);
+    let mut west1 = Cluster::start(&bin, west1_site, &fabric, "west1", &[]);
+    let west2 = Cluster::start(&bin, west2_site, &fabric, "west2", &[]);
+    for west in [&west1, &west2] {
+        west.apply(clusterlink_testbed::manifests::ALLOW_ALL);
+    }
+    east.apply(clusterlink_testbed::manifests::ALLOW_ALL);
+    // East mirrors everything each west cluster offers.
+    for (name, site) in [("west1", west1_site), ("west2", west2_site)] {
+        let gateways: Vec<String> = REPLICA_PEER_PORTS
+            .iter()
+            .map(|port| format!("{{host: {}, port: {port}}}", site.address))
+            .collect();
+        east.apply(&format!(
+            "{{apiVersion: clusterlink.net/v1alpha1, kind: Peer, metadata: {{name: {name}, namespace: {SYSTEM}}}, spec: {{gateways: [{}], mirror: {{}}}}}}",
+            gateways.join(", ")
+        ));
+    }
+    let through = |name: &str| -> Option<SocketAddr> {
+        let target = east.import_target_port(name)?;
+        Some(
+            format!("{}:{target}", REPLICA_ADDRESSES[0])
+                .parse()
+                .unwrap(),
+        )
+    };
+
+    // Label a Service in west1: east gets an Import (and its Service) that carries traffic.
+    let mut took = Vec::new();
+    for (name, echo) in services.iter().zip(&echoes) {
+        let labelled = Instant::now();
+        west1.apply(&service(name, echo.port, EXPORTED));
+        assert!(
+            eventually(CONVERGE, || through(name)
+                .and_then(|to| greeted_by(east_site, to))
+                .as_deref()
+                == Some(name.as_str())),
+            "{name} not served in east\n{}{}",
+            east.logs(),
+            west1.logs()
+        );
+        took.push(labelled.elapsed());
+    }
+    took.sort();
+    eprintln!(
+        "label in west1 → first byte served in east, over {} Services: p50 {:?}, max {:?}",
+        took.len(),
+        percentile(&took, 50),
+        took.last().unwrap()
+    );
+    let mirrored = east.kubectl(&[
+        "get",
+        "import",
+        "svc-01",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.metadata.labels.clusterlink\\.net/mirrored} {.spec.sources[*].peer}",
+    ]);
+    assert_eq!(mirrored, "true west1");
+    assert!(
+        east.kubectl(&["get", "service", "svc-01", "-n", "default"])
+            .contains("svc-01")
+    );
+
+    // Taking the label off withdraws it: the Import and its Service go.
+    west1.apply(&service(&services[0], echoes[0].port, "{}"));
+    assert!(
+        eventually(CONVERGE, || east
+            .api
+            .kubectl(&["get", "import", "svc-01", "-n", "default"])
+            .is_err()),
+        "svc-01 still imported"
+    );
+    assert!(eventually(CONVERGE, || east
+        .api
+        .kubectl(&["get", "service", "svc-01", "-n", "default"])
+        .is_err()));
+
+    // One name exported by both west clusters: one Import with two sources, served by both.
+    west1.apply(&service("shared", shared1.port, EXPORTED));
+    west2.apply(&service("shared", shared2.port, EXPORTED));
+    let sources = || {
+        east.api
+            .kubectl(&[
+                "get",
+                "import",
+                "shared",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.spec.sources[*].peer}",
+            ])
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(CONVERGE, || sources() == "west1 west2"),
+        "{:?}",
+        sources()
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    assert!(
+        eventually(CONVERGE, || {
+            seen.extend(through("shared").and_then(|to| greeted_by(east_site, to)));
+            seen.len() == 2
+        }),
+        "shared served by {seen:?} only"
+    );
+    // West1 is cut off (its data plane gone): every connection reaches west2.
+    for replica in &mut west1.replicas {
+        Cluster::kill(replica);
+    }
+    assert!(
+        eventually(CONVERGE, || (0..5).all(|_| through("shared")
+            .and_then(|to| greeted_by(east_site, to))
+            .as_deref()
+            == Some("west2"))),
+        "no failover to west2\n{}",
+        east.logs()
+    );
+}

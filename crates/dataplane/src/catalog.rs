@@ -110,8 +110,7 @@ impl CatalogCache {
     }
 }
 
-/// What peers offer this gateway, by peer, as last fetched; watched by mirroring and views.
-pub type Catalogs = BTreeMap<String, Catalog>;
+pub use clusterlink_api::catalog::Catalogs;
 
 /// The catalogs peers offered, with the digest each came with.
 #[derive(Clone)]

@@ -72,6 +72,14 @@ impl PeerHealth {
         self.labels.read().get(peer).cloned().unwrap_or_default()
     }
 
+    /// Probe results that keep what peers offer in `catalogs`.
+    pub fn with_catalogs(catalogs: Received) -> PeerHealth {
+        PeerHealth {
+            catalogs,
+            ..PeerHealth::default()
+        }
+    }
+
     /// The catalogs peers offered, as they change.
     pub fn catalogs(&self) -> &Received {
         &self.catalogs

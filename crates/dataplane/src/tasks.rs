@@ -248,14 +248,16 @@ pub async fn run(
 /// Probes every Peer of `snapshots` and reports `PeerReachable` to `conditions`, without serving
 /// any traffic: on Kubernetes the control plane reports reachability while its replicas carry the
 /// tunnels (each replica probes for its own load balancing too).
+/// What peers offer is kept in `catalogs`.
 pub async fn probe_peers(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     conditions: Arc<dyn RuntimeConditions>,
     tls: watch::Receiver<Arc<GatewayTls>>,
     metrics: Arc<Metrics>,
+    catalogs: crate::catalog::Received,
     shutdown: watch::Receiver<bool>,
 ) {
-    let health = PeerHealth::default();
+    let health = PeerHealth::with_catalogs(catalogs);
     let limits = Limits::DEFAULT;
     // The control plane holds no links: a peer reached only over one is probed by the replicas.
     health::run_probers(

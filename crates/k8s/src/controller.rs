@@ -109,6 +109,8 @@ pub struct ControllerConfig {
     pub dataplane_labels: BTreeMap<String, String>,
     /// Ports the data-plane pods use themselves.
     pub reserved_ports: Vec<u16>,
+    /// What each peer offers, as the control plane's probes fetch it: mirrored Imports follow.
+    pub catalogs: watch::Receiver<Arc<clusterlink_api::catalog::Catalogs>>,
 }
 
 /// Makes planned changes through the API server.
@@ -183,6 +185,24 @@ impl Executor {
                 let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
                 delete(&api, name, "EndpointSlice", namespace).await
             }
+            Change::ApplyImport(import) => {
+                let (namespace, name) = (&import.metadata.namespace, &import.metadata.name);
+                let mut resource = KubeImport::new(name, import.spec.clone());
+                resource.metadata.namespace = Some(namespace.clone());
+                resource.metadata.labels = Some(import.metadata.labels.clone());
+                resource.metadata.annotations = Some(import.metadata.annotations.clone());
+                let api: Api<KubeImport> = Api::namespaced(self.client.clone(), namespace);
+                api.patch(name, &apply, &Patch::Apply(&resource))
+                    .await
+                    .map(drop)
+                    .map_err(failed(format!(
+                        "applying mirrored Import {namespace}/{name}"
+                    )))
+            }
+            Change::DeleteImport { namespace, name } => {
+                let api: Api<KubeImport> = Api::namespaced(self.client.clone(), namespace);
+                delete(&api, name, "Import", namespace).await
+            }
             Change::SetPeerLabels {
                 namespace,
                 name,
@@ -253,8 +273,10 @@ impl Executor {
 fn phase(change: &Change) -> u8 {
     match change {
         Change::SetTargetPort { .. } => 0,
-        Change::ApplyService(_) | Change::ApplyEndpointSlice(_) => 1,
-        Change::DeleteService { .. } | Change::DeleteEndpointSlice { .. } => 2,
+        Change::ApplyService(_) | Change::ApplyEndpointSlice(_) | Change::ApplyImport(_) => 1,
+        Change::DeleteService { .. }
+        | Change::DeleteEndpointSlice { .. }
+        | Change::DeleteImport { .. } => 2,
         Change::SetStatus { .. } | Change::SetPeerLabels { .. } => 3,
     }
 }
@@ -348,6 +370,7 @@ pub async fn run(
     health: ProcessHealth,
     metrics: ControllerMetrics,
 ) {
+    let mut catalogs = config.catalogs.clone();
     let mut synced = Some(synced);
     let wake = Arc::new(Notify::new());
     let system = config.system_namespace.as_str();
@@ -436,6 +459,7 @@ pub async fn run(
             privileged_policies: owned(&caches.privileged),
             services: owned(&caches.services),
             endpoint_slices: owned(&caches.slices),
+            catalogs: catalogs.borrow_and_update().clone(),
         };
         let objects = model::objects(&world);
         match control_plane.replace_all(objects).await {
@@ -469,6 +493,8 @@ pub async fn run(
         health.beat();
         tokio::select! {
             _ = wake.notified() => tokio::time::sleep(DEBOUNCE).await,
+            // A peer's offers changed: mirrored Imports follow.
+            Ok(()) = catalogs.changed() => tokio::time::sleep(DEBOUNCE).await,
             _ = status_tick.tick() => {}
         }
     }

@@ -411,7 +411,12 @@ impl PeerDeployment {
                         ],
                         &read,
                     ),
-                    rule(&["clusterlink.net"], &["imports"], &["patch"]),
+                    // Patch: target ports written back; create and delete: mirrored Imports.
+                    rule(
+                        &["clusterlink.net"],
+                        &["imports"],
+                        &["create", "patch", "delete"],
+                    ),
                     rule(
                         &["clusterlink.net"],
                         &[

@@ -4,12 +4,19 @@
 
 use std::collections::BTreeMap;
 
+use clusterlink_api::catalog::EXPORT_LABEL;
 use clusterlink_api::kubernetes::KubePeer;
-use clusterlink_api::{ConditionReason, ConditionType, Kind, Object, Port, ServiceNaming};
+use clusterlink_api::{
+    ConditionReason, ConditionType, Export, ExportSpec, Kind, Object, Port, ServiceNaming,
+};
 use clusterlink_gateway::model::ControlPlane;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 
 use crate::convert;
-use crate::reconcile::{Change, World, assign_target_ports, refused, service_port, status_change};
+use crate::reconcile::{
+    Change, MANAGED_BY, MANAGED_BY_LABEL, World, assign_target_ports, refused, service_port,
+    status_change,
+};
 
 /// The model objects the cluster describes, translated to what the data plane acts on there:
 /// - an import listens on its target port (its Service maps the client-facing port to it), and
@@ -52,6 +59,18 @@ pub fn objects(world: &World) -> Vec<Object> {
             out.push(Object::Export(export));
         }
     }
+    // Services labelled for export, except where an Export of the same name says what to do.
+    for service in &world.services {
+        for export in labelled_exports(service) {
+            let custom = world.exports.iter().any(|e| {
+                e.metadata.namespace.as_deref() == Some(export.metadata.namespace.as_str())
+                    && e.metadata.name.as_deref() == Some(export.metadata.name.as_str())
+            });
+            if !custom {
+                out.push(Object::Export(export));
+            }
+        }
+    }
     for (import, target) in assign_target_ports(world) {
         let recorded = import.spec.target_port.map(Port::get);
         let (Ok(target), Ok(Object::Import(mut model))) = (target, convert::import(import)) else {
@@ -70,6 +89,52 @@ pub fn objects(world: &World) -> Vec<Object> {
         out.push(Object::Import(model));
     }
     out
+}
+
+/// The Exports a Service labelled [`EXPORT_LABEL`]` = "true"` stands for: one per TCP port, named
+/// after the Service (with the port's name, or number, when it has several), dialed by its
+/// cluster DNS name, and carrying the Service's labels for mirror rules to select on. Services
+/// ClusterLink manages (an import's) are never exported: that would offer back what was imported.
+pub fn labelled_exports(service: &Service) -> Vec<Export> {
+    let meta = &service.metadata;
+    let labels = meta.labels.clone().unwrap_or_default();
+    if labels.get(EXPORT_LABEL).map(String::as_str) != Some("true")
+        || labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+    {
+        return Vec::new();
+    }
+    let (Some(name), Some(namespace)) = (&meta.name, &meta.namespace) else {
+        return Vec::new();
+    };
+    let ports: Vec<&ServicePort> = service
+        .spec
+        .iter()
+        .flat_map(|s| s.ports.iter().flatten())
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .collect();
+    let several = ports.len() > 1;
+    ports
+        .into_iter()
+        .filter_map(|port| {
+            let export_name = match (several, &port.name) {
+                (false, _) => name.clone(),
+                (true, Some(port_name)) if !port_name.is_empty() => format!("{name}-{port_name}"),
+                (true, _) => format!("{name}-{}", port.port),
+            };
+            let mut export = Export::new(
+                export_name,
+                namespace.clone(),
+                ExportSpec {
+                    host: format!("{name}.{namespace}.svc"),
+                    port: u16::try_from(port.port).ok().and_then(Port::new),
+                },
+            );
+            export.metadata.labels = labels.clone();
+            // A name or label the model refuses is left out, as an invalid Export would be.
+            Object::Export(export.clone()).validate().ok()?;
+            Some(export)
+        })
+        .collect()
 }
 
 /// Status writes that show each Peer's reachability as the control plane's probes found it, or

@@ -83,6 +83,8 @@ pub struct World {
     pub privileged_policies: Vec<KubePrivilegedAccessPolicy>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// What each peer offers, as the control plane's probes last fetched it.
+    pub catalogs: std::sync::Arc<clusterlink_api::catalog::Catalogs>,
 }
 
 /// One write to the cluster.
@@ -113,6 +115,14 @@ pub enum Change {
         namespace: String,
         name: String,
         conditions: Vec<Condition>,
+    },
+    /// Create or update (server-side apply) an Import a Peer's mirror rule asks for (without
+    /// `targetPort`, which the controller allocates and writes back on its own).
+    ApplyImport(Box<clusterlink_api::Import>),
+    /// Delete a mirrored Import no peer offers any more.
+    DeleteImport {
+        namespace: String,
+        name: String,
     },
     /// Show the labels a Peer reports about itself in its `status.labels`: each key set to its
     /// value, or removed where the value is `None`.
@@ -255,6 +265,7 @@ pub fn plan(world: &World) -> Vec<Change> {
 
     target_ports
         .into_iter()
+        .chain(mirror_changes(world))
         .chain(objects)
         .chain(statuses)
         .collect()
@@ -331,6 +342,49 @@ pub(crate) fn assign_target_ports(world: &World) -> Vec<(&KubeImport, Result<u16
 
 /// The port an export without `spec.port` takes from its Service: the Service's one port, or
 /// why there is none to take.
+/// The Imports Peers' mirror rules ask for ([`clusterlink_api::catalog::plan`]), as custom
+/// resources to apply, and the mirrored ones to delete. Only Imports carrying the mirrored label
+/// are ever changed.
+fn mirror_changes(world: &World) -> Vec<Change> {
+    use clusterlink_api::catalog::{self, MIRRORED_FROM_ANNOTATION};
+    let mut objects = clusterlink_api::Objects::new();
+    for peer in &world.peers {
+        if let Ok(o) = convert::peer(peer) {
+            objects.insert(o.key(), o);
+        }
+    }
+    for import in &world.imports {
+        if let Ok(mut o) = convert::import(import) {
+            // The model drops annotations; this one is part of what mirroring compares.
+            if let Some(from) = import
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MIRRORED_FROM_ANNOTATION))
+            {
+                o.metadata_mut()
+                    .annotations
+                    .insert(MIRRORED_FROM_ANNOTATION.into(), from.clone());
+            }
+            objects.insert(o.key(), o);
+        }
+    }
+    let planned = catalog::plan(&objects, &world.catalogs);
+    let mut changes: Vec<Change> = planned
+        .apply
+        .into_iter()
+        .map(|mut import| {
+            import.spec.target_port = None;
+            Change::ApplyImport(Box::new(import))
+        })
+        .collect();
+    changes.extend(planned.delete.into_iter().map(|key| Change::DeleteImport {
+        namespace: key.namespace,
+        name: key.name,
+    }));
+    changes
+}
+
 pub(crate) fn service_port(service: &Service) -> Result<u16, String> {
     let ports: Vec<u16> = service
         .spec

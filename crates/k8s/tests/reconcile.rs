@@ -347,3 +347,153 @@ fn a_policy_the_model_refuses_is_reported_as_not_enforced() {
         "{condition:?}"
     );
 }
+
+#[test]
+fn a_peers_mirror_rule_imports_what_it_offers_and_withdraws_what_it_stops_offering() {
+    use clusterlink_api::catalog::{Catalog, Offer};
+    let offer = |name: &str, labels: &[(&str, &str)]| Offer {
+        namespace: "default".into(),
+        name: name.into(),
+        port: clusterlink_api::Port::new(80).unwrap(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let mut world = world();
+    world.peers = vec![
+        peer(
+            "west1",
+            "{gateways: [{host: 10.0.0.1, port: 443}], mirror: {exports: {matchLabels: {tier: web}}}}",
+        ),
+        peer(
+            "west2",
+            "{gateways: [{host: 10.0.0.2, port: 443}], mirror: {}}",
+        ),
+    ];
+    world.catalogs = std::sync::Arc::new(
+        [
+            (
+                "west1",
+                vec![offer("db", &[]), offer("web", &[("tier", "web")])],
+            ),
+            ("west2", vec![offer("web", &[("tier", "web")])]),
+        ]
+        .into_iter()
+        .map(|(peer, offers)| (peer.to_string(), Catalog { offers }))
+        .collect(),
+    );
+    let changes = plan(&world);
+    let applied: Vec<_> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::ApplyImport(i) => Some(i),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(applied.len(), 1, "{changes:#?}");
+    let peers: Vec<&str> = applied[0]
+        .spec
+        .sources
+        .iter()
+        .map(|s| s.peer.as_str())
+        .collect();
+    assert_eq!(
+        peers,
+        ["west1", "west2"],
+        "one Import, a source per peer offering it"
+    );
+    assert_eq!(applied[0].spec.target_port, None, "left to the allocation");
+    // The Import then gets its target port and Service like any other, and the world settles.
+    let settled = settle(world);
+    assert!(
+        settled
+            .services
+            .iter()
+            .any(|s| s.metadata.name.as_deref() == Some("web"))
+    );
+    // Nobody offers it any more: the mirrored Import is deleted, and with it its Service.
+    let mut gone = settled.clone();
+    gone.catalogs = std::sync::Arc::new(
+        ["west1", "west2"]
+            .into_iter()
+            .map(|p| (p.to_string(), Catalog::default()))
+            .collect(),
+    );
+    let withdrawn = plan(&gone);
+    assert!(
+        withdrawn.contains(&Change::DeleteImport {
+            namespace: "default".into(),
+            name: "web".into()
+        }),
+        "{withdrawn:#?}"
+    );
+    let after = settle(gone);
+    assert!(after.imports.is_empty() && after.services.is_empty());
+}
+
+/// Passes of the controller until one plans nothing (a mirrored Import takes a few: the
+/// Import, its target port, its Service).
+fn settle(mut world: clusterlink_k8s::World) -> clusterlink_k8s::World {
+    for _ in 0..4 {
+        let changes = plan(&world);
+        if changes.is_empty() {
+            return world;
+        }
+        world = support::applied(world, &changes);
+    }
+    panic!("the world does not settle: {:#?}", plan(&world));
+}
+
+#[test]
+fn a_service_labelled_for_export_is_exported_per_port_and_never_an_imports_service() {
+    let mut world = world();
+    let mut labelled = service(
+        "shop",
+        "web",
+        "{clusterlink.net/export: \"true\", tier: web}",
+    );
+    labelled.spec.as_mut().unwrap().ports = Some(vec![
+        support::parse("{name: http, port: 80, protocol: TCP}"),
+        support::parse("{port: 8443, protocol: TCP}"),
+        support::parse("{name: dns, port: 53, protocol: UDP}"),
+    ]);
+    world.services = vec![
+        labelled,
+        service("shop", "single", "{clusterlink.net/export: \"true\"}"),
+        service("shop", "unlabelled", "{}"),
+        service("shop", "off", "{clusterlink.net/export: \"false\"}"),
+        // An import's Service that someone labelled: offering it back would loop.
+        service(
+            "shop",
+            "imported",
+            "{clusterlink.net/export: \"true\", app.kubernetes.io/managed-by: clusterlink}",
+        ),
+    ];
+    // An Export of the same name decides for its Service.
+    world.exports = vec![export(
+        "shop",
+        "single",
+        "{host: elsewhere.example, port: 9}",
+        "",
+    )];
+    let exports: Vec<(String, String, u16)> = clusterlink_k8s::model::objects(&world)
+        .into_iter()
+        .filter_map(|o| match o {
+            clusterlink_api::Object::Export(e) => Some((
+                e.metadata.name.clone(),
+                e.spec.host.clone(),
+                e.spec.port.unwrap().get(),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        exports,
+        [
+            ("single".to_string(), "elsewhere.example".to_string(), 9),
+            ("web-http".to_string(), "web.shop.svc".to_string(), 80),
+            ("web-8443".to_string(), "web.shop.svc".to_string(), 8443),
+        ]
+    );
+}

@@ -174,6 +174,30 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
             Change::DeleteEndpointSlice { namespace, name } => world
                 .endpoint_slices
                 .retain(|s| key(&s.metadata) != (namespace.clone(), name.clone())),
+            Change::ApplyImport(import) => {
+                let k = (
+                    import.metadata.namespace.clone(),
+                    import.metadata.name.clone(),
+                );
+                let kept = world
+                    .imports
+                    .iter()
+                    .find(|i| key(&i.metadata) == k)
+                    .and_then(|i| i.spec.target_port);
+                world.imports.retain(|i| key(&i.metadata) != k);
+                let mut resource = KubeImport::new(&k.1, import.spec.clone());
+                resource.spec.target_port = kept;
+                resource.metadata.namespace = Some(k.0.clone());
+                resource.metadata.uid = Some(format!("uid-{}-{}", k.0, k.1));
+                resource.metadata.creation_timestamp =
+                    Some(serde_json::from_str("\"2026-12-01T11:00:00Z\"").unwrap());
+                resource.metadata.labels = Some(import.metadata.labels.clone());
+                resource.metadata.annotations = Some(import.metadata.annotations.clone());
+                world.imports.push(resource);
+            }
+            Change::DeleteImport { namespace, name } => world
+                .imports
+                .retain(|i| key(&i.metadata) != (namespace.clone(), name.clone())),
             Change::SetStatus {
                 kind,
                 namespace,
