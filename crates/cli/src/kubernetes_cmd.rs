@@ -68,6 +68,11 @@ pub struct DeployPeerArgs {
     /// Write the manifests into this directory instead of applying them.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["kubeconfig", "context"])]
     pub output: Option<PathBuf>,
+    /// Turn on the Multi-Cluster Services API: a ServiceExport exports its Service, and each
+    /// mirrored Import publishes a ServiceImport. Its CRDs (multicluster.x-k8s.io) must be
+    /// installed in the cluster.
+    #[arg(long)]
+    pub mcs_api: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -189,6 +194,7 @@ pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
         ca_pem: read(&files.ca)?,
         cert_pem: read(&files.cert)?,
         key_pem: read(&files.key)?,
+        mcs_api: args.mcs_api,
     };
     let manifests = peer.manifests()?;
     match args.output {
@@ -261,6 +267,7 @@ pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
         ca_pem: String::new(),
         cert_pem: String::new(),
         key_pem: String::new(),
+        mcs_api: true,
     };
     let manifests = peer.manifests()?;
     let client = args.cluster.client().await?;
@@ -303,6 +310,10 @@ pub struct ControlPlaneArgs {
     /// The data plane's own peer port: never allocated as an import's target port.
     #[arg(long, default_value_t = deploy::DATAPLANE_PEER_PORT)]
     pub dataplane_peer_port: u16,
+    /// Watch ServiceExports (each exports its Service) and publish a ServiceImport for each
+    /// mirrored Import. The Multi-Cluster Services API's CRDs must be installed.
+    #[arg(long)]
+    pub mcs_api: bool,
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }
@@ -371,6 +382,7 @@ pub async fn run_controlplane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         dataplane_labels: selector,
         reserved_ports: vec![args.dataplane_peer_port],
         catalogs: catalogs.watch(),
+        mcs_api: args.mcs_api,
     };
     tasks.spawn(clusterlink_k8s::controller::run(
         client,

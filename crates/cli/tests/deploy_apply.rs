@@ -22,6 +22,7 @@ fn peer() -> PeerDeployment {
         ca_pem: "CA PEM".into(),
         cert_pem: "CERT PEM".into(),
         key_pem: "KEY PEM".into(),
+        mcs_api: false,
     }
 }
 

@@ -49,12 +49,27 @@ struct Cluster {
     replicas: [Option<Child>; 2],
     /// The peer's labels, `KEY=VALUE`, as `deploy peer --label` passes them to its replicas.
     labels: Vec<String>,
+    /// Deployed with the Multi-Cluster Services API (`--mcs-api`).
+    mcs_api: bool,
 }
 
 impl Cluster {
     /// Deploys peer `peer` into a new cluster in `site`, as `clusterlink deploy peer` would,
     /// then starts its processes where the kubelet would run its pods.
     fn start(bin: &Path, site: &Site, fabric: &Fabric, peer: &str, labels: &[&str]) -> Cluster {
+        Cluster::start_with(bin, site, fabric, peer, labels, false)
+    }
+
+    /// [`Cluster::start`], with the Multi-Cluster Services API's CRDs installed and turned on
+    /// when `mcs_api`.
+    fn start_with(
+        bin: &Path,
+        site: &Site,
+        fabric: &Fabric,
+        peer: &str,
+        labels: &[&str],
+        mcs_api: bool,
+    ) -> Cluster {
         let dir = fabric.root().join(format!("cluster-{peer}"));
         for address in REPLICA_ADDRESSES
             .iter()
@@ -72,13 +87,19 @@ impl Cluster {
             controller: None,
             replicas: [None, None],
             labels: labels.iter().map(|l| l.to_string()).collect(),
+            mcs_api,
         };
+        if mcs_api {
+            let crds = clusterlink_testbed::cluster::mcs_api_crds(bin);
+            cluster.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
+        }
         let deploy = cluster
             .in_site(Path::new(CLUSTERLINK))
             .args(["deploy", "peer", "--name", peer, "--path"])
             .arg(fabric.root())
             .arg("--kubeconfig")
             .arg(&cluster.api.kubeconfig)
+            .args(mcs_api.then_some("--mcs-api"))
             .output()
             .unwrap();
         assert!(deploy.status.success(), "{}", stderr(&deploy));
@@ -184,6 +205,7 @@ impl Cluster {
                 "--dataplane-selector",
                 &selector,
             ])
+            .args(self.mcs_api.then_some("--mcs-api"))
             .stdout(Stdio::null())
             .stderr(self.log_file("controller"))
             .spawn()
@@ -847,6 +869,7 @@ fn labelled_services_in_two_clusters_are_mirrored_into_a_third_and_follow_their_
     let services: Vec<String> = (1..=MEASURED_IMPORTS)
         .map(|i| format!("svc-{i:02}"))
         .collect();
+    let by_mcs = EchoService::start(west1_site, "by-mcs");
     let echoes: Vec<EchoService> = services
         .iter()
         .map(|name| EchoService::start(west1_site, name))
@@ -854,11 +877,12 @@ fn labelled_services_in_two_clusters_are_mirrored_into_a_third_and_follow_their_
     let shared1 = EchoService::start(west1_site, "west1");
     let shared2 = EchoService::start(west2_site, "west2");
     let mut west1_names = services.clone();
-    west1_names.push("shared".into());
+    west1_names.extend(["shared".into(), "by-mcs".into()]);
     let _west1_names = ServiceNames::new(west1_site, &west1_names);
     let _west2_names = ServiceNames::new(west2_site, &["shared".to_string()]);
-    let east = Cluster::start(&bin, east_site, &fabric, "east", &[]);
-    let mut west1 = Cluster::start(&bin, west1_site, &fabric, "west1", &[]);
+    // East and west1 speak the Multi-Cluster Services API too; west2 does not.
+    let east = Cluster::start_with(&bin, east_site, &fabric, "east", &[], true);
+    let mut west1 = Cluster::start_with(&bin, west1_site, &fabric, "west1", &[], true);
     let west2 = Cluster::start(&bin, west2_site, &fabric, "west2", &[]);
     for west in [&west1, &west2] {
         west.apply(clusterlink_testbed::manifests::ALLOW_ALL);
@@ -935,6 +959,58 @@ fn labelled_services_in_two_clusters_are_mirrored_into_a_third_and_follow_their_
         .api
         .kubectl(&["get", "service", "svc-01", "-n", "default"])
         .is_err()));
+
+    // A ServiceExport works as the label does, and east publishes a ServiceImport for it that
+    // points at the Import's Service.
+    west1.apply(&service("by-mcs", by_mcs.port, "{}"));
+    let service_export = "{apiVersion: multicluster.x-k8s.io/v1alpha1, kind: ServiceExport, metadata: {name: by-mcs, namespace: default}}";
+    west1.apply(service_export);
+    assert!(
+        eventually(CONVERGE, || through("by-mcs")
+            .and_then(|to| greeted_by(east_site, to))
+            .as_deref()
+            == Some("by-mcs")),
+        "by-mcs not served in east\n{}{}",
+        east.logs(),
+        west1.logs()
+    );
+    let published = || {
+        east.api
+            .kubectl(&[
+                "get",
+                "serviceimport",
+                "by-mcs",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.spec.type} {.spec.ips[0]} {.spec.ports[0].port}",
+            ])
+            .unwrap_or_default()
+    };
+    let cluster_ip = east.kubectl(&[
+        "get",
+        "service",
+        "by-mcs",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert!(
+        eventually(CONVERGE, || published()
+            == format!("ClusterSetIP {cluster_ip} {}", by_mcs.port)),
+        "{:?}",
+        published()
+    );
+    west1.kubectl(&["delete", "serviceexport", "by-mcs", "-n", "default"]);
+    assert!(
+        eventually(CONVERGE, || east
+            .api
+            .kubectl(&["get", "import", "by-mcs", "-n", "default"])
+            .is_err()
+            && published().is_empty()),
+        "by-mcs not withdrawn"
+    );
 
     // One name exported by both west clusters: one Import with two sources, served by both.
     west1.apply(&service("shared", shared1.port, EXPORTED));

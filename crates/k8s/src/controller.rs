@@ -31,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+use crate::mcs::{ServiceExport, ServiceImport};
 use crate::model;
 use crate::reconcile::{self, Change, World};
 
@@ -51,6 +52,10 @@ const CHANGES_IN_FLIGHT: usize = 8;
 /// returns): its liveness probe fails and it is restarted. Far above a slow pass over a large
 /// cluster (about a second for 1,000 imports and 5,000 pods) plus the API server's own timeouts.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(120);
+/// With `--mcs-api`, how long the Multi-Cluster Services API's kinds may take to list before the
+/// controller stops and says their CRDs are missing: far above a first list, well below
+/// [`WEDGED_AFTER`].
+const MCS_LISTED_WITHIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -111,6 +116,8 @@ pub struct ControllerConfig {
     pub reserved_ports: Vec<u16>,
     /// What each peer offers, as the control plane's probes fetch it: mirrored Imports follow.
     pub catalogs: watch::Receiver<Arc<clusterlink_api::catalog::Catalogs>>,
+    /// Watch ServiceExports and publish ServiceImports ([`crate::mcs`]); their CRDs must exist.
+    pub mcs_api: bool,
 }
 
 /// Makes planned changes through the API server.
@@ -184,6 +191,18 @@ impl Executor {
             Change::DeleteEndpointSlice { namespace, name } => {
                 let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), namespace);
                 delete(&api, name, "EndpointSlice", namespace).await
+            }
+            Change::ApplyServiceImport(import) => {
+                let (namespace, name) = names(import.as_ref());
+                let api: Api<ServiceImport> = Api::namespaced(self.client.clone(), &namespace);
+                api.patch(&name, &apply, &Patch::Apply(import.as_ref()))
+                    .await
+                    .map(drop)
+                    .map_err(failed(format!("applying ServiceImport {namespace}/{name}")))
+            }
+            Change::DeleteServiceImport { namespace, name } => {
+                let api: Api<ServiceImport> = Api::namespaced(self.client.clone(), namespace);
+                delete(&api, name, "ServiceImport", namespace).await
             }
             Change::ApplyImport(import) => {
                 let (namespace, name) = (&import.metadata.namespace, &import.metadata.name);
@@ -273,10 +292,14 @@ impl Executor {
 fn phase(change: &Change) -> u8 {
     match change {
         Change::SetTargetPort { .. } => 0,
-        Change::ApplyService(_) | Change::ApplyEndpointSlice(_) | Change::ApplyImport(_) => 1,
+        Change::ApplyService(_)
+        | Change::ApplyEndpointSlice(_)
+        | Change::ApplyImport(_)
+        | Change::ApplyServiceImport(_) => 1,
         Change::DeleteService { .. }
         | Change::DeleteEndpointSlice { .. }
-        | Change::DeleteImport { .. } => 2,
+        | Change::DeleteImport { .. }
+        | Change::DeleteServiceImport { .. } => 2,
         Change::SetStatus { .. } | Change::SetPeerLabels { .. } => 3,
     }
 }
@@ -323,6 +346,8 @@ struct Caches {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
+    /// With the Multi-Cluster Services API only.
+    mcs: Option<(Store<ServiceExport>, Store<ServiceImport>)>,
 }
 
 /// A watch cache of `api`. Each object is kept without its `managedFields` (often the larger
@@ -416,13 +441,34 @@ pub async fn run(
             wake.clone(),
             |_| {},
         ),
-        slices: cache(Api::all(client.clone()), managed, wake.clone(), |_| {}),
+        slices: cache(
+            Api::all(client.clone()),
+            managed.clone(),
+            wake.clone(),
+            |_| {},
+        ),
         pods: cache(
             Api::all(client.clone()),
             Default::default(),
             wake.clone(),
             crate::pods::trim,
         ),
+        mcs: config.mcs_api.then(|| {
+            (
+                cache(
+                    Api::all(client.clone()),
+                    Default::default(),
+                    wake.clone(),
+                    |_| {},
+                ),
+                cache(
+                    Api::all(client.clone()),
+                    managed.clone(),
+                    wake.clone(),
+                    |_| {},
+                ),
+            )
+        }),
     };
     // Until every cache has listed once, an absent import may only be unlisted: deleting its
     // Service then would be wrong.
@@ -439,6 +485,25 @@ pub async fn run(
         if ready.is_err() {
             tracing::error!("a watch ended before its first list; the controller stops");
             return;
+        }
+    }
+    if let Some((exports, imports)) = &caches.mcs {
+        // Without the API's CRDs these never list: say so rather than wait in silence.
+        let listed = tokio::time::timeout(MCS_LISTED_WITHIN, async {
+            exports.wait_until_ready().await.is_ok() && imports.wait_until_ready().await.is_ok()
+        });
+        match listed.await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("a watch ended before its first list; the controller stops");
+                return;
+            }
+            Err(_) => {
+                tracing::error!(
+                    "--mcs-api: ServiceExports and ServiceImports cannot be listed: install the Multi-Cluster Services API's CRDs (multicluster.x-k8s.io) and grant the control plane their rights (clusterlink deploy peer --mcs-api)"
+                );
+                return;
+            }
         }
     }
     tracing::info!(namespace = %system, "controller caches ready");
@@ -460,6 +525,9 @@ pub async fn run(
             services: owned(&caches.services),
             endpoint_slices: owned(&caches.slices),
             catalogs: catalogs.borrow_and_update().clone(),
+            mcs_api: caches.mcs.is_some(),
+            service_exports: caches.mcs.as_ref().map(|m| owned(&m.0)).unwrap_or_default(),
+            service_imports: caches.mcs.as_ref().map(|m| owned(&m.1)).unwrap_or_default(),
         };
         let objects = model::objects(&world);
         match control_plane.replace_all(objects).await {

@@ -108,6 +108,9 @@ pub struct PeerDeployment {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// Turn on the Multi-Cluster Services API (`crate::mcs`): the control plane's flag and its
+    /// rights on ServiceExports and ServiceImports. The API's CRDs are installed separately.
+    pub mcs_api: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -400,37 +403,49 @@ impl PeerDeployment {
             // be anywhere. Writes are limited to what the controller manages there.
             Manifest::ClusterRole(ClusterRole {
                 metadata: self.meta(&cluster, false, Some(CONTROLPLANE)),
-                rules: Some(vec![
-                    rule(
-                        &["clusterlink.net"],
-                        &[
-                            "exports",
-                            "imports",
-                            "accesspolicies",
-                            "privilegedaccesspolicies",
-                        ],
-                        &read,
-                    ),
-                    // Patch: target ports written back; create and delete: mirrored Imports.
-                    rule(
-                        &["clusterlink.net"],
-                        &["imports"],
-                        &["create", "patch", "delete"],
-                    ),
-                    rule(
-                        &["clusterlink.net"],
-                        &[
-                            "imports/status",
-                            "exports/status",
-                            "accesspolicies/status",
-                            "privilegedaccesspolicies/status",
-                        ],
-                        &["get", "patch"],
-                    ),
-                    rule(&[""], &["services"], &write),
-                    rule(&["discovery.k8s.io"], &["endpointslices"], &write),
-                    rule(&[""], &["pods"], &read),
-                ]),
+                rules: Some(
+                    vec![
+                        rule(
+                            &["clusterlink.net"],
+                            &[
+                                "exports",
+                                "imports",
+                                "accesspolicies",
+                                "privilegedaccesspolicies",
+                            ],
+                            &read,
+                        ),
+                        // Patch: target ports written back; create and delete: mirrored Imports.
+                        rule(
+                            &["clusterlink.net"],
+                            &["imports"],
+                            &["create", "patch", "delete"],
+                        ),
+                        rule(
+                            &["clusterlink.net"],
+                            &[
+                                "imports/status",
+                                "exports/status",
+                                "accesspolicies/status",
+                                "privilegedaccesspolicies/status",
+                            ],
+                            &["get", "patch"],
+                        ),
+                        rule(&[""], &["services"], &write),
+                        rule(&["discovery.k8s.io"], &["endpointslices"], &write),
+                        rule(&[""], &["pods"], &read),
+                    ]
+                    .into_iter()
+                    .chain(
+                        self.mcs_api
+                            .then(|| rule(&["multicluster.x-k8s.io"], &["serviceexports"], &read)),
+                    )
+                    .chain(
+                        self.mcs_api
+                            .then(|| rule(&["multicluster.x-k8s.io"], &["serviceimports"], &write)),
+                    )
+                    .collect(),
+                ),
                 ..Default::default()
             }),
             Manifest::ClusterRoleBinding(ClusterRoleBinding {
@@ -658,6 +673,9 @@ impl PeerDeployment {
             format!("--dataplane-selector={}", selector.join(",")),
             format!("--dataplane-peer-port={DATAPLANE_PEER_PORT}"),
         ]);
+        if self.mcs_api {
+            args.push("--mcs-api".into());
+        }
         let container = self.container(CONTROLPLANE, args, ("snapshots", SNAPSHOT_PORT));
         Deployment {
             metadata: self.meta(CONTROLPLANE, true, Some(CONTROLPLANE)),

@@ -8,7 +8,8 @@
 //!   Services, target ports, statuses);
 //! - [`controller`]: watches, feeds the model, executes the plan;
 //! - [`pods`]: client attributes from the pod behind an address;
-//! - [`deploy`]: the manifests that deploy a peer.
+//! - [`deploy`]: the manifests that deploy a peer;
+//! - [`mcs`]: the Multi-Cluster Services API's two kinds, when it is turned on.
 
 // Network input reaches this crate: a panic here is a crashed gateway, so failures are errors.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -16,6 +17,7 @@
 pub mod controller;
 pub mod convert;
 pub mod deploy;
+pub mod mcs;
 pub mod model;
 pub mod pods;
 pub mod reconcile;

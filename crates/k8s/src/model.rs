@@ -61,7 +61,12 @@ pub fn objects(world: &World) -> Vec<Object> {
     }
     // Services labelled for export, except where an Export of the same name says what to do.
     for service in &world.services {
-        for export in labelled_exports(service) {
+        let named = world.mcs_api
+            && world.service_exports.iter().any(|e| {
+                e.metadata.namespace == service.metadata.namespace
+                    && e.metadata.name == service.metadata.name
+            });
+        for export in labelled_exports(service, named) {
             let custom = world.exports.iter().any(|e| {
                 e.metadata.namespace.as_deref() == Some(export.metadata.namespace.as_str())
                     && e.metadata.name.as_deref() == Some(export.metadata.name.as_str())
@@ -91,14 +96,15 @@ pub fn objects(world: &World) -> Vec<Object> {
     out
 }
 
-/// The Exports a Service labelled [`EXPORT_LABEL`]` = "true"` stands for: one per TCP port, named
-/// after the Service (with the port's name, or number, when it has several), dialed by its
-/// cluster DNS name, and carrying the Service's labels for mirror rules to select on. Services
-/// ClusterLink manages (an import's) are never exported: that would offer back what was imported.
-pub fn labelled_exports(service: &Service) -> Vec<Export> {
+/// The Exports a Service labelled [`EXPORT_LABEL`]` = "true"` (or `named` by a ServiceExport)
+/// stands for: one per TCP port, named after the Service (with the port's name, or number, when
+/// it has several), dialed by its cluster DNS name, and carrying the Service's labels for mirror
+/// rules to select on. Services ClusterLink manages (an import's) are never exported: that would
+/// offer back what was imported.
+pub fn labelled_exports(service: &Service, named: bool) -> Vec<Export> {
     let meta = &service.metadata;
     let labels = meta.labels.clone().unwrap_or_default();
-    if labels.get(EXPORT_LABEL).map(String::as_str) != Some("true")
+    if !(named || labels.get(EXPORT_LABEL).map(String::as_str) == Some("true"))
         || labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
     {
         return Vec::new();

@@ -85,6 +85,12 @@ pub struct World {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// What each peer offers, as the control plane's probes last fetched it.
     pub catalogs: std::sync::Arc<clusterlink_api::catalog::Catalogs>,
+    /// Whether the Multi-Cluster Services API is turned on: ServiceExports export, and mirrored
+    /// Imports publish ServiceImports.
+    pub mcs_api: bool,
+    pub service_exports: Vec<crate::mcs::ServiceExport>,
+    /// The ServiceImports ClusterLink manages (labelled as its Services are).
+    pub service_imports: Vec<crate::mcs::ServiceImport>,
 }
 
 /// One write to the cluster.
@@ -121,6 +127,12 @@ pub enum Change {
     ApplyImport(Box<clusterlink_api::Import>),
     /// Delete a mirrored Import no peer offers any more.
     DeleteImport {
+        namespace: String,
+        name: String,
+    },
+    /// Create or update (server-side apply) the ServiceImport of a mirrored Import.
+    ApplyServiceImport(Box<crate::mcs::ServiceImport>),
+    DeleteServiceImport {
         namespace: String,
         name: String,
     },
@@ -267,6 +279,7 @@ pub fn plan(world: &World) -> Vec<Change> {
         .into_iter()
         .chain(mirror_changes(world))
         .chain(objects)
+        .chain(service_import_changes(world))
         .chain(statuses)
         .collect()
 }
@@ -382,6 +395,82 @@ fn mirror_changes(world: &World) -> Vec<Change> {
         namespace: key.namespace,
         name: key.name,
     }));
+    changes
+}
+
+/// The ServiceImport each mirrored Import publishes when the Multi-Cluster Services API is on:
+/// `ClusterSetIP` at the address of the Import's Service, on the Import's port. ServiceImports
+/// ClusterLink did not create are never touched; its own with no mirrored Import are deleted.
+fn service_import_changes(world: &World) -> Vec<Change> {
+    use crate::mcs::{ServiceImport, ServiceImportPort, ServiceImportSpec};
+    if !world.mcs_api {
+        return Vec::new();
+    }
+    let mut changes = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for import in &world.imports {
+        let labels = import.metadata.labels.clone().unwrap_or_default();
+        if labels
+            .get(clusterlink_api::catalog::MIRRORED_LABEL)
+            .map(String::as_str)
+            != Some("true")
+        {
+            continue;
+        }
+        let (namespace, name) = (namespace_of(&import.metadata), name_of(&import.metadata));
+        // Published once the Import's Service has its address.
+        let Some(ip) = world
+            .services
+            .iter()
+            .filter(|s| is_managed(&s.metadata))
+            .find(|s| namespace_of(&s.metadata) == namespace && name_of(&s.metadata) == name)
+            .and_then(|s| s.spec.as_ref()?.cluster_ip.clone())
+            .filter(|ip| !ip.is_empty() && ip != "None")
+        else {
+            continue;
+        };
+        let existing = world
+            .service_imports
+            .iter()
+            .find(|s| namespace_of(&s.metadata) == namespace && name_of(&s.metadata) == name);
+        if existing.is_some_and(|s| !is_managed(&s.metadata)) {
+            continue;
+        }
+        wanted.insert((namespace.to_string(), name.to_string()));
+        let spec = ServiceImportSpec {
+            type_: "ClusterSetIP".into(),
+            ips: vec![ip],
+            ports: vec![ServiceImportPort {
+                port: i32::from(import.spec.port.get()),
+                protocol: Some("TCP".into()),
+            }],
+        };
+        if existing.is_some_and(|s| s.spec == spec) {
+            continue;
+        }
+        let mut desired = ServiceImport::new(name, spec);
+        desired.metadata.namespace = Some(namespace.to_string());
+        desired.metadata.labels = Some(
+            [
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                (IMPORT_LABEL.to_string(), name.to_string()),
+            ]
+            .into(),
+        );
+        changes.push(Change::ApplyServiceImport(Box::new(desired)));
+    }
+    for s in &world.service_imports {
+        let key = (
+            namespace_of(&s.metadata).to_string(),
+            name_of(&s.metadata).to_string(),
+        );
+        if is_managed(&s.metadata) && !wanted.contains(&key) {
+            changes.push(Change::DeleteServiceImport {
+                namespace: key.0,
+                name: key.1,
+            });
+        }
+    }
     changes
 }
 

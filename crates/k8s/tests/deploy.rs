@@ -24,6 +24,7 @@ fn peer() -> PeerDeployment {
         ca_pem: "CA PEM".into(),
         cert_pem: "CERT PEM".into(),
         key_pem: "KEY PEM".into(),
+        mcs_api: false,
     }
 }
 
@@ -236,6 +237,53 @@ fn the_pieces_fit_together() {
 
 #[test]
 fn rbac_grants_the_controller_only_what_it_uses() {
+    // With the Multi-Cluster Services API, its two kinds and nothing more.
+    let mcs = PeerDeployment {
+        mcs_api: true,
+        ..peer()
+    };
+    let grants_of = |manifests: &[Manifest]| {
+        let Manifest::ClusterRole(role) = find(
+            manifests,
+            "ClusterRole",
+            "clusterlink-controlplane-clusterlink-system",
+        ) else {
+            unreachable!()
+        };
+        let mut grants: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in role.rules.iter().flatten() {
+            for g in r.api_groups.iter().flatten() {
+                for res in r.resources.iter().flatten() {
+                    grants
+                        .entry(format!("{g}/{res}"))
+                        .or_default()
+                        .extend(r.verbs.iter().cloned());
+                }
+            }
+        }
+        grants
+    };
+    let mut with_mcs = grants_of(&mcs.manifests().unwrap());
+    assert_eq!(
+        with_mcs.remove("multicluster.x-k8s.io/serviceexports"),
+        Some(vec!["get".into(), "list".into(), "watch".into()])
+    );
+    assert_eq!(
+        with_mcs.remove("multicluster.x-k8s.io/serviceimports"),
+        Some(
+            ["get", "list", "watch", "create", "patch", "delete"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert_eq!(with_mcs, grants_of(&peer().manifests().unwrap()));
+    assert!(
+        mcs.manifests()
+            .unwrap()
+            .iter()
+            .any(|m| { serde_json::to_string(m).unwrap().contains("--mcs-api") })
+    );
+
     let manifests = peer().manifests().unwrap();
     let Manifest::ClusterRole(role) = find(
         &manifests,
@@ -267,7 +315,7 @@ fn rbac_grants_the_controller_only_what_it_uses() {
         "clusterlink.net/accesspolicies/status": ["get", "patch"],
         "clusterlink.net/exports": ["get", "list", "watch"],
         "clusterlink.net/exports/status": ["get", "patch"],
-        "clusterlink.net/imports": ["get", "list", "watch", "patch"],
+        "clusterlink.net/imports": ["get", "list", "watch", "create", "patch", "delete"],
         "clusterlink.net/imports/status": ["get", "patch"],
         "clusterlink.net/privilegedaccesspolicies": ["get", "list", "watch"],
         "clusterlink.net/privilegedaccesspolicies/status": ["get", "patch"],

@@ -497,3 +497,55 @@ fn a_service_labelled_for_export_is_exported_per_port_and_never_an_imports_servi
         ]
     );
 }
+
+#[test]
+fn with_the_mcs_api_a_service_export_exports_and_a_mirrored_import_publishes_a_service_import() {
+    use clusterlink_k8s::mcs::{ServiceExport, ServiceImport};
+    let mut west = world();
+    west.mcs_api = true;
+    west.services = vec![service("shop", "web", "{}")];
+    let mut export = ServiceExport::default();
+    export.metadata.name = Some("web".into());
+    export.metadata.namespace = Some("shop".into());
+    west.service_exports = vec![export];
+    let exported = clusterlink_k8s::model::objects(&west)
+        .into_iter()
+        .any(|o| o.key().to_string() == "Export shop/web");
+    assert!(exported, "a ServiceExport exports the Service of its name");
+
+    // A mirrored Import in east: once its Service has an address, a ServiceImport points at it.
+    let mut east = world();
+    east.mcs_api = true;
+    let mut mirrored = import("default", "web", 0, &import_spec(80, ""));
+    mirrored.metadata.labels =
+        Some([("clusterlink.net/mirrored".to_string(), "true".to_string())].into());
+    east.imports = vec![mirrored];
+    let mut settled = east;
+    for _ in 0..4 {
+        let changes = plan(&settled);
+        // The API server gives a new Service its address.
+        settled = support::applied(settled, &changes);
+        for s in &mut settled.services {
+            s.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.30".into());
+        }
+    }
+    assert_eq!(plan(&settled), vec![], "settles");
+    let published: &ServiceImport = &settled.service_imports[0];
+    assert_eq!(published.spec.ips, ["10.96.0.30"]);
+    assert_eq!(published.spec.ports[0].port, 80);
+    assert_eq!(published.spec.type_, "ClusterSetIP");
+    // The Import goes: so does its ServiceImport.
+    settled.imports.clear();
+    let changes = plan(&settled);
+    assert!(changes.contains(&Change::DeleteServiceImport {
+        namespace: "default".into(),
+        name: "web".into()
+    }));
+    // Off: nothing of the API is read or written.
+    settled.mcs_api = false;
+    assert!(
+        !plan(&settled)
+            .iter()
+            .any(|c| matches!(c, Change::DeleteServiceImport { .. }))
+    );
+}

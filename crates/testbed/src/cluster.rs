@@ -44,6 +44,12 @@ pub fn testenv_bin() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
 }
 
+/// The Multi-Cluster Services API's CRDs `scripts/k8s-testenv` keeps beside `bin`, for
+/// `kubectl apply -f`.
+pub fn mcs_api_crds(bin: &Path) -> PathBuf {
+    bin.parent().unwrap_or(bin).join("mcs-api-crds")
+}
+
 /// A running etcd and API server; stopped when dropped.
 pub struct TestCluster {
     processes: Vec<Child>,

@@ -195,6 +195,15 @@ pub fn applied(mut world: World, changes: &[clusterlink_k8s::Change]) -> World {
                 resource.metadata.annotations = Some(import.metadata.annotations.clone());
                 world.imports.push(resource);
             }
+            Change::ApplyServiceImport(s) => {
+                world
+                    .service_imports
+                    .retain(|have| key(&have.metadata) != key(&s.metadata));
+                world.service_imports.push(s.as_ref().clone());
+            }
+            Change::DeleteServiceImport { namespace, name } => world
+                .service_imports
+                .retain(|s| key(&s.metadata) != (namespace.clone(), name.clone())),
             Change::DeleteImport { namespace, name } => world
                 .imports
                 .retain(|i| key(&i.metadata) != (namespace.clone(), name.clone())),
