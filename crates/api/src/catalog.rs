@@ -121,10 +121,37 @@ pub struct MirrorRule {
     /// same ports on the same host. 0 by default.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub port_offset: u16,
+    /// Only offers in these namespaces are imported; none listed: any namespace. A peer chooses
+    /// the namespaces it offers in, and each mirrored Import lands in its offer's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// At most this many Imports from this peer ([`DEFAULT_MAX_IMPORTS`] when left out): a peer
+    /// that offers thousands of exports cannot use up this site's import ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_imports: Option<u32>,
 }
+
+/// Imports one mirror rule makes unless it says otherwise: far more services than one peer
+/// usually shares, a hundredth of the ports a Kubernetes site allocates to imports.
+pub const DEFAULT_MAX_IMPORTS: u32 = 100;
 
 fn is_zero(n: &u16) -> bool {
     *n == 0
+}
+
+impl MirrorRule {
+    pub fn validate(&self, errors: &mut crate::FieldErrors) {
+        self.exports.validate("spec.mirror.exports", errors);
+        for (i, namespace) in self.namespaces.iter().enumerate() {
+            if let Err(e) = check_dns_label(namespace) {
+                errors.push(format!("spec.mirror.namespaces[{i}]"), e);
+            }
+        }
+    }
+
+    fn max_imports(&self) -> usize {
+        self.max_imports.unwrap_or(DEFAULT_MAX_IMPORTS) as usize
+    }
 }
 
 /// What happened to one offer under its peer's mirror rule.
@@ -208,23 +235,31 @@ pub fn plan(objects: &Objects, catalogs: &Catalogs) -> MirrorPlan {
             continue;
         };
         let mut states = Vec::with_capacity(catalog.offers.len());
+        let mut imported = 0;
         for offer in &catalog.offers {
             let state = match &peer.spec.mirror {
-                Some(rule) if rule.exports.matches(&offer.labels) => {
-                    match import_port(offer, rule) {
-                        Err(why) => OfferState::NotImported(why),
-                        Ok(port) => match check_rfc1035_label(&offer.name) {
-                            Err(e) => OfferState::NotImported(format!(
-                                "its name cannot name an Import: {e}"
-                            )),
-                            Ok(()) => {
-                                let entry = wanted
-                                    .entry((offer.namespace.clone(), offer.name.clone()))
-                                    .or_insert((port, Vec::new()));
-                                entry.1.push(peer_name.clone());
-                                OfferState::Imported(offer.key_text())
-                            }
-                        },
+                Some(rule)
+                    if rule.exports.matches(&offer.labels)
+                        && (rule.namespaces.is_empty()
+                            || rule.namespaces.contains(&offer.namespace)) =>
+                {
+                    match (import_port(offer, rule), check_rfc1035_label(&offer.name)) {
+                        (Err(why), _) => OfferState::NotImported(why),
+                        (_, Err(e)) => {
+                            OfferState::NotImported(format!("its name cannot name an Import: {e}"))
+                        }
+                        _ if imported >= rule.max_imports() => OfferState::NotImported(format!(
+                            "the Peer's spec.mirror.maxImports ({}) is reached",
+                            rule.max_imports()
+                        )),
+                        (Ok(port), Ok(())) => {
+                            imported += 1;
+                            let entry = wanted
+                                .entry((offer.namespace.clone(), offer.name.clone()))
+                                .or_insert((port, Vec::new()));
+                            entry.1.push(peer_name.clone());
+                            OfferState::Imported(offer.key_text())
+                        }
                     }
                 }
                 _ => OfferState::NotSelected,
@@ -455,6 +490,41 @@ mod tests {
             gone.delete.is_empty(),
             "an Import the user wrote is not withdrawn"
         );
+    }
+
+    #[test]
+    fn a_rule_imports_only_from_its_namespaces_and_at_most_its_maximum() {
+        let peer = "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: east, namespace: clusterlink-system}\nspec: {gateways: [{host: east, port: 443}], mirror: {namespaces: [shop], maxImports: 2}}\n";
+        let config = objects(&[peer]);
+        let offers: Vec<Offer> = ["a", "b", "c"]
+            .iter()
+            .map(|n| offer("shop", n, 80, &[]))
+            .chain([offer("kube-system", "dns", 53, &[])])
+            .collect();
+        let mut sorted = offers.clone();
+        sorted.sort();
+        let plan = plan(&config, &catalogs(&[("east", sorted)]));
+        let names: Vec<&str> = plan
+            .apply
+            .iter()
+            .map(|i| i.metadata.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let states: Vec<String> = plan.offers["east"]
+            .iter()
+            .map(|(o, s)| format!("{}:{s:?}", o.name))
+            .collect();
+        assert!(states[0].starts_with("dns:NotSelected"), "{states:?}");
+        assert!(
+            states[3].contains("maxImports (2) is reached"),
+            "{states:?}"
+        );
+        let bad = "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: east, namespace: clusterlink-system}\nspec: {gateways: [{host: east, port: 443}], mirror: {namespaces: [Bad_NS]}}\n";
+        let e = crate::parse_manifest(bad, "default")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("spec.mirror.namespaces[0]"), "{e}");
     }
 
     #[test]

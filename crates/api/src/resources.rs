@@ -355,7 +355,7 @@ impl Spec for PeerSpec {
             }
         }
         if let Some(rule) = &self.mirror {
-            rule.exports.validate("spec.mirror.exports", errors);
+            rule.validate(errors);
         }
     }
 }

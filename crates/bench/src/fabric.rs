@@ -8,6 +8,10 @@
 //!   sources and site 1, and site 1 answers every other site's probes;
 //! - **a site cut off**: site 1's link goes down (packets lost, nothing refused); the time until
 //!   each other site's gateway reports site 1 unreachable.
+//!
+//! A **full mesh** (`--fabric-mesh-sites`) makes every site a Peer of every other, as a fabric
+//! whose sites all offer each other their exports is: each gateway then probes, and is probed
+//! by, every other, and fetches every other's catalog.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,6 +55,8 @@ const POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Serialize)]
 pub struct FabricFigures {
     pub sites: usize,
+    /// Every site a Peer of every other (else: its ring sources and site 1).
+    pub mesh: bool,
     /// Seconds from the first configuration write until every site's ring import served.
     pub ring_ready_s: f64,
     /// Milliseconds from the rollout's writes until a site's client is served: median, slowest.
@@ -75,11 +81,11 @@ struct Member<'w> {
 }
 
 /// Measures a fabric of `n` sites, with `cl-gateway` from `bin_dir` and logs under `work`.
-pub fn measure(n: usize, bin_dir: &Path, work: &Path) -> anyhow::Result<FabricFigures> {
+pub fn measure(n: usize, mesh: bool, bin_dir: &Path, work: &Path) -> anyhow::Result<FabricFigures> {
     if n < SOURCES + 2 {
         bail!("a fabric needs at least {} sites", SOURCES + 2);
     }
-    let dir = work.join(format!("fabric-{n}"));
+    let dir = work.join(format!("fabric-{n}{}", if mesh { "-mesh" } else { "" }));
     std::fs::create_dir_all(&dir)?;
     // Gateways take their peer name for their whole life, as `&'static str`.
     let names: Vec<&'static str> = (1..=n)
@@ -104,8 +110,13 @@ pub fn measure(n: usize, bin_dir: &Path, work: &Path) -> anyhow::Result<FabricFi
     let started = Instant::now();
     let ring_ready = in_each_site(&members, |i, m| {
         let sources: Vec<&str> = (1..=SOURCES).map(|d| names[(i + d) % n]).collect();
+        let peers: Vec<&str> = if mesh {
+            (1..n).map(|d| names[(i + d) % n]).collect()
+        } else {
+            sources.clone()
+        };
         let mut manifests = vec![ALLOW_ALL.to_string(), export("svc", m.echo_port)];
-        for s in &sources {
+        for s in &peers {
             manifests.push(peer(
                 s,
                 &format!("{}:{PEER_PORT}", members[index(&names, s)].site.address),
@@ -166,6 +177,7 @@ pub fn measure(n: usize, bin_dir: &Path, work: &Path) -> anyhow::Result<FabricFi
 
     Ok(FabricFigures {
         sites: n,
+        mesh,
         ring_ready_s,
         rollout_ms_p50: percentile(&rollout, 50.0),
         rollout_ms_max: rollout.last().copied().unwrap_or_default(),
@@ -307,9 +319,18 @@ fn echo_service(site: &Site) -> anyhow::Result<u16> {
 pub fn targets(figures: &[FabricFigures]) -> Vec<Target> {
     let largest = figures
         .iter()
-        .filter(|f| f.sites >= 40)
+        .filter(|f| f.sites >= 40 && !f.mesh)
+        .max_by_key(|f| f.sites);
+    let mesh = figures
+        .iter()
+        .filter(|f| f.sites >= 40 && f.mesh)
         .max_by_key(|f| f.sites);
     vec![
+        Target::at_most(
+            "idle gateway in a 40-site full mesh (probes and catalogs), most loaded, % of a core <= 1",
+            mesh.map(|f| f.idle_cpu_percent_max),
+            1.0,
+        ),
         Target::at_most(
             "idle gateway in a 40-site fabric, most loaded, % of a core <= 1",
             largest.map(|f| f.idle_cpu_percent_max),
@@ -326,11 +347,16 @@ pub fn targets(figures: &[FabricFigures]) -> Vec<Target> {
 /// The fabric figures as a table, one row per size.
 pub fn table(figures: &[FabricFigures]) -> String {
     let mut out = String::from(
-        "| sites | ring ready, s | rollout p50 / max, ms | idle CPU p50 / max, % of a core | RSS p50 / max, MiB | cut-off detected p50 / max, ms |\n|---|---|---|---|---|---|\n",
+        "| sites | peers each | ring ready, s | rollout p50 / max, ms | idle CPU p50 / max, % of a core | RSS p50 / max, MiB | cut-off detected p50 / max, ms |\n|---|---|---|---|---|---|---|\n",
     );
     for f in figures {
+        let peers = if f.mesh {
+            format!("{} (full mesh)", f.sites - 1)
+        } else {
+            format!("{SOURCES} + site 1")
+        };
         out.push_str(&format!(
-            "| {} | {:.1} | {:.0} / {:.0} | {:.2} / {:.2} | {:.1} / {:.1} | {:.0} / {:.0} |\n",
+            "| {} | {peers} | {:.1} | {:.0} / {:.0} | {:.2} / {:.2} | {:.1} / {:.1} | {:.0} / {:.0} |\n",
             f.sites,
             f.ring_ready_s,
             f.rollout_ms_p50,

@@ -63,6 +63,10 @@ pub struct Args {
     /// each importing from the next 3. Needs root.
     #[arg(long, value_delimiter = ',', default_value = "10,20,40")]
     pub fabric_sites: Vec<usize>,
+    /// Sizes of the full-mesh fabric, comma-separated: every site a Peer of every other, so each
+    /// probes and fetches the catalog of every other. Empty for none.
+    #[arg(long, value_delimiter = ',', default_value = "40")]
+    pub fabric_mesh_sites: Vec<usize>,
     /// Measure only the many-site fabric, not the data paths.
     #[arg(long, conflicts_with = "no_fabric")]
     pub fabric_only: bool,
@@ -126,6 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "conn_seconds": args.conn_seconds,
             "idle_tunnels": idle_tunnels,
             "fabric_sites": args.fabric_sites,
+            "fabric_mesh_sites": args.fabric_mesh_sites,
         },
     });
     if !args.fabric_only {
@@ -146,10 +151,14 @@ client (importing) side, B the server (exporting) side.\n",
     }
     if !args.no_fabric {
         let mut figures = Vec::new();
-        for &n in &args.fabric_sites {
-            eprintln!("fabric of {n} sites");
+        let sizes = args.fabric_sites.iter().map(|&n| (n, false));
+        for (n, mesh) in sizes.chain(args.fabric_mesh_sites.iter().map(|&n| (n, true))) {
+            eprintln!(
+                "fabric of {n} sites{}",
+                if mesh { ", full mesh" } else { "" }
+            );
             // On this (the runtime's main) thread: the sites' processes live as long as it does.
-            figures.push(fabric::measure(n, &bin_dir, work.path())?);
+            figures.push(fabric::measure(n, mesh, &bin_dir, work.path())?);
         }
         println!(
             "\nA fabric of N sites, each importing from the next {} (see BENCHMARKS.md):\n",

@@ -220,6 +220,26 @@ fn peers_are_offered_only_what_they_may_reach_and_mirrored_imports_follow_the_of
     assert!(eventually(CONVERGE, || svc_sources(&client)
         == Some(vec!["server1".into(), "server2".into()])));
 
+    // An Import written by hand whose export is not offered: `check` and `describe` say so.
+    client.apply(&support::manifests::import(
+        "nothere",
+        support::free_port(),
+        &["server2"],
+        "round-robin",
+    ));
+    let check = client.gwctl(&["check"]);
+    let check = support::stdout(&check);
+    assert!(
+        check.contains("import default/nothere source server2 offer")
+            && check.contains("server2 does not offer export default/nothere"),
+        "{check}"
+    );
+    let described = client.gwctl_ok(&["describe", "import", "nothere"]);
+    assert!(
+        described.contains("Not offered: server2 does not offer export default/nothere"),
+        "{described}"
+    );
+
     // The federated import fails over: with server1 gone, every connection reaches server2.
     client.wait_listening("svc");
     drop(server1);

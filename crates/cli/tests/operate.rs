@@ -386,6 +386,9 @@ fn the_console_shows_the_fabric_and_the_latest_denial_in_a_real_browser() {
         "Listening",
         "No refusals.",
         "Last update:",
+        // What server1 offers this site, not imported by any rule (the import was written).
+        "Offered by peers",
+        "not imported (no mirror rule selects it)",
         // The gateway's CertificateValid condition.
         "certificate expires in 364 days",
     ] {

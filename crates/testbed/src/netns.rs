@@ -141,6 +141,7 @@ impl Wan {
         if !rustix::process::geteuid().is_root() {
             return Err(NetnsError::NotRoot);
         }
+        make_room_for_neighbours(site_names.len());
         sweep_stale();
         let tag = format!(
             "{NAME_PREFIX}{}-{}",
@@ -469,6 +470,28 @@ fn valid_site_name(name: &str) -> bool {
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// The kernel keeps one neighbour (ARP) table shared by all namespaces, and by default drops entries
+/// past 1,024: a full mesh of 40 sites needs 40 × 39 of them, and past the limit connections
+/// between sites time out for want of an ARP answer. Raised (never lowered) to room for every
+/// pair, twice over.
+fn make_room_for_neighbours(sites: usize) {
+    let pairs = sites * sites;
+    for (name, wanted) in [
+        ("gc_thresh1", pairs),
+        ("gc_thresh2", 2 * pairs),
+        ("gc_thresh3", 4 * pairs),
+    ] {
+        let path = format!("/proc/sys/net/ipv4/neigh/default/{name}");
+        let current = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if current.is_some_and(|c| c < wanted) {
+            // Best effort: without it only large fabrics suffer, and they say why in their logs.
+            let _ = std::fs::write(&path, wanted.to_string());
+        }
+    }
 }
 
 /// Removes the namespaces of processes that are gone: what a test run killed by a signal left.

@@ -287,6 +287,16 @@ pub enum CreateCommand {
         /// whose own services use the same ports on the same host.
         #[arg(long, requires = "mirror", default_value_t = 0)]
         mirror_port_offset: u16,
+        /// Import only offers in this namespace (with --mirror); repeat for several. None: any.
+        #[arg(
+            long = "mirror-namespace",
+            value_name = "NAMESPACE",
+            requires = "mirror"
+        )]
+        mirror_namespaces: Vec<String>,
+        /// Import at most this many of the peer's offers (with --mirror).
+        #[arg(long, requires = "mirror", default_value_t = clusterlink_api::catalog::DEFAULT_MAX_IMPORTS)]
+        mirror_max_imports: u32,
         #[command(flatten)]
         labels: LabelArgs,
     },

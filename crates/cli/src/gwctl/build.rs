@@ -55,6 +55,8 @@ pub(super) fn build_object(
             no_address: _,
             mirror,
             mirror_port_offset,
+            mirror_namespaces,
+            mirror_max_imports,
             labels,
         } => {
             let gateways = hosts
@@ -76,6 +78,10 @@ pub(super) fn build_object(
                         mirror: mirror.map(|exports| MirrorRule {
                             exports,
                             port_offset: mirror_port_offset,
+                            namespaces: mirror_namespaces,
+                            max_imports: (mirror_max_imports
+                                != clusterlink_api::catalog::DEFAULT_MAX_IMPORTS)
+                                .then_some(mirror_max_imports),
                         }),
                     },
                 ),

@@ -6,12 +6,14 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use clusterlink_api::activity::{ExplainRequest, Explanation, Traffic};
 use clusterlink_api::attributes::{SelectorSide, selector_key_problem};
-use clusterlink_api::rest::{EXPLAIN_PATH, TRAFFIC_PATH, VERSION_PATH};
+use clusterlink_api::catalog::OffersView;
+use clusterlink_api::rest::{EXPLAIN_PATH, OFFERS_PATH, TRAFFIC_PATH, VERSION_PATH};
 use clusterlink_api::{AccessPolicySpec, ConditionStatus, Kind, Object};
 use http::Method;
 use serde::Serialize;
 
 use super::get::fetch;
+use super::observe::{is_offered, not_offered};
 use crate::client::Client;
 use crate::output::align;
 use clusterlink_pki::status::CertificateStatus;
@@ -117,6 +119,14 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
         });
     }
     let known_peers: Vec<&str> = peers.iter().map(|p| p.metadata().name.as_str()).collect();
+    // A gateway from before catalogs has no offers to compare with.
+    let offers: OffersView = {
+        let reply = client.request(Method::GET, OFFERS_PATH, None).await?;
+        match reply.ensure_ok() {
+            Ok(_) => serde_json::from_value(reply.body).unwrap_or_default(),
+            Err(_) => OffersView::new(),
+        }
+    };
     let imports = fetch(client, Kind::Import, None, "", true).await?;
     for import in &imports {
         let key = import.key();
@@ -133,6 +143,19 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
                     format!("source peer {:?} is not defined", source.peer),
                 ));
                 continue;
+            }
+            if is_offered(
+                &offers,
+                &source.peer,
+                &source.export_namespace,
+                &source.export_name,
+            ) == Some(false)
+            {
+                findings.push(finding(
+                    format!("{what} offer"),
+                    Outcome::Warning,
+                    not_offered(&source.peer, &source.export_namespace, &source.export_name),
+                ));
             }
             // One dry run per import answers for all its sources.
             if asked.is_none() {

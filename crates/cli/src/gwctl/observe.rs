@@ -266,12 +266,50 @@ pub(super) async fn describe(client: &mut Client, key: &ObjectKey) -> anyhow::Re
     }
     refusals.truncate(REFUSALS_SHOWN);
     let mut text = describe_text(&object, &traffic, &refusals, now_ms());
-    if let Object::Peer(_) = &object {
-        let offers: OffersView = get_json(client, OFFERS_PATH).await?;
-        text.push_str(&peer_offers_text(offers.get(&key.name)));
+    match &object {
+        Object::Peer(_) => {
+            let offers: OffersView = get_json(client, OFFERS_PATH).await?;
+            text.push_str(&peer_offers_text(offers.get(&key.name)));
+        }
+        Object::Import(i) => {
+            let offers: OffersView = get_json(client, OFFERS_PATH).await?;
+            for s in &i.spec.sources {
+                if is_offered(&offers, &s.peer, &s.export_namespace, &s.export_name) == Some(false)
+                {
+                    let _ = writeln!(
+                        text,
+                        "Not offered: {}",
+                        not_offered(&s.peer, &s.export_namespace, &s.export_name)
+                    );
+                }
+            }
+        }
+        _ => {}
     }
     out!("{text}");
     Ok(())
+}
+
+/// Whether `peer` offers this gateway export `namespace/name`; `None` while its catalog is not
+/// known.
+pub(super) fn is_offered(
+    offers: &OffersView,
+    peer: &str,
+    namespace: &str,
+    name: &str,
+) -> Option<bool> {
+    offers.get(peer).map(|listed| {
+        listed
+            .iter()
+            .any(|s| s.offer.namespace == namespace && s.offer.name == name)
+    })
+}
+
+/// Why a source whose export is not offered gets no tunnel.
+pub(super) fn not_offered(peer: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "{peer} does not offer export {namespace}/{name}: it has no such export, or its policies deny it to every client of this site"
+    )
 }
 
 /// The `Offers:` section of `describe peer`.

@@ -75,13 +75,14 @@ function ago(ms) {
 }
 
 async function refresh() {
-  const [version, traffic, peers, exports, imports, denials] = await Promise.all([
+  const [version, traffic, peers, exports, imports, denials, offers] = await Promise.all([
     json("/version"),
     json("/api/v1/traffic"),
     json(API + "/peers"),
     json(API + "/exports"),
     json(API + "/imports"),
     json("/api/v1/events?problems=true&limit=25"),
+    json("/api/v1/offers"),
   ]);
   const now = { at: Date.now(), imports: traffic.imports, exports: traffic.exports, peers: traffic.peers };
   const seconds = previous ? (now.at - previous.at) / 1000 : 0;
@@ -134,6 +135,15 @@ async function refresh() {
       [rate("imports", name, now, seconds)],
     ];
   }), 6, "No imports.");
+
+  fill("offers", Object.entries(offers).flatMap(([peer, listed]) => listed.map((s) => {
+    const state = s.state;
+    const here = state.imported ? ["imported as " + state.imported, "good"]
+      : state.notImported ? ["not imported: " + state.notImported, "bad"]
+      : ["not imported (no mirror rule selects it)", ""];
+    const labels = Object.entries(s.offer.labels || {}).map(([k, v]) => k + "=" + v).join(", ");
+    return [[peer], [s.offer.namespace + "/" + s.offer.name], [s.offer.port], [labels || "-"], here];
+  })), 5, "No offers: no peer offers anything this site may reach, or none answered yet.");
 
   fill("denials", denials.map((e) => [
     [ago(e.timeMs)],
