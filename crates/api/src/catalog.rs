@@ -15,9 +15,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{Import, ImportSource, ImportSpec, LbScheme, ObjectKey, Port};
+pub use crate::resources::{DEFAULT_MAX_IMPORTS, MirrorRule};
+use crate::resources::{
+    Import, ImportSource, ImportSpec, Kind, LbScheme, Object, ObjectKey, Objects, Port,
+};
 use crate::validation::{check_dns_label, check_dns_subdomain, check_rfc1035_label};
-use crate::{Kind, Object, Objects};
 
 /// Offers one catalog may hold: far beyond any site's exports, small enough that a hostile peer
 /// cannot make another gateway hold much (with [`MAX_CATALOG_BYTES`]).
@@ -78,8 +80,8 @@ impl Catalog {
             let bad = |problem: String| CatalogError::BadOffer { index, problem };
             check_dns_label(&offer.namespace).map_err(|e| bad(format!("namespace: {e}")))?;
             check_dns_subdomain(&offer.name).map_err(|e| bad(format!("name: {e}")))?;
-            let mut errors = crate::FieldErrors::default();
-            crate::ObjectMeta {
+            let mut errors = crate::validation::FieldErrors::default();
+            crate::meta::ObjectMeta {
                 labels: offer.labels.clone(),
                 ..Default::default()
             }
@@ -106,51 +108,6 @@ impl Offer {
     /// `namespace/name`, as gwctl names exports.
     pub fn key_text(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A Peer's rule for importing what it offers (`spec.mirror`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
-pub struct MirrorRule {
-    /// Which offered exports to import, by their labels; `{}` imports every offer.
-    #[serde(default)]
-    pub exports: crate::LabelSelector,
-    /// Added to an offer's port to make its Import's port: for sites whose own services use the
-    /// same ports on the same host. 0 by default.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub port_offset: u16,
-    /// Only offers in these namespaces are imported; none listed: any namespace. A peer chooses
-    /// the namespaces it offers in, and each mirrored Import lands in its offer's namespace.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespaces: Vec<String>,
-    /// At most this many Imports from this peer ([`DEFAULT_MAX_IMPORTS`] when left out): a peer
-    /// that offers thousands of exports cannot use up this site's import ports.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_imports: Option<u32>,
-}
-
-/// Imports one mirror rule makes unless it says otherwise: far more services than one peer
-/// usually shares, a hundredth of the ports a Kubernetes site allocates to imports.
-pub const DEFAULT_MAX_IMPORTS: u32 = 100;
-
-fn is_zero(n: &u16) -> bool {
-    *n == 0
-}
-
-impl MirrorRule {
-    pub fn validate(&self, errors: &mut crate::FieldErrors) {
-        self.exports.validate("spec.mirror.exports", errors);
-        for (i, namespace) in self.namespaces.iter().enumerate() {
-            if let Err(e) = check_dns_label(namespace) {
-                errors.push(format!("spec.mirror.namespaces[{i}]"), e);
-            }
-        }
-    }
-
-    fn max_imports(&self) -> usize {
-        self.max_imports.unwrap_or(DEFAULT_MAX_IMPORTS) as usize
     }
 }
 
@@ -520,10 +477,7 @@ mod tests {
             "{states:?}"
         );
         let bad = "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: east, namespace: clusterlink-system}\nspec: {gateways: [{host: east, port: 443}], mirror: {namespaces: [Bad_NS]}}\n";
-        let e = crate::parse_manifest(bad, "default")
-            .unwrap()
-            .validate()
-            .unwrap_err();
+        let e = crate::parse_manifest(bad, "default").unwrap_err();
         assert!(e.to_string().contains("spec.mirror.namespaces[0]"), "{e}");
     }
 

@@ -323,7 +323,52 @@ pub struct PeerSpec {
     /// the same name in the same namespace, kept in step with the offers. Without it, nothing
     /// the peer offers is imported on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<crate::catalog::MirrorRule>,
+    pub mirror: Option<MirrorRule>,
+}
+
+/// A Peer's rule for importing what it offers (`spec.mirror`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
+pub struct MirrorRule {
+    /// Which offered exports to import, by their labels; `{}` imports every offer.
+    #[serde(default)]
+    pub exports: LabelSelector,
+    /// Added to an offer's port to make its Import's port: for sites whose own services use the
+    /// same ports on the same host. 0 by default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub port_offset: u16,
+    /// Only offers in these namespaces are imported; none listed: any namespace. A peer chooses
+    /// the namespaces it offers in, and each mirrored Import lands in its offer's namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+    /// At most this many Imports from this peer ([`DEFAULT_MAX_IMPORTS`] when left out): a peer
+    /// that offers thousands of exports cannot use up this site's import ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_imports: Option<u32>,
+}
+
+/// Imports one mirror rule makes unless it says otherwise: far more services than one peer
+/// usually shares, a hundredth of the ports a Kubernetes site allocates to imports.
+pub const DEFAULT_MAX_IMPORTS: u32 = 100;
+
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+impl MirrorRule {
+    pub fn validate(&self, errors: &mut FieldErrors) {
+        self.exports.validate("spec.mirror.exports", errors);
+        for (i, namespace) in self.namespaces.iter().enumerate() {
+            if let Err(e) = check_dns_label(namespace) {
+                errors.push(format!("spec.mirror.namespaces[{i}]"), e);
+            }
+        }
+    }
+
+    pub fn max_imports(&self) -> usize {
+        self.max_imports.unwrap_or(DEFAULT_MAX_IMPORTS) as usize
+    }
 }
 
 /// One address of a peer's gateway.

@@ -5,36 +5,19 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use clusterlink_api::catalog::{OfferState, OffersView};
 use support::manifests::{allow_all, peer, policy};
-use support::{Exchange, Fabric, GatewayProcess, clients_table, eventually, exchange};
+use support::{Backend, Exchange, Fabric, GatewayProcess, clients_table, eventually, exchange};
 
 /// Convergence: a probe every 0.5 s carries the catalog's digest; generous for a loaded machine.
 const CONVERGE: Duration = Duration::from_secs(20);
 
-/// A backend at `ip:port` (port 0: any) answering like `support::Backend`; its port.
+/// A backend at `ip:port` (port 0: any); its port.
 fn backend_at(ip: Ipv4Addr, port: u16, name: &str) -> u16 {
-    let listener = TcpListener::bind((ip, port)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let name = name.clone();
-            std::thread::spawn(move || {
-                let mut data = Vec::new();
-                if conn.read_to_end(&mut data).is_ok() {
-                    let _ = conn.write_all(format!("{name} {}\n", data.len()).as_bytes());
-                    let _ = conn.write_all(&data);
-                }
-            });
-        }
-    });
-    port
+    Backend::start_at(ip, port, name).port
 }
 
 fn export(name: &str, host: Ipv4Addr, port: u16, labels: &str) -> String {

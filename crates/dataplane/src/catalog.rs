@@ -2,7 +2,7 @@
 //! peers offer it.
 //!
 //! Offers travel with the health probes, so they cost nothing while nothing changes: every
-//! health answer names the digest of the catalog the prober would get ([`CATALOG_HEADER`]), and
+//! health answer names the digest of the catalog the prober would get (`tunnel::CATALOG_HEADER`), and
 //! the prober asks for the catalog itself (`GET /catalog`) only when that digest is not the one
 //! it holds. A catalog is computed once per snapshot and peer, not once per probe.
 
@@ -16,9 +16,6 @@ use tokio::sync::watch;
 
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
 use crate::snapshot::Snapshot;
-
-/// The health answer's header naming the digest of the prober's catalog.
-pub const CATALOG_HEADER: &str = "x-clusterlink-catalog";
 
 /// Peers whose catalogs are kept at once: a fabric's peers, with room; past it the cache starts
 /// over rather than grow with names a peer cannot choose anyway (they come from certificates).

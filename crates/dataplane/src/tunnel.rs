@@ -53,8 +53,6 @@ use clusterlink_api::attributes::is_client_attribute;
 use clusterlink_api::text::escaped;
 use clusterlink_api::validation::{check_label_key, check_label_value};
 use clusterlink_pki::revocation::{MAX_LIST_BYTES, Summary};
-
-use crate::catalog::CATALOG_HEADER;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use clusterlink_api::attributes::Attributes;
@@ -78,6 +76,8 @@ const REASON_HEADER: &str = "x-clusterlink-reason";
 const DRY_RUN_HEADER: &str = "x-clusterlink-dry-run";
 const POLICY_HEADER: &str = "x-clusterlink-policy";
 const VIA_HEADER: &str = "x-clusterlink-via";
+/// The health answer's header naming the digest of the prober's catalog (`crate::catalog`).
+pub const CATALOG_HEADER: &str = "x-clusterlink-catalog";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {

@@ -411,8 +411,13 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
+        Backend::start_at(std::net::Ipv4Addr::LOCALHOST, 0, name)
+    }
+
+    /// A backend at `ip:port` (port 0: any free one).
+    pub fn start_at(ip: std::net::Ipv4Addr, port: u16, name: &str) -> Backend {
         use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind((ip, port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let name = name.to_string();
         std::thread::spawn(move || {
