@@ -15,9 +15,23 @@ use support::{Backend, Exchange, Fabric, GatewayProcess, clients_table, eventual
 /// Convergence: a probe every 0.5 s carries the catalog's digest; generous for a loaded machine.
 const CONVERGE: Duration = Duration::from_secs(20);
 
-/// A backend at `ip:port` (port 0: any); its port.
-fn backend_at(ip: Ipv4Addr, port: u16, name: &str) -> u16 {
-    Backend::start_at(ip, port, name).port
+/// A backend at `ip:port`.
+fn backend_at(ip: Ipv4Addr, port: u16, name: &str) {
+    Backend::start_at(ip, port, name);
+}
+
+/// A port free on 127.0.0.1, .2 and .3, below Linux's ephemeral range (32768 and up): no other
+/// test's connection or port-0 listener is ever given it, so the mirrored Import can listen on
+/// 127.0.0.1 at the port its backends use at .2 and .3.
+fn shared_port() -> u16 {
+    let start = 30_000 + (support::rand_u64() % 2_000) as u16;
+    (start..32_700)
+        .find(|&port| {
+            [1, 2, 3].iter().all(|&last| {
+                std::net::TcpListener::bind((Ipv4Addr::new(127, 0, 0, last), port)).is_ok()
+            })
+        })
+        .expect("a free port below the ephemeral range")
 }
 
 fn export(name: &str, host: Ipv4Addr, port: u16, labels: &str) -> String {
@@ -116,16 +130,17 @@ fn peers_are_offered_only_what_they_may_reach_and_mirrored_imports_follow_the_of
     let server2 = fabric.start("server2");
     // The two copies of `svc` listen on one port at two addresses, so the mirrored Import can
     // listen on that port too, on 127.0.0.1, as it would at another site.
-    let port = backend_at(Ipv4Addr::new(127, 0, 0, 2), 0, "server1");
+    let port = shared_port();
+    backend_at(Ipv4Addr::new(127, 0, 0, 2), port, "server1");
     backend_at(Ipv4Addr::new(127, 0, 0, 3), port, "server2");
-    let other = backend_at(Ipv4Addr::new(127, 0, 0, 2), 0, "db");
+    let other = Backend::start("db").port;
     for gw in [&client, &server1, &server2] {
         gw.apply(&allow_all("allow-all"));
     }
     let web = "{tier: web}";
     server1.apply(&export("svc", Ipv4Addr::new(127, 0, 0, 2), port, web));
-    server1.apply(&export("db", Ipv4Addr::new(127, 0, 0, 2), other, "{}"));
-    server1.apply(&export("secret", Ipv4Addr::new(127, 0, 0, 2), other, web));
+    server1.apply(&export("db", Ipv4Addr::LOCALHOST, other, "{}"));
+    server1.apply(&export("secret", Ipv4Addr::LOCALHOST, other, web));
     server1.apply(&deny_client1("no-secret", "secret"));
     server2.apply(&export("svc", Ipv4Addr::new(127, 0, 0, 3), port, web));
     client.apply(&peer("server1", &server1));

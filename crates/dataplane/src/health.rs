@@ -291,6 +291,7 @@ async fn probe_forever(
     let mut tracker = Tracker::new(limits);
     let mut kept = KeptProbes::default();
     let mut catalog_fetched: Option<Instant> = None;
+    let mut fetching: Option<Fetching> = None;
     let mut tls = tls;
     loop {
         let current = tls.borrow_and_update().clone();
@@ -348,29 +349,40 @@ async fn probe_forever(
             && let Some(digest) = &answer.catalog
             && health.catalogs.is_stale(&name, digest)
             && catalog_fetched.is_none_or(|at| at.elapsed() >= limits.catalog_refetch_after)
+            && fetching.as_ref().is_none_or(|f| f.0.is_finished())
         {
             catalog_fetched = Some(Instant::now());
-            let fetched = timeout(
-                limits.catalog_fetch,
-                fetch_catalog(
-                    &current,
-                    &name,
-                    &links,
-                    answer.address.as_ref(),
-                    &labels,
-                    limits.catalog_fetch,
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| Err(format!("no catalog within {:?}", limits.catalog_fetch)));
-            match fetched {
-                Ok(catalog) => {
-                    tracing::info!(peer = %name, offers = catalog.offers.len(), "peer offers its exports");
-                    health.catalogs.set(&name, digest.clone(), catalog);
+            // Beside the probes, which go on meanwhile: a cut during a slow fetch is still found
+            // in time.
+            let (current, name, links, address, labels, digest, catalogs) = (
+                current.clone(),
+                name.clone(),
+                links.clone(),
+                answer.address.clone(),
+                labels.clone(),
+                digest.clone(),
+                health.catalogs.clone(),
+            );
+            fetching = Some(Fetching(tokio::spawn(async move {
+                let within = limits.catalog_fetch;
+                let fetched = timeout(
+                    within,
+                    fetch_catalog(&current, &name, &links, address.as_ref(), &labels, within),
+                )
+                .await
+                .unwrap_or_else(|_| Err(format!("no catalog within {within:?}")));
+                match fetched {
+                    Ok(catalog) => {
+                        let offers = catalog.offers.len();
+                        tracing::info!(peer = %name, offers, "peer offers its exports");
+                        catalogs.set(&name, digest, catalog);
+                    }
+                    // Asked again after a while, as long as probes name a digest not held.
+                    Err(e) => {
+                        tracing::warn!(peer = %name, error = %e, "peer's catalog not fetched")
+                    }
                 }
-                // Asked again at the next probe, which still names a digest not held.
-                Err(e) => tracing::warn!(peer = %name, error = %e, "peer's catalog not fetched"),
-            }
+            })));
         }
         // Newer revocation lists are passed on at once, not at the next probe.
         let held = current.revocation_summary.clone();
@@ -386,6 +398,15 @@ async fn probe_forever(
                 }
             }
         }
+    }
+}
+
+/// A catalog fetch running beside its peer's probes; stopped with the prober.
+struct Fetching(JoinHandle<()>);
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
