@@ -144,25 +144,24 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
                 ));
                 continue;
             }
-            if is_offered(
-                &offers,
-                &source.peer,
-                &source.export_namespace,
-                &source.export_name,
-            ) == Some(false)
-            {
-                findings.push(finding(
-                    format!("{what} offer"),
-                    Outcome::Warning,
-                    not_offered(&source.peer, &source.export_namespace, &source.export_name),
-                ));
-            }
             // One dry run per import answers for all its sources.
             if asked.is_none() {
                 asked = Some(explain_unknown_client(client, &key.namespace, &key.name).await);
             }
             let export = format!("{}/{}", source.export_namespace, source.export_name);
-            findings.push(source_finding(what, &source.peer, &export, asked.as_ref()));
+            let found = source_finding(what.clone(), &source.peer, &export, asked.as_ref());
+            // A failed dry run already says why; the catalog speaks when that did not.
+            let (namespace, name) = (&source.export_namespace, &source.export_name);
+            let unoffered = found.result != Outcome::Failed
+                && is_offered(&offers, &source.peer, namespace, name) == Some(false);
+            findings.push(found);
+            if unoffered {
+                findings.push(finding(
+                    format!("{what} offer"),
+                    Outcome::Warning,
+                    not_offered(&source.peer, namespace, name),
+                ));
+            }
         }
     }
     findings.extend(port_clashes(&imports));
