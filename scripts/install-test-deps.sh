@@ -11,6 +11,8 @@ want openssl openssl
 want python3 python3
 # The console's test loads it in a real headless browser.
 want chromium chromium
+# Prometheus's linter checks what /metrics serves (the package's server is never started).
+want promtool prometheus
 if [ "$(id -u)" -eq 0 ]; then
   want ip iproute2
   want nft nftables

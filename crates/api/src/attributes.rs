@@ -103,7 +103,7 @@ pub fn selector_key_problem(key: &str, side: SelectorSide) -> Option<String> {
 }
 
 /// Levenshtein distance, for suggestions among a handful of short keys.
-fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

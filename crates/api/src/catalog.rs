@@ -100,6 +100,25 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Whether export `namespace/name` is among the offers.
+    pub fn offers(&self, namespace: &str, name: &str) -> bool {
+        // Parsed catalogs are in order (`parse` refuses any other), as built ones are.
+        self.offers
+            .binary_search_by(|o| o.key().cmp(&(namespace, name)))
+            .is_ok()
+    }
+}
+
+/// Why a source whose export `peer` does not offer gets no tunnel: the one wording every view
+/// uses.
+pub fn not_offered(peer: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "{peer} does not offer export {namespace}/{name}: it has no such export, or its policies \
+         deny it to every client of this site"
+    )
+}
+
 impl Offer {
     fn key(&self) -> (&str, &str) {
         (&self.namespace, &self.name)

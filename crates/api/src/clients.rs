@@ -88,6 +88,15 @@ impl ClientTable {
         Ok(ClientTable { entries })
     }
 
+    /// How many address ranges it has.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The attributes of the client at `addr` (empty if no range holds it).
     pub fn attributes_of(&self, addr: IpAddr) -> Attributes {
         let addr = canonical(addr);

@@ -96,6 +96,9 @@ pub enum ConditionReason {
     NoSuchPeer,
     /// No Peer of an Import's sources answers probes.
     PeersUnreachable,
+    /// No reachable Peer of an Import's sources offers the export it names: the export does
+    /// not exist there, or its policies deny it to every client of this site.
+    ExportNotOffered,
     /// The gateway's certificate is valid, and not near its end (or renews itself on time).
     CertificateCurrent,
     /// The gateway's certificate, which does not renew itself, ends soon.
@@ -106,10 +109,12 @@ pub enum ConditionReason {
     RenewalLate,
     /// The gateway's certificate has expired: peers refuse it.
     CertificateExpired,
+    /// Certificate files put in place of the gateway's were refused; it keeps its current one.
+    RotationRejected,
 }
 
 impl ConditionReason {
-    pub const ALL: [ConditionReason; 25] = [
+    pub const ALL: [ConditionReason; 27] = [
         ConditionReason::Accepted,
         ConditionReason::NotProbed,
         ConditionReason::Probed,
@@ -130,11 +135,13 @@ impl ConditionReason {
         ConditionReason::PeersReachable,
         ConditionReason::NoSuchPeer,
         ConditionReason::PeersUnreachable,
+        ConditionReason::ExportNotOffered,
         ConditionReason::CertificateCurrent,
         ConditionReason::ExpiresSoon,
         ConditionReason::RenewalFailing,
         ConditionReason::RenewalLate,
         ConditionReason::CertificateExpired,
+        ConditionReason::RotationRejected,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -159,11 +166,13 @@ impl ConditionReason {
             ConditionReason::PeersReachable => "PeersReachable",
             ConditionReason::NoSuchPeer => "NoSuchPeer",
             ConditionReason::PeersUnreachable => "PeersUnreachable",
+            ConditionReason::ExportNotOffered => "ExportNotOffered",
             ConditionReason::CertificateCurrent => "CertificateCurrent",
             ConditionReason::ExpiresSoon => "ExpiresSoon",
             ConditionReason::RenewalFailing => "RenewalFailing",
             ConditionReason::RenewalLate => "RenewalLate",
             ConditionReason::CertificateExpired => "CertificateExpired",
+            ConditionReason::RotationRejected => "RotationRejected",
         }
     }
 }

@@ -363,20 +363,64 @@ fn describe(path: &str, message: &str) -> (String, String) {
     if let Some(name) = between(message, "missing field `", "`") {
         return (join(name), "required".into());
     }
-    if message.starts_with("unknown field `") {
+    if let Some(unknown) = between(message, "unknown field `", "`") {
         // Here the path already ends at the unknown field itself.
-        let expected = message
-            .split_once(", expected ")
-            .map(|(_, e)| format!(" (expected {e})"))
+        let expected = message.split_once(", expected ").map(|(_, e)| e);
+        let closest = expected
+            .into_iter()
+            .flat_map(|e| e.split('`').skip(1).step_by(2))
+            .map(|known| (crate::attributes::edit_distance(unknown, known), known))
+            .min()
+            .filter(|(distance, _)| *distance <= 2)
+            .map(|(_, known)| format!(", did you mean `{known}`?"))
             .unwrap_or_default();
-        return (path.to_string(), format!("unknown field{expected}"));
+        let expected = expected
+            .map(|e| format!(" (expected {e})"))
+            .unwrap_or_default();
+        return (
+            path.to_string(),
+            format!("unknown field{closest}{expected}"),
+        );
     }
     let field = if path == "." {
         String::new()
     } else {
         path.to_string()
     };
-    (field, message.to_string())
+    (field, plain_words(message))
+}
+
+/// serde's "invalid type: string \"x\", expected u16" as a person would put it: "must be a whole
+/// number from 0 to 65535 (got the string \"x\")".
+fn plain_words(message: &str) -> String {
+    let Some((got, expected)) = message.split_once(", expected ") else {
+        return message.to_string();
+    };
+    let Some(got) = got
+        .strip_prefix("invalid type: ")
+        .or_else(|| got.strip_prefix("invalid value: "))
+    else {
+        return message.to_string();
+    };
+    let expected = match expected {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a sequence" => "a list",
+        "a map" => "a mapping of keys to values",
+        "a boolean" => "true or false",
+        other => other,
+    };
+    let got = match got.split_once(' ') {
+        Some(("string" | "integer" | "floating", _)) => format!("the {}", got.replace('`', "")),
+        _ if got == "sequence" => "a list".to_string(),
+        _ if got == "map" => "a mapping".to_string(),
+        _ => got.replace('`', ""),
+    };
+    format!("must be {expected} (got {got})")
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
@@ -491,7 +535,10 @@ spec:
         let e = err_text(&import(
             "  port: http\n  sources: [{peer: a, exportName: r, exportNamespace: d}]\n",
         ));
-        assert!(e.starts_with("spec.port: invalid type: string"), "{e}");
+        assert_eq!(
+            e,
+            "spec.port: must be a whole number (got the string \"http\")"
+        );
         assert!(
             parse_manifest(
                 &import(
@@ -539,6 +586,25 @@ spec:
             "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: x, uid: 3}\nspec: {port: 80}\n",
         );
         assert!(e.starts_with("metadata.uid: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn misspelt_fields_and_wrong_types_are_named_in_plain_words() {
+        let e = err_text(
+            "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {name: x, lables: {a: b}}\nspec: {port: 80}\n",
+        );
+        assert!(
+            e.starts_with("metadata.lables: unknown field, did you mean `labels`? (expected"),
+            "{e}"
+        );
+        let e = err_text(&import(
+            "  port: eighty\n  sources: [{peer: a, exportName: r, exportNamespace: d}]\n",
+        ));
+        assert!(!e.contains("u16") && !e.contains("i64"), "{e}");
+        assert!(e.contains("must be a whole number"), "{e}");
+        assert!(e.contains("(got the string \"eighty\")"), "{e}");
+        let e = err_text(&import("  port: 80\n  sources: {peer: a}\n"));
+        assert!(e.contains("must be a list (got a mapping)"), "{e}");
     }
 
     #[test]

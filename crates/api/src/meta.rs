@@ -78,6 +78,16 @@ impl Status {
     pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_.as_str())
     }
+
+    /// The condition that tells the object's state at a glance: the first False, else the first
+    /// Unknown, else `carried` (the one its kind carries). Every view judges an object by it,
+    /// so none calls an object healthy while one of its conditions says otherwise.
+    pub fn telling(&self, carried: ConditionType) -> Option<&Condition> {
+        let first = |status| self.conditions.iter().find(|c| c.status == status);
+        first(ConditionStatus::False)
+            .or_else(|| first(ConditionStatus::Unknown))
+            .or_else(|| self.condition(carried))
+    }
 }
 
 /// A Kubernetes-style condition (`metav1.Condition`).

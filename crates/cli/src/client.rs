@@ -64,8 +64,11 @@ pub struct Client {
 struct Target {
     /// For messages: the server as the user named it.
     server: String,
+    /// Where to connect: an IPv6 address without its brackets.
     host: String,
     port: u16,
+    /// The `Host` header: the server's host and port as written, an IPv6 address in brackets.
+    authority: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
@@ -77,11 +80,21 @@ impl Client {
                 ctx.server
             )
         })?;
-        let host = uri
+        let bracketed = uri
             .host()
-            .ok_or_else(|| anyhow!("server {:?} has no host", ctx.server))?
-            .trim_matches(['[', ']'])
-            .to_string();
+            .ok_or_else(|| anyhow!("server {:?} has no host", ctx.server))?;
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            bail!(
+                "server {:?}: a user name in the URL is not used; gwctl authenticates with an \
+                 admin certificate (--cert, --key)",
+                ctx.server
+            );
+        }
+        let authority = match uri.port() {
+            Some(port) => format!("{bracketed}:{port}"),
+            None => bracketed.to_string(),
+        };
+        let host = bracketed.trim_matches(['[', ']']).to_string();
         let tls = match uri.scheme_str() {
             Some("http") => None,
             Some("https") => {
@@ -112,6 +125,7 @@ impl Client {
                 server: ctx.server.clone(),
                 host,
                 port: uri.port_u16().unwrap_or(default_port),
+                authority,
                 tls,
             },
             sender: None,
@@ -185,7 +199,7 @@ impl Client {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, &self.target.host);
+            .header(http::header::HOST, &self.target.authority);
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }

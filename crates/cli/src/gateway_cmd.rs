@@ -251,6 +251,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         labels,
         import_address: args.import_address,
         clients,
+        clients_file: args.client_attributes.clone(),
         data_dir,
         management_security: security,
         loopback_backends: args.backends.allow_loopback_backends,

@@ -58,12 +58,7 @@ pub fn render(
 /// The condition a table's REASON (and, wide, MESSAGE) column shows: the first that is not
 /// `True`, so what is wrong shows, else the kind's own.
 fn telling_condition(obj: &Object) -> Option<&clusterlink_api::Condition> {
-    let status = obj.status()?;
-    status
-        .conditions
-        .iter()
-        .find(|c| c.status != clusterlink_api::ConditionStatus::True)
-        .or_else(|| status.condition(obj.kind().condition()))
+    obj.status()?.telling(obj.kind().condition())
 }
 
 fn table(objects: &[Object], kind: Kind, all_namespaces: bool, wide: bool) -> String {
@@ -76,7 +71,7 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool, wide: bool) -> St
     header.extend(match kind {
         Kind::Peer => &["GATEWAYS", "REACHABLE"][..],
         Kind::Export => &["HOST", "PORT", "VALID"][..],
-        Kind::Import => &["PORT", "TARGET-PORT", "LB", "SOURCES", "VALID"][..],
+        Kind::Import => &["PORT", "TARGET-PORT", "LB", "SOURCES", "READY"][..],
         Kind::AccessPolicy | Kind::PrivilegedAccessPolicy => &["ACTION", "FROM", "TO"][..],
     });
     let conditioned = !matches!(kind, Kind::AccessPolicy | Kind::PrivilegedAccessPolicy);
@@ -96,10 +91,9 @@ fn table(objects: &[Object], kind: Kind, all_namespaces: bool, wide: bool) -> St
             row.push(meta.namespace.clone());
         }
         row.push(meta.name.clone());
-        // Each kind's column shows the one condition it carries.
+        // The status column and REASON show the same condition: the one that tells.
         let condition = || {
-            obj.status()
-                .and_then(|s| s.condition(obj.kind().condition()))
+            telling_condition(obj)
                 .map(|c| c.status.as_str().to_string())
                 .unwrap_or_else(|| "-".into())
         };

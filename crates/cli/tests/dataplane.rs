@@ -7,7 +7,7 @@ use std::time::Duration;
 use support::manifests::{allow_all, export, import, peer, policy};
 use support::{
     Backend, Exchange, Fabric, GatewayProcess, clients_table, eventually, exchange, exchange_from,
-    free_port, metric, metric_with, reachable,
+    free_port, metric, metric_with, reachable, stdout,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -792,6 +792,19 @@ fn replaced_certificates_are_picked_up_without_a_restart() {
         server.log()
     );
     assert_eq!(exchange(port, b"hi"), served_by("server1"));
+    // ... and check says so, beside the certificate still in force.
+    let certificate_line = |gateway: &GatewayProcess| {
+        let report = stdout(&gateway.gwctl(&["check"]));
+        report
+            .lines()
+            .find(|l| l.starts_with("certificate"))
+            .unwrap_or_else(|| panic!("no certificate line in\n{report}"))
+            .to_string()
+    };
+    assert!(eventually(CONVERGE, || certificate_line(&server).contains("warning")));
+    let refused = certificate_line(&server);
+    assert!(refused.contains("not put in force"), "{refused}");
+    assert!(refused.contains("does not fit the CA"), "{refused}");
 
     // server1 moves to fabric B alone: the fabrics no longer trust each other.
     install_certs(&b, "server1", &server_dir);
@@ -806,6 +819,8 @@ fn replaced_certificates_are_picked_up_without_a_restart() {
         "{}",
         server.log()
     );
+    let in_force = certificate_line(&server);
+    assert!(in_force.contains(" ok "), "{in_force}");
 
     // client1 follows: traffic flows again, and neither gateway was restarted.
     install_certs(&b, "client1", &client_dir);
@@ -826,6 +841,12 @@ fn replaced_certificates_are_picked_up_without_a_restart() {
         client.log()
     );
     assert_eq!(exchange(port, b"hi"), served_by("server1"));
+    assert!(
+        eventually(CONVERGE, || certificate_line(&client)
+            .contains("does not name peer")),
+        "{}",
+        certificate_line(&client)
+    );
 }
 
 #[test]
@@ -1256,7 +1277,49 @@ fn a_client_with_unknown_attributes_is_refused_on_either_side_while_policies_sel
             .log()
             .contains("egress denied: the client's attributes are unknown")
     );
+    // curl tells the refusal from a closed port: a reset of an open connection (56), never a
+    // failed connect (7), however fast the gateway refuses.
+    let curl = |port: u16| {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--interface", "127.0.0.3"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .output()
+            .expect("curl (scripts/install-test-deps.sh installs it)");
+        (o.status.code(), support::stderr(&o))
+    };
+    for _ in 0..5 {
+        let (code, said) = curl(port);
+        assert_eq!(code, Some(56), "a refusal: {said}");
+    }
+    let (code, said) = curl(free_port());
+    assert_eq!(code, Some(7), "a closed port: {said}");
+    // The refusal names the policy that brought the rule into force.
+    assert!(
+        sites
+            .client
+            .log()
+            .contains("(AccessPolicy default/deny-firefox, maybe others)"),
+        "{}",
+        sites.client.log()
+    );
     assert_eq!(exchange_from("127.0.0.2", port, b"x"), served_by("server1"));
+    // The table is followed: given attributes without a restart, 127.0.0.3 is served; taken
+    // out again, it is refused again.
+    let known = "clients:\n  - {cidr: 127.0.0.2/31, namespace: shop, labels: {app: curl}}\n";
+    let original = std::fs::read_to_string(&table).unwrap();
+    std::fs::write(&table, known).unwrap();
+    assert!(
+        eventually(CONVERGE, || exchange_from("127.0.0.3", port, b"x")
+            == served_by("server1")),
+        "{}",
+        sites.client.log()
+    );
+    std::fs::write(&table, original).unwrap();
+    assert!(eventually(CONVERGE, || exchange_from(
+        "127.0.0.3",
+        port,
+        b"x"
+    ) == Exchange::Reset));
 
     // Ingress: the exporting side decides the same on the attributes it was sent (none).
     sites.client.gwctl_ok(&["delete", "policy", "deny-firefox"]);

@@ -387,6 +387,7 @@ fn the_controller_serves_imports_with_its_own_token_and_only_the_generated_rbac(
     assert_eq!(raw_http(controller.ops_port, "GET", "/readyz", b"").0, 200);
     let (status, metrics) = raw_http(controller.ops_port, "GET", "/metrics", b"");
     assert_eq!(status, 200);
+    assert_promtool_accepts(&metrics);
     assert!(
         metrics.contains("clusterlink_controller_pass_duration_seconds_count"),
         "{metrics}"

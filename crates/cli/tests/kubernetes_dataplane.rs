@@ -249,6 +249,7 @@ async fn replicas_serve_the_streamed_snapshot_and_keep_it_when_the_control_plane
         drop(strangers);
         let (status, metrics) = raw_http(replica.ops_port, "GET", "/metrics", b"");
         assert_eq!(status, 200);
+        assert_promtool_accepts(&metrics);
         assert!(
             metrics.contains("clusterlink_connections_accepted_total{side=\"egress\"} 1"),
             "the tunnel is not counted:\n{metrics}"

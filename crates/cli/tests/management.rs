@@ -58,18 +58,25 @@ fn example_manifests_apply_and_list_back() {
             .map(String::from);
         (table, row.unwrap_or_default())
     };
-    assert!(eventually(Duration::from_secs(10), || reviews_row()
-        .1
-        .contains("True")));
+    assert!(eventually(Duration::from_secs(10), || gw
+        .gwctl_ok(&["get", "import", "reviews", "-n", "default", "-o", "json"])
+        .contains("\"Listening\"")));
     let (table, row) = reviews_row();
     for cell in [
         "9080",
         "static",
         "server1/default/reviews,server2/default/reviews",
-        "True",
     ] {
         assert!(row.contains(cell), "{cell} not in {row}");
     }
+    // Listening, but not ready: the example's peers are nowhere, and the table says so.
+    assert!(
+        ["NotProbed", "PeersUnreachable"]
+            .iter()
+            .any(|reason| row.contains(reason)),
+        "{row}"
+    );
+    assert!(!row.contains("True"), "{row}");
     assert!(table.starts_with("NAME"), "{table}");
 
     let policies = gw.gwctl_ok(&["get", "policies", "-A"]);
@@ -770,6 +777,13 @@ fn version_names_both_ends_and_mistakes_get_a_hint() {
             script.contains("apply") && script.contains("version"),
             "{shell}"
         );
+        // Kinds are completed too (clap's fish scripts complete no positional values).
+        if shell != "fish" {
+            assert!(
+                script.contains("privilegedaccesspolicies") && script.contains("offers"),
+                "{shell}: {script}"
+            );
+        }
     }
 }
 
@@ -810,6 +824,12 @@ spec: {host: 10.0.0.4, port: 5432}
         tables.contains("GATEWAYS") && tables.contains("HOST"),
         "{tables}"
     );
+    // Each under its kind's name.
+    assert!(
+        tables.lines().any(|l| l.starts_with("peers ("))
+            && tables.lines().any(|l| l.starts_with("exports (")),
+        "{tables}"
+    );
     let out = gw.gwctl(&["get", "exports", "-l", "tier in (gold)"]);
     assert!(
         stderr(&out).contains("set-based selectors"),
@@ -818,4 +838,70 @@ spec: {host: 10.0.0.4, port: 5432}
     );
     let out = gw.gwctl(&["get", "all", "web"]);
     assert!(stderr(&out).contains("name a kind"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_fabric_on_ipv6_is_managed_by_gwctl_and_carries_traffic() {
+    use std::io::{Read, Write};
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let on_ipv6 = [
+        "--management-address",
+        "[::1]:0",
+        "--peer-address",
+        "[::1]:0",
+        "--import-address",
+        "::1",
+    ];
+    let server = fabric.start_with("server1", &on_ipv6);
+    let client = fabric.start_with("client1", &on_ipv6);
+    // Every gwctl command below reaches its gateway at http://[::1]:PORT.
+    assert!(server.url.starts_with("http://[::1]:"), "{}", server.url);
+    let backend = support::Backend::start_at(std::net::Ipv6Addr::LOCALHOST, 0, "v6");
+    let backend_port = backend.port.to_string();
+    server.gwctl_ok(&[
+        "create",
+        "export",
+        "--name",
+        "svc",
+        "--host",
+        "::1",
+        "--port",
+        &backend_port,
+    ]);
+    for gateway in [&server, &client] {
+        gateway.gwctl_ok(&["create", "policy", "--name", "allow", "--action", "allow"]);
+    }
+    let link = server.gwctl_ok(&["link"]);
+    assert!(link.contains("::1"), "{link}");
+    client.apply(&link);
+    let import_port = support::free_port().to_string();
+    client.gwctl_ok(&[
+        "create",
+        "import",
+        "--name",
+        "svc",
+        "--port",
+        &import_port,
+        "--peer",
+        "server1",
+    ]);
+    client.wait_listening("svc");
+    let served = eventually(Duration::from_secs(10), || {
+        let Ok(mut stream) = std::net::TcpStream::connect(format!("[::1]:{import_port}")) else {
+            return false;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(b"over six");
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer == "v6 8\nover six"
+    });
+    assert!(served, "no answer over IPv6; client log:\n{}", client.log());
+    let peers = client.gwctl_ok(&["get", "peers"]);
+    assert!(peers.contains("True"), "{peers}");
+    let check = client.gwctl(&["check"]);
+    assert!(check.status.success(), "{}", stdout(&check));
 }

@@ -279,9 +279,33 @@ fn check_and_the_warnings_of_create_and_apply_name_what_is_not_working() {
     let busy_row = table.lines().find(|l| l.starts_with("busy")).unwrap();
     assert!(busy_row.contains("PortUnavailable"), "{table}");
     let orphan_row = table.lines().find(|l| l.starts_with("orphan")).unwrap();
-    assert!(orphan_row.contains("NoSuchPeer"), "{table}");
+    assert!(
+        orphan_row.contains("False") && orphan_row.contains("NoSuchPeer"),
+        "{table}"
+    );
     let wide = pair.client.gwctl_ok(&["get", "imports", "-o", "wide"]);
     assert!(wide.contains("is not defined"), "{wide}");
+    // An import of an export its peer does not offer is not ready, in every view (its port is
+    // bound, but no source can serve), once server1's catalog is here.
+    let ghost_row = || {
+        let table = pair.client.gwctl_ok(&["get", "imports"]);
+        table
+            .lines()
+            .find(|l| l.starts_with("ghost"))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        eventually(CONVERGE, || ghost_row().contains("ExportNotOffered")),
+        "{}",
+        ghost_row()
+    );
+    assert!(ghost_row().contains("False"), "{}", ghost_row());
+    let described = pair.client.gwctl_ok(&["describe", "import", "ghost"]);
+    assert!(
+        described.contains("server1 does not offer export default/ghost"),
+        "{described}"
+    );
 
     // check: every problem, each by name, and a failing exit.
     let checked = pair.client.gwctl(&["check"]);
@@ -302,7 +326,15 @@ fn check_and_the_warnings_of_create_and_apply_name_what_is_not_working() {
     );
     assert!(line("import default/busy ").contains("FAILED"), "{report}");
     assert!(
-        line("import default/orphan source p9").contains("not defined"),
+        line("import default/orphan ").contains("FAILED"),
+        "{report}"
+    );
+    assert!(
+        line("import default/orphan ").contains("\"p9\" is not defined"),
+        "{report}"
+    );
+    assert!(
+        line("import default/ghost ").contains("ExportNotOffered"),
         "{report}"
     );
     assert!(
@@ -319,7 +351,8 @@ fn check_and_the_warnings_of_create_and_apply_name_what_is_not_working() {
         .iter()
         .filter(|f| f["result"] == "failed")
         .count();
-    assert_eq!(failed, 4, "{json:#}");
+    // busy, orphan, ghost (its import, and its source by the dry run), typo.
+    assert_eq!(failed, 5, "{json:#}");
     drop(taken);
 }
 
@@ -391,9 +424,28 @@ fn the_console_shows_the_fabric_and_the_latest_denial_in_a_real_browser() {
         "not imported (no mirror rule selects it)",
         // The gateway's CertificateValid condition.
         "certificate expires in 364 days",
+        // The fabric drawn: server1 a reachable node, its line green; the policies listed.
+        "class=\"node good\" data-node=\"server1\"",
+        "data-peer=\"server1\" data-state=\"good\"",
+        "AccessPolicy default/allow-all",
     ] {
         assert!(page.contains(needle), "{needle} missing:\n{page}");
     }
+    // The exporting gateway, which has no Peer for client1, shows it as a site that connects.
+    let server_page = browse(
+        &format!("http://127.0.0.1:{}/console", pair.server.port()),
+        &shots.join("console-server.png"),
+    );
+    for needle in [
+        "class=\"node inbound\" data-node=\"client1\"",
+        "connects to this gateway (no Peer defined here)",
+    ] {
+        assert!(
+            server_page.contains(needle),
+            "{needle} missing:\n{server_page}"
+        );
+    }
+    assert!(!server_page.contains("No peers defined"), "{server_page}");
 
     pair.server.apply(&policy(
         "AccessPolicy",
@@ -403,15 +455,39 @@ fn the_console_shows_the_fabric_and_the_latest_denial_in_a_real_browser() {
         "{matchLabels: {export.clusterlink.net/name: svc}}",
     ));
     assert!(eventually(CONVERGE, || exchange(pair.port, b"x") == Exchange::Reset));
+    // A few more refusals: alike ones are one row, counted, with the client.
+    for _ in 0..3 {
+        assert_eq!(exchange(pair.port, b"x"), Exchange::Reset);
+    }
     let page = browse(&url, &shots.join("console-denied.png"));
     for needle in [
         "PolicyDenied",
         "default/deny-web",
         "peer",
         "ingress at server1",
+        "<td>127.0.0.1</td>",
+        // One import, and no source can serve it now: every view says so.
+        "ExportNotOffered",
     ] {
         assert!(page.contains(needle), "{needle} missing:\n{page}");
     }
+    let denials = page
+        .split_once("id=\"denials\"")
+        .and_then(|(_, rest)| rest.split_once("</table>"))
+        .unwrap()
+        .0;
+    let rows = denials.matches("<tr>").count() - 1;
+    let most = denials
+        .split("<td>×")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('<')?.0.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(most >= 4, "refusals not grouped:\n{denials}");
+    assert!(
+        rows <= 2,
+        "{rows} rows for one refusal repeated:\n{denials}"
+    );
     // The page is the API's: another site cannot frame it or script it.
     let (code, head) = support::http_request(
         pair.client.port(),
@@ -423,6 +499,9 @@ fn the_console_shows_the_fabric_and_the_latest_denial_in_a_real_browser() {
     assert_eq!(code, 403, "{head}");
 }
 
+/// What Prometheus sends when it scrapes.
+const OPENMETRICS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
 /// The metric names (as sampled: `_total`, `_bucket`, ...) and families a gateway exports.
 fn exported_metrics(gw: &GatewayProcess) -> (Vec<String>, Vec<String>) {
     let (code, body) = support::raw_http(gw.port(), "GET", "/metrics", b"");
@@ -433,8 +512,8 @@ fn exported_metrics(gw: &GatewayProcess) -> (Vec<String>, Vec<String>) {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
             families.push(name.to_string());
+            // The Prometheus text format names a counter's family after its `_total` series.
             let suffixes: &[&str] = match kind {
-                "counter" => &["_total", "_created"],
                 "histogram" => &["_bucket", "_sum", "_count"],
                 _ => &[""],
             };
@@ -459,6 +538,19 @@ fn every_metric_is_documented_and_the_dashboard_uses_only_real_ones() {
     let unserved =
         "clusterlink_connections_unserved_total{listener=\"peer\",reason=\"HandshakeRefused\"}";
     assert!(eventually(CONVERGE, || metric(&pair.server, unserved) >= 1.0));
+    // Every family, in the format curl and promtool get, passes Prometheus's linter; a scraper
+    // that asks for OpenMetrics gets it.
+    for gateway in [&pair.client, &pair.server] {
+        let (code, body) = support::raw_http(gateway.port(), "GET", "/metrics", b"");
+        assert_eq!(code, 200);
+        support::assert_promtool_accepts(&body);
+        assert!(!body.contains("# EOF"), "{body}");
+        let openmetrics = [("host", "127.0.0.1"), ("accept", OPENMETRICS_ACCEPT)];
+        let (code, body) =
+            support::http_request(gateway.port(), "GET", "/metrics", &openmetrics, b"");
+        assert_eq!(code, 200);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
     let (mut families, mut samples) = exported_metrics(&pair.client);
     let (server_families, server_samples) = exported_metrics(&pair.server);
     families.extend(server_families);

@@ -74,7 +74,7 @@ fn decided_by(decision: &PolicyDecision) -> String {
             namespace,
             name,
         } => format!("AccessPolicy {namespace}/{name}"),
-        Decider::ClientAttributesUnknown => "client attributes unknown".into(),
+        Decider::ClientAttributesUnknown { .. } => "client attributes unknown".into(),
         Decider::DefaultDeny => "default deny".into(),
     }
 }

@@ -106,7 +106,7 @@ pub async fn run(args: DataPlaneArgs) -> anyhow::Result<()> {
     let snapshots = crate::snapshot::follow_changes(&name, labels, objects, hosts);
     let config = DataPlaneConfig {
         import_address: args.import_address,
-        clients: Default::default(),
+        clients: tokio::sync::watch::channel(Default::default()).1,
         metrics,
         protected: vec![peer_address, ops_address],
         loopback_backends: args.backends.allow_loopback_backends,

@@ -166,6 +166,10 @@ pub struct Limits {
     /// servers, each one request at a time.
     pub ops: Bounds,
 
+    /// How long a client refused before it sent a byte is held before its reset: long enough
+    /// for it to finish connecting, so it reads "connection reset" (a gateway refused) and never
+    /// "connection refused" (nothing listens), short enough that refused clients hold little.
+    pub refusal_grace: Duration,
     /// Shortest time between two warnings of the same kind of refused connection: a flood of
     /// strangers must not become a flood of log lines.
     pub warn_every: Duration,
@@ -250,6 +254,7 @@ impl Limits {
             per_source: 16,
         },
 
+        refusal_grace: Duration::from_millis(500),
         warn_every: Duration::from_secs(10),
         problem_log: Rate {
             burst: 20,

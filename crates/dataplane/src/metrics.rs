@@ -1068,7 +1068,25 @@ impl Metrics {
         self.registry.register(name, help, metric);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Every metric as a scraper asked for it with its `Accept` header: OpenMetrics to one that
+    /// names it (Prometheus does), the Prometheus text format 0.0.4 to anyone else, as that is
+    /// what `promtool check metrics`, older scrapers and curl users read.
+    pub fn exposition(&self, accept: Option<&str>) -> Exposition {
+        let openmetrics = self.encode();
+        if accept.is_some_and(accepts_openmetrics) {
+            Exposition {
+                content_type: OPENMETRICS_CONTENT_TYPE,
+                body: openmetrics,
+            }
+        } else {
+            Exposition {
+                content_type: PROMETHEUS_TEXT_CONTENT_TYPE,
+                body: prometheus_text(&openmetrics),
+            }
+        }
+    }
+
+    /// The OpenMetrics text of every metric (the form `docs/METRICS.md` quotes).
     pub fn encode(&self) -> String {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let tasks = runtime.metrics().num_alive_tasks() + crate::workers::alive_tasks();
@@ -1081,9 +1099,119 @@ impl Metrics {
     }
 }
 
+/// What `/metrics` answers: the body and the content type naming its format.
+#[derive(Debug)]
+pub struct Exposition {
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether an `Accept` header names OpenMetrics with a quality above zero.
+fn accepts_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut params = range.split(';').map(str::trim);
+        let media = params.next().unwrap_or_default();
+        media.eq_ignore_ascii_case("application/openmetrics-text")
+            && !params.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+    })
+}
+
+/// The Prometheus text format 0.0.4 of what prometheus-client writes as OpenMetrics. The two
+/// differ, for the metric types registered here (counters, gauges, histograms; no exemplars),
+/// only in that a counter's family is named after its `_total` series, `_created` series and
+/// `# UNIT` lines do not exist, and nothing marks the end.
+fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's HELP line comes before its TYPE line, which says whether it is a counter.
+    let mut help: Option<&str> = None;
+    let mut counter: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (series, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" => (name.to_string(), "untyped"),
+                other => (name.to_string(), other),
+            };
+            counter = (kind == "counter").then_some(name);
+            if let Some(help) = help.take() {
+                let text = help.split_once(' ').map_or("", |(_, text)| text);
+                out.push_str(&format!("# HELP {series} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {series} {kind}\n"));
+            continue;
+        }
+        let created = counter.is_some_and(|name| {
+            line.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix("_created"))
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        });
+        if !created {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prometheus_text_names_counters_after_their_total_and_drops_what_it_lacks() {
+        let openmetrics = "# HELP x_requests Requests.\n# TYPE x_requests counter\n\
+            x_requests_total{a=\"b\"} 3\nx_requests_created{a=\"b\"} 1.5\n\
+            # HELP x_up Up.\n# TYPE x_up gauge\n# UNIT x_up seconds\nx_up 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\n\
+             x_requests_total{a=\"b\"} 3\n# HELP x_up Up.\n# TYPE x_up gauge\nx_up 1\n"
+        );
+    }
+
+    #[test]
+    fn openmetrics_goes_only_to_scrapers_that_ask_for_it() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5,*/*;q=0.1";
+        assert!(accepts_openmetrics(prometheus));
+        for other in [
+            "*/*",
+            "text/plain; version=0.0.4",
+            "application/openmetrics-text; q=0",
+        ] {
+            assert!(!accepts_openmetrics(other), "{other}");
+        }
+        let metrics = Metrics::default();
+        metrics.credentials.renewal_failed("down".into());
+        let scraped = metrics.exposition(Some(prometheus));
+        assert_eq!(scraped.content_type, OPENMETRICS_CONTENT_TYPE);
+        assert!(scraped.body.ends_with("# EOF\n"));
+        let curled = metrics.exposition(Some("*/*"));
+        assert_eq!(curled.content_type, PROMETHEUS_TEXT_CONTENT_TYPE);
+        assert!(
+            curled
+                .body
+                .contains("# TYPE clusterlink_certificate_renewal_failures_total counter\n"),
+            "{}",
+            curled.body
+        );
+        assert!(!curled.body.contains("# EOF"));
+    }
 
     fn tunnel(side: Side) -> TunnelRef {
         TunnelRef {

@@ -167,11 +167,7 @@ fn respond(head: &[u8], health: &ProcessHealth, metrics: &Metrics) -> Vec<u8> {
     if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
         return reply(400, "text/plain", "malformed request\n");
     }
-    let host = request
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-        .map(|h| String::from_utf8_lossy(h.value).into_owned());
+    let host = header(&request, "host");
     if !host.as_deref().is_some_and(is_address) {
         return reply(
             421,
@@ -189,17 +185,26 @@ fn respond(head: &[u8], health: &ProcessHealth, metrics: &Metrics) -> Vec<u8> {
     match request.path.unwrap_or_default() {
         HEALTHZ_PATH => probe(health.live()),
         READYZ_PATH => probe(health.ready()),
-        METRICS_PATH => reply(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            &metrics.encode(),
-        ),
+        METRICS_PATH => {
+            let accept = header(&request, "accept");
+            let exposition = metrics.exposition(accept.as_deref());
+            reply(200, exposition.content_type, &exposition.body)
+        }
         _ => reply(
             404,
             "text/plain",
             &format!("served here: {HEALTHZ_PATH}, {READYZ_PATH}, {METRICS_PATH}\n"),
         ),
     }
+}
+
+/// The first header named `name`, as text.
+fn header(request: &httparse::Request<'_, '_>, name: &str) -> Option<String> {
+    request
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
 }
 
 /// `host` or `host:port`, where host is an IPv4 address or a bracketed IPv6 address.

@@ -39,8 +39,11 @@ pub enum Decider {
         namespace: String,
         name: String,
     },
-    /// The client's attributes are unknown while policies select clients by attribute.
-    ClientAttributesUnknown,
+    /// The client's attributes are unknown while policies select clients by attribute;
+    /// `selected_by` names one such policy (`AccessPolicy ns/name`).
+    ClientAttributesUnknown {
+        selected_by: String,
+    },
     DefaultDeny,
 }
 
@@ -58,7 +61,7 @@ impl Decider {
                 namespace,
                 name,
             } => PolicyRef::namespaced(namespace, name),
-            Decider::ClientAttributesUnknown => PolicyRef::UNKNOWN_CLIENT.into(),
+            Decider::ClientAttributesUnknown { .. } => PolicyRef::UNKNOWN_CLIENT.into(),
             Decider::DefaultDeny => PolicyRef::DEFAULT_DENY.into(),
         }
     }
@@ -88,10 +91,11 @@ impl fmt::Display for PolicyDecision {
             } => {
                 write!(f, "{verdict} by AccessPolicy {namespace}/{name}")
             }
-            Decider::ClientAttributesUnknown => write!(
+            Decider::ClientAttributesUnknown { selected_by } => write!(
                 f,
                 "denied: the client's attributes are unknown (no pod or client-attributes entry \
-                 for its address), and policies select clients by attribute"
+                 for its address), and policies select clients by attribute ({selected_by}, \
+                 maybe others)"
             ),
             Decider::DefaultDeny => write!(f, "denied by default (no policy allows it)"),
         }
@@ -128,6 +132,15 @@ impl CompiledPolicy {
 
     fn selects_clients(&self) -> bool {
         self.from.iter().any(|s| *s != LabelSelector::everything())
+    }
+
+    /// How a person names it: `AccessPolicy ns/name`, or `PrivilegedAccessPolicy name`.
+    fn title(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("PrivilegedAccessPolicy {}", self.name)
+        } else {
+            format!("AccessPolicy {}/{}", self.namespace, self.name)
+        }
     }
 }
 
@@ -318,8 +331,8 @@ impl Layer {
 pub struct PolicyEngine {
     privileged: Layer,
     namespaces: HashMap<String, Layer>,
-    /// Some policy has a `from` selector that is not empty.
-    selects_clients: bool,
+    /// The first policy (privileged, then by namespace) whose `from` selector is not empty.
+    selects_clients: Option<String>,
 }
 
 impl PolicyEngine {
@@ -344,10 +357,13 @@ impl PolicyEngine {
         }
         engine.privileged.build();
         engine.namespaces.values_mut().for_each(Layer::build);
+        let mut namespaces: Vec<(&String, &Layer)> = engine.namespaces.iter().collect();
+        namespaces.sort_unstable_by_key(|(namespace, _)| *namespace);
         engine.selects_clients = std::iter::once(&engine.privileged)
-            .chain(engine.namespaces.values())
+            .chain(namespaces.into_iter().map(|(_, layer)| layer))
             .flat_map(Layer::policies)
-            .any(CompiledPolicy::selects_clients);
+            .find(|p| p.selects_clients())
+            .map(CompiledPolicy::title);
         engine
     }
 
@@ -360,10 +376,14 @@ impl PolicyEngine {
         src: &Attributes,
         dst: &impl AttributeLookup,
     ) -> PolicyDecision {
-        if self.selects_clients && !src.keys().any(|k| attributes::is_client_attribute(k)) {
+        if let Some(selected_by) = &self.selects_clients
+            && !src.keys().any(|k| attributes::is_client_attribute(k))
+        {
             return PolicyDecision {
                 allowed: false,
-                decided_by: Decider::ClientAttributesUnknown,
+                decided_by: Decider::ClientAttributesUnknown {
+                    selected_by: selected_by.clone(),
+                },
             };
         }
         let decided = |tier, p: &CompiledPolicy, allowed| PolicyDecision {
@@ -407,7 +427,7 @@ impl PolicyEngine {
         peer: &Attributes,
         dst: &impl AttributeLookup,
     ) -> bool {
-        if !self.selects_clients && self.decide(namespace, peer, dst).allowed {
+        if self.selects_clients.is_none() && self.decide(namespace, peer, dst).allowed {
             return true;
         }
         let empty = Layer::default();
@@ -705,9 +725,17 @@ mod tests {
         );
         let engine = PolicyEngine::compile([&allow_all, &elsewhere]);
         let d = engine.decide("default", &peer_only, &attrs(&[]));
-        assert_eq!(d.decided_by, Decider::ClientAttributesUnknown);
+        assert_eq!(
+            d.decided_by,
+            Decider::ClientAttributesUnknown {
+                selected_by: "AccessPolicy team-b/deny-firefox".into()
+            }
+        );
+        // The denial names the policy that makes clients need attributes.
         assert!(
-            d.to_string().contains("client's attributes are unknown"),
+            d.to_string().contains("client's attributes are unknown")
+                && d.to_string()
+                    .contains("(AccessPolicy team-b/deny-firefox, maybe others)"),
             "{d}"
         );
         let known = attrs(&[(attributes::CLIENT_NAMESPACE, "web")]);

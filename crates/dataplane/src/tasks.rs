@@ -28,8 +28,9 @@ use crate::{egress, hops, ingress};
 pub struct DataPlaneConfig {
     /// Where import listeners bind (standalone mode).
     pub import_address: IpAddr,
-    /// Who local clients are, by address range (standalone mode).
-    pub clients: ClientTable,
+    /// Who local clients are, by address range (standalone mode); a new table applies to new
+    /// connections.
+    pub clients: watch::Receiver<Arc<ClientTable>>,
     pub metrics: Arc<Metrics>,
     /// This gateway's own listeners (management API, peer port): never dialed as a backend.
     pub protected: Vec<std::net::SocketAddr>,

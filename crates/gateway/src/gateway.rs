@@ -72,6 +72,8 @@ pub struct GatewayConfig {
     pub import_address: std::net::IpAddr,
     /// Client attributes by address (standalone mode).
     pub clients: clusterlink_api::clients::ClientTable,
+    /// The file `clients` came from, followed while the gateway runs.
+    pub clients_file: Option<PathBuf>,
     /// Where the store lives.
     pub data_dir: PathBuf,
     pub management_security: ManagementSecurity,
@@ -182,9 +184,17 @@ impl Gateway {
             // Standalone mode has no pods: every client is found by range in `clients`.
             watch::channel(Arc::default()).1,
         );
+        let (clients, followed_clients) = watch::channel(Arc::new(config.clients.clone()));
+        if let Some(path) = &config.clients_file {
+            tasks.spawn(crate::clients::follow(
+                path.clone(),
+                clients,
+                shutdown_rx.clone(),
+            ));
+        }
         let dataplane = DataPlaneConfig {
             import_address: config.import_address,
-            clients: config.clients.clone(),
+            clients: followed_clients,
             metrics: metrics.clone(),
             protected: vec![management_addr, peer_addr],
             loopback_backends: config.loopback_backends,
@@ -199,6 +209,7 @@ impl Gateway {
             peer_addresses: management::activity::advertised_peer_addresses(peer_addr),
             objects: control_plane.subscribe(),
         };
+        control_plane.follow_catalogs(dataplane.catalogs());
         tasks.spawn(crate::mirror::run(
             control_plane.clone(),
             dataplane.catalogs(),

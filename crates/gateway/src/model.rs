@@ -16,13 +16,14 @@
 //! source's versions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 
+use clusterlink_api::catalog::{self, Catalogs};
 use clusterlink_api::{
-    Condition, ConditionReason, ConditionStatus, ConditionType, FieldError, FieldErrors, Kind,
-    Object, ObjectKey, Objects, SYSTEM_NAMESPACE, Scope, ServiceNaming, Status,
+    Condition, ConditionReason, ConditionStatus, ConditionType, FieldError, FieldErrors,
+    ImportSource, Kind, Object, ObjectKey, Objects, SYSTEM_NAMESPACE, Scope, ServiceNaming, Status,
 };
 use clusterlink_store::{Store, StoreError, Write};
 use time::OffsetDateTime;
@@ -121,6 +122,9 @@ pub struct ControlPlane {
     runtime: Arc<RwLock<RuntimeConditions>>,
     /// The labels each Peer reports about itself (its `status.labels`).
     reported_labels: Arc<RwLock<HashMap<ObjectKey, BTreeMap<String, String>>>>,
+    /// What peers offer, once the data plane fetches catalogs: an Import's `SourcesReady` says
+    /// when no source's peer offers its export.
+    catalogs: Arc<OnceLock<watch::Receiver<Arc<Catalogs>>>>,
     writer: mpsc::Sender<Request>,
     store: Arc<dyn Store>,
 }
@@ -182,6 +186,7 @@ impl ControlPlane {
             objects,
             runtime: Arc::default(),
             reported_labels: Arc::default(),
+            catalogs: Arc::default(),
             writer: tx,
             store,
         })
@@ -227,14 +232,26 @@ impl ControlPlane {
         }
     }
 
+    /// Judges Imports' sources by what peers offer, as `catalogs` (the data plane's) reports.
+    pub fn follow_catalogs(&self, catalogs: watch::Receiver<Arc<Catalogs>>) {
+        // Set once, by the gateway that starts the data plane.
+        let _ = self.catalogs.set(catalogs);
+    }
+
     fn with_status(&self, obj: Object) -> Object {
         let runtime = self.runtime.read();
         let key = obj.key();
         let mut derived;
         let mut conditions = runtime.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         if let Object::Import(import) = &obj {
+            let catalogs = self.catalogs.get().map(|c| c.borrow().clone());
             derived = conditions.to_vec();
-            derived.push(sources_ready(&import.spec, &self.snapshot(), &runtime));
+            derived.push(sources_ready(
+                &import.spec,
+                &self.snapshot(),
+                &runtime,
+                catalogs.as_deref(),
+            ));
             conditions = &derived;
         }
         let labels = self
@@ -703,12 +720,15 @@ fn with_status(
     obj
 }
 
-/// An Import's `SourcesReady`: whether its sources name defined Peers, and whether they answer
-/// probes, from the Peers' own `PeerReachable`.
+/// An Import's `SourcesReady`: whether its sources name defined Peers, whether they answer
+/// probes (the Peers' own `PeerReachable`), and whether those that answer offer the export the
+/// source names (`catalogs`, when known: a peer from before catalogs is given the benefit of the
+/// doubt).
 fn sources_ready(
     spec: &clusterlink_api::ImportSpec,
     objects: &Objects,
     runtime: &RuntimeConditions,
+    catalogs: Option<&Catalogs>,
 ) -> Condition {
     let condition = |status, reason, message: String| {
         Condition::new(ConditionType::SourcesReady, status, reason, message)
@@ -746,6 +766,21 @@ fn sources_ready(
         .filter(|p| reachable(p) == Some(ConditionStatus::False))
         .collect();
     let unprobed = peers.iter().any(|p| reachable(p).is_none());
+    // Sources whose peer answers but does not offer their export, and those that can serve.
+    let answering = |s: &&ImportSource| reachable(&s.peer) == Some(ConditionStatus::True);
+    let offered = |s: &ImportSource| {
+        catalogs
+            .and_then(|c| c.get(&s.peer))
+            .is_none_or(|c| c.offers(&s.export_namespace, &s.export_name))
+    };
+    let not_offered: Vec<String> = spec
+        .sources
+        .iter()
+        .filter(answering)
+        .filter(|s| !offered(s))
+        .map(|s| catalog::not_offered(&s.peer, &s.export_namespace, &s.export_name))
+        .collect();
+    let serving = spec.sources.iter().filter(answering).any(offered);
     if !peers.is_empty() && unreachable.len() == peers.len() {
         condition(
             ConditionStatus::False,
@@ -755,28 +790,40 @@ fn sources_ready(
                 unreachable.join(", ")
             ),
         )
+    } else if !serving && !not_offered.is_empty() && !unprobed {
+        condition(
+            ConditionStatus::False,
+            ConditionReason::ExportNotOffered,
+            format!(
+                "no source can serve: {}; see `gwctl get offers`",
+                not_offered.join("; ")
+            ),
+        )
     } else if unprobed {
         condition(
             ConditionStatus::Unknown,
             ConditionReason::NotProbed,
             "waiting for the first health probe of a source's peer".into(),
         )
-    } else if !unreachable.is_empty() {
-        condition(
-            ConditionStatus::True,
-            ConditionReason::PeersReachable,
+    } else {
+        let mut message = if unreachable.is_empty() {
+            format!("every source's peer answers probes ({})", peers.join(", "))
+        } else {
             format!(
                 "{} of {} source peers answer probes; not {}",
                 peers.len() - unreachable.len(),
                 peers.len(),
                 unreachable.join(", ")
-            ),
-        )
-    } else {
+            )
+        };
+        for why in &not_offered {
+            message.push_str("; ");
+            message.push_str(why);
+        }
         condition(
             ConditionStatus::True,
             ConditionReason::PeersReachable,
-            format!("every source's peer answers probes ({})", peers.join(", ")),
+            message,
         )
     }
 }

@@ -34,6 +34,7 @@ use crate::revocation::{Revocations, pem_of};
 pub use crate::files::AUTHORITY_DIR;
 pub use crate::ledger::{hex, record_created, serial_and_expiry};
 use crate::ledger::{lock, read_issued, record_issued};
+pub use crate::status::timestamp;
 /// The trust bundle handed to joining and renewing sites when present (the old and the new CA
 /// during a rollover); otherwise the fabric's own CA certificate.
 pub const BUNDLE_FILE: &str = "bundle.pem";
@@ -586,17 +587,6 @@ pub fn parse_hex(text: &str) -> Option<Vec<u8>> {
 
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
-}
-
-/// A Unix time as an operator reads it.
-pub fn timestamp(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| format!("{unix} (Unix time)"))
 }
 
 #[cfg(test)]

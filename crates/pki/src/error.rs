@@ -36,4 +36,7 @@ pub enum PkiError {
     Revocation(String),
     #[error("invalid validity: {0}")]
     Validity(String),
+    /// A certificate used outside its validity, with its dates as a person reads them.
+    #[error("{0}")]
+    OutsideValidity(String),
 }

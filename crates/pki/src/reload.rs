@@ -102,6 +102,12 @@ impl GatewayTls {
         })
     }
 
+    /// Why the certificate files on disk were not put in force, while they differ from the ones
+    /// that are (a rotation to a certificate of another CA, expired, or for another name).
+    pub fn rotation_rejected(&self) -> Option<String> {
+        self.source.upgrade()?.state().rejected.clone()
+    }
+
     /// Offers revocation lists (PEM) from a peer or an administrator: those signed by a CA of
     /// the trust bundle and newer than the ones held are stored and put in force at once.
     pub fn offer_revocations(&self, pem: &[u8]) -> Result<Taken, PkiError> {
@@ -144,9 +150,10 @@ fn fingerprint<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> Fingerprint 
 
 fn load(files: &TlsFiles, peer: &str) -> Result<Credentials, String> {
     let credentials = Credentials::load(files).map_err(|e| e.to_string())?;
-    credentials
-        .verify_own_chain()
-        .map_err(|e| format!("the certificate does not fit the CA: {e}"))?;
+    credentials.verify_own_chain().map_err(|e| match e {
+        PkiError::OutsideValidity(dates) => dates,
+        other => format!("the certificate does not fit the CA: {other}"),
+    })?;
     match identity_of(&credentials.chain[0]) {
         Ok(Identity::Peer(name)) if name == peer => Ok(credentials),
         other => Err(format!(
@@ -177,6 +184,8 @@ struct SourceState {
     /// The version of the certificate files in force.
     applied: Fingerprint,
     revocations: Arc<Revocations>,
+    /// Why the certificate files on disk, which differ from those in force, were refused.
+    rejected: Option<String>,
 }
 
 impl TlsSource {
@@ -210,6 +219,7 @@ impl TlsSource {
                 credentials,
                 applied,
                 revocations: Arc::new(revocations),
+                rejected: None,
             }),
             tx,
         });
@@ -260,8 +270,13 @@ impl TlsSource {
             }
             files_due = tokio::time::Instant::now() + RELOAD_INTERVAL;
             let now = inner.cert_fingerprint();
-            if now == inner.state().applied {
-                continue;
+            {
+                let mut state = inner.state();
+                if now == state.applied {
+                    // The files in force are back on disk.
+                    state.rejected = None;
+                    continue;
+                }
             }
             match inner.reload() {
                 Ok(true) => {
@@ -274,6 +289,7 @@ impl TlsSource {
                         tracing::warn!(error = %e, "changed certificates not loaded yet; keeping the current ones");
                         reported = Some(now);
                     }
+                    inner.state().rejected = Some(e);
                 }
             }
         }
@@ -304,6 +320,7 @@ impl SourceInner {
             return Err(format!("the new certificates are not usable: {e}"));
         }
         state.applied = now;
+        state.rejected = None;
         Ok(true)
     }
 

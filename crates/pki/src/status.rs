@@ -4,7 +4,7 @@
 use clusterlink_api::{Condition, ConditionReason, ConditionStatus, ConditionType};
 use serde::{Deserialize, Serialize};
 
-use crate::authority::timestamp;
+use time::OffsetDateTime;
 
 /// A certificate that does not renew itself is a warning this long before its end: time to
 /// rotate it.
@@ -23,6 +23,19 @@ pub struct CertificateStatus {
     pub renewed: Option<i64>,
     /// Why the last renewal failed, if it did.
     pub renewal_failure: Option<String>,
+    /// Why certificate files put in place of the current ones were refused, while they are.
+    pub rotation_rejected: Option<String>,
+}
+
+/// A Unix time as an operator reads it.
+pub fn timestamp(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{unix} (Unix time)"))
 }
 
 /// A span of seconds as an operator reads it: `12 days`, `5h 20m`, `4m 10s`, `40s`.
@@ -62,6 +75,16 @@ impl CertificateStatus {
             );
         }
         let left = span(expires - now);
+        if let Some(why) = &self.rotation_rejected {
+            return condition(
+                ConditionStatus::True,
+                ConditionReason::RotationRejected,
+                format!(
+                    "the certificate files on disk were not put in force ({why}); the gateway \
+                     still uses the one that expires in {left} ({date}); put back valid files"
+                ),
+            );
+        }
         let Some(issuer) = &self.renews_from else {
             return if expires - now < EXPIRY_WARNING_SECONDS {
                 condition(
@@ -149,6 +172,7 @@ mod tests {
             renews_from: Some("hub".into()),
             renewed: None,
             renewal_failure: failure.map(str::to_string),
+            rotation_rejected: None,
         };
         // A two-minute certificate is current while it renews itself.
         let fine = renewing(None).condition(10);
@@ -159,5 +183,28 @@ mod tests {
         assert_eq!(failing.reason, "RenewalFailing");
         assert!(failing.message.contains("no issuing gateway answered"));
         assert_eq!(reason(&renewing(None), 121), "CertificateExpired");
+    }
+
+    #[test]
+    fn refused_certificate_files_ask_for_attention_until_valid_ones_are_back() {
+        let refused = CertificateStatus {
+            expires: Some(365 * 86_400),
+            rotation_rejected: Some("the certificate does not fit the CA".into()),
+            ..CertificateStatus::default()
+        };
+        let condition = refused.condition(0);
+        assert_eq!(condition.reason, "RotationRejected");
+        assert_eq!(
+            condition.status,
+            ConditionStatus::True,
+            "the old one still serves"
+        );
+        assert!(
+            condition.message.contains("does not fit the CA"),
+            "{}",
+            condition.message
+        );
+        // Expiry outranks it: an expired certificate is the failure to fix first.
+        assert_eq!(reason(&refused, 366 * 86_400), "CertificateExpired");
     }
 }

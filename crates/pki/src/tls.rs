@@ -114,8 +114,35 @@ impl Credentials {
             .chain
             .split_first()
             .ok_or_else(|| PkiError::Identity("no certificate".into()))?;
-        verifier.verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())?;
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+            .map_err(dated)?;
         Ok(())
+    }
+}
+
+/// A verification error, with a certificate's dates as dates rather than Unix seconds.
+fn dated(e: rustls::Error) -> PkiError {
+    use crate::status::{span, timestamp};
+    let seconds = |t: rustls_pki_types::UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+            time,
+            not_after,
+        }) => PkiError::OutsideValidity(format!(
+            "the certificate expired at {} ({} ago)",
+            timestamp(seconds(not_after)),
+            span(seconds(time) - seconds(not_after))
+        )),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYetContext {
+            time,
+            not_before,
+        }) => PkiError::OutsideValidity(format!(
+            "the certificate is not valid before {} ({} from now; is this machine's clock right?)",
+            timestamp(seconds(not_before)),
+            span(seconds(not_before) - seconds(time))
+        )),
+        other => PkiError::Tls(other),
     }
 }
 

@@ -8,6 +8,56 @@ use clusterlink_api::LbScheme;
 
 use crate::output::Format;
 
+/// The kinds an object command takes, as the shell completes them.
+const KINDS: &[&str] = &[
+    "peer",
+    "export",
+    "import",
+    "policy",
+    "privilegedaccesspolicy",
+];
+/// What `get` lists, as the shell completes it.
+const LISTED_KINDS: &[&str] = &[
+    "peers",
+    "exports",
+    "imports",
+    "accesspolicies",
+    "policies",
+    "privilegedaccesspolicies",
+    "all",
+    "events",
+    "offers",
+];
+
+/// A kind argument: any text is taken (a misspelt kind gets "did you mean" from the command
+/// itself), and `words` are offered to shell completion.
+#[derive(Clone)]
+struct KindWords(&'static [&'static str]);
+
+impl clap::builder::TypedValueParser for KindWords {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            self.0.iter().map(|w| clap::builder::PossibleValue::new(*w)),
+        ))
+    }
+}
+
+/// Where `--help` lists the options every command takes, apart from the command's own.
+const GLOBAL: &str = "Global options (every command)";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "gwctl",
@@ -21,16 +71,16 @@ use crate::output::Format;
 )]
 pub struct Gwctl {
     /// The gwctl config file holding saved contexts.
-    #[arg(long, global = true, env = "GWCTL_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "GWCTL_CONFIG", value_name = "FILE", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
     /// Use this saved context instead of the current one.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub context: Option<String>,
     /// Talk to this gateway (http://host:port) without a saved context.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub server: Option<String>,
     /// Give up on a gateway that has not answered a request within this many seconds.
-    #[arg(long, global = true, env = "GWCTL_REQUEST_TIMEOUT", value_name = "SECONDS",
+    #[arg(long, global = true, env = "GWCTL_REQUEST_TIMEOUT", value_name = "SECONDS", help_heading = GLOBAL,
           default_value_t = crate::client::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(),
           value_parser = parse_timeout)]
     pub request_timeout: f64,
@@ -64,6 +114,7 @@ pub enum Command {
         /// peers, exports, imports, accesspolicies (policies), privilegedaccesspolicies, all,
         /// events (recent tunnels and refusals, newest first), or offers (the exports peers
         /// offer this gateway, and whether each is imported).
+        #[arg(value_parser = KindWords(LISTED_KINDS))]
         kind: String,
         name: Option<String>,
         #[command(flatten)]
@@ -87,6 +138,7 @@ pub enum Command {
     )]
     Describe {
         /// peer, export, import, policy or privilegedaccesspolicy.
+        #[arg(value_parser = KindWords(KINDS))]
         kind: String,
         name: String,
         #[command(flatten)]
@@ -128,6 +180,7 @@ pub enum Command {
         gwctl update import web spec.sources.1='{peer: server2, exportName: web, exportNamespace: default}'\n  \
         gwctl update export web metadata.labels.tier-")]
     Update {
+        #[arg(value_parser = KindWords(KINDS))]
         kind: String,
         name: String,
         /// spec.port=9001, metadata.labels.env=prod, spec.sources.0.peer=p2, or PATH- to remove.
@@ -141,6 +194,7 @@ pub enum Command {
         after_help = "Examples:\n  gwctl edit import web\n  EDITOR=nano gwctl edit peer server1"
     )]
     Edit {
+        #[arg(value_parser = KindWords(KINDS))]
         kind: String,
         name: String,
         #[command(flatten)]
@@ -159,6 +213,7 @@ pub enum Command {
         after_help = "Examples:\n  gwctl delete import web -n shop\n  gwctl delete -f examples/manifests/policies.yaml"
     )]
     Delete {
+        #[arg(value_parser = KindWords(KINDS))]
         kind: Option<String>,
         name: Option<String>,
         /// Delete what these manifests name.

@@ -136,12 +136,8 @@ async fn run_checks(client: &mut Client) -> anyhow::Result<Vec<Finding>> {
         let mut asked = None;
         for source in &i.spec.sources {
             let what = format!("{label} source {}", source.peer);
+            // The import's own finding (SourcesReady) already names a Peer nobody defined.
             if !known_peers.contains(&source.peer.as_str()) {
-                findings.push(finding(
-                    what,
-                    Outcome::Failed,
-                    format!("source peer {:?} is not defined", source.peer),
-                ));
                 continue;
             }
             // One dry run per import answers for all its sources.
@@ -194,15 +190,20 @@ fn certificate_finding(version: &serde_json::Value, now: i64) -> Finding {
     finding("certificate", result, message)
 }
 
-/// The object's own condition, as a finding.
+/// The object's telling condition (as every view shows it), as a finding.
 fn condition_finding(label: &str, object: &Object) -> Finding {
     let condition = object
         .status()
-        .and_then(|s| s.condition(object.kind().condition()));
+        .and_then(|s| s.telling(object.kind().condition()));
     match condition {
         Some(c) if c.status == ConditionStatus::True => {
             finding(label, Outcome::Ok, format!("{}: {}", c.reason, c.message))
         }
+        Some(c) if c.status == ConditionStatus::Unknown => finding(
+            label,
+            Outcome::Warning,
+            format!("{}: {}", c.reason, c.message),
+        ),
         Some(c) => finding(
             label,
             Outcome::Failed,
@@ -276,11 +277,25 @@ pub(super) fn source_finding(
                 Outcome::Failed,
                 format!("peer {peer} did not answer: {}", v.message),
             ),
+            // Most clients of a standalone gateway have no attributes: if this gateway's own
+            // policies refuse such a client, the import serves few or none of them.
+            _ if !source.egress.allowed => finding(
+                what,
+                Outcome::Warning,
+                format!(
+                    "export {export} exists on {peer}, but a client with no attributes is \
+                     refused here: {}; give clients attributes (cl-gateway --client-attributes \
+                     FILE) or change the policy",
+                    source.egress.message
+                ),
+            ),
             _ => finding(
                 what,
                 Outcome::Ok,
                 format!(
-                    "export {export} exists on {peer} (a client with no attributes: {} by {})",
+                    "export {export} exists on {peer} (a client with no attributes: allowed \
+                     here by {}, {} there by {})",
+                    source.egress.policy.as_deref().unwrap_or("-"),
                     if v.allowed { "allowed" } else { "denied" },
                     v.policy.as_deref().unwrap_or("-")
                 ),

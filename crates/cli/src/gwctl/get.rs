@@ -60,11 +60,18 @@ pub(super) async fn get(
                 out!("{text}");
             }
         }
-        // A table per kind, as `kubectl get all` prints them.
+        // A table per kind, each under the kind's name when there are several.
         Format::Table | Format::Wide => {
             let tables: Vec<String> = shown
                 .iter()
-                .map(|(kind, objects)| render(objects, *kind, format, name.is_some(), all))
+                .map(|(kind, objects)| {
+                    let table = render(objects, *kind, format, name.is_some(), all);
+                    if kinds.len() > 1 {
+                        format!("{} ({}):\n{table}", kind.plural(), objects.len())
+                    } else {
+                        table
+                    }
+                })
                 .collect();
             out!("{}", tables.join("\n"));
         }

@@ -1,6 +1,7 @@
 //! What gwctl shows of a running gateway: `get events`, `describe`, `explain` and `check`.
 
 use crate::terminal::{errln, out, outln};
+pub(super) use clusterlink_api::catalog::not_offered;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -305,13 +306,6 @@ pub(super) fn is_offered(
     })
 }
 
-/// Why a source whose export is not offered gets no tunnel.
-pub(super) fn not_offered(peer: &str, namespace: &str, name: &str) -> String {
-    format!(
-        "{peer} does not offer export {namespace}/{name}: it has no such export, or its policies deny it to every client of this site"
-    )
-}
-
 /// The `Offers:` section of `describe peer`.
 fn peer_offers_text(offers: Option<&Vec<clusterlink_api::catalog::OfferStatus>>) -> String {
     let Some(offers) = offers else {
@@ -461,8 +455,22 @@ fn describe_text(
                 _ => unreachable!("matched above"),
             };
             let _ = writeln!(out, "Action:     {}", spec.action.as_str());
+            // One selector a line, as `get` prints them; any one of them matching is a match.
             let selectors = |entries: &[clusterlink_api::WorkloadSelectorEntry]| {
-                serde_json::to_string(entries).unwrap_or_default()
+                let lines: Vec<String> = entries
+                    .iter()
+                    .map(
+                        |e| match crate::output::selector_text(&e.workload_selector) {
+                            all if all == "*" => "* (everything)".to_string(),
+                            some => some,
+                        },
+                    )
+                    .collect();
+                if lines.is_empty() {
+                    "nothing (an empty list matches nothing)".to_string()
+                } else {
+                    lines.join("\n     or     ")
+                }
             };
             let _ = writeln!(out, "From:       {}", selectors(&spec.from));
             let _ = writeln!(out, "To:         {}", selectors(&spec.to));
@@ -574,7 +582,13 @@ fn verdict_text(side: &str, v: &Verdict) -> String {
         (None, Some(reason)) => reason.clone(),
         (None, None) => "-".into(),
     };
-    format!("{side}@{}: {decision} ({why})", v.gateway)
+    // Rules without a policy are named in parentheses already: `(unknown client)`.
+    let why = if why.starts_with('(') {
+        why
+    } else {
+        format!("({why})")
+    };
+    format!("{side}@{}: {decision} {why}", v.gateway)
 }
 
 fn explanation_text(e: &Explanation) -> String {

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clusterlink_api::{ConditionReason, ConditionStatus, Kind, Object, ObjectKey};
+use clusterlink_api::{ConditionReason, ConditionStatus, Kind, LabelSelector, Object, ObjectKey};
 
 use super::check::{Outcome, explain_unknown_client, policy_problems, source_finding};
 use super::get::fetch;
@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// Warnings about `written` objects (with what each write did: created, configured...).
 pub(super) async fn after_writes(client: &mut Client, written: &[(Object, String)]) -> Vec<String> {
     let mut warnings = Vec::new();
-    for (obj, _) in written {
+    for (obj, did) in written {
         let spec = match obj {
             Object::AccessPolicy(p) => &p.spec,
             Object::PrivilegedAccessPolicy(p) => &p.spec.0,
@@ -28,6 +28,20 @@ pub(super) async fn after_writes(client: &mut Client, written: &[(Object, String
         };
         for problem in policy_problems(spec) {
             warnings.push(format!("{} never matches as written: {problem}", obj.key()));
+        }
+        // The unknown-client rule (`dataplane::policy`): a surprise when it first applies.
+        if did != "unchanged"
+            && spec
+                .from
+                .iter()
+                .any(|e| e.workload_selector != LabelSelector::everything())
+        {
+            warnings.push(format!(
+                "{} selects clients by attribute: while it exists, this gateway refuses every \
+                 client it knows no attributes of (not a pod, not in cl-gateway \
+                 --client-attributes), whatever other policies allow",
+                obj.key()
+            ));
         }
     }
     let watched: BTreeSet<Kind> = written

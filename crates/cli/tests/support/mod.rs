@@ -294,6 +294,32 @@ pub fn metric_with(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)]) -> 
         .sum()
 }
 
+/// Asserts that Prometheus's own linter, `promtool check metrics`, accepts a `/metrics` body
+/// (`scripts/install-test-deps.sh` installs it).
+pub fn assert_promtool_accepts(body: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (scripts/install-test-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused it: {}{}\n{body}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
 /// The status of `peer`'s `PeerReachable` condition as `client` reports it.
 pub fn reachable(client: &GatewayProcess, peer: &str) -> String {
     let json: serde_json::Value =
@@ -415,9 +441,9 @@ impl Backend {
     }
 
     /// A backend at `ip:port` (port 0: any free one).
-    pub fn start_at(ip: std::net::Ipv4Addr, port: u16, name: &str) -> Backend {
+    pub fn start_at(ip: impl Into<std::net::IpAddr>, port: u16, name: &str) -> Backend {
         use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind((ip, port)).unwrap();
+        let listener = std::net::TcpListener::bind((ip.into(), port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let name = name.to_string();
         std::thread::spawn(move || {

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use clusterlink_api::clients::ClientTable;
 use clusterlink_api::{ImportSource, ObjectKey};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::dial::{Dialer, FirstBytes, OpenTunnel, TunnelFailure};
@@ -32,7 +33,7 @@ pub(crate) struct Egress {
     /// Open tunnels per peer they go to.
     pub peer_tunnels: TunnelCounts,
     pub dialer: Dialer,
-    pub clients: ClientTable,
+    pub clients: watch::Receiver<Arc<ClientTable>>,
     pub metrics: Arc<Metrics>,
     /// Open tunnels, decided again when the configuration changes.
     pub live: LiveTunnels<EgressTunnel>,
@@ -145,7 +146,7 @@ impl Egress {
         };
         let client_attributes = match snapshot.client_hosts.get(remote.ip()) {
             Some(pod) => pod.clone(),
-            None => self.clients.attributes_of(remote.ip()),
+            None => self.clients.borrow().attributes_of(remote.ip()),
         };
         // Read only through `first` until a tunnel is open, so no byte is lost or sent twice.
         let mut first = FirstBytes::of(&client);
@@ -290,7 +291,29 @@ impl Egress {
         let message = "every source was refused or failed; the client was reset".into();
         let refusal = local(Refusal::AllSourcesFailed, None, message);
         self.metrics.refused(&tunnel(None), refusal);
+        // A client refused before it sent anything may still be finishing its connect, and a
+        // reset that overtakes it reads as a closed port. Its first bytes (or a moment) mean it
+        // is connected: every refusal then reads as a reset of an open connection.
+        if first.taken() == 0 {
+            let _ = tokio::time::timeout(self.limits.refusal_grace, first_byte(&client)).await;
+        }
         reset(client);
+    }
+}
+
+/// Waits until `client` has sent a byte, closed or failed. Readiness alone may be a false
+/// positive (tokio says so), so only a read tells.
+async fn first_byte(client: &TcpStream) {
+    let mut byte = [0u8; 1];
+    loop {
+        if client.readable().await.is_err() {
+            return;
+        }
+        match client.try_read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // A byte, the end, or an error: the client is past connecting.
+            _ => return,
+        }
     }
 }
 

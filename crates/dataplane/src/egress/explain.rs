@@ -142,7 +142,7 @@ impl Egress {
             )),
             (Some(ip), None) => Ok(match snapshot.client_hosts.get(*ip) {
                 Some(pod) => pod.clone(),
-                None => self.clients.attributes_of(*ip),
+                None => self.clients.borrow().attributes_of(*ip),
             }),
             (None, Some(given)) => {
                 if let Some(bad) = given.keys().find(|k| !is_client_attribute(k)) {

@@ -154,7 +154,7 @@ pub(crate) mod tests {
         let tls = watch::channel(Arc::new(GatewayTls::new(&credentials).unwrap())).1;
         let config = DataPlaneConfig {
             import_address: std::net::Ipv4Addr::LOCALHOST.into(),
-            clients: Default::default(),
+            clients: tokio::sync::watch::channel(Default::default()).1,
             metrics,
             protected: vec![],
             loopback_backends: false,

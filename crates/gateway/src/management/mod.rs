@@ -65,16 +65,15 @@ pub fn router(
         .merge(console::routes())
         .route(
             METRICS_PATH,
-            get(move || {
-                let text = metrics.encode();
+            get(move |headers: http::HeaderMap| {
+                let accept = headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                let exposition = metrics.exposition(accept);
                 async move {
-                    // The Prometheus text exposition format, version 0.0.4.
                     (
-                        [(
-                            http::header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        text,
+                        [(http::header::CONTENT_TYPE, exposition.content_type)],
+                        exposition.body,
                     )
                 }
             }),
@@ -135,6 +134,7 @@ pub fn router(
                     renews_from: renewal.renews_from,
                     renewed: renewal.renewed_at,
                     renewal_failure: renewal.failure,
+                    rotation_rejected: current.rotation_rejected(),
                 };
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -61,9 +61,11 @@ function condition(object, type) {
 }
 
 function statusCells(object) {
-  // The first condition that is not True says what is wrong; else the kind's own.
+  // The telling condition, as gwctl picks it (Status::telling): the first False, else the first
+  // Unknown, else the kind's own.
   const conditions = (object.status || {}).conditions || [];
-  const wrong = conditions.find((c) => c.status !== "True");
+  const wrong = conditions.find((c) => c.status === "False") ||
+    conditions.find((c) => c.status !== "True");
   const shown = wrong || conditions[0];
   if (!shown) return ["not reported yet", ""];
   return [shown.reason + ": " + shown.message, wrong ? "bad" : "good"];
@@ -74,16 +76,81 @@ function ago(ms) {
   return s < 60 ? s + " s ago" : Math.floor(s / 60) + " min ago";
 }
 
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(name, attributes, text) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+// The fabric as this gateway sees it: itself in the middle, each peer around it, the line
+// between coloured by the peer's health and labelled with the throughput to and from it.
+function drawFabric(self, nodes) {
+  const width = 720, height = 300, cx = width / 2, cy = height / 2;
+  const picture = svg("svg", { viewBox: "0 0 " + width + " " + height, role: "img",
+    "aria-label": "This gateway and its peers" });
+  nodes.forEach((node, i) => {
+    const angle = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(nodes.length, 1);
+    node.x = cx + Math.cos(angle) * (width / 2 - 90);
+    node.y = cy + Math.sin(angle) * (height / 2 - 45);
+  });
+  for (const node of nodes) {
+    const link = svg("line", { x1: cx, y1: cy, x2: node.x, y2: node.y,
+      class: "link " + node.state, "data-peer": node.name, "data-state": node.state });
+    link.appendChild(svg("title", {}, node.name + ": " + node.says));
+    picture.appendChild(link);
+    picture.appendChild(svg("text", { x: (cx + node.x) / 2, y: (cy + node.y) / 2 - 6,
+      class: "rate", "text-anchor": "middle" }, node.rate));
+  }
+  for (const node of [{ name: self, x: cx, y: cy, state: "self", says: "this gateway" }, ...nodes]) {
+    const group = svg("g", { class: "node " + node.state, "data-node": node.name });
+    group.appendChild(svg("circle", { cx: node.x, cy: node.y, r: node.state === "self" ? 26 : 20 }));
+    group.appendChild(svg("text", { x: node.x, y: node.y + (node.state === "self" ? 44 : 38),
+      "text-anchor": "middle" }, node.name));
+    group.appendChild(svg("title", {}, node.name + ": " + node.says));
+    picture.appendChild(group);
+  }
+  if (nodes.length === 0) {
+    picture.appendChild(svg("text", { x: cx, y: cy + 60, "text-anchor": "middle", class: "rate" },
+      "No peer yet: apply a Peer (gwctl link on the other site prints one)."));
+  }
+  document.getElementById("fabric").replaceChildren(picture);
+}
+
+// Refusals alike (side, who refused, reason, policy, import, export, peer) are one row with
+// how many and which clients; a connection whose every source was refused is not counted
+// again under AllSourcesFailed when its sources' own refusals are there.
+function groupRefusals(events) {
+  const explained = new Set(events.filter((e) => e.reason !== "AllSourcesFailed" && e.client)
+    .map((e) => e.client));
+  const groups = new Map();
+  for (const e of events) {
+    if (e.reason === "AllSourcesFailed" && explained.has(e.client)) continue;
+    const key = [e.side, e.refusedBy, e.reason || e.outcome, e.policy, e.import, e.export, e.peer].join("|");
+    const group = groups.get(key) || { latest: e, count: 0, clients: new Set() };
+    group.count += 1;
+    if (e.client) group.clients.add(e.client.replace(/:\d+$/, ""));
+    groups.set(key, group);
+  }
+  return [...groups.values()];
+}
+
 async function refresh() {
-  const [version, traffic, peers, exports, imports, denials, offers] = await Promise.all([
-    json("/version"),
-    json("/api/v1/traffic"),
-    json(API + "/peers"),
-    json(API + "/exports"),
-    json(API + "/imports"),
-    json("/api/v1/events?problems=true&limit=25"),
-    json("/api/v1/offers"),
-  ]);
+  const [version, traffic, peers, exports, imports, events, offers, policies, privileged] =
+    await Promise.all([
+      json("/version"),
+      json("/api/v1/traffic"),
+      json(API + "/peers"),
+      json(API + "/exports"),
+      json(API + "/imports"),
+      json("/api/v1/events?limit=256"),
+      json("/api/v1/offers"),
+      json(API + "/accesspolicies"),
+      json(API + "/privilegedaccesspolicies"),
+    ]);
+  const denials = events.filter((e) => e.outcome !== "Closed" && e.outcome !== "DryRun");
   const now = { at: Date.now(), imports: traffic.imports, exports: traffic.exports, peers: traffic.peers };
   const seconds = previous ? (now.at - previous.at) / 1000 : 0;
   document.getElementById("gateway").textContent = version.peer;
@@ -97,19 +164,30 @@ async function refresh() {
     "version " + version.version + expires + "; " + peers.items.length + " peers, " +
     exports.items.length + " exports, " + imports.items.length + " imports";
 
-  fill("peers", peers.items.map((p) => {
+  // Peers that reached this gateway lately without a Peer here (an exporting site need not
+  // define its clients' sites): seen in its recent tunnels.
+  const defined = new Set(peers.items.map((p) => p.metadata.name));
+  const inbound = [...new Set(events.filter((e) => e.side === "ingress" && e.peer && !defined.has(e.peer))
+    .map((e) => e.peer))].sort();
+  const nodes = peers.items.map((p) => {
     const seen = traffic.peers[p.metadata.name] || {};
-    const reachable = seen.reachable === true ? ["reachable", "good"]
-      : seen.reachable === false ? ["UNREACHABLE", "bad"] : ["not probed yet", ""];
-    return [
-      [p.metadata.name],
-      [p.spec.gateways.map((g) => g.host + ":" + g.port).join(", ")],
-      reachable,
-      [seen.latencyMs !== undefined ? seen.latencyMs.toFixed(1) + " ms" : "-"],
-      [rate("peers", p.metadata.name, now, seconds)],
-      [seen.lastError || "-"],
-    ];
-  }), 6, "No peers defined.");
+    const state = seen.reachable === true ? "good" : seen.reachable === false ? "bad" : "unknown";
+    const says = state === "good" ? "reachable" : state === "bad" ? "UNREACHABLE" : "not probed yet";
+    return { name: p.metadata.name, state, says, rate: rate("peers", p.metadata.name, now, seconds), seen, peer: p };
+  });
+  for (const name of inbound) {
+    nodes.push({ name, state: "inbound", says: "connects to this gateway (no Peer defined here)", rate: "" });
+  }
+  drawFabric(version.peer, nodes);
+
+  fill("peers", nodes.map((n) => n.peer ? [
+    [n.name],
+    [n.peer.spec.gateways.map((g) => g.host + ":" + g.port).join(", ")],
+    [n.says, n.state === "unknown" ? "" : n.state],
+    [n.seen.latencyMs !== undefined ? n.seen.latencyMs.toFixed(1) + " ms" : "-"],
+    [n.rate],
+    [n.seen.lastError || "-"],
+  ] : [[n.name], ["-"], [n.says], ["-"], ["-"], ["-"]]), 6, "No peers defined, and none has connected lately.");
 
   fill("exports", exports.items.map((e) => {
     const name = e.metadata.namespace + "/" + e.metadata.name;
@@ -145,17 +223,39 @@ async function refresh() {
     return [[peer], [s.offer.namespace + "/" + s.offer.name], [s.offer.port], [labels || "-"], here];
   })), 5, "No offers: no peer offers anything this site may reach, or none answered yet.");
 
-  fill("denials", denials.map((e) => [
-    [ago(e.timeMs)],
-    [e.side],
-    [e.refusedBy, "bad"],
-    [e.reason || e.outcome],
-    [e.policy],
-    [e.import],
-    [e.export],
-    [e.peer],
-    [e.message],
-  ]), 9, "No refusals.");
+  const groups = groupRefusals(denials);
+  fill("denials", groups.map((g) => [
+    [ago(g.latest.timeMs)],
+    ["×" + g.count],
+    [g.latest.side],
+    [g.latest.refusedBy, "bad"],
+    [g.latest.reason || g.latest.outcome],
+    [g.latest.policy],
+    [g.latest.import],
+    [g.latest.export],
+    [g.latest.peer],
+    [[...g.clients].slice(0, 5).join(", ") + (g.clients.size > 5 ? " and " + (g.clients.size - 5) + " more" : "")],
+    [g.latest.message],
+  ]), 11, "No refusals.");
+
+  const decided = (reference) => denials.filter((e) => e.policy === reference).length;
+  const selectors = (entries) => entries.map((e) => {
+    const s = e.workloadSelector || {};
+    const parts = Object.entries(s.matchLabels || {}).map(([k, v]) => k + "=" + v)
+      .concat((s.matchExpressions || []).map((r) => r.key + " " + r.operator + " (" + (r.values || []).join(",") + ")"));
+    return parts.length ? parts.join(", ") : "*";
+  }).join(" | ");
+  // As events name them (PolicyRef): `namespace/name`, or `privileged:name`.
+  fill("policies", policies.items.map((p) => ["AccessPolicy " + p.metadata.namespace + "/" + p.metadata.name,
+    p.metadata.namespace + "/" + p.metadata.name, p])
+    .concat(privileged.items.map((p) => ["PrivilegedAccessPolicy " + p.metadata.name, "privileged:" + p.metadata.name, p]))
+    .map(([title, name, p]) => [
+      [title],
+      [p.spec.action, p.spec.action === "deny" ? "bad" : "good"],
+      [selectors(p.spec.from || [])],
+      [selectors(p.spec.to || [])],
+      [decided(name)],
+    ]), 5, "No policies: every connection is denied by default.");
 
   previous = now;
   document.getElementById("updated").textContent = "Last update: " + new Date().toLocaleTimeString();
