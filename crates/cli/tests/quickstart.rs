@@ -75,6 +75,10 @@ fn the_quickstart_works_as_written_from_a_scratch_directory() {
         // The peer probed reachable, and the example policies listed back in step 5.
         "server1",
         "name: deny-firefox",
+        // The client, app=curl from the client-attribute table, is still served after step 5,
+        // and explain says which policies let it through on both sides.
+        "still served after step 5",
+        "egress@client1: allow (default/allow-all) → ingress@server1: allow (default/allow-all)",
     ] {
         assert!(stdout.contains(expected), "no {expected:?} in\n{said}");
     }
@@ -85,6 +89,11 @@ fn the_quickstart_works_as_written_from_a_scratch_directory() {
     assert!(
         peers.contains("True"),
         "server1 is not reachable: {peers:?}\n{said}"
+    );
+    // Step 5's apply warns of the unknown-client rule it brings into force.
+    assert!(
+        stderr.contains("default/deny-firefox selects clients by attribute"),
+        "{said}"
     );
     // Step 6: the broken manifest is refused, naming the field, as the README shows.
     assert!(

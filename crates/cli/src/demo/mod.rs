@@ -65,7 +65,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         match clusterlink_testbed::netns::available() {
             Ok(()) => return sites::run(args.keep, &dir, args.dir.is_none()).await,
             Err(e) => println!(
-                "Sites in network namespaces are not available here ({e}).\nRunning the loopback demo instead: two gateways on this machine."
+                "Sites in network namespaces are not available here ({e}); as root, scripts/demo installs what they need.\nRunning the loopback demo instead: two gateways on this machine."
             ),
         }
     }
