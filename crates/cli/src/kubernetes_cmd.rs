@@ -73,6 +73,10 @@ pub struct DeployPeerArgs {
     /// installed in the cluster.
     #[arg(long)]
     pub mcs_api: bool,
+    /// Add a Prometheus Operator ServiceMonitor (and the headless Service it selects) that
+    /// scrapes the metrics of every pod of the peer. The operator's CRDs must be installed.
+    #[arg(long)]
+    pub service_monitor: bool,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -137,7 +141,7 @@ impl ClusterArgs {
 }
 
 /// The files `--output` writes, in apply order (kubectl reads a directory in name order).
-const FILES: [(&str, &[&str]); 6] = [
+const FILES: [(&str, &[&str]); 7] = [
     ("00-crds.yaml", &["CustomResourceDefinition"]),
     ("01-namespace.yaml", &["Namespace"]),
     (
@@ -153,6 +157,8 @@ const FILES: [(&str, &[&str]); 6] = [
     ("03-secret.yaml", &["Secret"]),
     ("04-services.yaml", &["Service"]),
     ("05-deployments.yaml", &["Deployment"]),
+    // Only with --service-monitor: a file with no object would make `kubectl apply -f` fail.
+    ("06-monitoring.yaml", &["ServiceMonitor"]),
 ];
 
 pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
@@ -195,6 +201,7 @@ pub async fn deploy_peer(args: DeployPeerArgs) -> anyhow::Result<()> {
         cert_pem: read(&files.cert)?,
         key_pem: read(&files.key)?,
         mcs_api: args.mcs_api,
+        service_monitor: args.service_monitor,
     };
     let manifests = peer.manifests()?;
     match args.output {
@@ -230,8 +237,16 @@ pub fn write_manifests(dir: &Path, manifests: &[Manifest]) -> anyhow::Result<()>
             .filter(|m| kinds.contains(&m.kind()))
             .cloned()
             .collect();
-        let yaml = deploy::to_yaml(&group)?;
         let path = dir.join(file);
+        if group.is_empty() {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                }
+                _ => continue,
+            }
+        }
+        let yaml = deploy::to_yaml(&group)?;
         let tmp = dir.join(format!(".{file}.tmp"));
         // The Secret holds the private key: readable by the owner only, from the first byte.
         let mode = if kinds.contains(&"Secret") {
@@ -268,6 +283,8 @@ pub async fn delete_peer(args: DeletePeerArgs) -> anyhow::Result<()> {
         cert_pem: String::new(),
         key_pem: String::new(),
         mcs_api: true,
+        // Deleted if there is one; a cluster without the operator answers 404, which is skipped.
+        service_monitor: true,
     };
     let manifests = peer.manifests()?;
     let client = args.cluster.client().await?;

@@ -23,6 +23,7 @@ fn peer() -> PeerDeployment {
         cert_pem: "CERT PEM".into(),
         key_pem: "KEY PEM".into(),
         mcs_api: false,
+        service_monitor: false,
     }
 }
 

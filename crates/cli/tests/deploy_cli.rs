@@ -67,6 +67,39 @@ fn deploy_writes_numbered_manifests_a_user_applies_as_they_are() {
         services.contains("type: NodePort") && services.contains("nodePort: 30443"),
         "{services}"
     );
+    // With --service-monitor, the monitor has a file of its own; written again without, the
+    // file goes (kubectl apply -f refuses a file with no object).
+    let monitored = run(
+        CLUSTERLINK,
+        &[
+            "deploy",
+            "peer",
+            "--name",
+            "server1",
+            "--service-monitor",
+            "--output",
+            "monitored",
+        ],
+        f.root(),
+    );
+    assert!(monitored.status.success(), "{}", stderr(&monitored));
+    let monitoring = f.root().join("monitored/06-monitoring.yaml");
+    let text = std::fs::read_to_string(&monitoring).unwrap();
+    assert!(text.contains("kind: ServiceMonitor"), "{text}");
+    let again = run(
+        CLUSTERLINK,
+        &[
+            "deploy",
+            "peer",
+            "--name",
+            "server1",
+            "--output",
+            "monitored",
+        ],
+        f.root(),
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(!monitoring.exists());
     let deployments = std::fs::read_to_string(out.join("05-deployments.yaml")).unwrap();
     assert!(deployments.contains("replicas: 2"), "{deployments}");
     assert!(

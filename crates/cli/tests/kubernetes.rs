@@ -61,10 +61,54 @@ fn deploy_peer_applies_to_a_real_api_server_again_without_change_and_delete_remo
     let cluster = cluster(root.path());
     let fabric = Fabric::new(&["p1"]);
 
-    let deploy = ["deploy", "peer", "--name", "p1", "--path"];
+    // The Prometheus Operator's ServiceMonitor CRD, as the operator installs it.
+    let bin = testenv_bin().unwrap();
+    let monitor_crd = clusterlink_testbed::cluster::service_monitor_crd(&bin);
+    cluster
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "-f",
+            monitor_crd.to_str().unwrap(),
+        ])
+        .unwrap();
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/servicemonitors.monitoring.coreos.com",
+        ])
+        .unwrap();
+
+    let deploy = [
+        "deploy",
+        "peer",
+        "--name",
+        "p1",
+        "--service-monitor",
+        "--path",
+    ];
     let path = fabric.root().to_str().unwrap();
     let first = clusterlink(&cluster, root.path(), &[&deploy[..], &[path]].concat());
     assert!(first.status.success(), "{}", stderr(&first));
+    // The real server admits the ServiceMonitor, which scrapes the metrics Service.
+    let monitor = || {
+        cluster.kubectl(&[
+            "get",
+            "servicemonitor",
+            "cl-metrics",
+            "-n",
+            SYSTEM,
+            "-o",
+            "jsonpath={.spec.endpoints[0].port} {.spec.endpoints[0].path} {.metadata.resourceVersion}",
+        ])
+    };
+    let first_monitor = monitor().unwrap();
+    assert!(
+        first_monitor.starts_with("metrics /metrics "),
+        "{first_monitor}"
+    );
 
     // The real server admits the generated definitions and serves them.
     cluster
@@ -108,6 +152,7 @@ fn deploy_peer_applies_to_a_real_api_server_again_without_change_and_delete_remo
         objects,
         "a second deploy changed objects"
     );
+    assert_eq!(monitor().unwrap(), first_monitor);
 
     // Delete removes exactly what deploy created (the definitions stay unless asked).
     let delete = clusterlink(&cluster, root.path(), &["delete", "peer", "--name", "p1"]);
@@ -118,6 +163,7 @@ fn deploy_peer_applies_to_a_real_api_server_again_without_change_and_delete_remo
             .all(|o| o.starts_with("CustomResourceDefinition/")),
         "left behind: {left:#?}"
     );
+    assert!(monitor().is_err(), "the ServiceMonitor was left behind");
     // Without a namespace controller (none runs here) the namespace stays Terminating.
     let phase = cluster.kubectl(&["get", "namespace", SYSTEM, "-o", "jsonpath={.status.phase}"]);
     assert!(

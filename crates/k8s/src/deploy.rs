@@ -111,6 +111,46 @@ pub struct PeerDeployment {
     /// Turn on the Multi-Cluster Services API (`crate::mcs`): the control plane's flag and its
     /// rights on ServiceExports and ServiceImports. The API's CRDs are installed separately.
     pub mcs_api: bool,
+    /// Add a Service over both components' operations ports and a Prometheus Operator
+    /// `ServiceMonitor` that scrapes it (its CRD comes with the operator).
+    pub service_monitor: bool,
+}
+
+/// The Service over the operations ports of a peer's pods, which a ServiceMonitor selects.
+pub const METRICS_SERVICE: &str = "cl-metrics";
+/// How often the ServiceMonitor asks Prometheus to scrape: the gateway's counters move by the
+/// second, and the dashboard's panels are per minute.
+pub const SCRAPE_INTERVAL: &str = "30s";
+
+/// A Prometheus Operator ServiceMonitor: only the fields ClusterLink writes.
+#[derive(kube::CustomResource, Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "monitoring.coreos.com",
+    version = "v1",
+    kind = "ServiceMonitor",
+    namespaced,
+    schema = "disabled",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    pub selector: LabelSelector,
+    pub namespace_selector: NamespaceSelector,
+    pub endpoints: Vec<MonitorEndpoint>,
+}
+
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceSelector {
+    pub match_names: Vec<String>,
+}
+
+#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorEndpoint {
+    pub port: String,
+    pub path: String,
+    pub interval: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -147,6 +187,7 @@ pub enum Manifest {
     Secret(Secret),
     Service(Service),
     Deployment(Deployment),
+    ServiceMonitor(ServiceMonitor),
 }
 
 /// Runs `$m!(object, Type, cluster|namespaced)` for the manifest's variant.
@@ -165,6 +206,7 @@ macro_rules! each_manifest {
             Manifest::Secret(o) => $m!(o, Secret, namespaced),
             Manifest::Service(o) => $m!(o, Service, namespaced),
             Manifest::Deployment(o) => $m!(o, Deployment, namespaced),
+            Manifest::ServiceMonitor(o) => $m!(o, ServiceMonitor, namespaced),
         }
     };
 }
@@ -182,6 +224,7 @@ impl Manifest {
             Manifest::Secret(_) => "Secret",
             Manifest::Service(_) => "Service",
             Manifest::Deployment(_) => "Deployment",
+            Manifest::ServiceMonitor(_) => "ServiceMonitor",
         }
     }
 
@@ -197,6 +240,7 @@ impl Manifest {
             Manifest::Secret(o) => &o.metadata,
             Manifest::Service(o) => &o.metadata,
             Manifest::Deployment(o) => &o.metadata,
+            Manifest::ServiceMonitor(o) => &o.metadata,
         }
     }
 
@@ -368,7 +412,61 @@ impl PeerDeployment {
         out.push(Manifest::Service(self.peer_service()));
         out.push(Manifest::Deployment(self.controlplane()));
         out.push(Manifest::Deployment(self.dataplane()));
+        if self.service_monitor {
+            out.push(Manifest::Service(self.metrics_service()));
+            out.push(Manifest::ServiceMonitor(self.monitor()));
+        }
         Ok(out)
+    }
+
+    /// Labels of the metrics Service, which its ServiceMonitor selects.
+    fn metrics_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels(None);
+        labels.insert("app.kubernetes.io/component".into(), "metrics".into());
+        labels
+    }
+
+    /// A headless Service over the operations port of every pod of the peer (both components).
+    fn metrics_service(&self) -> Service {
+        let mut metadata = self.meta(METRICS_SERVICE, true, None);
+        metadata.labels = Some(self.metrics_labels());
+        Service {
+            metadata,
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("None".into()),
+                selector: Some(self.labels(None)),
+                ports: Some(vec![ServicePort {
+                    name: Some(OPS_PORT_NAME.into()),
+                    port: i32::from(DEFAULT_OPS_PORT),
+                    target_port: Some(IntOrString::String(OPS_PORT_NAME.into())),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn monitor(&self) -> ServiceMonitor {
+        let mut monitor = ServiceMonitor::new(
+            METRICS_SERVICE,
+            ServiceMonitorSpec {
+                selector: LabelSelector {
+                    match_labels: Some(self.metrics_labels()),
+                    ..Default::default()
+                },
+                namespace_selector: NamespaceSelector {
+                    match_names: vec![self.namespace.clone()],
+                },
+                endpoints: vec![MonitorEndpoint {
+                    port: OPS_PORT_NAME.into(),
+                    path: METRICS_PATH.into(),
+                    interval: SCRAPE_INTERVAL.into(),
+                }],
+            },
+        );
+        monitor.metadata = self.meta(METRICS_SERVICE, true, None);
+        monitor
     }
 
     fn rbac(&self) -> Vec<Manifest> {

@@ -25,6 +25,7 @@ fn peer() -> PeerDeployment {
         cert_pem: "CERT PEM".into(),
         key_pem: "KEY PEM".into(),
         mcs_api: false,
+        service_monitor: false,
     }
 }
 
@@ -233,6 +234,61 @@ fn the_pieces_fit_together() {
     let data = secret.data.clone().unwrap();
     assert_eq!(data["tls.key"].0, b"KEY PEM");
     assert_eq!(data["ca.crt"].0, b"CA PEM");
+}
+
+#[test]
+fn a_service_monitor_scrapes_every_pod_of_the_peer_on_its_operations_port() {
+    assert!(
+        peer()
+            .manifests()
+            .unwrap()
+            .iter()
+            .all(|m| m.kind() != "ServiceMonitor"),
+        "only when asked for"
+    );
+    let manifests = PeerDeployment {
+        service_monitor: true,
+        ..peer()
+    }
+    .manifests()
+    .unwrap();
+    let Manifest::Service(service) = find(&manifests, "Service", deploy::METRICS_SERVICE) else {
+        unreachable!()
+    };
+    let Manifest::ServiceMonitor(monitor) =
+        find(&manifests, "ServiceMonitor", deploy::METRICS_SERVICE)
+    else {
+        unreachable!()
+    };
+    // The monitor selects the Service, in the peer's namespace, on its named port.
+    let service_labels = service.metadata.labels.clone().unwrap();
+    let wanted = monitor.spec.selector.match_labels.clone().unwrap();
+    assert!(wanted.iter().all(|(k, v)| service_labels.get(k) == Some(v)));
+    assert_eq!(
+        monitor.spec.namespace_selector.match_names,
+        ["clusterlink-system"]
+    );
+    let spec = service.spec.clone().unwrap();
+    let port = &spec.ports.unwrap()[0];
+    assert_eq!(monitor.spec.endpoints[0].port, port.name.clone().unwrap());
+    assert_eq!(monitor.spec.endpoints[0].path, "/metrics");
+    // The Service selects both components' pods, whose containers name that port.
+    let selector = spec.selector.unwrap();
+    for name in [deploy::CONTROLPLANE, deploy::DATAPLANE] {
+        let pod = deployment(&manifests, name).spec.unwrap().template;
+        let labels = pod.metadata.unwrap().labels.unwrap();
+        assert!(
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+            "{name}"
+        );
+        let ports = pod.spec.unwrap().containers[0].ports.clone().unwrap();
+        assert!(ports.iter().any(|p| p.name == port.name), "{name}");
+    }
+    // It comes last, after what it watches, and goes first on deletion.
+    assert_eq!(manifests.last().unwrap().kind(), "ServiceMonitor");
+    let value = serde_json::to_value(manifests.last().unwrap()).unwrap();
+    assert_eq!(value["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(value["kind"], "ServiceMonitor");
 }
 
 #[test]

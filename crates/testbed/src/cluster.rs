@@ -50,6 +50,13 @@ pub fn mcs_api_crds(bin: &Path) -> PathBuf {
     bin.parent().unwrap_or(bin).join("mcs-api-crds")
 }
 
+/// The Prometheus Operator's ServiceMonitor CRD that `scripts/k8s-testenv` fetches beside `bin`.
+pub fn service_monitor_crd(bin: &Path) -> PathBuf {
+    bin.parent()
+        .unwrap_or(bin)
+        .join("prometheus-operator-crds/monitoring.coreos.com_servicemonitors.yaml")
+}
+
 /// A running etcd and API server; stopped when dropped.
 pub struct TestCluster {
     processes: Vec<Child>,
