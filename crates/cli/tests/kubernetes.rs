@@ -852,3 +852,290 @@ fn the_controller_converges_on_many_imports_among_many_pods() {
         pass * 1000.0
     );
 }
+
+/// The chart in `deploy/helm/clusterlink`.
+fn chart() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/helm/clusterlink")
+}
+
+/// `helm <args>` from the test environment, with its own cache and configuration in `home`.
+fn helm(home: &Path, args: &[&str]) -> std::process::Output {
+    let bin = testenv_bin().expect("the Kubernetes test environment");
+    std::process::Command::new(bin.join("helm"))
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("helm (scripts/k8s-testenv builds it)")
+}
+
+/// Every object of a YAML stream, by kind, namespace and name.
+fn objects_of(yaml: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .filter(|o| !o.is_null())
+        .map(|o| {
+            let key = format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap_or_default(),
+                o["metadata"]["namespace"].as_str().unwrap_or_default(),
+                o["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            (key, o)
+        })
+        .collect()
+}
+
+/// What `deploy peer --output` writes, but the namespace and the definitions (a chart leaves the
+/// namespace to `helm --create-namespace`, and keeps the definitions in `crds/`).
+fn deployed_objects(
+    dir: &Path,
+    files: &[&str],
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let mut all = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if files.contains(&name.as_str()) {
+            all.extend(objects_of(&std::fs::read_to_string(&path).unwrap()));
+        }
+    }
+    all
+}
+
+#[test]
+fn the_helm_chart_lints_and_renders_exactly_what_deploy_peer_writes() {
+    let root = tempfile::tempdir().unwrap();
+    let fabric = Fabric::new(&["server1"]);
+    let fabric_dir = fabric.fabric_dir();
+    let file = |p: &str| fabric_dir.join(p).display().to_string();
+    let tls = [
+        "--set-file".to_string(),
+        format!("tls.ca={}", file("cert.pem")),
+        "--set-file".to_string(),
+        format!("tls.cert={}", file("server1/cert.pem")),
+        "--set-file".to_string(),
+        format!("tls.key={}", file("server1/key.pem")),
+    ];
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let mut lint = vec!["lint", chart, "--strict", "--set", "peer.name=server1"];
+    lint.extend(tls.iter().map(String::as_str));
+    let linted = helm(root.path(), &lint);
+    assert!(
+        linted.status.success(),
+        "{}{}",
+        stdout(&linted),
+        stderr(&linted)
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    let chart_yaml = std::fs::read_to_string(Path::new(chart).join("Chart.yaml")).unwrap();
+    assert!(
+        chart_yaml.contains(&format!("appVersion: \"{version}\"")),
+        "the chart's appVersion is not {version}"
+    );
+
+    // The same peer three ways, each as `deploy peer` flags and as the chart's values.
+    let cases: [(&[&str], &[&str], &str); 3] = [
+        (&[], &["--set", "peer.name=server1"], "clusterlink-system"),
+        (
+            &[
+                "--ingress",
+                "NodePort",
+                "--ingress-port",
+                "30999",
+                "--dataplane-replicas",
+                "2",
+                "--label",
+                "region=eu",
+                "--label",
+                "tier=gold",
+                "--mcs-api",
+                "--service-monitor",
+                "--container-registry",
+                "registry.example.com/team/",
+                "--tag",
+                "v9",
+                "--namespace",
+                "team-a",
+            ],
+            &[
+                "--set",
+                "peer.name=server1,ingress.type=NodePort,ingress.port=30999",
+                "--set",
+                "dataplane.replicas=2,peer.labels.region=eu,peer.labels.tier=gold",
+                "--set",
+                "mcsApi=true,serviceMonitor=true",
+                "--set",
+                "image.registry=registry.example.com/team/,image.tag=v9",
+            ],
+            "team-a",
+        ),
+        (
+            &["--ingress", "none", "--ingress-port", "8443"],
+            &[
+                "--set",
+                "peer.name=server1,ingress.type=none,ingress.port=8443",
+            ],
+            "clusterlink-system",
+        ),
+    ];
+    for (i, (flags, values, namespace)) in cases.iter().enumerate() {
+        let out = root.path().join(format!("deploy-{i}"));
+        // Without --tag, deploy peer names its own version, which the chart's default must be.
+        let mut deploy = vec!["deploy", "peer", "--name", "server1"];
+        deploy.extend_from_slice(flags);
+        deploy.extend(["--output", out.to_str().unwrap()]);
+        let written = run(CLUSTERLINK, &deploy, fabric.root());
+        assert!(written.status.success(), "{}", stderr(&written));
+        let mut template = vec!["template", "server1", chart, "--namespace", namespace];
+        template.extend_from_slice(values);
+        template.extend(tls.iter().map(String::as_str));
+        let rendered = helm(root.path(), &template);
+        assert!(rendered.status.success(), "{}", stderr(&rendered));
+        let from_chart = objects_of(&stdout(&rendered));
+        let from_deploy = deployed_objects(
+            &out,
+            &[
+                "02-rbac.yaml",
+                "03-secret.yaml",
+                "04-services.yaml",
+                "05-deployments.yaml",
+                "06-monitoring.yaml",
+            ],
+        );
+        assert_eq!(
+            from_chart.keys().collect::<Vec<_>>(),
+            from_deploy.keys().collect::<Vec<_>>(),
+            "case {i}: the chart makes other objects than deploy peer"
+        );
+        for (key, object) in &from_deploy {
+            assert_eq!(
+                &from_chart[key], object,
+                "case {i}: {key} differs between the chart and deploy peer"
+            );
+        }
+
+        // The chart's definitions are the ones generated from the types.
+        let crds = std::fs::read_to_string(out.join("00-crds.yaml")).unwrap();
+        let chart_crds = Path::new(chart).join("crds/clusterlink.yaml");
+        if std::env::var_os("UPDATE_CHART").is_some() {
+            let header = "# Generated from the resource types (clusterlink deploy peer writes the same definitions);\n\
+                # a test keeps this file equal to them: UPDATE_CHART=1 cargo test -p clusterlink --test kubernetes rewrites it.\n";
+            std::fs::write(&chart_crds, format!("{header}{crds}")).unwrap();
+        }
+        assert_eq!(
+            objects_of(&std::fs::read_to_string(&chart_crds).unwrap()),
+            objects_of(&crds),
+            "the chart's CRDs are stale: UPDATE_CHART=1 cargo test -p clusterlink --test kubernetes"
+        );
+    }
+
+    // Values the chart cannot honour are refused, as deploy peer refuses its flags.
+    for (values, says) in [
+        (
+            "peer.name=server1,ingress.type=NodePort,ingress.port=443",
+            "outside the NodePort range",
+        ),
+        (
+            "peer.name=server1,ingress.type=ingress-nginx",
+            "use LoadBalancer, NodePort or none",
+        ),
+        ("peer.name=server1,dataplane.replicas=0", "at least 1"),
+        ("ingress.type=none", "peer.name is required"),
+    ] {
+        let mut template = vec!["template", "server1", chart, "--set", values];
+        template.extend(tls.iter().map(String::as_str));
+        let refused = helm(root.path(), &template);
+        assert!(!refused.status.success(), "{values}");
+        assert!(
+            stderr(&refused).contains(says),
+            "{values}: {}",
+            stderr(&refused)
+        );
+    }
+}
+
+#[test]
+fn the_helm_chart_installs_on_a_real_api_server_and_uninstalls() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = cluster(root.path());
+    let fabric = Fabric::new(&["p1"]);
+    let fabric_dir = fabric.fabric_dir();
+    let set_file = |key: &str, p: &str| format!("{key}={}", fabric_dir.join(p).display());
+    let (ca, cert, key) = (
+        set_file("tls.ca", "cert.pem"),
+        set_file("tls.cert", "p1/cert.pem"),
+        set_file("tls.key", "p1/key.pem"),
+    );
+    let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+    let chart = chart();
+    let installed = helm(
+        root.path(),
+        &[
+            "install",
+            "p1",
+            chart.to_str().unwrap(),
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            SYSTEM,
+            "--create-namespace",
+            "--set",
+            "peer.name=p1",
+            "--set-file",
+            &ca,
+            "--set-file",
+            &cert,
+            "--set-file",
+            &key,
+        ],
+    );
+    assert!(installed.status.success(), "{}", stderr(&installed));
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/imports.clusterlink.net",
+        ])
+        .unwrap();
+    let objects = deployed(&cluster);
+    for expected in [
+        "Deployment/cl-controlplane=",
+        "Deployment/cl-dataplane=",
+        "Secret/cl-peer-tls=",
+        "Service/clusterlink=",
+        "ClusterRole/clusterlink-controlplane-clusterlink-system=",
+    ] {
+        assert!(
+            objects.iter().any(|o| o.starts_with(expected)),
+            "no {expected} among {objects:#?}"
+        );
+    }
+    let listed = helm(
+        root.path(),
+        &["list", "--kubeconfig", kubeconfig, "--namespace", SYSTEM],
+    );
+    assert!(stdout(&listed).contains("deployed"), "{}", stdout(&listed));
+
+    let uninstalled = helm(
+        root.path(),
+        &[
+            "uninstall",
+            "p1",
+            "--kubeconfig",
+            kubeconfig,
+            "--namespace",
+            SYSTEM,
+        ],
+    );
+    assert!(uninstalled.status.success(), "{}", stderr(&uninstalled));
+    let left = deployed(&cluster);
+    assert!(
+        left.iter()
+            .all(|o| o.starts_with("CustomResourceDefinition/")),
+        "left behind: {left:#?}"
+    );
+}
