@@ -126,6 +126,15 @@ async fn expired_foreign_and_misnamed_certificates_are_refused_at_the_handshake(
         .await
         .unwrap_err();
     assert!(err.contains("CertificateExpired"), "{err}");
+    // The gateway's own account of it gives the certificate's end as a date.
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || server
+            .log()
+            .contains("the certificate expired at 20")),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains("(UNIX)"), "{}", server.log());
 
     // The right name from another fabric.
     let other = Fabric::new(&["client1"]);

@@ -324,7 +324,10 @@ async fn handle(
             .map_err(|e| {
                 unserved(
                     Unserved::HandshakeRefused,
-                    format!("TLS handshake refused: {e}"),
+                    format!(
+                        "TLS handshake refused: {}",
+                        clusterlink_pki::tls::handshake_error_text(&e)
+                    ),
                 )
             })?,
         () = admitted.shed() => return Err(shed()),

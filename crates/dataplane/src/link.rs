@@ -498,7 +498,10 @@ pub(crate) enum DialLinkError {
     Connect(io::Error),
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
-    #[error("TLS: {0} (a gateway that predates links refuses their ALPN)")]
+    #[error(
+        "TLS: {} (a gateway that predates links refuses their ALPN)",
+        clusterlink_pki::tls::handshake_error_text(.0)
+    )]
     Handshake(io::Error),
     /// Not expected: a dialing side's links are not bounded (one per gateway listed).
     #[error("too many links to the peer are held here")]

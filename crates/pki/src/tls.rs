@@ -123,13 +123,22 @@ impl Credentials {
 
 /// A verification error, with a certificate's dates as dates rather than Unix seconds.
 fn dated(e: rustls::Error) -> PkiError {
+    match dates_of(&e) {
+        Some(text) => PkiError::OutsideValidity(text),
+        None => PkiError::Tls(e),
+    }
+}
+
+/// What a certificate used outside its validity says, with its dates as dates; `None` for any
+/// other error.
+fn dates_of(e: &rustls::Error) -> Option<String> {
     use crate::status::{span, timestamp};
-    let seconds = |t: rustls_pki_types::UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    let seconds = |t: &rustls_pki_types::UnixTime| i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
     match e {
         rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
             time,
             not_after,
-        }) => PkiError::OutsideValidity(format!(
+        }) => Some(format!(
             "the certificate expired at {} ({} ago)",
             timestamp(seconds(not_after)),
             span(seconds(time) - seconds(not_after))
@@ -137,13 +146,22 @@ fn dated(e: rustls::Error) -> PkiError {
         rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidYetContext {
             time,
             not_before,
-        }) => PkiError::OutsideValidity(format!(
+        }) => Some(format!(
             "the certificate is not valid before {} ({} from now; is this machine's clock right?)",
             timestamp(seconds(not_before)),
             span(seconds(not_before) - seconds(time))
         )),
-        other => PkiError::Tls(other),
+        _ => None,
     }
+}
+
+/// A TLS handshake's error as an operator reads it: a certificate's dates as dates (rustls
+/// writes Unix seconds), anything else as it is.
+pub fn handshake_error_text(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(dates_of)
+        .unwrap_or_else(|| e.to_string())
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
@@ -333,5 +351,28 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::UnixTime;
+    use std::time::Duration;
+
+    #[test]
+    fn handshake_errors_give_certificate_dates_as_dates() {
+        let at = |secs| UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext {
+            time: at(1_800_000_000 + 9 * 86_400),
+            not_after: at(1_800_000_000),
+        });
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, expired);
+        assert_eq!(
+            handshake_error_text(&io),
+            "the certificate expired at 2027-01-15T08:00:00Z (9 days ago)"
+        );
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(handshake_error_text(&other), "reset");
     }
 }

@@ -193,7 +193,7 @@ pub(super) enum DialError {
     SocketOptions(io::Error),
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
-    #[error("TLS: {0}")]
+    #[error("TLS: {}", clusterlink_pki::tls::handshake_error_text(.0))]
     Handshake(io::Error),
     #[error("sending the tunnel request: {0}")]
     Send(io::Error),
