@@ -844,6 +844,85 @@ mod tests {
     use clusterlink_api::parse_manifest;
     use clusterlink_store::MemoryStore;
 
+    #[test]
+    fn an_import_whose_answering_peers_do_not_offer_its_export_is_not_ready() {
+        let manifest = |yaml: &str| {
+            parse_manifest(
+                &format!("apiVersion: clusterlink.net/v1alpha1\n{yaml}"),
+                "default",
+            )
+            .unwrap()
+        };
+        let mut objects = Objects::new();
+        for peer in ["p1", "p2"] {
+            let obj = manifest(&format!(
+                "kind: Peer\nmetadata: {{name: {peer}}}\nspec: {{gateways: [{{host: 10.0.0.1, port: 443}}]}}\n"
+            ));
+            objects.insert(obj.key(), obj);
+        }
+        let Object::Import(import) = manifest(
+            "kind: Import\nmetadata: {name: web}\nspec: {port: 9000, sources: [{peer: p1, exportName: web, exportNamespace: default}, {peer: p2, exportName: web, exportNamespace: default}]}\n",
+        ) else {
+            unreachable!()
+        };
+        let mut runtime = RuntimeConditions::new();
+        for peer in ["p1", "p2"] {
+            runtime.insert(
+                ObjectKey::new(Kind::Peer, SYSTEM_NAMESPACE, peer),
+                vec![Condition::new(
+                    ConditionType::PeerReachable,
+                    ConditionStatus::True,
+                    ConditionReason::Probed,
+                    "ok",
+                )],
+            );
+        }
+        let offering = |names: &[&str]| clusterlink_api::catalog::Catalog {
+            offers: names
+                .iter()
+                .map(|name| clusterlink_api::catalog::Offer {
+                    namespace: "default".into(),
+                    name: name.to_string(),
+                    port: clusterlink_api::Port::new(80).unwrap(),
+                    labels: Default::default(),
+                })
+                .collect(),
+        };
+        let judged =
+            |catalogs: &Catalogs| sources_ready(&import.spec, &objects, &runtime, Some(catalogs));
+        // Neither offers web: not ready, and each is named.
+        let none = Catalogs::from([
+            ("p1".into(), offering(&["db"])),
+            ("p2".into(), offering(&[])),
+        ]);
+        let c = judged(&none);
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::False, "ExportNotOffered")
+        );
+        assert!(
+            c.message.contains("p1 does not offer export default/web"),
+            "{}",
+            c.message
+        );
+        assert!(
+            c.message.contains("p2 does not offer export default/web"),
+            "{}",
+            c.message
+        );
+        // One offers it: ready, and the other is still named.
+        let one = Catalogs::from([
+            ("p1".into(), offering(&["web"])),
+            ("p2".into(), offering(&[])),
+        ]);
+        let c = judged(&one);
+        assert_eq!(c.status, ConditionStatus::True);
+        assert!(c.message.contains("p2 does not offer"), "{}", c.message);
+        // A peer whose catalog is not known is given the benefit of the doubt.
+        let unknown = Catalogs::from([("p1".into(), offering(&[]))]);
+        assert_eq!(judged(&unknown).status, ConditionStatus::True);
+    }
+
     fn export(name: &str, port: u16) -> Object {
         parse_manifest(
             &format!("apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: {name}}}\nspec: {{port: {port}}}\n"),
