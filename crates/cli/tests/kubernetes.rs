@@ -1043,6 +1043,11 @@ fn the_helm_chart_lints_and_renders_exactly_what_deploy_peer_writes() {
             "use LoadBalancer, NodePort or none",
         ),
         ("peer.name=server1,dataplane.replicas=0", "at least 1"),
+        (
+            "peer.name=server1,ingress.port=0",
+            "ingress.port must be 1-65535",
+        ),
+        ("peer.name=Server_1", "must be a DNS name"),
         ("ingress.type=none", "peer.name is required"),
     ] {
         let mut template = vec!["template", "server1", chart, "--set", values];
@@ -1054,6 +1059,21 @@ fn the_helm_chart_lints_and_renders_exactly_what_deploy_peer_writes() {
             "{values}: {}",
             stderr(&refused)
         );
+    }
+    // A name YAML would read as a number (or `on` as a boolean) stays a string everywhere.
+    for name in ["123", "on"] {
+        let name_value = format!("peer.name={name}");
+        let mut template = vec!["template", name, chart, "--set-string", &name_value];
+        template.extend(tls.iter().map(String::as_str));
+        let rendered = helm(root.path(), &template);
+        assert!(rendered.status.success(), "{name}: {}", stderr(&rendered));
+        for (key, object) in objects_of(&stdout(&rendered)) {
+            assert_eq!(
+                object["metadata"]["labels"]["clusterlink.net/peer"],
+                serde_json::json!(name),
+                "{key}"
+            );
+        }
     }
 }
 

@@ -459,6 +459,11 @@ fn the_console_shows_the_fabric_and_the_latest_denial_in_a_real_browser() {
     for _ in 0..3 {
         assert_eq!(exchange(pair.port, b"x"), Exchange::Reset);
     }
+    // The import is not ready once server1's new catalog is here (fetched after a probe).
+    assert!(eventually(CONVERGE, || pair
+        .client
+        .gwctl_ok(&["get", "imports"])
+        .contains("ExportNotOffered")));
     let page = browse(&url, &shots.join("console-denied.png"));
     for needle in [
         "PolicyDenied",

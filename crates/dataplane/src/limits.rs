@@ -170,6 +170,9 @@ pub struct Limits {
     /// for it to finish connecting, so it reads "connection reset" (a gateway refused) and never
     /// "connection refused" (nothing listens), short enough that refused clients hold little.
     pub refusal_grace: Duration,
+    /// Refused clients held for `refusal_grace` at once; past that, a refused client is reset at
+    /// once, so connections that are refused and never send cannot pile up descriptors.
+    pub refusal_waits: usize,
     /// Shortest time between two warnings of the same kind of refused connection: a flood of
     /// strangers must not become a flood of log lines.
     pub warn_every: Duration,
@@ -255,6 +258,7 @@ impl Limits {
         },
 
         refusal_grace: Duration::from_millis(500),
+        refusal_waits: 64,
         warn_every: Duration::from_secs(10),
         problem_log: Rate {
             burst: 20,

@@ -1110,18 +1110,34 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Whether an `Accept` header names OpenMetrics with a quality above zero.
+/// Whether an `Accept` header prefers OpenMetrics: named with a quality above zero and at least
+/// that of the plain text it also takes (`text/plain`, `text/*`, `*/*`). A quality that does not
+/// read as a number counts as zero.
 fn accepts_openmetrics(accept: &str) -> bool {
-    accept.split(',').any(|range| {
-        let mut params = range.split(';').map(str::trim);
-        let media = params.next().unwrap_or_default();
-        media.eq_ignore_ascii_case("application/openmetrics-text")
-            && !params.any(|p| {
-                p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
+    let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let quality = parts
+            .find_map(|p| {
+                let (key, value) = p.split_once('=')?;
+                key.trim().eq_ignore_ascii_case("q").then(|| {
+                    value
+                        .trim()
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|q| q.is_finite())
+                        .unwrap_or(0.0)
+                })
             })
-    })
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+            "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
 }
 
 /// The Prometheus text format 0.0.4 of what prometheus-client writes as OpenMetrics. The two
@@ -1189,10 +1205,15 @@ mod tests {
     fn openmetrics_goes_only_to_scrapers_that_ask_for_it() {
         let prometheus = "application/openmetrics-text;version=1.0.0,text/plain;q=0.5,*/*;q=0.1";
         assert!(accepts_openmetrics(prometheus));
+        assert!(accepts_openmetrics("application/openmetrics-text"));
         for other in [
             "*/*",
             "text/plain; version=0.0.4",
             "application/openmetrics-text; q=0",
+            "application/openmetrics-text; Q=0",
+            "application/openmetrics-text;q=0.1, text/plain;q=0.9",
+            "application/openmetrics-text;q=NaN",
+            "application/openmetrics-text;q=x",
         ] {
             assert!(!accepts_openmetrics(other), "{other}");
         }

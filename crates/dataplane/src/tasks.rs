@@ -75,6 +75,7 @@ impl DataPlane {
             metrics: config.metrics.clone(),
             live: Default::default(),
             relayed: Arc::new(hops::RelayedConnections::default()),
+            refusal_waits: tokio::sync::Semaphore::new(limits.refusal_waits),
         });
         Arc::new(DataPlane { config, egress })
     }

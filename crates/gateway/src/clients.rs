@@ -13,34 +13,44 @@ use tokio::sync::watch;
 /// as soon as a person can try it.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Follows `path` (whose current table `tables` holds) until `shutdown` flips. The file is
-/// compared by content, not by its times: two edits of the same size within one tick of the
-/// file system's clock are still told apart, and a table is a few kilobytes.
+/// Follows `path` until `shutdown` flips. The file is compared by content, not by its times:
+/// two edits of the same size within one tick of the file system's clock are still told apart,
+/// and a table is a few kilobytes. Content is taken once it reads the same on two ticks in a
+/// row, so a file caught half written (an editor that truncates, then writes) is never put in
+/// force; and the first look is taken as a change, so an edit made while the gateway started is
+/// not missed.
 pub(crate) async fn follow(
     path: PathBuf,
     tables: watch::Sender<Arc<ClientTable>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = std::fs::read(&path).ok();
+    let mut seen: Option<Option<Vec<u8>>> = None;
+    let mut settling: Option<Option<Vec<u8>>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
             _ = shutdown.changed() => return,
         }
         let now = std::fs::read(&path).ok();
-        if now == seen {
+        if seen.as_ref() == Some(&now) {
+            settling = None;
             continue;
         }
+        if settling.as_ref() != Some(&now) {
+            settling = Some(now);
+            continue;
+        }
+        settling = None;
         let read = match &now {
             None => Err("the file cannot be read".to_string()),
             Some(bytes) => std::str::from_utf8(bytes)
                 .map_err(|e| e.to_string())
                 .and_then(|text| ClientTable::parse(text).map_err(|e| e.to_string())),
         };
-        seen = now;
+        seen = Some(now);
         match read {
             Ok(table) => {
-                tracing::info!(path = %path.display(), ranges = table.len(), "client attributes reloaded");
+                tracing::info!(path = %path.display(), ranges = table.len(), "client attributes loaded");
                 tables.send_replace(Arc::new(table));
             }
             Err(e) => tracing::warn!(
@@ -77,8 +87,9 @@ mod tests {
         let (tx, mut rx) = watch::channel(Arc::new(ClientTable::parse(CURL).unwrap()));
         let (stop, shutdown) = watch::channel(false);
         let follower = tokio::spawn(follow(path.clone(), tx, shutdown));
-        // Let the follower note the file's first version before it changes.
-        tokio::task::yield_now().await;
+        // The first look puts the file in force (it may have changed while the gateway started).
+        rx.changed().await.unwrap();
+        assert_eq!(app(&rx).as_deref(), Some("curl"));
         std::fs::write(&path, WGET).unwrap();
         rx.changed().await.unwrap();
         assert_eq!(app(&rx).as_deref(), Some("wget"));

@@ -39,6 +39,8 @@ pub(crate) struct Egress {
     pub live: LiveTunnels<EgressTunnel>,
     /// Connections this gateway's ingress made to backends, for loop detection.
     pub relayed: Arc<RelayedConnections>,
+    /// Refused clients held until their first byte ([`Limits::refusal_waits`] at most).
+    pub refusal_waits: tokio::sync::Semaphore,
 }
 
 /// A live egress tunnel, as much as is needed to decide it again.
@@ -294,7 +296,9 @@ impl Egress {
         // A client refused before it sent anything may still be finishing its connect, and a
         // reset that overtakes it reads as a closed port. Its first bytes (or a moment) mean it
         // is connected: every refusal then reads as a reset of an open connection.
-        if first.taken() == 0 {
+        if first.taken() == 0
+            && let Ok(_held) = self.refusal_waits.try_acquire()
+        {
             let _ = tokio::time::timeout(self.limits.refusal_grace, first_byte(&client)).await;
         }
         reset(client);

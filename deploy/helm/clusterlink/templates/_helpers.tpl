@@ -1,25 +1,30 @@
-{{/* The peer's name: required, as in its certificate. */}}
+{{/* The peer's name: required, as in its certificate; a DNS name of at most 63 characters
+     (it is a label value too), as deploy peer checks it. */}}
 {{- define "clusterlink.peer" -}}
-{{- required "peer.name is required: the peer's name, as its certificate names it" .Values.peer.name -}}
+{{- $name := required "peer.name is required: the peer's name, as its certificate names it" .Values.peer.name | toString -}}
+{{- if or (gt (len $name) 63) (not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$" $name)) -}}
+{{- fail (printf "peer.name %q: must be a DNS name (lowercase letters, digits, '-' and '.') of at most 63 characters" $name) -}}
+{{- end -}}
+{{- $name -}}
 {{- end -}}
 
 {{/* Labels every object carries (deploy.rs: labels(None)). */}}
 {{- define "clusterlink.labels" -}}
 app.kubernetes.io/part-of: clusterlink
-clusterlink.net/peer: {{ include "clusterlink.peer" . }}
+clusterlink.net/peer: {{ include "clusterlink.peer" . | quote }}
 {{- end -}}
 
 {{/* Labels of one component's objects and pods: call with (list $ "cl-dataplane"). */}}
 {{- define "clusterlink.componentLabels" -}}
 {{- $root := index . 0 -}}
-app.kubernetes.io/instance: {{ include "clusterlink.peer" $root }}
+app.kubernetes.io/instance: {{ include "clusterlink.peer" $root | quote }}
 app.kubernetes.io/name: {{ index . 1 }}
 {{ include "clusterlink.labels" $root }}
 {{- end -}}
 
 {{/* Labels that select the data-plane pods. */}}
 {{- define "clusterlink.dataplaneSelector" -}}
-app.kubernetes.io/instance: {{ include "clusterlink.peer" . }}
+app.kubernetes.io/instance: {{ include "clusterlink.peer" . | quote }}
 app.kubernetes.io/name: cl-dataplane
 {{- end -}}
 

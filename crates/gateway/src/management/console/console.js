@@ -138,7 +138,9 @@ function groupRefusals(events) {
 }
 
 async function refresh() {
-  const [version, traffic, peers, exports, imports, events, offers, policies, privileged] =
+  // Refusals are asked for on their own: the gateway keeps them apart from clean tunnels, so
+  // a busy gateway's traffic never pushes them out of the answer.
+  const [version, traffic, peers, exports, imports, events, problems, offers, policies, privileged] =
     await Promise.all([
       json("/version"),
       json("/api/v1/traffic"),
@@ -146,11 +148,12 @@ async function refresh() {
       json(API + "/exports"),
       json(API + "/imports"),
       json("/api/v1/events?limit=256"),
+      json("/api/v1/events?problems=true&limit=256"),
       json("/api/v1/offers"),
       json(API + "/accesspolicies"),
       json(API + "/privilegedaccesspolicies"),
     ]);
-  const denials = events.filter((e) => e.outcome !== "Closed" && e.outcome !== "DryRun");
+  const denials = problems.filter((e) => e.outcome !== "DryRun");
   const now = { at: Date.now(), imports: traffic.imports, exports: traffic.exports, peers: traffic.peers };
   const seconds = previous ? (now.at - previous.at) / 1000 : 0;
   document.getElementById("gateway").textContent = version.peer;
