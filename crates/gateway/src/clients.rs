@@ -16,9 +16,9 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 /// Follows `path` until `shutdown` flips. The file is compared by content, not by its times:
 /// two edits of the same size within one tick of the file system's clock are still told apart,
 /// and a table is a few kilobytes. Content is taken once it reads the same on two ticks in a
-/// row, so a file caught half written (an editor that truncates, then writes) is never put in
-/// force; and the first look is taken as a change, so an edit made while the gateway started is
-/// not missed.
+/// row, so a file caught half written (an editor that truncates, then writes) is put in force
+/// only if it stays so for a tick; and the first look is taken as a change, so an edit made
+/// while the gateway started is not missed.
 pub(crate) async fn follow(
     path: PathBuf,
     tables: watch::Sender<Arc<ClientTable>>,
