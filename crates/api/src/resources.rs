@@ -719,6 +719,14 @@ pub struct WorkloadSelectorEntry {
 }
 
 impl AccessPolicySpec {
+    /// Whether a `from` selector asks anything of the client. While any such policy exists, a
+    /// client whose attributes are unknown is refused (the policy engine's unknown-client rule).
+    pub fn selects_clients(&self) -> bool {
+        self.from
+            .iter()
+            .any(|e| e.workload_selector != LabelSelector::everything())
+    }
+
     fn validate_entries(&self, errors: &mut FieldErrors) {
         for (side, entries) in [("from", &self.from), ("to", &self.to)] {
             if entries.is_empty() {

@@ -79,6 +79,17 @@ fn example_manifests_apply_and_list_back() {
     assert!(!row.contains("True"), "{row}");
     assert!(table.starts_with("NAME"), "{table}");
 
+    // describe prints a policy's selectors as get does, one a line, not as JSON.
+    let described = gw.gwctl_ok(&["describe", "policy", "deny-firefox"]);
+    assert!(
+        described.contains("From:       client.clusterlink.net/labels.app=firefox"),
+        "{described}"
+    );
+    assert!(
+        described.contains("To:         export.clusterlink.net/name in (speedtest)"),
+        "{described}"
+    );
+    assert!(!described.contains("workloadSelector"), "{described}");
     let policies = gw.gwctl_ok(&["get", "policies", "-A"]);
     assert!(
         policies.contains("client.clusterlink.net/labels.app=firefox"),
@@ -761,6 +772,21 @@ fn version_names_both_ends_and_mistakes_get_a_hint() {
             && stderr(&out).contains("--management-address"),
         "{}",
         stderr(&out)
+    );
+
+    // A command's --help lists its own options apart from those every command takes.
+    let help = run(GWCTL, &["get", "--help"], f.root());
+    let help = stdout(&help);
+    let (own, global) = help
+        .split_once("Global options (every command):")
+        .unwrap_or_else(|| panic!("no global heading in\n{help}"));
+    assert!(
+        own.contains("--selector") && !own.contains("--server"),
+        "{help}"
+    );
+    assert!(
+        global.contains("--server") && !global.contains("--selector"),
+        "{help}"
     );
 
     // Completion scripts for three shells, from the same definitions as the parser.

@@ -108,6 +108,8 @@ struct CompiledPolicy {
     name: String,
     from: Vec<LabelSelector>,
     to: Vec<LabelSelector>,
+    /// `AccessPolicySpec::selects_clients`.
+    selects_clients: bool,
 }
 
 impl CompiledPolicy {
@@ -123,15 +125,12 @@ impl CompiledPolicy {
             name: name.to_string(),
             from: selectors(&spec.from),
             to: selectors(&spec.to),
+            selects_clients: spec.selects_clients(),
         }
     }
 
     fn matches(&self, src: &impl AttributeLookup, dst: &impl AttributeLookup) -> bool {
         self.from.iter().any(|s| s.matches(src)) && self.to.iter().any(|s| s.matches(dst))
-    }
-
-    fn selects_clients(&self) -> bool {
-        self.from.iter().any(|s| *s != LabelSelector::everything())
     }
 
     /// How a person names it: `AccessPolicy ns/name`, or `PrivilegedAccessPolicy name`.
@@ -362,7 +361,7 @@ impl PolicyEngine {
         engine.selects_clients = std::iter::once(&engine.privileged)
             .chain(namespaces.into_iter().map(|(_, layer)| layer))
             .flat_map(Layer::policies)
-            .find(|p| p.selects_clients())
+            .find(|p| p.selects_clients)
             .map(CompiledPolicy::title);
         engine
     }
@@ -822,6 +821,7 @@ mod tests {
                     let policy = CompiledPolicy {
                         namespace: "default".into(),
                         name: format!("p{n:04}"),
+                        selects_clients: from.iter().any(|s| *s != LabelSelector::everything()),
                         from,
                         to,
                     };

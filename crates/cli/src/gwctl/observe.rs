@@ -652,6 +652,25 @@ mod tests {
     use clusterlink_api::activity::{Outcome, RefusedBy, SourceExplanation, TunnelSide};
 
     #[test]
+    fn a_verdict_names_its_policy_in_parentheses_once() {
+        let verdict = |policy: &str| Verdict {
+            gateway: "client1".into(),
+            allowed: false,
+            policy: Some(policy.into()),
+            reason: Some("PolicyDenied".into()),
+            message: String::new(),
+        };
+        assert_eq!(
+            verdict_text("egress", &verdict("default/deny-web")),
+            "egress@client1: DENY (default/deny-web)"
+        );
+        assert_eq!(
+            verdict_text("egress", &verdict("(unknown client)")),
+            "egress@client1: DENY (unknown client)"
+        );
+    }
+
+    #[test]
     fn a_chain_reads_as_the_issue_spells_it() {
         let explanation = Explanation {
             import: "default/web".into(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use clusterlink_api::{ConditionReason, ConditionStatus, Kind, LabelSelector, Object, ObjectKey};
+use clusterlink_api::{ConditionReason, ConditionStatus, Kind, Object, ObjectKey};
 
 use super::check::{Outcome, explain_unknown_client, policy_problems, source_finding};
 use super::get::fetch;
@@ -30,12 +30,7 @@ pub(super) async fn after_writes(client: &mut Client, written: &[(Object, String
             warnings.push(format!("{} never matches as written: {problem}", obj.key()));
         }
         // The unknown-client rule (`dataplane::policy`): a surprise when it first applies.
-        if did != "unchanged"
-            && spec
-                .from
-                .iter()
-                .any(|e| e.workload_selector != LabelSelector::everything())
-        {
+        if did != "unchanged" && spec.selects_clients() {
             warnings.push(format!(
                 "{} selects clients by attribute: while it exists, this gateway refuses every \
                  client it knows no attributes of (not a pod, not in cl-gateway \

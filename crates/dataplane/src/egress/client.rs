@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
 
 use clusterlink_api::clients::ClientTable;
 use clusterlink_api::{ImportSource, ObjectKey};
@@ -296,12 +297,20 @@ impl Egress {
         // A client refused before it sent anything may still be finishing its connect, and a
         // reset that overtakes it reads as a closed port. Its first bytes (or a moment) mean it
         // is connected: every refusal then reads as a reset of an open connection.
-        if first.taken() == 0
-            && let Ok(_held) = self.refusal_waits.try_acquire()
-        {
-            let _ = tokio::time::timeout(self.limits.refusal_grace, first_byte(&client)).await;
+        if first.taken() == 0 {
+            hold_refused(&client, &self.refusal_waits, self.limits.refusal_grace).await;
         }
         reset(client);
+    }
+}
+
+/// Holds a refused client that has sent nothing until it has (or `grace` passes), so that it
+/// reads the reset as one of an open connection, not as a closed port. At most as many are held
+/// as `waits` has permits; any more are not held at all, so silent refused connections cannot
+/// pile up.
+async fn hold_refused(client: &TcpStream, waits: &tokio::sync::Semaphore, grace: Duration) {
+    if let Ok(_held) = waits.try_acquire() {
+        let _ = tokio::time::timeout(grace, first_byte(client)).await;
     }
 }
 
@@ -325,4 +334,43 @@ async fn first_byte(client: &TcpStream) {
 pub(super) fn reset(client: TcpStream) {
     let _ = client.set_zero_linger();
     drop(client);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connected pair on loopback: the client's end and the accepted end.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (client, accepted)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_clients_are_held_for_their_first_byte_and_no_more_than_the_bound() {
+        const GRACE: Duration = Duration::from_secs(60);
+        let waits = tokio::sync::Semaphore::new(2);
+        // A silent client is held for the whole grace.
+        let (_silent, accepted) = pair().await;
+        let started = Instant::now();
+        hold_refused(&accepted, &waits, GRACE).await;
+        assert_eq!(started.elapsed(), GRACE);
+        // One that sends a byte is let go at once.
+        let (mut talking, accepted) = pair().await;
+        talking.write_all(b"x").await.unwrap();
+        let started = Instant::now();
+        hold_refused(&accepted, &waits, GRACE).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // With every place taken (an attacker's silent connections), the next is not held.
+        let _taken = waits.acquire_many(2).await.unwrap();
+        let (_silent, accepted) = pair().await;
+        let started = Instant::now();
+        hold_refused(&accepted, &waits, GRACE).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
 }
