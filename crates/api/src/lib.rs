@@ -29,7 +29,7 @@ pub use manifest::{ManifestError, parse_manifest, parse_manifests};
 pub use meta::{Condition, ConditionStatus, ObjectMeta, Status};
 pub use resources::{
     AccessPolicy, AccessPolicySpec, Endpoint, Export, ExportSpec, Import, ImportSource, ImportSpec,
-    Kind, LbScheme, Object, ObjectKey, Objects, Peer, PeerSpec, PolicyAction, Port,
+    Kind, LbScheme, Object, ObjectKey, Objects, Peer, PeerProtocol, PeerSpec, PolicyAction, Port,
     PrivilegedAccessPolicy, PrivilegedAccessPolicySpec, Resource, Scope, ServiceNaming, Spec,
     WorkloadSelectorEntry,
 };

@@ -672,6 +672,31 @@ spec:
     }
 
     #[test]
+    fn a_go_peer_is_reached_directly_and_offers_no_catalog() {
+        let peer = |spec: &str| {
+            format!("apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: go1}}\nspec: {spec}\n")
+        };
+        let ok = parse_manifest(
+            &peer("{gateways: [{host: 10.0.0.1, port: 4443}], protocol: go}"),
+            "default",
+        )
+        .unwrap();
+        let Object::Peer(p) = ok else {
+            panic!("not a peer")
+        };
+        assert_eq!(p.spec.protocol, crate::PeerProtocol::Go);
+        let e = err_text(&peer(
+            "{gateways: [{host: 10.0.0.1, port: 4443}], protocol: go, dial: true, mirror: {}}",
+        ));
+        assert!(e.contains("spec.dial: a peer of protocol go cannot keep a link"), "{e}");
+        assert!(e.contains("spec.mirror: a peer of protocol go offers no catalog"), "{e}");
+        let e = err_text(&peer("{gateways: [], protocol: go}"));
+        assert!(e.contains("spec.gateways: a peer of protocol go needs"), "{e}");
+        let e = err_text(&peer("{gateways: [{host: a, port: 1}], protocol: envoy}"));
+        assert!(e.contains("protocol"), "{e}");
+    }
+
+    #[test]
     fn syntax_errors_and_garbage_do_not_panic() {
         for bad in [
             "{",

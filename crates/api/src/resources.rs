@@ -324,6 +324,38 @@ pub struct PeerSpec {
     /// the peer offers is imported on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorRule>,
+    /// The protocol the peer's gateways speak: this project's own (`native`, the default), or
+    /// that of the Go ClusterLink gateways (`go`), for a fabric that mixes the two.
+    #[serde(default, skip_serializing_if = "PeerProtocol::is_native")]
+    pub protocol: PeerProtocol,
+}
+
+/// The protocol a Peer's gateways speak on their peer port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "kubernetes", derive(schemars::JsonSchema))]
+pub enum PeerProtocol {
+    /// This project's tunnel protocol: framed, reusable tunnels, catalogs, links, revocation
+    /// lists passed between gateways.
+    #[default]
+    Native,
+    /// The Go ClusterLink's: a heartbeat (`GET /healthz`), an authorization (`POST /authz`)
+    /// answered with a short-lived token, and a tunnel (`CONNECT` with that token) per
+    /// connection. Such a peer has no catalog and cannot keep a link.
+    Go,
+}
+
+impl PeerProtocol {
+    pub fn is_native(&self) -> bool {
+        *self == PeerProtocol::Native
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerProtocol::Native => "native",
+            PeerProtocol::Go => "go",
+        }
+    }
 }
 
 /// A Peer's rule for importing what it offers (`spec.mirror`).
@@ -401,6 +433,18 @@ impl Spec for PeerSpec {
         }
         if let Some(rule) = &self.mirror {
             rule.validate(errors);
+        }
+        if self.protocol == PeerProtocol::Go {
+            // The Go ClusterLink neither accepts links nor serves catalogs.
+            if self.dial {
+                errors.push("spec.dial", "a peer of protocol go cannot keep a link (the Go ClusterLink has none); it needs gateways it can be reached at");
+            }
+            if self.mirror.is_some() {
+                errors.push("spec.mirror", "a peer of protocol go offers no catalog to mirror (the Go ClusterLink has none); write its Imports by hand");
+            }
+            if self.gateways.is_empty() {
+                errors.push("spec.gateways", "a peer of protocol go needs at least one gateway {host, port}: it is only reached directly");
+            }
         }
     }
 }

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use clusterlink_api::activity::Traffic;
 use clusterlink_api::{
-    Condition, ConditionReason, ConditionStatus, ConditionType, Kind, ObjectKey, SYSTEM_NAMESPACE,
+    Condition, ConditionReason, ConditionStatus, ConditionType, Kind, ObjectKey, PeerProtocol,
+    SYSTEM_NAMESPACE,
 };
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -27,6 +28,7 @@ use clusterlink_pki::reload::GatewayTls;
 use crate::catalog::Received;
 use crate::conditions::RuntimeConditions;
 use crate::connections::nothing_to_read;
+use crate::go_tunnel;
 use crate::limits::Limits;
 use crate::link::{Link, Links};
 use crate::metrics::Metrics;
@@ -181,6 +183,7 @@ impl Tracker {
 
 struct Prober {
     gateways: Vec<(String, u16)>,
+    protocol: PeerProtocol,
     task: JoinHandle<()>,
 }
 
@@ -207,7 +210,7 @@ pub(crate) async fn run_probers(
                 snapshot
                     .peers
                     .get(*name)
-                    .is_none_or(|peer| peer.gateways != p.gateways)
+                    .is_none_or(|peer| peer.gateways != p.gateways || peer.protocol != p.protocol)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -231,6 +234,7 @@ pub(crate) async fn run_probers(
                 let task = tokio::spawn(probe_forever(
                     name.clone(),
                     peer.gateways.clone(),
+                    peer.protocol,
                     snapshots.clone(),
                     tls.clone(),
                     links.clone(),
@@ -243,6 +247,7 @@ pub(crate) async fn run_probers(
                     name.clone(),
                     Prober {
                         gateways: peer.gateways.clone(),
+                        protocol: peer.protocol,
                         task,
                     },
                 );
@@ -266,6 +271,7 @@ fn peer_key(name: &str) -> ObjectKey {
 async fn probe_forever(
     name: String,
     gateways: Vec<(String, u16)>,
+    protocol: PeerProtocol,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     tls: watch::Receiver<Arc<GatewayTls>>,
     links: Option<Links>,
@@ -308,6 +314,9 @@ async fn probe_forever(
             Some(Err(e)) => probe_any(&current, &name, &gateways, &labels, &mut kept, &limits)
                 .await
                 .map_err(|direct| format!("{e}; {direct}")),
+            None if protocol == PeerProtocol::Go => {
+                probe_go(&current, &name, &gateways, &mut kept, &limits).await
+            }
             None => probe_any(&current, &name, &gateways, &labels, &mut kept, &limits).await,
         };
         health.record_probe(
@@ -522,6 +531,72 @@ async fn probe_any(
         None if errors.is_empty() => Err(crate::link::NO_ROUTE.into()),
         None => Err(errors.join("; ")),
     }
+}
+
+/// Probes the gateways of a Go peer (`go_tunnel`) in turn with its heartbeat, each on the
+/// connection kept from its last probe if there is one; reachable if one answers, with the
+/// labels it reports.
+async fn probe_go(
+    tls: &Arc<GatewayTls>,
+    peer: &str,
+    gateways: &[(String, u16)],
+    kept: &mut KeptProbes,
+    limits: &Limits,
+) -> Result<ProbeAnswer, String> {
+    let name = ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
+    let client = &tls.go_client;
+    let mut errors = Vec::new();
+    for gateway in gateways {
+        let (host, port) = gateway;
+        let started = Instant::now();
+        let warm = kept.take(gateway, client, limits.probe_connection_life);
+        let probed = timeout(limits.probe_timeout, async {
+            let mut kept = match warm {
+                Some(kept) => kept,
+                None => KeptProbe {
+                    connection: connect(client, name.clone(), host, *port).await?,
+                    opened: Instant::now(),
+                    client: client.clone(),
+                },
+            };
+            let connection = &mut kept.connection;
+            let asked = go_tunnel::heartbeat_request(peer);
+            connection
+                .write_all(&asked)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (head, rest) = read_head(connection).await.map_err(|e| e.to_string())?;
+            let answer = go_tunnel::Answer::decode(&head).map_err(|e| e.to_string())?;
+            // The body (none in a heartbeat's answer) is read, so the connection can be kept.
+            let body = read_body(connection, rest, answer.length)
+                .await
+                .map_err(|e| e.to_string())?;
+            let labels = answer.labels().map_err(|e| {
+                let (_, text) = answer.refusal(&body);
+                format!("unexpected heartbeat answer: {e} ({text})")
+            })?;
+            Ok::<_, String>((labels, kept))
+        })
+        .await;
+        match probed {
+            Ok(Ok((labels, connection))) => {
+                kept.0.insert(gateway.clone(), connection);
+                return Ok(ProbeAnswer {
+                    gateway: format!("gateway {host}:{port}"),
+                    address: Some(gateway.clone()),
+                    labels,
+                    catalog: None,
+                    took: started.elapsed(),
+                });
+            }
+            Ok(Err(e)) => errors.push(format!("{host}:{port}: {e}")),
+            Err(_) => errors.push(format!(
+                "{host}:{port}: no answer within {:?}",
+                limits.probe_timeout
+            )),
+        }
+    }
+    Err(errors.join("; "))
 }
 
 /// One probe over a link: a stream of its own, with revocation lists exchanged as on a direct

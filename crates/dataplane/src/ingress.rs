@@ -35,17 +35,20 @@ use crate::metrics::{
     Unserved,
 };
 use crate::rate::RateLimited;
+use clusterlink_api::PeerProtocol;
 use clusterlink_api::attributes::Attributes;
 
 use crate::catalog::CatalogCache;
 use crate::enroll;
+use crate::go_tunnel::{self, GoRequest};
+use crate::health::PeerHealth;
 use crate::link::{self, Direction, Inbound, LinkInfo, LinkStream, Links};
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
 use crate::read_ahead::ReadAhead;
-use crate::relay::{TLS_SEND_BUFFER, relay, take_first_frame};
+use crate::relay::{Framing, TLS_SEND_BUFFER, relay_as, take_first_frame};
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
-    ExportRef, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason, TunnelResponse,
+    ExportRef, MAX_HOPS, PeerRequest, ProtocolError, RefusalReason, TunnelRequest, TunnelResponse,
     catalog_response, health_response_with, labels_of_request, read_body, read_head,
     revocations_of,
 };
@@ -88,6 +91,10 @@ struct PeerPort {
     inbound: mpsc::Sender<Inbound>,
     /// What each peer is offered, computed once per snapshot.
     catalogs: CatalogCache,
+    /// What peers report of themselves to this gateway's probes: a Go peer's labels.
+    health: PeerHealth,
+    /// Tokens issued to Go peers, each good for one tunnel.
+    go_tokens: go_tunnel::Tokens,
 }
 
 /// What the peer port needs besides its listener.
@@ -103,6 +110,8 @@ pub(crate) struct PeerPortConfig {
     pub links: Links,
     /// Streams peers open on links, dialed here or accepted: served like peer connections.
     pub inbound: (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>),
+    /// The probes' findings, shared with the egress side.
+    pub health: PeerHealth,
 }
 
 pub(crate) async fn serve(
@@ -146,6 +155,8 @@ pub(crate) async fn serve(
         links: config.links,
         inbound,
         catalogs: CatalogCache::default(),
+        health: config.health,
+        go_tokens: go_tunnel::Tokens::new(limits.go_token_life, limits.go_tokens_per_peer),
     });
     let revalidator = tokio::spawn({
         let (port, mut snapshots, mut tls) = (port.clone(), snapshots.clone(), tls.clone());
@@ -157,6 +168,7 @@ pub(crate) async fn serve(
                         let snapshot = snapshots.borrow_and_update().clone();
                         port.live.revalidate(|t| {
                             port.admits(&snapshot, &t.peer)
+                                && speaks(&snapshot, &t.peer, t.framing)
                                 && decide(&snapshot, &t.peer, &t.peer_labels, &t.client, &t.export).is_ok()
                         });
                         port.links.close_unless(|l| port.admits(&snapshot, &l.peer));
@@ -306,6 +318,12 @@ async fn handle(
     let start = LazyConfigAcceptor::new(Acceptor::default(), ReadAhead::new(stream));
     let handshake = timeout_at(admitted.deadline(), async {
         let start = start.await?;
+        // No ALPN: a Go ClusterLink gateway, taken only where some Peer speaks its protocol.
+        if start.client_hello().alpn().is_none() && !has_go_peers(&port.snapshots.borrow()) {
+            return Err(std::io::Error::other(
+                "the client offers no ALPN (as the Go ClusterLink does), and no Peer here has protocol: go",
+            ));
+        }
         let enrolling = port.authority.is_some()
             && start
                 .client_hello()
@@ -361,7 +379,8 @@ async fn handle(
         return Ok(());
     }
     let linking = session.alpn_protocol() == Some(LINK_ALPN);
-    if session.alpn_protocol() != Some(PEER_ALPN) && !linking {
+    let go = session.alpn_protocol().is_none();
+    if session.alpn_protocol() != Some(PEER_ALPN) && !linking && !go {
         let detail = "the client does not speak the tunnel protocol (ALPN)".into();
         return Err(unserved(Unserved::HandshakeRefused, detail));
     }
@@ -387,6 +406,12 @@ async fn handle(
     } else if port.known_peers_only {
         let detail = format!(
             "peer {peer} has a certificate of the fabric but no Peer object here, and this gateway admits only configured peers"
+        );
+        return Err(unserved(Unserved::UnknownPeer, detail));
+    }
+    if go && !speaks(&port.snapshots.borrow(), &peer, Framing::Unframed) {
+        let detail = format!(
+            "peer {peer} speaks the Go ClusterLink protocol (no ALPN), and its Peer here does not say protocol: go"
         );
         return Err(unserved(Unserved::UnknownPeer, detail));
     }
@@ -445,6 +470,12 @@ async fn handle(
         tracing::warn!(%peer, %remote, reason = %end, "link down");
         return Ok(());
     }
+    if go {
+        let deadline = admitted.deadline();
+        drop(admitted);
+        let here = tls.get_ref().0.get_ref().local_addr();
+        return serve_go_peer(&mut tls, here, deadline, &peer, &certificate, port).await;
+    }
     // Its first request comes right after the handshake, by the admission's deadline; later
     // ones whenever the peer has another tunnel to open.
     let mut first = Some(admitted.deadline());
@@ -487,6 +518,161 @@ async fn handle(
             return Ok(());
         }
     }
+}
+
+/// Whether any Peer here speaks the Go ClusterLink's protocol: only then does the peer port take
+/// a handshake without ALPN.
+fn has_go_peers(snapshot: &Snapshot) -> bool {
+    snapshot
+        .peers
+        .iter()
+        .any(|(_, p)| p.protocol == PeerProtocol::Go)
+}
+
+/// Serves a Go ClusterLink gateway (`go_tunnel`): heartbeats and authorizations, one after
+/// another, then at most one tunnel, after which the connection closes. The first request is due
+/// by `deadline`, later ones within the wait between tunnels. `here` is this end's address.
+async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    here: std::io::Result<SocketAddr>,
+    deadline: Instant,
+    peer: &str,
+    certificate: &Arc<CertificateDer<'static>>,
+    port: &PeerPort,
+) -> Result<(), PeerConnectionError> {
+    let io = PeerConnectionError::io;
+    let mut deadline = deadline;
+    let mut stopping = port.shutdown.clone();
+    loop {
+        let read = tokio::select! {
+            read = timeout_at(deadline, read_head(tls)) => read,
+            _ = stopping.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let Ok(read) = read else {
+            return Ok(());
+        };
+        let (head, leftover) = read?;
+        if crate::metrics::unix_seconds()
+            >= clusterlink_pki::identity::not_after(certificate).unwrap_or(i64::MIN)
+            || !speaks(&port.snapshots.borrow(), peer, Framing::Unframed)
+        {
+            return Ok(());
+        }
+        deadline = Instant::now() + port.limits.between_tunnels;
+        let snapshot = port.snapshots.borrow().clone();
+        let request = match GoRequest::decode(&head) {
+            Ok(request) => request,
+            Err(e) => {
+                let answer = go_tunnel::refusal_response(RefusalReason::BadRequest, &e.to_string());
+                let _ = tls.write_all(&answer).await;
+                let _ = tls.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        match request {
+            GoRequest::Heartbeat => {
+                if !leftover.is_empty() {
+                    return Err(ProtocolError::Malformed("bytes after a heartbeat".into()).into());
+                }
+                let answer = go_tunnel::heartbeat_response(&snapshot.local_labels);
+                tls.write_all(&answer)
+                    .await
+                    .map_err(io("answering a heartbeat"))?;
+                tls.flush().await.map_err(io("answering a heartbeat"))?;
+            }
+            GoRequest::Authorize { length } => {
+                let body = timeout(port.limits.handshake, read_body(tls, leftover, length))
+                    .await
+                    .map_err(|_| PeerConnectionError::Io {
+                        step: "reading an authorization request",
+                        error: std::io::ErrorKind::TimedOut.into(),
+                    })??;
+                let answer = authorize_go_peer(&body, &snapshot, peer, port);
+                tls.write_all(&answer)
+                    .await
+                    .map_err(io("answering an authorization"))?;
+                tls.flush()
+                    .await
+                    .map_err(io("answering an authorization"))?;
+            }
+            GoRequest::Connect { token } => {
+                let grant = match port.go_tokens.redeem(token.as_deref(), peer) {
+                    Ok(grant) => grant,
+                    Err(refused) => {
+                        let tunnel = ingress_tunnel(&snapshot, peer, None);
+                        let refusal = TunnelResponse::Refused {
+                            reason: RefusalReason::PolicyDenied,
+                            message: format!("no tunnel for peer {peer}: {refused}"),
+                            policy: None,
+                        };
+                        refuse(tls, &port.metrics, &tunnel, refusal, Framing::Unframed).await?;
+                        return Ok(());
+                    }
+                };
+                let request = TunnelRequest {
+                    export: grant.export,
+                    client: grant.client,
+                    hops: 0,
+                    peer_labels: port.health.reported_labels(peer),
+                    dry_run: false,
+                    via: None,
+                };
+                carry(
+                    tls,
+                    here,
+                    &request,
+                    leftover,
+                    peer,
+                    certificate,
+                    port,
+                    Framing::Unframed,
+                )
+                .await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The answer to a Go peer's `POST /authz`: this gateway's ingress decision, as it would decide
+/// a tunnel of this project's protocol, with a token for one tunnel when it allows.
+fn authorize_go_peer(body: &[u8], snapshot: &Snapshot, peer: &str, port: &PeerPort) -> Vec<u8> {
+    let (export, client) = match go_tunnel::authorization_of(body) {
+        Ok(asked) => asked,
+        Err(e) => return go_tunnel::refusal_response(RefusalReason::BadRequest, &e.to_string()),
+    };
+    let tunnel = ingress_tunnel(snapshot, peer, Some(&export));
+    let reported = port.health.reported_labels(peer);
+    let refusal = match decide(snapshot, peer, &reported, &client, &export) {
+        Ok(_) => match port.go_tokens.issue(peer, export, client) {
+            Ok(token) => return go_tunnel::token_response(&token),
+            Err(no_token) => TunnelResponse::Refused {
+                reason: RefusalReason::TooManyRequests,
+                message: format!("no token for peer {peer}: {no_token}"),
+                policy: None,
+            },
+        },
+        Err(refusal) => refusal,
+    };
+    let TunnelResponse::Refused {
+        reason,
+        message,
+        policy,
+    } = refusal
+    else {
+        return go_tunnel::refusal_response(RefusalReason::BadRequest, "unexpected decision");
+    };
+    let answer = go_tunnel::refusal_response(reason, &message);
+    port.metrics.refused(
+        &tunnel,
+        Refused {
+            by: RefusedBy::Local,
+            refusal: Refusal::Tunnel(reason),
+            policy,
+            message,
+        },
+    );
+    answer
 }
 
 impl PeerPort {
@@ -550,32 +736,19 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     tls: &mut S,
     here: std::io::Result<SocketAddr>,
     head: &[u8],
-    mut leftover: Vec<u8>,
+    leftover: Vec<u8>,
     peer: &str,
     certificate: &Arc<CertificateDer<'static>>,
     port: &PeerPort,
 ) -> Result<Served, PeerConnectionError> {
     let PeerPort {
-        admission: _,
         limits,
-        descriptors,
-        peer_connections: _,
-        served,
         dry_runs,
         snapshots,
         metrics,
-        protected,
-        loopback_backends,
-        live,
-        relayed,
-        addresses,
-        shutdown: _,
         credentials,
-        authority: _,
-        known_peers_only: _,
-        links: _,
-        inbound: _,
         catalogs,
+        ..
     } = port;
     let request = match PeerRequest::decode(head) {
         Ok(PeerRequest::Tunnel(r)) => r,
@@ -709,6 +882,49 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         let _ = tls.shutdown().await;
         return Ok(Served::Close);
     }
+    carry(
+        tls,
+        here,
+        &request,
+        leftover,
+        peer,
+        certificate,
+        port,
+        Framing::Frames,
+    )
+    .await
+}
+
+/// Decides an authenticated tunnel request and, if it is allowed, dials the backend, answers,
+/// and relays until the tunnel ends or policy revokes it. `framing` is how its peer's protocol
+/// moves bytes (and answers).
+#[allow(clippy::too_many_arguments)]
+async fn carry<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    tls: &mut S,
+    here: std::io::Result<SocketAddr>,
+    request: &TunnelRequest,
+    mut leftover: Vec<u8>,
+    peer: &str,
+    certificate: &Arc<CertificateDer<'static>>,
+    port: &PeerPort,
+    framing: Framing,
+) -> Result<Served, PeerConnectionError> {
+    let PeerPort {
+        limits,
+        descriptors,
+        served,
+        snapshots,
+        metrics,
+        protected,
+        loopback_backends,
+        live,
+        relayed,
+        addresses,
+        credentials,
+        ..
+    } = port;
+    let snapshot = snapshots.borrow().clone();
+    let tunnel = ingress_tunnel(&snapshot, peer, Some(&request.export));
     let _active = metrics.accepted(Side::Ingress);
     let decision_started = Instant::now();
     let outcome = decide(
@@ -722,7 +938,7 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     metrics.authorized(Side::Ingress, decided - decision_started);
     let Target { host, port, .. } = match outcome {
         Ok(target) => target,
-        Err(refusal) => return refuse(tls, metrics, &tunnel, refusal).await,
+        Err(refusal) => return refuse(tls, metrics, &tunnel, refusal, framing).await,
     };
     // A client that came from this gateway's own address may be a connection this gateway's
     // ingress made: then this tunnel continues that one's (a loop through the peer's import).
@@ -737,15 +953,15 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     };
     let hops = request.hops.max(looped.map_or(0, |h| h.saturating_add(1)));
     if hops >= MAX_HOPS {
-        return refuse(tls, metrics, &tunnel, TunnelResponse::Refused {
+        let looping = TunnelResponse::Refused {
             reason: RefusalReason::LoopDetected,
             message: format!(
                 "the connection already went through {hops} tunnels: export {} leads back into an import that leads to it",
                 request.export
             ),
             policy: None,
-        })
-        .await;
+        };
+        return refuse(tls, metrics, &tunnel, looping, framing).await;
     }
     // Bounded per peer, per export, and by the data path's descriptors (the backend's).
     let at_limit = |what: String| TunnelResponse::Refused {
@@ -755,14 +971,14 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     };
     let _slots = match served.enter(peer, &tunnel.export) {
         Ok(slots) => slots,
-        Err(full) => return refuse(tls, metrics, &tunnel, at_limit(full)).await,
+        Err(full) => return refuse(tls, metrics, &tunnel, at_limit(full), framing).await,
     };
     let Some(_backend_descriptor) = descriptors.take(1) else {
         let what = format!(
             "gateway {} is out of descriptors for new tunnels",
             snapshot.local_peer
         );
-        return refuse(tls, metrics, &tunnel, at_limit(what)).await;
+        return refuse(tls, metrics, &tunnel, at_limit(what), framing).await;
     };
     let unreachable = |error: String| TunnelResponse::Refused {
         reason: RefusalReason::BackendUnreachable,
@@ -779,14 +995,19 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     );
     let (mut backend, _relayed) = match dialed.await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse(tls, metrics, &tunnel, unreachable(e.to_string())).await,
-        Err(_) => return refuse(tls, metrics, &tunnel, unreachable("timed out".into())).await,
+        Ok(Err(e)) => {
+            return refuse(tls, metrics, &tunnel, unreachable(e.to_string()), framing).await;
+        }
+        Err(_) => {
+            let timed_out = unreachable("timed out".into());
+            return refuse(tls, metrics, &tunnel, timed_out, framing).await;
+        }
     };
     if reaches_own_listener(&backend, protected) {
         // An export naming this gateway's management API (or peer port) by one of the host's
         // other addresses would hand remote peers what only local admins may use.
         let reason = "it is one of this gateway's own listeners".to_string();
-        return refuse(tls, metrics, &tunnel, unreachable(reason)).await;
+        return refuse(tls, metrics, &tunnel, unreachable(reason), framing).await;
     }
     tune_socket(&backend).map_err(PeerConnectionError::io("backend socket options"))?;
     // Timed only now: the stages are those of tunnels that open.
@@ -798,7 +1019,11 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     // with the request go to the backend now, so it works on them while the answer travels. If
     // that write fails, the connection closes unanswered, and the requesting gateway does not
     // try elsewhere (some of the bytes may have arrived).
-    let first = take_first_frame(&mut leftover);
+    let first = match framing {
+        Framing::Frames => take_first_frame(&mut leftover),
+        // A Go gateway sends nothing before the answer; what came anyway goes out in order.
+        Framing::Unframed => Vec::new(),
+    };
     if !first.is_empty() {
         backend
             .write_all(&first)
@@ -807,7 +1032,11 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 "writing the client's first bytes to the backend",
             ))?;
     }
-    tls.write_all(&TunnelResponse::Established.encode())
+    let established = match framing {
+        Framing::Frames => TunnelResponse::Established.encode(),
+        Framing::Unframed => go_tunnel::ESTABLISHED.to_vec(),
+    };
+    tls.write_all(&established)
         .await
         .map_err(PeerConnectionError::io("answering the tunnel request"))?;
     tls.flush()
@@ -822,6 +1051,7 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         peer_labels: request.peer_labels.clone(),
         client: request.client.clone(),
         export: request.export.clone(),
+        framing,
     });
     // A list that arrived between the handshake and now was not there to check this tunnel.
     if credentials.borrow().revocations.is_revoked(certificate) {
@@ -841,7 +1071,7 @@ async fn serve_request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         revoked.notify_one();
     }
     let relayed = tokio::select! {
-        moved = relay(&mut backend, tls, leftover, &meter, false) => match moved {
+        moved = relay_as(framing, &mut backend, tls, leftover, &meter, false) => match moved {
             Ok(relayed) => relayed,
             Err(e) => {
                 // The tunnel broke (the importing gateway died or reset): the backend must not
@@ -874,7 +1104,9 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
     metrics: &Metrics,
     tunnel: &TunnelRef,
     response: TunnelResponse,
+    framing: Framing,
 ) -> Result<Served, PeerConnectionError> {
+    let mut answer = response.encode();
     if let TunnelResponse::Refused {
         reason,
         message,
@@ -888,8 +1120,11 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
             message: message.clone(),
         };
         metrics.refused(tunnel, refusal);
+        if framing == Framing::Unframed {
+            answer = go_tunnel::refusal_response(*reason, message);
+        }
     }
-    let _ = tls.write_all(&response.encode()).await;
+    let _ = tls.write_all(&answer).await;
     let _ = tls.shutdown().await;
     Ok(Served::Close)
 }
@@ -969,6 +1204,18 @@ pub(crate) struct IngressTunnel {
     peer_labels: BTreeMap<String, String>,
     client: Attributes,
     export: ExportRef,
+    /// How its bytes move: a Go peer's tunnel ends when the peer is no longer of protocol go.
+    framing: Framing,
+}
+
+/// Whether `peer` is still configured to speak the protocol a connection of `framing` speaks:
+/// a Go peer only while its Peer object says `protocol: go`.
+fn speaks(snapshot: &Snapshot, peer: &str, framing: Framing) -> bool {
+    framing == Framing::Frames
+        || snapshot
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.protocol == PeerProtocol::Go)
 }
 
 /// Where an export's backend may not be, decided before connecting: a refusal then says the

@@ -35,6 +35,7 @@ pub mod enroll;
 pub mod events;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod go_tunnel;
 mod health;
 mod hops;
 mod ingress;

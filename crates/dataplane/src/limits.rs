@@ -184,6 +184,12 @@ pub struct Limits {
     /// passes, a peer enumerating export names is slowed to fifty a second (and counted). A dry
     /// run tells no more than a real tunnel request would; unlike one, it costs no backend.
     pub dry_runs: Rate,
+    /// How long a token this gateway gives a Go peer (`go_tunnel`) opens a tunnel: as long as
+    /// the Go gateways' own tokens, enough for the tunnel that follows on a slow path.
+    pub go_token_life: Duration,
+    /// Tokens one Go peer may hold unused: its burst of new tunnels within a token's life. A peer
+    /// that asks and never connects is refused past it, so it cannot grow this gateway's memory.
+    pub go_tokens_per_peer: usize,
     /// Dry runs of one peer kept among the recent events (each says how many it stands for):
     /// enough for an operator to see who asks, not enough to push out the refusals.
     pub dry_run_events: Rate,
@@ -268,6 +274,8 @@ impl Limits {
             burst: 500,
             every: Duration::from_millis(20),
         },
+        go_token_life: Duration::from_secs(5),
+        go_tokens_per_peer: 1024,
         dry_run_events: Rate {
             burst: 3,
             every: Duration::from_secs(10),

@@ -126,6 +126,92 @@ where
     })
 }
 
+/// How a tunnel's bytes travel on its peer connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// In frames ([`relay`]): this project's gateways.
+    Frames,
+    /// As they are, until either end closes ([`relay_unframed`]): the Go ClusterLink's tunnels.
+    Unframed,
+}
+
+/// Relays by `framing`.
+pub(crate) async fn relay_as<T>(
+    framing: Framing,
+    plain: &mut TcpStream,
+    tunnel: &mut T,
+    leftover: Vec<u8>,
+    meter: &TunnelMeter,
+    plain_is_client: bool,
+) -> io::Result<Relayed>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    match framing {
+        Framing::Frames => relay(plain, tunnel, leftover, meter, plain_is_client).await,
+        Framing::Unframed => relay_unframed(plain, tunnel, leftover, meter, plain_is_client).await,
+    }
+}
+
+/// Relays bytes as they are between `plain` and `tunnel` (a Go gateway's tunnel, which ends
+/// with its connection) until both directions have ended, each end's half-close passed on. The
+/// connection never carries another tunnel.
+pub(crate) async fn relay_unframed<T>(
+    plain: &mut TcpStream,
+    tunnel: &mut T,
+    leftover: Vec<u8>,
+    meter: &TunnelMeter,
+    plain_is_client: bool,
+) -> io::Result<Relayed>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut plain_read, mut plain_write) = plain.split();
+    let (tunnel_read, mut tunnel_write) = tokio::io::split(tunnel);
+    let mut tunnel_read = io::Cursor::new(leftover).chain(tunnel_read);
+    let (into_tunnel, out_of_tunnel): (&(dyn Fn(u64) + Sync), &(dyn Fn(u64) + Sync)) =
+        if plain_is_client {
+            (&|n| meter.sent(n), &|n| meter.received(n))
+        } else {
+            (&|n| meter.received(n), &|n| meter.sent(n))
+        };
+    let (sent, received) = tokio::try_join!(
+        copy_until_closed(&mut plain_read, &mut tunnel_write, into_tunnel),
+        copy_until_closed(&mut tunnel_read, &mut plain_write, out_of_tunnel),
+    )?;
+    Ok(Relayed {
+        sent,
+        received,
+        reusable: false,
+    })
+}
+
+/// Copies until `from` ends, then half-closes `to`.
+async fn copy_until_closed<R, W>(
+    from: &mut R,
+    to: &mut W,
+    moved: &(dyn Fn(u64) + Sync),
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin + ?Sized,
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let mut buf = vec![0u8; INITIAL_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        total += n as u64;
+        moved(n as u64);
+        grow_if_filled(&mut buf, n);
+    }
+}
+
 /// Frames what `plain` sends until it half-closes, then sends the end frame.
 async fn to_frames<R, W>(
     plain: &mut R,

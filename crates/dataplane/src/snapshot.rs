@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use clusterlink_api::clients::ClientHosts;
 use clusterlink_api::{
-    ImportSource, Kind, LbScheme, Object, ObjectKey, Objects, ServiceNaming, SharedMap,
+    ImportSource, Kind, LbScheme, Object, ObjectKey, Objects, PeerProtocol, ServiceNaming,
+    SharedMap,
 };
 use tokio::sync::watch;
 
@@ -22,6 +23,8 @@ pub struct PeerEntry {
     /// Keep a link dialed to the peer (`dataplane::link`).
     pub dial: bool,
     pub labels: BTreeMap<String, String>,
+    /// What its gateways speak: this project's protocol, or the Go ClusterLink's (`go_tunnel`).
+    pub protocol: PeerProtocol,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +94,7 @@ impl Snapshot {
                                 .collect(),
                             dial: p.spec.dial,
                             labels: p.metadata.labels.clone(),
+                            protocol: p.spec.protocol,
                         }),
                         _ => None,
                     };

@@ -166,6 +166,7 @@ impl DataPlane {
                 known_peers_only: config.known_peers_only,
                 links,
                 inbound: (inbound, streams),
+                health: egress.dialer.health.clone(),
             },
             shutdown.clone(),
         ));

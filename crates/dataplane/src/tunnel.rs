@@ -522,7 +522,7 @@ impl RefusalReason {
         }
     }
 
-    fn status(self) -> (u16, &'static str) {
+    pub(crate) fn status(self) -> (u16, &'static str) {
         match self {
             RefusalReason::PolicyDenied => (403, "Forbidden"),
             RefusalReason::NoSuchExport => (404, "Not Found"),

@@ -40,6 +40,9 @@ pub struct GatewayTls {
     pub client: Arc<ClientConfig>,
     /// The peer port's client side for dialing a link (`LINK_ALPN`).
     pub link_client: Arc<ClientConfig>,
+    /// The client side toward gateways of the Go ClusterLink (`PeerProtocol::Go`): the same
+    /// certificate and verification, no ALPN (it offers and expects none).
+    pub go_client: Arc<ClientConfig>,
     pub management: Arc<ServerConfig>,
     /// Joining and renewal (`dataplane::enroll`): a client certificate is optional, and the CA
     /// goes with the chain so that a joining site can check it against its token's pin.
@@ -71,6 +74,7 @@ impl GatewayTls {
         server.alpn_protocols = vec![PEER_ALPN.to_vec(), LINK_ALPN.to_vec()];
         let mut client = client_config(credentials, &revocations)?;
         let mut link_client = client.clone();
+        let go_client = client.clone();
         client.alpn_protocols = vec![PEER_ALPN.to_vec()];
         link_client.alpn_protocols = vec![LINK_ALPN.to_vec()];
         let mut with_ca = credentials.clone();
@@ -80,6 +84,7 @@ impl GatewayTls {
         Ok(GatewayTls {
             server: Arc::new(server),
             client: Arc::new(client),
+            go_client: Arc::new(go_client),
             link_client: Arc::new(link_client),
             // The management API speaks plain HTTP/1.1 inside TLS: no tunnel ALPN.
             management: Arc::new(server_config(

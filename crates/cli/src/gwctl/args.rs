@@ -295,6 +295,24 @@ impl EventArgs {
     }
 }
 
+/// `gwctl create peer --protocol`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PeerProtocolArg {
+    /// This project's gateways.
+    Native,
+    /// Gateways of the Go ClusterLink.
+    Go,
+}
+
+impl From<PeerProtocolArg> for clusterlink_api::PeerProtocol {
+    fn from(arg: PeerProtocolArg) -> Self {
+        match arg {
+            PeerProtocolArg::Native => clusterlink_api::PeerProtocol::Native,
+            PeerProtocolArg::Go => clusterlink_api::PeerProtocol::Go,
+        }
+    }
+}
+
 /// The shells `gwctl completion` writes scripts for.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Shell {
@@ -352,6 +370,10 @@ pub enum CreateCommand {
         /// Import at most this many of the peer's offers (with --mirror).
         #[arg(long, requires = "mirror", default_value_t = clusterlink_api::catalog::DEFAULT_MAX_IMPORTS)]
         mirror_max_imports: u32,
+        /// The protocol the peer's gateways speak: `go` for a gateway of the Go ClusterLink (no
+        /// links, no catalog), in a fabric that mixes the two.
+        #[arg(long, value_enum, default_value_t = PeerProtocolArg::Native, conflicts_with_all = ["dial", "mirror"])]
+        protocol: PeerProtocolArg,
         #[command(flatten)]
         labels: LabelArgs,
     },

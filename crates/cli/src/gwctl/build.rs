@@ -57,6 +57,7 @@ pub(super) fn build_object(
             mirror_port_offset,
             mirror_namespaces,
             mirror_max_imports,
+            protocol,
             labels,
         } => {
             let gateways = hosts
@@ -83,6 +84,7 @@ pub(super) fn build_object(
                                 != clusterlink_api::catalog::DEFAULT_MAX_IMPORTS)
                                 .then_some(mirror_max_imports),
                         }),
+                        protocol: protocol.into(),
                     },
                 ),
                 &labels,

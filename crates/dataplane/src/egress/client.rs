@@ -21,7 +21,7 @@ use crate::live::LiveTunnels;
 use crate::metrics::{
     Metrics, Refusal, Refused, RefusedBy, SetupStage, Side, TunnelEnding, TunnelRef,
 };
-use crate::relay::relay;
+use crate::relay::relay_as;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{ExportRef, RefusalReason, TunnelRequest};
 use clusterlink_api::attributes::Attributes;
@@ -219,7 +219,8 @@ impl Egress {
                 .dialer
                 .open_tunnel(
                     &source.peer,
-                    &peer.gateways,
+                    peer,
+                    &snapshot.local_peer,
                     &request,
                     Some(client_ends),
                     &mut first,
@@ -231,6 +232,7 @@ impl Egress {
                     leftover,
                     gateway,
                     would_allow: _,
+                    framing,
                 }) => {
                     // Timed only now: the stages are those of tunnels that open.
                     self.metrics.stage_took(SetupStage::EgressDecision, decided);
@@ -253,7 +255,7 @@ impl Egress {
                         registered.revoked.notify_one();
                     }
                     let relayed = tokio::select! {
-                        moved = relay(&mut client, &mut connection, leftover, &meter, true) => match moved {
+                        moved = relay_as(framing, &mut client, &mut connection, leftover, &meter, true) => match moved {
                             Ok(relayed) => relayed,
                             Err(e) => {
                                 // One end broke mid-stream (a reset, or TCP closed without

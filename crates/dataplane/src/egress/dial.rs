@@ -20,15 +20,21 @@ use tokio_rustls::client::TlsStream;
 
 use crate::capacity::HeldDescriptors;
 use crate::connections::tune_socket;
+use crate::go_tunnel;
 use crate::health::PeerHealth;
 use crate::limits::Limits;
 use crate::link::{LinkStream, Links, NO_ROUTE};
 use crate::metrics::{Metrics, Refusal, Refused, RefusedBy, SetupStage, Side};
 use crate::pool::{ConnectionPool, GatewayKey};
 use crate::read_ahead::ReadAhead;
+use crate::relay::Framing;
 use crate::relay::{MAX_FIRST_FRAME, TLS_SEND_BUFFER, push_frame};
+use crate::snapshot::PeerEntry;
 use crate::snapshot::Snapshot;
-use crate::tunnel::{ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, Via, read_head};
+use crate::tunnel::{
+    ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, Via, read_body, read_head,
+};
+use clusterlink_api::PeerProtocol;
 
 /// A mutual-TLS connection of its own to a peer gateway.
 pub(super) type DirectConnection = TlsStream<ReadAhead<TcpStream>>;
@@ -287,6 +293,8 @@ pub(super) struct OpenTunnel {
     pub gateway: GatewayKey,
     /// For a dry run: the peer's allowing policy. The connection then carries nothing more.
     pub would_allow: Option<String>,
+    /// How the tunnel's bytes travel: in frames, or as they are to a Go gateway.
+    pub framing: Framing,
 }
 
 /// The client's first bytes, sent in the same write (and TLS record) as the tunnel request when
@@ -346,16 +354,24 @@ impl Dialer {
     /// Asks each gateway of the peer in turn, on a warm connection if one is kept, else on a new
     /// one. A refusal from a gateway ends the attempt on this peer (its other gateways share its
     /// configuration); a connect or handshake failure moves on.
+    /// A Go gateway (`entry.protocol`) is asked in its own protocol, as `local_peer`.
     pub(super) async fn open_tunnel(
         &self,
         peer: &str,
-        gateways: &[(String, u16)],
+        entry: &PeerEntry,
+        local_peer: &str,
         request: &TunnelRequest,
         client_ends: Option<(SocketAddr, SocketAddr)>,
         first: &mut FirstBytes<'_>,
     ) -> Result<OpenTunnel, TunnelFailure> {
         let name = ServerName::try_from(peer.to_string())
             .map_err(|_| TunnelFailure::BadPeerName(peer.to_string()))?;
+        let gateways = &entry.gateways;
+        if entry.protocol == PeerProtocol::Go {
+            return self
+                .open_go_tunnel(peer, &name, gateways, local_peer, request)
+                .await;
+        }
         let head = request.encode();
         // A client that came from the address of the gateway asked may be a connection that
         // gateway made to this import: it is told which, to find a loop through it (`hops`).
@@ -453,7 +469,8 @@ impl Dialer {
             let answer = match answered {
                 Some(answer) => answer,
                 None => {
-                    let connection = match self.connect(&name, host, *port).await {
+                    let client = self.tls.borrow().client.clone();
+                    let connection = match self.connect(client, &name, host, *port).await {
                         Ok((connection, _handshake)) => {
                             PeerConnection::Direct(Box::new(connection))
                         }
@@ -520,6 +537,7 @@ impl Dialer {
                     leftover: rest,
                     gateway,
                     would_allow: None,
+                    framing: Framing::Frames,
                 })
             }
             Ok(TunnelResponse::WouldAllow { policy }) => Ok(OpenTunnel {
@@ -527,6 +545,7 @@ impl Dialer {
                 leftover: rest,
                 gateway,
                 would_allow: Some(policy),
+                framing: Framing::Frames,
             }),
             Ok(TunnelResponse::Refused {
                 reason,
@@ -549,9 +568,115 @@ impl Dialer {
         }
     }
 
-    /// A new mutual-TLS connection to a gateway of the peer `name`.
+    /// Opens a tunnel to a Go gateway of `peer` (`go_tunnel`), trying its gateways in turn: on a
+    /// new connection, an authorization, then the tunnel with the token it gave. No client bytes
+    /// go with the request (a Go gateway would drop them), and the connection carries nothing
+    /// after the tunnel.
+    async fn open_go_tunnel(
+        &self,
+        peer: &str,
+        name: &ServerName<'static>,
+        gateways: &[(String, u16)],
+        local_peer: &str,
+        request: &TunnelRequest,
+    ) -> Result<OpenTunnel, TunnelFailure> {
+        let refused = |(reason, message)| TunnelFailure::Refused {
+            reason,
+            message,
+            policy: None,
+        };
+        let mut errors = Vec::new();
+        for (host, port) in gateways {
+            let attempt_started = Instant::now();
+            let address = format!("{host}:{port}");
+            let gateway = GatewayKey {
+                peer: peer.to_string(),
+                host: host.clone(),
+                port: *port,
+            };
+            let client = self.tls.borrow().go_client.clone();
+            let mut connection = match self.connect(client, name, host, *port).await {
+                Ok((connection, _handshake)) => connection,
+                Err(e) => {
+                    errors.push((address, e));
+                    continue;
+                }
+            };
+            let ready = Instant::now();
+            let export = &request.export;
+            let labels = &request.peer_labels;
+            let authorize =
+                go_tunnel::authorize_request(peer, export, &request.client, local_peer, labels);
+            let token = match self.ask_go(&mut connection, &authorize, false).await {
+                Ok((answer, body, _)) => answer.token(&body).map_err(refused)?,
+                Err(e) => {
+                    errors.push((address, e));
+                    continue;
+                }
+            };
+            let opened = |connection, leftover, would_allow| OpenTunnel {
+                connection: PeerConnection::Direct(Box::new(connection)),
+                leftover,
+                gateway,
+                would_allow,
+                framing: Framing::Unframed,
+            };
+            if request.dry_run {
+                let policy = Some(go_tunnel::UNNAMED_POLICY.to_string());
+                return Ok(opened(connection, Vec::new(), policy));
+            }
+            let connect = go_tunnel::connect_request(peer, &token);
+            match self.ask_go(&mut connection, &connect, true).await {
+                Ok((answer, _, rest)) if answer.status == 200 => {
+                    let answered_at = Instant::now();
+                    let metrics = &self.metrics;
+                    metrics.stage_took(SetupStage::PeerConnection, ready - attempt_started);
+                    metrics.stage_took(SetupStage::PeerAnswer, answered_at - ready);
+                    return Ok(opened(connection, rest, None));
+                }
+                Ok((answer, body, _)) => return Err(refused(answer.refusal(&body))),
+                // Nothing of the client's went out: another gateway may take the tunnel.
+                Err(e) => errors.push((address, e)),
+            }
+        }
+        Err(TunnelFailure::Unreachable(errors))
+    }
+
+    /// Sends `request` to a Go gateway and reads its answer: the head, the body (none after a
+    /// tunnel's `200`, where the tunnel's bytes begin), and what followed.
+    async fn ask_go(
+        &self,
+        connection: &mut DirectConnection,
+        request: &[u8],
+        tunnel: bool,
+    ) -> Result<(go_tunnel::Answer, Vec<u8>, Vec<u8>), DialError> {
+        connection
+            .write_all(request)
+            .await
+            .map_err(DialError::Send)?;
+        connection.flush().await.map_err(DialError::Send)?;
+        let within = self.limits.handshake;
+        let (head, rest) = timeout(within, read_head(connection))
+            .await
+            .map_err(|_| DialError::NoAnswer)?
+            .map_err(DialError::Read)?;
+        let answer = go_tunnel::Answer::decode(&head).map_err(DialError::BadAnswer)?;
+        if tunnel && answer.status == 200 {
+            return Ok((answer, Vec::new(), rest));
+        }
+        let body = timeout(within, read_body(connection, rest, answer.length))
+            .await
+            .map_err(|_| DialError::NoAnswer)?
+            .map_err(DialError::Read)?;
+        Ok((answer, body, Vec::new()))
+    }
+
+    /// A new mutual-TLS connection to a gateway of the peer `name`, made with `client` (the TLS
+    /// configuration of its protocol, current as of now: rotated certificates apply to new
+    /// connections).
     async fn connect(
         &self,
+        client: Arc<rustls::ClientConfig>,
         name: &ServerName<'static>,
         host: &str,
         port: u16,
@@ -566,8 +691,7 @@ impl Dialer {
             .map_err(|_| DialError::ConnectTimeout)?
             .map_err(DialError::Connect)?;
         tune_socket(&tcp).map_err(DialError::SocketOptions)?;
-        // The configuration current now: rotated certificates apply to new connections.
-        let connector = TlsConnector::from(self.tls.borrow().client.clone());
+        let connector = TlsConnector::from(client);
         let mut connection = timeout(
             limits.handshake,
             connector.connect(name.clone(), ReadAhead::new(tcp)),

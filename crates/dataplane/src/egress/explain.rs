@@ -86,7 +86,8 @@ impl Egress {
                         .dialer
                         .open_tunnel(
                             &source.peer,
-                            &peer.gateways,
+                            peer,
+                            &snapshot.local_peer,
                             &question,
                             None,
                             &mut FirstBytes::none(),

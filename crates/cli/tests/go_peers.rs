@@ -1,0 +1,314 @@
+//! The Go ClusterLink's protocol on the peer port (Peers of `protocol: go`), from a hand-driven
+//! TLS client: what a Go gateway sends, and what an attacker holding a fabric certificate would.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterlink_dataplane::tunnel::read_head;
+use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config};
+use rustls_pki_types::ServerName;
+use support::{Backend, Fabric, GatewayProcess, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+fn credentials(f: &Fabric, peer: &str) -> Credentials {
+    let fabric = f.fabric_dir();
+    Credentials::load(&TlsFiles::in_fabric(&fabric, &fabric.join(peer))).unwrap()
+}
+
+/// A TLS connection to server1's peer port as `peer`, offering no ALPN, as a Go gateway does.
+async fn go_connection(
+    f: &Fabric,
+    server: &GatewayProcess,
+    peer: &str,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let config = mutual_client_config(&credentials(f, peer)).unwrap();
+    assert!(config.alpn_protocols.is_empty());
+    let tcp = TcpStream::connect(&server.peer_address).await?;
+    let name = ServerName::try_from("server1").unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// Sends `request` and reads one answer: its head and body (by its content-length) as text. An
+/// error when the connection closes first.
+async fn ask(tls: &mut TlsStream<TcpStream>, request: &[u8]) -> Result<String, String> {
+    tls.write_all(request).await.map_err(|e| e.to_string())?;
+    let (head, mut rest) = read_head(tls).await.map_err(|e| e.to_string())?;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap())
+        })
+        .unwrap_or(0);
+    while rest.len() < length {
+        let mut more = vec![0; length - rest.len()];
+        let n = tls.read(&mut more).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed in the middle of a body".into());
+        }
+        rest.extend_from_slice(&more[..n]);
+    }
+    Ok(format!("{head}{}", String::from_utf8_lossy(&rest)))
+}
+
+fn authorize(export: &str, attributes: &str) -> Vec<u8> {
+    let body = format!(
+        r#"{{"ServiceName":"{export}","ServiceNamespace":"default","SrcAttributes":{attributes}}}"#
+    );
+    format!(
+        "POST /authz HTTP/1.1\r\nHost: server1:443\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+const CLIENT: &str =
+    r#"{"client.clusterlink.net/namespace":"shop","peer.clusterlink.net/name":"client1"}"#;
+
+fn token_of(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-access-token: "))
+        .unwrap_or_else(|| panic!("no token in {answer:?}"))
+        .to_string()
+}
+
+fn connect(token: &str) -> Vec<u8> {
+    format!(
+        "CONNECT server1:443 HTTP/1.1\r\nHost: server1:443\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Opens the tunnel `token` grants on a new connection as `peer`, sends `payload` and
+/// half-closes: the answer's first line, and what came through the tunnel after it.
+async fn tunnel(
+    f: &Fabric,
+    server: &GatewayProcess,
+    peer: &str,
+    token: &str,
+    payload: &[u8],
+) -> (String, String) {
+    let mut tls = go_connection(f, server, peer).await.unwrap();
+    tls.write_all(&connect(token)).await.unwrap();
+    let (head, mut rest) = read_head(&mut tls).await.unwrap();
+    let status = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    if status.starts_with("HTTP/1.1 200") {
+        tls.write_all(payload).await.unwrap();
+        tls.shutdown().await.unwrap();
+    }
+    let _ = tls.read_to_end(&mut rest).await;
+    (status, String::from_utf8_lossy(&rest).into_owned())
+}
+
+const GO_PEERS: &str = "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: client1, labels: {site: admin-set}}\nspec: {gateways: [{host: 127.0.0.1, port: 9}], protocol: go}\n---\n\
+apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: client2}\nspec: {gateways: [{host: 127.0.0.1, port: 9}], protocol: go}\n";
+
+/// server1 exports `svc` to client1 and `secret` to client2 only; with `go_peers`, client1 and
+/// client2 are Peers of protocol go.
+fn setup(go_peers: bool) -> (Fabric, GatewayProcess) {
+    let f = Fabric::new(&["server1", "client1", "client2", "client3"]);
+    let server = f.start("server1");
+    let backend = Backend::start("svc-backend");
+    let allow = |name: &str, export: &str, peer: &str| {
+        format!(
+            "apiVersion: clusterlink.net/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: {name}}}\n\
+             spec: {{action: allow, from: [{{workloadSelector: {{matchLabels: {{peer.clusterlink.net/name: {peer}}}}}}}], \
+             to: [{{workloadSelector: {{matchLabels: {{export.clusterlink.net/name: {export}}}}}}}]}}\n"
+        )
+    };
+    server.apply(&format!(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: svc}}\nspec: {{host: 127.0.0.1, port: {port}}}\n---\n\
+         apiVersion: clusterlink.net/v1alpha1\nkind: Export\nmetadata: {{name: secret}}\nspec: {{host: 127.0.0.1, port: {port}}}\n---\n{}---\n{}",
+        allow("svc-to-client1", "svc", "client1"),
+        allow("secret-to-client2", "secret", "client2"),
+        port = backend.port,
+    ));
+    if go_peers {
+        server.apply(GO_PEERS);
+    }
+    (f, server)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_without_alpn_is_taken_only_where_a_peer_speaks_go() {
+    let (f, server) = setup(false);
+    let heartbeat = b"GET /healthz HTTP/1.1\r\nHost: server1:443\r\n\r\n";
+    // No Peer speaks go: refused at the ClientHello (rustls's client may finish its side first,
+    // then the answer never comes).
+    let refused = match go_connection(&f, &server, "client1").await {
+        Err(_) => true,
+        Ok(mut tls) => ask(&mut tls, heartbeat).await.is_err(),
+    };
+    assert!(
+        refused,
+        "a handshake without ALPN was served with no Go peer"
+    );
+    let logged = |line: &str| eventually(Duration::from_secs(10), || server.log().contains(line));
+    assert!(logged("no Peer here has protocol: go"), "{}", server.log());
+
+    server.apply(GO_PEERS);
+    let answered = eventually(Duration::from_secs(10), || {
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let Ok(mut tls) = go_connection(&f, &server, "client1").await else {
+                    return false;
+                };
+                ask(&mut tls, heartbeat)
+                    .await
+                    .is_ok_and(|a| a.starts_with("HTTP/1.1 200 OK"))
+            })
+        })
+    });
+    assert!(answered, "the Go peer's heartbeat was not answered");
+
+    // A certificate of the fabric whose Peer does not say protocol: go gets nothing.
+    let mut tls = go_connection(&f, &server, "client3").await.unwrap();
+    assert!(ask(&mut tls, heartbeat).await.is_err());
+    let why = "peer client3 speaks the Go ClusterLink protocol";
+    assert!(logged(why), "{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_go_peer_is_answered_as_a_go_gateway_and_gets_one_tunnel_per_token() {
+    let (f, server) = setup(true);
+    server.apply(
+        "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {name: server1}\nspec: {gateways: [{host: 127.0.0.1, port: 9}]}\n",
+    );
+    let mut tls = go_connection(&f, &server, "client1").await.unwrap();
+    // Heartbeats, one after another on one connection, with the gateway's labels as the Go
+    // gateways encode them (base64 of a JSON map).
+    for _ in 0..2 {
+        let answer = ask(
+            &mut tls,
+            b"GET /healthz HTTP/1.1\r\nHost: server1:443\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("ClusterLinkPeerLabels: "), "{answer}");
+    }
+    let answer = ask(&mut tls, &authorize("svc", CLIENT)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let token = token_of(&answer);
+    assert_eq!(token.len(), 64, "256 random bits in hex: {token}");
+
+    // The tunnel, on a connection of its own as a Go gateway opens it: bytes both ways, unframed,
+    // and the half-close passed on (the backend answers only after it).
+    let (status, through) = tunnel(&f, &server, "client1", &token, b"hello").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(through, "svc-backend 5\nhello");
+
+    // Used once, the token opens nothing more.
+    let (status, text) = tunnel(&f, &server, "client1", &token, b"again").await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert!(text.contains("unknown, expired or already used"), "{text}");
+
+    // Authorization and tunnel may also share a connection.
+    let answer = ask(&mut tls, &authorize("svc", CLIENT)).await.unwrap();
+    tls.write_all(&connect(&token_of(&answer))).await.unwrap();
+    let (head, _) = read_head(&mut tls).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
+#[tokio::test]
+async fn a_go_peer_cannot_borrow_a_name_a_label_or_a_token() {
+    let (f, server) = setup(true);
+    let mut client1 = go_connection(&f, &server, "client1").await.unwrap();
+
+    // `secret` is client2's; client1 saying it is client2 in its attributes changes nothing.
+    let forged = r#"{"client.clusterlink.net/namespace":"shop","peer.clusterlink.net/name":"client2","peer.clusterlink.net/labels.site":"forged"}"#;
+    let answer = ask(&mut client1, &authorize("secret", forged))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert!(answer.contains("ingress at server1"), "{answer}");
+
+    // A missing export is a 404, as the Go gateways' control plane decides it.
+    let answer = ask(&mut client1, &authorize("nope", CLIENT)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+
+    // client1's token, presented by client2 (another Go peer of the fabric): refused, and void.
+    let answer = ask(&mut client1, &authorize("svc", CLIENT)).await.unwrap();
+    let token = token_of(&answer);
+    let (status, text) = tunnel(&f, &server, "client2", &token, b"x").await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert!(
+        text.contains("issued to peer client1, not to client2"),
+        "{text}"
+    );
+    let (status, _) = tunnel(&f, &server, "client1", &token, b"x").await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+
+    // A token this gateway never issued (a Go gateway's JWT, say) opens nothing either.
+    let (status, _) = tunnel(&f, &server, "client1", "eyJhbGciOiJIUzI1NiJ9.e30.x", b"x").await;
+    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    let events = server.gwctl_ok(&["get", "events", "--problems"]);
+    assert!(events.contains("PolicyDenied"), "{events}");
+}
+
+#[tokio::test]
+async fn hostile_go_requests_are_refused_and_bounded() {
+    let (f, server) = setup(true);
+    // A body larger than any authorization: refused on its head, before it is read.
+    let mut tls = go_connection(&f, &server, "client1").await.unwrap();
+    let huge = b"POST /authz HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n";
+    let answer = ask(&mut tls, huge).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        ask(&mut tls, huge).await.is_err(),
+        "the connection stays open"
+    );
+
+    for (request, expected) in [
+        (
+            b"POST /authz HTTP/1.1\r\nContent-Length: 9\r\n\r\n{nonsense".to_vec(),
+            "400",
+        ),
+        (
+            authorize("svc", r#"{"client.clusterlink.net/namespace":1}"#),
+            "400",
+        ),
+        (
+            b"POST /authz HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (b"DELETE /api/v1/exports HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        (b"CONNECT server1:443 HTTP/1.1\r\n\r\n".to_vec(), "403"),
+    ] {
+        let mut tls = go_connection(&f, &server, "client1").await.unwrap();
+        let answer = ask(&mut tls, &request).await.unwrap();
+        let text = String::from_utf8_lossy(&request).into_owned();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{text:?}: {answer}"
+        );
+    }
+
+    // Tokens asked for and never used: a peer holds a bounded number.
+    let mut tls = go_connection(&f, &server, "client1").await.unwrap();
+    let limit = clusterlink_dataplane::limits::Limits::DEFAULT.go_tokens_per_peer;
+    for i in 0..limit {
+        let answer = ask(&mut tls, &authorize("svc", CLIENT)).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "token {i}: {answer}");
+    }
+    let answer = ask(&mut tls, &authorize("svc", CLIENT)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // Another peer has its own share.
+    let mut other = go_connection(&f, &server, "client2").await.unwrap();
+    let answer = ask(&mut other, &authorize("secret", CLIENT)).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
