@@ -674,7 +674,9 @@ spec:
     #[test]
     fn a_go_peer_is_reached_directly_and_offers_no_catalog() {
         let peer = |spec: &str| {
-            format!("apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: go1}}\nspec: {spec}\n")
+            format!(
+                "apiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: go1}}\nspec: {spec}\n"
+            )
         };
         let ok = parse_manifest(
             &peer("{gateways: [{host: 10.0.0.1, port: 4443}], protocol: go}"),
@@ -688,10 +690,19 @@ spec:
         let e = err_text(&peer(
             "{gateways: [{host: 10.0.0.1, port: 4443}], protocol: go, dial: true, mirror: {}}",
         ));
-        assert!(e.contains("spec.dial: a peer of protocol go cannot keep a link"), "{e}");
-        assert!(e.contains("spec.mirror: a peer of protocol go offers no catalog"), "{e}");
+        assert!(
+            e.contains("spec.dial: a peer of protocol go cannot keep a link"),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.mirror: a peer of protocol go offers no catalog"),
+            "{e}"
+        );
         let e = err_text(&peer("{gateways: [], protocol: go}"));
-        assert!(e.contains("spec.gateways: a peer of protocol go needs"), "{e}");
+        assert!(
+            e.contains("spec.gateways: a peer of protocol go needs"),
+            "{e}"
+        );
         let e = err_text(&peer("{gateways: [{host: a, port: 1}], protocol: envoy}"));
         assert!(e.contains("protocol"), "{e}");
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use support::manifests::{allow_all, export, import, peer, policy};
 use support::{
     Backend, Exchange, Fabric, GatewayProcess, clients_table, eventually, exchange, exchange_from,
-    free_port, metric, metric_with, reachable, stdout,
+    free_port, metric, metric_with, open_counted_tunnel, reachable, stdout, was_closed,
 };
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -902,40 +902,6 @@ fn a_peer_whose_gateway_presents_another_name_is_refused() {
         sites.client.log()
     );
     assert!(eventually(CONVERGE, || reachable(&sites.client, "server1") == "False"));
-}
-
-/// A connection through `port` that is mid-request (the backend answers only after EOF).
-fn open_tunnel(port: u16) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"partial").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// Opens a tunnel through `port` (see [`open_tunnel`]) and waits until `gw` counts it as active on
-/// `side`, so a revocation that follows acts on an established tunnel.
-fn open_counted_tunnel(port: u16, gw: &GatewayProcess, side: &str) -> std::net::TcpStream {
-    let series = format!("clusterlink_connections_active{{side=\"{side}\"}}");
-    // A tunnel whose client already has its answer may still be winding down: only a count that
-    // rises from zero is this one.
-    assert!(eventually(CONVERGE, || metric(gw, &series) == 0.0));
-    let tunnel = open_tunnel(port);
-    assert!(eventually(CONVERGE, || metric(gw, &series) >= 1.0));
-    tunnel
-}
-
-/// Whether the connection was closed or reset (a read timeout means it stayed open).
-fn was_closed(mut s: std::net::TcpStream) -> bool {
-    use std::io::Read;
-    match s.read(&mut [0u8; 16]) {
-        Ok(0) => true,
-        Err(e) => matches!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-        ),
-        Ok(_) => false,
-    }
 }
 
 /// A backend that takes one connection, reads it to its end and reports how it ended: `fin` for

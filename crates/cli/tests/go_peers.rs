@@ -9,7 +9,11 @@ use std::time::Duration;
 use clusterlink_dataplane::tunnel::read_head;
 use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config};
 use rustls_pki_types::ServerName;
-use support::{Backend, Fabric, GatewayProcess, eventually};
+use support::manifests::{allow_all, export, import, policy};
+use support::{
+    Backend, Exchange, Fabric, GatewayProcess, clients_table, eventually, exchange, free_port,
+    open_counted_tunnel, reachable, was_closed,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -311,4 +315,114 @@ async fn hostile_go_requests_are_refused_and_bounded() {
     let mut other = go_connection(&f, &server, "client2").await.unwrap();
     let answer = ask(&mut other, &authorize("secret", CLIENT)).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A Peer manifest of protocol go for `gw`.
+fn go_peer(name: &str, gw: &GatewayProcess) -> String {
+    let (host, port) = gw.peer_address.rsplit_once(':').unwrap();
+    format!(
+        "---\napiVersion: clusterlink.net/v1alpha1\nkind: Peer\nmetadata: {{name: {name}}}\nspec: {{gateways: [{{host: '{host}', port: {port}}}], protocol: go}}\n"
+    )
+}
+
+/// Two of this project's gateways that take each other for Go gateways: every role of the Go
+/// protocol, both ways, with this project's decisions and cuts on each side.
+#[test]
+fn gateways_speaking_the_go_protocol_carry_decide_and_cut_tunnels() {
+    const CONVERGE: Duration = Duration::from_secs(10);
+    let fabric = Fabric::new(&["server1", "client1"]);
+    let table = clients_table(&["{cidr: 127.0.0.0/8, namespace: shop}"]);
+    let local = [
+        "--management-address",
+        "127.0.0.1:0",
+        "--peer-address",
+        "127.0.0.1:0",
+    ];
+    let attributes = ["--client-attributes", table.to_str().unwrap()];
+    let client = fabric.start_with("client1", &[&local[..], &attributes[..]].concat());
+    let server = fabric.start_with("server1", &[&local[..], &["--label", "tier=gold"]].concat());
+    server.apply(&format!(
+        "{}{}{}",
+        export("svc", Backend::start("server1").port),
+        go_peer("client1", &client),
+        allow_all("allow-all")
+    ));
+    let port = free_port();
+    client.apply(&format!(
+        "{}{}{}",
+        go_peer("server1", &server),
+        allow_all("allow-all"),
+        import("svc", port, &["server1"], "static")
+    ));
+    client.wait_listening("svc");
+    // Probed with heartbeats, which carry the peer's labels.
+    assert!(eventually(CONVERGE, || reachable(&client, "server1") == "True"));
+    let reported = || {
+        let json = client.gwctl_ok(&["get", "peer", "server1", "-o", "json"]);
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["status"]["labels"]["tier"]
+            == "gold"
+    };
+    assert!(
+        eventually(CONVERGE, reported),
+        "the heartbeat's labels were not taken"
+    );
+    let peer = client.gwctl_ok(&["describe", "peer", "server1"]);
+    assert!(peer.contains("Protocol:   go"), "{peer}");
+    assert!(peer.contains("has no catalog"), "{peer}");
+    let served = Exchange::Served {
+        backend: "server1".into(),
+    };
+    assert!(eventually(CONVERGE, || exchange(port, b"hello") == served));
+
+    // Egress policy on the importing side: decided there, as for any peer.
+    client.apply(&policy(
+        "AccessPolicy",
+        "deny-gold",
+        "deny",
+        "{}",
+        "{matchLabels: {peer.clusterlink.net/labels.tier: gold}}",
+    ));
+    assert!(eventually(CONVERGE, || exchange(port, b"x") == Exchange::Reset));
+    client.gwctl_ok(&["delete", "policy", "deny-gold"]);
+    assert!(eventually(CONVERGE, || exchange(port, b"hello") == served));
+
+    // Ingress policy on the exporting side: its refusal reaches the importer as the peer's.
+    server.apply(&policy(
+        "AccessPolicy",
+        "deny-shop",
+        "deny",
+        "{matchLabels: {client.clusterlink.net/namespace: shop}}",
+        "{}",
+    ));
+    assert!(eventually(CONVERGE, || exchange(port, b"x") == Exchange::Reset));
+    let events = client.gwctl_ok(&["get", "events", "--problems"]);
+    assert!(events.contains("PolicyDenied"), "{events}");
+    assert!(
+        events.contains("Exported service") || events.contains("ingress at server1"),
+        "{events}"
+    );
+    server.gwctl_ok(&["delete", "policy", "deny-shop"]);
+    assert!(eventually(CONVERGE, || exchange(port, b"hello") == served));
+
+    // A live tunnel is cut when either side withdraws its allow.
+    let tunnel = open_counted_tunnel(port, &server, "ingress");
+    server.gwctl_ok(&["delete", "policy", "allow-all"]);
+    assert!(
+        was_closed(tunnel),
+        "a Go tunnel stayed open after ingress access was revoked"
+    );
+    server.apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hello") == served));
+    let tunnel = open_counted_tunnel(port, &client, "egress");
+    client.gwctl_ok(&["delete", "policy", "allow-all"]);
+    assert!(
+        was_closed(tunnel),
+        "a Go tunnel stayed open after egress access was revoked"
+    );
+    client.apply(&allow_all("allow-all"));
+    assert!(eventually(CONVERGE, || exchange(port, b"hello") == served));
+
+    // explain asks the Go gateway's authorization as its dry run.
+    let explained = client.gwctl_ok(&["explain", "svc", "--client", "127.0.0.1"]);
+    assert!(explained.contains("which names none"), "{explained}");
 }

@@ -268,6 +268,9 @@ pub(super) async fn describe(client: &mut Client, key: &ObjectKey) -> anyhow::Re
     refusals.truncate(REFUSALS_SHOWN);
     let mut text = describe_text(&object, &traffic, &refusals, now_ms());
     match &object {
+        Object::Peer(p) if p.spec.protocol == clusterlink_api::PeerProtocol::Go => {
+            text.push_str("Offers:     none: a Go ClusterLink gateway has no catalog; import its exports by name\n");
+        }
         Object::Peer(_) => {
             let offers: OffersView = get_json(client, OFFERS_PATH).await?;
             text.push_str(&peer_offers_text(offers.get(&key.name)));
@@ -366,6 +369,9 @@ fn describe_text(
                 gateways.join(", ")
             };
             let _ = writeln!(out, "Gateways:   {gateways}");
+            if p.spec.protocol == clusterlink_api::PeerProtocol::Go {
+                let _ = writeln!(out, "Protocol:   go (a Go ClusterLink gateway)");
+            }
             let peer = traffic.peers.get(&meta.name).cloned().unwrap_or_default();
             let reached = match (&peer.link, p.spec.dial) {
                 (Some(link), _) => link.clone(),

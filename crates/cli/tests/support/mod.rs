@@ -599,3 +599,37 @@ impl GwctlConfig {
             .unwrap()
     }
 }
+
+/// A connection through `port` that is mid-request (the backend answers only after EOF).
+pub fn open_tunnel(port: u16) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"partial").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Opens a tunnel through `port` (see [`open_tunnel`]) and waits until `gw` counts it as active on
+/// `side`, so a revocation that follows acts on an established tunnel.
+pub fn open_counted_tunnel(port: u16, gw: &GatewayProcess, side: &str) -> std::net::TcpStream {
+    let series = format!("clusterlink_connections_active{{side=\"{side}\"}}");
+    // A tunnel whose client already has its answer may still be winding down: only a count that
+    // rises from zero is this one.
+    assert!(eventually(Duration::from_secs(10), || metric(gw, &series) == 0.0));
+    let tunnel = open_tunnel(port);
+    assert!(eventually(Duration::from_secs(10), || metric(gw, &series) >= 1.0));
+    tunnel
+}
+
+/// Whether the connection was closed or reset (a read timeout means it stayed open).
+pub fn was_closed(mut s: std::net::TcpStream) -> bool {
+    use std::io::Read;
+    match s.read(&mut [0u8; 16]) {
+        Ok(0) => true,
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+        Ok(_) => false,
+    }
+}
