@@ -153,9 +153,10 @@ where
     }
 }
 
-/// Relays bytes as they are between `plain` and `tunnel` (a Go gateway's tunnel, which ends
-/// with its connection) until both directions have ended, each end's half-close passed on. The
-/// connection never carries another tunnel.
+/// Relays bytes as they are between `plain` and `tunnel` (a Go gateway's tunnel), each end's
+/// half-close passed on, until the tunnel's end: a Go gateway closes its whole connection as
+/// soon as either of its ends closes, and takes nothing after, so bytes still on their way to it
+/// then have nowhere to go. The connection never carries another tunnel.
 pub(crate) async fn relay_unframed<T>(
     plain: &mut TcpStream,
     tunnel: &mut T,
@@ -175,15 +176,22 @@ where
         } else {
             (&|n| meter.received(n), &|n| meter.sent(n))
         };
-    let (sent, received) = tokio::try_join!(
-        copy_until_closed(&mut plain_read, &mut tunnel_write, into_tunnel),
-        copy_until_closed(&mut tunnel_read, &mut plain_write, out_of_tunnel),
-    )?;
-    Ok(Relayed {
-        sent,
-        received,
-        reusable: false,
-    })
+    let into = copy_until_closed(&mut plain_read, &mut tunnel_write, into_tunnel);
+    let out_of = copy_until_closed(&mut tunnel_read, &mut plain_write, out_of_tunnel);
+    tokio::pin!(into, out_of);
+    let mut sent = None;
+    loop {
+        tokio::select! {
+            done = &mut into, if sent.is_none() => sent = Some(done?),
+            done = &mut out_of => {
+                return Ok(Relayed {
+                    sent: sent.unwrap_or_default(),
+                    received: done?,
+                    reusable: false,
+                });
+            }
+        }
+    }
 }
 
 /// Copies until `from` ends, then half-closes `to`.

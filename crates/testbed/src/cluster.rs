@@ -156,6 +156,11 @@ impl TestCluster {
         Ok(cluster)
     }
 
+    /// The cluster's CA certificate (PEM): what a pod finds as its ServiceAccount's `ca.crt`.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     /// `program` run where the cluster is: in its site, or on this machine.
     pub fn command(&self, program: &Path) -> Command {
         command_in(self.site.as_ref(), program)

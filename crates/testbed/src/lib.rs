@@ -3,10 +3,12 @@
 //!
 //! - [`netns`]: sites as Linux network namespaces on one machine.
 //! - [`cluster`]: a real Kubernetes API server and etcd (built by `scripts/k8s-testenv`).
+//! - [`go_clusterlink`]: a site of the Go ClusterLink (built by `scripts/reference-testenv`).
 //! - [`launcher`]: a fabric of test certificates, and `cl-gateway` processes started from it.
 //! - [`manifests`]: the manifests the tests and the demo apply.
 
 pub mod cluster;
+pub mod go_clusterlink;
 pub mod launcher;
 pub mod manifests;
 pub mod netns;
