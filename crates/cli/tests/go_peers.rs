@@ -113,7 +113,7 @@ async fn tunnel(
         .to_string();
     if status.starts_with("HTTP/1.1 200") {
         tls.write_all(payload).await.unwrap();
-        let expected = format!("svc-backend\n").len() + payload.len();
+        let expected = "svc-backend\n".len() + payload.len();
         while rest.len() < expected {
             let mut more = [0u8; 256];
             match tls.read(&mut more).await {

@@ -4,6 +4,7 @@
 
 use clusterlink_api::clients::ClientTable;
 
+use crate::go_tunnel::{Answer, GoRequest, authorization_of};
 use crate::relay::complete;
 use crate::tunnel::{PeerRequest, TunnelRequest, TunnelResponse, read_head};
 
@@ -51,5 +52,27 @@ pub fn client_table(data: &[u8]) {
                 let _ = table.attributes_of(ip);
             }
         }
+    }
+}
+
+/// What a Go ClusterLink gateway sends the peer port (a request head, an authorization body) or
+/// answers this gateway (a response head and its text). An authorization never keeps more than
+/// the client's attributes.
+pub fn go_request(data: &[u8]) {
+    let _ = GoRequest::decode(data);
+    if let Ok((_, client)) = authorization_of(data) {
+        assert!(
+            client
+                .keys()
+                .all(|k| clusterlink_api::attributes::is_client_attribute(k))
+        );
+    }
+    if let Ok(answer) = Answer::decode(data) {
+        let _ = answer.labels();
+        if let Ok(token) = answer.token(data) {
+            assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
+        }
+        let (_, text) = answer.refusal(data);
+        assert!(!text.contains(['\n', '\r', '\x1b']));
     }
 }

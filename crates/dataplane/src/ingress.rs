@@ -474,7 +474,12 @@ async fn handle(
         let deadline = admitted.deadline();
         drop(admitted);
         let here = tls.get_ref().0.get_ref().local_addr();
-        return serve_go_peer(&mut tls, here, deadline, &peer, &certificate, port).await;
+        let authenticated = GoConnection {
+            here,
+            deadline,
+            credentials,
+        };
+        return serve_go_peer(&mut tls, authenticated, &peer, &certificate, port).await;
     }
     // Its first request comes right after the handshake, by the admission's deadline; later
     // ones whenever the peer has another tunnel to open.
@@ -529,19 +534,32 @@ fn has_go_peers(snapshot: &Snapshot) -> bool {
         .any(|(_, p)| p.protocol == PeerProtocol::Go)
 }
 
+/// An authenticated connection of a Go peer, as `handle` passes it on.
+struct GoConnection {
+    /// This end's address, for loop detection.
+    here: std::io::Result<SocketAddr>,
+    /// When its first request is due.
+    deadline: Instant,
+    /// The TLS set it was authenticated under: once replaced, the connection ends.
+    credentials: watch::Receiver<Arc<GatewayTls>>,
+}
+
 /// Serves a Go ClusterLink gateway (`go_tunnel`): heartbeats and authorizations, one after
 /// another, then at most one tunnel, after which the connection closes. The first request is due
-/// by `deadline`, later ones within the wait between tunnels. `here` is this end's address.
+/// by the connection's deadline, later ones within the wait between tunnels.
 async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     tls: &mut S,
-    here: std::io::Result<SocketAddr>,
-    deadline: Instant,
+    connection: GoConnection,
     peer: &str,
     certificate: &Arc<CertificateDer<'static>>,
     port: &PeerPort,
 ) -> Result<(), PeerConnectionError> {
     let io = PeerConnectionError::io;
-    let mut deadline = deadline;
+    let GoConnection {
+        here,
+        mut deadline,
+        credentials,
+    } = connection;
     let mut stopping = port.shutdown.clone();
     loop {
         let read = tokio::select! {
@@ -552,8 +570,11 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             return Ok(());
         };
         let (head, leftover) = read?;
+        // Past its certificate's expiry, authenticated under certificates or revocation lists
+        // since replaced, or no longer a Go peer here: the connection carries nothing more.
         if crate::metrics::unix_seconds()
             >= clusterlink_pki::identity::not_after(certificate).unwrap_or(i64::MIN)
+            || credentials.has_changed().unwrap_or(true)
             || !speaks(&port.snapshots.borrow(), peer, Framing::Unframed)
         {
             return Ok(());
