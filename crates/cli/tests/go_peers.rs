@@ -9,7 +9,7 @@ use std::time::Duration;
 use clusterlink_dataplane::tunnel::read_head;
 use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config};
 use rustls_pki_types::ServerName;
-use support::manifests::{allow_all, export, import, policy};
+use support::manifests::{allow_all, export, import, peer, policy};
 use support::{
     Exchange, Fabric, GatewayProcess, clients_table, eventually, free_port, metric, reachable,
     was_closed,
@@ -296,8 +296,8 @@ async fn a_go_peer_is_answered_as_a_go_gateway_and_gets_one_tunnel_per_token() {
     let token = token_of(&answer);
     assert_eq!(token.len(), 64, "256 random bits in hex: {token}");
 
-    // The tunnel, on a connection of its own as a Go gateway opens it: bytes both ways, unframed,
-    // and the half-close passed on (the backend answers only after it).
+    // The tunnel, on a connection of its own as a Go gateway opens it: bytes both ways,
+    // unframed.
     let (status, through) = tunnel(&f, &server, "client1", &token, b"hello").await;
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(through, "svc-backend\nhello");
@@ -308,7 +308,7 @@ async fn a_go_peer_is_answered_as_a_go_gateway_and_gets_one_tunnel_per_token() {
 
     // Used once, the token opens nothing more.
     let (status, text) = tunnel(&f, &server, "client1", &token, b"again").await;
-    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     assert!(text.contains("unknown, expired or already used"), "{text}");
 
     // Authorization and tunnel may also share a connection.
@@ -321,22 +321,48 @@ async fn a_go_peer_is_answered_as_a_go_gateway_and_gets_one_tunnel_per_token() {
 #[tokio::test]
 async fn a_go_peer_cannot_borrow_a_name_a_label_or_a_token() {
     let (f, server) = setup(true);
-    let mut client1 = go_connection(&f, &server, "client1").await.unwrap();
+    let ask_as = |peer: &'static str, request: Vec<u8>| {
+        let (f, server) = (&f, &server);
+        async move {
+            let mut tls = go_connection(f, server, peer).await.unwrap();
+            ask(&mut tls, &request).await.unwrap()
+        }
+    };
 
-    // `secret` is client2's; client1 saying it is client2 in its attributes changes nothing.
+    // `secret` is client2's; client1 saying it is client2 in its attributes changes nothing, and
+    // the refusal closes the connection, as a refused tunnel's does.
     let forged = r#"{"client.clusterlink.net/namespace":"shop","peer.clusterlink.net/name":"client2","peer.clusterlink.net/labels.site":"forged"}"#;
+    let mut client1 = go_connection(&f, &server, "client1").await.unwrap();
     let answer = ask(&mut client1, &authorize("secret", forged))
         .await
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
     assert!(answer.contains("ingress at server1"), "{answer}");
+    assert!(ask(&mut client1, &authorize("svc", CLIENT)).await.is_err());
+
+    // Nor do the labels it claims: a policy on `site: forged` does not let it in; its labels are
+    // those it reports to heartbeats and those of its Peer object here (`site: admin-set`).
+    let allow_site = |site: &str| {
+        format!(
+            "apiVersion: clusterlink.net/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: secret-to-{site}}}\n\
+             spec: {{action: allow, from: [{{workloadSelector: {{matchLabels: {{peer.clusterlink.net/labels.site: {site}}}}}}}], \
+             to: [{{workloadSelector: {{matchLabels: {{export.clusterlink.net/name: secret}}}}}}]}}\n"
+        )
+    };
+    server.apply(&allow_site("forged"));
+    let answer = ask_as("client1", authorize("secret", forged)).await;
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    server.apply(&allow_site("admin-set"));
+    let answer = ask_as("client1", authorize("secret", CLIENT)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
 
     // A missing export is a 404, as the Go gateways' control plane decides it.
-    let answer = ask(&mut client1, &authorize("nope", CLIENT)).await.unwrap();
+    let answer = ask_as("client1", authorize("nope", CLIENT)).await;
     assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
 
     // client1's token, presented by client2 (another Go peer of the fabric): refused, and void.
-    let answer = ask(&mut client1, &authorize("svc", CLIENT)).await.unwrap();
+    let answer = ask_as("client1", authorize("svc", CLIENT)).await;
     let token = token_of(&answer);
     let (status, text) = tunnel(&f, &server, "client2", &token, b"x").await;
     assert!(status.starts_with("HTTP/1.1 403"), "{status}");
@@ -344,12 +370,13 @@ async fn a_go_peer_cannot_borrow_a_name_a_label_or_a_token() {
         text.contains("issued to peer client1, not to client2"),
         "{text}"
     );
-    let (status, _) = tunnel(&f, &server, "client1", &token, b"x").await;
-    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    let (status, text) = tunnel(&f, &server, "client1", &token, b"x").await;
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
+    assert!(text.contains("unknown, expired or already used"), "{text}");
 
     // A token this gateway never issued (a Go gateway's JWT, say) opens nothing either.
     let (status, _) = tunnel(&f, &server, "client1", "eyJhbGciOiJIUzI1NiJ9.e30.x", b"x").await;
-    assert!(status.starts_with("HTTP/1.1 403"), "{status}");
+    assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     let events = server.gwctl_ok(&["get", "events", "--problems"]);
     assert!(events.contains("PolicyDenied"), "{events}");
 }
@@ -381,7 +408,7 @@ async fn hostile_go_requests_are_refused_and_bounded() {
             "400",
         ),
         (b"DELETE /api/v1/exports HTTP/1.1\r\n\r\n".to_vec(), "400"),
-        (b"CONNECT server1:443 HTTP/1.1\r\n\r\n".to_vec(), "403"),
+        (b"CONNECT server1:443 HTTP/1.1\r\n\r\n".to_vec(), "400"),
     ] {
         let mut tls = go_connection(&f, &server, "client1").await.unwrap();
         let answer = ask(&mut tls, &request).await.unwrap();
@@ -392,15 +419,29 @@ async fn hostile_go_requests_are_refused_and_bounded() {
         );
     }
 
-    // Tokens asked for and never used: a peer holds a bounded number.
+    // Tokens asked for and never used: a peer holds a bounded number. Tokens issued more than
+    // a token's life ago have expired and free their places, so on a machine slow enough for
+    // that, more may be issued; never more within one life.
+    let defaults = clusterlink_dataplane::limits::Limits::DEFAULT;
+    let (limit, life) = (defaults.go_tokens_per_peer, defaults.go_token_life);
     let mut tls = go_connection(&f, &server, "client1").await.unwrap();
-    let limit = clusterlink_dataplane::limits::Limits::DEFAULT.go_tokens_per_peer;
-    for i in 0..limit {
+    let started = std::time::Instant::now();
+    let mut issued = 0;
+    let refused = loop {
         let answer = ask(&mut tls, &authorize("svc", CLIENT)).await.unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "token {i}: {answer}");
-    }
-    let answer = ask(&mut tls, &authorize("svc", CLIENT)).await.unwrap();
-    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        if !answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        issued += 1;
+        assert!(
+            issued <= limit || started.elapsed() >= life,
+            "{issued} tokens within {:?}",
+            started.elapsed()
+        );
+        assert!(issued <= 4 * limit, "no bound on tokens");
+    };
+    assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+    assert!(issued >= limit, "refused after {issued} tokens: {refused}");
     // Another peer has its own share.
     let mut other = go_connection(&f, &server, "client2").await.unwrap();
     let answer = ask(&mut other, &authorize("secret", CLIENT)).await.unwrap();
@@ -456,9 +497,9 @@ fn gateways_speaking_the_go_protocol_carry_decide_and_cut_tunnels() {
         eventually(CONVERGE, reported),
         "the heartbeat's labels were not taken"
     );
-    let peer = client.gwctl_ok(&["describe", "peer", "server1"]);
-    assert!(peer.contains("Protocol:   go"), "{peer}");
-    assert!(peer.contains("has no catalog"), "{peer}");
+    let described = client.gwctl_ok(&["describe", "peer", "server1"]);
+    assert!(described.contains("Protocol:   go"), "{described}");
+    assert!(described.contains("has no catalog"), "{described}");
     let served = Exchange::Served {
         backend: "server1".into(),
     };
@@ -515,4 +556,56 @@ fn gateways_speaking_the_go_protocol_carry_decide_and_cut_tunnels() {
     // explain asks the Go gateway's authorization as its dry run.
     let explained = client.gwctl_ok(&["explain", "svc", "--client", "127.0.0.1"]);
     assert!(explained.contains("which names none"), "{explained}");
+
+    // A Peer that no longer says protocol: go has its Go tunnels cut.
+    let tunnel = open_counted(port, &server, "ingress");
+    server.apply(&peer("client1", &client));
+    assert!(
+        was_closed(tunnel),
+        "a Go tunnel outlived its peer's protocol: go"
+    );
+}
+
+/// A client that speaks first, refused by a source of this project's protocol, then carried by
+/// a Go source: the bytes the first request took from it reach the Go source's backend, after
+/// the Go tunnel's answer (a Go gateway drops what comes before it).
+#[test]
+fn a_clients_first_bytes_survive_a_refusal_before_a_go_source() {
+    use std::io::{Read, Write};
+    const CONVERGE: Duration = Duration::from_secs(10);
+    let fabric = Fabric::new(&["server1", "server2", "client1"]);
+    let client = fabric.start("client1");
+    let go_server = fabric.start("server1");
+    let native_server = fabric.start("server2");
+    go_server.apply(&format!(
+        "{}{}{}",
+        export("svc", echo_backend("server1")),
+        go_peer("client1", &client),
+        allow_all("allow-all")
+    ));
+    // server2 exports svc but allows nothing: every request to it is refused.
+    native_server.apply(&export("svc", echo_backend("server2")));
+    let port = free_port();
+    client.apply(&format!(
+        "{}{}{}{}",
+        go_peer("server1", &go_server),
+        peer("server2", &native_server),
+        allow_all("allow-all"),
+        import("svc", port, &["server2", "server1"], "static")
+    ));
+    client.wait_listening("svc");
+    let first_words = || {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(CONVERGE)).unwrap();
+        // Sent before anything is answered: the first source's request takes them.
+        conn.write_all(b"early").unwrap();
+        let mut answer = vec![0u8; "server1\nearly".len()];
+        conn.read_exact(&mut answer).is_ok() && answer == b"server1\nearly"
+    };
+    assert!(eventually(CONVERGE, first_words), "{}", client.log());
+    let events = client.gwctl_ok(&["get", "events", "--problems"]);
+    assert!(
+        events.contains("server2"),
+        "server2 was never asked: {events}"
+    );
 }

@@ -179,6 +179,16 @@ pub fn refusal_response(reason: RefusalReason, message: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `answer`, saying that the connection closes after it (the Go gateways' HTTP client then
+/// opens a new one rather than sending on this one).
+pub fn closing(answer: Vec<u8>) -> Vec<u8> {
+    let Some(line_end) = answer.windows(2).position(|w| w == b"\r\n") else {
+        return answer;
+    };
+    let (status, rest) = answer.split_at(line_end + 2);
+    [status, b"connection: close\r\n", rest].concat()
+}
+
 /// A heartbeat to a Go gateway.
 pub fn heartbeat_request(peer: &str) -> Vec<u8> {
     format!("GET {HEARTBEAT_PATH} HTTP/1.1\r\nhost: {peer}\r\n\r\n").into_bytes()
@@ -229,8 +239,11 @@ pub fn connect_request(peer: &str, token: &str) -> Vec<u8> {
 #[derive(Debug)]
 pub struct Answer {
     pub status: u16,
-    /// The body's length (0 if not given): at most [`MAX_ANSWER_BODY`].
+    /// The body's length as declared (0 if not given); callers read at most
+    /// [`MAX_ANSWER_BODY`] of it.
     pub length: usize,
+    /// Whether it says the connection closes after it (`connection: close`).
+    pub closes: bool,
     token: Option<String>,
     labels: Option<String>,
 }
@@ -259,12 +272,12 @@ impl Answer {
                 .ok_or_else(|| ProtocolError::Malformed("bad content-length".into()))?,
             None => 0,
         };
-        if length > MAX_ANSWER_BODY {
-            return Err(ProtocolError::TooLarge);
-        }
         Ok(Answer {
             status: response.code.unwrap_or(0),
             length,
+            closes: header("connection")
+                .and_then(|v| text(v).ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
             token: header(ACCESS_TOKEN_HEADER).and_then(|v| text(v).ok()),
             labels: header(PEER_LABELS_HEADER).and_then(|v| text(v).ok()),
         })
@@ -329,7 +342,8 @@ impl Answer {
             403 | 401 => RefusalReason::PolicyDenied,
             429 => RefusalReason::TooManyRequests,
             503 => RefusalReason::TunnelLimit,
-            // The Go gateway answers 500 when its backend cannot be dialed.
+            // To a tunnel, the Go gateway answers 500 when its backend cannot be dialed (a 500
+            // to an authorization is its control plane failing, which the caller tells apart).
             500 | 502 => RefusalReason::BackendUnreachable,
             _ => RefusalReason::BadRequest,
         };
@@ -579,6 +593,10 @@ mod tests {
         assert!(String::from_utf8_lossy(&unknown).contains(r#""SrcAttributes":null"#));
         let token = Answer::decode(&token_response("t0k")).unwrap();
         assert_eq!(token.token(b""), Ok("t0k".to_string()));
+        let closed = closing(refusal_response(RefusalReason::PolicyDenied, "no"));
+        assert!(closed.starts_with(b"HTTP/1.1 403 Forbidden\r\nconnection: close\r\n"));
+        assert!(Answer::decode(&closed).unwrap().closes);
+        assert!(!token.closes);
     }
 
     #[test]
@@ -605,7 +623,8 @@ mod tests {
             "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\n\r\n",
             1 << 30
         );
-        assert!(Answer::decode(huge.as_bytes()).is_err());
+        // Declared as is; the reader takes at most MAX_ANSWER_BODY of it.
+        assert_eq!(Answer::decode(huge.as_bytes()).unwrap().length, 1 << 30);
         let bad_token = Answer::decode(b"HTTP/1.1 200 OK\r\nx-access-token: a b\r\n\r\n").unwrap();
         assert!(bad_token.token(b"").is_err());
     }

@@ -568,6 +568,9 @@ async fn probe_go(
             let (head, rest) = read_head(connection).await.map_err(|e| e.to_string())?;
             let answer = go_tunnel::Answer::decode(&head).map_err(|e| e.to_string())?;
             // The body (none in a heartbeat's answer) is read, so the connection can be kept.
+            if answer.length > go_tunnel::MAX_ANSWER_BODY {
+                return Err(format!("a heartbeat answer of {} bytes", answer.length));
+            }
             let body = read_body(connection, rest, answer.length)
                 .await
                 .map_err(|e| e.to_string())?;

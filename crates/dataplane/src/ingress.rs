@@ -40,7 +40,7 @@ use clusterlink_api::attributes::Attributes;
 
 use crate::catalog::CatalogCache;
 use crate::enroll;
-use crate::go_tunnel::{self, GoRequest};
+use crate::go_tunnel::{self, GoRequest, TokenRefusal};
 use crate::health::PeerHealth;
 use crate::link::{self, Direction, Inbound, LinkInfo, LinkStream, Links};
 use crate::policy::{export_attributes, peer_attributes, peer_labels};
@@ -554,7 +554,6 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     certificate: &Arc<CertificateDer<'static>>,
     port: &PeerPort,
 ) -> Result<(), PeerConnectionError> {
-    let io = PeerConnectionError::io;
     let GoConnection {
         here,
         mut deadline,
@@ -570,36 +569,41 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             return Ok(());
         };
         let (head, leftover) = read?;
-        // Past its certificate's expiry, authenticated under certificates or revocation lists
-        // since replaced, or no longer a Go peer here: the connection carries nothing more.
+        // Past its certificate's expiry, its certificate revoked, or no longer a Go peer here:
+        // the connection carries nothing more, this request included.
+        let current = credentials.borrow().clone();
         if crate::metrics::unix_seconds()
             >= clusterlink_pki::identity::not_after(certificate).unwrap_or(i64::MIN)
-            || credentials.has_changed().unwrap_or(true)
+            || current.revocations.is_revoked(certificate)
             || !speaks(&port.snapshots.borrow(), peer, Framing::Unframed)
         {
             return Ok(());
         }
+        // Authenticated under certificates or lists since replaced (a rotation, a newer list):
+        // this request is answered, as the last; the next needs a new handshake. A Go gateway
+        // retries only idempotent requests on a connection closed unanswered.
+        let last = credentials.has_changed().unwrap_or(true);
         deadline = Instant::now() + port.limits.between_tunnels;
         let snapshot = port.snapshots.borrow().clone();
         let request = match GoRequest::decode(&head) {
             Ok(request) => request,
             Err(e) => {
-                let answer = go_tunnel::refusal_response(RefusalReason::BadRequest, &e.to_string());
-                let _ = tls.write_all(&answer).await;
-                let _ = tls.shutdown().await;
+                let refusal = TunnelResponse::Refused {
+                    reason: RefusalReason::BadRequest,
+                    message: e.to_string(),
+                    policy: None,
+                };
+                let tunnel = ingress_tunnel(&snapshot, peer, None);
+                refuse(tls, &port.metrics, &tunnel, refusal, Framing::Unframed).await?;
                 return Err(e.into());
             }
         };
-        match request {
+        let (answer, close) = match request {
             GoRequest::Heartbeat => {
                 if !leftover.is_empty() {
                     return Err(ProtocolError::Malformed("bytes after a heartbeat".into()).into());
                 }
-                let answer = go_tunnel::heartbeat_response(&snapshot.local_labels);
-                tls.write_all(&answer)
-                    .await
-                    .map_err(io("answering a heartbeat"))?;
-                tls.flush().await.map_err(io("answering a heartbeat"))?;
+                (go_tunnel::heartbeat_response(&snapshot.local_labels), last)
             }
             GoRequest::Authorize { length } => {
                 let body = timeout(port.limits.handshake, read_body(tls, leftover, length))
@@ -608,24 +612,29 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                         step: "reading an authorization request",
                         error: std::io::ErrorKind::TimedOut.into(),
                     })??;
-                let answer = authorize_go_peer(&body, &snapshot, peer, port);
-                tls.write_all(&answer)
-                    .await
-                    .map_err(io("answering an authorization"))?;
-                tls.flush()
-                    .await
-                    .map_err(io("answering an authorization"))?;
+                // A refusal closes the connection, as it does a tunnel request of this project's
+                // protocol: asking about exports costs a peer a handshake per refusal.
+                match authorize_go_peer(&body, &snapshot, peer, port) {
+                    Ok(answer) => (answer, last),
+                    Err(refusal) => (refusal, true),
+                }
             }
             GoRequest::Connect { token } => {
                 let grant = match port.go_tokens.redeem(token.as_deref(), peer) {
                     Ok(grant) => grant,
                     Err(refused) => {
-                        let tunnel = ingress_tunnel(&snapshot, peer, None);
+                        let reason = match refused {
+                            TokenRefusal::WrongPeer { .. } => RefusalReason::PolicyDenied,
+                            TokenRefusal::Missing | TokenRefusal::Unknown => {
+                                RefusalReason::BadRequest
+                            }
+                        };
                         let refusal = TunnelResponse::Refused {
-                            reason: RefusalReason::PolicyDenied,
+                            reason,
                             message: format!("no tunnel for peer {peer}: {refused}"),
                             policy: None,
                         };
+                        let tunnel = ingress_tunnel(&snapshot, peer, None);
                         refuse(tls, &port.metrics, &tunnel, refusal, Framing::Unframed).await?;
                         return Ok(());
                     }
@@ -651,29 +660,71 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 .await?;
                 return Ok(());
             }
+        };
+        let answer = if close {
+            go_tunnel::closing(answer)
+        } else {
+            answer
+        };
+        // A peer that does not read its answers holds this connection only so long.
+        let written = timeout(port.limits.handshake, async {
+            tls.write_all(&answer).await?;
+            tls.flush().await
+        });
+        match written.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(PeerConnectionError::Io {
+                    step: "answering a Go peer",
+                    error,
+                });
+            }
+            Err(_) => {
+                return Err(PeerConnectionError::Io {
+                    step: "answering a Go peer",
+                    error: std::io::ErrorKind::TimedOut.into(),
+                });
+            }
+        }
+        if close {
+            let _ = timeout(port.limits.handshake, tls.shutdown()).await;
+            return Ok(());
         }
     }
 }
 
 /// The answer to a Go peer's `POST /authz`: this gateway's ingress decision, as it would decide
-/// a tunnel of this project's protocol, with a token for one tunnel when it allows.
-fn authorize_go_peer(body: &[u8], snapshot: &Snapshot, peer: &str, port: &PeerPort) -> Vec<u8> {
-    let (export, client) = match go_tunnel::authorization_of(body) {
-        Ok(asked) => asked,
-        Err(e) => return go_tunnel::refusal_response(RefusalReason::BadRequest, &e.to_string()),
-    };
-    let tunnel = ingress_tunnel(snapshot, peer, Some(&export));
-    let reported = port.health.reported_labels(peer);
-    let refusal = match decide(snapshot, peer, &reported, &client, &export) {
-        Ok(_) => match port.go_tokens.issue(peer, export, client) {
-            Ok(token) => return go_tunnel::token_response(&token),
-            Err(no_token) => TunnelResponse::Refused {
-                reason: RefusalReason::TooManyRequests,
-                message: format!("no token for peer {peer}: {no_token}"),
-                policy: None,
-            },
+/// a tunnel of this project's protocol, with a token for one tunnel when it allows; a refusal
+/// (counted, as any refused tunnel is) when it does not.
+fn authorize_go_peer(
+    body: &[u8],
+    snapshot: &Snapshot,
+    peer: &str,
+    port: &PeerPort,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let asked = go_tunnel::authorization_of(body);
+    let export = asked.as_ref().ok().map(|(export, _)| export);
+    let tunnel = ingress_tunnel(snapshot, peer, export);
+    let refusal = match &asked {
+        Err(e) => TunnelResponse::Refused {
+            reason: RefusalReason::BadRequest,
+            message: e.to_string(),
+            policy: None,
         },
-        Err(refusal) => refusal,
+        Ok((export, client)) => {
+            let reported = port.health.reported_labels(peer);
+            match decide(snapshot, peer, &reported, client, export) {
+                Ok(_) => match port.go_tokens.issue(peer, export.clone(), client.clone()) {
+                    Ok(token) => return Ok(go_tunnel::token_response(&token)),
+                    Err(no_token) => TunnelResponse::Refused {
+                        reason: RefusalReason::TooManyRequests,
+                        message: format!("no token for peer {peer}: {no_token}"),
+                        policy: None,
+                    },
+                },
+                Err(refusal) => refusal,
+            }
+        }
     };
     let TunnelResponse::Refused {
         reason,
@@ -681,7 +732,10 @@ fn authorize_go_peer(body: &[u8], snapshot: &Snapshot, peer: &str, port: &PeerPo
         policy,
     } = refusal
     else {
-        return go_tunnel::refusal_response(RefusalReason::BadRequest, "unexpected decision");
+        return Err(go_tunnel::refusal_response(
+            RefusalReason::BadRequest,
+            "unexpected decision",
+        ));
     };
     let answer = go_tunnel::refusal_response(reason, &message);
     port.metrics.refused(
@@ -693,7 +747,7 @@ fn authorize_go_peer(body: &[u8], snapshot: &Snapshot, peer: &str, port: &PeerPo
             message,
         },
     );
-    answer
+    Err(answer)
 }
 
 impl PeerPort {
@@ -1142,7 +1196,7 @@ async fn refuse<S: tokio::io::AsyncWrite + Unpin>(
         };
         metrics.refused(tunnel, refusal);
         if framing == Framing::Unframed {
-            answer = go_tunnel::refusal_response(*reason, message);
+            answer = go_tunnel::closing(go_tunnel::refusal_response(*reason, message));
         }
     }
     let _ = tls.write_all(&answer).await;

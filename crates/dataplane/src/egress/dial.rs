@@ -32,7 +32,8 @@ use crate::relay::{MAX_FIRST_FRAME, TLS_SEND_BUFFER, push_frame};
 use crate::snapshot::PeerEntry;
 use crate::snapshot::Snapshot;
 use crate::tunnel::{
-    ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, Via, read_body, read_head,
+    MAX_HOPS, ProtocolError, RefusalReason, TunnelRequest, TunnelResponse, Via, read_body,
+    read_head,
 };
 use clusterlink_api::PeerProtocol;
 
@@ -369,7 +370,7 @@ impl Dialer {
         let gateways = &entry.gateways;
         if entry.protocol == PeerProtocol::Go {
             return self
-                .open_go_tunnel(peer, &name, gateways, local_peer, request)
+                .open_go_tunnel(peer, &name, gateways, local_peer, request, first)
                 .await;
         }
         let head = request.encode();
@@ -569,9 +570,10 @@ impl Dialer {
     }
 
     /// Opens a tunnel to a Go gateway of `peer` (`go_tunnel`), trying its gateways in turn: on a
-    /// new connection, an authorization, then the tunnel with the token it gave. No client bytes
-    /// go with the request (a Go gateway would drop them), and the connection carries nothing
-    /// after the tunnel.
+    /// new connection, an authorization, then the tunnel with the token it gave. Client bytes go
+    /// only after the tunnel's answer (a Go gateway drops what comes before it): those an earlier
+    /// source's request took from the client first. The connection carries nothing after the
+    /// tunnel.
     async fn open_go_tunnel(
         &self,
         peer: &str,
@@ -579,12 +581,24 @@ impl Dialer {
         gateways: &[(String, u16)],
         local_peer: &str,
         request: &TunnelRequest,
+        first: &FirstBytes<'_>,
     ) -> Result<OpenTunnel, TunnelFailure> {
         let refused = |(reason, message)| TunnelFailure::Refused {
             reason,
             message,
             policy: None,
         };
+        // The Go gateway carries no hop count; this side's own count still rises each time a
+        // loop comes back through it.
+        if request.hops >= MAX_HOPS {
+            return Err(refused((
+                RefusalReason::LoopDetected,
+                format!(
+                    "the connection already went through {} tunnels: a loop through Go peer {peer}",
+                    request.hops
+                ),
+            )));
+        }
         let mut errors = Vec::new();
         for (host, port) in gateways {
             let attempt_started = Instant::now();
@@ -607,8 +621,15 @@ impl Dialer {
             let labels = &request.peer_labels;
             let authorize =
                 go_tunnel::authorize_request(peer, export, &request.client, local_peer, labels);
-            let token = match self.ask_go(&mut connection, &authorize, false).await {
-                Ok((answer, body, _)) => answer.token(&body).map_err(refused)?,
+            let (token, closes) = match self.ask_go(&mut connection, &authorize, false).await {
+                // Its control plane failed to decide: another gateway of the peer may not.
+                Ok((answer, body, _)) if answer.status >= 500 => {
+                    let (_, text) = answer.refusal(&body);
+                    let failed = ProtocolError::Malformed(format!("authorization failed: {text}"));
+                    errors.push((address, DialError::BadAnswer(failed)));
+                    continue;
+                }
+                Ok((answer, body, _)) => (answer.token(&body).map_err(refused)?, answer.closes),
                 Err(e) => {
                     errors.push((address, e));
                     continue;
@@ -625,9 +646,33 @@ impl Dialer {
                 let policy = Some(go_tunnel::UNNAMED_POLICY.to_string());
                 return Ok(opened(connection, Vec::new(), policy));
             }
+            // An answer that closes its connection (the gateway's certificates changed): the
+            // tunnel goes on a new one, as a Go gateway would open it anyway.
+            if closes {
+                let client = self.tls.borrow().go_client.clone();
+                connection = match self.connect(client, name, host, *port).await {
+                    Ok((connection, _handshake)) => connection,
+                    Err(e) => {
+                        errors.push((address, e));
+                        continue;
+                    }
+                };
+            }
             let connect = go_tunnel::connect_request(peer, &token);
             match self.ask_go(&mut connection, &connect, true).await {
                 Ok((answer, _, rest)) if answer.status == 200 => {
+                    if !first.bytes.is_empty() {
+                        let sent = async {
+                            connection.write_all(&first.bytes).await?;
+                            connection.flush().await
+                        };
+                        if let Err(e) = sent.await {
+                            return Err(TunnelFailure::Interrupted {
+                                gateway: address,
+                                error: DialError::Send(e),
+                            });
+                        }
+                    }
                     let answered_at = Instant::now();
                     let metrics = &self.metrics;
                     metrics.stage_took(SetupStage::PeerConnection, ready - attempt_started);
@@ -664,7 +709,16 @@ impl Dialer {
         if tunnel && answer.status == 200 {
             return Ok((answer, Vec::new(), rest));
         }
-        let body = timeout(within, read_body(connection, rest, answer.length))
+        // A body past the bound is read only as far as the bound: the connection is not used
+        // again after such an answer (a refusal ends the attempt; an allowing one with a body
+        // is a bad answer).
+        let kept = answer.length.min(go_tunnel::MAX_ANSWER_BODY);
+        if answer.length > kept && answer.status == 200 {
+            return Err(DialError::BadAnswer(ProtocolError::TooLarge));
+        }
+        let mut rest = rest;
+        rest.truncate(kept);
+        let body = timeout(within, read_body(connection, rest, kept))
             .await
             .map_err(|_| DialError::NoAnswer)?
             .map_err(DialError::Read)?;
