@@ -104,13 +104,9 @@ where
     let (mut plain_read, mut plain_write) = plain.split();
     let (tunnel_read, mut tunnel_write) = tokio::io::split(tunnel);
     let mut tunnel_read = io::Cursor::new(leftover).chain(tunnel_read);
-    // The meter counts towards the far end (the backend) and back, whichever side this is.
-    let (into_tunnel, out_of_tunnel): (&(dyn Fn(u64) + Sync), &(dyn Fn(u64) + Sync)) =
-        if plain_is_client {
-            (&|n| meter.sent(n), &|n| meter.received(n))
-        } else {
-            (&|n| meter.received(n), &|n| meter.sent(n))
-        };
+    let (into, out_of) = counters(plain_is_client);
+    let into_tunnel: &(dyn Fn(u64) + Sync) = &|n| into(meter, n);
+    let out_of_tunnel: &(dyn Fn(u64) + Sync) = &|n| out_of(meter, n);
     let (sent, (received, end)) = tokio::try_join!(
         to_frames(&mut plain_read, &mut tunnel_write, into_tunnel),
         from_frames(&mut tunnel_read, &mut plain_write, out_of_tunnel),
@@ -124,6 +120,19 @@ where
         received,
         reusable,
     })
+}
+
+/// One of a meter's byte counters.
+type Counter = fn(&TunnelMeter, u64);
+
+/// The meter's counters for what goes into the tunnel and what comes out of it: the meter counts
+/// towards the far end (the backend) and back, whichever side this is.
+fn counters(plain_is_client: bool) -> (Counter, Counter) {
+    if plain_is_client {
+        (TunnelMeter::sent, TunnelMeter::received)
+    } else {
+        (TunnelMeter::received, TunnelMeter::sent)
+    }
 }
 
 /// How a tunnel's bytes travel on its peer connection.
@@ -170,12 +179,9 @@ where
     let (mut plain_read, mut plain_write) = plain.split();
     let (tunnel_read, mut tunnel_write) = tokio::io::split(tunnel);
     let mut tunnel_read = io::Cursor::new(leftover).chain(tunnel_read);
-    let (into_tunnel, out_of_tunnel): (&(dyn Fn(u64) + Sync), &(dyn Fn(u64) + Sync)) =
-        if plain_is_client {
-            (&|n| meter.sent(n), &|n| meter.received(n))
-        } else {
-            (&|n| meter.received(n), &|n| meter.sent(n))
-        };
+    let (into, out_of) = counters(plain_is_client);
+    let into_tunnel: &(dyn Fn(u64) + Sync) = &|n| into(meter, n);
+    let out_of_tunnel: &(dyn Fn(u64) + Sync) = &|n| out_of(meter, n);
     let into = copy_until_closed(&mut plain_read, &mut tunnel_write, into_tunnel);
     let out_of = copy_until_closed(&mut tunnel_read, &mut plain_write, out_of_tunnel);
     tokio::pin!(into, out_of);

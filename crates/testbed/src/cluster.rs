@@ -30,18 +30,7 @@ const ADMIN_TOKEN: &str = "clusterlink-test-admin";
 /// Where `scripts/k8s-testenv` put the binaries: `$CLUSTERLINK_TESTENV_BIN`, else it is run
 /// (it prints the directory, building once per machine).
 pub fn testenv_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("CLUSTERLINK_TESTENV_BIN") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/k8s-testenv");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed; see its output above", script.display());
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    crate::built_by("CLUSTERLINK_TESTENV_BIN", "k8s-testenv")
 }
 
 /// The Multi-Cluster Services API's CRDs `scripts/k8s-testenv` keeps beside `bin`, for

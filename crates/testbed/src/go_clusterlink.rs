@@ -18,7 +18,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -43,18 +43,7 @@ const CONTROLPLANE_NAME: &str = "cl-controlplane";
 /// Where `scripts/reference-testenv` put the Go programs: `$CLUSTERLINK_REFERENCE_BIN`, else it
 /// is run (it prints the directory, building once per machine).
 pub fn reference_bin() -> anyhow::Result<PathBuf> {
-    if let Ok(dir) = std::env::var("CLUSTERLINK_REFERENCE_BIN") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/reference-testenv");
-    let out = Command::new(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", script.display()))?;
-    if !out.status.success() {
-        bail!("{} failed; see its output above", script.display());
-    }
-    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+    crate::built_by("CLUSTERLINK_REFERENCE_BIN", "reference-testenv")
 }
 
 /// What a Go ClusterLink site is made of.

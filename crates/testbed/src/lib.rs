@@ -19,3 +19,23 @@ pub fn terminate(child: &std::process::Child) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
 }
+
+/// The directory a `scripts/` build script prints (building once per machine what it builds),
+/// unless `$env_var` names it already.
+pub(crate) fn built_by(env_var: &str, script: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    if let Ok(dir) = std::env::var(env_var) {
+        return Ok(dir.into());
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
+    let out = std::process::Command::new(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        anyhow::bail!("{} failed; see its output above", script.display());
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().into())
+}
