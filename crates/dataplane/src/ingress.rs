@@ -540,7 +540,8 @@ struct GoConnection {
     here: std::io::Result<SocketAddr>,
     /// When its first request is due.
     deadline: Instant,
-    /// The TLS set it was authenticated under: once replaced, the connection ends.
+    /// The TLS set it was authenticated under: once replaced, the connection answers one more
+    /// request and ends.
     credentials: watch::Receiver<Arc<GatewayTls>>,
 }
 

@@ -20,7 +20,8 @@ use crate::revocation::Revocations;
 
 /// ALPN of the peer port's tunnel protocol version (2: framed, reusable tunnels); a gateway
 /// refuses a handshake that offers none it speaks, so a mixed-version fabric fails loudly rather
-/// than misreading bytes.
+/// than misreading bytes. (One that offers no ALPN at all is taken only from a Peer of protocol
+/// go, the Go ClusterLink's gateways: `dataplane::go_tunnel`.)
 pub const PEER_ALPN: &[u8] = b"clusterlink/2";
 /// ALPN of joining and renewal on the issuing gateway's peer port (`dataplane::enroll`): the one
 /// handshake the peer port takes without a client certificate, and only where it issues.
