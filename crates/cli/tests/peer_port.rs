@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 
 use clusterlink_pki::issue::FabricCa;
-use clusterlink_pki::tls::{Credentials, TlsFiles, mutual_client_config};
+use clusterlink_pki::tls::{Credentials, mutual_client_config};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use support::{Backend, Fabric, GatewayProcess};
@@ -13,11 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
 const ALPN: &[u8] = b"clusterlink/2";
-
-fn credentials(f: &Fabric, peer: &str) -> Credentials {
-    let fabric = f.fabric_dir();
-    Credentials::load(&TlsFiles::in_fabric(&fabric, &fabric.join(peer))).unwrap()
-}
 
 /// Opens TLS to the gateway's peer port as `creds`, expecting the server to be `server_name`,
 /// sends `request` and returns the answer's first line, or the error.
@@ -73,8 +68,8 @@ const CONNECT: &[u8] = b"CONNECT svc.default:443 HTTP/1.1\r\nhost: svc.default:4
 #[tokio::test]
 async fn the_peer_is_who_its_certificate_names() {
     let (f, server) = setup();
-    let client1 = credentials(&f, "client1");
-    let client2 = credentials(&f, "client2");
+    let client1 = f.credentials("client1");
+    let client2 = f.credentials("client2");
     assert_eq!(
         ask(&server, &client1, "server1", CONNECT).await.unwrap(),
         "HTTP/1.1 200 OK"
@@ -100,7 +95,7 @@ async fn the_peer_is_who_its_certificate_names() {
 #[tokio::test]
 async fn expired_foreign_and_misnamed_certificates_are_refused_at_the_handshake() {
     let (f, server) = setup();
-    let good = credentials(&f, "client1");
+    let good = f.credentials("client1");
 
     // Issued by the right CA, for the right name, but expired.
     let ca = FabricCa::load(&f.fabric_dir()).unwrap();
@@ -138,7 +133,7 @@ async fn expired_foreign_and_misnamed_certificates_are_refused_at_the_handshake(
 
     // The right name from another fabric.
     let other = Fabric::new(&["client1"]);
-    let mut foreign = credentials(&other, "client1");
+    let mut foreign = other.credentials("client1");
     foreign.roots = good.roots.clone();
     let err = ask(&server, &foreign, "server1", CONNECT)
         .await
@@ -164,7 +159,7 @@ async fn expired_foreign_and_misnamed_certificates_are_refused_at_the_handshake(
 #[tokio::test]
 async fn the_management_api_is_not_served_on_the_peer_port() {
     let (f, server) = setup();
-    let client1 = credentials(&f, "client1");
+    let client1 = f.credentials("client1");
     let get = b"GET /apis/clusterlink.net/v1alpha1/peers HTTP/1.1\r\nhost: x\r\n\r\n";
     assert_eq!(
         ask(&server, &client1, "server1", get).await.unwrap(),
@@ -184,7 +179,7 @@ async fn the_management_api_is_not_served_on_the_peer_port() {
 async fn health_probes_are_answered_one_after_another_on_one_connection() {
     use clusterlink_dataplane::tunnel::{HEALTH_REQUEST, read_head};
     let (f, server) = setup();
-    let mut config = mutual_client_config(&credentials(&f, "client1")).unwrap();
+    let mut config = mutual_client_config(&f.credentials("client1")).unwrap();
     config.alpn_protocols = vec![ALPN.to_vec()];
     let tcp = tokio::net::TcpStream::connect(&server.peer_address)
         .await
@@ -228,7 +223,7 @@ async fn handshake_kind(
 #[tokio::test]
 async fn no_session_is_resumed_so_none_outlives_its_certificate() {
     let (f, server) = setup();
-    let mut config = mutual_client_config(&credentials(&f, "client1")).unwrap();
+    let mut config = mutual_client_config(&f.credentials("client1")).unwrap();
     config.alpn_protocols = vec![ALPN.to_vec()];
     // A client that keeps and offers sessions, as `openssl s_client -sess_out/-sess_in` does.
     config.resumption = rustls::client::Resumption::in_memory_sessions(16);
@@ -246,7 +241,7 @@ async fn no_session_is_resumed_so_none_outlives_its_certificate() {
 async fn a_certificate_without_a_peer_object_asks_by_default_and_is_refused_with_known_peers_only()
 {
     let (f, open) = setup();
-    let client1 = credentials(&f, "client1");
+    let client1 = f.credentials("client1");
     // By default (as in the reference ClusterLink) a fabric certificate may ask; policies decide.
     assert_eq!(
         ask(&open, &client1, "server1", CONNECT).await.unwrap(),
@@ -311,7 +306,7 @@ async fn a_certificate_without_a_peer_object_asks_by_default_and_is_refused_with
 #[tokio::test]
 async fn a_revocation_list_handed_to_a_gateway_refuses_the_certificate_at_the_handshake() {
     let (f, server) = setup();
-    let client1 = credentials(&f, "client1");
+    let client1 = f.credentials("client1");
     assert_eq!(
         ask(&server, &client1, "server1", CONNECT).await.unwrap(),
         "HTTP/1.1 200 OK"
@@ -346,7 +341,7 @@ async fn a_revocation_list_handed_to_a_gateway_refuses_the_certificate_at_the_ha
     assert!(err.contains("Revoked"), "{err}");
     // Another peer of the fabric is untouched.
     assert_eq!(
-        ask(&server, &credentials(&f, "client2"), "server1", CONNECT)
+        ask(&server, &f.credentials("client2"), "server1", CONNECT)
             .await
             .unwrap(),
         "HTTP/1.1 403 Forbidden"
@@ -480,7 +475,7 @@ async fn only_an_issuing_gateway_takes_a_handshake_without_a_certificate_and_onl
 #[tokio::test]
 async fn a_peer_cannot_push_junk_or_huge_revocation_lists() {
     let (f, server) = setup();
-    let client1 = credentials(&f, "client1");
+    let client1 = f.credentials("client1");
     let huge = ask(
         &server,
         &client1,
@@ -685,10 +680,10 @@ impl Drop for HandLink {
 #[tokio::test]
 async fn over_a_link_the_peer_is_still_who_its_certificate_names() {
     let (f, server) = setup();
-    let client1 = HandLink::dial(&server, &credentials(&f, "client1"))
+    let client1 = HandLink::dial(&server, &f.credentials("client1"))
         .await
         .unwrap();
-    let client2 = HandLink::dial(&server, &credentials(&f, "client2"))
+    let client2 = HandLink::dial(&server, &f.credentials("client2"))
         .await
         .unwrap();
     assert_eq!(client1.ask(CONNECT).await, "HTTP/1.1 200 OK");
@@ -706,7 +701,7 @@ async fn over_a_link_the_peer_is_still_who_its_certificate_names() {
 #[tokio::test]
 async fn a_peer_holds_at_most_four_links() {
     let (f, server) = setup();
-    let creds = credentials(&f, "client1");
+    let creds = f.credentials("client1");
     let mut links = Vec::new();
     for _ in 0..4 {
         let link = HandLink::dial(&server, &creds).await.unwrap();
@@ -725,7 +720,7 @@ async fn a_peer_holds_at_most_four_links() {
         ) == 1.0
     ));
     // Another peer still links; a link closed makes room.
-    let other = HandLink::dial(&server, &credentials(&f, "client2"))
+    let other = HandLink::dial(&server, &f.credentials("client2"))
         .await
         .unwrap();
     assert_eq!(

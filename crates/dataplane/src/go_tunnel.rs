@@ -36,7 +36,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::tunnel::{ExportRef, MAX_HEADERS, ProtocolError, RefusalReason};
+use crate::tunnel::{
+    ExportRef, MAX_HEADERS, ProtocolError, RefusalReason, body_length_within, header_value,
+    whole_head,
+};
 
 /// The heartbeat a Go gateway sends every second, and answers with its labels.
 pub const HEARTBEAT_PATH: &str = "/healthz";
@@ -91,18 +94,8 @@ impl GoRequest {
     pub fn decode(head: &[u8]) -> Result<GoRequest, ProtocolError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
-            Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
-        }
-        let header = |name: &str| {
-            request
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
-        };
+        whole_head(request.parse(head))?;
+        let header = |name: &str| header_value(head, name);
         let method = request.method.unwrap_or_default();
         let path = request.path.unwrap_or_default();
         match (method, path) {
@@ -113,19 +106,13 @@ impl GoRequest {
                         "an authorization body must have a content-length".into(),
                     ));
                 }
-                let length = header("content-length")
-                    .map(|v| v.parse::<usize>())
-                    .transpose()
-                    .map_err(|e| ProtocolError::Malformed(format!("content-length: {e}")))?
-                    .unwrap_or(0);
-                if length > MAX_AUTHORIZE_BODY {
-                    return Err(ProtocolError::TooLarge);
-                }
+                let length = body_length_within(head, MAX_AUTHORIZE_BODY)?;
                 Ok(GoRequest::Authorize { length })
             }
             ("CONNECT", _) => Ok(GoRequest::Connect {
                 token: header("authorization")
-                    .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string)),
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_string),
             }),
             (method, path) => Err(ProtocolError::Malformed(format!(
                 "no such request in the Go protocol: {} {}",
@@ -252,34 +239,15 @@ impl Answer {
     pub fn decode(head: &[u8]) -> Result<Answer, ProtocolError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
-        match response.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
-            Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
-        }
-        let header = |name: &str| {
-            response
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| h.value)
-        };
-        let text = |value: &[u8]| std::str::from_utf8(value).map(|v| v.trim().to_string());
-        let length = match header("content-length") {
-            Some(v) => text(v)
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .ok_or_else(|| ProtocolError::Malformed("bad content-length".into()))?,
-            None => 0,
-        };
+        whole_head(response.parse(head))?;
+        let header = |name: &str| header_value(head, name).map(str::to_string);
         Ok(Answer {
             status: response.code.unwrap_or(0),
-            length,
-            closes: header("connection")
-                .and_then(|v| text(v).ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
-            token: header(ACCESS_TOKEN_HEADER).and_then(|v| text(v).ok()),
-            labels: header(PEER_LABELS_HEADER).and_then(|v| text(v).ok()),
+            // As declared: the reader bounds what it takes.
+            length: body_length_within(head, usize::MAX)?,
+            closes: header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            token: header(ACCESS_TOKEN_HEADER),
+            labels: header(PEER_LABELS_HEADER),
         })
     }
 

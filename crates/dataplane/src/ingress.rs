@@ -477,6 +477,7 @@ async fn handle(
         let authenticated = GoConnection {
             here,
             deadline,
+            expires,
             credentials,
         };
         return serve_go_peer(&mut tls, authenticated, &peer, &certificate, port).await;
@@ -540,6 +541,8 @@ struct GoConnection {
     here: std::io::Result<SocketAddr>,
     /// When its first request is due.
     deadline: Instant,
+    /// When its certificate expires (Unix seconds): it serves nothing after.
+    expires: i64,
     /// The TLS set it was authenticated under: once replaced, the connection answers one more
     /// request and ends.
     credentials: watch::Receiver<Arc<GatewayTls>>,
@@ -558,6 +561,7 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     let GoConnection {
         here,
         mut deadline,
+        expires,
         credentials,
     } = connection;
     let mut stopping = port.shutdown.clone();
@@ -573,8 +577,7 @@ async fn serve_go_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         // Past its certificate's expiry, its certificate revoked, or no longer a Go peer here:
         // the connection carries nothing more, this request included.
         let current = credentials.borrow().clone();
-        if crate::metrics::unix_seconds()
-            >= clusterlink_pki::identity::not_after(certificate).unwrap_or(i64::MIN)
+        if crate::metrics::unix_seconds() >= expires
             || current.revocations.is_revoked(certificate)
             || !speaks(&port.snapshots.borrow(), peer, Framing::Unframed)
         {

@@ -206,11 +206,7 @@ impl TunnelRequest {
     pub fn decode(head: &[u8]) -> Result<TunnelRequest, ProtocolError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
-            Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
-        }
+        whole_head(req.parse(head))?;
         if req.method != Some("CONNECT") {
             return Err(ProtocolError::Malformed(format!(
                 "expected CONNECT, got {:?}",
@@ -363,8 +359,18 @@ pub fn catalog_response(body: &[u8]) -> Vec<u8> {
     answer
 }
 
+/// What parsing a whole head found: an error unless it is complete and well-formed (a head is
+/// read up to its blank line before it is parsed, so a partial one was cut short).
+pub(crate) fn whole_head(parsed: httparse::Result<usize>) -> Result<(), ProtocolError> {
+    match parsed {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Ok(httparse::Status::Partial) => Err(ProtocolError::Truncated),
+        Err(e) => Err(ProtocolError::Malformed(e.to_string())),
+    }
+}
+
 /// The value of header `name` in `head`, if present.
-fn header_value<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
+pub(crate) fn header_value<'a>(head: &'a [u8], name: &str) -> Option<&'a str> {
     let text = std::str::from_utf8(head).ok()?;
     text.split("\r\n").skip(1).find_map(|line| {
         let (n, value) = line.split_once(':')?;
@@ -455,11 +461,7 @@ pub async fn read_body<S: AsyncRead + Unpin>(
 pub fn labels_of_health_response(head: &[u8]) -> Result<BTreeMap<String, String>, ProtocolError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
-    match response.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
-        Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
-    }
+    whole_head(response.parse(head))?;
     if response.code != Some(200) {
         return Err(ProtocolError::Malformed(format!(
             "health answer {:?}",
@@ -600,11 +602,7 @@ impl TunnelResponse {
     pub fn decode(head: &[u8], body: &[u8]) -> Result<TunnelResponse, ProtocolError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(ProtocolError::Truncated),
-            Err(e) => return Err(ProtocolError::Malformed(e.to_string())),
-        }
+        whole_head(resp.parse(head))?;
         if resp.code == Some(200) {
             let policy = resp
                 .headers

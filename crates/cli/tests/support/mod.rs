@@ -92,6 +92,13 @@ impl Fabric {
         )
     }
 
+    /// The TLS material of `peer`'s gateway, as a hand-driven client presents it.
+    pub fn credentials(&self, peer: &str) -> clusterlink_pki::tls::Credentials {
+        use clusterlink_pki::tls::{Credentials, TlsFiles};
+        let fabric = self.fabric_dir();
+        Credentials::load(&TlsFiles::in_fabric(&fabric, &fabric.join(peer))).unwrap()
+    }
+
     /// The gateway of `peer` with these further arguments.
     pub fn start_with(&self, peer: &str, extra: &[&str]) -> GatewayProcess {
         let mut args = vec!["--peer", peer];
